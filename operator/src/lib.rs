@@ -1,0 +1,1 @@
+//! longconn-operator
