@@ -1,0 +1,37 @@
+# longconn: every command a developer or CI needs. `make help` lists them.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+TOOLS_DIR ?= $(CURDIR)/.tools
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: lint unit ## Run every test: formatting, lints, unit, integration and end-to-end tests.
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings denied.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: unit
+unit: ## Unit and integration tests of every crate.
+	$(CARGO) test --workspace --locked
+
+.PHONY: crd
+crd: ## Regenerate crds/ from the Rust types.
+	$(CARGO) run -q -p longconn-operator -- crd > crds/longconnservices.longconn.dev.yaml
+
+.PHONY: demo
+demo: ## Run the main job on the embedded local cluster.
+	$(CARGO) run -q -p longconn-operator -- render -f examples/chat.yaml
+
+.PHONY: tools
+tools: ## Build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm into .tools/.
+	bash e2e/controlplane/build.sh "$(TOOLS_DIR)"
+
+.PHONY: bench-gateway
+bench-gateway: ## Gateway against nginx and HAProxy: memory per idle session, throughput, latency, handshakes.
+	bash gateway/bench/run.sh
