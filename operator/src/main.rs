@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    print!("{}", longconn_operator::crd::crd_yaml().expect("crd"));
+}

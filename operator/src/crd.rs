@@ -1,0 +1,707 @@
+//! The `LongConnService` API (`longconn.dev/v1alpha1`).
+//!
+//! These types are the contract with users: every doc comment becomes `kubectl explain` text,
+//! every `#[serde(default)]` becomes a schema default the API server fills in, and the
+//! `x-kubernetes-validations` rules make the API server refuse bad objects with a message that
+//! names the field. What the schema cannot know (a missing Secret, a missing CRD) is reported
+//! in status conditions by the reconciler instead.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// API group of every longconn resource.
+pub const GROUP: &str = "longconn.dev";
+
+/// A service that holds long-lived client connections (WebSocket and similar), run by longconn.
+///
+/// The operator turns it into one Deployment per revision whose pods carry the longconn gateway
+/// as a native sidecar, a Service, a PodDisruptionBudget, TLS Secrets that renew themselves, an
+/// admin-token Secret, a NetworkPolicy, a ServiceMonitor and, when asked, a HorizontalPodAutoscaler.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "longconn.dev",
+    version = "v1alpha1",
+    kind = "LongConnService",
+    plural = "longconnservices",
+    shortname = "lcs",
+    category = "all",
+    namespaced,
+    status = "LongConnServiceStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired pods"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Ready pods"),
+    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.activeSessions", description = "Open client sessions"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.currentRevision", description = "Revision serving traffic"),
+    printcolumn(name = "Available", type_ = "string", json_path = ".status.conditions[?(@.type==\"Available\")].status", description = "Enough pods are ready"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!(self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%') || !has(self.disruption.maxUnavailable) || !(self.disruption.maxUnavailable == 0 || self.disruption.maxUnavailable == '0%')"
+).message("rollout.maxSurge and disruption.maxUnavailable must not both be zero: a rollout could then never replace a pod").field_path(".rollout.maxSurge"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoscaling) || !has(self.autoscaling.targetSessionsPerPod) || self.gateway.maxConnections >= self.autoscaling.targetSessionsPerPod"
+).message("autoscaling.targetSessionsPerPod must not exceed gateway.maxConnections").field_path(".autoscaling.targetSessionsPerPod"))]
+pub struct LongConnServiceSpec {
+    /// Number of pods. `kubectl scale` and the HorizontalPodAutoscaler write it through the scale
+    /// subresource; every decrease drains the pods that go away before they are removed.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: i32,
+
+    /// The app's pod template. Its containers listen on localhost; the gateway, injected as a
+    /// native sidecar, terminates client connections and proxies them to `gateway.upstreamPort`.
+    pub template: PodTemplateSpec,
+
+    /// The gateway that terminates client connections in every pod.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+
+    /// TLS for client connections.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// How a pod's sessions are moved away before the pod goes.
+    #[serde(default)]
+    pub drain: DrainSpec,
+
+    /// How a new revision replaces the old one.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+
+    /// Voluntary disruptions (node drains, evictions) allowed at once: becomes the
+    /// PodDisruptionBudget. Set either `maxUnavailable` or `minAvailable`.
+    #[serde(default)]
+    pub disruption: DisruptionSpec,
+
+    /// Autoscale `replicas` with a HorizontalPodAutoscaler. Unset: no autoscaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Prometheus monitoring of the gateways.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+
+    /// The Service clients connect to.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Settings of the gateway sidecar. Changing any of them starts a rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.port != self.upstreamPort && self.port != self.adminPort && self.upstreamPort != self.adminPort")
+    .message("gateway.port, gateway.upstreamPort and gateway.adminPort must be three different ports"))]
+#[x_kube(validation = Rule::new("duration(self.heartbeat.timeout) <= duration(self.heartbeat.interval)")
+    .message("gateway.heartbeat.timeout must not exceed gateway.heartbeat.interval").field_path(".heartbeat.timeout"))]
+pub struct GatewaySpec {
+    /// The public port clients connect to (the Service's port too).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// The app's port inside the pod; the gateway proxies to 127.0.0.1 on this port.
+    #[serde(default = "default_upstream_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub upstream_port: i32,
+
+    /// The gateway's admin port (health, metrics, drain API). Reachable only from the operator
+    /// and the metrics scraper; the drain API also needs a bearer token.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+
+    /// Gateway image. Unset: the operator's default, which matches the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of the gateway container. Unset: requests of 50m CPU and 64Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Most concurrent client connections per pod; above it new connections get HTTP 503 with
+    /// Retry-After before the WebSocket upgrade.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: i32,
+
+    /// WebSocket pings to detect dead clients.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSpec,
+
+    /// A session with no message in either direction for this long is closed (1001).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+
+    /// Time a client has to complete the HTTP upgrade; a slow or silent client cannot hold a slot.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+
+    /// Largest WebSocket message in bytes; a larger one closes the session with 1009.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 125, max = 67108864))]
+    pub max_message_bytes: i64,
+
+    /// Origins allowed to open sessions (exact match, such as `https://chat.example.com`).
+    /// Empty: any origin. Others get HTTP 403 before the upgrade.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_origins: Vec<String>,
+
+    /// New connections allowed per client IP (token bucket); above it HTTP 429.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            upstream_port: default_upstream_port(),
+            admin_port: default_admin_port(),
+            image: None,
+            resources: None,
+            max_connections: default_max_connections(),
+            heartbeat: HeartbeatSpec::default(),
+            idle_timeout: default_idle_timeout(),
+            handshake_timeout: default_handshake_timeout(),
+            max_message_bytes: default_max_message_bytes(),
+            allowed_origins: Vec::new(),
+            rate_limit: RateLimitSpec::default(),
+        }
+    }
+}
+
+fn default_port() -> i32 {
+    8443
+}
+fn default_upstream_port() -> i32 {
+    8080
+}
+fn default_admin_port() -> i32 {
+    9901
+}
+fn default_max_connections() -> i32 {
+    10000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_static("10m")
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_static("10s")
+}
+fn default_max_message_bytes() -> i64 {
+    1_048_576
+}
+
+/// WebSocket heartbeat: a ping every `interval`; no pong within `timeout` closes the session.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatSpec {
+    /// Time between pings.
+    #[serde(default = "default_heartbeat_interval")]
+    pub interval: Duration,
+    /// Time to wait for the pong.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for HeartbeatSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_heartbeat_interval(),
+            timeout: default_heartbeat_timeout(),
+        }
+    }
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_static("30s")
+}
+fn default_heartbeat_timeout() -> Duration {
+    Duration::from_static("10s")
+}
+
+/// Per-client-IP connection rate limit (token bucket).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Tokens added per second.
+    #[serde(default = "default_rate", rename = "connectionsPerSecondPerIP")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub connections_per_second_per_ip: i32,
+    /// Bucket size: connections one IP may open at once.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: i32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            connections_per_second_per_ip: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+fn default_rate() -> i32 {
+    50
+}
+fn default_burst() -> i32 {
+    100
+}
+
+/// Where the serving certificate comes from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The operator keeps its own CA and a serving certificate, renewed at 2/3 of `validity`.
+    #[default]
+    SelfSigned,
+    /// A `kubernetes.io/tls` Secret you provide (`secretName`).
+    Secret,
+    /// A cert-manager `Certificate` issued by `issuerRef`.
+    CertManager,
+    /// Plain-text connections.
+    Disabled,
+}
+
+/// TLS for client connections.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Secret' || has(self.secretName)")
+    .message("tls.secretName is required when tls.mode is Secret").field_path(".secretName"))]
+#[x_kube(validation = Rule::new("self.mode != 'CertManager' || has(self.issuerRef)")
+    .message("tls.issuerRef is required when tls.mode is CertManager").field_path(".issuerRef"))]
+#[x_kube(validation = Rule::new("duration(self.validity) >= duration('1h')")
+    .message("tls.validity must be at least 1h").field_path(".validity"))]
+pub struct TlsSpec {
+    /// SelfSigned (default), Secret, CertManager or Disabled.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Mode Secret: name of a `kubernetes.io/tls` Secret in the same namespace with `tls.crt`
+    /// and `tls.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Mode CertManager: the issuer that signs the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// Extra DNS names for the certificate, added to the Service's own names.
+    #[serde(default)]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
+    pub dns_names: Vec<String>,
+    /// Lifetime of the serving certificate (SelfSigned and CertManager); renewed at 2/3 of it.
+    #[serde(default = "default_validity")]
+    pub validity: Duration,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::default(),
+            secret_name: None,
+            issuer_ref: None,
+            dns_names: Vec::new(),
+            validity: default_validity(),
+        }
+    }
+}
+
+fn default_validity() -> Duration {
+    Duration::from_static("2160h")
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Issuer or ClusterIssuer.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(regex(pattern = r"^(Issuer|ClusterIssuer)$"))]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_owned()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_owned()
+}
+
+/// What a drain does with the sessions a pod holds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DrainStrategy {
+    /// Send each session a close frame with `closeCode` so the client reconnects elsewhere.
+    #[default]
+    Notify,
+    /// Tell no one; let sessions end on their own until `timeout`.
+    Wait,
+}
+
+/// How a pod's sessions are moved away before the pod goes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.spread) < duration(self.timeout)")
+    .message("drain.spread must be shorter than drain.timeout").field_path(".spread"))]
+#[x_kube(validation = Rule::new("self.closeCode == 1001 || self.closeCode == 1012 || (self.closeCode >= 4000 && self.closeCode <= 4999)")
+    .message("drain.closeCode must be 1001, 1012 or an application code 4000-4999").field_path(".closeCode"))]
+pub struct DrainSpec {
+    /// Notify (default): ask clients to reconnect; Wait: let sessions end on their own.
+    #[serde(default)]
+    pub strategy: DrainStrategy,
+    /// Deadline per pod; sessions still open then are force-closed and counted as dropped.
+    #[serde(default = "default_drain_timeout")]
+    pub timeout: Duration,
+    /// Notify: close frames are spread evenly over this window, so clients do not all
+    /// reconnect at once.
+    #[serde(default = "default_drain_spread")]
+    pub spread: Duration,
+    /// Notify: WebSocket close code sent to clients: 1012 (Service Restart), or 1001 (Going
+    /// Away) for clients that know only that.
+    #[serde(default = "default_close_code")]
+    pub close_code: i32,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        Self {
+            strategy: DrainStrategy::default(),
+            timeout: default_drain_timeout(),
+            spread: default_drain_spread(),
+            close_code: default_close_code(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_static("5m")
+}
+fn default_drain_spread() -> Duration {
+    Duration::from_static("30s")
+}
+fn default_close_code() -> i32 {
+    1012
+}
+
+/// What a rollout does when more sessions were dropped than `maxDroppedSessions`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropBudgetAction {
+    /// Stop the rollout (Progressing=False, reason DropBudgetExceeded).
+    #[default]
+    Pause,
+    /// Go back to the previous revision.
+    Rollback,
+}
+
+/// How a new revision replaces the old one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("type(self.maxSurge) == int ? self.maxSurge >= 0 : self.maxSurge.matches('^[0-9]+%$')")
+    .message("rollout.maxSurge must be a non-negative integer or a percentage such as 25%").field_path(".maxSurge"))]
+pub struct RolloutSpec {
+    /// Pods of the new revision started above `replicas` before old pods are drained: an
+    /// integer or a percentage of `replicas` (rounded up).
+    #[serde(default = "default_max_surge")]
+    pub max_surge: IntOrString,
+    /// Old pods drained at the same time.
+    #[serde(default = "default_max_concurrent_drains")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_drains: i32,
+    /// Dropped sessions allowed per rollout; above it the rollout pauses or rolls back.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_dropped_sessions: i64,
+    /// Pause (default) or Rollback when `maxDroppedSessions` is exceeded.
+    #[serde(default)]
+    pub on_drop_budget_exceeded: DropBudgetAction,
+    /// A rollout that makes no progress for this long stops with reason ProgressDeadlineExceeded.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_surge: default_max_surge(),
+            max_concurrent_drains: default_max_concurrent_drains(),
+            max_dropped_sessions: 0,
+            on_drop_budget_exceeded: DropBudgetAction::default(),
+            progress_deadline: default_progress_deadline(),
+        }
+    }
+}
+
+fn default_max_surge() -> IntOrString {
+    IntOrString::Int(1)
+}
+fn default_max_concurrent_drains() -> i32 {
+    1
+}
+fn default_progress_deadline() -> Duration {
+    Duration::from_static("15m")
+}
+
+/// Voluntary disruptions allowed at once (the PodDisruptionBudget).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.maxUnavailable) && has(self.minAvailable))")
+    .message("set either disruption.maxUnavailable or disruption.minAvailable, not both"))]
+#[x_kube(validation = Rule::new("!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 0 : self.maxUnavailable.matches('^[0-9]+%$'))")
+    .message("disruption.maxUnavailable must be a non-negative integer or a percentage").field_path(".maxUnavailable"))]
+#[x_kube(validation = Rule::new("!has(self.minAvailable) || (type(self.minAvailable) == int ? self.minAvailable >= 0 : self.minAvailable.matches('^[0-9]+%$'))")
+    .message("disruption.minAvailable must be a non-negative integer or a percentage").field_path(".minAvailable"))]
+pub struct DisruptionSpec {
+    /// Pods that may be down at once (integer or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// Pods that must stay up (integer or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+}
+
+impl Default for DisruptionSpec {
+    fn default() -> Self {
+        Self {
+            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: None,
+        }
+    }
+}
+
+/// Autoscaling of `replicas` by a HorizontalPodAutoscaler (autoscaling/v2) that targets this
+/// resource's scale subresource. Scale-downs drain the pods that go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas").field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("has(self.targetSessionsPerPod) || has(self.targetCPUUtilization)")
+    .message("autoscaling needs targetSessionsPerPod, targetCPUUtilization or both"))]
+pub struct AutoscalingSpec {
+    /// Fewest pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// Average open sessions per pod to aim for (the gateway metric
+    /// `longconn_gateway_sessions_active`, served through a custom-metrics adapter such as
+    /// prometheus-adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_sessions_per_pod: Option<i64>,
+    /// Average CPU utilization of the pods, in percent of their requests.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "targetCPUUtilization"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+/// Prometheus monitoring.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// A Prometheus Operator ServiceMonitor for the gateways' `/metrics`.
+    #[serde(default)]
+    pub service_monitor: ServiceMonitorSpec,
+}
+
+/// The ServiceMonitor (monitoring.coreos.com/v1), created when that API is served.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    /// Create the ServiceMonitor.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Scrape interval.
+    #[serde(default = "default_scrape_interval")]
+    pub interval: Duration,
+    /// Extra labels on the ServiceMonitor, for Prometheus' `serviceMonitorSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for ServiceMonitorSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: default_scrape_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_scrape_interval() -> Duration {
+    Duration::from_static("30s")
+}
+
+/// Type of the client-facing Service.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// The client-facing Service, selecting the pods of every revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations for the Service (for example a cloud load balancer's settings).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Observed state of a LongConnService.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LongConnServiceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of every revision.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready pods of every revision.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods of the update revision.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Label selector of the pods, for the scale subresource (HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Open client sessions across all gateways, as last reported by them.
+    #[serde(default)]
+    pub active_sessions: i64,
+    /// The revision serving traffic once the last rollout finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The revision the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Available, Progressing, Degraded, CertificateReady, MonitoringReady, SessionsPreserved.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The last or current rollout and its session accounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// The serving certificate (modes SelfSigned and CertManager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// Where a rollout is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Starting pods of the new revision.
+    #[default]
+    Surging,
+    /// Draining old pods.
+    Draining,
+    /// Removing drained pods.
+    Removing,
+    /// Stopped: the drop budget or the progress deadline was exceeded.
+    Paused,
+    /// Going back to the previous revision.
+    RollingBack,
+    /// Done.
+    Complete,
+}
+
+/// One rollout and its session accounting.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being rolled out.
+    pub revision: String,
+    /// Where the rollout is.
+    pub phase: RolloutPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Old pods drained so far.
+    #[serde(default)]
+    pub pods_drained: i32,
+    /// Sessions asked to move that completed the close handshake.
+    #[serde(default)]
+    pub sessions_migrated: i64,
+    /// Sessions ended without a completed close handshake (force-closed, lost with their pod).
+    #[serde(default)]
+    pub sessions_dropped: i64,
+    /// Pods being drained now.
+    #[serde(default)]
+    pub draining: Vec<DrainingPod>,
+}
+
+/// A pod being drained.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingPod {
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default)]
+    pub sessions_at_start: i64,
+    #[serde(default)]
+    pub active: i64,
+}
+
+/// The serving certificate in use.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// Secret holding `tls.crt`, `tls.key` and `ca.crt`.
+    pub secret_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the operator renews it (2/3 of its lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Time>,
+}
+
+/// The CRD as YAML, as `longconn-operator crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&LongConnService::crd())
+}

@@ -1,0 +1,814 @@
+//! Every object a `LongConnService` needs, built by pure functions.
+//!
+//! [`desired`] takes the resource, what the reconciler observed, and the operator's settings,
+//! and returns the full list of manifests to apply. It talks to no API server and reads no
+//! clock, so snapshot tests pin its output exactly. The reconciler applies the list with
+//! server-side apply and deletes whatever is labelled as ours but not in it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec as CoreServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::crd::{LongConnService, TlsMode};
+use crate::kinds::Kind;
+use crate::labels::{self, names};
+use crate::revision;
+
+/// Where the gateway copies its binary so the app's preStop hook can run `drain --wait`.
+pub const GATEWAY_BIN_DIR: &str = "/longconn/bin";
+/// Where the admin-token Secret is mounted in every container of the pod.
+pub const ADMIN_TOKEN_DIR: &str = "/etc/longconn/admin";
+/// Where the serving certificate Secret is mounted in the gateway.
+pub const TLS_DIR: &str = "/etc/longconn/tls";
+/// Name of the gateway container.
+pub const GATEWAY_CONTAINER: &str = "longconn-gateway";
+/// Key of the token in the admin-token Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Extra grace on top of `drain.timeout` before the kubelet kills a pod.
+pub const GRACE_MARGIN_SECONDS: i64 = 30;
+
+/// Operator-wide settings that shape the objects (flags of `longconn-operator run`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Gateway image when `spec.gateway.image` is unset.
+    pub gateway_image: String,
+    /// Namespace of the operator's pods (the NetworkPolicy admits the admin port from them).
+    pub operator_namespace: String,
+    /// Labels of the operator's pods.
+    pub operator_pod_labels: BTreeMap<String, String>,
+    /// Namespace of the Prometheus that scrapes the gateways; admitted to the admin port.
+    pub metrics_namespace: Option<String>,
+    /// The cluster's DNS domain, for the certificate's names.
+    pub cluster_domain: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            gateway_image: format!(
+                "ghcr.io/longconn/longconn-gateway:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            operator_namespace: "longconn-system".to_owned(),
+            operator_pod_labels: BTreeMap::from([(
+                labels::NAME.to_owned(),
+                "longconn-operator".to_owned(),
+            )]),
+            metrics_namespace: None,
+            cluster_domain: "cluster.local".to_owned(),
+        }
+    }
+}
+
+/// A Deployment of one revision as observed in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedRevision {
+    pub revision: String,
+    /// `spec.replicas` as last applied.
+    pub replicas: i32,
+    /// `status.replicas`: pods that still exist.
+    pub current_replicas: i32,
+    pub ready_replicas: i32,
+}
+
+/// Certificate and key material for mode SelfSigned, chosen by [`crate::certs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertBundle {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Which optional APIs the cluster serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServedApis {
+    pub service_monitor: bool,
+    pub cert_manager: bool,
+}
+
+/// What the reconciler found that the desired objects depend on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub revisions: Vec<ObservedRevision>,
+    /// The admin token: the existing Secret's, or a fresh one.
+    pub admin_token: String,
+    /// Mode SelfSigned: the CA and serving certificate to keep in the Secrets.
+    pub certificate: Option<CertBundle>,
+    pub apis: ServedApis,
+}
+
+/// One object to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub kind: Kind,
+    pub name: String,
+    pub object: Value,
+}
+
+/// Every object the LongConnService needs, in apply order (Secrets before the pods that
+/// mount them).
+pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) -> Vec<Manifest> {
+    let ctx = Ctx::new(lcs);
+    let update_revision = revision::of(lcs, settings);
+    let mut out = Vec::new();
+
+    out.push(ctx.manifest(Kind::Secret, admin_token_secret(&ctx, &observed.admin_token)));
+    match (lcs.spec.tls.mode, &observed.certificate) {
+        (TlsMode::SelfSigned, Some(bundle)) => {
+            out.push(ctx.manifest(Kind::Secret, ca_secret(&ctx, bundle)));
+            out.push(ctx.manifest(Kind::Secret, serving_secret(&ctx, bundle)));
+        }
+        (TlsMode::CertManager, _) if observed.apis.cert_manager => {
+            out.push(ctx.manifest(Kind::Certificate, certificate(&ctx, settings)));
+        }
+        _ => {}
+    }
+
+    for (revision, replicas) in revision_replicas(lcs, &update_revision, &observed.revisions) {
+        out.push(ctx.manifest(
+            Kind::Deployment,
+            deployment(&ctx, settings, &revision, replicas),
+        ));
+    }
+    out.push(ctx.manifest(Kind::Service, service(&ctx)));
+    out.push(ctx.manifest(Kind::PodDisruptionBudget, pdb(&ctx)));
+    out.push(ctx.manifest(Kind::NetworkPolicy, network_policy(&ctx, settings)));
+
+    let monitor = &lcs.spec.monitoring.service_monitor;
+    if monitor.enabled {
+        out.push(ctx.manifest(Kind::Service, metrics_service(&ctx)));
+        if observed.apis.service_monitor {
+            out.push(ctx.manifest(Kind::ServiceMonitor, service_monitor(&ctx)));
+        }
+    }
+    if lcs.spec.autoscaling.is_some() {
+        out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx)));
+    }
+    out
+}
+
+/// Replicas per revision: the update revision gets `spec.replicas` at once; each older
+/// revision keeps only as many pods as the new one still lacks ready, and is dropped from the
+/// desired set (so deleted) once it has no pod left. The drain-orchestrated rollout replaces
+/// this with its state machine.
+pub fn revision_replicas(
+    lcs: &LongConnService,
+    update_revision: &str,
+    observed: &[ObservedRevision],
+) -> Vec<(String, i32)> {
+    let want = lcs.spec.replicas;
+    let new_ready = observed
+        .iter()
+        .find(|r| r.revision == update_revision)
+        .map_or(0, |r| r.ready_replicas);
+    let mut missing = (want - new_ready).max(0);
+    let mut out = vec![(update_revision.to_owned(), want)];
+    let mut old: Vec<&ObservedRevision> = observed
+        .iter()
+        .filter(|r| r.revision != update_revision)
+        .collect();
+    old.sort_by(|a, b| a.revision.cmp(&b.revision));
+    for r in old {
+        let keep = r.replicas.min(missing);
+        missing -= keep;
+        if keep > 0 || r.current_replicas > 0 {
+            out.push((r.revision.clone(), keep));
+        }
+    }
+    out
+}
+
+/// What every builder needs to know about the LongConnService.
+struct Ctx<'a> {
+    lcs: &'a LongConnService,
+    name: String,
+    namespace: String,
+    owner: OwnerReference,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(lcs: &'a LongConnService) -> Self {
+        let name = lcs.metadata.name.clone().unwrap_or_default();
+        let namespace = lcs.metadata.namespace.clone().unwrap_or_default();
+        let owner = OwnerReference {
+            api_version: LongConnService::api_version(&()).into_owned(),
+            kind: LongConnService::kind(&()).into_owned(),
+            name: name.clone(),
+            uid: lcs.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        Self {
+            lcs,
+            name,
+            namespace,
+            owner,
+        }
+    }
+
+    fn meta(&self, name: String) -> ObjectMeta {
+        self.meta_with(name, BTreeMap::new())
+    }
+
+    fn meta_with(&self, name: String, extra_labels: BTreeMap<String, String>) -> ObjectMeta {
+        let mut labels = labels::common(&self.name);
+        labels.extend(extra_labels);
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn manifest(&self, kind: Kind, object: impl Serialize) -> Manifest {
+        let mut object = serde_json::to_value(object).unwrap_or(Value::Null);
+        let res = kind.api_resource();
+        if let Value::Object(map) = &mut object {
+            map.insert("apiVersion".to_owned(), Value::String(res.api_version));
+            map.insert("kind".to_owned(), Value::String(res.kind));
+        }
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Manifest { kind, name, object }
+    }
+}
+
+fn admin_token_secret(ctx: &Ctx, token: &str) -> Secret {
+    Secret {
+        metadata: ctx.meta(names::admin_token(&ctx.name)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            ADMIN_TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn ca_secret(ctx: &Ctx, bundle: &CertBundle) -> Secret {
+    Secret {
+        metadata: ctx.meta(names::ca(&ctx.name)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([
+            ("ca.crt".to_owned(), bytes(&bundle.ca_cert_pem)),
+            ("ca.key".to_owned(), bytes(&bundle.ca_key_pem)),
+        ])),
+        ..Secret::default()
+    }
+}
+
+fn serving_secret(ctx: &Ctx, bundle: &CertBundle) -> Secret {
+    Secret {
+        metadata: ctx.meta(names::serving_cert(&ctx.name)),
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            ("ca.crt".to_owned(), bytes(&bundle.ca_cert_pem)),
+            ("tls.crt".to_owned(), bytes(&bundle.cert_pem)),
+            ("tls.key".to_owned(), bytes(&bundle.key_pem)),
+        ])),
+        ..Secret::default()
+    }
+}
+
+fn bytes(s: &str) -> ByteString {
+    ByteString(s.as_bytes().to_vec())
+}
+
+/// The DNS names the serving certificate covers: the Service's own names plus `tls.dnsNames`.
+pub fn certificate_dns_names(lcs: &LongConnService, settings: &Settings) -> Vec<String> {
+    let name = lcs.metadata.name.clone().unwrap_or_default();
+    let ns = lcs.metadata.namespace.clone().unwrap_or_default();
+    let mut names = vec![
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.{}", settings.cluster_domain),
+    ];
+    for extra in &lcs.spec.tls.dns_names {
+        if !names.contains(extra) {
+            names.push(extra.clone());
+        }
+    }
+    names
+}
+
+/// The Secret the gateway reads its certificate from, if TLS is on.
+pub fn tls_secret_name(lcs: &LongConnService) -> Option<String> {
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    match lcs.spec.tls.mode {
+        TlsMode::SelfSigned | TlsMode::CertManager => Some(names::serving_cert(name)),
+        TlsMode::Secret => lcs.spec.tls.secret_name.clone(),
+        TlsMode::Disabled => None,
+    }
+}
+
+fn certificate(ctx: &Ctx, settings: &Settings) -> Value {
+    let tls = &ctx.lcs.spec.tls;
+    let validity = tls.validity.to_std().unwrap_or_default();
+    let issuer = tls.issuer_ref.clone();
+    json!({
+        "metadata": ctx.meta(names::serving_cert(&ctx.name)),
+        "spec": {
+            "secretName": names::serving_cert(&ctx.name),
+            "dnsNames": certificate_dns_names(ctx.lcs, settings),
+            "duration": crate::duration::Duration::from_std(validity).as_str(),
+            "renewBefore": crate::duration::Duration::from_std(validity / 3).as_str(),
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "issuerRef": issuer.map(|i| json!({"name": i.name, "kind": i.kind, "group": i.group})),
+        }
+    })
+}
+
+fn deployment(ctx: &Ctx, settings: &Settings, revision: &str, replicas: i32) -> Deployment {
+    let selector = labels::revision_pods(&ctx.name, revision);
+    let progress_deadline = ctx
+        .lcs
+        .spec
+        .rollout
+        .progress_deadline
+        .to_std()
+        .map_or(600, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+    Deployment {
+        metadata: ctx.meta_with(names::deployment(&ctx.name, revision), selector.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: pod_template(ctx, settings, revision),
+            progress_deadline_seconds: Some(progress_deadline),
+            revision_history_limit: Some(1),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The user's pod template with the gateway injected as a native sidecar.
+pub fn pod_template_for(
+    lcs: &LongConnService,
+    settings: &Settings,
+    revision: &str,
+) -> PodTemplateSpec {
+    pod_template(&Ctx::new(lcs), settings, revision)
+}
+
+fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSpec {
+    let spec = &ctx.lcs.spec;
+    let mut template = spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let pod_labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    pod_labels.extend(labels::common(&ctx.name));
+    pod_labels.extend(labels::revision_pods(&ctx.name, revision));
+
+    let mut pod = template.spec.take().unwrap_or_default();
+    if let Some(first) = pod.containers.first() {
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .entry("kubectl.kubernetes.io/default-container".to_owned())
+            .or_insert_with(|| first.name.clone());
+    }
+
+    let tls_secret = tls_secret_name(ctx.lcs);
+    let admin = i32_port(spec.gateway.admin_port);
+    for container in &mut pod.containers {
+        inject_drain_hook(container, admin);
+    }
+    let mut init = vec![gateway_container(ctx, settings, tls_secret.is_some())];
+    init.append(pod.init_containers.get_or_insert_with(Vec::new));
+    pod.init_containers = Some(init);
+
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: "longconn-bin".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    volumes.push(secret_volume(
+        "longconn-admin",
+        names::admin_token(&ctx.name),
+    ));
+    if let Some(secret) = tls_secret {
+        volumes.push(secret_volume("longconn-tls", secret));
+    }
+
+    let drain_seconds = spec.drain.timeout.to_std().map_or(0, |d| d.as_secs());
+    let grace = i64::try_from(drain_seconds)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_add(GRACE_MARGIN_SECONDS);
+    pod.termination_grace_period_seconds =
+        Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
+
+    if pod.topology_spread_constraints.as_ref().is_none_or(Vec::is_empty) {
+        pod.topology_spread_constraints = Some(
+            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+                .into_iter()
+                .map(|key| TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: key.to_owned(),
+                    when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(labels::revision_pods(&ctx.name, revision)),
+                        ..LabelSelector::default()
+                    }),
+                    ..TopologySpreadConstraint::default()
+                })
+                .collect(),
+        );
+    }
+    template.spec = Some(pod);
+    template
+}
+
+fn i32_port(port: i32) -> u16 {
+    u16::try_from(port).unwrap_or_default()
+}
+
+fn secret_volume(volume: &str, secret: String) -> Volume {
+    Volume {
+        name: volume.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o444),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
+/// pod that goes away for any reason (eviction, node drain) moves its sessions first. A
+/// container that already has a preStop hook keeps it.
+fn inject_drain_hook(container: &mut Container, admin_port: u16) {
+    let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+    mounts.push(VolumeMount {
+        name: "longconn-bin".to_owned(),
+        mount_path: GATEWAY_BIN_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    mounts.push(VolumeMount {
+        name: "longconn-admin".to_owned(),
+        mount_path: ADMIN_TOKEN_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    let lifecycle = container.lifecycle.get_or_insert_with(Lifecycle::default);
+    if lifecycle.pre_stop.is_none() {
+        lifecycle.pre_stop = Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    format!("{GATEWAY_BIN_DIR}/longconn-gateway"),
+                    "drain".to_owned(),
+                    "--wait".to_owned(),
+                    "--admin".to_owned(),
+                    format!("127.0.0.1:{admin_port}"),
+                    "--admin-token-file".to_owned(),
+                    format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
+                ]),
+            }),
+            ..LifecycleHandler::default()
+        });
+    }
+}
+
+/// The gateway's command line, one flag per `spec.gateway` / `spec.drain` field.
+pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
+    let g = &lcs.spec.gateway;
+    let d = &lcs.spec.drain;
+    let mut args = vec![
+        "run".to_owned(),
+        format!("--listen=0.0.0.0:{}", g.port),
+        format!("--upstream=127.0.0.1:{}", g.upstream_port),
+        format!("--admin-listen=0.0.0.0:{}", g.admin_port),
+        format!("--admin-token-file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
+        format!("--install-to={GATEWAY_BIN_DIR}"),
+        format!("--max-connections={}", g.max_connections),
+        format!("--heartbeat-interval={}", g.heartbeat.interval),
+        format!("--heartbeat-timeout={}", g.heartbeat.timeout),
+        format!("--idle-timeout={}", g.idle_timeout),
+        format!("--handshake-timeout={}", g.handshake_timeout),
+        format!("--max-message-bytes={}", g.max_message_bytes),
+        format!(
+            "--rate-limit-connections-per-second-per-ip={}",
+            g.rate_limit.connections_per_second_per_ip
+        ),
+        format!("--rate-limit-burst={}", g.rate_limit.burst),
+        format!("--drain-strategy={:?}", d.strategy),
+        format!("--drain-timeout={}", d.timeout),
+        format!("--drain-spread={}", d.spread),
+        format!("--drain-close-code={}", d.close_code),
+    ];
+    if !g.allowed_origins.is_empty() {
+        args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
+    }
+    if tls {
+        args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
+        args.push(format!("--tls-key={TLS_DIR}/tls.key"));
+    }
+    args
+}
+
+fn gateway_container(ctx: &Ctx, settings: &Settings, tls: bool) -> Container {
+    let g = &ctx.lcs.spec.gateway;
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let mut mounts = vec![
+        VolumeMount {
+            name: "longconn-bin".to_owned(),
+            mount_path: GATEWAY_BIN_DIR.to_owned(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "longconn-admin".to_owned(),
+            mount_path: ADMIN_TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    if tls {
+        mounts.push(VolumeMount {
+            name: "longconn-tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    Container {
+        name: GATEWAY_CONTAINER.to_owned(),
+        image: Some(revision::gateway_image(ctx.lcs, settings)),
+        args: Some(gateway_args(ctx.lcs, tls)),
+        restart_policy: Some("Always".to_owned()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("client".to_owned()),
+                container_port: g.port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".to_owned()),
+                container_port: g.admin_port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        startup_probe: Some(http_probe("/healthz", 1, 60)),
+        readiness_probe: Some(http_probe("/readyz", 2, 1)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        resources: Some(g.resources.clone().unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("50m".to_owned())),
+                ("memory".to_owned(), Quantity("64Mi".to_owned())),
+            ])),
+            ..ResourceRequirements::default()
+        })),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+fn service(ctx: &Ctx) -> Service {
+    let svc = &ctx.lcs.spec.service;
+    let mut meta = ctx.meta(ctx.name.clone());
+    if !svc.annotations.is_empty() {
+        meta.annotations = Some(svc.annotations.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(CoreServiceSpec {
+            type_: Some(format!("{:?}", svc.type_)),
+            selector: Some(labels::pods(&ctx.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("client".to_owned()),
+                port: ctx.lcs.spec.gateway.port,
+                target_port: Some(IntOrString::String("client".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..CoreServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A headless Service over the admin port, for the ServiceMonitor only, so the admin port is
+/// never on the client-facing (possibly LoadBalancer) Service.
+fn metrics_service(ctx: &Ctx) -> Service {
+    Service {
+        metadata: ctx.meta_with(
+            names::metrics_service(&ctx.name),
+            BTreeMap::from([(labels::COMPONENT.to_owned(), "metrics".to_owned())]),
+        ),
+        spec: Some(CoreServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(labels::pods(&ctx.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".to_owned()),
+                port: ctx.lcs.spec.gateway.admin_port,
+                target_port: Some(IntOrString::String("admin".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..CoreServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(ctx: &Ctx) -> PodDisruptionBudget {
+    let d = &ctx.lcs.spec.disruption;
+    let max_unavailable = match (&d.max_unavailable, &d.min_available) {
+        (None, None) => Some(IntOrString::Int(1)),
+        (max, _) => max.clone(),
+    };
+    PodDisruptionBudget {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::pods(&ctx.name)),
+                ..LabelSelector::default()
+            }),
+            max_unavailable,
+            min_available: d.min_available.clone(),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn network_policy(ctx: &Ctx, settings: &Settings) -> NetworkPolicy {
+    let g = &ctx.lcs.spec.gateway;
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    let namespace_selector = |ns: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            ns.to_owned(),
+        )])),
+        ..LabelSelector::default()
+    };
+    let mut admin_from = vec![NetworkPolicyPeer {
+        namespace_selector: Some(namespace_selector(&settings.operator_namespace)),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(settings.operator_pod_labels.clone()),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }];
+    if let Some(ns) = &settings.metrics_namespace {
+        admin_from.push(NetworkPolicyPeer {
+            namespace_selector: Some(namespace_selector(ns)),
+            ..NetworkPolicyPeer::default()
+        });
+    }
+    NetworkPolicy {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels::pods(&ctx.name)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(g.port)]),
+                    from: None,
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(g.admin_port)]),
+                    from: Some(admin_from),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+fn service_monitor(ctx: &Ctx) -> Value {
+    let m = &ctx.lcs.spec.monitoring.service_monitor;
+    json!({
+        "metadata": ctx.meta_with(ctx.name.clone(), m.labels.clone()),
+        "spec": {
+            "selector": {"matchLabels": {
+                labels::INSTANCE: ctx.name,
+                labels::MANAGED_BY: labels::MANAGER,
+                labels::COMPONENT: "metrics",
+            }},
+            "namespaceSelector": {"matchNames": [ctx.namespace]},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": m.interval.as_str()}],
+        }
+    })
+}
+
+fn hpa(ctx: &Ctx) -> HorizontalPodAutoscaler {
+    let Some(a) = &ctx.lcs.spec.autoscaling else {
+        return HorizontalPodAutoscaler::default();
+    };
+    let mut metrics = Vec::new();
+    if let Some(cpu) = a.target_cpu_utilization {
+        metrics.push(MetricSpec {
+            type_: "Resource".to_owned(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".to_owned(),
+                target: MetricTarget {
+                    type_: "Utilization".to_owned(),
+                    average_utilization: Some(cpu),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        });
+    }
+    if let Some(sessions) = a.target_sessions_per_pod {
+        metrics.push(MetricSpec {
+            type_: "Pods".to_owned(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: "longconn_gateway_sessions_active".to_owned(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".to_owned(),
+                    average_value: Some(Quantity(sessions.to_string())),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        });
+    }
+    HorizontalPodAutoscaler {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(LongConnService::api_version(&()).into_owned()),
+                kind: LongConnService::kind(&()).into_owned(),
+                name: ctx.name.clone(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(metrics),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        status: None,
+    }
+}
