@@ -295,7 +295,7 @@ mod tests {
         let now = at("2026-01-01T00:00:00Z");
         let e = ensure(None, "chat", &names(), 90 * DAY, now).expect("issued");
         assert_eq!(e.ca_issued, Some(IssueReason::Missing));
-        assert_eq!(e.serving_issued, Some(IssueReason::CaRenewed));
+        assert_eq!(e.serving_issued, Some(IssueReason::Missing));
         let served = inspect(&e.bundle.cert_pem).expect("parses");
         assert_eq!(served.dns_names, names());
         assert_eq!(served.lifetime.not_after, at("2026-04-01T00:00:00Z"));
@@ -310,7 +310,9 @@ mod tests {
         // 2/3 of (90 days + 5 minutes of backdating), counted from the backdated start.
         assert_eq!(renew_at, at("2026-03-01T23:58:20Z"));
 
-        let before = renew_at.checked_sub(SignedDuration::from_secs(1)).expect("t");
+        let before = renew_at
+            .checked_sub(SignedDuration::from_secs(1))
+            .expect("t");
         let kept = ensure(Some(&first.bundle), "chat", &names(), 90 * DAY, before).expect("kept");
         assert_eq!(kept.ca_issued, None);
         assert_eq!(kept.serving_issued, None);
@@ -333,10 +335,7 @@ mod tests {
         let e = ensure(Some(&first.bundle), "chat", &more, 90 * DAY, now).expect("reissued");
         assert_eq!(e.ca_issued, None);
         assert_eq!(e.serving_issued, Some(IssueReason::NamesChanged));
-        assert_eq!(
-            inspect(&e.bundle.cert_pem).expect("parses").dns_names,
-            more
-        );
+        assert_eq!(inspect(&e.bundle.cert_pem).expect("parses").dns_names, more);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    Lifecycle, LifecycleHandler, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
     ServiceSpec as CoreServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
@@ -135,7 +135,10 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
     let update_revision = revision::of(lcs, settings);
     let mut out = Vec::new();
 
-    out.push(ctx.manifest(Kind::Secret, admin_token_secret(&ctx, &observed.admin_token)));
+    out.push(ctx.manifest(
+        Kind::Secret,
+        admin_token_secret(&ctx, &observed.admin_token),
+    ));
     match (lcs.spec.tls.mode, &observed.certificate) {
         (TlsMode::SelfSigned, Some(bundle)) => {
             out.push(ctx.manifest(Kind::Secret, ca_secret(&ctx, bundle)));
@@ -430,7 +433,11 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     pod.termination_grace_period_seconds =
         Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
 
-    if pod.topology_spread_constraints.as_ref().is_none_or(Vec::is_empty) {
+    if pod
+        .topology_spread_constraints
+        .as_ref()
+        .is_none_or(Vec::is_empty)
+    {
         pod.topology_spread_constraints = Some(
             ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
                 .into_iter()

@@ -69,7 +69,9 @@ impl Duration {
             if digits == 0 {
                 return Err(err("expected a number"));
             }
-            let n: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| err("number too large"))?;
             rest = &rest[digits..];
             let (unit, len) = if rest.starts_with("ms") {
                 (std::time::Duration::from_millis(1), 2)
@@ -146,7 +148,10 @@ mod tests {
     #[test]
     fn formats_back_in_the_same_syntax() {
         assert_eq!(Duration::from_std(Std::from_secs(5400)).as_str(), "1h30m");
-        assert_eq!(Duration::from_std(Std::from_millis(1500)).as_str(), "1s500ms");
+        assert_eq!(
+            Duration::from_std(Std::from_millis(1500)).as_str(),
+            "1s500ms"
+        );
         assert_eq!(Duration::from_std(Std::ZERO).as_str(), "0s");
         let round = Duration::from_std(Std::from_secs(7322));
         assert_eq!(round.to_std().ok(), Some(Std::from_secs(7322)));

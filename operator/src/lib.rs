@@ -2,10 +2,15 @@
 //! gateway, a Service, a PodDisruptionBudget, TLS and admin Secrets, a NetworkPolicy, a
 //! ServiceMonitor and an autoscaler, and replaces pods without cutting their sessions.
 
-pub mod crd;
-pub mod duration;
 pub mod certs;
+pub mod compare;
+pub mod crd;
 pub mod desired;
+pub mod duration;
 pub mod kinds;
 pub mod labels;
+pub mod metrics;
+pub mod reconcile;
 pub mod revision;
+pub mod server;
+pub mod status;

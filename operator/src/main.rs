@@ -1,3 +1,338 @@
-fn main() {
-    print!("{}", longconn_operator::crd::crd_yaml().expect("crd"));
+//! `longconn-operator`: `crd` prints the CRD, `render` shows offline what a LongConnService
+//! becomes, `run` runs the controller.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ListParams;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use longconn_operator::crd::{LongConnService, crd_yaml};
+use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
+use longconn_operator::labels;
+use longconn_operator::metrics::Metrics;
+use longconn_operator::reconcile::{self, Context};
+use longconn_operator::server::{self, Health};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "longconn-operator",
+    version,
+    about = "The longconn Kubernetes operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the LongConnService CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the objects a LongConnService manifest becomes, without a cluster.
+    Render {
+        /// A LongConnService manifest (YAML).
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Run the controller against the cluster of the kubeconfig (or in-cluster config).
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct SettingsArgs {
+    /// Gateway image for LongConnServices that do not set spec.gateway.image.
+    #[arg(long, env = "LONGCONN_OPERATOR_GATEWAY_IMAGE", default_value_t = Settings::default().gateway_image)]
+    gateway_image: String,
+    /// Namespace of the operator's pods (admitted to the gateways' admin port).
+    #[arg(
+        long,
+        env = "LONGCONN_OPERATOR_NAMESPACE",
+        default_value = "longconn-system"
+    )]
+    operator_namespace: String,
+    /// Labels of the operator's pods, as `k=v,k=v` (admitted to the gateways' admin port).
+    #[arg(long, env = "LONGCONN_OPERATOR_POD_LABELS", default_value = "app.kubernetes.io/name=longconn-operator", value_parser = parse_labels)]
+    operator_pod_labels: BTreeMap<String, String>,
+    /// Namespace of the Prometheus that scrapes the gateways (admitted to the admin port).
+    #[arg(long, env = "LONGCONN_OPERATOR_METRICS_NAMESPACE")]
+    metrics_namespace: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(
+        long,
+        env = "LONGCONN_OPERATOR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    cluster_domain: String,
+}
+
+impl SettingsArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            gateway_image: self.gateway_image.clone(),
+            operator_namespace: self.operator_namespace.clone(),
+            operator_pod_labels: self.operator_pod_labels.clone(),
+            metrics_namespace: self.metrics_namespace.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Watch only this namespace (needs only a Role there); default: every namespace.
+    #[arg(long, env = "LONGCONN_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "LONGCONN_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_listen: SocketAddr,
+    /// Run only while holding the leader Lease, so several replicas can run safely.
+    #[arg(long, env = "LONGCONN_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease (in the operator's namespace).
+    #[arg(
+        long,
+        env = "LONGCONN_OPERATOR_LEASE_NAME",
+        default_value = "longconn-operator"
+    )]
+    lease_name: String,
+    /// Log format.
+    #[arg(long, env = "LONGCONN_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{pair:?} is not key=value"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd_yaml()?);
+            Ok(())
+        }
+        Command::Render { file, settings } => render(&file, &settings.settings()),
+        Command::Run(args) => run(*args).await,
+    }
+}
+
+/// Prints the manifests a LongConnService becomes, with placeholders for generated secrets.
+fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut lcs: LongConnService = serde_yaml::from_str(&text)
+        .with_context(|| format!("parsing {} as a LongConnService", file.display()))?;
+    lcs.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_owned());
+    lcs.metadata.uid.get_or_insert_with(|| "<uid>".to_owned());
+    let placeholder = |what: &str| format!("<{what}, generated in the cluster>");
+    let observed = Observed {
+        revisions: Vec::new(),
+        admin_token: placeholder("admin token"),
+        certificate: Some(CertBundle {
+            ca_cert_pem: placeholder("CA certificate"),
+            ca_key_pem: placeholder("CA key"),
+            cert_pem: placeholder("serving certificate"),
+            key_pem: placeholder("serving key"),
+        }),
+        apis: ServedApis {
+            service_monitor: true,
+            cert_manager: true,
+        },
+    };
+    for manifest in desired::desired(&lcs, &observed, settings) {
+        println!(
+            "---\n{}",
+            serde_yaml::to_string(&manifest.object)?.trim_end()
+        );
+    }
+    Ok(())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format);
+    let settings = args.settings.settings();
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(
+        args.metrics_listen,
+        health.clone(),
+        stop_rx.clone(),
+    ));
+
+    let ns = args.watch_namespace.as_deref();
+    let lcs_api: Api<LongConnService> = scoped(&client, ns);
+    wait_for_crd(&lcs_api).await;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let mut leadership = None;
+    if args.leader_elect {
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("longconn-operator-{}", std::process::id()));
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&settings.operator_namespace)
+                .with_identity(&identity)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await
+                .context("setting up leader election")?;
+        let (mut is_leader, task) = manager.watch().await;
+        info!(%identity, lease = %args.lease_name, "waiting to become the leader");
+        while !*is_leader.borrow_and_update() {
+            tokio::select! {
+                changed = is_leader.changed() => changed.context("leader election stopped")?,
+                _ = shutdown_signal() => return shutdown(stop_tx, server).await,
+            }
+        }
+        info!(%identity, "became the leader");
+        leadership = Some((is_leader, task));
+    }
+
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let controller = Controller::new(lcs_api, watcher::Config::default().any_semantic())
+        .owns(scoped::<Deployment>(&client, ns), owned.clone())
+        .owns(scoped::<Service>(&client, ns), owned.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(scoped::<Secret>(&client, ns), owned.clone())
+        .owns(scoped::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned)
+        .graceful_shutdown_on(async {
+            shutdown_signal().await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller");
+            }
+        });
+
+    match leadership {
+        Some((mut is_leader, _task)) => {
+            tokio::select! {
+                _ = controller => {}
+                _ = async { while is_leader.changed().await.is_ok() && *is_leader.borrow() {} } => {
+                    error!("lost the leader Lease; exiting so a restart campaigns again");
+                    shutdown(stop_tx, server).await?;
+                    anyhow::bail!("lost leadership");
+                }
+            }
+        }
+        None => controller.await,
+    }
+    info!("shut down");
+    shutdown(stop_tx, server).await
+}
+
+/// An API over one namespace, or over all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn shutdown(
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    let _ = stop.send(true);
+    server
+        .await
+        .context("metrics server task")?
+        .context("metrics server")?;
+    Ok(())
+}
+
+/// Waits until the LongConnService API answers, retrying with backoff (the CRD may be installed
+/// after the operator).
+async fn wait_for_crd(api: &Api<LongConnService>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "the LongConnService API is not served yet; install the CRD");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -1,0 +1,751 @@
+//! The reconciler: observe, compute what is desired, apply the difference, report status.
+//!
+//! One `reconcile(lcs, ctx)` per change of a LongConnService or of anything it owns. It lists
+//! the objects labelled as its own, asks [`crate::desired`] for the full desired set, applies
+//! with server-side apply only the manifests that are not already satisfied, deletes owned
+//! objects no longer desired, and writes status only when it changed. A reconcile that finds
+//! everything as desired therefore makes no write request at all. Garbage collection removes
+//! owned objects when the LongConnService is deleted (owner references), so no finalizer is
+//! needed: deleting a LongConnService never waits for the operator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{info, instrument, warn};
+
+use crate::certs;
+use crate::compare;
+use crate::crd::{LongConnService, TlsMode};
+use crate::desired::{
+    self, CertBundle, Manifest, Observed, ObservedRevision, ServedApis, Settings,
+};
+use crate::kinds::Kind;
+use crate::labels::{self, MANAGER, names};
+use crate::metrics::{ErrorReason, KindLabels, Metrics};
+use crate::revision;
+use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
+
+/// How long the answer to "is this optional API served?" is trusted.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+/// Requeue when nothing else is pending: catches drift the watches cannot see.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Requeue while pods of several revisions coexist.
+const ROLLOUT_POLL: Duration = Duration::from_secs(10);
+
+/// Everything that can make a reconcile fail; it is then retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listing {kind:?} objects in namespace {namespace}: {source}")]
+    List {
+        kind: Kind,
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {kind:?} {namespace}/{name}: {source}")]
+    Get {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {kind:?} {namespace}/{name}: {source}")]
+    Delete {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status of LongConnService {namespace}/{name}: {source}")]
+    Status {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("issuing the certificate of LongConnService {namespace}/{name}: {source}")]
+    Certificate {
+        namespace: String,
+        name: String,
+        #[source]
+        source: certs::Error,
+    },
+    #[error("LongConnService has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    pub fn metric_reason(&self) -> ErrorReason {
+        match self {
+            Error::List { .. }
+            | Error::Get { .. }
+            | Error::Delete { .. }
+            | Error::Status { .. } => ErrorReason::Api,
+            Error::Certificate { .. } => ErrorReason::Certificate,
+            Error::MissingField(_) => ErrorReason::InvalidObject,
+        }
+    }
+}
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    discovery: Mutex<Option<(Instant, ServedApis)>>,
+    failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            discovery: Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Which optional APIs are served, asked at most once per [`DISCOVERY_TTL`].
+    async fn served_apis(&self) -> ServedApis {
+        if let Ok(cache) = self.discovery.lock()
+            && let Some((at, apis)) = *cache
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return apis;
+        }
+        let apis = ServedApis {
+            service_monitor: self.serves(Kind::ServiceMonitor).await,
+            cert_manager: self.serves(Kind::Certificate).await,
+        };
+        if let Ok(mut cache) = self.discovery.lock() {
+            *cache = Some((Instant::now(), apis));
+        }
+        apis
+    }
+
+    async fn serves(&self, kind: Kind) -> bool {
+        let Some(group_version) = kind.optional_api() else {
+            return true;
+        };
+        let plural = kind.api_resource().plural;
+        match self.client.list_api_group_resources(group_version).await {
+            Ok(list) => list.resources.iter().any(|r| r.name == plural),
+            Err(_) => false,
+        }
+    }
+
+    async fn event(&self, lcs: &LongConnService, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &lcs.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish an event");
+        }
+    }
+}
+
+/// Objects labelled as ours, by kind.
+type OwnedObjects = BTreeMap<Kind, Vec<DynamicObject>>;
+
+/// Reconciles one LongConnService.
+#[instrument(skip_all, fields(lcs = %format!("{}/{}", lcs.namespace().unwrap_or_default(), lcs.name_any())))]
+pub async fn reconcile(lcs: Arc<LongConnService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&lcs, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(lcs.as_ref()));
+    }
+    result
+}
+
+/// On failure: count it, log it, and retry with exponential backoff (5s doubling to 5m).
+pub fn error_policy(lcs: Arc<LongConnService>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            reason: error.metric_reason(),
+        })
+        .inc();
+    let attempt = ctx.failures.lock().map_or(0, |mut failures| {
+        let n = failures
+            .entry(ObjectRef::from_obj(lcs.as_ref()))
+            .or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    });
+    let delay = Duration::from_secs(5)
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
+        .min(RESYNC);
+    warn!(
+        lcs = %format!("{}/{}", lcs.namespace().unwrap_or_default(), lcs.name_any()),
+        error = %error, attempt, retry_in = ?delay, "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action, Error> {
+    if lcs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = lcs
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let ns = lcs
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let uid = lcs
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let now = Timestamp::now();
+    let apis = ctx.served_apis().await;
+    let owned = list_owned(ctx, &ns, &name, apis).await?;
+    let mut problems = Vec::new();
+
+    let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
+        .unwrap_or_else(new_token);
+    let (certificate, cert_facts, renew_at) =
+        certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
+    let revisions = observed_revisions(&owned);
+    let observed = Observed {
+        revisions: revisions.clone(),
+        admin_token,
+        certificate,
+        apis,
+    };
+    let manifests = desired::desired(lcs, &observed, &ctx.settings);
+
+    for manifest in &manifests {
+        if let Some(problem) = apply(lcs, ctx, &ns, &uid, &owned, manifest).await {
+            problems.push(problem);
+        }
+    }
+    delete_orphans(lcs, ctx, &ns, &uid, &owned, &manifests).await?;
+
+    let update_revision = revision::of(lcs, &ctx.settings);
+    let monitoring = match (
+        lcs.spec.monitoring.service_monitor.enabled,
+        apis.service_monitor,
+    ) {
+        (false, _) => MonitoringFacts::Disabled,
+        (true, true) => MonitoringFacts::Created,
+        (true, false) => MonitoringFacts::ApiMissing,
+    };
+    let update_stalled = owned
+        .get(&Kind::Deployment)
+        .into_iter()
+        .flatten()
+        .filter(|d| d.labels().get(labels::REVISION) == Some(&update_revision))
+        .any(deployment_stalled);
+    let new_status = status::compute(
+        lcs,
+        &Facts {
+            update_revision: &update_revision,
+            revisions: &revisions,
+            update_stalled,
+            problems: &problems,
+            certificate: &cert_facts,
+            monitoring,
+            now,
+        },
+    );
+    write_status(lcs, ctx, &ns, &name, new_status).await?;
+
+    let several_revisions = revisions.iter().filter(|r| r.current_replicas > 0).count() > 1;
+    let mut next = if several_revisions {
+        ROLLOUT_POLL
+    } else {
+        RESYNC
+    };
+    if let Some(renew_at) = renew_at {
+        let until = renew_at.duration_since(now).unsigned_abs();
+        next = next.min(until.max(Duration::from_secs(1)));
+    }
+    Ok(Action::requeue(next))
+}
+
+async fn list_owned(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    apis: ServedApis,
+) -> Result<OwnedObjects, Error> {
+    let params = ListParams::default().labels(&labels::ownership_selector(name));
+    let mut owned = OwnedObjects::new();
+    for kind in Kind::ALL {
+        let served = match kind {
+            Kind::ServiceMonitor => apis.service_monitor,
+            Kind::Certificate => apis.cert_manager,
+            _ => true,
+        };
+        if !served {
+            continue;
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+        let list = api.list(&params).await.map_err(|source| Error::List {
+            kind,
+            namespace: ns.to_owned(),
+            source,
+        })?;
+        owned.insert(kind, list.items);
+    }
+    Ok(owned)
+}
+
+fn find<'a>(owned: &'a OwnedObjects, kind: Kind, name: &str) -> Option<&'a DynamicObject> {
+    owned
+        .get(&kind)?
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some(name))
+}
+
+fn secret_value(owned: &OwnedObjects, secret: &str, key: &str) -> Option<String> {
+    let data = find(owned, Kind::Secret, secret)?
+        .data
+        .get("data")?
+        .get(key)?;
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(data.clone()).ok()?;
+    String::from_utf8(bytes.0).ok()
+}
+
+/// A fresh admin token: 32 random bytes, hex-encoded.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS random source failing is not recoverable; a predictable token is worse.
+        panic!("the operating system's random source failed");
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn observed_revisions(owned: &OwnedObjects) -> Vec<ObservedRevision> {
+    owned
+        .get(&Kind::Deployment)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            let revision = d.labels().get(labels::REVISION)?.clone();
+            let int = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(0);
+            Some(ObservedRevision {
+                revision,
+                replicas: int(&d.data["spec"]["replicas"]),
+                current_replicas: int(&d.data["status"]["replicas"]),
+                ready_replicas: int(&d.data["status"]["readyReplicas"]),
+            })
+        })
+        .collect()
+}
+
+fn deployment_stalled(d: &DynamicObject) -> bool {
+    d.data["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
+}
+
+/// Works out the serving certificate for the TLS mode, issuing self-signed material when
+/// needed. Returns the bundle to store (SelfSigned), the facts for status, and when to renew.
+async fn certificate(
+    lcs: &LongConnService,
+    ctx: &Context,
+    owned: &OwnedObjects,
+    apis: ServedApis,
+    now: Timestamp,
+    problems: &mut Vec<Problem>,
+) -> Result<(Option<CertBundle>, CertFacts, Option<Timestamp>), Error> {
+    let name = lcs.name_any();
+    let ns = lcs.namespace().unwrap_or_default();
+    let tls = &lcs.spec.tls;
+    match tls.mode {
+        TlsMode::Disabled => Ok((None, CertFacts::Disabled, None)),
+        TlsMode::SelfSigned => {
+            let existing = (|| {
+                Some(CertBundle {
+                    ca_cert_pem: secret_value(owned, &names::ca(&name), "ca.crt")?,
+                    ca_key_pem: secret_value(owned, &names::ca(&name), "ca.key")?,
+                    cert_pem: secret_value(owned, &names::serving_cert(&name), "tls.crt")?,
+                    key_pem: secret_value(owned, &names::serving_cert(&name), "tls.key")?,
+                })
+            })();
+            let dns_names = desired::certificate_dns_names(lcs, &ctx.settings);
+            let validity = tls
+                .validity
+                .to_std()
+                .unwrap_or(Duration::from_secs(90 * 86_400));
+            let ensured = certs::ensure(existing.as_ref(), &name, &dns_names, validity, now)
+                .map_err(|source| Error::Certificate {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+            for (what, reason) in [
+                ("CA", ensured.ca_issued),
+                ("serving certificate", ensured.serving_issued),
+            ] {
+                if let Some(reason) = reason {
+                    ctx.metrics.certificates_issued.inc();
+                    let event_reason = if existing.is_some() {
+                        "CertificateRenewed"
+                    } else {
+                        "CertificateIssued"
+                    };
+                    ctx.event(
+                        lcs,
+                        EventType::Normal,
+                        event_reason,
+                        format!("issued a new {what}: {}", reason.describe()),
+                    )
+                    .await;
+                }
+            }
+            let facts = CertFacts::Ready {
+                secret: names::serving_cert(&name),
+                lifetime: Some(ensured.serving),
+                reason: "SelfSigned",
+                message: format!(
+                    "serving certificate for {} valid until {}, renewed at {}",
+                    dns_names.join(", "),
+                    ensured.serving.not_after,
+                    ensured.serving.renew_at()
+                ),
+            };
+            Ok((
+                Some(ensured.bundle),
+                facts,
+                Some(ensured.serving.renew_at()),
+            ))
+        }
+        TlsMode::Secret => {
+            let secret_name = tls.secret_name.clone().unwrap_or_default();
+            let facts = user_secret(ctx, &ns, &secret_name).await?;
+            if let CertFacts::NotReady { reason, message } = &facts {
+                problems.push(Problem {
+                    reason,
+                    message: message.clone(),
+                });
+            }
+            Ok((None, facts, None))
+        }
+        TlsMode::CertManager => {
+            if !apis.cert_manager {
+                let message = "tls.mode is CertManager but the cluster does not serve cert-manager.io/v1 Certificate: install cert-manager or choose another tls.mode".to_owned();
+                problems.push(Problem {
+                    reason: "CertManagerMissing",
+                    message: message.clone(),
+                });
+                return Ok((
+                    None,
+                    CertFacts::NotReady {
+                        reason: "CertManagerMissing",
+                        message,
+                    },
+                    None,
+                ));
+            }
+            let cert = find(owned, Kind::Certificate, &names::serving_cert(&name));
+            let ready = cert
+                .and_then(|c| c.data["status"]["conditions"].as_array())
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
+            let facts = match ready {
+                Some(c) if c["status"] == "True" => CertFacts::Ready {
+                    secret: names::serving_cert(&name),
+                    lifetime: None,
+                    reason: "CertManagerReady",
+                    message: c["message"]
+                        .as_str()
+                        .unwrap_or("cert-manager issued the certificate")
+                        .to_owned(),
+                },
+                Some(c) => CertFacts::NotReady {
+                    reason: "CertManagerPending",
+                    message: format!(
+                        "cert-manager: {}",
+                        c["message"].as_str().unwrap_or("not ready")
+                    ),
+                },
+                None => CertFacts::NotReady {
+                    reason: "CertManagerPending",
+                    message: format!(
+                        "waiting for cert-manager to issue Certificate {}",
+                        names::serving_cert(&name)
+                    ),
+                },
+            };
+            Ok((None, facts, None))
+        }
+    }
+}
+
+/// Checks a user-provided TLS Secret (mode Secret).
+async fn user_secret(ctx: &Context, ns: &str, secret_name: &str) -> Result<CertFacts, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = api
+        .get_opt(secret_name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: Kind::Secret,
+            namespace: ns.to_owned(),
+            name: secret_name.to_owned(),
+            source,
+        })?;
+    let Some(secret) = secret else {
+        return Ok(CertFacts::NotReady {
+            reason: "SecretNotFound",
+            message: format!(
+                "tls.secretName {secret_name} does not exist in namespace {ns}: create it (type kubernetes.io/tls) or choose another tls.mode"
+            ),
+        });
+    };
+    let data = secret.data.unwrap_or_default();
+    let missing: Vec<&str> = ["tls.crt", "tls.key"]
+        .into_iter()
+        .filter(|k| !data.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(CertFacts::NotReady {
+            reason: "SecretInvalid",
+            message: format!("Secret {secret_name} lacks {}", missing.join(" and ")),
+        });
+    }
+    let pem = String::from_utf8_lossy(&data["tls.crt"].0).into_owned();
+    let Some(inspected) = certs::inspect(&pem) else {
+        return Ok(CertFacts::NotReady {
+            reason: "SecretInvalid",
+            message: format!("tls.crt in Secret {secret_name} is not a PEM certificate"),
+        });
+    };
+    Ok(CertFacts::Ready {
+        secret: secret_name.to_owned(),
+        lifetime: Some(inspected.lifetime),
+        reason: "SecretValid",
+        message: format!(
+            "Secret {secret_name} holds a certificate valid until {}",
+            inspected.lifetime.not_after
+        ),
+    })
+}
+
+fn owned_by(object: &DynamicObject, uid: &str) -> bool {
+    object.owner_references().iter().any(|o| o.uid == uid)
+}
+
+/// Applies one manifest unless it is already satisfied. Returns a problem instead of failing
+/// when the object cannot be applied (someone else's object of that name, a rejected spec).
+async fn apply(
+    lcs: &LongConnService,
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    owned: &OwnedObjects,
+    manifest: &Manifest,
+) -> Option<Problem> {
+    let kind = manifest.kind;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+    let existing = match find(owned, kind, &manifest.name) {
+        Some(o) => Some(o.clone()),
+        // Not labelled as ours: make sure no one else's object has this name.
+        None => match api.get_opt(&manifest.name).await {
+            Ok(o) => o,
+            Err(e) => {
+                return Some(Problem {
+                    reason: "ApplyFailed",
+                    message: format!("reading {kind:?} {}: {e}", manifest.name),
+                });
+            }
+        },
+    };
+    if let Some(existing) = &existing {
+        if !owned_by(existing, uid) {
+            let message = format!(
+                "{kind:?} {} already exists and is not owned by this LongConnService; rename or delete it",
+                manifest.name
+            );
+            return Some(Problem {
+                reason: "OwnershipConflict",
+                message,
+            });
+        }
+        if compare::satisfied(
+            &manifest.object,
+            &serde_json::to_value(existing).unwrap_or(Value::Null),
+        ) {
+            return None;
+        }
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    match api
+        .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics
+                .objects_applied
+                .get_or_create(&KindLabels::of(kind))
+                .inc();
+            if existing.is_none() {
+                info!(kind = ?kind, name = %manifest.name, "created");
+                ctx.event(
+                    lcs,
+                    EventType::Normal,
+                    "Created",
+                    format!("created {kind:?} {}", manifest.name),
+                )
+                .await;
+            } else {
+                info!(kind = ?kind, name = %manifest.name, "updated");
+            }
+            None
+        }
+        Err(e) => {
+            let message = format!("applying {kind:?} {}: {}", manifest.name, api_message(&e));
+            ctx.event(lcs, EventType::Warning, "ApplyFailed", message.clone())
+                .await;
+            Some(Problem {
+                reason: "ApplyFailed",
+                message,
+            })
+        }
+    }
+}
+
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Deletes objects labelled as ours and owned by this LongConnService that are no longer
+/// desired (an old revision at zero, a Secret of a TLS mode no longer used, ...).
+async fn delete_orphans(
+    lcs: &LongConnService,
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    owned: &OwnedObjects,
+    manifests: &[Manifest],
+) -> Result<(), Error> {
+    for (kind, objects) in owned {
+        for object in objects {
+            let name = object.name_any();
+            let wanted = manifests.iter().any(|m| m.kind == *kind && m.name == name);
+            if wanted || !owned_by(object, uid) || object.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(source) => {
+                    return Err(Error::Delete {
+                        kind: *kind,
+                        namespace: ns.to_owned(),
+                        name,
+                        source,
+                    });
+                }
+            }
+            ctx.metrics
+                .objects_deleted
+                .get_or_create(&KindLabels::of(*kind))
+                .inc();
+            info!(kind = ?kind, name = %name, "deleted, no longer desired");
+            ctx.event(
+                lcs,
+                EventType::Normal,
+                "Deleted",
+                format!("deleted {kind:?} {name}: no longer desired"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the status when it differs from the current one, and records an Event when the
+/// Degraded or CertificateReady condition turns bad.
+async fn write_status(
+    lcs: &LongConnService,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    new: crate::crd::LongConnServiceStatus,
+) -> Result<(), Error> {
+    let old = lcs.status.clone().unwrap_or_default();
+    if old == new {
+        return Ok(());
+    }
+    for type_ in [status::DEGRADED, status::CERTIFICATE_READY] {
+        let bad = if type_ == status::DEGRADED {
+            "True"
+        } else {
+            "False"
+        };
+        if let Some(c) = status::condition(&new, type_)
+            && c.status == bad
+            && status::condition(&old, type_)
+                .is_none_or(|o| o.status != c.status || o.message != c.message)
+        {
+            ctx.event(lcs, EventType::Warning, &c.reason, c.message.clone())
+                .await;
+        }
+    }
+    let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": LongConnService::api_version(&()),
+        "kind": LongConnService::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The status a LongConnService should show, computed from what the reconciler observed.
+//!
+//! [`compute`] is pure: it takes the observations and `now`, keeps every condition's
+//! `lastTransitionTime` when its status did not change, and so returns exactly the old status
+//! when nothing changed (the reconciler then writes nothing).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::certs::Lifetime;
+use crate::crd::{CertificateStatus, LongConnService, LongConnServiceStatus};
+use crate::desired::ObservedRevision;
+use crate::labels;
+
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const CERTIFICATE_READY: &str = "CertificateReady";
+pub const MONITORING_READY: &str = "MonitoringReady";
+
+/// Something that keeps the LongConnService from being fully realised (Degraded=True).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason from a closed set (`OwnershipConflict`, `ApplyFailed`, ...).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The state of the serving certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertFacts {
+    /// A usable certificate is in `secret`; `lifetime` when it could be read.
+    Ready {
+        secret: String,
+        lifetime: Option<Lifetime>,
+        reason: &'static str,
+        message: String,
+    },
+    /// No usable certificate yet.
+    NotReady {
+        reason: &'static str,
+        message: String,
+    },
+    /// `tls.mode` is Disabled.
+    Disabled,
+}
+
+/// The state of the ServiceMonitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitoringFacts {
+    Created,
+    ApiMissing,
+    Disabled,
+}
+
+/// Everything [`compute`] needs.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    pub update_revision: &'a str,
+    pub revisions: &'a [ObservedRevision],
+    /// The update revision's Deployment reports ProgressDeadlineExceeded.
+    pub update_stalled: bool,
+    pub problems: &'a [Problem],
+    pub certificate: &'a CertFacts,
+    pub monitoring: MonitoringFacts,
+    pub now: Timestamp,
+}
+
+/// The status to write.
+pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
+    let old = lcs.status.clone().unwrap_or_default();
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    let generation = lcs.metadata.generation;
+    let want = lcs.spec.replicas;
+    let replicas: i32 = facts.revisions.iter().map(|r| r.current_replicas).sum();
+    let ready: i32 = facts.revisions.iter().map(|r| r.ready_replicas).sum();
+    let update = facts
+        .revisions
+        .iter()
+        .find(|r| r.revision == facts.update_revision);
+    let updated = update.map_or(0, |r| r.current_replicas);
+    let updated_ready = update.map_or(0, |r| r.ready_replicas);
+    let old_pods: i32 = facts
+        .revisions
+        .iter()
+        .filter(|r| r.revision != facts.update_revision)
+        .map(|r| r.current_replicas)
+        .sum();
+    let complete = updated_ready >= want && old_pods == 0 && updated == want;
+
+    let mut conditions = Conditions {
+        old: &old.conditions,
+        new: Vec::new(),
+        generation,
+        now: facts.now,
+    };
+
+    let needed = needed_ready(lcs);
+    if want == 0 {
+        conditions.set(
+            AVAILABLE,
+            true,
+            "ScaledToZero",
+            "spec.replicas is 0".to_owned(),
+        );
+    } else if ready >= needed {
+        conditions.set(
+            AVAILABLE,
+            true,
+            "MinimumReplicasAvailable",
+            format!("{ready} of {want} pods ready; at least {needed} needed"),
+        );
+    } else {
+        conditions.set(
+            AVAILABLE,
+            false,
+            "MinimumReplicasUnavailable",
+            format!(
+                "{ready} of {want} pods ready; at least {needed} needed. \
+                 See `kubectl get pods -l {}={name}`",
+                labels::SERVICE
+            ),
+        );
+    }
+
+    let rev = facts.update_revision;
+    if facts.update_stalled {
+        conditions.set(
+            PROGRESSING,
+            false,
+            "ProgressDeadlineExceeded",
+            format!(
+                "revision {rev} made no progress within spec.rollout.progressDeadline ({}): \
+                 its pods do not become ready. See `kubectl describe deployment {}`",
+                lcs.spec.rollout.progress_deadline,
+                labels::names::deployment(name, rev)
+            ),
+        );
+    } else if complete {
+        conditions.set(
+            PROGRESSING,
+            true,
+            "NewRevisionAvailable",
+            format!("revision {rev} serves all {want} pods"),
+        );
+    } else {
+        conditions.set(
+            PROGRESSING,
+            true,
+            "RolloutInProgress",
+            format!(
+                "revision {rev}: {updated_ready} of {want} pods ready, {old_pods} old pods left"
+            ),
+        );
+    }
+
+    match facts.problems.first() {
+        Some(first) => {
+            let message = facts
+                .problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            conditions.set(DEGRADED, true, first.reason, message);
+        }
+        None => conditions.set(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "every object is as desired".to_owned(),
+        ),
+    }
+
+    let certificate = match facts.certificate {
+        CertFacts::Ready {
+            secret,
+            lifetime,
+            reason,
+            message,
+        } => {
+            conditions.set(CERTIFICATE_READY, true, reason, message.clone());
+            Some(CertificateStatus {
+                secret_name: secret.clone(),
+                not_after: lifetime.map(|l| Time(l.not_after)),
+                renew_at: lifetime.map(|l| Time(l.renew_at())),
+            })
+        }
+        CertFacts::NotReady { reason, message } => {
+            conditions.set(CERTIFICATE_READY, false, reason, message.clone());
+            None
+        }
+        CertFacts::Disabled => {
+            conditions.set(
+                CERTIFICATE_READY,
+                true,
+                "TLSDisabled",
+                "tls.mode is Disabled: clients connect in plain text".to_owned(),
+            );
+            None
+        }
+    };
+
+    match facts.monitoring {
+        MonitoringFacts::Created => conditions.set(
+            MONITORING_READY,
+            true,
+            "ServiceMonitorReady",
+            format!("ServiceMonitor {name} scrapes the gateways' /metrics"),
+        ),
+        MonitoringFacts::ApiMissing => conditions.set(
+            MONITORING_READY,
+            false,
+            "ServiceMonitorAPIMissing",
+            "the cluster does not serve monitoring.coreos.com/v1 ServiceMonitor: install the \
+             Prometheus Operator CRDs, or set spec.monitoring.serviceMonitor.enabled=false"
+                .to_owned(),
+        ),
+        MonitoringFacts::Disabled => conditions.set(
+            MONITORING_READY,
+            true,
+            "Disabled",
+            "spec.monitoring.serviceMonitor.enabled is false".to_owned(),
+        ),
+    }
+
+    // Conditions this computation does not own (the rollout's) are carried over.
+    let mut all = conditions.new;
+    for c in &old.conditions {
+        if !all.iter().any(|n| n.type_ == c.type_) {
+            all.push(c.clone());
+        }
+    }
+
+    LongConnServiceStatus {
+        observed_generation: generation,
+        replicas,
+        ready_replicas: ready,
+        updated_replicas: updated,
+        selector: Some(labels::selector_string(&labels::pods(name))),
+        active_sessions: old.active_sessions,
+        current_revision: if complete {
+            Some(rev.to_owned())
+        } else {
+            old.current_revision
+                .clone()
+                .or_else(|| largest_old_revision(facts))
+        },
+        update_revision: Some(rev.to_owned()),
+        conditions: all,
+        rollout: old.rollout,
+        certificate,
+    }
+}
+
+fn largest_old_revision(facts: &Facts) -> Option<String> {
+    facts
+        .revisions
+        .iter()
+        .filter(|r| r.revision != facts.update_revision && r.current_replicas > 0)
+        .max_by_key(|r| r.current_replicas)
+        .map(|r| r.revision.clone())
+}
+
+/// Ready pods needed for Available: `replicas` less what the disruption budget lets go,
+/// and at least one.
+pub fn needed_ready(lcs: &LongConnService) -> i32 {
+    let want = lcs.spec.replicas;
+    let d = &lcs.spec.disruption;
+    let allowed = match (&d.max_unavailable, &d.min_available) {
+        (_, Some(min)) => want - scaled(min, want, true),
+        (Some(max), None) => scaled(max, want, true),
+        (None, None) => 1,
+    };
+    (want - allowed).clamp(want.min(1), want)
+}
+
+/// An integer or a percentage of `total`, as Kubernetes scales it.
+pub fn scaled(value: &IntOrString, total: i32, round_up: bool) -> i32 {
+    match value {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(s) => {
+            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let product = percent * i64::from(total);
+            let v = if round_up {
+                (product + 99) / 100
+            } else {
+                product / 100
+            };
+            i32::try_from(v).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// Builds the new condition list, keeping transition times of unchanged statuses.
+struct Conditions<'a> {
+    old: &'a [Condition],
+    new: Vec<Condition>,
+    generation: Option<i64>,
+    now: Timestamp,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        let status = if status { "True" } else { "False" }.to_owned();
+        let last_transition_time = self
+            .old
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(Time(self.now), |c| c.last_transition_time.clone());
+        self.new.push(Condition {
+            type_: type_.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+}
+
+/// The condition of `type_`, if set.
+pub fn condition<'a>(status: &'a LongConnServiceStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
