@@ -6,9 +6,15 @@
 //! names the field. What the schema cannot know (a missing Secret, a missing CRD) is reported
 //! in status conditions by the reconciler instead.
 
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy reads those as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -16,6 +22,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+
+/// What an int-or-string field accepts as a string: a percentage.
+const PERCENT: &str = r"^[0-9]{1,3}%$";
 
 /// API group of every longconn resource.
 pub const GROUP: &str = "longconn.dev";
@@ -450,12 +459,11 @@ pub enum DropBudgetAction {
 /// How a new revision replaces the old one.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("type(self.maxSurge) == int ? self.maxSurge >= 0 : self.maxSurge.matches('^[0-9]+%$')")
-    .message("rollout.maxSurge must be a non-negative integer or a percentage such as 25%").field_path(".maxSurge"))]
 pub struct RolloutSpec {
     /// Pods of the new revision started above `replicas` before old pods are drained: an
     /// integer or a percentage of `replicas` (rounded up).
     #[serde(default = "default_max_surge")]
+    #[schemars(extend("minimum" = 0, "pattern" = PERCENT))]
     pub max_surge: IntOrString,
     /// Old pods drained at the same time.
     #[serde(default = "default_max_concurrent_drains")]
@@ -500,16 +508,14 @@ fn default_progress_deadline() -> Duration {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.maxUnavailable) && has(self.minAvailable))")
     .message("set either disruption.maxUnavailable or disruption.minAvailable, not both"))]
-#[x_kube(validation = Rule::new("!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 0 : self.maxUnavailable.matches('^[0-9]+%$'))")
-    .message("disruption.maxUnavailable must be a non-negative integer or a percentage").field_path(".maxUnavailable"))]
-#[x_kube(validation = Rule::new("!has(self.minAvailable) || (type(self.minAvailable) == int ? self.minAvailable >= 0 : self.minAvailable.matches('^[0-9]+%$'))")
-    .message("disruption.minAvailable must be a non-negative integer or a percentage").field_path(".minAvailable"))]
 pub struct DisruptionSpec {
     /// Pods that may be down at once (integer or percentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "pattern" = PERCENT))]
     pub max_unavailable: Option<IntOrString>,
     /// Pods that must stay up (integer or percentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "pattern" = PERCENT))]
     pub min_available: Option<IntOrString>,
 }
 
@@ -730,7 +736,48 @@ pub struct CertificateStatus {
     pub renew_at: Option<Time>,
 }
 
+/// The CRD as installed: the derived one, with the descriptions of the embedded pod template
+/// left out. They are upstream's PodSpec documentation (`kubectl explain pod.spec` has them)
+/// and would more than double the CRD, past what client-side `kubectl apply` can store.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = LongConnService::crd();
+    for version in &mut crd.spec.versions {
+        let template = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|root| root.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+            .and_then(|spec| spec.properties.as_mut())
+            .and_then(|p| p.get_mut("template"));
+        if let Some(template) = template {
+            strip_descriptions(template);
+            template.description =
+                Some("The app's pod template (a PodTemplateSpec, as in a Deployment). Its containers listen on localhost; the gateway, injected as a native sidecar, terminates client connections and proxies them to `gateway.upstreamPort`.".to_owned());
+        }
+    }
+    crd
+}
+
+fn strip_descriptions(schema: &mut JSONSchemaProps) {
+    schema.description = None;
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        strip_descriptions(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        strip_descriptions(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        strip_descriptions(extra);
+    }
+    for list in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
+        for child in list.iter_mut().flatten() {
+            strip_descriptions(child);
+        }
+    }
+}
+
 /// The CRD as YAML, as `longconn-operator crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&LongConnService::crd())
+    serde_yaml::to_string(&crd())
 }

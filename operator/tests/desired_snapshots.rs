@@ -1,0 +1,155 @@
+//! Snapshot tests of every manifest `desired()` builds. A change to any generated object shows
+//! up as a snapshot diff to review (`INSTA_UPDATE=always cargo test` rewrites them).
+
+use longconn_operator::crd::LongConnService;
+use longconn_operator::desired::{
+    self, CertBundle, Manifest, Observed, ObservedRevision, ServedApis, Settings,
+};
+use longconn_operator::revision;
+
+fn sample(path: &str) -> LongConnService {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&full).expect("sample");
+    let mut lcs: LongConnService = serde_yaml::from_str(&text).expect("sample parses");
+    lcs.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_owned());
+    lcs.metadata.uid = Some("11111111-2222-3333-4444-555555555555".to_owned());
+    lcs
+}
+
+fn observed(apis: ServedApis, revisions: Vec<ObservedRevision>) -> Observed {
+    Observed {
+        revisions,
+        admin_token: "admin-token".to_owned(),
+        certificate: Some(CertBundle {
+            ca_cert_pem: "CA CERT".to_owned(),
+            ca_key_pem: "CA KEY".to_owned(),
+            cert_pem: "CERT".to_owned(),
+            key_pem: "KEY".to_owned(),
+        }),
+        apis,
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        gateway_image: "ghcr.io/longconn/longconn-gateway:test".to_owned(),
+        ..Settings::default()
+    }
+}
+
+fn yaml(manifests: &[Manifest]) -> Vec<serde_json::Value> {
+    manifests.iter().map(|m| m.object.clone()).collect()
+}
+
+const ALL_APIS: ServedApis = ServedApis {
+    service_monitor: true,
+    cert_manager: true,
+};
+
+#[test]
+fn chat_example_with_every_optional_api() {
+    let lcs = sample("../examples/chat.yaml");
+    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    insta::assert_yaml_snapshot!("chat", yaml(&out));
+}
+
+#[test]
+fn every_field_set() {
+    let lcs = sample("tests/samples/good/full.yaml");
+    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    insta::assert_yaml_snapshot!("full", yaml(&out));
+}
+
+#[test]
+fn cert_manager_mode_creates_a_certificate_and_no_ca() {
+    let lcs = sample("tests/samples/good/cert-manager.yaml");
+    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    insta::assert_yaml_snapshot!("cert-manager", yaml(&out));
+}
+
+#[test]
+fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
+    let lcs = sample("tests/samples/good/tls-secret.yaml");
+    let out = desired::desired(&lcs, &observed(ServedApis::default(), vec![]), &settings());
+    assert!(
+        out.iter()
+            .all(|m| m.name != "tls-secret-tls" && m.name != "tls-secret-ca")
+    );
+    let deployment = out
+        .iter()
+        .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+        .expect("deployment");
+    let volumes = &deployment.object["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "my-cert")
+    );
+}
+
+#[test]
+fn without_the_monitoring_api_no_service_monitor_is_desired() {
+    let lcs = sample("../examples/chat.yaml");
+    let out = desired::desired(&lcs, &observed(ServedApis::default(), vec![]), &settings());
+    assert!(
+        out.iter()
+            .all(|m| m.kind != longconn_operator::kinds::Kind::ServiceMonitor)
+    );
+    assert!(
+        out.iter().any(|m| m.name == "chat-metrics"),
+        "the metrics Service stays"
+    );
+}
+
+#[test]
+fn an_old_revision_shrinks_as_the_new_one_becomes_ready_and_goes_at_zero() {
+    let lcs = sample("../examples/chat.yaml");
+    let new = revision::of(&lcs, &settings());
+    let rev = |revision: &str, replicas, current, ready| ObservedRevision {
+        revision: revision.to_owned(),
+        replicas,
+        current_replicas: current,
+        ready_replicas: ready,
+    };
+    let replicas = |observed: &[ObservedRevision]| desired::revision_replicas(&lcs, &new, observed);
+    assert_eq!(
+        replicas(&[rev("old", 3, 3, 3)]),
+        vec![(new.clone(), 3), ("old".to_owned(), 3)]
+    );
+    assert_eq!(
+        replicas(&[rev("old", 3, 3, 3), rev(&new, 3, 3, 2)]),
+        vec![(new.clone(), 3), ("old".to_owned(), 1)]
+    );
+    assert_eq!(
+        replicas(&[rev("old", 1, 1, 1), rev(&new, 3, 3, 3)]),
+        vec![(new.clone(), 3), ("old".to_owned(), 0)],
+        "kept at zero while its last pod terminates"
+    );
+    assert_eq!(
+        replicas(&[rev("old", 0, 0, 0), rev(&new, 3, 3, 3)]),
+        vec![(new, 3)]
+    );
+}
+
+#[test]
+fn revision_changes_with_the_pod_template_but_not_with_scaling() {
+    let lcs = sample("../examples/chat.yaml");
+    let base = revision::of(&lcs, &settings());
+    assert_eq!(base.len(), revision::LEN);
+    let mut scaled = lcs.clone();
+    scaled.spec.replicas = 7;
+    scaled.spec.autoscaling = None;
+    assert_eq!(revision::of(&scaled, &settings()), base);
+    let mut changed = lcs.clone();
+    if let Some(pod) = changed.spec.template.spec.as_mut() {
+        pod.containers[0].image = Some("ghcr.io/longconn/longconn-echo:0.2.0".to_owned());
+    }
+    assert_ne!(revision::of(&changed, &settings()), base);
+    let mut drained = lcs;
+    drained.spec.drain.close_code = 1001;
+    assert_ne!(revision::of(&drained, &settings()), base);
+}
