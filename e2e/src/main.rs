@@ -1,4 +1,121 @@
-fn main() {
-    eprintln!("longconn-e2e: not built yet");
-    std::process::exit(2);
+//! `longconn-e2e`: the command line of the local control plane.
+//!
+//! `cluster up` starts it and returns, leaving the components running; `cluster env` prints the
+//! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use longconn_e2e::cluster::{self, Cluster, ClusterOptions};
+use longconn_e2e::tools;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "longconn-e2e",
+    about = "longconn's local Kubernetes control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start, stop or use the local control plane.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Generate the PKI, start etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
+    /// 127.0.0.1 and wait until they are healthy.
+    Up(UpArgs),
+    /// Stop every process of the cluster (SIGTERM, then SIGKILL after the grace period).
+    Down(DownArgs),
+    /// Print `export` lines for KUBECONFIG and PATH (with the built kubectl and helm first).
+    Env(DirArgs),
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The cluster folder (PKI, kubeconfigs, etcd data, logs).
+    #[arg(long, env = "LONGCONN_E2E_CLUSTER_DIR", default_value_os_t = cluster::default_cluster_dir())]
+    dir: PathBuf,
+    /// The folder `make tools` built the control-plane binaries into.
+    #[arg(long, env = tools::TOOLS_DIR_ENV, default_value_os_t = tools::repository_root().join(".tools"))]
+    tools_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// How long each component may take to become healthy, in seconds.
+    #[arg(long, default_value_t = 120)]
+    ready_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// How long each component may take to exit after SIGTERM, in seconds.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // kube's client logs every refused connection while the API server starts; the
+                // readiness errors this command reports say the same once, when it matters.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("longconn-e2e: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> longconn_e2e::Result<()> {
+    match cli.command {
+        Command::Cluster(ClusterCommand::Up(args)) => {
+            let cluster = Cluster::up(ClusterOptions {
+                dir: args.dir.dir,
+                tools_dir: args.dir.tools_dir.clone(),
+                ready_timeout: Duration::from_secs(args.ready_timeout_secs),
+                ..ClusterOptions::default()
+            })
+            .await?;
+            eprintln!(
+                "cluster up: {} (logs in {})\nuse it with: eval \"$(longconn-e2e cluster env --dir {})\"",
+                cluster.server(),
+                cluster.dir().join("logs").display(),
+                cluster.dir().display(),
+            );
+            cluster.detach();
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Down(args)) => {
+            cluster::down_dir(&args.dir.dir, Duration::from_secs(args.grace_secs))?;
+            eprintln!("cluster down: {}", args.dir.dir.display());
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Env(args)) => {
+            let tools_dir = std::fs::canonicalize(&args.tools_dir).unwrap_or(args.tools_dir);
+            let dir = std::fs::canonicalize(&args.dir).unwrap_or(args.dir);
+            print!("{}", cluster::env_lines(&dir, &tools_dir));
+            Ok(())
+        }
+    }
 }
