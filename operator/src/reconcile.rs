@@ -249,10 +249,17 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     };
     let manifests = desired::desired(lcs, &observed, &ctx.settings);
 
+    let mut created = Vec::new();
     for manifest in &manifests {
-        if let Some(problem) = apply(lcs, ctx, &ns, &uid, &owned, manifest).await {
-            problems.push(problem);
+        match apply(ctx, &ns, &uid, &owned, manifest).await {
+            Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
+            Applied::Updated | Applied::Unchanged => {}
+            Applied::Refused(problem) => problems.push(problem),
         }
+    }
+    if !created.is_empty() {
+        let note = format!("created {}", created.join(", "));
+        ctx.event(lcs, EventType::Normal, "Created", note).await;
     }
     delete_orphans(lcs, ctx, &ns, &uid, &owned, &manifests).await?;
 
@@ -414,25 +421,22 @@ async fn certificate(
                     name: name.clone(),
                     source,
                 })?;
-            for (what, reason) in [
+            let issued: Vec<String> = [
                 ("CA", ensured.ca_issued),
                 ("serving certificate", ensured.serving_issued),
-            ] {
-                if let Some(reason) = reason {
-                    ctx.metrics.certificates_issued.inc();
-                    let event_reason = if existing.is_some() {
-                        "CertificateRenewed"
-                    } else {
-                        "CertificateIssued"
-                    };
-                    ctx.event(
-                        lcs,
-                        EventType::Normal,
-                        event_reason,
-                        format!("issued a new {what}: {}", reason.describe()),
-                    )
-                    .await;
-                }
+            ]
+            .into_iter()
+            .filter_map(|(what, reason)| Some(format!("a new {what} ({})", reason?.describe())))
+            .collect();
+            if !issued.is_empty() {
+                ctx.metrics.certificates_issued.inc_by(issued.len() as u64);
+                let event_reason = if existing.is_some() {
+                    "CertificateRenewed"
+                } else {
+                    "CertificateIssued"
+                };
+                let note = format!("issued {}", issued.join(" and "));
+                ctx.event(lcs, EventType::Normal, event_reason, note).await;
             }
             let facts = CertFacts::Ready {
                 secret: names::serving_cert(&name),
@@ -567,16 +571,24 @@ fn owned_by(object: &DynamicObject, uid: &str) -> bool {
     object.owner_references().iter().any(|o| o.uid == uid)
 }
 
-/// Applies one manifest unless it is already satisfied. Returns a problem instead of failing
-/// when the object cannot be applied (someone else's object of that name, a rejected spec).
+/// What [`apply`] did with one manifest.
+enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+    /// Not applied: someone else's object has that name, or the API server refused it.
+    Refused(Problem),
+}
+
+/// Applies one manifest unless it is already satisfied. A manifest that cannot be applied is
+/// reported as a problem (Degraded condition) rather than failing the whole reconcile.
 async fn apply(
-    lcs: &LongConnService,
     ctx: &Context,
     ns: &str,
     uid: &str,
     owned: &OwnedObjects,
     manifest: &Manifest,
-) -> Option<Problem> {
+) -> Applied {
     let kind = manifest.kind;
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
@@ -586,7 +598,7 @@ async fn apply(
         None => match api.get_opt(&manifest.name).await {
             Ok(o) => o,
             Err(e) => {
-                return Some(Problem {
+                return Applied::Refused(Problem {
                     reason: "ApplyFailed",
                     message: format!("reading {kind:?} {}: {e}", manifest.name),
                 });
@@ -599,7 +611,7 @@ async fn apply(
                 "{kind:?} {} already exists and is not owned by this LongConnService; rename or delete it",
                 manifest.name
             );
-            return Some(Problem {
+            return Applied::Refused(Problem {
                 reason: "OwnershipConflict",
                 message,
             });
@@ -608,7 +620,7 @@ async fn apply(
             &manifest.object,
             &serde_json::to_value(existing).unwrap_or(Value::Null),
         ) {
-            return None;
+            return Applied::Unchanged;
         }
     }
     let params = PatchParams::apply(MANAGER).force();
@@ -623,23 +635,15 @@ async fn apply(
                 .inc();
             if existing.is_none() {
                 info!(kind = ?kind, name = %manifest.name, "created");
-                ctx.event(
-                    lcs,
-                    EventType::Normal,
-                    "Created",
-                    format!("created {kind:?} {}", manifest.name),
-                )
-                .await;
+                Applied::Created
             } else {
                 info!(kind = ?kind, name = %manifest.name, "updated");
+                Applied::Updated
             }
-            None
         }
         Err(e) => {
             let message = format!("applying {kind:?} {}: {}", manifest.name, api_message(&e));
-            ctx.event(lcs, EventType::Warning, "ApplyFailed", message.clone())
-                .await;
-            Some(Problem {
+            Applied::Refused(Problem {
                 reason: "ApplyFailed",
                 message,
             })
@@ -702,8 +706,8 @@ async fn delete_orphans(
     Ok(())
 }
 
-/// Writes the status when it differs from the current one, and records an Event when the
-/// Degraded or CertificateReady condition turns bad.
+/// Writes the status when it differs from the current one, and records a Warning Event when
+/// the Degraded, CertificateReady or MonitoringReady condition turns bad or changes its words.
 async fn write_status(
     lcs: &LongConnService,
     ctx: &Context,
@@ -715,7 +719,11 @@ async fn write_status(
     if old == new {
         return Ok(());
     }
-    for type_ in [status::DEGRADED, status::CERTIFICATE_READY] {
+    for type_ in [
+        status::DEGRADED,
+        status::CERTIFICATE_READY,
+        status::MONITORING_READY,
+    ] {
         let bad = if type_ == status::DEGRADED {
             "True"
         } else {

@@ -1,0 +1,423 @@
+//! Pins the exact API requests a reconcile makes, against an in-memory API server.
+//!
+//! The fake answers lists, gets, server-side applies, deletes and event posts the way the API
+//! server would for this operator's purposes, and logs every request. The real API server is
+//! exercised by the end-to-end tests; here the point is the request sequence, above all that a
+//! reconcile which finds everything as desired makes no write request at all.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use longconn_operator::crd::LongConnService;
+use longconn_operator::desired::Settings;
+use longconn_operator::metrics::Metrics;
+use longconn_operator::reconcile::{self, Context};
+use serde_json::{Value, json};
+
+const LCS_PATH: &str = "/apis/longconn.dev/v1alpha1/namespaces/default/longconnservices";
+
+/// Objects by collection path, then by name.
+#[derive(Default)]
+struct Store {
+    collections: BTreeMap<String, BTreeMap<String, Value>>,
+    log: Vec<String>,
+    served_groups: Vec<&'static str>,
+    next_uid: u32,
+}
+
+impl Store {
+    fn writes(&self) -> Vec<&String> {
+        self.log.iter().filter(|l| !l.starts_with("GET ")).collect()
+    }
+}
+
+fn split(path: &str) -> Option<(String, Option<String>, bool)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ns_at = parts.iter().position(|p| *p == "namespaces")?;
+    let collection_end = ns_at + 3;
+    if parts.len() < collection_end {
+        return None;
+    }
+    let collection = format!("/{}", parts[..collection_end].join("/"));
+    let name = parts.get(collection_end).map(|s| (*s).to_owned());
+    let status = parts.get(collection_end + 1) == Some(&"status");
+    Some((collection, name, status))
+}
+
+fn matches_selector(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        object["metadata"]["labels"][k] == v
+    })
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+fn handle(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    store.log.push(format!("{method} {path}"));
+    if let Some(group_version) = path
+        .strip_prefix("/apis/")
+        .filter(|p| p.matches('/').count() == 1)
+    {
+        let group = group_version.split('/').next().unwrap_or_default();
+        if !store.served_groups.contains(&group) {
+            return not_found();
+        }
+        let plural = if group == "monitoring.coreos.com" {
+            "servicemonitors"
+        } else {
+            "certificates"
+        };
+        return (
+            StatusCode::OK,
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                   "resources": [{"name": plural, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}]}),
+        );
+    }
+    let Some((collection, name, status)) = split(path) else {
+        return not_found();
+    };
+    if collection.ends_with("/events") && *method == Method::POST {
+        return (StatusCode::CREATED, body);
+    }
+    let objects = store.collections.entry(collection.clone()).or_default();
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let selector = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("labelSelector="))
+                .map(|s| {
+                    s.replace("%3D", "=")
+                        .replace("%2C", ",")
+                        .replace("%2F", "/")
+                })
+                .unwrap_or_default();
+            let items: Vec<Value> = objects
+                .values()
+                .filter(|o| matches_selector(o, &selector))
+                .cloned()
+                .collect();
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name)) => match objects.get(&name) {
+            Some(o) => (StatusCode::OK, o.clone()),
+            None => not_found(),
+        },
+        (Method::PATCH, Some(name)) if status => match objects.get_mut(&name) {
+            Some(o) => {
+                o["status"] = body["status"].clone();
+                (StatusCode::OK, o.clone())
+            }
+            None => not_found(),
+        },
+        (Method::PATCH, Some(name)) => {
+            store.next_uid += 1;
+            let uid = format!("uid-{}", store.next_uid);
+            let o = objects
+                .entry(name)
+                .or_insert_with(|| json!({"metadata": {"uid": uid, "resourceVersion": "1"}}));
+            merge(o, &body);
+            (StatusCode::OK, o.clone())
+        }
+        (Method::DELETE, Some(name)) => match objects.remove(&name) {
+            Some(o) => (StatusCode::OK, o),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+/// Starts the fake; returns a client talking to it.
+fn fake(store: Arc<Mutex<Store>>) -> Client {
+    let (service, mut handle_rx) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle_rx.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (status, reply) = {
+                let mut store = store.lock().expect("store");
+                handle(
+                    &mut store,
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or(""),
+                    body,
+                )
+            };
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+    Client::new(service, "default")
+}
+
+fn chat() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/chat.yaml"
+    ))
+    .expect("example");
+    let mut lcs: Value = serde_yaml::from_str(&text).expect("yaml");
+    lcs["metadata"]["uid"] = json!("lcs-uid");
+    lcs["metadata"]["generation"] = json!(1);
+    lcs["metadata"]["resourceVersion"] = json!("1");
+    lcs
+}
+
+async fn reconcile_once(store: &Arc<Mutex<Store>>, ctx: &Arc<Context>) -> Vec<String> {
+    let lcs: LongConnService = {
+        let mut s = store.lock().expect("store");
+        s.log.clear();
+        serde_json::from_value(s.collections[LCS_PATH]["chat"].clone()).expect("lcs")
+    };
+    reconcile::reconcile(Arc::new(lcs), ctx.clone())
+        .await
+        .expect("reconcile succeeds");
+    store.lock().expect("store").log.clone()
+}
+
+/// What the Deployment controller would report once the pods are up.
+fn mark_deployments_ready(store: &Arc<Mutex<Store>>) {
+    let mut s = store.lock().expect("store");
+    if let Some(deployments) = s
+        .collections
+        .get_mut("/apis/apps/v1/namespaces/default/deployments")
+    {
+        for d in deployments.values_mut() {
+            let n = d["spec"]["replicas"].clone();
+            d["status"] = json!({"replicas": n, "readyReplicas": n, "updatedReplicas": n});
+        }
+    }
+}
+
+fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Arc<Context>) {
+    let store = Arc::new(Mutex::new(Store {
+        served_groups,
+        ..Store::default()
+    }));
+    store
+        .lock()
+        .expect("store")
+        .collections
+        .entry(LCS_PATH.to_owned())
+        .or_default()
+        .insert("chat".to_owned(), chat());
+    let client = fake(store.clone());
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings::default(),
+        Arc::new(Metrics::default()),
+    ));
+    (store, ctx)
+}
+
+const LISTS: [&str; 6] = [
+    "GET /api/v1/namespaces/default/secrets",
+    "GET /apis/apps/v1/namespaces/default/deployments",
+    "GET /api/v1/namespaces/default/services",
+    "GET /apis/policy/v1/namespaces/default/poddisruptionbudgets",
+    "GET /apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+    "GET /apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
+];
+
+#[tokio::test]
+async fn first_reconcile_creates_every_object_then_steady_state_writes_nothing() {
+    let (store, ctx) = setup(vec![]);
+
+    let first = reconcile_once(&store, &ctx).await;
+    let mut expected: Vec<String> = vec![
+        "GET /apis/monitoring.coreos.com/v1".into(),
+        "GET /apis/cert-manager.io/v1".into(),
+    ];
+    expected.extend(LISTS.iter().map(|s| (*s).to_owned()));
+    let writes: Vec<String> = first
+        .iter()
+        .filter(|l| !l.starts_with("GET /apis/events"))
+        .cloned()
+        .collect();
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let lcs_events = "POST /apis/events.k8s.io/v1/namespaces/default/events";
+    let created = |kind_path: &str, name: &str| {
+        vec![
+            format!("GET {kind_path}/{name}"),
+            format!("PATCH {kind_path}/{name}"),
+        ]
+    };
+    // One event for the CA and serving certificate issued.
+    expected.push(lcs_events.to_owned());
+    let deployment = first
+        .iter()
+        .find_map(|l| l.strip_prefix("PATCH /apis/apps/v1/namespaces/default/deployments/"))
+        .expect("a deployment was applied")
+        .to_owned();
+    for (path, name) in [
+        (secrets, "chat-admin-token"),
+        (secrets, "chat-ca"),
+        (secrets, "chat-tls"),
+        (
+            "/apis/apps/v1/namespaces/default/deployments",
+            deployment.as_str(),
+        ),
+        ("/api/v1/namespaces/default/services", "chat"),
+        (
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            "chat",
+        ),
+        (
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+            "chat",
+        ),
+        ("/api/v1/namespaces/default/services", "chat-metrics"),
+    ] {
+        expected.extend(created(path, name));
+    }
+    // One event listing what was created, one for MonitoringReady=False (no ServiceMonitor
+    // API), then the status.
+    expected.push(lcs_events.to_owned());
+    expected.push(lcs_events.to_owned());
+    expected.push(format!("PATCH {LCS_PATH}/chat/status"));
+    assert_eq!(writes, expected);
+
+    mark_deployments_ready(&store);
+    let second = reconcile_once(&store, &ctx).await;
+    let mut expected_second: Vec<String> = LISTS.iter().map(|s| (*s).to_owned()).collect();
+    expected_second.push(format!("PATCH {LCS_PATH}/chat/status"));
+    assert_eq!(
+        second, expected_second,
+        "pods became ready: only the status changes"
+    );
+
+    let third = reconcile_once(&store, &ctx).await;
+    assert_eq!(
+        third,
+        LISTS.to_vec(),
+        "steady state: reads only, zero writes"
+    );
+    assert!(store.lock().expect("store").writes().is_empty());
+}
+
+#[tokio::test]
+async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
+    let (store, ctx) = setup(vec![]);
+    let theirs = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "chat", "namespace": "default", "uid": "theirs", "labels": {"team": "web"}},
+        "spec": {"ports": [{"port": 80}]}});
+    store
+        .lock()
+        .expect("store")
+        .collections
+        .entry("/api/v1/namespaces/default/services".to_owned())
+        .or_default()
+        .insert("chat".to_owned(), theirs.clone());
+
+    let log = reconcile_once(&store, &ctx).await;
+    assert!(log.contains(&"GET /api/v1/namespaces/default/services/chat".to_owned()));
+    assert!(
+        !log.contains(&"PATCH /api/v1/namespaces/default/services/chat".to_owned()),
+        "{log:#?}"
+    );
+    let s = store.lock().expect("store");
+    assert_eq!(
+        s.collections["/api/v1/namespaces/default/services"]["chat"],
+        theirs
+    );
+    let status = &s.collections[LCS_PATH]["chat"]["status"];
+    let degraded = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("Degraded condition");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "OwnershipConflict");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .expect("message")
+            .contains("Service chat already exists")
+    );
+}
+
+#[tokio::test]
+async fn with_the_monitoring_api_served_a_service_monitor_is_applied() {
+    let (store, ctx) = setup(vec!["monitoring.coreos.com"]);
+    let log = reconcile_once(&store, &ctx).await;
+    assert!(log.contains(
+        &"GET /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors".to_owned()
+    ));
+    assert!(log.contains(
+        &"PATCH /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/chat".to_owned()
+    ));
+    let s = store.lock().expect("store");
+    let status = &s.collections[LCS_PATH]["chat"]["status"];
+    let monitoring = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "MonitoringReady")
+        .expect("condition");
+    assert_eq!(monitoring["status"], "True");
+}
+
+#[tokio::test]
+async fn objects_no_longer_desired_are_deleted() {
+    let (store, ctx) = setup(vec![]);
+    reconcile_once(&store, &ctx).await;
+    // Turn TLS off: the CA and serving Secrets are no longer desired.
+    {
+        let mut s = store.lock().expect("store");
+        let lcs = s
+            .collections
+            .get_mut(LCS_PATH)
+            .and_then(|c| c.get_mut("chat"))
+            .expect("lcs");
+        lcs["spec"]["tls"] = json!({"mode": "Disabled"});
+    }
+    let log = reconcile_once(&store, &ctx).await;
+    assert!(
+        log.contains(&"DELETE /api/v1/namespaces/default/secrets/chat-ca".to_owned()),
+        "{log:#?}"
+    );
+    assert!(log.contains(&"DELETE /api/v1/namespaces/default/secrets/chat-tls".to_owned()));
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("DELETE") && l.ends_with("chat-admin-token"))
+    );
+}
