@@ -28,10 +28,18 @@ pub struct DrainRequest {
     pub strategy: Option<DrainStrategy>,
     /// How long the drain may take, counted from its start; sessions still open then are
     /// force-closed and counted as dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub deadline: Option<Duration>,
     /// Notify only: the window over which close frames are spread.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub spread: Option<Duration>,
     /// Notify only: the WebSocket close code sent to clients (1012 or 1001).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,9 +76,17 @@ pub struct DrainReport {
     pub closed_by_client: u64,
     /// Sessions ended for a server-side reason without a completed close handshake.
     pub dropped: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub started_at: Option<SystemTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub finished_at: Option<SystemTime>,
 }
 

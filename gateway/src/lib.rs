@@ -1,4 +1,131 @@
 //! longconn-gateway: the per-pod gateway that terminates long-lived client connections,
 //! proxies them to the app in the same pod, and drains them when the operator asks.
+//!
+//! Modules, one job each: [`config`] (flags), [`proxy`] (listener and handshakes), [`http`]
+//! (request and response heads), [`frame`] (WebSocket frame scanner), [`session`] (one relayed
+//! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
+//! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
+//! [`admin`] (admin port), [`metrics`], [`install`] and [`client`] (the `install` and `drain`
+//! subcommands), and [`api`], the drain API's wire types that the operator uses.
 
+pub mod admin;
 pub mod api;
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod drain;
+pub mod error;
+pub mod frame;
+pub mod http;
+pub mod http_proxy;
+pub mod install;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod session;
+pub mod tls;
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+pub use error::{Error, Result};
+
+use crate::{
+    admin::Admin,
+    api::DrainRequest,
+    config::Config,
+    drain::Drain,
+    limits::{Admission, Ticker},
+    metrics::Metrics,
+    proxy::Proxy,
+    session::{SessionContext, SessionLimits},
+};
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Runs the gateway until SIGTERM or SIGINT has started a drain and the drain has finished.
+/// `local_token` is the drain token written by `--install-to`, if any.
+pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
+    let (metrics, registry) = Metrics::new();
+    let drain = Drain::new(cfg.drain, metrics.clone());
+    let admission = Admission::new(cfg.limits.clone(), metrics.clone());
+    let ticker = Arc::new(Ticker::default());
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let (acceptor, reloader) = tls::acceptor(files, metrics.clone())?;
+            tokio::spawn(reloader.run());
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    let listener = bind("client", cfg.listen).await?;
+    let admin_listener = bind("admin", cfg.admin_listen).await?;
+    tracing::info!(
+        listen = %cfg.listen,
+        admin = %cfg.admin_listen,
+        upstream = %cfg.upstream,
+        tls = cfg.tls.is_some(),
+        "gateway started"
+    );
+    tokio::spawn(Arc::clone(&ticker).run(Ticker::period(&cfg.limits), Arc::clone(&admission)));
+    let admin = Arc::new(Admin {
+        drain: Arc::clone(&drain),
+        registry,
+        upstream: cfg.upstream,
+        token_file: cfg.admin_token_file.clone(),
+        local_token,
+    });
+    tokio::spawn(admin.serve(admin_listener));
+    let limits = &cfg.limits;
+    let proxy = Arc::new(Proxy {
+        upstream: cfg.upstream,
+        tls,
+        admission,
+        session: SessionContext {
+            drain: Arc::clone(&drain),
+            ticker,
+            metrics,
+            limits: SessionLimits {
+                heartbeat_interval: limits.heartbeat_interval,
+                heartbeat_timeout: limits.heartbeat_timeout,
+                idle_timeout: limits.idle_timeout,
+                max_message_bytes: limits.max_message_bytes,
+            },
+        },
+        next_id: AtomicU64::new(1),
+    });
+    tokio::spawn(proxy.serve(listener));
+
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    if let Err(e) = drain.start(&DrainRequest::default()) {
+        tracing::error!(error = %e.0, "cannot start the drain");
+    }
+    tokio::select! {
+        _ = drain.finished() => {}
+        _ = term.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),
+        _ = int.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
+    }
+    let report = drain.report();
+    tracing::info!(
+        sessions_at_start = report.sessions_at_start,
+        migrated = report.migrated,
+        closed_by_client = report.closed_by_client,
+        dropped = report.dropped,
+        active = report.active,
+        "exiting"
+    );
+    Ok(())
+}

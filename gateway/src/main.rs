@@ -1,4 +1,109 @@
-fn main() {
-    eprintln!("longconn-gateway: not built yet");
-    std::process::exit(2);
+//! The `longconn-gateway` binary: parses the command line and runs `run`, `drain` or `install`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use longconn_gateway::{
+    client,
+    config::{Cli, Command, Config, LogFormat},
+    install,
+};
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("LONGCONN_GATEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
+        Command::Run(args) => {
+            let cfg = match Config::from_args(*args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("longconn-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(cfg.log_format);
+            let local_token = match cfg.install_to.as_deref().map(install::install).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "install failed");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match runtime(cfg.worker_threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("longconn-gateway: cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(longconn_gateway::run(cfg, local_token)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "gateway failed");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Drain(args) => {
+            init_tracing(LogFormat::Text);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("longconn-gateway drain: cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(client::drain(&args)) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    if args.wait && report.dropped > 0 {
+                        eprintln!(
+                            "longconn-gateway drain: {} session(s) dropped",
+                            report.dropped
+                        );
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("longconn-gateway drain: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Install(args) => match install::install(&args.dir) {
+            Ok(_) => {
+                println!("{}", args.dir.join(install::BINARY_NAME).display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("longconn-gateway install: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
 }

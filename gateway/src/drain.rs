@@ -1,0 +1,357 @@
+//! The drain coordinator: the registry of open sessions, the drain state machine and its exact
+//! report.
+//!
+//! Every WebSocket session registers here when it starts ([`Drain::open_session`]) and reports how
+//! it ended ([`SessionTicket::finish`]). Both happen under one lock together with the drain's
+//! start, so `sessionsAtStart == active + migrated + closedByClient + dropped` holds at every
+//! instant: a session is either refused (the drain had started) or counted at the start.
+//!
+//! Sessions learn about the drain through a `watch` channel carrying the [`Phase`]: `Notify`
+//! gives each session a slot in the spread window, `Deadline` tells every session left to
+//! force-close (and count itself dropped).
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    api::{DrainReport, DrainRequest, DrainState, DrainStrategy},
+    config::{DrainDefaults, valid_drain_close_code},
+    metrics::{CloseReason, Metrics},
+};
+
+/// What the sessions are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Send a close frame with `close_code` at `start + spread * slot / total`.
+    Notify {
+        start: Instant,
+        spread: Duration,
+        close_code: u16,
+        total: u64,
+    },
+    /// Let sessions end by themselves.
+    Wait,
+    /// The deadline passed: close now, counted as dropped.
+    Deadline {
+        close_code: u16,
+    },
+}
+
+/// The bucket of the drain report a session's end falls into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Migrated,
+    ClosedByClient,
+    Dropped,
+}
+
+impl CloseReason {
+    /// The report bucket of a close reason (see README "Session accounting").
+    pub fn outcome(self) -> Outcome {
+        match self {
+            CloseReason::Migrated => Outcome::Migrated,
+            CloseReason::ClientClose
+            | CloseReason::UpstreamClose
+            | CloseReason::ClientDisconnect
+            | CloseReason::HeartbeatTimeout
+            | CloseReason::IdleTimeout
+            | CloseReason::ProtocolError
+            | CloseReason::MessageTooBig => Outcome::ClosedByClient,
+            CloseReason::DrainDeadline | CloseReason::UpstreamError => Outcome::Dropped,
+        }
+    }
+}
+
+/// A refused drain request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+#[derive(Debug)]
+struct Inner {
+    active: u64,
+    report: DrainReport,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Drain {
+    inner: Mutex<Inner>,
+    phase: watch::Sender<Phase>,
+    finished: watch::Sender<bool>,
+    slots: AtomicU64,
+    defaults: DrainDefaults,
+    metrics: Metrics,
+}
+
+/// Proof that a session is registered; report its end with [`SessionTicket::finish`]. Dropping it
+/// unfinished (a panic) counts the session as dropped.
+#[derive(Debug)]
+pub struct SessionTicket {
+    drain: Arc<Drain>,
+    opened: Instant,
+    done: bool,
+}
+
+impl SessionTicket {
+    /// Records how the session ended.
+    pub fn finish(mut self, reason: CloseReason) {
+        self.done = true;
+        self.drain.session_ended(reason, self.opened);
+    }
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.drain
+                .session_ended(CloseReason::UpstreamError, self.opened);
+        }
+    }
+}
+
+impl Drain {
+    pub fn new(defaults: DrainDefaults, metrics: Metrics) -> Arc<Drain> {
+        Arc::new(Drain {
+            inner: Mutex::new(Inner {
+                active: 0,
+                report: DrainReport::default(),
+            }),
+            phase: watch::channel(Phase::Serving).0,
+            finished: watch::channel(false).0,
+            slots: AtomicU64::new(0),
+            defaults,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere; the counts are still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gateway's default drain parameters.
+    pub fn defaults(&self) -> DrainDefaults {
+        self.defaults
+    }
+
+    /// Registers a new session, or `None` if a drain has started (the caller answers 503).
+    pub fn open_session(self: &Arc<Self>) -> Option<SessionTicket> {
+        let mut inner = self.lock();
+        if inner.report.state != DrainState::Serving {
+            return None;
+        }
+        inner.active += 1;
+        self.metrics.sessions_active.inc();
+        self.metrics.sessions_opened.inc();
+        Some(SessionTicket {
+            drain: Arc::clone(self),
+            opened: Instant::now(),
+            done: false,
+        })
+    }
+
+    fn session_ended(&self, reason: CloseReason, opened: Instant) {
+        let mut inner = self.lock();
+        inner.active = inner.active.saturating_sub(1);
+        self.metrics.sessions_active.dec();
+        self.metrics.closed(reason, opened.elapsed().as_secs_f64());
+        if inner.report.state == DrainState::Draining {
+            let r = &mut inner.report;
+            match reason.outcome() {
+                Outcome::Migrated => r.migrated += 1,
+                Outcome::ClosedByClient => r.closed_by_client += 1,
+                Outcome::Dropped => r.dropped += 1,
+            }
+            r.active = r.active.saturating_sub(1);
+            if r.active == 0 {
+                self.finish(&mut inner);
+            }
+        }
+    }
+
+    fn finish(&self, inner: &mut Inner) {
+        inner.report.state = DrainState::Drained;
+        inner.report.finished_at = Some(SystemTime::now());
+        self.metrics.set_drain_state(DrainState::Drained);
+        self.finished.send_replace(true);
+        tracing::info!(report = ?inner.report, "drain finished");
+    }
+
+    /// Sessions open now.
+    pub fn active(&self) -> u64 {
+        self.lock().active
+    }
+
+    /// True from the start of a drain on.
+    pub fn is_draining(&self) -> bool {
+        self.lock().report.state != DrainState::Serving
+    }
+
+    /// The current report.
+    pub fn report(&self) -> DrainReport {
+        let inner = self.lock();
+        let mut r = inner.report.clone();
+        if r.state == DrainState::Serving {
+            r.active = inner.active;
+        }
+        r
+    }
+
+    /// A receiver of the phase, for a session.
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// The next Notify slot (0, 1, 2, ...), taken by each session once.
+    pub fn take_slot(&self) -> u64 {
+        self.slots.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts a drain with `req` (missing fields from the defaults), or joins the one under way.
+    /// Returns the report.
+    pub fn start(self: &Arc<Self>, req: &DrainRequest) -> Result<DrainReport, BadRequest> {
+        let close_code = req.close_code.unwrap_or(self.defaults.close_code);
+        if !valid_drain_close_code(close_code) {
+            return Err(BadRequest(format!(
+                "closeCode {close_code} is not a drain close code (use 1012, 1001, 1000 or 3000-4999)"
+            )));
+        }
+        let deadline = req.deadline.unwrap_or(self.defaults.timeout);
+        let spread = req.spread.unwrap_or(self.defaults.spread).min(deadline);
+        let strategy = req.strategy.unwrap_or(self.defaults.strategy);
+        let mut inner = self.lock();
+        if inner.report.state != DrainState::Serving {
+            return Ok(inner.report.clone());
+        }
+        let total = inner.active;
+        inner.report = DrainReport {
+            state: DrainState::Draining,
+            sessions_at_start: total,
+            active: total,
+            started_at: Some(SystemTime::now()),
+            ..DrainReport::default()
+        };
+        self.metrics.set_drain_state(DrainState::Draining);
+        tracing::info!(?strategy, deadline = %humantime::format_duration(deadline), spread = %humantime::format_duration(spread), close_code, sessions = total, "drain started");
+        if total == 0 {
+            self.finish(&mut inner);
+            return Ok(inner.report.clone());
+        }
+        let phase = match strategy {
+            DrainStrategy::Notify => Phase::Notify {
+                start: Instant::now(),
+                spread,
+                close_code,
+                total,
+            },
+            DrainStrategy::Wait => Phase::Wait,
+        };
+        self.phase.send_replace(phase);
+        let report = inner.report.clone();
+        drop(inner);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(deadline) => {
+                    tracing::warn!(active = me.active(), "drain deadline passed; force-closing the rest");
+                    me.phase.send_replace(Phase::Deadline { close_code });
+                }
+                _ = me.finished() => {}
+            }
+        });
+        Ok(report)
+    }
+
+    /// Resolves once a drain has finished.
+    pub async fn finished(&self) {
+        let mut rx = self.finished.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain() -> Arc<Drain> {
+        let defaults = DrainDefaults {
+            strategy: DrainStrategy::Wait,
+            timeout: Duration::from_secs(60),
+            spread: Duration::ZERO,
+            close_code: 1012,
+        };
+        Drain::new(defaults, Metrics::new().0)
+    }
+
+    #[tokio::test]
+    async fn report_adds_up_and_new_sessions_are_refused_during_drain() {
+        let d = drain();
+        let t: Vec<_> = (0..4).map(|_| d.open_session().expect("serving")).collect();
+        let before = d.open_session().expect("serving");
+        before.finish(CloseReason::ClientClose);
+        let r = d.start(&DrainRequest::default()).expect("starts");
+        assert_eq!(
+            (r.state, r.sessions_at_start, r.active),
+            (DrainState::Draining, 4, 4)
+        );
+        assert!(d.open_session().is_none());
+        let mut t = t.into_iter();
+        t.next().expect("ticket").finish(CloseReason::Migrated);
+        t.next()
+            .expect("ticket")
+            .finish(CloseReason::HeartbeatTimeout);
+        t.next().expect("ticket").finish(CloseReason::DrainDeadline);
+        let r = d.report();
+        assert_eq!(
+            (r.migrated, r.closed_by_client, r.dropped, r.active),
+            (1, 1, 1, 1)
+        );
+        drop(t); // the last ticket unfinished: counted as dropped
+        let r = d.report();
+        assert_eq!(r.state, DrainState::Drained);
+        assert_eq!(
+            r.sessions_at_start,
+            r.migrated + r.closed_by_client + r.dropped + r.active
+        );
+        assert_eq!(r.dropped, 2);
+        tokio::time::timeout(Duration::from_secs(5), d.finished())
+            .await
+            .expect("finished");
+    }
+
+    #[tokio::test]
+    async fn second_start_joins_the_first() {
+        let d = drain();
+        let _t = d.open_session().expect("serving");
+        let a = d.start(&DrainRequest::default()).expect("starts");
+        let b = d
+            .start(&DrainRequest {
+                close_code: Some(1001),
+                ..DrainRequest::default()
+            })
+            .expect("joins");
+        assert_eq!(a.started_at, b.started_at);
+    }
+
+    #[test]
+    fn bad_close_code_is_refused() {
+        let d = drain();
+        let err = d
+            .start(&DrainRequest {
+                close_code: Some(1006),
+                ..DrainRequest::default()
+            })
+            .expect_err("1006 may not be sent");
+        assert!(err.0.contains("1006"));
+        assert!(!d.is_draining());
+    }
+}

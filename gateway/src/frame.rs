@@ -1,0 +1,435 @@
+//! A streaming WebSocket frame scanner (RFC 6455 section 5) and builders for the few frames the
+//! gateway writes itself.
+//!
+//! The gateway relays frames without decoding them: client frames arrive masked and are forwarded
+//! upstream byte for byte (a masked frame is exactly what a server expects), and upstream frames
+//! arrive unmasked and go to the client byte for byte. All it needs to know is where frames begin
+//! and end, what kind each is, and whether the stream is well formed. [`FrameScanner`] learns that
+//! from the bytes as they pass, keeping only a partly received header (at most 14 bytes) and a few
+//! counters per direction; it never buffers a payload.
+//!
+//! This is why the gateway does not use tungstenite: tungstenite decodes every message into owned
+//! buffers and keeps a read buffer and a write buffer per connection (several KiB each by
+//! default, up to its frame and message limits), so an idle session would hold kilobytes on both
+//! legs. Scanning in place keeps an idle session to a few hundred bytes of state and lets the
+//! payload stay in the worker thread's shared read buffer.
+
+/// Which side produced the frames being scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Client to server: every frame must be masked.
+    Client,
+    /// Server to client: no frame may be masked.
+    Server,
+}
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Close code: normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: going away (timeouts, shutdown of a leg).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: protocol error (malformed frame).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: message too big.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: internal error (the upstream failed).
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+
+/// Why a stream is not acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The bytes break RFC 6455; answered with close 1002.
+    Protocol(&'static str),
+    /// A message is larger than the limit; answered with close 1009.
+    TooBig,
+}
+
+impl FrameError {
+    /// The close code that answers this error.
+    pub fn close_code(self) -> u16 {
+        match self {
+            FrameError::Protocol(_) => CLOSE_PROTOCOL_ERROR,
+            FrameError::TooBig => CLOSE_TOO_BIG,
+        }
+    }
+}
+
+/// What a call to [`FrameScanner::scan`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Data messages completed (final text, binary or continuation frames).
+    pub messages: u64,
+    /// Data frames whose header was seen (any part of a message).
+    pub data_frames: u64,
+    /// A close frame was seen completely.
+    pub close: bool,
+    /// A pong frame was seen completely.
+    pub pong: bool,
+}
+
+/// Scans one direction of a WebSocket stream. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct FrameScanner {
+    role: Role,
+    header: [u8; 14],
+    header_len: u8,
+    /// Payload bytes of the current frame still to pass.
+    remaining: u64,
+    opcode: u8,
+    /// A fragmented data message is under way.
+    fragmented: bool,
+    /// Payload bytes of the current message so far.
+    message_len: u64,
+    max_message: u64,
+    closed: bool,
+}
+
+impl FrameScanner {
+    /// A scanner for frames sent by `role`, refusing messages over `max_message` bytes.
+    pub fn new(role: Role, max_message: u64) -> Self {
+        FrameScanner {
+            role,
+            header: [0; 14],
+            header_len: 0,
+            remaining: 0,
+            opcode: 0,
+            fragmented: false,
+            message_len: 0,
+            max_message,
+            closed: false,
+        }
+    }
+
+    /// True between frames, where the gateway may insert a frame of its own.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+
+    /// True once a complete close frame has passed.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Scans `data`, the bytes that follow everything scanned before, adding what it saw to `out`.
+    /// After an error the stream is not scanned further by the caller.
+    pub fn scan(&mut self, data: &[u8], out: &mut Scanned) -> Result<(), FrameError> {
+        let mut i = 0;
+        while i < data.len() {
+            if self.remaining > 0 {
+                let left = (data.len() - i) as u64;
+                let take = self.remaining.min(left);
+                self.remaining -= take;
+                // `take <= left`, which came from a usize.
+                i += take as usize;
+                if self.remaining == 0 {
+                    self.end_frame(out);
+                }
+                continue;
+            }
+            self.header[self.header_len as usize] = data[i];
+            self.header_len += 1;
+            i += 1;
+            if self.header_len >= 2 && self.header_len as usize == self.header_size() {
+                self.start_frame(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn header_size(&self) -> usize {
+        let b1 = self.header[1];
+        let ext = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    fn start_frame(&mut self, out: &mut Scanned) -> Result<(), FrameError> {
+        let h = &self.header;
+        let fin = h[0] & 0x80 != 0;
+        if h[0] & 0x70 != 0 {
+            return Err(FrameError::Protocol(
+                "reserved bits set without an extension",
+            ));
+        }
+        let opcode = h[0] & 0x0F;
+        let masked = h[1] & 0x80 != 0;
+        match (self.role, masked) {
+            (Role::Client, false) => return Err(FrameError::Protocol("client frame not masked")),
+            (Role::Server, true) => return Err(FrameError::Protocol("server frame masked")),
+            _ => {}
+        }
+        let len = match h[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            127 => {
+                let len = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]);
+                if len >> 63 != 0 {
+                    return Err(FrameError::Protocol("64-bit length with the top bit set"));
+                }
+                len
+            }
+            n => u64::from(n),
+        };
+        match opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !fin {
+                    return Err(FrameError::Protocol("fragmented control frame"));
+                }
+                if len > 125 {
+                    return Err(FrameError::Protocol("control frame longer than 125 bytes"));
+                }
+                if opcode == OP_CLOSE && len == 1 {
+                    return Err(FrameError::Protocol("close frame with a 1-byte payload"));
+                }
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.fragmented {
+                    return Err(FrameError::Protocol("new message inside a fragmented one"));
+                }
+                self.message_len = len;
+                self.fragmented = !fin;
+                out.data_frames += 1;
+            }
+            OP_CONTINUATION => {
+                if !self.fragmented {
+                    return Err(FrameError::Protocol("continuation without a message"));
+                }
+                self.message_len = self.message_len.saturating_add(len);
+                self.fragmented = !fin;
+                out.data_frames += 1;
+            }
+            _ => return Err(FrameError::Protocol("unknown opcode")),
+        }
+        if matches!(opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
+            if self.message_len > self.max_message {
+                return Err(FrameError::TooBig);
+            }
+            if fin {
+                out.messages += 1;
+            }
+        }
+        self.opcode = opcode;
+        self.remaining = len;
+        self.header_len = 0;
+        if len == 0 {
+            self.end_frame(out);
+        }
+        Ok(())
+    }
+
+    fn end_frame(&mut self, out: &mut Scanned) {
+        match self.opcode {
+            OP_CLOSE => {
+                out.close = true;
+                self.closed = true;
+            }
+            OP_PONG => out.pong = true,
+            _ => {}
+        }
+    }
+}
+
+/// A control frame of at most 125 payload bytes, built on the stack.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlFrame {
+    bytes: [u8; 2 + 4 + 125],
+    len: usize,
+}
+
+impl ControlFrame {
+    /// Builds a control frame; `mask` is required for frames sent to the upstream (the gateway
+    /// is its client) and must be `None` towards clients. The payload is cut at 125 bytes.
+    pub fn new(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        let payload = &payload[..payload.len().min(125)];
+        let mut bytes = [0u8; 131];
+        bytes[0] = 0x80 | (opcode & 0x0F);
+        // At most 125, so it fits the 7-bit length.
+        bytes[1] = payload.len() as u8;
+        let mut at = 2;
+        if let Some(key) = mask {
+            bytes[1] |= 0x80;
+            bytes[2..6].copy_from_slice(&key);
+            at = 6;
+        }
+        for (i, b) in payload.iter().enumerate() {
+            let k = mask.map_or(0, |key| key[i % 4]);
+            bytes[at + i] = b ^ k;
+        }
+        ControlFrame {
+            bytes,
+            len: at + payload.len(),
+        }
+    }
+
+    /// A close frame with `code` and no reason.
+    pub fn close(code: u16, mask: Option<[u8; 4]>) -> Self {
+        Self::new(OP_CLOSE, &code.to_be_bytes(), mask)
+    }
+
+    /// A ping frame with `payload`.
+    pub fn ping(payload: &[u8]) -> Self {
+        Self::new(OP_PING, payload, None)
+    }
+
+    /// The encoded frame.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes a frame as a peer would, with an optional mask.
+    pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => v.push(m | n as u8),
+            n if n < 65536 => {
+                v.push(m | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(m | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if let Some(k) = mask {
+            v.extend_from_slice(&k);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        } else {
+            v.extend_from_slice(payload);
+        }
+        v
+    }
+
+    const K: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn scan_all(role: Role, max: u64, bytes: &[u8]) -> Result<Scanned, FrameError> {
+        let mut s = FrameScanner::new(role, max);
+        let mut out = Scanned::default();
+        s.scan(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn counts_messages_split_at_every_byte() {
+        let mut stream = frame(true, OP_TEXT, b"hello", K);
+        stream.extend(frame(false, OP_BINARY, &[7; 300], K));
+        stream.extend(frame(true, OP_PING, b"p", K));
+        stream.extend(frame(true, OP_CONTINUATION, &[8; 70000], K));
+        stream.extend(frame(true, OP_CLOSE, &1000u16.to_be_bytes(), K));
+        for split in 0..stream.len().min(400) {
+            let mut s = FrameScanner::new(Role::Client, 1 << 20);
+            let mut out = Scanned::default();
+            s.scan(&stream[..split], &mut out).expect("valid prefix");
+            s.scan(&stream[split..], &mut out).expect("valid rest");
+            assert_eq!(out.messages, 2, "split at {split}");
+            assert!(out.close && s.closed() && s.at_boundary());
+        }
+    }
+
+    #[test]
+    fn unmasked_client_frame_is_a_protocol_error() {
+        let err =
+            scan_all(Role::Client, 100, &frame(true, OP_TEXT, b"x", None)).expect_err("must fail");
+        assert_eq!(err.close_code(), CLOSE_PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn masked_server_frame_is_a_protocol_error() {
+        let err =
+            scan_all(Role::Server, 100, &frame(true, OP_TEXT, b"x", K)).expect_err("must fail");
+        assert_eq!(err.close_code(), CLOSE_PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn oversize_message_is_refused_from_its_header() {
+        let header_only = &frame(true, OP_BINARY, &[0; 2000], K)[..8];
+        let err = scan_all(Role::Client, 1000, header_only).expect_err("must fail");
+        assert_eq!(err, FrameError::TooBig);
+        assert_eq!(err.close_code(), CLOSE_TOO_BIG);
+    }
+
+    #[test]
+    fn oversize_across_fragments_is_refused() {
+        let mut s = frame(false, OP_TEXT, &[0; 600], K);
+        s.extend(frame(true, OP_CONTINUATION, &[0; 600], K));
+        assert_eq!(
+            scan_all(Role::Client, 1000, &s).expect_err("must fail"),
+            FrameError::TooBig
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_protocol_errors() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0x80 | 0x40 | OP_TEXT, 0x80, 0, 0, 0, 0], // RSV1
+            vec![0x80 | 0x3, 0x80, 0, 0, 0, 0],            // reserved opcode
+            frame(false, OP_PING, b"", K),                 // fragmented control
+            frame(true, OP_PING, &[0; 126], K),            // long control
+            frame(true, OP_CONTINUATION, b"x", K),         // orphan continuation
+            frame(true, OP_CLOSE, b"x", K),                // 1-byte close payload
+            [
+                frame(false, OP_TEXT, b"a", K),
+                frame(true, OP_TEXT, b"b", K),
+            ]
+            .concat(),
+            vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], // 64-bit MSB
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let err = scan_all(Role::Client, u64::MAX, c).expect_err(&format!("case {i}"));
+            assert_eq!(err.close_code(), CLOSE_PROTOCOL_ERROR, "case {i}");
+        }
+    }
+
+    #[test]
+    fn control_frames_round_trip_through_the_scanner() {
+        let close = ControlFrame::close(1012, Some([9, 8, 7, 6]));
+        let mut s = FrameScanner::new(Role::Client, 10);
+        let mut out = Scanned::default();
+        s.scan(close.as_bytes(), &mut out).expect("valid");
+        assert!(out.close);
+        let ping = ControlFrame::ping(b"hb");
+        let mut s = FrameScanner::new(Role::Server, 10);
+        s.scan(ping.as_bytes(), &mut out).expect("valid");
+        assert_eq!(ping.as_bytes(), &[0x89, 2, b'h', b'b']);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scanning_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
+            for role in [Role::Client, Role::Server] {
+                let mut s = FrameScanner::new(role, 1000);
+                let mut out = Scanned::default();
+                let at = split.min(bytes.len());
+                if s.scan(&bytes[..at], &mut out).is_ok() {
+                    let _ = s.scan(&bytes[at..], &mut out);
+                }
+            }
+        }
+
+        #[test]
+        fn valid_streams_scan_the_same_however_split(sizes in proptest::collection::vec(0usize..300, 1..8), split in 0usize..4000) {
+            let stream: Vec<u8> = sizes.iter().flat_map(|n| frame(true, OP_BINARY, &vec![5u8; *n], K)).collect();
+            let at = split.min(stream.len());
+            let mut s = FrameScanner::new(Role::Client, 1000);
+            let mut out = Scanned::default();
+            s.scan(&stream[..at], &mut out).expect("valid");
+            s.scan(&stream[at..], &mut out).expect("valid");
+            proptest::prop_assert_eq!(out.messages, sizes.len() as u64);
+            proptest::prop_assert!(s.at_boundary());
+        }
+    }
+}

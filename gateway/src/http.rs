@@ -1,0 +1,326 @@
+//! HTTP/1.1 heads: parsing the client's request and the upstream's response with `httparse`,
+//! checking a WebSocket upgrade, rewriting heads for the other leg, and the gateway's own short
+//! responses (400, 403, 429, 502, 503).
+//!
+//! The gateway reads only heads; bodies and WebSocket frames pass through untouched. A head may be
+//! at most [`MAX_HEAD_BYTES`] long; anything longer, or anything `httparse` refuses, is a 400.
+
+/// Largest request or response head accepted.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Why a head was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    TooLarge,
+    Malformed,
+}
+
+/// A parsed head: start line parts and headers, plus how many bytes of the buffer it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Request method (empty for responses).
+    pub method: String,
+    /// Request target (empty for responses).
+    pub path: String,
+    /// Response status (0 for requests).
+    pub status: u16,
+    /// Response reason phrase.
+    pub reason: String,
+    /// HTTP minor version (1 for HTTP/1.1).
+    pub minor: u8,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Length of the head in the buffer, including the blank line.
+    pub len: usize,
+}
+
+/// Parses a request head from the start of `buf`; `Ok(None)` means more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+            method: req.method.unwrap_or_default().to_owned(),
+            path: req.path.unwrap_or_default().to_owned(),
+            status: 0,
+            reason: String::new(),
+            minor: req.version.unwrap_or(0),
+            headers: own_headers(req.headers),
+            len,
+        })),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed),
+    }
+}
+
+/// Parses a response head from the start of `buf`; `Ok(None)` means more bytes are needed.
+pub fn parse_response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+            method: String::new(),
+            path: String::new(),
+            status: res.code.unwrap_or(0),
+            reason: res.reason.unwrap_or_default().to_owned(),
+            minor: res.version.unwrap_or(0),
+            headers: own_headers(res.headers),
+            len,
+        })),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(HeadError::Malformed),
+    }
+}
+
+fn own_headers(h: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
+    h.iter()
+        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+        .collect()
+}
+
+/// True if a comma-separated header value contains `token` (case-insensitive).
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+impl Head {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// True if any `name` header lists `token`.
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && has_token(v, token))
+    }
+
+    /// True if the request asks for a WebSocket upgrade (valid or not).
+    pub fn wants_websocket(&self) -> bool {
+        self.header_has_token("upgrade", "websocket")
+    }
+
+    /// Checks the parts of an upgrade request RFC 6455 section 4.2.1 requires.
+    pub fn check_websocket(&self) -> Result<(), &'static str> {
+        if self.method != "GET" {
+            return Err("WebSocket upgrade must use GET");
+        }
+        if self.minor < 1 {
+            return Err("WebSocket upgrade needs HTTP/1.1");
+        }
+        if !self.header_has_token("connection", "upgrade") {
+            return Err("Connection header lacks upgrade");
+        }
+        if self.header("host").is_none() {
+            return Err("missing Host header");
+        }
+        match self.header("sec-websocket-key") {
+            Some(k) if k.trim_ascii().len() == 24 => {}
+            _ => return Err("missing or malformed Sec-WebSocket-Key"),
+        }
+        match self.header("sec-websocket-version") {
+            Some(v) if v.trim_ascii() == b"13" => Ok(()),
+            _ => Err("unsupported Sec-WebSocket-Version (need 13)"),
+        }
+    }
+
+    /// The request's `Origin`, lowercased, if present.
+    pub fn origin(&self) -> Option<String> {
+        self.header("origin")
+            .map(|o| String::from_utf8_lossy(o.trim_ascii()).to_ascii_lowercase())
+    }
+
+    /// Encodes a request head for the upstream. Hop-by-hop headers are dropped;
+    /// `Sec-WebSocket-Extensions` is dropped too (the gateway never negotiates compression); a
+    /// WebSocket upgrade keeps `Connection: Upgrade`, a plain request gets `Connection: close`.
+    pub fn encode_request(&self, peer: std::net::IpAddr, tls: bool) -> Vec<u8> {
+        let websocket = self.wants_websocket();
+        let mut out = Vec::with_capacity(self.len + 64);
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(if self.minor == 0 {
+            b" HTTP/1.0\r\n"
+        } else {
+            b" HTTP/1.1\r\n"
+        });
+        for (name, value) in &self.headers {
+            let drop = [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "upgrade",
+                "te",
+            ]
+            .iter()
+            .chain(&[
+                "sec-websocket-extensions",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+            ])
+            .any(|h| name.eq_ignore_ascii_case(h));
+            if !drop {
+                push_header(&mut out, name, value);
+            }
+        }
+        if websocket {
+            out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+        } else {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        let mut xff = self
+            .header("x-forwarded-for")
+            .map(|v| {
+                let mut v = v.to_vec();
+                v.extend_from_slice(b", ");
+                v
+            })
+            .unwrap_or_default();
+        xff.extend_from_slice(peer.to_string().as_bytes());
+        push_header(&mut out, "X-Forwarded-For", &xff);
+        push_header(
+            &mut out,
+            "X-Forwarded-Proto",
+            if tls { b"https" } else { b"http" },
+        );
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// Encodes a response head for the client. For `101` it keeps the upgrade headers and drops
+    /// any `Sec-WebSocket-Extensions` (never negotiated); otherwise it marks the connection
+    /// `Connection: close`, since the gateway serves one request per client connection.
+    pub fn encode_response(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len + 32);
+        out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", self.status, self.reason).as_bytes());
+        let upgrade = self.status == 101;
+        for (name, value) in &self.headers {
+            let hop = ["connection", "keep-alive", "proxy-connection"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h));
+            let ext = name.eq_ignore_ascii_case("sec-websocket-extensions");
+            if (upgrade && !ext) || (!upgrade && !hop) {
+                push_header(&mut out, name, value);
+            }
+        }
+        if !upgrade && self.status >= 200 {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A short response written by the gateway itself, always with `Connection: close`.
+pub fn simple_response(status: u16, reason: &str, extra: &[(&str, String)], body: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: https://App.example.com\r\n\r\nrest";
+
+    #[test]
+    fn upgrade_request_is_recognised_and_extensions_are_stripped() {
+        let head = parse_request(UPGRADE).expect("valid").expect("complete");
+        assert!(head.wants_websocket());
+        head.check_websocket().expect("valid upgrade");
+        assert_eq!(&UPGRADE[head.len..], b"rest");
+        assert_eq!(head.origin().as_deref(), Some("https://app.example.com"));
+        let up = String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false))
+            .expect("utf8");
+        assert!(!up.to_ascii_lowercase().contains("extensions"), "{up}");
+        assert!(up.contains("Connection: Upgrade\r\n"), "{up}");
+        assert!(up.contains("X-Forwarded-For: 10.0.0.1\r\n"), "{up}");
+        assert!(up.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn partial_head_needs_more_and_huge_head_is_refused() {
+        assert_eq!(parse_request(&UPGRADE[..30]), Ok(None));
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_HEAD_BYTES + 1, b'a');
+        assert_eq!(parse_request(&huge), Err(HeadError::TooLarge));
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_request(&huge),
+            Err(HeadError::TooLarge),
+            "complete but too large"
+        );
+        assert_eq!(
+            parse_request(b"\x01\x02 garbage\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
+    }
+
+    #[test]
+    fn bad_upgrades_name_the_problem() {
+        let no_key = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let head = parse_request(no_key).expect("valid").expect("complete");
+        assert!(
+            head.check_websocket()
+                .expect_err("must fail")
+                .contains("Key")
+        );
+        let post =
+            b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let head = parse_request(post).expect("valid").expect("complete");
+        assert!(
+            head.check_websocket()
+                .expect_err("must fail")
+                .contains("GET")
+        );
+    }
+
+    #[test]
+    fn plain_response_is_marked_connection_close() {
+        let res = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n\r\ndata: 1\n\n";
+        let head = parse_response(res).expect("valid").expect("complete");
+        let out = String::from_utf8(head.encode_response()).expect("utf8");
+        assert!(
+            out.contains("Connection: close\r\n") && !out.contains("keep-alive"),
+            "{out}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_heads_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            if let Ok(Some(h)) = parse_request(&bytes) {
+                let _ = h.check_websocket();
+                let _ = h.encode_request("127.0.0.1".parse().expect("ip"), true);
+            }
+            if let Ok(Some(h)) = parse_response(&bytes) {
+                let _ = h.encode_response();
+            }
+        }
+    }
+}

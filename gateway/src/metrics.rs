@@ -1,0 +1,391 @@
+//! The gateway's Prometheus metrics, served as OpenMetrics text on the admin port.
+//!
+//! Names follow `longconn_gateway_<what>_<unit>`; every `reason`, `direction` and `state` label
+//! takes its values from a closed enum in this module, so no series can be created from input.
+
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::api::DrainState;
+
+/// Why a session ended (label `reason` of `longconn_gateway_sessions_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client started the close handshake.
+    ClientClose,
+    /// The upstream app started the close handshake and the client completed it.
+    UpstreamClose,
+    /// The client's connection ended without a close frame.
+    ClientDisconnect,
+    /// The client did not answer pings in time.
+    HeartbeatTimeout,
+    /// No data message for the idle timeout.
+    IdleTimeout,
+    /// The client broke the protocol (close 1002).
+    ProtocolError,
+    /// The client sent a message over the limit (close 1009).
+    MessageTooBig,
+    /// Drain Notify: the client completed the close handshake.
+    Migrated,
+    /// The drain deadline passed with the session still open.
+    DrainDeadline,
+    /// The upstream failed or ended without a completed close handshake.
+    UpstreamError,
+}
+
+impl CloseReason {
+    /// Every reason, for pre-creating series.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::ClientClose,
+        CloseReason::UpstreamClose,
+        CloseReason::ClientDisconnect,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::ProtocolError,
+        CloseReason::MessageTooBig,
+        CloseReason::Migrated,
+        CloseReason::DrainDeadline,
+        CloseReason::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::UpstreamClose => "upstream_close",
+            CloseReason::ClientDisconnect => "client_disconnect",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::Migrated => "migrated",
+            CloseReason::DrainDeadline => "drain_deadline",
+            CloseReason::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// Why a connection was refused before it became a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Draining,
+    MaxConnections,
+    RateLimited,
+    OriginForbidden,
+    BadRequest,
+    HandshakeTimeout,
+    TlsError,
+    UpstreamUnavailable,
+    UpstreamRefused,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::Draining,
+        RejectReason::MaxConnections,
+        RejectReason::RateLimited,
+        RejectReason::OriginForbidden,
+        RejectReason::BadRequest,
+        RejectReason::HandshakeTimeout,
+        RejectReason::TlsError,
+        RejectReason::UpstreamUnavailable,
+        RejectReason::UpstreamRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Draining => "draining",
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::OriginForbidden => "origin_forbidden",
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::TlsError => "tls_error",
+            RejectReason::UpstreamUnavailable => "upstream_unavailable",
+            RejectReason::UpstreamRefused => "upstream_refused",
+        }
+    }
+}
+
+/// Direction of relayed traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToUpstream => "client_to_upstream",
+            Direction::UpstreamToClient => "upstream_to_client",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+/// Drain state as a label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StateValue(pub DrainState);
+
+impl StateValue {
+    fn as_str(self) -> &'static str {
+        match self.0 {
+            DrainState::Serving => "serving",
+            DrainState::Draining => "draining",
+            DrainState::Drained => "drained",
+        }
+    }
+}
+
+/// Result of a TLS reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    Success,
+    Error,
+}
+
+impl ReloadResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Error => "error",
+        }
+    }
+}
+
+label_value!(
+    CloseReason,
+    RejectReason,
+    Direction,
+    StateValue,
+    ReloadResult
+);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: StateValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: ReloadResult,
+}
+
+/// Handles to every metric, cheap to clone (each is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub sessions_active: Gauge,
+    pub sessions_opened: Counter,
+    pub sessions_closed: Family<ReasonLabel, Counter>,
+    pub connections_active: Gauge,
+    pub messages_c2u: Counter,
+    pub messages_u2c: Counter,
+    pub bytes_c2u: Counter,
+    pub bytes_u2c: Counter,
+    pub handshake_rejections: Family<RejectLabel, Counter>,
+    pub http_requests: Counter,
+    pub session_duration: Histogram,
+    pub drain_state: Family<StateLabel, Gauge>,
+    pub cert_expiry: Gauge,
+    pub tls_reloads: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in a new registry.
+    pub fn new() -> (Metrics, Registry) {
+        let mut reg = Registry::default();
+        let messages = Family::<DirectionLabel, Counter>::default();
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        // One statement per series: a `get_or_create` guard lives until the end of its statement,
+        // and a second call for a new key in the same statement would wait for it forever.
+        let counter = |family: &Family<DirectionLabel, Counter>, direction| {
+            family.get_or_create(&DirectionLabel { direction }).clone()
+        };
+        let messages_c2u = counter(&messages, Direction::ClientToUpstream);
+        let messages_u2c = counter(&messages, Direction::UpstreamToClient);
+        let bytes_c2u = counter(&bytes, Direction::ClientToUpstream);
+        let bytes_u2c = counter(&bytes, Direction::UpstreamToClient);
+        let m = Metrics {
+            sessions_active: Gauge::default(),
+            sessions_opened: Counter::default(),
+            sessions_closed: Family::default(),
+            connections_active: Gauge::default(),
+            messages_c2u,
+            messages_u2c,
+            bytes_c2u,
+            bytes_u2c,
+            handshake_rejections: Family::default(),
+            http_requests: Counter::default(),
+            session_duration: Histogram::new([
+                0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+            drain_state: Family::default(),
+            cert_expiry: Gauge::default(),
+            tls_reloads: Family::default(),
+        };
+        for reason in CloseReason::ALL {
+            let _ = m.sessions_closed.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in RejectReason::ALL {
+            let _ = m
+                .handshake_rejections
+                .get_or_create(&RejectLabel { reason });
+        }
+        m.set_drain_state(DrainState::Serving);
+        let g = "longconn_gateway";
+        reg.register(
+            format!("{g}_sessions_active"),
+            "WebSocket sessions open now",
+            m.sessions_active.clone(),
+        );
+        reg.register(
+            format!("{g}_sessions_opened"),
+            "WebSocket sessions opened",
+            m.sessions_opened.clone(),
+        );
+        reg.register(
+            format!("{g}_sessions_closed"),
+            "WebSocket sessions closed, by reason",
+            m.sessions_closed.clone(),
+        );
+        reg.register(
+            format!("{g}_connections_active"),
+            "Client connections open now, sessions and handshakes included",
+            m.connections_active.clone(),
+        );
+        reg.register(
+            format!("{g}_messages"),
+            "WebSocket data messages relayed, by direction",
+            messages,
+        );
+        reg.register(
+            format!("{g}_relayed_bytes"),
+            "WebSocket bytes relayed, by direction",
+            bytes,
+        );
+        reg.register(
+            format!("{g}_handshake_rejections"),
+            "Connections refused before a session started, by reason",
+            m.handshake_rejections.clone(),
+        );
+        reg.register(
+            format!("{g}_http_requests"),
+            "Plain HTTP requests proxied",
+            m.http_requests.clone(),
+        );
+        reg.register(
+            format!("{g}_session_duration_seconds"),
+            "Duration of ended WebSocket sessions",
+            m.session_duration.clone(),
+        );
+        reg.register(
+            format!("{g}_drain_state"),
+            "1 for the current drain state",
+            m.drain_state.clone(),
+        );
+        reg.register(
+            format!("{g}_certificate_expiry_timestamp_seconds"),
+            "notAfter of the serving certificate, Unix seconds (0 without TLS)",
+            m.cert_expiry.clone(),
+        );
+        reg.register(
+            format!("{g}_tls_reloads"),
+            "Certificate reload attempts, by result",
+            m.tls_reloads.clone(),
+        );
+        (m, reg)
+    }
+
+    /// Counts a refused connection.
+    pub fn reject(&self, reason: RejectReason) {
+        self.handshake_rejections
+            .get_or_create(&RejectLabel { reason })
+            .inc();
+    }
+
+    /// Counts an ended session.
+    pub fn closed(&self, reason: CloseReason, seconds: f64) {
+        self.sessions_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.session_duration.observe(seconds);
+    }
+
+    /// Marks `state` as the current drain state.
+    pub fn set_drain_state(&self, state: DrainState) {
+        for s in [
+            DrainState::Serving,
+            DrainState::Draining,
+            DrainState::Drained,
+        ] {
+            let v = i64::from(s == state);
+            self.drain_state
+                .get_or_create(&StateLabel {
+                    state: StateValue(s),
+                })
+                .set(v);
+        }
+    }
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_named_after_the_gateway() {
+        let (m, reg) = Metrics::new();
+        m.closed(CloseReason::Migrated, 2.0);
+        m.reject(RejectReason::RateLimited);
+        let text = render(&reg);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("longconn_gateway_"), "{line}");
+        }
+        assert!(
+            text.contains(r#"longconn_gateway_sessions_closed_total{reason="migrated"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"longconn_gateway_drain_state{state="serving"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

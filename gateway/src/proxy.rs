@@ -1,0 +1,311 @@
+//! The client listener: accepts connections, runs the handshake phase under the handshake
+//! timeout (TLS, request head), applies admission (drain, connection cap, rate limit, origin),
+//! and hands each connection to a WebSocket [`session`](crate::session) or to the plain
+//! [`http_proxy`](crate::http_proxy).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{
+    conn::ClientConn,
+    drain::Drain,
+    http::{self, Head, HeadError},
+    http_proxy,
+    limits::Admission,
+    metrics::{Metrics, RejectReason},
+    session::{self, Leftovers, SessionContext},
+};
+
+/// Everything the proxy shares between connections.
+pub struct Proxy {
+    pub upstream: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    pub admission: Arc<Admission>,
+    pub session: SessionContext,
+    pub next_id: AtomicU64,
+}
+
+impl Proxy {
+    fn metrics(&self) -> &Metrics {
+        &self.session.metrics
+    }
+
+    fn drain(&self) -> &Arc<Drain> {
+        &self.session.drain
+    }
+
+    /// Accepts connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let me = Arc::clone(&self);
+                    let span = info_span!("session", id = %format_args!("{id:x}"), %peer);
+                    tokio::spawn(me.connection(tcp, peer, id).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+        let _ = tcp.set_nodelay(true);
+        let slot = self.admission.try_connect();
+        let rate = self.admission.rate.check(peer.ip(), Instant::now());
+        let limits = &self.admission.limits;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limits.handshake_timeout;
+        let handshake = async {
+            let mut conn = match &self.tls {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(s) => ClientConn::Tls(Box::new(s)),
+                    Err(e) => return Err((None, RejectReason::TlsError, e.to_string())),
+                },
+                None => ClientConn::Plain(tcp),
+            };
+            match read_request(&mut conn).await {
+                Ok((head, leftover)) => Ok((conn, head, leftover)),
+                Err(e) => Err((Some(conn), RejectReason::BadRequest, e)),
+            }
+        };
+        let (mut conn, head, leftover) = match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => {
+                self.metrics().reject(RejectReason::HandshakeTimeout);
+                debug!("handshake timeout");
+                return;
+            }
+            Ok(Err((conn, reason, msg))) => {
+                self.metrics().reject(reason);
+                debug!(error = %msg, "handshake failed");
+                if let Some(mut conn) = conn {
+                    respond(&mut conn, 400, "Bad Request", &[], &msg).await;
+                }
+                return;
+            }
+            Ok(Ok(x)) => x,
+        };
+        let websocket = head.wants_websocket();
+        let refuse = if self.drain().is_draining() {
+            Some((
+                RejectReason::Draining,
+                503,
+                "Service Unavailable",
+                Some(1),
+                "draining".to_owned(),
+            ))
+        } else if slot.is_none() {
+            Some((
+                RejectReason::MaxConnections,
+                503,
+                "Service Unavailable",
+                Some(1),
+                "too many connections".to_owned(),
+            ))
+        } else if let Err(retry) = rate {
+            Some((
+                RejectReason::RateLimited,
+                429,
+                "Too Many Requests",
+                Some(retry),
+                "connection rate limit".to_owned(),
+            ))
+        } else if websocket && let Err(why) = head.check_websocket() {
+            Some((
+                RejectReason::BadRequest,
+                400,
+                "Bad Request",
+                None,
+                why.to_owned(),
+            ))
+        } else if websocket && !self.admission.origin_allowed(head.origin().as_deref()) {
+            Some((
+                RejectReason::OriginForbidden,
+                403,
+                "Forbidden",
+                None,
+                "origin not allowed".to_owned(),
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, status, text, retry, body)) = refuse {
+            self.metrics().reject(reason);
+            debug!(reason = reason.as_str(), "refused");
+            let extra: Vec<(&str, String)> = match (retry, websocket) {
+                (Some(s), _) => vec![("Retry-After", s.to_string())],
+                (None, true) => vec![("Sec-WebSocket-Version", "13".to_owned())],
+                _ => vec![],
+            };
+            respond(&mut conn, status, text, &extra, &body).await;
+            return;
+        }
+        let upstream =
+            match tokio::time::timeout_at(deadline, TcpStream::connect(self.upstream)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    self.metrics().reject(RejectReason::UpstreamUnavailable);
+                    respond(&mut conn, 502, "Bad Gateway", &[], "upstream unavailable").await;
+                    return;
+                }
+            };
+        let _ = upstream.set_nodelay(true);
+        let request = head.encode_request(peer.ip(), conn.is_tls());
+        if websocket {
+            self.websocket(id, conn, upstream, request, leftover, deadline)
+                .await;
+        } else {
+            self.metrics().http_requests.inc();
+            http_proxy::serve(conn, upstream, request, leftover, self.drain()).await;
+        }
+        drop(slot);
+    }
+
+    async fn websocket(
+        &self,
+        id: u64,
+        mut conn: ClientConn,
+        mut upstream: TcpStream,
+        request: Vec<u8>,
+        from_client: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) {
+        let exchange = async {
+            upstream
+                .write_all(&request)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_response(&mut upstream).await
+        };
+        let (res, mut from_upstream) = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(x)) => x,
+            _ => {
+                self.metrics().reject(RejectReason::UpstreamUnavailable);
+                respond(
+                    &mut conn,
+                    502,
+                    "Bad Gateway",
+                    &[],
+                    "upstream did not answer the upgrade",
+                )
+                .await;
+                return;
+            }
+        };
+        if res.status != 101 {
+            self.metrics().reject(RejectReason::UpstreamRefused);
+            debug!(status = res.status, "upstream refused the upgrade");
+            let mut out = res.encode_response();
+            let body_len = res
+                .header("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(64 * 1024);
+            if from_upstream.len() < body_len {
+                let mut rest = vec![0; body_len - from_upstream.len()];
+                if tokio::time::timeout(Duration::from_secs(2), upstream.read_exact(&mut rest))
+                    .await
+                    .is_ok()
+                {
+                    from_upstream.extend_from_slice(&rest);
+                }
+            }
+            out.extend_from_slice(&from_upstream[..from_upstream.len().min(body_len)]);
+            let _ = conn.write_all(&out).await;
+            let _ = conn.shutdown().await;
+            return;
+        }
+        let Some(ticket) = self.drain().open_session() else {
+            self.metrics().reject(RejectReason::Draining);
+            respond(
+                &mut conn,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "1".to_owned())],
+                "draining",
+            )
+            .await;
+            return;
+        };
+        if conn.write_all(&res.encode_response()).await.is_err() {
+            ticket.finish(crate::metrics::CloseReason::ClientDisconnect);
+            return;
+        }
+        debug!("session open");
+        let leftovers = Leftovers {
+            from_client,
+            from_upstream,
+        };
+        session::run(id, &self.session, ticket, conn, upstream, leftovers).await;
+    }
+}
+
+/// Writes a short response and closes the connection (bounded in time).
+async fn respond(
+    conn: &mut ClientConn,
+    status: u16,
+    text: &str,
+    extra: &[(&str, String)],
+    body: &str,
+) {
+    let bytes = http::simple_response(status, text, extra, body);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        conn.write_all(&bytes).await?;
+        conn.shutdown().await
+    })
+    .await;
+}
+
+/// Reads until a complete head; returns it with the bytes read past it.
+async fn read_head<R: AsyncRead + Unpin>(
+    src: &mut R,
+    parse: fn(&[u8]) -> Result<Option<Head>, HeadError>,
+) -> Result<(Head, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        // Bounded: each round adds at least one byte and the head is capped at MAX_HEAD_BYTES.
+        let n = src.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the head was complete".into());
+        }
+        match parse(&buf) {
+            Ok(Some(head)) => {
+                let rest = buf.split_off(head.len);
+                return Ok((head, rest));
+            }
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(4096.min(http::MAX_HEAD_BYTES + 1 - buf.len()).max(512));
+                }
+            }
+            Err(HeadError::TooLarge) => return Err("request head too large".into()),
+            Err(HeadError::Malformed) => return Err("malformed HTTP head".into()),
+        }
+    }
+}
+
+async fn read_request(conn: &mut ClientConn) -> Result<(Head, Vec<u8>), String> {
+    read_head(conn, http::parse_request).await
+}
+
+/// Reads the upstream's response head.
+pub async fn read_response<R: AsyncRead + Unpin>(src: &mut R) -> Result<(Head, Vec<u8>), String> {
+    read_head(src, http::parse_response).await
+}

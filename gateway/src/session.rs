@@ -1,0 +1,587 @@
+//! One proxied WebSocket session: relaying frames both ways, the close handshake, heartbeats,
+//! the idle timeout, and the session's part in a drain.
+//!
+//! # Memory
+//!
+//! An idle session owns no buffer. Bytes are read, only when a socket is ready, into a buffer
+//! that belongs to the worker thread ([`RELAY_BUF`]), scanned in place by a [`FrameScanner`] and
+//! written straight to the other leg. Only when the other leg cannot take them all at once is
+//! the rest copied into a per-session `Vec`, which is freed as soon as it has been written. Timers
+//! are shared too: the session waits on the process-wide [`Ticker`] instead of owning a timer
+//! per heartbeat (it creates one only while it is closing or has a Notify slot in a drain).
+//!
+//! # Accounting
+//!
+//! Each session ends with exactly one [`CloseReason`], reported through its [`SessionTicket`];
+//! [`CloseReason::outcome`] maps it to migrated, closedByClient or dropped.
+
+use std::{
+    cell::RefCell,
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+};
+use tracing::debug;
+
+use crate::{
+    conn::ClientConn,
+    drain::{Drain, Phase, SessionTicket},
+    frame::{
+        CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame, FrameError,
+        FrameScanner, Role, Scanned,
+    },
+    limits::Ticker,
+    metrics::{CloseReason, Metrics},
+};
+
+/// Size of the per-thread relay buffer.
+pub const RELAY_BUF_BYTES: usize = 32 * 1024;
+/// How long the gateway waits for the other side's close frame once a close handshake started.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Reads per leg before the session yields to other tasks.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    /// The worker thread's relay buffer: borrowed only inside one synchronous poll, never across
+    /// an `.await`, so every session on the thread shares it.
+    static RELAY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; RELAY_BUF_BYTES].into_boxed_slice());
+}
+
+/// Limits a session enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: u64,
+}
+
+/// How one leg of the relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LegEnd {
+    /// The source sent EOF.
+    Eof,
+    /// Reading the source failed.
+    ReadError,
+    /// Writing the destination failed.
+    WriteError,
+    /// The source broke the protocol.
+    Frame(FrameError),
+}
+
+/// One direction of the relay: source scanner plus bytes not yet written to the destination.
+#[derive(Debug)]
+struct Pump {
+    scanner: FrameScanner,
+    pending: Vec<u8>,
+    need_flush: bool,
+    /// The source has ended or failed: stop reading it.
+    src_done: bool,
+    /// Drop what the source sends instead of forwarding it.
+    discard: bool,
+    /// Close already reported to the session loop.
+    close_reported: bool,
+}
+
+impl Pump {
+    fn new(role: Role, max: u64) -> Self {
+        Pump {
+            scanner: FrameScanner::new(role, max),
+            pending: Vec::new(),
+            need_flush: false,
+            src_done: false,
+            discard: false,
+            close_reported: false,
+        }
+    }
+
+    /// True when a frame of the gateway's own may be written to the destination now.
+    fn can_inject(&self) -> bool {
+        self.pending.is_empty() && self.scanner.at_boundary()
+    }
+
+    /// Moves bytes from `src` to `dst`. `Ready(Ok)` means a frame event needs the session's
+    /// attention; `Ready(Err)` means this leg ended; `Pending` means wait (wakers registered).
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        buf: &mut [u8],
+        seen: &mut Scanned,
+    ) -> Poll<Result<u64, LegEnd>>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        let mut total = 0u64;
+        for _ in 0..READS_PER_POLL {
+            while !self.pending.is_empty() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.pending) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(LegEnd::WriteError));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pending.drain(..n);
+                        self.need_flush = true;
+                    }
+                    Poll::Pending => return ready_or_pending(total),
+                }
+            }
+            if self.pending.capacity() > 0 {
+                self.pending = Vec::new();
+            }
+            if self.need_flush {
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.need_flush = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(LegEnd::WriteError)),
+                    Poll::Pending => return ready_or_pending(total),
+                }
+            }
+            if self.src_done {
+                return ready_or_pending(total);
+            }
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => return ready_or_pending(total),
+                Poll::Ready(Err(_)) => {
+                    self.src_done = true;
+                    return Poll::Ready(Err(LegEnd::ReadError));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                self.src_done = true;
+                return Poll::Ready(Err(LegEnd::Eof));
+            }
+            total += n as u64;
+            let data = &buf[..n];
+            if let Err(e) = self.scanner.scan(data, seen) {
+                self.src_done = true;
+                return Poll::Ready(Err(LegEnd::Frame(e)));
+            }
+            if self.discard {
+                continue;
+            }
+            match Pin::new(&mut *dst).poll_write(cx, data) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(LegEnd::WriteError));
+                }
+                Poll::Ready(Ok(w)) => self.pending.extend_from_slice(&data[w..]),
+                Poll::Pending => self.pending.extend_from_slice(data),
+            }
+            self.need_flush = true;
+            if self.scanner.closed() && !self.close_reported {
+                return Poll::Ready(Ok(total));
+            }
+        }
+        // Fair share used up: let other sessions run, then continue.
+        cx.waker().wake_by_ref();
+        ready_or_pending(total)
+    }
+}
+
+fn ready_or_pending(total: u64) -> Poll<Result<u64, LegEnd>> {
+    if total > 0 {
+        Poll::Ready(Ok(total))
+    } else {
+        Poll::Pending
+    }
+}
+
+/// What the relay reports to the session loop.
+#[derive(Debug)]
+enum Event {
+    /// A close frame was seen, or a frame boundary the loop waits for was reached.
+    Progress,
+    ClientLeg(LegEnd),
+    UpstreamLeg(LegEnd),
+}
+
+/// Who started the close handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// The client sent a close frame; waiting for the upstream's.
+    ByClient,
+    /// The upstream sent a close frame; waiting for the client's.
+    ByUpstream,
+    /// The gateway sent the client a close frame; `reason` is how it ends if the client answers.
+    ByGateway(CloseReason),
+}
+
+/// Both legs and their pumps.
+struct Relay {
+    client: ClientConn,
+    upstream: TcpStream,
+    c2u: Pump,
+    u2c: Pump,
+    metrics: Metrics,
+    last_client_rx: Instant,
+    last_message: Instant,
+    /// The session loop waits for a frame boundary towards the client.
+    want_inject: bool,
+}
+
+impl Relay {
+    /// Relays both ways. Returns `Ready` only for what the session loop must act on: a leg that
+    /// ended, a close frame not yet reported, or a frame boundary it waits for to inject a frame.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        RELAY_BUF.with_borrow_mut(|buf| {
+            let mut seen = Scanned::default();
+            match self
+                .c2u
+                .poll(cx, &mut self.client, &mut self.upstream, buf, &mut seen)
+            {
+                Poll::Ready(Ok(n)) => {
+                    self.last_client_rx = Instant::now();
+                    if seen.data_frames > 0 {
+                        self.last_message = self.last_client_rx;
+                    }
+                    self.metrics.bytes_c2u.inc_by(n);
+                    self.metrics.messages_c2u.inc_by(seen.messages);
+                }
+                Poll::Ready(Err(LegEnd::WriteError)) => {
+                    return Poll::Ready(Event::UpstreamLeg(LegEnd::WriteError));
+                }
+                Poll::Ready(Err(end)) => return Poll::Ready(Event::ClientLeg(end)),
+                Poll::Pending => {}
+            }
+            let mut seen = Scanned::default();
+            match self
+                .u2c
+                .poll(cx, &mut self.upstream, &mut self.client, buf, &mut seen)
+            {
+                Poll::Ready(Ok(n)) => {
+                    if seen.data_frames > 0 {
+                        self.last_message = Instant::now();
+                    }
+                    self.metrics.bytes_u2c.inc_by(n);
+                    self.metrics.messages_u2c.inc_by(seen.messages);
+                }
+                Poll::Ready(Err(LegEnd::WriteError)) => {
+                    return Poll::Ready(Event::ClientLeg(LegEnd::WriteError));
+                }
+                Poll::Ready(Err(end)) => return Poll::Ready(Event::UpstreamLeg(end)),
+                Poll::Pending => {}
+            }
+            let close_seen = (self.c2u.scanner.closed() && !self.c2u.close_reported)
+                || (self.u2c.scanner.closed() && !self.u2c.close_reported);
+            if close_seen || (self.want_inject && self.u2c.can_inject()) {
+                Poll::Ready(Event::Progress)
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Queues a frame to the client if a frame boundary allows it now.
+    fn try_send_client(&mut self, frame: ControlFrame) -> bool {
+        if self.u2c.can_inject() {
+            self.u2c.pending.extend_from_slice(frame.as_bytes());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Queues a close frame to the upstream if a frame boundary allows it now.
+    fn try_close_upstream(&mut self, code: u16, mask: [u8; 4]) -> bool {
+        if self.c2u.can_inject() && !self.c2u.scanner.closed() {
+            self.c2u
+                .pending
+                .extend_from_slice(ControlFrame::close(code, Some(mask)).as_bytes());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Writes what is pending on both legs (bounded in time), then shuts both down.
+    async fn shutdown(mut self) {
+        let flush = async {
+            if !self.u2c.pending.is_empty() {
+                self.client.write_all(&self.u2c.pending).await?;
+            }
+            self.client.shutdown().await?;
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        let flush = async {
+            if !self.c2u.pending.is_empty() {
+                self.upstream.write_all(&self.c2u.pending).await?;
+            }
+            self.upstream.shutdown().await?;
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    }
+}
+
+/// Everything a session needs from the process.
+pub struct SessionContext {
+    pub drain: Arc<Drain>,
+    pub ticker: Arc<Ticker>,
+    pub metrics: Metrics,
+    pub limits: SessionLimits,
+}
+
+/// Bytes that arrived with the handshakes, to relay before anything else.
+pub struct Leftovers {
+    pub from_client: Vec<u8>,
+    pub from_upstream: Vec<u8>,
+}
+
+/// Runs a session from the moment the client got its `101` to its end.
+pub async fn run(
+    id: u64,
+    ctx: &SessionContext,
+    ticket: SessionTicket,
+    client: ClientConn,
+    upstream: TcpStream,
+    leftovers: Leftovers,
+) {
+    let now = Instant::now();
+    let mut relay = Relay {
+        client,
+        upstream,
+        c2u: Pump::new(Role::Client, ctx.limits.max_message_bytes),
+        u2c: Pump::new(Role::Server, u64::MAX),
+        metrics: ctx.metrics.clone(),
+        last_client_rx: now,
+        last_message: now,
+        want_inject: false,
+    };
+    let mask = mask_key(id);
+    let reason = match prime(&mut relay, leftovers) {
+        Err(reason) => reason,
+        Ok(()) => drive(&mut relay, ctx).await,
+    };
+    // Tell whichever side has not heard a close yet.
+    if reason != CloseReason::UpstreamClose && !relay.c2u.scanner.closed() {
+        relay.try_close_upstream(CLOSE_GOING_AWAY, mask);
+    }
+    debug!(reason = reason.as_str(), "session ended");
+    relay.shutdown().await;
+    ticket.finish(reason);
+}
+
+/// Scans the bytes that came with the handshakes into the pumps.
+fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), CloseReason> {
+    let mut seen = Scanned::default();
+    if let Err(e) = relay.c2u.scanner.scan(&leftovers.from_client, &mut seen) {
+        return Err(frame_error_reason(e));
+    }
+    relay.c2u.pending = leftovers.from_client;
+    if relay
+        .u2c
+        .scanner
+        .scan(&leftovers.from_upstream, &mut seen)
+        .is_err()
+    {
+        return Err(CloseReason::UpstreamError);
+    }
+    relay.u2c.pending = leftovers.from_upstream;
+    Ok(())
+}
+
+fn frame_error_reason(e: FrameError) -> CloseReason {
+    match e {
+        FrameError::TooBig => CloseReason::MessageTooBig,
+        FrameError::Protocol(_) => CloseReason::ProtocolError,
+    }
+}
+
+/// A mask key for the frames the gateway itself sends upstream (RFC 6455 5.3). It only has to be
+/// unpredictable to the page that sent the payload, and the gateway's own frames carry no
+/// client-chosen payload, so a hash of the session id and the clock is enough.
+fn mask_key(id: u64) -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id);
+    let v = h.finish();
+    [
+        (v >> 8) as u8,
+        (v >> 16) as u8,
+        (v >> 24) as u8,
+        (v >> 32) as u8,
+    ]
+}
+
+/// The session loop; returns why the session ended.
+async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
+    let limits = ctx.limits;
+    let mut phase_rx: watch::Receiver<Phase> = ctx.drain.subscribe();
+    let mut closing = Closing::Open;
+    let mut close_by: Option<Instant> = None;
+    let mut notify_at: Option<(Instant, u16)> = None;
+    let mut ping_sent: Option<Instant> = None;
+    // A close frame the gateway wants to send the client, with how the session ends if answered.
+    let mut want_close: Option<(u16, CloseReason)> = None;
+    let mut want_ping = false;
+    // The phase may have changed before we subscribed.
+    let mut phase_changed = true;
+    let mut phase_open = true;
+    loop {
+        if phase_changed {
+            phase_changed = false;
+            match *phase_rx.borrow_and_update() {
+                Phase::Deadline { close_code } => {
+                    if closing == Closing::ByClient {
+                        return CloseReason::ClientClose;
+                    }
+                    relay.try_send_client(ControlFrame::close(close_code, None));
+                    return CloseReason::DrainDeadline;
+                }
+                Phase::Notify {
+                    start,
+                    spread,
+                    close_code,
+                    total,
+                } if notify_at.is_none() => {
+                    let slot = ctx.drain.take_slot();
+                    let total = total.max(1);
+                    let offset = spread.mul_f64((slot.min(total - 1)) as f64 / total as f64);
+                    notify_at = Some((start + offset, close_code));
+                }
+                _ => {}
+            }
+        }
+        if want_ping && closing == Closing::Open && relay.try_send_client(ControlFrame::ping(b"")) {
+            want_ping = false;
+            ping_sent = Some(Instant::now());
+        }
+        if let Some((code, reason)) = want_close
+            && closing == Closing::Open
+            && relay.try_send_client(ControlFrame::close(code, None))
+        {
+            want_close = None;
+            closing = Closing::ByGateway(reason);
+            relay.u2c.discard = true;
+            if reason != CloseReason::Migrated {
+                close_by = Some(Instant::now() + CLOSE_WAIT);
+            }
+        }
+        relay.want_inject = closing == Closing::Open && (want_ping || want_close.is_some());
+        let notify_sleep = notify_at.map(|(at, _)| tokio::time::sleep_until(at.into()));
+        let close_sleep = close_by.map(|at| tokio::time::sleep_until(at.into()));
+        let event = tokio::select! {
+            biased;
+            ev = poll_fn(|cx| relay.poll(cx)) => Some(ev),
+            changed = phase_rx.changed(), if phase_open => {
+                phase_changed = changed.is_ok();
+                phase_open = changed.is_ok();
+                None
+            }
+            _ = async { if let Some(s) = notify_sleep { s.await } else { std::future::pending().await } } => {
+                if let Some((_, code)) = notify_at.take() && closing == Closing::Open {
+                    want_close = Some((code, CloseReason::Migrated));
+                }
+                None
+            }
+            _ = async { if let Some(s) = close_sleep { s.await } else { std::future::pending().await } } => {
+                return match closing {
+                    Closing::ByClient => {
+                        relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
+                        CloseReason::ClientClose
+                    }
+                    Closing::ByGateway(reason) => reason,
+                    Closing::ByUpstream | Closing::Open => CloseReason::UpstreamError,
+                };
+            }
+            _ = ctx.ticker.tick() => {
+                let now = Instant::now();
+                if closing == Closing::Open {
+                    if let Some(sent) = ping_sent {
+                        if relay.last_client_rx >= sent {
+                            ping_sent = None;
+                        } else if now.duration_since(sent) >= limits.heartbeat_timeout {
+                            relay.try_send_client(ControlFrame::close(CLOSE_GOING_AWAY, None));
+                            return CloseReason::HeartbeatTimeout;
+                        }
+                    }
+                    if ping_sent.is_none() && !want_ping
+                        && now.duration_since(relay.last_client_rx) >= limits.heartbeat_interval {
+                        want_ping = true;
+                    }
+                    if now.duration_since(relay.last_message) >= limits.idle_timeout && want_close.is_none() {
+                        want_close = Some((CLOSE_GOING_AWAY, CloseReason::IdleTimeout));
+                    }
+                }
+                None
+            }
+        };
+        let Some(event) = event else { continue };
+        match event {
+            Event::Progress => {
+                if relay.c2u.scanner.closed() && !relay.c2u.close_reported {
+                    relay.c2u.close_reported = true;
+                    match closing {
+                        Closing::Open => {
+                            closing = Closing::ByClient;
+                            close_by = Some(Instant::now() + CLOSE_WAIT);
+                        }
+                        Closing::ByUpstream => return CloseReason::UpstreamClose,
+                        Closing::ByGateway(reason) => return reason,
+                        Closing::ByClient => {}
+                    }
+                }
+                if relay.u2c.scanner.closed() && !relay.u2c.close_reported {
+                    relay.u2c.close_reported = true;
+                    match closing {
+                        Closing::Open => {
+                            closing = Closing::ByUpstream;
+                            close_by = Some(Instant::now() + CLOSE_WAIT);
+                        }
+                        Closing::ByClient => return CloseReason::ClientClose,
+                        Closing::ByUpstream | Closing::ByGateway(_) => {}
+                    }
+                }
+            }
+            Event::ClientLeg(LegEnd::Frame(e)) => {
+                relay.try_send_client(ControlFrame::close(e.close_code(), None));
+                debug!(error = ?e, "client broke the protocol");
+                return frame_error_reason(e);
+            }
+            Event::ClientLeg(_) => {
+                return match closing {
+                    Closing::ByClient => CloseReason::ClientClose,
+                    Closing::ByGateway(CloseReason::Migrated)
+                    | Closing::Open
+                    | Closing::ByUpstream => CloseReason::ClientDisconnect,
+                    Closing::ByGateway(reason) => reason,
+                };
+            }
+            Event::UpstreamLeg(end) => {
+                match (closing, end) {
+                    // The upstream hung up after its close frame, or while the gateway closes the
+                    // client: keep waiting for the client's close frame.
+                    (Closing::ByUpstream | Closing::ByGateway(_), _) => {
+                        relay.u2c.src_done = true;
+                        relay.c2u.discard = true;
+                        relay.c2u.pending = Vec::new();
+                    }
+                    (Closing::ByClient, _) => {
+                        relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
+                        return CloseReason::ClientClose;
+                    }
+                    _ => {
+                        relay.try_send_client(ControlFrame::close(CLOSE_INTERNAL_ERROR, None));
+                        debug!(?end, "upstream leg failed");
+                        return CloseReason::UpstreamError;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Shared helpers of the gateway's integration tests: an in-test upstream (WebSocket echo plus a
+//! few plain HTTP routes), the gateway as a real child process, and raw-socket clients.
+//! Everything listens on 127.0.0.1 only; every wait is bounded.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the upstream saw.
+#[derive(Default)]
+pub struct UpstreamLog {
+    pub heads: Mutex<Vec<String>>,
+    /// Released by tests to let `/sse` send its second event.
+    pub sse_go: Notify,
+}
+
+/// Starts the upstream on 127.0.0.1:0. WebSocket: echoes every message; a text `close:<code>`
+/// makes it close with that code. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
+/// a second one after `sse_go`, then the end).
+pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(UpstreamLog::default());
+    let l2 = Arc::clone(&log);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&l2);
+            tokio::spawn(async move { upstream_conn(tcp, log).await });
+        }
+    });
+    (addr, log)
+}
+
+async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
+    let mut buf = vec![0u8; 8192];
+    let mut head;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = tcp.peek(&mut buf).await.unwrap_or(0);
+        head = String::from_utf8_lossy(&buf[..n]).to_string();
+        if head.contains("\r\n\r\n") || n == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let head_only = head
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    log.heads.lock().unwrap().push(head_only.clone());
+    if head_only
+        .to_ascii_lowercase()
+        .contains("upgrade: websocket")
+    {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) if t.starts_with("close:") => {
+                    let code: u16 = t[6..].parse().unwrap();
+                    let _ = ws
+                        .close(Some(CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: "".into(),
+                        }))
+                        .await;
+                }
+                Message::Text(_) | Message::Binary(_) => {
+                    let Ok(()) = ws.send(msg).await else { return };
+                }
+                _ => {}
+            }
+        }
+        return;
+    }
+    // Plain HTTP: consume the head (and a body for /echo).
+    let head_len = head.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0);
+    let mut consumed = vec![0u8; head_len];
+    if tcp.read_exact(&mut consumed).await.is_err() {
+        return;
+    }
+    let first = head_only.lines().next().unwrap_or_default().to_string();
+    if first.starts_with("GET /hello") {
+        let _ = tcp
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+            )
+            .await;
+    } else if first.starts_with("POST /echo") {
+        let len: usize = head_only
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let _ = tcp.read_exact(&mut body).await;
+        let mut res = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        res.extend_from_slice(&body);
+        let _ = tcp.write_all(&res).await;
+    } else if first.starts_with("GET /sse") {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\ndata: one\n\n")
+            .await;
+        let _ = tokio::time::timeout(WAIT, log.sse_go.notified()).await;
+        let _ = tcp.write_all(b"data: two\n\n").await;
+    } else {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// The gateway as a child process.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub token_file: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub const TOKEN: &str = "s3cret-token";
+
+/// A fresh temporary directory under the target dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "longconn-gw-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_u64() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    u128::from(h.finish())
+}
+
+impl Gateway {
+    /// Starts the gateway in front of `upstream` with extra flags; waits for /healthz.
+    pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Gateway {
+        let dir = temp_dir("gw");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_longconn-gateway"))
+            .args([
+                "run",
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--upstream", &upstream.to_string()])
+            .args(["--admin-token-file", token_file.to_str().unwrap()])
+            .args(extra)
+            .env("LONGCONN_GATEWAY_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let gw = Gateway {
+            child,
+            addr,
+            admin,
+            token_file,
+            dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok((200, _)) = gw.admin_request("GET", "/healthz", None, "").await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not come up: {}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/chat", self.addr)
+    }
+
+    /// One admin request (HTTP/1.1, Connection: close); returns status and body.
+    pub async fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
+        http_request(self.admin, method, path, token, body).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_request("GET", "/metrics", None, "")
+            .await
+            .unwrap()
+            .1
+    }
+
+    /// The value of a metric series (exact line prefix), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn drain_report(&self) -> serde_json::Value {
+        let (status, body) = self
+            .admin_request("GET", "/drain", Some(TOKEN), "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls the drain report until it says Drained.
+    pub async fn wait_drained(&self) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self.drain_report().await;
+            if r["state"] == "Drained" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "drain did not finish: {r}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A raw HTTP/1.1 request; reads the response to EOF.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let run = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await?;
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .map_err(|_| std::io::Error::other("timeout"))?
+}
+
+/// Sends a raw request head and returns the whole response head (and the stream).
+pub async fn raw_head(addr: SocketAddr, request: &str) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    (head, tcp)
+}
+
+/// Reads up to and including the blank line, byte by byte (test code only).
+pub async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    let deadline = Instant::now() + WAIT;
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(Instant::now() < deadline, "no head");
+        match tokio::time::timeout(WAIT, tcp.read(&mut b)).await {
+            Ok(Ok(1)) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).to_string()
+}
+
+pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Opens a raw WebSocket session (the test speaks frames itself).
+pub async fn raw_session(addr: SocketAddr) -> TcpStream {
+    let (head, tcp) = raw_head(addr, &upgrade_request(addr, "")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80 | opcode];
+    let key = [0x11, 0x22, 0x33, 0x44];
+    assert!(payload.len() < 65536);
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}
+
+/// A frame read from the server side: opcode and payload.
+pub async fn read_server_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut h))
+        .await
+        .ok()?
+        .ok()?;
+    let mut len = u64::from(h[1] & 0x7F);
+    if len == 126 {
+        let mut b = [0u8; 2];
+        tcp.read_exact(&mut b).await.ok()?;
+        len = u64::from(u16::from_be_bytes(b));
+    } else if len == 127 {
+        let mut b = [0u8; 8];
+        tcp.read_exact(&mut b).await.ok()?;
+        len = u64::from_be_bytes(b);
+    }
+    let mut payload = vec![0u8; len as usize];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((h[0] & 0x0F, payload))
+}
+
+/// Reads frames until a close frame; returns its code.
+pub async fn read_close_code(tcp: &mut TcpStream) -> Option<u16> {
+    for _ in 0..1000 {
+        let (op, payload) = read_server_frame(tcp).await?;
+        if op == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+    None
+}
+
+/// Connects a tungstenite client.
+pub async fn ws_connect(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timeout")
+        .expect("connect");
+    ws
+}
+
+/// Reads a tungstenite client until the end; returns the close code it received, if any.
+pub async fn received_close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut code = None;
+    for _ in 0..10_000 {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => code = frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    code
+}
+
+/// Polls `f` until it returns true (bounded).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -1,0 +1,258 @@
+//! Proxying through the real gateway binary: WebSocket both ways, close relay from either side,
+//! plain HTTP and streamed responses, health endpoints, malformed input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
+
+#[tokio::test]
+async fn websocket_messages_are_relayed_both_ways() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+    for i in 0..50 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("m{i}"))
+        );
+    }
+    let text = gw.metrics().await;
+    assert!(
+        text.contains("longconn_gateway_sessions_active 1"),
+        "{text}"
+    );
+    assert!(
+        gw.metric(r#"longconn_gateway_messages_total{direction="upstream_to_client"}"#)
+            .await
+            >= 52.0
+    );
+}
+
+#[tokio::test]
+async fn client_close_is_relayed_and_the_handshake_completes() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // The upstream's answer comes back through the gateway.
+    assert_eq!(received_close_code(&mut ws).await, Some(4000));
+    eventually("client_close counted", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="client_close"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_close_is_relayed_to_the_client() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.send(Message::text("close:4001")).await.unwrap();
+    assert_eq!(received_close_code(&mut ws).await, Some(4001));
+    eventually("upstream_close counted", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="upstream_close"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plain_http_requests_are_proxied_with_connection_close() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let (status, body) = http_request(gw.addr, "GET", "/hello", None, "")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let payload = "x".repeat(100_000);
+    let (status, body) = http_request(gw.addr, "POST", "/echo", None, &payload)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, payload);
+    let heads = log.heads.lock().unwrap().clone();
+    assert!(
+        heads.iter().all(|h| h.contains("Connection: close")),
+        "{heads:?}"
+    );
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.contains("X-Forwarded-For: 127.0.0.1")),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_are_streamed_before_the_response_ends() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    // The first event must arrive while the upstream is still holding the stream open.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data: one") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("data: two"));
+    log.sse_go.notify_one();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut seen))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("text/event-stream") && text.contains("data: two"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_refused_not_negotiated() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let req = upgrade_request(
+        gw.addr,
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    let (head, _tcp) = raw_head(gw.addr, &req).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    let heads = log.heads.lock().unwrap().clone();
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("permessage-deflate"),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_is_ok_and_readyz_follows_the_upstream() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    assert_eq!(
+        gw.admin_request("GET", "/readyz", None, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw2 = Gateway::start(dead, &[]).await;
+    assert_eq!(
+        gw2.admin_request("GET", "/healthz", None, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let (status, body) = gw2.admin_request("GET", "/readyz", None, "").await.unwrap();
+    assert_eq!((status, body.trim()), (503, "upstream unreachable"));
+    // And a client gets 502, not a hang.
+    let (head, _) = raw_head(gw2.addr, &upgrade_request(gw2.addr, "")).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_gets_close_1002() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut tcp = raw_session(gw.addr).await;
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(read_close_code(&mut tcp).await, Some(1002));
+    eventually("protocol_error counted", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="protocol_error"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reserved_opcode_and_bad_control_frames_get_close_1002() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    for bad in [
+        client_frame(0x3, b"x"),        // reserved opcode
+        client_frame(0x9, &[0u8; 126]), // control frame over 125 bytes
+        [vec![0x01 | 0x40], client_frame(0x1, b"x")[1..].to_vec()].concat(), // RSV1
+    ] {
+        let mut tcp = raw_session(gw.addr).await;
+        tcp.write_all(&bad).await.unwrap();
+        assert_eq!(read_close_code(&mut tcp).await, Some(1002));
+    }
+}
+
+#[tokio::test]
+async fn bad_handshakes_get_400_and_the_gateway_survives() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let no_key = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".to_string();
+    let wrong_version = upgrade_request(gw.addr, "").replace("Version: 13", "Version: 8");
+    let garbage = "\u{1}\u{2}\u{3} nonsense\r\n\r\n".to_string();
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    for req in [no_key, wrong_version, garbage, huge] {
+        let (head, _) = raw_head(gw.addr, &req).await;
+        let shown: String = req.chars().take(60).collect();
+        assert!(head.starts_with("HTTP/1.1 400"), "{shown:?} -> {head}");
+    }
+    // Still serving.
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.send(Message::text("alive")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("alive"));
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_relayed() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut bytes = upgrade_request(gw.addr, "").into_bytes();
+    bytes.extend(client_frame(0x1, b"early"));
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        read_server_frame(&mut tcp).await,
+        Some((0x1, b"early".to_vec()))
+    );
+}
