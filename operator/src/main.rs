@@ -209,11 +209,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: false.into(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        args.metrics_listen,
-        health.clone(),
-        stop_rx.clone(),
-    ));
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.metrics_listen))?;
+    let server = tokio::spawn(server::serve(listener, health.clone(), stop_rx.clone()));
 
     let ns = args.watch_namespace.as_deref();
     let lcs_api: Api<LongConnService> = scoped(&client, ns);

@@ -1,7 +1,6 @@
 //! The operator's own HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` and `/readyz`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,14 +22,13 @@ pub struct Health {
     pub ready: AtomicBool,
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves on `listener` until `shutdown` changes.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "serving /metrics, /healthz and /readyz");
+    info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
@@ -80,4 +78,48 @@ async fn route(
         response.headers_mut().insert("content-type", value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_readiness_follows_the_flag() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        metrics.reconciles.inc();
+        let health = Arc::new(Health {
+            metrics,
+            ready: AtomicBool::new(false),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, health.clone(), stopped));
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        health.ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("longconn_operator_reconciles_total 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("# EOF"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+
+        stop.send(true).expect("stop");
+        server.await.expect("join").expect("clean shutdown");
+    }
 }

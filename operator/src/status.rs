@@ -324,3 +324,111 @@ impl Conditions<'_> {
 pub fn condition<'a>(status: &'a LongConnServiceStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::LongConnServiceSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn lcs(replicas: i32) -> LongConnService {
+        let spec: LongConnServiceSpec =
+            serde_json::from_value(serde_json::json!({"replicas": replicas, "template": {}}))
+                .expect("spec");
+        let mut lcs = LongConnService::new("chat", spec);
+        lcs.metadata = ObjectMeta {
+            name: Some("chat".to_owned()),
+            namespace: Some("default".to_owned()),
+            generation: Some(4),
+            ..ObjectMeta::default()
+        };
+        lcs
+    }
+
+    fn rev(revision: &str, pods: i32, ready: i32) -> ObservedRevision {
+        ObservedRevision {
+            revision: revision.to_owned(),
+            replicas: pods,
+            current_replicas: pods,
+            ready_replicas: ready,
+        }
+    }
+
+    fn compute_at(
+        lcs: &LongConnService,
+        revisions: &[ObservedRevision],
+        now: &str,
+    ) -> LongConnServiceStatus {
+        compute(
+            lcs,
+            &Facts {
+                update_revision: "new",
+                revisions,
+                update_stalled: false,
+                problems: &[],
+                certificate: &CertFacts::Disabled,
+                monitoring: MonitoringFacts::Disabled,
+                now: now.parse().expect("time"),
+            },
+        )
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time_so_status_is_stable() {
+        let mut lcs = lcs(3);
+        let first = compute_at(&lcs, &[rev("new", 3, 3)], "2026-01-01T00:00:00Z");
+        lcs.status = Some(first.clone());
+        let again = compute_at(&lcs, &[rev("new", 3, 3)], "2026-01-01T01:00:00Z");
+        assert_eq!(again, first, "nothing changed, so nothing to write");
+
+        let degraded = compute_at(&lcs, &[rev("new", 3, 0)], "2026-01-01T02:00:00Z");
+        let available = condition(&degraded, AVAILABLE).expect("Available");
+        assert_eq!(available.status, "False");
+        assert_eq!(
+            available.last_transition_time.0.to_string(),
+            "2026-01-01T02:00:00Z"
+        );
+        assert_eq!(available.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn available_needs_replicas_less_the_disruption_budget() {
+        let mut lcs = lcs(3);
+        assert_eq!(needed_ready(&lcs), 2, "maxUnavailable 1 of 3");
+        lcs.spec.disruption.max_unavailable = None;
+        lcs.spec.disruption.min_available = Some(IntOrString::String("50%".to_owned()));
+        lcs.spec.replicas = 5;
+        assert_eq!(needed_ready(&lcs), 3, "50% of 5 rounds up");
+        lcs.spec.disruption.min_available = Some(IntOrString::Int(0));
+        assert_eq!(needed_ready(&lcs), 1, "at least one pod while replicas > 0");
+    }
+
+    #[test]
+    fn a_rollout_is_in_progress_until_old_pods_are_gone() {
+        let lcs = lcs(3);
+        let status = compute_at(
+            &lcs,
+            &[rev("old", 1, 1), rev("new", 3, 3)],
+            "2026-01-01T00:00:00Z",
+        );
+        let progressing = condition(&status, PROGRESSING).expect("Progressing");
+        assert_eq!(progressing.reason, "RolloutInProgress");
+        assert_eq!(
+            progressing.message,
+            "revision new: 3 of 3 pods ready, 1 old pods left"
+        );
+        assert_eq!(status.current_revision.as_deref(), Some("old"));
+        assert_eq!(status.replicas, 4);
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("longconn.dev/service=chat")
+        );
+
+        let done = compute_at(&lcs, &[rev("new", 3, 3)], "2026-01-01T00:01:00Z");
+        assert_eq!(
+            condition(&done, PROGRESSING).expect("Progressing").reason,
+            "NewRevisionAvailable"
+        );
+        assert_eq!(done.current_revision.as_deref(), Some("new"));
+    }
+}
