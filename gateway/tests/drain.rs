@@ -1,0 +1,291 @@
+//! The drain protocol end to end: Notify and Wait, the deadline, the report's exact accounting,
+//! the bearer token, SIGTERM, and the `drain --wait` and `install` subcommands.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Opens `n` well-behaved clients (they answer a close frame); each task returns the close code
+/// it received.
+async fn polite_clients(gw: &Gateway, n: usize) -> Vec<JoinHandle<Option<u16>>> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut ws = ws_connect(&gw.ws_url()).await;
+        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("hi {i}"))
+        );
+        tasks.push(tokio::spawn(
+            async move { received_close_code(&mut ws).await },
+        ));
+    }
+    tasks
+}
+
+async fn post_drain(gw: &Gateway, body: &str) -> serde_json::Value {
+    let (status, text) = gw
+        .admin_request("POST", "/drain", Some(TOKEN), body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn drain_notify_migrates_every_live_client() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, 20).await;
+    let started = post_drain(
+        &gw,
+        r#"{"strategy":"Notify","spread":"1s","deadline":"1m"}"#,
+    )
+    .await;
+    assert_eq!(started["state"], "Draining");
+    assert_eq!(started["sessionsAtStart"], 20);
+    // The pod leaves the endpoints and new clients are refused before the upgrade.
+    assert_eq!(
+        gw.admin_request("GET", "/readyz", None, "")
+            .await
+            .unwrap()
+            .0,
+        503
+    );
+    let (head, _) = raw_head(gw.addr, &upgrade_request(gw.addr, "")).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.contains("Retry-After"),
+        "{head}"
+    );
+    let report = gw.wait_drained().await;
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+    assert_eq!(report["migrated"], 20, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["closedByClient"], 0, "{report}");
+    assert_eq!(report["active"], 0, "{report}");
+    assert!(report["finishedAt"].is_string(), "{report}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"longconn_gateway_drain_state{state="drained"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"longconn_gateway_sessions_closed_total{reason="migrated"} 20"#));
+}
+
+#[tokio::test]
+async fn drain_deadline_counts_remaining_as_dropped() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let polite = polite_clients(&gw, 2).await;
+    // These clients never read, so they never answer the close frame.
+    let mut deaf = Vec::new();
+    for _ in 0..3 {
+        deaf.push(raw_session(gw.addr).await);
+    }
+    eventually("5 sessions open", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 5.0
+    })
+    .await;
+    post_drain(
+        &gw,
+        r#"{"strategy":"Notify","spread":"0s","deadline":"2s","closeCode":1001}"#,
+    )
+    .await;
+    let report = gw.wait_drained().await;
+    for c in polite {
+        assert_eq!(c.await.unwrap(), Some(1001));
+    }
+    assert_eq!(report["sessionsAtStart"], 5, "{report}");
+    assert_eq!(report["migrated"], 2, "{report}");
+    assert_eq!(report["dropped"], 3, "{report}");
+    assert_eq!(report["closedByClient"], 0, "{report}");
+    // The deaf clients were cut: each finds the close frame and then the end of the stream.
+    for mut tcp in deaf {
+        assert_eq!(read_close_code(&mut tcp).await, Some(1001));
+    }
+}
+
+#[tokio::test]
+async fn drain_wait_lets_clients_close_on_their_own() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(ws_connect(&gw.ws_url()).await);
+    }
+    eventually("3 sessions open", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 3.0
+    })
+    .await;
+    let started = post_drain(&gw, r#"{"strategy":"Wait","deadline":"1m"}"#).await;
+    assert_eq!(started["sessionsAtStart"], 3);
+    // Wait sends nothing: the clients still talk to the app.
+    let ws = &mut clients[0];
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    assert_eq!(gw.drain_report().await["state"], "Draining");
+    for mut ws in clients {
+        ws.close(None).await.unwrap();
+        received_close_code(&mut ws).await;
+    }
+    let report = gw.wait_drained().await;
+    assert_eq!(report["closedByClient"], 3, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["migrated"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn drain_api_refuses_a_bad_token_and_follows_rotation() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    for token in [None, Some("wrong"), Some("s3cret-tokenX"), Some("")] {
+        let (status, _) = gw
+            .admin_request("POST", "/drain", token, "{}")
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{token:?}");
+        let (status, _) = gw.admin_request("GET", "/drain", token, "").await.unwrap();
+        assert_eq!(status, 401, "{token:?}");
+    }
+    assert_eq!(
+        gw.admin_request("GET", "/readyz", None, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    // The Secret rotates: the file is read again on the next request.
+    std::fs::write(&gw.token_file, "rotated-token\n").unwrap();
+    let (status, _) = gw
+        .admin_request("GET", "/drain", Some(TOKEN), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = gw
+        .admin_request("GET", "/drain", Some("rotated-token"), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""state":"Serving""#), "{body}");
+    // A bad request body is a 400 that names the problem, and starts nothing.
+    let (status, body) = gw
+        .admin_request(
+            "POST",
+            "/drain",
+            Some("rotated-token"),
+            r#"{"deadlin":"5m"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("deadlin"), "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_sessions_and_exits_when_none_is_left() {
+    let (up, _) = start_upstream().await;
+    let mut gw = Gateway::start(up, &["--drain-spread", "0s", "--drain-timeout", "1m"]).await;
+    let clients = polite_clients(&gw, 3).await;
+    gw.signal("TERM");
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+    assert_eq!(gw.wait_exit(), Some(0));
+    let log = gw.log();
+    assert!(
+        log.contains("migrated=3") && log.contains("dropped=0"),
+        "{log}"
+    );
+}
+
+async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "drain",
+        "--wait",
+        "--admin",
+        &gw.admin.to_string(),
+        "--poll-interval",
+        "100ms",
+    ])
+    .args(args)
+    .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE");
+    if token_file {
+        cmd.args(["--admin-token-file", path_str(&gw.token_file)]);
+    }
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn drain_wait_exits_zero_when_every_session_migrated() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, 2).await;
+    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s"], true).await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (report["state"].as_str(), report["migrated"].as_u64()),
+        (Some("Drained"), Some(2))
+    );
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+}
+
+#[tokio::test]
+async fn drain_wait_exits_non_zero_when_a_session_was_dropped() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let _deaf = raw_session(gw.addr).await;
+    eventually("session open", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 1.0
+    })
+    .await;
+    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s", "--deadline", "1s"], true).await;
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["dropped"], 1, "{report}");
+}
+
+#[tokio::test]
+async fn installed_binary_drains_with_its_local_token() {
+    let (up, _) = start_upstream().await;
+    let dir = temp_dir("install");
+    let gw = Gateway::start(up, &["--install-to", path_str(&dir)]).await;
+    let installed = dir.join("longconn-gateway");
+    assert!(installed.exists() && dir.join("longconn-gateway.token").exists());
+    let clients = polite_clients(&gw, 1).await;
+    // No --admin-token-file: the token written beside the installed binary is used.
+    let (code, out) = run_drain_cli(path_str(&installed), &gw, &["--spread", "0s"], false).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#""migrated":1"#), "{out}");
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+    // Without any token the drain command fails clearly instead of hanging.
+    let (code, _) = run_drain_cli(env!("CARGO_BIN_EXE_longconn-gateway"), &gw, &[], false).await;
+    assert_eq!(code, 2);
+    let _ = std::fs::remove_dir_all(dir);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
