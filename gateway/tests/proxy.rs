@@ -256,3 +256,30 @@ async fn frames_sent_with_the_upgrade_request_are_relayed() {
         Some((0x1, b"early".to_vec()))
     );
 }
+
+#[tokio::test]
+async fn metrics_are_openmetrics_with_every_family() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.send(Message::text("count me")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    let (head, _) = raw_head(gw.admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let text = gw.metrics().await;
+    for family in [
+        "longconn_gateway_sessions_active",
+        "longconn_gateway_sessions_opened_total",
+        "longconn_gateway_sessions_closed_total{reason=\"drain_deadline\"}",
+        "longconn_gateway_messages_total{direction=\"client_to_upstream\"} 1",
+        "longconn_gateway_messages_total{direction=\"upstream_to_client\"} 1",
+        "longconn_gateway_relayed_bytes_total{direction=\"client_to_upstream\"}",
+        "longconn_gateway_handshake_rejections_total{reason=\"origin_forbidden\"}",
+        "longconn_gateway_session_duration_seconds_bucket",
+        "longconn_gateway_drain_state{state=\"serving\"} 1",
+        "longconn_gateway_certificate_expiry_timestamp_seconds 0",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+}
