@@ -19,3 +19,4 @@ pub mod process;
 pub mod tools;
 
 pub use error::{Error, Result};
+pub mod podrunner;

@@ -35,15 +35,25 @@ pub struct Record {
 pub struct Spawned {
     pub record: Record,
     child: Option<Child>,
+    exit: Option<std::process::ExitStatus>,
 }
 
 impl Spawned {
     /// Starts `binary args` in a new process group, stdin closed, stdout and stderr appended to
     /// `log`.
     pub fn start(name: &str, binary: &Path, args: &[String], log: &Path) -> Result<Self> {
+        let mut command = Command::new(binary);
+        command.args(args);
+        Self::start_command(name, command, log)
+    }
+
+    /// Starts a prepared command (environment, working directory already set) in a new process
+    /// group, stdin closed, stdout and stderr appended to `log`.
+    pub fn start_command(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let binary = PathBuf::from(command.get_program());
         let spawn_error = |source| Error::Spawn {
             component: name.to_string(),
-            binary: binary.to_path_buf(),
+            binary: binary.clone(),
             source,
         };
         let out = std::fs::OpenOptions::new()
@@ -54,8 +64,7 @@ impl Spawned {
         let err = out.try_clone().map_err(Error::io("open log", log))?;
         let child = {
             use std::os::unix::process::CommandExt as _;
-            Command::new(binary)
-                .args(args)
+            command
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -79,22 +88,38 @@ impl Spawned {
                 log: log.to_path_buf(),
             },
             child: Some(child),
+            exit: None,
         })
+    }
+
+    /// The exit status, once the process has exited (reaping it); `None` while it runs or when
+    /// this process did not start it.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.reap();
+        self.exit
+    }
+
+    /// Sends `signal` to the process's group, if any member of it is left.
+    pub fn signal(&self, signal: Signal) {
+        signal_group(&self.record, signal);
+    }
+
+    /// True while any member of the process's group is alive.
+    pub fn group_alive(&mut self) -> bool {
+        self.reap();
+        group_alive(&self.record)
     }
 
     /// Fails with [`Error::Exited`] if the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        match child.try_wait() {
-            Ok(Some(status)) => Err(Error::Exited {
+        match self.try_exit() {
+            Some(status) => Err(Error::Exited {
                 component: self.record.name.clone(),
                 status: status.to_string(),
                 log: self.record.log.clone(),
                 tail: tail(&self.record.log, 30),
             }),
-            Ok(None) | Err(_) => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -105,8 +130,9 @@ impl Spawned {
 
     fn reap(&mut self) {
         if let Some(child) = self.child.as_mut()
-            && let Ok(Some(_)) = child.try_wait()
+            && let Ok(Some(status)) = child.try_wait()
         {
+            self.exit = Some(status);
             self.child = None;
         }
     }
@@ -216,6 +242,7 @@ pub fn stop_records(records: &[Record], grace: Duration) -> Result<()> {
         .map(|record| Spawned {
             record: record.clone(),
             child: None,
+            exit: None,
         })
         .collect();
     stop_all(&mut processes, grace)

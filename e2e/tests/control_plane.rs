@@ -7,10 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use longconn_e2e::cluster::{Cluster, ClusterOptions};
 use longconn_e2e::process;
 
 const NAMESPACE: &str = "e2e-smoke";
@@ -24,13 +23,7 @@ async fn deployment_becomes_pending_pods_and_down_leaves_no_process() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::up(ClusterOptions {
-        dir: dir.path().join("cluster"),
-        tools_dir,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster up");
+    let mut cluster = common::cluster_up(dir.path(), tools_dir).await;
     let client = cluster.client();
 
     let version = client.apiserver_version().await.expect("/version");
@@ -40,15 +33,7 @@ async fn deployment_becomes_pending_pods_and_down_leaves_no_process() {
         ("1", "36")
     );
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))
-                .expect("namespace"),
-        )
-        .await
-        .expect("create namespace");
+    common::create_namespace(&client, NAMESPACE).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "echo"},

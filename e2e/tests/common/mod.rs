@@ -25,3 +25,33 @@ pub fn tools_dir_or_skip(test: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Starts a cluster in `<temp>/cluster` from the tools in `tools_dir`.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn cluster_up(
+    temp: &std::path::Path,
+    tools_dir: PathBuf,
+) -> longconn_e2e::cluster::Cluster {
+    longconn_e2e::cluster::Cluster::up(longconn_e2e::cluster::ClusterOptions {
+        dir: temp.join("cluster"),
+        tools_dir,
+        ..longconn_e2e::cluster::ClusterOptions::default()
+    })
+    .await
+    .expect("cluster up")
+}
+
+/// Creates namespace `name`.
+#[allow(dead_code)]
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                .expect("namespace"),
+        )
+        .await
+        .expect("create namespace");
+}
