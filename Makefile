@@ -9,7 +9,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: lint unit ## Run every test: formatting, lints, unit, integration and end-to-end tests.
+test: lint tools unit ## Run every test: formatting, lints, unit, integration and end-to-end tests.
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings denied.
@@ -17,8 +17,8 @@ lint: ## cargo fmt --check and clippy with warnings denied.
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: unit
-unit: ## Unit and integration tests of every crate.
-	$(CARGO) test --workspace --locked
+unit: ## Unit, integration and end-to-end tests of every crate (end-to-end ones need `make tools`).
+	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
 .PHONY: crd
 crd: ## Regenerate crds/ from the Rust types.

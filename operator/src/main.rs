@@ -118,6 +118,9 @@ struct RunArgs {
         default_value = "longconn-operator"
     )]
     lease_name: String,
+    /// How long to trust the answer to "is the ServiceMonitor / cert-manager API served?".
+    #[arg(long, env = "LONGCONN_OPERATOR_DISCOVERY_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    discovery_refresh: Duration,
     /// Log format.
     #[arg(long, env = "LONGCONN_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -245,7 +248,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leadership = Some((is_leader, task));
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
+    let ctx = Arc::new(
+        Context::new(client.clone(), settings, metrics).with_discovery_ttl(args.discovery_refresh),
+    );
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     let controller = Controller::new(lcs_api, watcher::Config::default().any_semantic())

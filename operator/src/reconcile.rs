@@ -34,8 +34,8 @@ use crate::metrics::{ErrorReason, KindLabels, Metrics};
 use crate::revision;
 use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
 
-/// How long the answer to "is this optional API served?" is trusted.
-const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+/// How long the answer to "is this optional API served?" is trusted, by default.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 /// Requeue when nothing else is pending: catches drift the watches cannot see.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while pods of several revisions coexist.
@@ -104,6 +104,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
+    discovery_ttl: Duration,
     discovery: Mutex<Option<(Instant, ServedApis)>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
 }
@@ -119,16 +120,23 @@ impl Context {
             client,
             settings,
             metrics,
+            discovery_ttl: DISCOVERY_TTL,
             discovery: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Which optional APIs are served, asked at most once per [`DISCOVERY_TTL`].
+    /// Sets how long discovery answers are trusted (tests use a short one).
+    pub fn with_discovery_ttl(mut self, ttl: Duration) -> Self {
+        self.discovery_ttl = ttl;
+        self
+    }
+
+    /// Which optional APIs are served, asked at most once per discovery TTL.
     async fn served_apis(&self) -> ServedApis {
         if let Ok(cache) = self.discovery.lock()
             && let Some((at, apis)) = *cache
-            && at.elapsed() < DISCOVERY_TTL
+            && at.elapsed() < self.discovery_ttl
         {
             return apis;
         }

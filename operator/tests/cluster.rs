@@ -1,0 +1,498 @@
+//! The operator against a real API server (the local control plane of `longconn-e2e`): the CRD
+//! installs, the sample corpus is judged by the API server itself, and the `longconn-operator`
+//! process reconciles a LongConnService into owned objects, serves the printer columns and the
+//! scale subresource, writes nothing in steady state, reacts to the ServiceMonitor API appearing,
+//! and garbage collection removes everything when the LongConnService goes.
+//!
+//! Skipped (with a printed reason) when `make tools` was never run, unless
+//! `LONGCONN_E2E_REQUIRE_TOOLS` is set, as `make test` does.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Api, Client, ResourceExt};
+use longconn_e2e::cluster::{Cluster, ClusterOptions};
+use longconn_operator::crd::LongConnService;
+use longconn_operator::kinds::Kind;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+const NS: &str = "default";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tools_dir_or_skip() -> Option<PathBuf> {
+    let dir = longconn_e2e::tools::default_tools_dir();
+    if dir.exists() || std::env::var_os("LONGCONN_E2E_REQUIRE_TOOLS").is_some() {
+        return Some(dir);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED operator cluster test: no control-plane tools in {} (run `make tools`)",
+        dir.display()
+    );
+    None
+}
+
+/// Polls `check` until it returns `Some`, or panics after `WAIT` naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The operator process, killed when dropped.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+    metrics: String,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path, dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = dir.join("operator.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_longconn-operator"))
+            .args([
+                "run",
+                "--log-format=text",
+                "--operator-namespace=longconn-system",
+                "--discovery-refresh=1s",
+                &format!("--metrics-listen=127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start longconn-operator");
+        Self {
+            child,
+            log,
+            metrics: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// `longconn_operator_reconciles_total`, read from the process's /metrics.
+    async fn reconciles(&self) -> Option<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("longconn_operator_reconciles_total "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(cluster.tools().dir().join("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .output()
+        .expect("run kubectl")
+}
+
+async fn install_crd(client: &Client, yaml: &str) -> String {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(yaml).expect("CRD yaml");
+    let name = crd.name_any();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    eventually(&format!("CRD {name} Established"), || {
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            let crd = api.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
+    .await;
+    name
+}
+
+fn lcs_api(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::erase::<LongConnService>(&()),
+    )
+}
+
+/// Creates every sample with `kubectl create --dry-run=server` (strict field validation, as a
+/// user gets): good ones are accepted, bad ones refused with their expected message.
+fn judge_corpus(cluster: &Cluster) {
+    for kind in ["good", "bad"] {
+        let dir = repo().join("operator/tests/samples").join(kind);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("samples")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        for path in files {
+            let file = path.to_string_lossy().into_owned();
+            let out = kubectl(
+                cluster,
+                &["create", "--dry-run=server", "-n", NS, "-f", &file],
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if kind == "good" {
+                assert!(
+                    out.status.success(),
+                    "{file} refused by the API server: {stderr}"
+                );
+                continue;
+            }
+            assert!(!out.status.success(), "{file} accepted by the API server");
+            let text = std::fs::read_to_string(&path).expect("sample");
+            let expect = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .expect("expect line");
+            assert!(
+                stderr.contains(expect),
+                "{file}: API server said {stderr:?}, expected {expect:?}"
+            );
+        }
+    }
+}
+
+fn condition<'a>(lcs: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    lcs.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+async fn owned_resource_versions(client: &Client, uid: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for kind in Kind::ALL {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), NS, &kind.api_resource());
+        let Ok(list) = api
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=chat"))
+            .await
+        else {
+            continue;
+        };
+        for o in list
+            .items
+            .iter()
+            .filter(|o| o.owner_references().iter().any(|r| r.uid == uid))
+        {
+            out.insert(
+                format!("{kind:?}/{}", o.name_any()),
+                o.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
+    let Some(tools_dir) = tools_dir_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::up(ClusterOptions {
+        dir: dir.path().join("cluster"),
+        tools_dir,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster up");
+    let client = cluster.client();
+
+    let crd_yaml = std::fs::read_to_string(repo().join("crds/longconnservices.longconn.dev.yaml"))
+        .expect("crd file");
+    install_crd(&client, &crd_yaml).await;
+    judge_corpus(&cluster);
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "longconn-system"}})).expect("ns"),
+        )
+        .await
+        .expect("create longconn-system");
+    let operator = Operator::start(&cluster.kubeconfig_path(), dir.path());
+
+    let lcs_api = lcs_api(&client);
+    let chat: DynamicObject = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("examples/chat.yaml")).expect("example"),
+    )
+    .expect("yaml");
+    let applied = lcs_api
+        .patch(
+            "chat",
+            &PatchParams::apply("e2e-test"),
+            &Patch::Apply(&chat),
+        )
+        .await
+        .expect("apply chat");
+    let uid = applied.uid().expect("uid");
+
+    // Every object exists with this LongConnService as controller owner.
+    let expected = [
+        (Kind::Secret, "chat-admin-token"),
+        (Kind::Secret, "chat-ca"),
+        (Kind::Secret, "chat-tls"),
+        (Kind::Service, "chat"),
+        (Kind::Service, "chat-metrics"),
+        (Kind::PodDisruptionBudget, "chat"),
+        (Kind::NetworkPolicy, "chat"),
+    ];
+    for (kind, name) in expected {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), NS, &kind.api_resource());
+        let object = eventually(&format!("{kind:?} {name}"), || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok().flatten() }
+        })
+        .await;
+        let owner = object
+            .owner_references()
+            .first()
+            .cloned()
+            .expect("owner reference");
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            (uid.as_str(), Some(true)),
+            "{kind:?} {name}"
+        );
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deployment = eventually("the revision's Deployment", || {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .list(&ListParams::default().labels("longconn.dev/service=chat"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    let gateway = pod
+        .init_containers
+        .as_ref()
+        .and_then(|c| c.first())
+        .expect("gateway sidecar");
+    assert_eq!(
+        (gateway.name.as_str(), gateway.restart_policy.as_deref()),
+        ("longconn-gateway", Some("Always"))
+    );
+
+    // Status with conditions for this generation; MonitoringReady says why there is none.
+    let lcs = eventually("status for the current generation", || {
+        let api = lcs_api.clone();
+        async move {
+            let lcs = api.get("chat").await.ok()?;
+            (lcs.data["status"]["observedGeneration"] == json!(lcs.metadata.generation)
+                && condition(&lcs, "MonitoringReady").is_some())
+            .then_some(lcs)
+        }
+    })
+    .await;
+    let monitoring = condition(&lcs, "MonitoringReady").expect("MonitoringReady");
+    assert_eq!(
+        (monitoring["status"].as_str(), monitoring["reason"].as_str()),
+        (Some("False"), Some("ServiceMonitorAPIMissing"))
+    );
+    assert_eq!(
+        condition(&lcs, "CertificateReady").expect("CertificateReady")["status"],
+        "True"
+    );
+
+    // kubectl shows the printer columns and scales through the scale subresource.
+    let get = kubectl(&cluster, &["get", "lcs", "chat", "-n", NS]);
+    let header = String::from_utf8_lossy(&get.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        [
+            "NAME",
+            "REPLICAS",
+            "READY",
+            "SESSIONS",
+            "REVISION",
+            "AVAILABLE",
+            "AGE"
+        ],
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let scale = kubectl(&cluster, &["scale", "lcs/chat", "-n", NS, "--replicas=5"]);
+    assert!(
+        scale.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&scale.stderr)
+    );
+    let name = deployment.name_any();
+    eventually("the Deployment scaled to 5", || {
+        let deployments = deployments.clone();
+        let name = name.clone();
+        async move { (deployments.get(&name).await.ok()?.spec?.replicas == Some(5)).then_some(()) }
+    })
+    .await;
+
+    // Steady state: a reconcile that finds everything as desired writes nothing.
+    let settled = owned_resource_versions(&client, &uid).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        owned_resource_versions(&client, &uid).await,
+        settled,
+        "objects changed while nothing was asked"
+    );
+    let before = operator.reconciles().await.expect("operator metrics");
+    let touched = lcs_api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/touch": "1"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually("a reconcile after the annotation", || async {
+        (operator.reconciles().await? > before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        owned_resource_versions(&client, &uid).await,
+        settled,
+        "steady-state reconcile wrote an object"
+    );
+    let after = lcs_api.get("chat").await.expect("lcs");
+    assert_eq!(
+        after.resource_version(),
+        touched.resource_version(),
+        "steady-state reconcile wrote status"
+    );
+
+    // The ServiceMonitor API appears: the operator discovers it and creates the ServiceMonitor.
+    let monitor_crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+    install_crd(&client, monitor_crd).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lcs_api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/touch": "2"}}})),
+        )
+        .await
+        .expect("annotate");
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &Kind::ServiceMonitor.api_resource());
+    eventually("the ServiceMonitor", || {
+        let monitors = monitors.clone();
+        async move { monitors.get_opt("chat").await.ok().flatten() }
+    })
+    .await;
+    eventually("MonitoringReady=True", || {
+        let api = lcs_api.clone();
+        async move {
+            (condition(&api.get("chat").await.ok()?, "MonitoringReady")?["status"] == "True")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Deleting the LongConnService removes everything it owned.
+    lcs_api
+        .delete("chat", &Default::default())
+        .await
+        .expect("delete chat");
+    eventually("garbage collection of every owned object", || {
+        let client = client.clone();
+        let uid = uid.clone();
+        async move {
+            owned_resource_versions(&client, &uid)
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+
+    let tail = operator.log_tail();
+    drop(operator);
+    assert!(!tail.contains("panicked"), "operator log:\n{tail}");
+    cluster.down().await.expect("cluster down");
+}
