@@ -1,6 +1,7 @@
 //! The pod runner on the real control plane: a Deployment's pod lands on a registered node, runs
 //! as a host process with the downward API in its environment, turns Ready through its readiness
-//! probe, and on deletion runs its preStop hook, is stopped and its object removed.
+//! probe, and on deletion runs its preStop hook, is stopped and its object removed; its native
+//! sidecar starts first and stops last.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use longconn_e2e::podrunner::images::ImageTable;
 use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 
@@ -34,10 +35,10 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
-    let Some(tools_dir) =
-        common::tools_dir_or_skip("deployment_pod_runs_gets_ready_and_stops_through_prestop")
-    else {
+async fn deployment_pod_runs_gets_ready_and_stops_through_prestop_with_sidecar_last() {
+    let Some(tools_dir) = common::tools_dir_or_skip(
+        "deployment_pod_runs_gets_ready_and_stops_through_prestop_with_sidecar_last",
+    ) else {
         return;
     };
     let temp = tempfile::tempdir().expect("tempdir");
@@ -75,11 +76,17 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
     .await;
 
     let marker = temp.path().join("prestop-ran");
+    let order = temp.path().join("order");
     let env_dump = temp.path().join("env");
     common::create_namespace(&client, NAMESPACE).await;
     let script = format!(
-        "echo \"$POD_NAME $POD_IP $NODE\" > {}; exec python3 -m http.server --bind \"$POD_IP\" 8080",
-        env_dump.display()
+        "echo \"$POD_NAME $POD_IP $NODE\" > {}; echo main-start >> {order}; exec python3 -m http.server --bind \"$POD_IP\" 8080",
+        env_dump.display(),
+        order = order.display(),
+    );
+    let sidecar = format!(
+        "echo sidecar-start >> {order}; trap 'echo sidecar-stop >> {order}; exit 0' TERM; while true; do sleep 0.1; done",
+        order = order.display(),
     );
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web"},
@@ -90,6 +97,12 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
                     "terminationGracePeriodSeconds": 5,
+                    "initContainers": [{
+                        "name": "sidecar",
+                        "image": "e2e/shell",
+                        "restartPolicy": "Always",
+                        "args": ["-c", sidecar],
+                    }],
                     "containers": [{
                         "name": "web",
                         "image": "e2e/shell:dev",
@@ -102,7 +115,7 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
                         "ports": [{"name": "http", "containerPort": 8080}],
                         "readinessProbe": {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 1},
                         "lifecycle": {"preStop": {"exec": {"command": [
-                            "/bin/sh", "-c", format!("echo stopped > {}", marker.display())
+                            "/bin/sh", "-c", format!("echo stopped > {}; echo main-prestop >> {}", marker.display(), order.display())
                         ]}}},
                     }],
                 },
@@ -156,9 +169,15 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
     let env = std::fs::read_to_string(&env_dump).expect("the container wrote its environment");
     assert_eq!(env.trim(), format!("{name} {pod_ip} {node}"));
 
-    pods.delete(&name, &DeleteParams::default())
+    // Scaling to zero makes the ReplicaSet delete the pod without replacing it.
+    Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
         .await
-        .expect("delete pod");
+        .expect("scale to zero");
     wait_for("pod object removed after termination", || async {
         match pods.get_opt(&name).await.map_err(|e| e.to_string())? {
             None => Ok(()),
@@ -168,6 +187,17 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop() {
     .await;
     let said = std::fs::read_to_string(&marker).expect("preStop ran");
     assert_eq!(said.trim(), "stopped");
+    // The native sidecar started before the app and stopped after the app's preStop hook.
+    let sequence = std::fs::read_to_string(&order).expect("order file");
+    assert_eq!(
+        sequence.lines().collect::<Vec<_>>(),
+        [
+            "sidecar-start",
+            "main-start",
+            "main-prestop",
+            "sidecar-stop"
+        ]
+    );
     // Nothing listens on the old pod address any more.
     assert!(std::net::TcpStream::connect((pod_ip.as_str(), 8080)).is_err());
 
