@@ -91,7 +91,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         upstream: cfg.upstream,
         tls,
         admission,
-        session: SessionContext {
+        session: Arc::new(SessionContext {
             drain: Arc::clone(&drain),
             ticker,
             metrics,
@@ -101,7 +101,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
                 idle_timeout: limits.idle_timeout,
                 max_message_bytes: limits.max_message_bytes,
             },
-        },
+        }),
         next_id: AtomicU64::new(1),
     });
     tokio::spawn(proxy.serve(listener));

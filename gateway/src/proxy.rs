@@ -24,9 +24,9 @@ use crate::{
     drain::Drain,
     http::{self, Head, HeadError},
     http_proxy,
-    limits::Admission,
+    limits::{Admission, ConnectionSlot},
     metrics::{Metrics, RejectReason},
-    session::{self, Leftovers, SessionContext},
+    session::{self, Leftovers, SessionContext, mask_key},
 };
 
 /// Everything the proxy shares between connections.
@@ -34,7 +34,7 @@ pub struct Proxy {
     pub upstream: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub admission: Arc<Admission>,
-    pub session: SessionContext,
+    pub session: Arc<SessionContext>,
     pub next_id: AtomicU64,
 }
 
@@ -86,7 +86,10 @@ impl Proxy {
                 Err(e) => Err((Some(conn), RejectReason::BadRequest, e)),
             }
         };
-        let (mut conn, head, leftover) = match tokio::time::timeout_at(deadline, handshake).await {
+        // Boxed: the TLS handshake state is large and must not stay in the task for the whole
+        // life of the session.
+        let handshake = Box::pin(tokio::time::timeout_at(deadline, handshake));
+        let (mut conn, head, leftover) = match handshake.await {
             Err(_) => {
                 self.metrics().reject(RejectReason::HandshakeTimeout);
                 debug!("handshake timeout");
@@ -168,19 +171,30 @@ impl Proxy {
             };
         let _ = upstream.set_nodelay(true);
         let request = head.encode_request(peer.ip(), conn.is_tls());
+        // Nothing of the handshake may stay allocated for the life of the session.
+        drop(head);
         if websocket {
-            self.websocket(id, conn, upstream, request, leftover, deadline)
+            self.websocket(id, slot, conn, upstream, request, leftover, deadline)
                 .await;
         } else {
             self.metrics().http_requests.inc();
-            http_proxy::serve(conn, upstream, request, leftover, self.drain()).await;
+            Box::pin(http_proxy::serve(
+                conn,
+                upstream,
+                request,
+                leftover,
+                self.drain(),
+            ))
+            .await;
+            drop(slot);
         }
-        drop(slot);
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn websocket(
         &self,
         id: u64,
+        slot: Option<ConnectionSlot>,
         mut conn: ClientConn,
         mut upstream: TcpStream,
         request: Vec<u8>,
@@ -194,7 +208,8 @@ impl Proxy {
                 .map_err(|e| e.to_string())?;
             read_response(&mut upstream).await
         };
-        let (res, mut from_upstream) = match tokio::time::timeout_at(deadline, exchange).await {
+        let exchange = Box::pin(tokio::time::timeout_at(deadline, exchange));
+        let (res, mut from_upstream) = match exchange.await {
             Ok(Ok(x)) => x,
             _ => {
                 self.metrics().reject(RejectReason::UpstreamUnavailable);
@@ -244,16 +259,32 @@ impl Proxy {
             .await;
             return;
         };
-        if conn.write_all(&res.encode_response()).await.is_err() {
+        let response = res.encode_response();
+        drop(res);
+        if conn.write_all(&response).await.is_err() {
             ticket.finish(crate::metrics::CloseReason::ClientDisconnect);
             return;
         }
+        drop(response);
         debug!("session open");
         let leftovers = Leftovers {
             from_client,
             from_upstream,
         };
-        session::run(id, &self.session, ticket, conn, upstream, leftovers).await;
+        // The session runs as a task of its own, so that nothing of the handshake phase stays
+        // allocated while it lasts; it holds the connection slot until it ends.
+        let task = session::start(
+            Arc::clone(&self.session),
+            ticket,
+            slot,
+            (conn, upstream),
+            leftovers,
+            mask_key(id),
+        );
+        if id == 1 {
+            debug!(bytes = std::mem::size_of_val(&task), "session task size");
+        }
+        tokio::spawn(task.instrument(tracing::Span::current()));
     }
 }
 

@@ -39,7 +39,7 @@ use crate::{
         CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame, FrameError,
         FrameScanner, Role, Scanned,
     },
-    limits::Ticker,
+    limits::{ConnectionSlot, Ticker},
     metrics::{CloseReason, Metrics},
 };
 
@@ -342,15 +342,17 @@ pub struct Leftovers {
     pub from_upstream: Vec<u8>,
 }
 
-/// Runs a session from the moment the client got its `101` to its end.
-pub async fn run(
-    id: u64,
-    ctx: &SessionContext,
+/// Builds a session from the moment the client got its `101`; the returned future runs it to
+/// its end and reports it. It is a plain function returning an `async move` block so that the
+/// future stores each leg once (an `async fn` would also keep its arguments).
+pub fn start(
+    ctx: Arc<SessionContext>,
     ticket: SessionTicket,
-    client: ClientConn,
-    upstream: TcpStream,
+    slot: Option<ConnectionSlot>,
+    (client, upstream): (ClientConn, TcpStream),
     leftovers: Leftovers,
-) {
+    mask: [u8; 4],
+) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
     let mut relay = Relay {
         client,
@@ -362,18 +364,21 @@ pub async fn run(
         last_message: now,
         want_inject: false,
     };
-    let mask = mask_key(id);
-    let reason = match prime(&mut relay, leftovers) {
-        Err(reason) => reason,
-        Ok(()) => drive(&mut relay, ctx).await,
-    };
-    // Tell whichever side has not heard a close yet.
-    if reason != CloseReason::UpstreamClose && !relay.c2u.scanner.closed() {
-        relay.try_close_upstream(CLOSE_GOING_AWAY, mask);
+    let primed = prime(&mut relay, leftovers);
+    async move {
+        let reason = match primed {
+            Err(reason) => reason,
+            Ok(()) => drive(&mut relay, &ctx).await,
+        };
+        // Tell the upstream, if it has not heard a close yet.
+        if reason != CloseReason::UpstreamClose && !relay.c2u.scanner.closed() {
+            relay.try_close_upstream(CLOSE_GOING_AWAY, mask);
+        }
+        debug!(reason = reason.as_str(), "session ended");
+        relay.shutdown().await;
+        ticket.finish(reason);
+        drop(slot);
     }
-    debug!(reason = reason.as_str(), "session ended");
-    relay.shutdown().await;
-    ticket.finish(reason);
 }
 
 /// Scans the bytes that came with the handshakes into the pumps.
@@ -405,7 +410,7 @@ fn frame_error_reason(e: FrameError) -> CloseReason {
 /// A mask key for the frames the gateway itself sends upstream (RFC 6455 5.3). It only has to be
 /// unpredictable to the page that sent the payload, and the gateway's own frames carry no
 /// client-chosen payload, so a hash of the session id and the clock is enough.
-fn mask_key(id: u64) -> [u8; 4] {
+pub fn mask_key(id: u64) -> [u8; 4] {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(id);
@@ -473,8 +478,12 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             }
         }
         relay.want_inject = closing == Closing::Open && (want_ping || want_close.is_some());
-        let notify_sleep = notify_at.map(|(at, _)| tokio::time::sleep_until(at.into()));
-        let close_sleep = close_by.map(|at| tokio::time::sleep_until(at.into()));
+        // One timer at most, and only while a drain slot or a close handshake is pending.
+        let wake_at = match (notify_at, close_by) {
+            (Some((a, _)), Some(b)) => Some(a.min(b)),
+            (Some((a, _)), None) => Some(a),
+            (None, b) => b,
+        };
         let event = tokio::select! {
             biased;
             ev = poll_fn(|cx| relay.poll(cx)) => Some(ev),
@@ -483,21 +492,25 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                 phase_open = changed.is_ok();
                 None
             }
-            _ = async { if let Some(s) = notify_sleep { s.await } else { std::future::pending().await } } => {
-                if let Some((_, code)) = notify_at.take() && closing == Closing::Open {
-                    want_close = Some((code, CloseReason::Migrated));
+            () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now).into()), if wake_at.is_some() => {
+                let now = Instant::now();
+                if let Some((at, code)) = notify_at && at <= now {
+                    notify_at = None;
+                    if closing == Closing::Open {
+                        want_close = Some((code, CloseReason::Migrated));
+                    }
+                }
+                if let Some(at) = close_by && at <= now {
+                    return match closing {
+                        Closing::ByClient => {
+                            relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
+                            CloseReason::ClientClose
+                        }
+                        Closing::ByGateway(reason) => reason,
+                        Closing::ByUpstream | Closing::Open => CloseReason::UpstreamError,
+                    };
                 }
                 None
-            }
-            _ = async { if let Some(s) = close_sleep { s.await } else { std::future::pending().await } } => {
-                return match closing {
-                    Closing::ByClient => {
-                        relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
-                        CloseReason::ClientClose
-                    }
-                    Closing::ByGateway(reason) => reason,
-                    Closing::ByUpstream | Closing::Open => CloseReason::UpstreamError,
-                };
             }
             _ = ctx.ticker.tick() => {
                 let now = Instant::now();
