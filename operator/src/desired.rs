@@ -31,7 +31,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::crd::{LongConnService, TlsMode};
+use crate::crd::{AutoscalingSpec, LongConnService, TlsMode};
 use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::revision;
@@ -167,8 +167,8 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
             out.push(ctx.manifest(Kind::ServiceMonitor, service_monitor(&ctx)));
         }
     }
-    if lcs.spec.autoscaling.is_some() {
-        out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx)));
+    if let Some(autoscaling) = &lcs.spec.autoscaling {
+        out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx, autoscaling)));
     }
     out
 }
@@ -767,10 +767,7 @@ fn service_monitor(ctx: &Ctx) -> Value {
     })
 }
 
-fn hpa(ctx: &Ctx) -> HorizontalPodAutoscaler {
-    let Some(a) = &ctx.lcs.spec.autoscaling else {
-        return HorizontalPodAutoscaler::default();
-    };
+fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
     let mut metrics = Vec::new();
     if let Some(cpu) = a.target_cpu_utilization {
         metrics.push(MetricSpec {

@@ -11,8 +11,11 @@ use crate::kinds::Kind;
 /// Why a reconcile failed: a closed set, one value per error variant.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ErrorReason {
+    /// A request to the API server failed.
     Api,
-    Certificate,
+    /// Generating keys, certificates or tokens failed.
+    Crypto,
+    /// The LongConnService lacks a name, namespace or uid.
     InvalidObject,
 }
 

@@ -83,6 +83,8 @@ pub enum Error {
     },
     #[error("LongConnService has no {0}")]
     MissingField(&'static str),
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
 }
 
 impl Error {
@@ -92,7 +94,7 @@ impl Error {
             | Error::Get { .. }
             | Error::Delete { .. }
             | Error::Status { .. } => ErrorReason::Api,
-            Error::Certificate { .. } => ErrorReason::Certificate,
+            Error::Certificate { .. } | Error::Random(_) => ErrorReason::Crypto,
             Error::MissingField(_) => ErrorReason::InvalidObject,
         }
     }
@@ -245,7 +247,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let mut problems = Vec::new();
 
     let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
-        .unwrap_or_else(new_token);
+        .map_or_else(new_token, Ok)?;
     let (certificate, cert_facts, renew_at) =
         certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
     let revisions = observed_revisions(&owned);
@@ -358,14 +360,11 @@ fn secret_value(owned: &OwnedObjects, secret: &str, key: &str) -> Option<String>
     String::from_utf8(bytes.0).ok()
 }
 
-/// A fresh admin token: 32 random bytes, hex-encoded.
-fn new_token() -> String {
+/// A fresh admin token: 32 random bytes from the operating system, hex-encoded.
+fn new_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
-    if getrandom::fill(&mut bytes).is_err() {
-        // The OS random source failing is not recoverable; a predictable token is worse.
-        panic!("the operating system's random source failed");
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn observed_revisions(owned: &OwnedObjects) -> Vec<ObservedRevision> {
