@@ -58,24 +58,26 @@ wait_port() {
     return 1
 }
 
-start() { # name, command...
+LAST=""
+start() { # name, command...; sets LAST to the new process id
     local name="$1"; shift
     "$@" >"$WORK/$name.log" 2>&1 &
-    PIDS+=("$!")
-    echo "$!"
+    LAST=$!
+    PIDS+=("$LAST")
 }
 
 # --- upstream and proxies ------------------------------------------------------------------
-start echo "$LOADGEN" echo --listen "127.0.0.1:$UP" >/dev/null
+start echo "$LOADGEN" echo --listen "127.0.0.1:$UP"
 wait_port "$UP"
 
 GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections 30000
     --rate-limit-connections-per-second-per-ip 0 --heartbeat-interval 10m --idle-timeout 1h)
-GW_PID=$(LONGCONN_GATEWAY_LOG=warn start gateway "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
-    --admin-listen 127.0.0.1:19091 "${GW_COMMON[@]}")
-GW_TLS_PID=$(LONGCONN_GATEWAY_LOG=warn start gateway-tls "$GW" run --listen "127.0.0.1:$GW_TLS" \
+start gateway env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
+    --admin-listen 127.0.0.1:19091 "${GW_COMMON[@]}"
+GW_PID=$LAST
+start gateway-tls env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_TLS" \
     --admin-listen 127.0.0.1:19092 "${GW_COMMON[@]}" \
-    --tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
+    --tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem"
 
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx/nginx.conf" <<CONF
@@ -106,11 +108,13 @@ http {
     }
 }
 CONF
-NGX_PID=$(start nginx "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;')
+start nginx "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+NGX_PID=$LAST
 
 cat >"$WORK/haproxy.cfg" <<CONF
 global
-    maxconn 40000
+    # Two descriptors per proxied session, within the 20000 a process may open here.
+    maxconn 9900
     nbthread 1
 defaults
     mode http
@@ -123,13 +127,20 @@ frontend fe
     bind 127.0.0.1:$HAP_TLS ssl crt $WORK/tls/combined.pem
     default_backend app
 backend app
-    server s1 127.0.0.1:$UP maxconn 40000
+    server s1 127.0.0.1:$UP maxconn 9900
 CONF
-HAP_PID=$(start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db)
+start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
+HAP_PID=$LAST
 
-for p in $GW_PLAIN $GW_TLS $NGX_PLAIN $NGX_TLS $HAP_PLAIN $HAP_TLS; do wait_port "$p"; done
+for p in $GW_PLAIN $GW_TLS $NGX_PLAIN $NGX_TLS $HAP_PLAIN $HAP_TLS; do
+    wait_port "$p" || { tail -n 5 "$WORK"/*.log >&2; exit 1; }
+done
+for pid in "${PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "process $pid exited early (port taken?)" >&2; tail -n 5 "$WORK"/*.log >&2; exit 1; }
+done
 sleep 0.5
-NGX_PIDS="$NGX_PID,$(pgrep -P "$NGX_PID" | paste -sd, -)"
+# The nginx master and its worker.
+NGX_PIDS="$(printf '%s\n' "$NGX_PID" $(pgrep -P "$NGX_PID" || true) | paste -sd, -)"
 
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 

@@ -113,10 +113,14 @@ fn total_rss(pids: &[u32]) -> u64 {
 async fn echo_server(listen: SocketAddr) {
     let listener = TcpListener::bind(listen).await.unwrap();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
             while let Some(Ok(msg)) = ws.next().await {
                 if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                     return;
@@ -153,7 +157,10 @@ async fn idle(target: SocketAddr, sessions: usize, pids: &[u32]) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = total_rss(pids);
     let per = (after.saturating_sub(before)) as f64 / sessions as f64;
-    println!("kib_per_session={per:.2} rss_before_kib={before} rss_after_kib={after} sessions={}", all.len());
+    println!(
+        "kib_per_session={per:.2} rss_before_kib={before} rss_after_kib={after} sessions={}",
+        all.len()
+    );
     drop(all);
 }
 
@@ -229,7 +236,9 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
             let mut rtts = Vec::new();
             let warm = Duration::from_secs(1);
             let end = Duration::from_secs(1 + seconds);
-            while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(5), rx.next()).await
+            {
                 let now = start.elapsed();
                 if let Message::Binary(b) = m {
                     let sent = Duration::from_nanos(u64::from_be_bytes(b[..8].try_into().unwrap()));
@@ -252,7 +261,11 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
         all.extend(r.await.unwrap());
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "p50_us={} p99_us={} samples={} rate={rate}",
         pct(0.50),
@@ -264,17 +277,24 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
 fn tls_connector(cert: &std::path::Path) -> Connector {
     let pem = std::fs::read(cert).unwrap();
     let mut roots = RootCertStore::empty();
-    let der: CertificateDer<'static> = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let der: CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
     roots.add(der).unwrap();
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Connector::Rustls(Arc::new(config))
 }
 
-async fn handshakes(target: SocketAddr, tls: Option<std::path::PathBuf>, concurrency: usize, seconds: u64) {
+async fn handshakes(
+    target: SocketAddr,
+    tls: Option<std::path::PathBuf>,
+    concurrency: usize,
+    seconds: u64,
+) {
     let connector = tls.as_deref().map(tls_connector);
     let scheme = if connector.is_some() { "wss" } else { "ws" };
     let done = Arc::new(AtomicU64::new(0));
@@ -292,7 +312,7 @@ async fn handshakes(target: SocketAddr, tls: Option<std::path::PathBuf>, concurr
                 };
                 let _ = tcp.set_nodelay(true);
                 // Reset instead of TIME_WAIT, so a run does not exhaust local ports.
-                let _ = tcp.set_linger(Some(Duration::ZERO));
+                let _ = tcp.set_zero_linger();
                 let connect = tokio_tungstenite::client_async_tls_with_config(
                     url.as_str(),
                     tcp,
@@ -311,7 +331,10 @@ async fn handshakes(target: SocketAddr, tls: Option<std::path::PathBuf>, concurr
         let _ = t.await;
     }
     let rate = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
-    println!("handshakes_per_sec={rate:.0} failed={}", failed.load(Ordering::Relaxed));
+    println!(
+        "handshakes_per_sec={rate:.0} failed={}",
+        failed.load(Ordering::Relaxed)
+    );
 }
 
 fn cert(dir: &std::path::Path) {
@@ -328,15 +351,28 @@ async fn main() {
     match Cli::parse().cmd {
         Cmd::Echo { listen } => echo_server(listen).await,
         Cmd::Cert { dir } => cert(&dir),
-        Cmd::Idle { target, sessions, pids } => idle(target, sessions, &pids).await,
-        Cmd::Throughput { target, connections, depth, seconds } => {
-            throughput(target, connections, depth, seconds).await
-        }
-        Cmd::Latency { target, rate, connections, seconds } => {
-            latency(target, rate, connections, seconds).await
-        }
-        Cmd::Handshakes { target, tls_cert, concurrency, seconds } => {
-            handshakes(target, tls_cert, concurrency, seconds).await
-        }
+        Cmd::Idle {
+            target,
+            sessions,
+            pids,
+        } => idle(target, sessions, &pids).await,
+        Cmd::Throughput {
+            target,
+            connections,
+            depth,
+            seconds,
+        } => throughput(target, connections, depth, seconds).await,
+        Cmd::Latency {
+            target,
+            rate,
+            connections,
+            seconds,
+        } => latency(target, rate, connections, seconds).await,
+        Cmd::Handshakes {
+            target,
+            tls_cert,
+            concurrency,
+            seconds,
+        } => handshakes(target, tls_cert, concurrency, seconds).await,
     }
 }
