@@ -145,7 +145,7 @@ NGX_PIDS="$(printf '%s\n' "$NGX_PID" $(pgrep -P "$NGX_PID" || true) | paste -sd,
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 
 # --- measurements -------------------------------------------------------------------------
-declare -A MEM TPUT P50 P99 HS HSTLS
+declare -A MEM TPUT P50 P99 L50 L99 HS HSTLS
 names=(gateway nginx haproxy)
 declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN)
 declare -A TLSP=([gateway]=$GW_TLS [nginx]=$NGX_TLS [haproxy]=$HAP_TLS)
@@ -178,6 +178,18 @@ for n in direct "${names[@]}"; do
     P99[$n]=$(echo "$out" | field p99_us)
 done
 
+# The same at a light rate, where the two cores are not saturated by the load generator and the
+# echo upstream themselves: this shows the latency a proxy adds.
+LIGHT=1000
+for n in direct "${names[@]}"; do
+    port=${PLAIN[$n]:-$UP}
+    log "$n: latency at $LIGHT msgs/s"
+    out=$("$LOADGEN" latency --target "127.0.0.1:$port" --rate "$LIGHT" --seconds "$SECS")
+    log "   $out"
+    L50[$n]=$(echo "$out" | field p50_us)
+    L99[$n]=$(echo "$out" | field p99_us)
+done
+
 for n in "${names[@]}"; do
     log "$n: handshakes per second, plain and TLS"
     out=$("$LOADGEN" handshakes --target "127.0.0.1:${PLAIN[$n]}" --seconds 3)
@@ -194,12 +206,13 @@ echo
 echo "longconn gateway vs nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') vs HAProxy $("$HAPROXY" -v | head -1 | awk '{print $3}')  ($(nproc) CPUs, $(date -u +%Y-%m-%d))"
 echo "one proxy thread / worker each; echo upstream and load generator on the same machine"
 echo
-printf '| %-16s | %14s | %13s | %14s | %14s | %13s | %13s |\n' \
-    proxy "KiB/idle sess" "echo msgs/s" "p50 ms @$RATE/s" "p99 ms @$RATE/s" "handshakes/s" "TLS hshakes/s"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' "------------------" "----------------" "---------------" "----------------" "----------------" "---------------" "---------------"
-printf '| %-16s | %14s | %13s | %14s | %14s | %13s | %13s |\n' "direct (no proxy)" "-" "-" "$(ms "${P50[direct]}")" "$(ms "${P99[direct]}")" "-" "-"
+row() { printf '| %-17s | %9s | %11s | %17s | %17s | %12s | %12s |\n' "$@"; }
+row proxy "KiB/idle" "echo msg/s" "p50/p99 ms @$RATE/s" "p50/p99 ms @$LIGHT/s" "handshake/s" "TLS hshake/s"
+row "---" "---:" "---:" "---:" "---:" "---:" "---:"
+row "direct (no proxy)" "-" "-" "$(ms "${P50[direct]}") / $(ms "${P99[direct]}")" \
+    "$(ms "${L50[direct]}") / $(ms "${L99[direct]}")" "-" "-"
 for n in "${names[@]}"; do
     label=$n; [ "$n" = gateway ] && label="longconn-gateway"
-    printf '| %-16s | %14s | %13s | %14s | %14s | %13s | %13s |\n' "$label" "${MEM[$n]}" "${TPUT[$n]}" \
-        "$(ms "${P50[$n]}")" "$(ms "${P99[$n]}")" "${HS[$n]}" "${HSTLS[$n]}"
+    row "$label" "${MEM[$n]}" "${TPUT[$n]}" "$(ms "${P50[$n]}") / $(ms "${P99[$n]}")" \
+        "$(ms "${L50[$n]}") / $(ms "${L99[$n]}")" "${HS[$n]}" "${HSTLS[$n]}"
 done

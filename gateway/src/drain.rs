@@ -259,13 +259,15 @@ impl Drain {
         drop(inner);
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => {
-                    tracing::warn!(active = me.active(), "drain deadline passed; force-closing the rest");
-                    me.phase.send_replace(Phase::Deadline { close_code });
-                }
-                _ = me.finished() => {}
+            tokio::time::sleep(deadline).await;
+            // Also when every session has ended: plain HTTP streams are cut at the deadline too.
+            if me.active() > 0 {
+                tracing::warn!(
+                    active = me.active(),
+                    "drain deadline passed; force-closing the rest"
+                );
             }
+            me.phase.send_replace(Phase::Deadline { close_code });
         });
         Ok(report)
     }

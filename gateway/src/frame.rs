@@ -48,6 +48,8 @@ pub enum FrameError {
     Protocol(&'static str),
     /// A message is larger than the limit; answered with close 1009.
     TooBig,
+    /// The upstream broke the protocol; the client gets close 1011.
+    Upstream,
 }
 
 impl FrameError {
@@ -56,6 +58,7 @@ impl FrameError {
         match self {
             FrameError::Protocol(_) => CLOSE_PROTOCOL_ERROR,
             FrameError::TooBig => CLOSE_TOO_BIG,
+            FrameError::Upstream => CLOSE_INTERNAL_ERROR,
         }
     }
 }

@@ -367,7 +367,11 @@ pub fn start(
     let primed = prime(&mut relay, leftovers);
     async move {
         let reason = match primed {
-            Err(reason) => reason,
+            Err(e) => {
+                relay.u2c.pending.clear();
+                relay.try_send_client(ControlFrame::close(e.close_code(), None));
+                frame_error_reason(e)
+            }
             Ok(()) => drive(&mut relay, &ctx).await,
         };
         // Tell the upstream, if it has not heard a close yet.
@@ -381,12 +385,11 @@ pub fn start(
     }
 }
 
-/// Scans the bytes that came with the handshakes into the pumps.
-fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), CloseReason> {
+/// Scans the bytes that came with the handshakes into the pumps. A client that broke the
+/// protocol already is answered with its close code; an upstream that did is reported as 1011.
+fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), FrameError> {
     let mut seen = Scanned::default();
-    if let Err(e) = relay.c2u.scanner.scan(&leftovers.from_client, &mut seen) {
-        return Err(frame_error_reason(e));
-    }
+    relay.c2u.scanner.scan(&leftovers.from_client, &mut seen)?;
     relay.c2u.pending = leftovers.from_client;
     if relay
         .u2c
@@ -394,7 +397,7 @@ fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), CloseReason> {
         .scan(&leftovers.from_upstream, &mut seen)
         .is_err()
     {
-        return Err(CloseReason::UpstreamError);
+        return Err(FrameError::Upstream);
     }
     relay.u2c.pending = leftovers.from_upstream;
     Ok(())
@@ -404,6 +407,7 @@ fn frame_error_reason(e: FrameError) -> CloseReason {
     match e {
         FrameError::TooBig => CloseReason::MessageTooBig,
         FrameError::Protocol(_) => CloseReason::ProtocolError,
+        FrameError::Upstream => CloseReason::UpstreamError,
     }
 }
 

@@ -283,3 +283,16 @@ async fn metrics_are_openmetrics_with_every_family() {
     }
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[tokio::test]
+async fn malformed_frame_sent_with_the_upgrade_request_gets_close_1002() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut bytes = upgrade_request(gw.addr, "").into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x01, b'x']); // unmasked
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_close_code(&mut tcp).await, Some(1002));
+}
