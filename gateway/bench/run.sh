@@ -169,25 +169,22 @@ done
 # Half the lowest saturation rate, the same for every row, so the latencies compare.
 LOWEST=$(printf '%s\n' "${TPUT[@]}" | sort -n | head -1)
 RATE=$((LOWEST / 2))
-for n in direct "${names[@]}"; do
-    port=${PLAIN[$n]:-$UP}
-    log "$n: latency at $RATE msgs/s"
-    out=$("$LOADGEN" latency --target "127.0.0.1:$port" --rate "$RATE" --seconds "$SECS")
+latency() { # name, rate -> "p50_us p99_us"
+    local port=${PLAIN[$1]:-$UP} out
+    log "$1: latency at $2 msgs/s"
+    out=$("$LOADGEN" latency --target "127.0.0.1:$port" --rate "$2" --seconds "$SECS")
     log "   $out"
-    P50[$n]=$(echo "$out" | field p50_us)
-    P99[$n]=$(echo "$out" | field p99_us)
+    echo "$(echo "$out" | field p50_us) $(echo "$out" | field p99_us)"
+}
+for n in direct "${names[@]}"; do
+    read -r "P50[$n]" "P99[$n]" < <(latency "$n" "$RATE")
 done
 
 # The same at a light rate, where the two cores are not saturated by the load generator and the
 # echo upstream themselves: this shows the latency a proxy adds.
 LIGHT=1000
 for n in direct "${names[@]}"; do
-    port=${PLAIN[$n]:-$UP}
-    log "$n: latency at $LIGHT msgs/s"
-    out=$("$LOADGEN" latency --target "127.0.0.1:$port" --rate "$LIGHT" --seconds "$SECS")
-    log "   $out"
-    L50[$n]=$(echo "$out" | field p50_us)
-    L99[$n]=$(echo "$out" | field p99_us)
+    read -r "L50[$n]" "L99[$n]" < <(latency "$n" "$LIGHT")
 done
 
 for n in "${names[@]}"; do
