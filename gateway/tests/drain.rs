@@ -289,3 +289,43 @@ async fn installed_binary_drains_with_its_local_token() {
     let _ = std::fs::remove_dir_all(dir);
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test]
+async fn drain_notify_spreads_close_frames_over_the_window() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut ws = ws_connect(&gw.ws_url()).await;
+        clients.push(tokio::spawn(async move {
+            let code = received_close_code(&mut ws).await;
+            (code, std::time::Instant::now())
+        }));
+    }
+    eventually("10 sessions open", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 10.0
+    })
+    .await;
+    // Slots at 0, 0.3 s, ..., 2.7 s after the start. Load can only delay closes, so sent all at
+    // once they would arrive within milliseconds; spread, the last comes 2.7 s after the first
+    // unless the first one alone is delayed by over 1.7 s.
+    post_drain(
+        &gw,
+        r#"{"strategy":"Notify","spread":"3s","deadline":"1m"}"#,
+    )
+    .await;
+    let mut times = Vec::new();
+    for c in clients {
+        let (code, at) = c.await.unwrap();
+        assert_eq!(code, Some(1012));
+        times.push(at);
+    }
+    times.sort();
+    let window = times[9] - times[0];
+    assert!(
+        window >= Duration::from_secs(1),
+        "closes were not spread: {window:?}"
+    );
+    let report = gw.wait_drained().await;
+    assert_eq!(report["migrated"], 10, "{report}");
+}
