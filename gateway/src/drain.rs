@@ -241,6 +241,18 @@ impl Drain {
         };
         self.metrics.set_drain_state(DrainState::Draining);
         tracing::info!(?strategy, deadline = %humantime::format_duration(deadline), spread = %humantime::format_duration(spread), close_code, sessions = total, "drain started");
+        // The deadline ends plain HTTP streams too, so it runs even when no session is open.
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            if me.active() > 0 {
+                tracing::warn!(
+                    active = me.active(),
+                    "drain deadline passed; force-closing the rest"
+                );
+            }
+            me.phase.send_replace(Phase::Deadline { close_code });
+        });
         if total == 0 {
             self.finish(&mut inner);
             return Ok(inner.report.clone());
@@ -255,21 +267,7 @@ impl Drain {
             DrainStrategy::Wait => Phase::Wait,
         };
         self.phase.send_replace(phase);
-        let report = inner.report.clone();
-        drop(inner);
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            // Also when every session has ended: plain HTTP streams are cut at the deadline too.
-            if me.active() > 0 {
-                tracing::warn!(
-                    active = me.active(),
-                    "drain deadline passed; force-closing the rest"
-                );
-            }
-            me.phase.send_replace(Phase::Deadline { close_code });
-        });
-        Ok(report)
+        Ok(inner.report.clone())
     }
 
     /// Resolves once a drain has finished.

@@ -296,3 +296,69 @@ async fn malformed_frame_sent_with_the_upgrade_request_gets_close_1002() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(read_close_code(&mut tcp).await, Some(1002));
 }
+
+#[tokio::test]
+async fn upstream_failure_gets_close_1011_and_counts_as_dropped_in_a_drain() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    let _other = ws_connect(&gw.ws_url()).await;
+    eventually("2 sessions open", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 2.0
+    })
+    .await;
+    let (status, _) = gw
+        .admin_request(
+            "POST",
+            "/drain",
+            Some(TOKEN),
+            r#"{"strategy":"Wait","deadline":"1m"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    ws.send(Message::text("die")).await.unwrap();
+    assert_eq!(received_close_code(&mut ws).await, Some(1011));
+    eventually("the failure is in the report", || async {
+        gw.drain_report().await["dropped"] == 1
+    })
+    .await;
+    let report = gw.drain_report().await;
+    assert_eq!(
+        (report["active"].as_u64(), report["closedByClient"].as_u64()),
+        (Some(1), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn drain_refuses_new_http_requests_and_cuts_streams_at_the_deadline() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut sse = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    sse.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut sse).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, _) = gw
+        .admin_request(
+            "POST",
+            "/drain",
+            Some(TOKEN),
+            r#"{"strategy":"Wait","deadline":"1s"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_request(gw.addr, "GET", "/hello", None, "")
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    // The upstream would hold the stream open until told otherwise; the deadline ends it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, sse.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&rest).contains("data: two"));
+}

@@ -42,7 +42,7 @@ pub struct UpstreamLog {
 }
 
 /// Starts the upstream on 127.0.0.1:0. WebSocket: echoes every message; a text `close:<code>`
-/// makes it close with that code. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
+/// makes it close with that code, `die` makes it drop the connection. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
 /// a second one after `sse_go`, then the end).
 pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,6 +88,8 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
         };
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
+                // The app fails: its connection ends without a close frame.
+                Message::Text(t) if t.as_str() == "die" => return,
                 Message::Text(t) if t.starts_with("close:") => {
                     let code: u16 = t[6..].parse().unwrap();
                     let _ = ws
