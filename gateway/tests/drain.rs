@@ -29,25 +29,14 @@ async fn polite_clients(gw: &Gateway, n: usize) -> Vec<JoinHandle<Option<u16>>> 
     tasks
 }
 
-async fn post_drain(gw: &Gateway, body: &str) -> serde_json::Value {
-    let (status, text) = gw
-        .admin_request("POST", "/drain", Some(TOKEN), body)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).unwrap()
-}
-
 #[tokio::test]
 async fn drain_notify_migrates_every_live_client() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
     let clients = polite_clients(&gw, 20).await;
-    let started = post_drain(
-        &gw,
-        r#"{"strategy":"Notify","spread":"1s","deadline":"1m"}"#,
-    )
-    .await;
+    let started = gw
+        .post_drain(r#"{"strategy":"Notify","spread":"1s","deadline":"1m"}"#)
+        .await;
     assert_eq!(started["state"], "Draining");
     assert_eq!(started["sessionsAtStart"], 20);
     // The pod leaves the endpoints and new clients are refused before the upgrade.
@@ -94,11 +83,8 @@ async fn drain_deadline_counts_remaining_as_dropped() {
         gw.metric("longconn_gateway_sessions_active").await == 5.0
     })
     .await;
-    post_drain(
-        &gw,
-        r#"{"strategy":"Notify","spread":"0s","deadline":"2s","closeCode":1001}"#,
-    )
-    .await;
+    gw.post_drain(r#"{"strategy":"Notify","spread":"0s","deadline":"2s","closeCode":1001}"#)
+        .await;
     let report = gw.wait_drained().await;
     for c in polite {
         assert_eq!(c.await.unwrap(), Some(1001));
@@ -125,7 +111,9 @@ async fn drain_wait_lets_clients_close_on_their_own() {
         gw.metric("longconn_gateway_sessions_active").await == 3.0
     })
     .await;
-    let started = post_drain(&gw, r#"{"strategy":"Wait","deadline":"1m"}"#).await;
+    let started = gw
+        .post_drain(r#"{"strategy":"Wait","deadline":"1m"}"#)
+        .await;
     assert_eq!(started["sessionsAtStart"], 3);
     // Wait sends nothing: the clients still talk to the app.
     let ws = &mut clients[0];
@@ -309,11 +297,8 @@ async fn drain_notify_spreads_close_frames_over_the_window() {
     // Slots at 0, 0.3 s, ..., 2.7 s after the start. Load can only delay closes, so sent all at
     // once they would arrive within milliseconds; spread, the last comes 2.7 s after the first
     // unless the first one alone is delayed by over 1.7 s.
-    post_drain(
-        &gw,
-        r#"{"strategy":"Notify","spread":"3s","deadline":"1m"}"#,
-    )
-    .await;
+    gw.post_drain(r#"{"strategy":"Notify","spread":"3s","deadline":"1m"}"#)
+        .await;
     let mut times = Vec::new();
     for c in clients {
         let (code, at) = c.await.unwrap();

@@ -260,6 +260,16 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// `POST /drain` with `body`; asserts 200 and returns the report.
+    pub async fn post_drain(&self, body: &str) -> serde_json::Value {
+        let (status, text) = self
+            .admin_request("POST", "/drain", Some(TOKEN), body)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
     pub async fn drain_report(&self) -> serde_json::Value {
         let (status, body) = self
             .admin_request("GET", "/drain", Some(TOKEN), "")
