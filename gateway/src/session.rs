@@ -307,24 +307,24 @@ impl Relay {
         }
     }
 
-    /// Writes what is pending on both legs (bounded in time), then shuts both down.
+    /// Writes what is pending on both legs (bounded in time), then closes them. A TLS client gets
+    /// its close_notify; a plain TCP leg is simply closed, and the kernel sends FIN after the
+    /// data (a `shutdown` first would cost a system call per leg and change nothing).
     async fn shutdown(mut self) {
         let flush = async {
             if !self.u2c.pending.is_empty() {
                 self.client.write_all(&self.u2c.pending).await?;
             }
-            self.client.shutdown().await?;
-            io::Result::Ok(())
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-        let flush = async {
-            if !self.c2u.pending.is_empty() {
-                self.upstream.write_all(&self.c2u.pending).await?;
+            if self.client.is_tls() {
+                self.client.shutdown().await?;
             }
-            self.upstream.shutdown().await?;
             io::Result::Ok(())
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        if !self.c2u.pending.is_empty() {
+            let flush = self.upstream.write_all(&self.c2u.pending);
+            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        }
     }
 }
 
