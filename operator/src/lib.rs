@@ -10,6 +10,7 @@ pub mod duration;
 pub mod kinds;
 pub mod labels;
 pub mod metrics;
+pub mod rbac;
 pub mod reconcile;
 pub mod revision;
 pub mod server;

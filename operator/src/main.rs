@@ -43,6 +43,9 @@ struct Cli {
 enum Command {
     /// Print the LongConnService CustomResourceDefinition as YAML.
     Crd,
+    /// Print the RBAC rules the operator needs, as YAML (a ClusterRole's `rules`, then the
+    /// Lease rule for a Role in the operator's namespace).
+    Rbac,
     /// Print the objects a LongConnService manifest becomes, without a cluster.
     Render {
         /// A LongConnService manifest (YAML).
@@ -149,6 +152,15 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", crd_yaml()?);
+            Ok(())
+        }
+        Command::Rbac => {
+            use longconn_operator::rbac;
+            let rules = serde_json::json!({
+                "clusterRules": rbac::policy_rules(rbac::RULES),
+                "leaseRules": rbac::policy_rules(&[rbac::LEASE_RULE]),
+            });
+            print!("{}", serde_yaml::to_string(&rules)?);
             Ok(())
         }
         Command::Render { file, settings } => render(&file, &settings.settings()),
