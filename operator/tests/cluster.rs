@@ -1,6 +1,7 @@
 //! The operator against a real API server (the local control plane of `longconn-e2e`): the CRD
 //! installs, the sample corpus is judged by the API server itself, and the `longconn-operator`
-//! process reconciles a LongConnService into owned objects, serves the printer columns and the
+//! process, authenticated as a ServiceAccount that holds exactly the RBAC rules of
+//! `longconn_operator::rbac` and nothing else, reconciles a LongConnService into owned objects, serves the printer columns and the
 //! scale subresource, writes nothing in steady state, reacts to the ServiceMonitor API appearing,
 //! and garbage collection removes everything when the LongConnService goes.
 //!
@@ -207,6 +208,92 @@ fn judge_corpus(cluster: &Cluster) {
     }
 }
 
+/// A ServiceAccount bound to exactly the operator's RBAC rules, and a kubeconfig that
+/// authenticates as it: the operator's run then proves the rules are enough.
+async fn least_privilege_kubeconfig(
+    client: &Client,
+    admin_kubeconfig: &Path,
+    dir: &Path,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use longconn_operator::rbac;
+
+    let ns = "longconn-system";
+    let pp = PostParams::default();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "longconn-operator"}}))
+                .expect("sa"),
+        )
+        .await
+        .expect("create ServiceAccount");
+    let subject = json!([{"kind": "ServiceAccount", "name": "longconn-operator", "namespace": ns}]);
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "longconn-operator"},
+        "rules": rbac::policy_rules(rbac::RULES),
+    }))
+    .expect("cluster role");
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &cluster_role)
+        .await
+        .expect("create ClusterRole");
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "longconn-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "longconn-operator"},
+        "subjects": subject,
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await
+        .expect("create ClusterRoleBinding");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "longconn-operator-leader"},
+        "rules": rbac::policy_rules(&[rbac::LEASE_RULE]),
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&pp, &role)
+        .await
+        .expect("create Role");
+    let role_binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "longconn-operator-leader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "longconn-operator-leader"},
+        "subjects": subject,
+    }))
+    .expect("role binding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&pp, &role_binding)
+        .await
+        .expect("create RoleBinding");
+
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let token = accounts
+        .create_token_request("longconn-operator", &pp, &request)
+        .await
+        .expect("token request")
+        .status
+        .expect("token status")
+        .token;
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(admin_kubeconfig).expect("kubeconfig"))
+            .expect("kubeconfig json");
+    config["users"][0]["user"] = json!({"token": token});
+    let path = dir.join("operator-kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config).expect("json")).expect("write kubeconfig");
+    path
+}
+
 fn condition<'a>(lcs: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
     lcs.data["status"]["conditions"]
         .as_array()?
@@ -267,7 +354,9 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
         )
         .await
         .expect("create longconn-system");
-    let operator = Operator::start(&cluster.kubeconfig_path(), dir.path());
+    let operator_kubeconfig =
+        least_privilege_kubeconfig(&client, &cluster.kubeconfig_path(), dir.path()).await;
+    let operator = Operator::start(&operator_kubeconfig, dir.path());
 
     let lcs_api = lcs_api(&client);
     let chat: DynamicObject = serde_yaml::from_str(
