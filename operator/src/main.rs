@@ -234,6 +234,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_crd(&lcs_api).await;
     health.ready.store(true, Ordering::Relaxed);
 
+    // Leader election: kube-lease-manager is maintained, built on kube and k8s-openapi's
+    // current versions, and takes the Lease with server-side apply, so two replicas can never
+    // both believe they hold it. A replica that loses the Lease exits (below) rather than trying
+    // to stop reconciles mid-flight; its restart campaigns again.
     let mut leadership = None;
     if args.leader_elect {
         let identity = std::env::var("POD_NAME")

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -74,6 +74,7 @@ impl Operator {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        std::fs::create_dir_all(dir).expect("operator dir");
         let log = dir.join("operator.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_longconn-operator"))
@@ -86,7 +87,7 @@ impl Operator {
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("start longconn-operator");
@@ -563,6 +564,44 @@ spec:
     })
     .await;
 
+    // A second replica waits for the leader Lease and takes over when the leader dies.
+    let standby = Operator::start(&operator_kubeconfig, &dir.path().join("standby"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lcs_api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/touch": "3"}}})),
+        )
+        .await
+        .expect("annotate");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        standby.reconciles().await,
+        Some(0),
+        "a replica without the Lease reconciled"
+    );
+    let leader_tail = operator.log_tail();
+    drop(operator);
+    eventually("the standby to take over and reconcile", || async {
+        lcs_api
+            .patch(
+                "chat",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"e2e/touch": "4"}}})),
+            )
+            .await
+            .ok()?;
+        (standby.reconciles().await? > 0).then_some(())
+    })
+    .await;
+    assert!(
+        standby.log_tail().contains("became the leader"),
+        "standby log:\n{}",
+        standby.log_tail()
+    );
+    let operator = standby;
+
     // Deleting the LongConnService removes everything it owned.
     lcs_api
         .delete("chat", &Default::default())
@@ -582,6 +621,8 @@ spec:
 
     let tail = operator.log_tail();
     drop(operator);
-    assert!(!tail.contains("panicked"), "operator log:\n{tail}");
+    for log in [&leader_tail, &tail] {
+        assert!(!log.contains("panicked"), "operator log:\n{log}");
+    }
     cluster.down().await.expect("cluster down");
 }
