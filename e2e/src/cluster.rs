@@ -463,6 +463,8 @@ fn stop(layout: &Layout, processes: &mut [Spawned], grace: Duration) -> Result<(
 /// Stops the cluster recorded in `dir` by another process (`longconn-e2e cluster down`). A folder
 /// with no state file is already down.
 pub fn down_dir(dir: &Path, grace: Duration) -> Result<()> {
+    // A pod runner beside the cluster (`podrunner run --dir`) may have left its bridge behind.
+    crate::podrunner::cleanup_work_dir(&dir.join("pods"));
     let layout = Layout {
         dir: dir.to_path_buf(),
     };

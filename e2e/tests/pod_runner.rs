@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use longconn_e2e::podrunner::images::ImageTable;
+use longconn_e2e::podrunner::network::NetworkOptions;
 use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 
 const NAMESPACE: &str = "runner";
@@ -47,6 +48,11 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop_with_sidecar_l
     let images = ImageTable::new().with("e2e/shell", "/bin/sh");
     let mut options = PodRunnerOptions::new(cluster.server(), temp.path().join("pods"), images);
     options.nodes = 2;
+    options.network = NetworkOptions {
+        bridge: "lcrun0".into(),
+        prefix: [10, 245],
+        ..NetworkOptions::default()
+    };
     let runner = PodRunner::start(client.clone(), options)
         .await
         .expect("pod runner");
@@ -154,7 +160,11 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop_with_sidecar_l
     let name = pod.metadata.name.clone().expect("name");
     let status = pod.status.clone().expect("status");
     let pod_ip = status.pod_ip.clone().expect("podIP");
-    assert!(pod_ip.starts_with("127.77."), "{pod_ip}");
+    let namespaced = runner.bridge().is_some();
+    assert!(
+        pod_ip.starts_with(if namespaced { "10.245." } else { "127.77." }),
+        "{pod_ip}"
+    );
     let node = pod
         .spec
         .as_ref()
@@ -202,5 +212,15 @@ async fn deployment_pod_runs_gets_ready_and_stops_through_prestop_with_sidecar_l
     assert!(std::net::TcpStream::connect((pod_ip.as_str(), 8080)).is_err());
 
     runner.stop().await.expect("runner stop");
+    // Nothing of the pod network is left.
+    assert!(!std::path::Path::new("/sys/class/net/lcrun0").exists());
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("lcrun0-"))
+        .collect();
+    assert!(left.is_empty(), "network namespaces left: {left:?}");
     cluster.down().await.expect("cluster down");
 }

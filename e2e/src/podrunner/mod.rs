@@ -1,26 +1,25 @@
 //! The pod runner: stands in for the kubelet, and only for it. It registers nodes ([`node`]),
 //! watches the pods the scheduler binds to them, and runs each container as a host process (see
-//! [`images`]), with the environment the kubelet would give it ([`env`]), probes ([`probe`]),
-//! restarts, termination and status ([`pod`]).
-//!
-//! Pod IPs are 127.x addresses for now: apps must listen on `$(POD_IP)` (downward API), not on
-//! 0.0.0.0, and such addresses cannot appear in EndpointSlices. A network namespace per pod is the
-//! next step.
+//! [`images`]), with the environment the kubelet would give it ([`env`]), its own network
+//! namespace and IP ([`network`]), its volumes ([`volumes`]) mounted in a mount namespace per
+//! container ([`mounts`]), probes ([`probe`]), restarts, termination and status ([`pod`]).
 
 pub mod env;
 pub mod images;
+pub mod mounts;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod volumes;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
@@ -28,7 +27,12 @@ use tokio::task::JoinSet;
 
 use crate::error::Result;
 use images::ImageTable;
+use network::{Network, NetworkOptions};
 use pod::PodContext;
+
+/// The file in the work folder that names the bridge of the runner using it, for
+/// [`cleanup_work_dir`].
+const BRIDGE_FILE: &str = "bridge";
 
 /// How the pod runner runs.
 #[derive(Debug, Clone)]
@@ -45,8 +49,8 @@ pub struct PodRunnerOptions {
     pub apiserver_port: u16,
     /// How often nodes report status and renew their leases.
     pub heartbeat: Duration,
-    /// Pod IPs are `127.<second octet>.x.y`.
-    pub pod_ip_second_octet: u8,
+    /// Pod networking: a bridge and a network namespace per pod, else 127.x addresses.
+    pub network: NetworkOptions,
 }
 
 impl PodRunnerOptions {
@@ -62,7 +66,7 @@ impl PodRunnerOptions {
             apiserver_host: host.to_string(),
             apiserver_port: port.parse().unwrap_or(443),
             heartbeat: Duration::from_secs(10),
-            pod_ip_second_octet: 77,
+            network: NetworkOptions::default(),
         }
     }
 
@@ -80,6 +84,8 @@ pub struct PodRunner {
     nodes: Vec<String>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    network: Arc<Network>,
+    work_dir: PathBuf,
 }
 
 impl PodRunner {
@@ -87,10 +93,16 @@ impl PodRunner {
     pub async fn start(client: kube::Client, options: PodRunnerOptions) -> Result<Self> {
         std::fs::create_dir_all(&options.work_dir)
             .map_err(crate::Error::io("create", &options.work_dir))?;
+        let network = Arc::new(Network::setup(&options.network));
+        if let Some(bridge) = network.bridge() {
+            let file = options.work_dir.join(BRIDGE_FILE);
+            std::fs::write(&file, bridge).map_err(crate::Error::io("write", &file))?;
+        }
+        let host_ip = network.host_ip();
         let nodes = options.node_names();
         for name in &nodes {
             node::register(&client, name).await?;
-            node::heartbeat(&client, name, "127.0.0.1").await?;
+            node::heartbeat(&client, name, &host_ip).await?;
         }
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -98,30 +110,38 @@ impl PodRunner {
             let client = client.clone();
             let mut stop = shutdown.subscribe();
             let period = options.heartbeat;
+            let host_ip = host_ip.clone();
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(period) => {}
                         _ = stop.changed() => return,
                     }
-                    if let Err(err) = node::heartbeat(&client, &name, "127.0.0.1").await {
+                    if let Err(err) = node::heartbeat(&client, &name, &host_ip).await {
                         tracing::warn!(node = %name, %err, "heartbeat failed");
                     }
                 }
             });
         }
+        let (volume_events, volume_receiver) = watch::channel(0u64);
+        tasks.spawn(watch_volume_sources(
+            client.clone(),
+            volume_events,
+            shutdown.subscribe(),
+        ));
         let context = Arc::new(PodContext {
             client: client.clone(),
             images: options.images.clone(),
             work_dir: options.work_dir.clone(),
-            host_ip: "127.0.0.1".into(),
+            host_ip,
             apiserver_host: options.apiserver_host.clone(),
             apiserver_port: options.apiserver_port,
+            volume_events: volume_receiver,
         });
         tasks.spawn(watch_pods(
             context,
             nodes.clone(),
-            options.pod_ip_second_octet,
+            network.clone(),
             shutdown.subscribe(),
         ));
         Ok(Self {
@@ -129,6 +149,8 @@ impl PodRunner {
             nodes,
             shutdown,
             tasks,
+            network,
+            work_dir: options.work_dir,
         })
     }
 
@@ -147,16 +169,71 @@ impl PodRunner {
                 Ok(None) | Err(_) => break,
             }
         }
+        self.tasks.shutdown().await;
+        self.network.teardown();
+        let _ = std::fs::remove_file(self.work_dir.join(BRIDGE_FILE));
         for name in &self.nodes {
             node::deregister(&self.client, name).await?;
         }
         Ok(())
     }
+
+    /// The bridge pods are attached to, if pods get network namespaces.
+    pub fn bridge(&self) -> Option<&str> {
+        self.network.bridge()
+    }
 }
 
 impl Drop for PodRunner {
+    /// Pod tasks are aborted (each kills its processes and deletes its network namespace when
+    /// dropped); the bridge goes at once.
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        self.network.teardown();
+    }
+}
+
+/// Removes what a pod runner that used `work_dir` left behind when it was killed: its bridge and
+/// the pods' network namespaces. `cluster down` calls it for `<cluster dir>/pods`.
+pub fn cleanup_work_dir(work_dir: &std::path::Path) {
+    let file = work_dir.join(BRIDGE_FILE);
+    if let Ok(bridge) = std::fs::read_to_string(&file) {
+        let bridge = bridge.trim();
+        if !bridge.is_empty() {
+            network::cleanup(bridge);
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
+/// Bumps `events` whenever any Secret or ConfigMap changes, so pods sync their volumes again.
+async fn watch_volume_sources(
+    client: kube::Client,
+    events: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let secrets = watcher(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .map(|event| event.map(|_| ()));
+    let config_maps = watcher(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .map(|event| event.map(|_| ()));
+    let mut stream = futures::stream::select(secrets.boxed(), config_maps.boxed());
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            Some(Ok(())) => events.send_modify(|count| *count = count.wrapping_add(1)),
+            Some(Err(err)) => {
+                tracing::debug!(%err, "secret/configMap watch error; the watcher retries");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            None => return,
+        }
     }
 }
 
@@ -165,7 +242,7 @@ impl Drop for PodRunner {
 async fn watch_pods(
     context: Arc<PodContext>,
     nodes: Vec<String>,
-    second_octet: u8,
+    network: Arc<Network>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let pods: Api<Pod> = Api::all(context.client.clone());
@@ -173,7 +250,7 @@ async fn watch_pods(
     let mut stream = watcher(pods, config).boxed();
     let mut running: HashMap<String, watch::Sender<Pod>> = HashMap::new();
     let mut pod_tasks = JoinSet::new();
-    let mut next_ip: u32 = 2;
+    let mut next_index: u32 = 0;
     loop {
         let event = tokio::select! {
             event = stream.next() => event,
@@ -229,11 +306,23 @@ async fn watch_pods(
         if finished {
             continue;
         }
-        let ip = pod_ip(second_octet, next_ip);
-        next_ip = next_ip.wrapping_add(1).max(2);
+        let index = next_index;
+        next_index = (next_index + 1) % 60_000;
+        let pod_network = match network.pod(index) {
+            Ok(pod_network) => pod_network,
+            Err(why) => {
+                tracing::warn!(%why, pod = ?pod.metadata.name, "cannot set up the pod's network");
+                continue;
+            }
+        };
         let (sender, receiver) = watch::channel(pod);
         running.insert(uid, sender);
-        pod_tasks.spawn(pod::run(context.clone(), receiver, shutdown.clone(), ip));
+        pod_tasks.spawn(pod::run(
+            context.clone(),
+            receiver,
+            shutdown.clone(),
+            pod_network,
+        ));
     }
     // Shutdown: every pod task kills its processes when it sees the flag.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -245,24 +334,9 @@ async fn watch_pods(
     }
 }
 
-/// The `index`th pod IP: `127.<second_octet>.<index / 250>.<index % 250 + 2>`-ish, never `.0`,
-/// `.1` or `.255`.
-fn pod_ip(second_octet: u8, index: u32) -> String {
-    let third = u8::try_from((index / 250) % 256).unwrap_or(0);
-    let fourth = u8::try_from(index % 250 + 2).unwrap_or(2);
-    Ipv4Addr::new(127, second_octet, third, fourth).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pod_ips_skip_network_and_broadcast_addresses() {
-        assert_eq!(pod_ip(77, 0), "127.77.0.2");
-        assert_eq!(pod_ip(77, 249), "127.77.0.251");
-        assert_eq!(pod_ip(77, 250), "127.77.1.2");
-    }
 
     #[test]
     fn options_take_the_api_server_from_its_url() {

@@ -18,7 +18,10 @@ use tokio::sync::watch;
 
 use super::env::{self, Placement, Sources};
 use super::images::ImageTable;
+use super::mounts::{Enter, Mount, MountNamespace};
+use super::network::PodNetwork;
 use super::probe::{self, Handler, ProbeState, Target};
+use super::volumes::PodVolumes;
 use crate::process::Spawned;
 
 /// How often a pod's containers and probes are looked at.
@@ -38,6 +41,8 @@ pub struct PodContext {
     pub host_ip: String,
     pub apiserver_host: String,
     pub apiserver_port: u16,
+    /// Bumped whenever a Secret or ConfigMap changes: volumes are synced again.
+    pub volume_events: watch::Receiver<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,8 @@ struct Run {
     spec: Container,
     kind: Kind,
     process: Option<Spawned>,
+    /// The mount namespace of the running process (volumes at their mount paths).
+    mounts: Option<MountNamespace>,
     env: Vec<(String, String)>,
     started_at: Option<Timestamp>,
     started_instant: Option<Instant>,
@@ -75,6 +82,7 @@ impl Run {
             spec,
             kind,
             process: None,
+            mounts: None,
             env: Vec::new(),
             started_at: None,
             started_instant: None,
@@ -123,8 +131,9 @@ pub async fn run(
     context: Arc<PodContext>,
     mut updates: watch::Receiver<Pod>,
     mut shutdown: watch::Receiver<bool>,
-    pod_ip: String,
+    mut network: PodNetwork,
 ) {
+    let pod_ip = network.ip.clone();
     let pod = updates.borrow().clone();
     let key = pod_key(&pod);
     let span = tracing::info_span!("pod", pod = %key);
@@ -159,6 +168,10 @@ pub async fn run(
         apiserver_host: context.apiserver_host.clone(),
         apiserver_port: context.apiserver_port,
     };
+    let mut volumes = PodVolumes::new(&dir);
+    let mut volume_events = context.volume_events.clone();
+    let mut volumes_ready = false;
+    let _forwarder = api_forwarder(&context, &network);
     let start_time = Timestamp::now();
     let restart_policy = spec
         .restart_policy
@@ -178,22 +191,40 @@ pub async fn run(
             return;
         }
         if latest.metadata.deletion_timestamp.is_some() {
-            terminate(&latest, &mut runs, &dir, &pod_ip).await;
+            terminate(&latest, &mut runs, &dir, &network).await;
+            network.teardown();
             delete_final(&context, &latest).await;
             return;
         }
+        if !volumes_ready || volume_events.has_changed().unwrap_or(false) {
+            volume_events.mark_unchanged();
+            match volumes.sync(&context.client, &latest).await {
+                Ok(()) => volumes_ready = true,
+                Err(why) => {
+                    tracing::warn!(%why, "volumes not ready");
+                    for run in runs.iter_mut().filter(|run| !run.running()) {
+                        run.waiting_reason = Some(("ContainerCreating".into(), why.clone()));
+                    }
+                }
+            }
+        }
 
-        if !phase_done {
+        if !phase_done && volumes_ready {
+            let sandbox = Sandbox {
+                network: &network,
+                volumes: &volumes,
+                dir: &dir,
+            };
             step(
                 &context,
                 &latest,
                 &mut runs,
                 &placement,
-                &dir,
+                &sandbox,
                 &restart_policy,
             )
             .await;
-            run_probes(&mut runs, &pod_ip, &dir).await;
+            run_probes(&mut runs, &network, &dir).await;
         }
         let (status, done) = status(
             &latest,
@@ -210,7 +241,7 @@ pub async fn run(
                 &mut runs,
                 Kind::Sidecar,
                 Instant::now() + SIDECAR_MIN_GRACE,
-                &pod_ip,
+                &network,
                 &dir,
             )
             .await;
@@ -233,6 +264,7 @@ pub async fn run(
             _ = tokio::time::sleep(TICK) => {}
             _ = updates.changed() => {}
             _ = shutdown.changed() => {}
+            _ = volume_events.changed() => {}
         }
     }
 }
@@ -251,7 +283,7 @@ async fn step(
     pod: &Pod,
     runs: &mut [Run],
     placement: &Placement,
-    dir: &Path,
+    sandbox: &Sandbox<'_>,
     restart_policy: &str,
 ) {
     let now = Instant::now();
@@ -267,6 +299,7 @@ async fn step(
         let started = run.started_at.unwrap_or_else(Timestamp::now);
         run.last_exit = Some((code, started, Timestamp::now()));
         run.process = None;
+        run.mounts = None;
         run.readiness = None;
         run.liveness = None;
         run.startup = None;
@@ -296,7 +329,7 @@ async fn step(
     for run in runs.iter_mut() {
         let due = !run.running() && !run.finished && run.next_start.is_none_or(|at| now >= at);
         if due {
-            start(context, pod, run, placement, dir).await;
+            start(context, pod, run, placement, sandbox).await;
         }
         let blocked = match run.kind {
             Kind::Init => !(run.finished && run.last_exit.is_some_and(|(code, _, _)| code == 0)),
@@ -314,7 +347,21 @@ fn exit_signal(status: &std::process::ExitStatus) -> i32 {
     status.signal().unwrap_or(0)
 }
 
-async fn start(context: &PodContext, pod: &Pod, run: &mut Run, placement: &Placement, dir: &Path) {
+/// What a container starts in: the pod's network, its volumes and its folder.
+struct Sandbox<'a> {
+    network: &'a PodNetwork,
+    volumes: &'a PodVolumes,
+    dir: &'a Path,
+}
+
+async fn start(
+    context: &PodContext,
+    pod: &Pod,
+    run: &mut Run,
+    placement: &Placement,
+    sandbox: &Sandbox<'_>,
+) {
+    let dir = sandbox.dir;
     let sources = match fetch_sources(context, pod, &run.spec).await {
         Ok(sources) => sources,
         Err(why) => {
@@ -358,18 +405,36 @@ async fn start(context: &PodContext, pod: &Pod, run: &mut Run, placement: &Place
         .map(PathBuf::from)
         .filter(|path| path.is_dir())
         .unwrap_or_else(|| dir.to_path_buf());
+    let mounts = match container_mounts(&run.spec, sandbox) {
+        Ok(mounts) => mounts,
+        Err(why) => {
+            run.waiting_reason = Some(("CreateContainerError".into(), why));
+            run.next_start = Some(Instant::now() + BACKOFF_CAP);
+            return;
+        }
+    };
     let mut command = std::process::Command::new(&entrypoint.program);
     command
         .args(&entrypoint.args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&workdir);
+    let enter = Enter {
+        network: sandbox.network.namespace_file(),
+        mounts: mounts.as_ref().map(MountNamespace::file),
+    };
+    if let Err(why) = enter.apply(&mut command, &workdir) {
+        run.waiting_reason = Some(("CreateContainerError".into(), why));
+        run.next_start = Some(Instant::now() + BACKOFF_CAP);
+        return;
+    }
     let log = dir.join(format!("{}.log", run.spec.name));
     match Spawned::start_command(&run.spec.name, command, &log) {
         Ok(process) => {
             let now = Instant::now();
             tracing::info!(container = %run.spec.name, pid = process.record.pid, program = %entrypoint.program.display(), "container started");
             run.process = Some(process);
+            run.mounts = mounts;
             run.env = env;
             run.started_at = Some(Timestamp::now());
             run.started_instant = Some(now);
@@ -439,7 +504,7 @@ async fn fetch_sources(
     Ok(sources)
 }
 
-async fn run_probes(runs: &mut [Run], pod_ip: &str, dir: &Path) {
+async fn run_probes(runs: &mut [Run], network: &PodNetwork, dir: &Path) {
     let now = Instant::now();
     for run in runs.iter_mut() {
         if !run.running() {
@@ -448,10 +513,14 @@ async fn run_probes(runs: &mut [Run], pod_ip: &str, dir: &Path) {
         let target_env = run.env.clone();
         let spec = run.spec.clone();
         let target = Target {
-            pod_ip,
+            pod_ip: &network.ip,
             container: &spec,
             env: &target_env,
             workdir: dir,
+            enter: Enter {
+                network: network.namespace_file(),
+                mounts: run.mounts.as_ref().map(MountNamespace::file),
+            },
         };
         // Startup first; readiness and liveness only once started.
         if let (Some(probe), Some(state)) = (&spec.startup_probe, run.startup.as_mut())
@@ -637,7 +706,7 @@ fn status(
 
 /// Stops the pod for its deletion: main containers (preStop, SIGTERM, grace, SIGKILL) together,
 /// then sidecars in reverse order with what is left of the grace period.
-async fn terminate(pod: &Pod, runs: &mut [Run], dir: &Path, pod_ip: &str) {
+async fn terminate(pod: &Pod, runs: &mut [Run], dir: &Path, network: &PodNetwork) {
     let grace = pod
         .metadata
         .deletion_grace_period_seconds
@@ -650,12 +719,12 @@ async fn terminate(pod: &Pod, runs: &mut [Run], dir: &Path, pod_ip: &str) {
         .unwrap_or(30);
     let deadline = Instant::now() + Duration::from_secs(grace);
     tracing::info!(grace, "terminating");
-    stop_runs(runs, Kind::Main, deadline, pod_ip, dir).await;
+    stop_runs(runs, Kind::Main, deadline, network, dir).await;
     stop_runs(
         runs,
         Kind::Sidecar,
         deadline.max(Instant::now() + SIDECAR_MIN_GRACE),
-        pod_ip,
+        network,
         dir,
     )
     .await;
@@ -668,25 +737,31 @@ async fn terminate(pod: &Pod, runs: &mut [Run], dir: &Path, pod_ip: &str) {
 
 /// preStop, SIGTERM, wait until `deadline`, SIGKILL, for every running container of `kind`
 /// (sidecars one after the other, latest first; main containers together).
-async fn stop_runs(runs: &mut [Run], kind: Kind, deadline: Instant, pod_ip: &str, dir: &Path) {
+async fn stop_runs(
+    runs: &mut [Run],
+    kind: Kind,
+    deadline: Instant,
+    network: &PodNetwork,
+    dir: &Path,
+) {
     let mut order: Vec<usize> = (0..runs.len())
         .filter(|&i| runs[i].kind == kind && runs[i].running())
         .collect();
     if kind == Kind::Sidecar {
         order.reverse();
         for index in order {
-            stop_one(&mut runs[index], deadline, pod_ip, dir).await;
+            stop_one(&mut runs[index], deadline, network, dir).await;
         }
         return;
     }
     let stops = runs
         .iter_mut()
         .filter(|run| run.kind == kind && run.running())
-        .map(|run| stop_one(run, deadline, pod_ip, dir));
+        .map(|run| stop_one(run, deadline, network, dir));
     futures::future::join_all(stops).await;
 }
 
-async fn stop_one(run: &mut Run, deadline: Instant, pod_ip: &str, dir: &Path) {
+async fn stop_one(run: &mut Run, deadline: Instant, network: &PodNetwork, dir: &Path) {
     if let Some(hook) = run
         .spec
         .lifecycle
@@ -696,10 +771,14 @@ async fn stop_one(run: &mut Run, deadline: Instant, pod_ip: &str, dir: &Path) {
         let env = run.env.clone();
         let spec = run.spec.clone();
         let target = Target {
-            pod_ip,
+            pod_ip: &network.ip,
             container: &spec,
             env: &env,
             workdir: dir,
+            enter: Enter {
+                network: network.namespace_file(),
+                mounts: run.mounts.as_ref().map(MountNamespace::file),
+            },
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let result = if let Some(sleep) = &hook.sleep {
@@ -744,6 +823,7 @@ async fn stop_one(run: &mut Run, deadline: Instant, pod_ip: &str, dir: &Path) {
         Timestamp::now(),
     ));
     run.process = None;
+    run.mounts = None;
     run.finished = true;
 }
 
@@ -767,5 +847,73 @@ async fn delete_final(context: &PodContext, pod: &Pod) {
         Ok(_) => tracing::info!("deleted"),
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
         Err(err) => tracing::warn!(%err, "final deletion failed"),
+    }
+}
+
+/// The container's mount namespace with its `volumeMounts`, when pods have namespaces (with
+/// 127.x pod IPs there is no isolation, and volumes stay in the pod folder only).
+fn container_mounts(
+    container: &Container,
+    sandbox: &Sandbox<'_>,
+) -> Result<Option<MountNamespace>, String> {
+    if sandbox.network.namespace_file().is_none() {
+        return Ok(None);
+    }
+    let mounts: Vec<Mount> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| Mount {
+            source: match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                Some(sub) => sandbox.volumes.path(&mount.name).join(sub),
+                None => sandbox.volumes.path(&mount.name),
+            },
+            target: PathBuf::from(&mount.mount_path),
+            read_only: mount.read_only == Some(true),
+        })
+        .collect();
+    let scratch = sandbox.dir.join("mounts").join(&container.name);
+    MountNamespace::create(&mounts, &scratch).map(Some)
+}
+
+/// Inside the pod's network namespace, listens on the API server's own address (127.0.0.1 and
+/// its port) and forwards each connection to it, so in-cluster clients work unchanged. The task
+/// ends when the returned guard drops.
+fn api_forwarder(context: &PodContext, network: &PodNetwork) -> Option<AbortOnDrop> {
+    network.namespace_file()?;
+    let ip: std::net::IpAddr = context.apiserver_host.parse().ok()?;
+    let address = std::net::SocketAddr::new(ip, context.apiserver_port);
+    let listener = match network
+        .listen(address)
+        .and_then(tokio::net::TcpListener::from_std)
+    {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(%err, "no API server forwarder in the pod");
+            return None;
+        }
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(address).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Some(AbortOnDrop(task))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -37,6 +37,8 @@ pub struct Target<'a> {
     pub container: &'a Container,
     pub env: &'a [(String, String)],
     pub workdir: &'a Path,
+    /// The namespaces an `exec` handler joins (the container's).
+    pub enter: super::mounts::Enter<'a>,
 }
 
 /// Runs the handler once; `Ok(())` is success, `Err(why)` failure.
@@ -77,11 +79,14 @@ async fn run_unbounded(handler: Handler<'_>, target: &Target<'_>) -> Result<(), 
             let Some((program, args)) = command.split_first() else {
                 return Err("exec with an empty command".into());
             };
-            let status = tokio::process::Command::new(program)
+            let mut command = std::process::Command::new(program);
+            command
                 .args(args)
                 .env_clear()
                 .envs(target.env.iter().map(|(k, v)| (k, v)))
-                .current_dir(target.workdir)
+                .current_dir(target.workdir);
+            target.enter.apply(&mut command, target.workdir)?;
+            let status = tokio::process::Command::from(command)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -264,6 +269,7 @@ mod tests {
             container: &container,
             env: &[],
             workdir: &dir,
+            enter: Default::default(),
         };
         let http = probe(serde_json::json!({"httpGet": {"port": "http", "path": "/readyz"}}));
         let tcp = probe(serde_json::json!({"tcpSocket": {"port": port}}));
