@@ -9,7 +9,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: lint tools ## Run every test: formatting, lints, unit, integration and end-to-end tests.
+test: lint tools chart-test ## Run every test: formatting, lints, unit, integration and end-to-end tests.
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
 .PHONY: lint
@@ -20,6 +20,10 @@ lint: ## cargo fmt --check and clippy with warnings denied.
 .PHONY: unit
 unit: ## Every crate's tests; the end-to-end ones skip (and say so) without `make tools`.
 	$(CARGO) test --workspace --locked
+
+.PHONY: chart-test
+chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD copy, dashboard, Dockerfiles.
+	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash charts/test.sh
 
 .PHONY: crd
 crd: ## Regenerate crds/ from the Rust types.
