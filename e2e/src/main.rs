@@ -1,7 +1,8 @@
 //! `longconn-e2e`: the command line of the local control plane.
 //!
 //! `cluster up` starts it and returns, leaving the components running; `cluster env` prints the
-//! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it.
+//! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it. `podrunner run`
+//! stands in for the kubelet of that cluster until interrupted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use longconn_e2e::cluster::{self, Cluster, ClusterOptions};
+use longconn_e2e::podrunner::images::{self, ImageTable};
+use longconn_e2e::podrunner::network::NetworkOptions;
+use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 use longconn_e2e::tools;
 
 #[derive(Debug, Parser)]
@@ -26,6 +30,35 @@ enum Command {
     /// Start, stop or use the local control plane.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run the pods of a cluster as host processes.
+    #[command(subcommand)]
+    Podrunner(PodrunnerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PodrunnerCommand {
+    /// Register nodes and run the pods bound to them until SIGINT or SIGTERM, then stop every
+    /// container, remove the pod network and deregister the nodes.
+    Run(PodrunnerArgs),
+}
+
+#[derive(Debug, Args)]
+struct PodrunnerArgs {
+    /// The cluster folder of `cluster up` (pods go to `<dir>/pods`).
+    #[arg(long, env = "LONGCONN_E2E_CLUSTER_DIR", default_value_os_t = cluster::default_cluster_dir())]
+    dir: PathBuf,
+    /// How many nodes to register.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Where the workspace binaries standing in for the images are.
+    #[arg(long, default_value_os_t = images::default_bin_dir())]
+    bin_dir: PathBuf,
+    /// The bridge pods are attached to.
+    #[arg(long, default_value = "longconn0")]
+    bridge: String,
+    /// Use 127.x pod addresses instead of network namespaces.
+    #[arg(long)]
+    no_namespaces: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +144,7 @@ async fn run(cli: Cli) -> longconn_e2e::Result<()> {
             eprintln!("cluster down: {}", args.dir.dir.display());
             Ok(())
         }
+        Command::Podrunner(PodrunnerCommand::Run(args)) => podrunner_run(args).await,
         Command::Cluster(ClusterCommand::Env(args)) => {
             let tools_dir = std::fs::canonicalize(&args.tools_dir).unwrap_or(args.tools_dir);
             let dir = std::fs::canonicalize(&args.dir).unwrap_or(args.dir);
@@ -118,4 +152,52 @@ async fn run(cli: Cli) -> longconn_e2e::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn podrunner_run(args: PodrunnerArgs) -> longconn_e2e::Result<()> {
+    let kubeconfig = args.dir.join("kubeconfig");
+    let config = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|source| {
+        longconn_e2e::Error::Kubeconfig {
+            path: kubeconfig.clone(),
+            source,
+        }
+    })?;
+    let server = config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default();
+    let client_config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(|source| longconn_e2e::Error::Kubeconfig {
+            path: kubeconfig.clone(),
+            source,
+        })?;
+    let client = kube::Client::try_from(client_config)
+        .map_err(longconn_e2e::Error::kube("build a client"))?;
+    let mut options = PodRunnerOptions::new(
+        &server,
+        args.dir.join("pods"),
+        ImageTable::workspace(&args.bin_dir),
+    );
+    options.nodes = args.nodes;
+    options.network = NetworkOptions {
+        bridge: args.bridge,
+        namespaces: !args.no_namespaces,
+        ..NetworkOptions::default()
+    };
+    let runner = PodRunner::start(client, options).await?;
+    eprintln!(
+        "pod runner: nodes {} (pod folders in {}); Ctrl-C stops it",
+        runner.nodes().join(", "),
+        args.dir.join("pods").display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(longconn_e2e::Error::io("watch SIGTERM", "signal"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    runner.stop().await
 }

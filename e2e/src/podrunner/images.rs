@@ -79,6 +79,34 @@ impl ImageTable {
     }
 }
 
+/// The images longconn's operator and examples use, each with the workspace binary standing in
+/// for it (found in `bin_dir`, e.g. `target/debug`).
+pub const WORKSPACE_IMAGES: [(&str, &str); 3] = [
+    ("ghcr.io/longconn/longconn-gateway", "longconn-gateway"),
+    ("ghcr.io/longconn/longconn-operator", "longconn-operator"),
+    ("ghcr.io/longconn/longconn-echo", "longconn-echo"),
+];
+
+impl ImageTable {
+    /// [`WORKSPACE_IMAGES`] mapped to the binaries in `bin_dir`.
+    pub fn workspace(bin_dir: &Path) -> Self {
+        WORKSPACE_IMAGES
+            .iter()
+            .fold(Self::new(), |table, (image, binary)| {
+                table.with(image, bin_dir.join(binary))
+            })
+    }
+}
+
+/// Where cargo puts the workspace's debug binaries: `$CARGO_TARGET_DIR/debug`, else
+/// `<repository>/target/debug`.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::tools::repository_root().join("target"))
+        .join("debug")
+}
+
 /// `registry/name:tag@sha256:...` without tag and digest.
 fn image_name(image: &str) -> &str {
     let without_digest = image.split('@').next().unwrap_or(image);
