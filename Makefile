@@ -10,6 +10,7 @@ help: ## List the targets.
 
 .PHONY: test
 test: lint tools chart-test ## Run every test: formatting, lints, unit, integration and end-to-end tests.
+	$(CARGO) build --workspace --bins --locked
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
 .PHONY: lint

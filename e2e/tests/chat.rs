@@ -138,11 +138,7 @@ async fn chat_pods_run_the_real_gateway_and_echo_app_and_drain_on_deletion() {
         "this test needs network namespaces (root and iproute2)"
     );
 
-    // The example as written listens on 127.0.0.1:8080 while its tcpSocket readiness probe goes
-    // to the pod IP, which a kubelet (and this runner) never sees listening; listen on the pod's
-    // addresses instead.
     let example = std::fs::read_to_string(root.join("examples/chat.yaml")).expect("example");
-    let example = example.replace("\"127.0.0.1:8080\"", "\"0.0.0.0:8080\"");
     let manifest = temp.path().join("chat.yaml");
     std::fs::write(&manifest, example).expect("write manifest");
     kubectl(
