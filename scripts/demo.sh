@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # make demo: the operator against the embedded local control plane.
 #
-# Builds everything, starts the control plane, installs the CRD, runs the operator, applies
-# examples/chat.yaml, shows what it became and its status, scales it through the scale
-# subresource, deletes it and watches garbage collection remove what it owned, then tears the
-# cluster down. Exits non-zero if any step fails.
+# Builds everything, starts the control plane and the pod runner (three nodes whose pods run as
+# local processes, each in its own network namespace), installs the CRD, runs the operator,
+# applies examples/chat.yaml, waits for its pods (real gateway and echo processes) to become
+# ready, shows what it became and its status, scales it through the scale subresource, deletes
+# it and watches garbage collection remove what it owned, then tears everything down. Exits
+# non-zero if any step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Building the control-plane tools, the operator and longconn-e2e"
+step "Building the control-plane tools, the operator, the gateway and longconn-e2e"
 make --no-print-directory tools
-cargo build -q -p longconn-operator -p longconn-e2e
+cargo build -q -p longconn-operator -p longconn-gateway -p longconn-e2e
 bin=target/debug
 work=$(mktemp -d)
 cluster="$work/cluster"
 operator_pid=
+runner_pid=
 
 cleanup() {
   status=$?
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
+  [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
   if [ "$status" -ne 0 ]; then
-    echo "demo failed; operator log: $work/operator.log, component logs: $cluster/logs" >&2
+    echo "demo failed; logs: $work/operator.log, $work/podrunner.log, $cluster/logs" >&2
   else
     rm -rf "$work"
   fi
@@ -36,9 +40,19 @@ step "Starting the local control plane (etcd, kube-apiserver, controller manager
 eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
 kubectl version | sed 's/^/    /'
 
+step "Starting the pod runner: 3 nodes, each pod a network namespace with real processes"
+"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$PWD/$bin" >"$work/podrunner.log" 2>&1 &
+runner_pid=$!
+kubectl wait --for=condition=Ready node --all --timeout=60s
+
 step "Installing the LongConnService CRD"
 kubectl apply --server-side -f crds/longconnservices.longconn.dev.yaml
-kubectl wait --for condition=established --timeout=60s crd/longconnservices.longconn.dev
+# Right after creation the CRD may have no status yet, which kubectl wait refuses; retry.
+for _ in $(seq 1 30); do
+  kubectl wait --for condition=established --timeout=60s crd/longconnservices.longconn.dev 2>/dev/null && break
+  sleep 1
+done
+kubectl wait --for condition=established --timeout=5s crd/longconnservices.longconn.dev >/dev/null
 
 step "Refusing a bad LongConnService (tls.mode Secret without secretName)"
 if kubectl create --dry-run=server -f operator/tests/samples/bad/tls-secret-without-name.yaml 2>"$work/refusal"; then
@@ -56,6 +70,10 @@ operator_pid=$!
 step "Applying examples/chat.yaml"
 kubectl apply --server-side -f examples/chat.yaml
 kubectl wait lcs/chat --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s
+kubectl wait pods -l longconn.dev/service=chat --for=condition=Ready --timeout=180s
+kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=3 --timeout=60s
+kubectl get pods -l longconn.dev/service=chat -o wide
+echo
 kubectl get lcs chat
 echo
 kubectl get deployments,services,poddisruptionbudgets,secrets,networkpolicies \
@@ -66,7 +84,8 @@ kubectl get lcs chat -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.st
 
 step "Scaling to 5 through the scale subresource"
 kubectl scale lcs/chat --replicas=5
-kubectl wait deployment -l longconn.dev/service=chat --for=jsonpath='{.spec.replicas}'=5 --timeout=60s
+kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=5 --timeout=180s
+kubectl get lcs chat
 
 step "Deleting chat: garbage collection removes everything it owned"
 kubectl delete lcs chat --wait=true
@@ -79,5 +98,5 @@ done
 echo "    nothing left"
 
 step "Done"
-echo "Pods do not run yet: the pod runner that executes them as local processes is in progress,"
-echo "and with it live sessions and drain-orchestrated rollouts will join this demo."
+echo "Live client sessions and drain-orchestrated rollouts will join this demo with the load"
+echo "clients and the rollout state machine."

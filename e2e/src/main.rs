@@ -176,10 +176,15 @@ async fn podrunner_run(args: PodrunnerArgs) -> longconn_e2e::Result<()> {
         })?;
     let client = kube::Client::try_from(client_config)
         .map_err(longconn_e2e::Error::kube("build a client"))?;
+    // Containers start in their pod's folder, so a relative binary folder would not resolve.
+    let bin_dir = std::path::absolute(&args.bin_dir).map_err(longconn_e2e::Error::io(
+        "resolve the binary folder",
+        &args.bin_dir,
+    ))?;
     let mut options = PodRunnerOptions::new(
         &server,
         args.dir.join("pods"),
-        ImageTable::workspace(&args.bin_dir),
+        ImageTable::workspace(&bin_dir),
     );
     options.nodes = args.nodes;
     options.network = NetworkOptions {
