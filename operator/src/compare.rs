@@ -4,7 +4,8 @@
 //! manifest the reconciler asks [`satisfied`]: does every field we set already hold our value?
 //! The API server adds defaults and status, so the observed object is a superset; and Go's
 //! `omitempty` drops zero values, so a desired `false`, `0`, `""`, `[]` or `{}` matches a field
-//! that is absent.
+//! that is absent. The API server also rewrites resource quantities in canonical form (`1024Mi`
+//! is stored as `1Gi`, `0.5` as `500m`), so quantities compare by value.
 
 use serde_json::Value;
 
@@ -19,23 +20,94 @@ pub fn satisfied(desired: &Value, observed: &Value) -> bool {
         "metadata" => ["labels", "annotations", "ownerReferences"]
             .iter()
             .all(|k| contains(&value[*k], &observed["metadata"][*k])),
-        _ => contains(value, have.get(key).unwrap_or(&Value::Null)),
+        _ => contains_at(
+            value,
+            have.get(key).unwrap_or(&Value::Null),
+            Field::Other.child(key),
+        ),
     })
 }
 
 /// True when `have` contains `want`: objects by key, arrays element by element.
 pub fn contains(want: &Value, have: &Value) -> bool {
+    contains_at(want, have, Field::Other)
+}
+
+/// Where a value sits, as far as comparing it goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// A map of resource quantities (`requests`, `limits`, ...): its values are quantities.
+    Quantities,
+    /// One resource quantity (`sizeLimit`, a value of a `requests` map, ...).
+    Quantity,
+    Other,
+}
+
+impl Field {
+    /// The field at `key` inside a field of kind `self`.
+    fn child(self, key: &str) -> Field {
+        match (self, key) {
+            (Field::Quantities, _) | (_, "sizeLimit" | "averageValue") => Field::Quantity,
+            (_, "requests" | "limits" | "hard" | "capacity" | "allocatable") => Field::Quantities,
+            _ => Field::Other,
+        }
+    }
+}
+
+fn contains_at(want: &Value, have: &Value, field: Field) -> bool {
     match (want, have) {
         (want, Value::Null) => is_zero(want),
         (Value::Object(w), Value::Object(h)) => w
             .iter()
-            .all(|(k, v)| contains(v, h.get(k).unwrap_or(&Value::Null))),
+            .all(|(k, v)| contains_at(v, h.get(k).unwrap_or(&Value::Null), field.child(k))),
         (Value::Array(w), Value::Array(h)) => {
-            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contains(a, b))
+            w.len() == h.len()
+                && w.iter()
+                    .zip(h)
+                    .all(|(a, b)| contains_at(a, b, Field::Other))
         }
         (Value::Number(w), Value::Number(h)) => w.as_f64() == h.as_f64(),
+        (Value::String(w), Value::String(h)) if field == Field::Quantity && w != h => {
+            matches!((quantity(w), quantity(h)), (Some(a), Some(b)) if same_quantity(a, b))
+        }
         (w, h) => w == h,
     }
+}
+
+/// The value of a Kubernetes quantity (`500m`, `1.5`, `64Mi`, `1e3`), or None if it is not one.
+pub fn quantity(s: &str) -> Option<f64> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp => {
+            let exp = exp.strip_prefix('e').or_else(|| exp.strip_prefix('E'))?;
+            10f64.powi(exp.parse().ok()?)
+        }
+    };
+    Some(number * factor)
+}
+
+fn same_quantity(a: f64, b: f64) -> bool {
+    (a - b).abs() <= f64::EPSILON * 16.0 * a.abs().max(b.abs())
 }
 
 fn is_zero(v: &Value) -> bool {
@@ -84,6 +156,41 @@ mod tests {
     fn zero_values_match_absent_fields_as_omitempty_drops_them() {
         let desired = json!({"spec": {"env": [], "readOnly": false, "name": "", "labels": {}}});
         assert!(satisfied(&desired, &json!({"spec": {}})));
+    }
+
+    #[test]
+    fn quantities_compare_by_value_as_the_api_server_canonicalizes_them() {
+        let desired = json!({"spec": {"containers": [{"resources": {
+            "requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"memory": "1e9"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "65536Ki"}}]}});
+        let observed = json!({"spec": {"containers": [{"resources": {
+            "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1G"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "64Mi"}}]}});
+        assert!(satisfied(&desired, &observed));
+        let grown = json!({"spec": {"containers": [{"resources": {
+            "requests": {"cpu": "600m", "memory": "1Gi"}, "limits": {"memory": "1G"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "64Mi"}}]}});
+        assert!(!satisfied(&desired, &grown));
+    }
+
+    #[test]
+    fn strings_outside_quantities_compare_exactly() {
+        let desired = json!({"metadata": {"labels": {"size": "1000"}}});
+        assert!(!satisfied(
+            &desired,
+            &json!({"metadata": {"labels": {"size": "1k"}}})
+        ));
+    }
+
+    #[test]
+    fn parses_every_quantity_suffix() {
+        assert_eq!(quantity("500m"), Some(0.5));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("1Ki"), Some(1024.0));
+        assert_eq!(quantity("1.5G"), Some(1.5e9));
+        assert_eq!(quantity("12e3"), Some(12e3));
+        assert_eq!(quantity("ten"), None);
+        assert_eq!(quantity("5x"), None);
     }
 
     #[test]
