@@ -2,7 +2,8 @@
 //!
 //! `cluster up` starts it and returns, leaving the components running; `cluster env` prints the
 //! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it. `podrunner run`
-//! stands in for the kubelet of that cluster until interrupted.
+//! stands in for the kubelet of that cluster until interrupted. `load` opens WebSocket sessions
+//! to a Service's Ready endpoints and reports migrated and dropped sessions and lost messages.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,45 @@ enum Command {
     /// Run the pods of a cluster as host processes.
     #[command(subcommand)]
     Podrunner(PodrunnerCommand),
+    /// Open WebSocket sessions to a Service's Ready endpoints, check every echo, follow drains;
+    /// exits 2 when a session was dropped or a message lost.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The Service (and its Secret `<service>-tls` with `ca.crt`).
+    #[arg(long, default_value = "chat")]
+    service: String,
+    /// The Service's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Sessions to open (at most 5000).
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Messages per second per session (at most 100).
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// How long sessions send, e.g. `30s` (at most 10m); echoes get 10 s more.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also allow connections to this IPv4 network (`10.246.0.0/16`); 10.244.0.0/16 and
+    /// 127.0.0.0/8 are always allowed.
+    #[arg(long, value_parser = parse_network)]
+    allow: Vec<(std::net::Ipv4Addr, u8)>,
+}
+
+fn parse_network(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (addr, len) = s.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
+    let addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("{len}: {e}"))?;
+    if len > 32 {
+        return Err(format!("prefix length {len} > 32"));
+    }
+    Ok((addr, len))
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +153,10 @@ async fn main() -> ExitCode {
         .init();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ RunError::Loss) => {
+            eprintln!("longconn-e2e: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("longconn-e2e: {err}");
             ExitCode::FAILURE
@@ -120,8 +164,22 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> longconn_e2e::Result<()> {
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    E2e(#[from] longconn_e2e::Error),
+    #[error(transparent)]
+    Load(#[from] longconn_e2e::load::LoadError),
+    #[error("load client: {0}")]
+    Client(String),
+    #[error("sessions were dropped or messages lost")]
+    Loss,
+}
+
+async fn run(cli: Cli) -> Result<(), RunError> {
     match cli.command {
+        Command::Load(args) => load(args).await,
         Command::Cluster(ClusterCommand::Up(args)) => {
             let cluster = Cluster::up(ClusterOptions {
                 dir: args.dir.dir,
@@ -144,7 +202,7 @@ async fn run(cli: Cli) -> longconn_e2e::Result<()> {
             eprintln!("cluster down: {}", args.dir.dir.display());
             Ok(())
         }
-        Command::Podrunner(PodrunnerCommand::Run(args)) => podrunner_run(args).await,
+        Command::Podrunner(PodrunnerCommand::Run(args)) => Ok(podrunner_run(args).await?),
         Command::Cluster(ClusterCommand::Env(args)) => {
             let tools_dir = std::fs::canonicalize(&args.tools_dir).unwrap_or(args.tools_dir);
             let dir = std::fs::canonicalize(&args.dir).unwrap_or(args.dir);
@@ -205,4 +263,30 @@ async fn podrunner_run(args: PodrunnerArgs) -> longconn_e2e::Result<()> {
         _ = terminate.recv() => {}
     }
     runner.stop().await
+}
+
+async fn load(args: LoadArgs) -> Result<(), RunError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| RunError::Client(e.to_string()))?;
+    let mut options = longconn_e2e::load::LoadOptions::new(args.namespace, args.service);
+    options.sessions = args.sessions;
+    options.rate = args.rate;
+    options.duration = args.duration;
+    options.allowed.extend(args.allow);
+    options.progress = true;
+    let report = longconn_e2e::load::run(client, options).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| RunError::Client(e.to_string()))?
+        );
+    }
+    for reason in &report.drop_reasons {
+        eprintln!("dropped: {reason}");
+    }
+    if report.dropped > 0 || report.messages_lost > 0 {
+        return Err(RunError::Loss);
+    }
+    Ok(())
 }
