@@ -4,9 +4,10 @@
 # Builds everything, starts the control plane and the pod runner (three nodes whose pods run as
 # local processes, each in its own network namespace), installs the CRD, runs the operator,
 # applies examples/chat.yaml, waits for its pods (real gateway and echo processes) to become
-# ready, shows what it became and its status, scales it through the scale subresource, deletes
-# it and watches garbage collection remove what it owned, then tears everything down. Exits
-# non-zero if any step fails.
+# ready, shows what it became and its status, runs 200 live WebSocket sessions against it while
+# one pod is deleted (its sessions migrate to the others), scales it through the scale
+# subresource, deletes it and watches garbage collection remove what it owned, then tears
+# everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,11 @@ work=$(mktemp -d)
 cluster="$work/cluster"
 operator_pid=
 runner_pid=
+load_pid=
 
 cleanup() {
   status=$?
+  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
@@ -82,6 +85,26 @@ echo
 kubectl get lcs chat -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' |
   column -t -s $'\t' | sed 's/^/    /'
 
+step "Live load: 200 WebSocket sessions for 20 s; one pod is deleted midway"
+# Sessions go round-robin to the Ready endpoints of chat's EndpointSlices (as kube-proxy routes new
+# connections), over TLS verified against chat-tls's CA, 2 messages per second each, every echo
+# checked. The deleted pod's preStop drains its gateway: close 1012 spread over 10 s, and its
+# sessions reconnect to the Ready pods, resending what was not yet echoed.
+"$bin/longconn-e2e" load --service chat --sessions 200 --rate 2 --duration 20s --json >"$work/load.json" &
+load_pid=$!
+sleep 8
+victim=$(kubectl get pods -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.name}')
+kubectl delete pod "$victim" --wait=false
+load_status=0
+wait "$load_pid" || load_status=$?
+load_pid=
+echo "    report: $(cat "$work/load.json")"
+if [ "$load_status" -ne 0 ]; then
+  echo "the load run failed (exit $load_status): sessions dropped or messages lost" >&2
+  exit 1
+fi
+kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=3 --timeout=120s
+
 step "Scaling to 5 through the scale subresource"
 kubectl scale lcs/chat --replicas=5
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=5 --timeout=180s
@@ -98,5 +121,4 @@ done
 echo "    nothing left"
 
 step "Done"
-echo "Live client sessions and drain-orchestrated rollouts will join this demo with the load"
-echo "clients and the rollout state machine."
+echo "Drain-orchestrated rollouts will join this demo with the rollout state machine."
