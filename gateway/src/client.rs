@@ -1,6 +1,7 @@
-//! `drain`: the admin API client used by the app container's preStop hook. It starts (or joins)
-//! a drain with `POST /drain`, and with `--wait` polls `GET /drain` until the report says
-//! Drained, printing the final report as JSON.
+//! The admin API client. `drain` is what the app container's preStop hook runs: it starts (or
+//! joins) a drain with `POST /drain`, and with `--wait` polls `GET /drain` until the report says
+//! Drained, printing the final report as JSON. [`report`] and [`start_drain`] are the same calls
+//! for other programs; the operator reads every gateway's report through them.
 
 use std::time::Duration;
 
@@ -76,6 +77,22 @@ fn parse_report(addr: &str, status: StatusCode, body: &Bytes) -> Result<DrainRep
     })
 }
 
+/// Reads the drain report of the gateway whose admin port is `addr` (`GET /drain`).
+pub async fn report(addr: &str, token: &str) -> Result<DrainReport> {
+    let (status, bytes) = call(addr, Method::GET, "/drain", token, Vec::new()).await?;
+    parse_report(addr, status, &bytes)
+}
+
+/// Starts or joins a drain of the gateway whose admin port is `addr` (`POST /drain`).
+pub async fn start_drain(addr: &str, token: &str, request: &DrainRequest) -> Result<DrainReport> {
+    let body = serde_json::to_vec(request).map_err(|e| Error::Admin {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let (status, bytes) = call(addr, Method::POST, "/drain", token, body).await?;
+    parse_report(addr, status, &bytes)
+}
+
 /// Runs `drain`; returns the last report seen.
 pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
     let token_path = args
@@ -99,17 +116,12 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         spread: args.spread,
         close_code: args.close_code,
     };
-    let body = serde_json::to_vec(&request).map_err(|e| Error::Admin {
-        addr: args.admin.clone(),
-        reason: e.to_string(),
-    })?;
-    let (status, bytes) = call(&args.admin, Method::POST, "/drain", token, body).await?;
-    let mut report = parse_report(&args.admin, status, &bytes)?;
+    let mut last = start_drain(&args.admin, token, &request).await?;
     if !args.wait {
-        return Ok(report);
+        return Ok(last);
     }
     let give_up = tokio::time::Instant::now() + args.max_wait;
-    while !report.is_finished() {
+    while !last.is_finished() {
         if tokio::time::Instant::now() >= give_up {
             return Err(Error::Admin {
                 addr: args.admin.clone(),
@@ -120,8 +132,7 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
             });
         }
         tokio::time::sleep(args.poll_interval).await;
-        let (status, bytes) = call(&args.admin, Method::GET, "/drain", token, Vec::new()).await?;
-        report = parse_report(&args.admin, status, &bytes)?;
+        last = report(&args.admin, token).await?;
     }
-    Ok(report)
+    Ok(last)
 }

@@ -67,6 +67,11 @@ pub const RULES: &[Rule] = &[
         verbs: &OWNED_VERBS,
     },
     Rule {
+        group: "",
+        resources: &["pods"],
+        verbs: &["list"],
+    },
+    Rule {
         group: "events.k8s.io",
         resources: &["events"],
         verbs: &["create", "patch"],

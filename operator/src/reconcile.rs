@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -40,6 +40,11 @@ pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while pods of several revisions coexist.
 const ROLLOUT_POLL: Duration = Duration::from_secs(10);
+/// Requeue while gateways run, to keep `status.activeSessions` current (a read per gateway; a
+/// status write only when the count changed).
+const SESSIONS_POLL: Duration = Duration::from_secs(30);
+/// How long one gateway may take to answer `GET /drain`.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything that can make a reconcile fail; it is then retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,12 @@ pub enum Error {
     #[error("listing {kind:?} objects in namespace {namespace}: {source}")]
     List {
         kind: Kind,
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing the pods of namespace {namespace}: {source}")]
+    ListPods {
         namespace: String,
         #[source]
         source: kube::Error,
@@ -91,6 +102,7 @@ impl Error {
     pub fn metric_reason(&self) -> ErrorReason {
         match self {
             Error::List { .. }
+            | Error::ListPods { .. }
             | Error::Get { .. }
             | Error::Delete { .. }
             | Error::Status { .. } => ErrorReason::Api,
@@ -248,6 +260,8 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
         .map_or_else(new_token, Ok)?;
+    let gateways =
+        gateway_sessions(ctx, &ns, &name, lcs.spec.gateway.admin_port, &admin_token).await?;
     let (certificate, cert_facts, renew_at) =
         certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
     let revisions = observed_revisions(&owned);
@@ -297,6 +311,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             problems: &problems,
             certificate: &cert_facts,
             monitoring,
+            active_sessions: gateways.active,
             now,
         },
     );
@@ -305,6 +320,8 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let several_revisions = revisions.iter().filter(|r| r.current_replicas > 0).count() > 1;
     let mut next = if several_revisions {
         ROLLOUT_POLL
+    } else if gateways.pods > 0 {
+        SESSIONS_POLL
     } else {
         RESYNC
     };
@@ -365,6 +382,66 @@ fn new_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the gateways of a LongConnService report.
+struct GatewaySessions {
+    /// Running pods with an IP, whose gateways were asked.
+    pods: usize,
+    /// Open sessions, summed over the gateways that answered.
+    active: i64,
+}
+
+/// Reads every running gateway's report (`GET /drain` on its admin port, with the admin token),
+/// concurrently. A gateway that does not answer within [`GATEWAY_TIMEOUT`] adds nothing: its pod
+/// is starting or going away.
+async fn gateway_sessions(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    admin_port: i32,
+    token: &str,
+) -> Result<GatewaySessions, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = labels::selector_string(&labels::pods(name));
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListPods {
+            namespace: ns.to_owned(),
+            source,
+        })?;
+    let port = u16::try_from(admin_port).unwrap_or_default();
+    let addrs: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let status = pod.status.as_ref()?;
+            if status.phase.as_deref() != Some("Running")
+                || pod.metadata.deletion_timestamp.is_some()
+            {
+                return None;
+            }
+            let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, port).to_string())
+        })
+        .collect();
+    let reports = futures::future::join_all(addrs.iter().map(|addr| {
+        tokio::time::timeout(
+            GATEWAY_TIMEOUT,
+            longconn_gateway::client::report(addr, token),
+        )
+    }))
+    .await;
+    let active = reports
+        .into_iter()
+        .filter_map(|r| r.ok()?.ok())
+        .map(|r| i64::try_from(r.active).unwrap_or(i64::MAX))
+        .fold(0i64, i64::saturating_add);
+    Ok(GatewaySessions {
+        pods: addrs.len(),
+        active,
+    })
 }
 
 fn observed_revisions(owned: &OwnedObjects) -> Vec<ObservedRevision> {

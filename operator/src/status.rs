@@ -64,6 +64,8 @@ pub struct Facts<'a> {
     pub problems: &'a [Problem],
     pub certificate: &'a CertFacts,
     pub monitoring: MonitoringFacts,
+    /// Open sessions reported by the gateways.
+    pub active_sessions: i64,
     pub now: Timestamp,
 }
 
@@ -239,7 +241,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         ready_replicas: ready,
         updated_replicas: updated,
         selector: Some(labels::selector_string(&labels::pods(name))),
-        active_sessions: old.active_sessions,
+        active_sessions: facts.active_sessions,
         current_revision: if complete {
             Some(rev.to_owned())
         } else {
@@ -368,6 +370,7 @@ mod tests {
                 problems: &[],
                 certificate: &CertFacts::Disabled,
                 monitoring: MonitoringFacts::Disabled,
+                active_sessions: 0,
                 now: now.parse().expect("time"),
             },
         )

@@ -248,13 +248,14 @@ fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Arc<Context>) 
     (store, ctx)
 }
 
-const LISTS: [&str; 6] = [
+const LISTS: [&str; 7] = [
     "GET /api/v1/namespaces/default/secrets",
     "GET /apis/apps/v1/namespaces/default/deployments",
     "GET /api/v1/namespaces/default/services",
     "GET /apis/policy/v1/namespaces/default/poddisruptionbudgets",
     "GET /apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
     "GET /apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
+    "GET /api/v1/namespaces/default/pods",
 ];
 
 #[tokio::test]
