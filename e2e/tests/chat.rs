@@ -7,162 +7,38 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::chat::kubectl;
 use futures::{SinkExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::ListParams;
-use longconn_e2e::podrunner::images::{self, ImageTable};
-use longconn_e2e::podrunner::network::NetworkOptions;
-use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::Message;
 
-const WAIT: Duration = Duration::from_secs(180);
-
-/// A host process killed (with its process group) when the test ends, passing or not.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> String {
-    let output = Command::new(kubectl)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn ready(pod: &Pod) -> bool {
-    let status = pod.status.clone().unwrap_or_default();
-    status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_pods_run_the_real_gateway_and_echo_app_and_drain_on_deletion() {
-    let test = "chat_pods_run_the_real_gateway_and_echo_app_and_drain_on_deletion";
-    let Some(tools_dir) = common::tools_dir_or_skip(test) else {
-        return;
-    };
-    let bin_dir = images::default_bin_dir();
-    for binary in ["longconn-operator", "longconn-gateway"] {
-        assert!(
-            bin_dir.join(binary).is_file(),
-            "{} missing: run `cargo build -p longconn-operator -p longconn-gateway` first",
-            bin_dir.join(binary).display()
-        );
-    }
-    let root = longconn_e2e::tools::repository_root();
-    let temp = tempfile::tempdir().expect("tempdir");
-    let cluster = common::cluster_up(temp.path(), tools_dir).await;
-    let client = cluster.client();
-    let kubeconfig = cluster.kubeconfig_path();
-    let kubectl_bin = cluster.tools().binary("kubectl");
-    let crd = root.join("crds/longconnservices.longconn.dev.yaml");
-    kubectl(
-        &kubectl_bin,
-        &kubeconfig,
-        &["apply", "--server-side", "-f", &crd.to_string_lossy()],
-    );
-    let established = (0..100).any(|_| {
-        // Fails until the CRD has conditions at all.
-        let done = Command::new(&kubectl_bin)
-            .args([
-                "get",
-                "crd/longconnservices.longconn.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .is_ok_and(|out| out.status.success() && out.stdout.trim_ascii() == b"True");
-        if !done {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        done
-    });
-    assert!(established, "the CRD was not Established in 20 s");
-    common::create_namespace(&client, "longconn-system").await;
-
-    let operator_log = std::fs::File::create(temp.path().join("operator.log")).expect("log");
-    let _operator = Guard(
-        Command::new(bin_dir.join("longconn-operator"))
-            .args([
-                "run",
-                "--operator-namespace=longconn-system",
-                "--log-format=text",
-                "--metrics-listen=127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(operator_log)
-            .spawn()
-            .expect("start the operator"),
-    );
-
-    let images = ImageTable::workspace(&bin_dir).with(
-        "ghcr.io/longconn/longconn-echo",
+    let Some(common::chat::Chat {
+        operator: _operator,
+        runner,
+        cluster,
+        client,
+        kubeconfig,
+        kubectl: kubectl_bin,
+        pods,
+        running,
+        temp,
+    }) = common::chat::chat_up(
+        "chat_pods_run_the_real_gateway_and_echo_app_and_drain_on_deletion",
+        "lcchat0",
+        [10, 246],
         env!("CARGO_BIN_EXE_longconn-echo"),
-    );
-    let mut options = PodRunnerOptions::new(cluster.server(), temp.path().join("pods"), images);
-    options.network = NetworkOptions {
-        bridge: "lcchat0".into(),
-        prefix: [10, 246],
-        ..NetworkOptions::default()
-    };
-    let runner = PodRunner::start(client.clone(), options)
-        .await
-        .expect("pod runner");
-    assert!(
-        runner.bridge().is_some(),
-        "this test needs network namespaces (root and iproute2)"
-    );
-
-    let example = std::fs::read_to_string(root.join("examples/chat.yaml")).expect("example");
-    let manifest = temp.path().join("chat.yaml");
-    std::fs::write(&manifest, example).expect("write manifest");
-    kubectl(
-        &kubectl_bin,
-        &kubeconfig,
-        &["apply", "-f", &manifest.to_string_lossy()],
-    );
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let selector = ListParams::default().labels("longconn.dev/service=chat");
-    let started = Instant::now();
-    let running = loop {
-        let list = pods.list(&selector).await.expect("list pods");
-        let ready_pods: Vec<Pod> = list.items.iter().filter(|p| ready(p)).cloned().collect();
-        if ready_pods.len() == 3 {
-            break ready_pods;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "3 chat pods not Ready after {WAIT:?}: {:#?}\noperator log:\n{}",
-            list.items.iter().map(|p| &p.status).collect::<Vec<_>>(),
-            std::fs::read_to_string(temp.path().join("operator.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    )
+    .await
+    else {
+        return;
     };
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");

@@ -55,3 +55,4 @@ pub async fn create_namespace(client: &kube::Client, name: &str) {
         .await
         .expect("create namespace");
 }
+pub mod chat;
