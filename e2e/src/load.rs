@@ -296,19 +296,24 @@ async fn tls_connector(
         .as_ref()
         .and_then(|d| d.get("ca.crt"))
         .ok_or_else(|| ca_err("no key ca.crt".into()))?;
+    connector_from_pem(&ca.0).map_err(ca_err)
+}
+
+/// A TLS client trusting only the certificates in `pem`.
+fn connector_from_pem(pem: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca.0) {
-        let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
     }
     if roots.is_empty() {
-        return Err(ca_err("no certificate in ca.crt".into()));
+        return Err("no certificate in ca.crt".into());
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ca_err(e.to_string()))?
+    .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
@@ -671,6 +676,92 @@ mod tests {
         assert!(!options.allows("10.245.0.1".parse().expect("ip")));
         assert!(!options.allows("192.168.1.1".parse().expect("ip")));
         assert!(!options.allows("::1".parse().expect("ip")));
+    }
+
+    /// A TLS WebSocket server on 127.0.0.1 whose first connection echoes 3 messages, then
+    /// answers the 4th with close 1012 instead of its echo; later connections echo everything.
+    async fn drain_once_server() -> (SocketAddr, tokio_rustls::TlsConnector) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["chat.default.svc".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for connection in 0..2 {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                let tls = acceptor.accept(tcp).await.expect("tls");
+                let mut ws = tokio_tungstenite::accept_async(tls).await.expect("ws");
+                let mut texts = 0;
+                while let Some(Ok(message)) = ws.next().await {
+                    if !message.is_text() {
+                        continue;
+                    }
+                    texts += 1;
+                    if connection == 0 && texts == 4 {
+                        let frame = CloseFrame {
+                            code: CloseCode::Restart,
+                            reason: "".into(),
+                        };
+                        ws.close(Some(frame)).await.expect("close");
+                    } else if ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (
+            addr,
+            connector_from_pem(ca.pem().as_bytes()).expect("connector"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
+        let (addr, connector) = drain_once_server().await;
+        let shared = Shared {
+            endpoints: Arc::new(Endpoints {
+                addrs: RwLock::new(vec![addr]),
+                next: AtomicUsize::new(0),
+            }),
+            counters: Arc::new(Counters::default()),
+            connector,
+            server_name: ServerName::try_from("chat.default.svc").expect("name"),
+            interval: Duration::from_millis(50),
+            send_until: Instant::now() + Duration::from_secs(1),
+        };
+        session(7, &shared).await.expect("the session ends cleanly");
+        let report = shared.counters.report();
+        assert_eq!(report.connections, 2, "{report:?}");
+        assert_eq!(report.migrated, 1, "{report:?}");
+        assert!(report.messages_resent >= 1, "{report:?}");
+        assert!(report.messages_sent >= 10, "{report:?}");
+        assert_eq!(report.messages_echoed, report.messages_sent, "{report:?}");
+        assert_eq!(report.messages_lost, 0, "{report:?}");
     }
 
     #[test]
