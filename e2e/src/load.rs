@@ -197,10 +197,12 @@ impl Counters {
         }
     }
 
-    fn line(&self, elapsed: Duration) -> String {
+    /// The progress line; while running, messages not yet echoed are "in flight", at the end
+    /// they are "lost".
+    fn line(&self, elapsed: Duration, done: bool) -> String {
         let r = self.report();
         format!(
-            "load {:>5.1}s  sessions {}  connections {}  migrated {}  dropped {}  sent {}  echoed {}  lost {}",
+            "load {:>5.1}s  sessions {}  connections {}  migrated {}  dropped {}  sent {}  echoed {}  {} {}",
             elapsed.as_secs_f64(),
             r.sessions_opened,
             r.connections,
@@ -208,6 +210,7 @@ impl Counters {
             r.dropped,
             r.messages_sent,
             r.messages_echoed,
+            if done { "lost" } else { "in flight" },
             r.messages_lost
         )
     }
@@ -383,7 +386,7 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
             };
             while Instant::now() < hard_end {
                 tokio::time::sleep(every).await;
-                let line = counters.line(start.elapsed());
+                let line = counters.line(start.elapsed(), false);
                 if terminal {
                     eprint!("\r{line}\x1b[K");
                 } else {
@@ -424,7 +427,7 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
     refresher.abort();
     if let Some(progress) = progress {
         progress.abort();
-        let line = counters.line(start.elapsed());
+        let line = counters.line(start.elapsed(), true);
         if std::io::stderr().is_terminal() {
             eprintln!("\r{line}\x1b[K");
         } else {
