@@ -146,32 +146,46 @@ impl Context {
         self
     }
 
-    /// Which optional APIs are served, asked at most once per discovery TTL.
+    /// Which optional APIs are served, asked at most once per discovery TTL. An API whose
+    /// group could not be asked (a transient error, not a 404) keeps its last known answer and
+    /// is asked again on the next reconcile, so a blip never flips MonitoringReady.
     async fn served_apis(&self) -> ServedApis {
-        if let Ok(cache) = self.discovery.lock()
-            && let Some((at, apis)) = *cache
+        let cached = self.discovery.lock().ok().and_then(|cache| *cache);
+        if let Some((at, apis)) = cached
             && at.elapsed() < self.discovery_ttl
         {
             return apis;
         }
+        let previous = cached.map(|(_, apis)| apis).unwrap_or_default();
+        let service_monitor = self.serves(Kind::ServiceMonitor).await;
+        let cert_manager = self.serves(Kind::Certificate).await;
         let apis = ServedApis {
-            service_monitor: self.serves(Kind::ServiceMonitor).await,
-            cert_manager: self.serves(Kind::Certificate).await,
+            service_monitor: service_monitor.unwrap_or(previous.service_monitor),
+            cert_manager: cert_manager.unwrap_or(previous.cert_manager),
         };
-        if let Ok(mut cache) = self.discovery.lock() {
+        if service_monitor.is_some()
+            && cert_manager.is_some()
+            && let Ok(mut cache) = self.discovery.lock()
+        {
             *cache = Some((Instant::now(), apis));
         }
         apis
     }
 
-    async fn serves(&self, kind: Kind) -> bool {
+    /// Whether the cluster serves `kind`'s API; None when discovery failed for another reason
+    /// than the group not being there.
+    async fn serves(&self, kind: Kind) -> Option<bool> {
         let Some(group_version) = kind.optional_api() else {
-            return true;
+            return Some(true);
         };
         let plural = kind.api_resource().plural;
         match self.client.list_api_group_resources(group_version).await {
-            Ok(list) => list.resources.iter().any(|r| r.name == plural),
-            Err(_) => false,
+            Ok(list) => Some(list.resources.iter().any(|r| r.name == plural)),
+            Err(kube::Error::Api(status)) if status.code == 404 => Some(false),
+            Err(e) => {
+                warn!(error = %e, group_version, "discovery failed; keeping the last answer");
+                None
+            }
         }
     }
 
@@ -261,7 +275,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
         .map_or_else(new_token, Ok)?;
     let gateways =
-        gateway_sessions(ctx, &ns, &name, lcs.spec.gateway.admin_port, &admin_token).await?;
+        gateway_sessions(ctx, &ns, &name, desired::admin_port(lcs), &admin_token).await?;
     let (certificate, cert_facts, renew_at) =
         certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
     let revisions = observed_revisions(&owned);
@@ -399,7 +413,7 @@ async fn gateway_sessions(
     ctx: &Context,
     ns: &str,
     name: &str,
-    admin_port: i32,
+    port: u16,
     token: &str,
 ) -> Result<GatewaySessions, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -411,7 +425,6 @@ async fn gateway_sessions(
             namespace: ns.to_owned(),
             source,
         })?;
-    let port = u16::try_from(admin_port).unwrap_or_default();
     let addrs: Vec<String> = list
         .items
         .iter()

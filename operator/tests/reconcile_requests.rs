@@ -26,6 +26,8 @@ struct Store {
     collections: BTreeMap<String, BTreeMap<String, Value>>,
     log: Vec<String>,
     served_groups: Vec<&'static str>,
+    /// Discovery answers 503 (a transient failure) instead of its usual answer.
+    discovery_failing: bool,
     next_uid: u32,
 }
 
@@ -86,6 +88,12 @@ fn handle(
         .filter(|p| p.matches('/').count() == 1)
     {
         let group = group_version.split('/').next().unwrap_or_default();
+        if store.discovery_failing {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "message": "unavailable"}),
+            );
+        }
         if !store.served_groups.contains(&group) {
             return not_found();
         }
@@ -421,4 +429,41 @@ async fn objects_no_longer_desired_are_deleted() {
         !log.iter()
             .any(|l| l.starts_with("DELETE") && l.ends_with("chat-admin-token"))
     );
+}
+
+#[tokio::test]
+async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_service_monitor() {
+    let (store, _) = setup(vec!["monitoring.coreos.com"]);
+    let client = fake(store.clone());
+    let ctx = Arc::new(
+        Context::new(client, Settings::default(), Arc::new(Metrics::default()))
+            .with_discovery_ttl(std::time::Duration::ZERO),
+    );
+    reconcile_once(&store, &ctx).await;
+    store.lock().expect("store").discovery_failing = true;
+    let log = reconcile_once(&store, &ctx).await;
+    assert!(
+        log.contains(&"GET /apis/monitoring.coreos.com/v1".to_owned()),
+        "discovery was asked again"
+    );
+    assert!(
+        log.contains(
+            &"GET /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors".to_owned()
+        ),
+        "the ServiceMonitor API is still taken as served: {log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("DELETE")), "{log:#?}");
+    let s = store.lock().expect("store");
+    assert!(
+        s.collections["/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors"]
+            .contains_key("chat")
+    );
+    let status = &s.collections[LCS_PATH]["chat"]["status"];
+    let monitoring = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "MonitoringReady")
+        .expect("condition");
+    assert_eq!(monitoring["status"], "True");
 }
