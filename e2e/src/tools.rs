@@ -1,6 +1,7 @@
 //! Where the control-plane binaries live: the tools folder that `make tools`
 //! (`e2e/controlplane/build.sh`) fills, and the check that every binary is there.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -59,4 +60,25 @@ impl Tools {
     pub fn binary(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// Set by `make test` (after `make tools`): a missing tools folder then fails the tests.
+pub const REQUIRE_TOOLS_ENV: &str = "LONGCONN_E2E_REQUIRE_TOOLS";
+
+/// The tools folder, or `None` (after printing why the test is skipped) when it does not exist
+/// and `LONGCONN_E2E_REQUIRE_TOOLS` is unset. A folder that exists but lacks a binary is not
+/// skipped: starting the cluster then fails and names the binary.
+pub fn tools_dir_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = default_tools_dir();
+    if dir.exists() || std::env::var_os(REQUIRE_TOOLS_ENV).is_some() {
+        return Some(dir);
+    }
+    // Written to the stderr handle rather than with eprintln!, which the test harness captures
+    // and hides for a passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no control-plane tools in {} (run `make tools`; set {REQUIRE_TOOLS_ENV}=1 to fail instead of skipping)",
+        dir.display()
+    );
+    None
 }

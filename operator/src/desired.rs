@@ -401,7 +401,7 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     }
 
     let tls_secret = tls_secret_name(ctx.lcs);
-    let admin = i32_port(spec.gateway.admin_port);
+    let admin = admin_port(ctx.lcs);
     for container in &mut pod.containers {
         inject_drain_hook(container, admin);
     }
@@ -458,8 +458,9 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     template
 }
 
-fn i32_port(port: i32) -> u16 {
-    u16::try_from(port).unwrap_or_default()
+/// The gateway's admin port (the schema keeps it in 1..=65535).
+pub fn admin_port(lcs: &LongConnService) -> u16 {
+    u16::try_from(lcs.spec.gateway.admin_port).unwrap_or_default()
 }
 
 fn secret_volume(volume: &str, secret: String) -> Volume {

@@ -26,7 +26,8 @@ pub fn gateway_image(lcs: &LongConnService, settings: &Settings) -> String {
 /// The revision of the spec as it is now.
 pub fn of(lcs: &LongConnService, settings: &Settings) -> String {
     let spec = &lcs.spec;
-    // serde_json's map is ordered by key, so the encoding is canonical.
+    // Struct fields serialize in declaration order and the user's maps are BTreeMaps, so the
+    // same spec always encodes to the same bytes.
     let input = json!({
         "template": spec.template,
         "gateway": spec.gateway,

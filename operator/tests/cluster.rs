@@ -9,7 +9,6 @@
 //! `LONGCONN_E2E_REQUIRE_TOOLS` is set, as `make test` does.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -30,19 +29,6 @@ const NS: &str = "default";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tools_dir_or_skip() -> Option<PathBuf> {
-    let dir = longconn_e2e::tools::default_tools_dir();
-    if dir.exists() || std::env::var_os("LONGCONN_E2E_REQUIRE_TOOLS").is_some() {
-        return Some(dir);
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED operator cluster test: no control-plane tools in {} (run `make tools`)",
-        dir.display()
-    );
-    None
 }
 
 /// Polls `check` until it returns `Some`, or panics after `WAIT` naming `what`.
@@ -329,7 +315,9 @@ async fn owned_resource_versions(client: &Client, uid: &str) -> BTreeMap<String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
-    let Some(tools_dir) = tools_dir_or_skip() else {
+    let Some(tools_dir) = longconn_e2e::tools::tools_dir_or_skip(
+        "operator_reconciles_a_long_conn_service_in_a_real_api_server",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
