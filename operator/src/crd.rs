@@ -678,17 +678,19 @@ pub enum RolloutPhase {
     Removing,
     /// Stopped: the drop budget or the progress deadline was exceeded.
     Paused,
-    /// Going back to the previous revision.
+    /// Going back to the previous revision after the drop budget was exceeded (and, once there,
+    /// staying there until the spec changes).
     RollingBack,
     /// Done.
     Complete,
 }
 
-/// One rollout and its session accounting.
+/// One rollout and its session accounting. A scale-down, and drains the operator did not start
+/// (evictions, node drains), are recorded the same way under the current revision.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
-    /// The revision being rolled out.
+    /// The revision being rolled out (for a scale-down: the current one).
     pub revision: String,
     /// Where the rollout is.
     pub phase: RolloutPhase,
@@ -710,17 +712,36 @@ pub struct RolloutStatus {
     pub draining: Vec<DrainingPod>,
 }
 
-/// A pod being drained.
+/// A pod being drained, or drained and waiting to be removed. It stays listed until the pod is
+/// gone; its numbers count in the rollout's totals from `finishedAt` on.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainingPod {
     pub pod: String,
+    /// The revision the pod belongs to.
+    #[serde(default)]
+    pub revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Sessions open when the drain started.
     #[serde(default)]
     pub sessions_at_start: i64,
+    /// Sessions still open, as last reported.
     #[serde(default)]
     pub active: i64,
+    /// Sessions that completed the close handshake after being asked to move.
+    #[serde(default)]
+    pub migrated: i64,
+    /// Sessions the clients ended themselves.
+    #[serde(default)]
+    pub closed_by_client: i64,
+    /// Sessions ended without a completed close handshake; a pod that disappears before its
+    /// report is read adds its last known open sessions here.
+    #[serde(default)]
+    pub dropped: i64,
+    /// When the drain finished (or its report was lost); then the pod may be removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }
 
 /// The serving certificate in use.

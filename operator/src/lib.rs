@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
 pub mod revision;
+pub mod rollout;
 pub mod server;
 pub mod status;
