@@ -29,6 +29,7 @@ chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD cop
 .PHONY: crd
 crd: ## Regenerate crds/ from the Rust types.
 	$(CARGO) run -q -p longconn-operator -- crd > crds/longconnservices.longconn.dev.yaml
+	cp crds/longconnservices.longconn.dev.yaml charts/longconn-operator/crds/
 
 .PHONY: demo
 demo: ## Run the main job on the embedded local cluster.
