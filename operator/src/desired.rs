@@ -112,7 +112,9 @@ pub struct ServedApis {
 /// What the reconciler found that the desired objects depend on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
-    pub revisions: Vec<ObservedRevision>,
+    /// Replicas of the update revision's Deployment, as the rollout plans them; None when the
+    /// rollout has taken it away (rolled back, no pod left).
+    pub update_replicas: Option<i32>,
     /// The admin token: the existing Secret's, or a fresh one.
     pub admin_token: String,
     /// Mode SelfSigned: the CA and serving certificate to keep in the Secrets.
@@ -150,10 +152,12 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
         _ => {}
     }
 
-    for (revision, replicas) in revision_replicas(lcs, &update_revision, &observed.revisions) {
+    // Only the update revision's Deployment is built from the spec; older ones keep their own
+    // template and are only scaled, by the rollout.
+    if let Some(replicas) = observed.update_replicas {
         out.push(ctx.manifest(
             Kind::Deployment,
-            deployment(&ctx, settings, &revision, replicas),
+            deployment(&ctx, settings, &update_revision, replicas),
         ));
     }
     out.push(ctx.manifest(Kind::Service, service(&ctx)));
@@ -169,37 +173,6 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
     }
     if let Some(autoscaling) = &lcs.spec.autoscaling {
         out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx, autoscaling)));
-    }
-    out
-}
-
-/// Replicas per revision: the update revision gets `spec.replicas` at once; each older
-/// revision keeps only as many pods as the new one still lacks ready, and is dropped from the
-/// desired set (so deleted) once it has no pod left. The drain-orchestrated rollout replaces
-/// this with its state machine.
-pub fn revision_replicas(
-    lcs: &LongConnService,
-    update_revision: &str,
-    observed: &[ObservedRevision],
-) -> Vec<(String, i32)> {
-    let want = lcs.spec.replicas;
-    let new_ready = observed
-        .iter()
-        .find(|r| r.revision == update_revision)
-        .map_or(0, |r| r.ready_replicas);
-    let mut missing = (want - new_ready).max(0);
-    let mut out = vec![(update_revision.to_owned(), want)];
-    let mut old: Vec<&ObservedRevision> = observed
-        .iter()
-        .filter(|r| r.revision != update_revision)
-        .collect();
-    old.sort_by(|a, b| a.revision.cmp(&b.revision));
-    for r in old {
-        let keep = r.replicas.min(missing);
-        missing -= keep;
-        if keep > 0 || r.current_replicas > 0 {
-            out.push((r.revision.clone(), keep));
-        }
     }
     out
 }

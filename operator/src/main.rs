@@ -180,7 +180,7 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
     lcs.metadata.uid.get_or_insert_with(|| "<uid>".to_owned());
     let placeholder = |what: &str| format!("<{what}, generated in the cluster>");
     let observed = Observed {
-        revisions: Vec::new(),
+        update_replicas: Some(lcs.spec.replicas),
         admin_token: placeholder("admin token"),
         certificate: Some(CertBundle {
             ca_cert_pem: placeholder("CA certificate"),

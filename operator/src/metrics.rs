@@ -3,9 +3,11 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::crd::RolloutPhase;
 use crate::kinds::Kind;
 
 /// Why a reconcile failed: a closed set, one value per error variant.
@@ -37,6 +39,50 @@ impl KindLabels {
     }
 }
 
+/// One LongConnService in one rollout phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub name: String,
+    pub phase: PhaseLabel,
+}
+
+/// [`RolloutPhase`] as a label value; `None` when no rollout was ever recorded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PhaseLabel {
+    None,
+    Surging,
+    Draining,
+    Removing,
+    Paused,
+    RollingBack,
+    Complete,
+}
+
+impl PhaseLabel {
+    pub const ALL: [PhaseLabel; 7] = [
+        PhaseLabel::None,
+        PhaseLabel::Surging,
+        PhaseLabel::Draining,
+        PhaseLabel::Removing,
+        PhaseLabel::Paused,
+        PhaseLabel::RollingBack,
+        PhaseLabel::Complete,
+    ];
+
+    pub fn of(phase: Option<RolloutPhase>) -> Self {
+        match phase {
+            None => PhaseLabel::None,
+            Some(RolloutPhase::Surging) => PhaseLabel::Surging,
+            Some(RolloutPhase::Draining) => PhaseLabel::Draining,
+            Some(RolloutPhase::Removing) => PhaseLabel::Removing,
+            Some(RolloutPhase::Paused) => PhaseLabel::Paused,
+            Some(RolloutPhase::RollingBack) => PhaseLabel::RollingBack,
+            Some(RolloutPhase::Complete) => PhaseLabel::Complete,
+        }
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -46,6 +92,12 @@ pub struct Metrics {
     pub objects_applied: Family<KindLabels, Counter>,
     pub objects_deleted: Family<KindLabels, Counter>,
     pub certificates_issued: Counter,
+    pub drains_started: Counter,
+    pub drains_finished: Counter,
+    pub sessions_migrated: Counter,
+    pub sessions_dropped: Counter,
+    pub drain_duration: Histogram,
+    pub rollout_phase: Family<PhaseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -83,8 +135,50 @@ impl Default for Metrics {
             "Self-signed CA and serving certificates issued",
             certificates_issued.clone(),
         );
+        let drains_started = Counter::default();
+        let drains_finished = Counter::default();
+        let sessions_migrated = Counter::default();
+        let sessions_dropped = Counter::default();
+        let drain_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "drains_started",
+            "Pod drains the operator started",
+            drains_started.clone(),
+        );
+        registry.register(
+            "drains_finished",
+            "Pod drains whose final report was recorded (or lost with the pod)",
+            drains_finished.clone(),
+        );
+        registry.register(
+            "sessions_migrated",
+            "Sessions that completed the close handshake when their pod was drained",
+            sessions_migrated.clone(),
+        );
+        registry.register(
+            "sessions_dropped",
+            "Sessions ended without a completed close handshake while their pod was drained",
+            sessions_dropped.clone(),
+        );
+        registry.register(
+            "drain_duration_seconds",
+            "Time from a drain's start to its final report",
+            drain_duration.clone(),
+        );
+        registry.register(
+            "rollout_phase",
+            "1 for the phase each LongConnService's rollout is in, 0 for the others",
+            rollout_phase.clone(),
+        );
         Self {
             registry,
+            drains_started,
+            drains_finished,
+            sessions_migrated,
+            sessions_dropped,
+            drain_duration,
+            rollout_phase,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -96,6 +190,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets the rollout phase of one LongConnService: 1 for its phase, 0 for the others.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<RolloutPhase>) {
+        let current = PhaseLabel::of(phase);
+        for label in PhaseLabel::ALL {
+            self.rollout_phase
+                .get_or_create(&PhaseLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    phase: label,
+                })
+                .set(i64::from(label == current));
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

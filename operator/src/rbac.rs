@@ -69,7 +69,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["pods"],
-        verbs: &["list"],
+        verbs: &["list", "patch"],
     },
     Rule {
         group: "events.k8s.io",
@@ -119,6 +119,12 @@ mod tests {
             verbs.sort_unstable();
             assert_eq!(verbs, OWNED_VERBS, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn pods_are_listed_and_patched_only() {
+        // list: the gateways' reports; patch: the deletion cost of drained pods.
+        assert_eq!(verbs_for("", "pods"), ["list", "patch"]);
     }
 
     #[test]

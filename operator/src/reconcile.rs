@@ -19,6 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
+use longconn_gateway::api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
@@ -32,18 +33,19 @@ use crate::kinds::Kind;
 use crate::labels::{self, MANAGER, names};
 use crate::metrics::{ErrorReason, KindLabels, Metrics};
 use crate::revision;
+use crate::rollout::{self, DELETION_COST, LOWEST_COST, Plan, PodFacts};
 use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
 
 /// How long the answer to "is this optional API served?" is trusted, by default.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 /// Requeue when nothing else is pending: catches drift the watches cannot see.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Requeue while pods of several revisions coexist.
-const ROLLOUT_POLL: Duration = Duration::from_secs(10);
+/// Requeue while a rollout or a drain is in motion: drain reports are followed at this pace.
+const ROLLOUT_POLL: Duration = Duration::from_secs(2);
 /// Requeue while gateways run, to keep `status.activeSessions` current (a read per gateway; a
 /// status write only when the count changed).
 const SESSIONS_POLL: Duration = Duration::from_secs(30);
-/// How long one gateway may take to answer `GET /drain`.
+/// How long one gateway may take to answer `GET /drain` or `POST /drain`.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything that can make a reconcile fail; it is then retried with backoff.
@@ -65,6 +67,20 @@ pub enum Error {
     #[error("reading {kind:?} {namespace}/{name}: {source}")]
     Get {
         kind: Kind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("marking pod {namespace}/{name} for removal: {source}")]
+    PatchPod {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("scaling Deployment {namespace}/{name}: {source}")]
+    Scale {
         namespace: String,
         name: String,
         #[source]
@@ -104,6 +120,8 @@ impl Error {
             Error::List { .. }
             | Error::ListPods { .. }
             | Error::Get { .. }
+            | Error::PatchPod { .. }
+            | Error::Scale { .. }
             | Error::Delete { .. }
             | Error::Status { .. } => ErrorReason::Api,
             Error::Certificate { .. } | Error::Random(_) => ErrorReason::Crypto,
@@ -274,19 +292,37 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
         .map_or_else(new_token, Ok)?;
-    let gateways =
-        gateway_sessions(ctx, &ns, &name, desired::admin_port(lcs), &admin_token).await?;
+    let admin_port = desired::admin_port(lcs);
+    let pods = observe_pods(ctx, &ns, &name, admin_port, &admin_token).await?;
     let (certificate, cert_facts, renew_at) =
         certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
     let revisions = observed_revisions(&owned);
+    let update_revision = revision::of(lcs, &ctx.settings);
+    let update_stalled = owned
+        .get(&Kind::Deployment)
+        .into_iter()
+        .flatten()
+        .filter(|d| d.labels().get(labels::REVISION) == Some(&update_revision))
+        .any(deployment_stalled);
+
+    let plan = rollout::step(&rollout::Input {
+        lcs,
+        update_revision: &update_revision,
+        revisions: &revisions,
+        pods: &pods.facts,
+        update_stalled,
+        now,
+    });
+    start_drains(lcs, &ns, &pods, admin_port, &admin_token, &plan).await;
+    mark_for_removal(ctx, &ns, &plan).await?;
+
     let observed = Observed {
-        revisions: revisions.clone(),
+        update_replicas: plan.replicas.get(&update_revision).copied(),
         admin_token,
         certificate,
         apis,
     };
     let manifests = desired::desired(lcs, &observed, &ctx.settings);
-
     let mut created = Vec::new();
     for manifest in &manifests {
         match apply(ctx, &ns, &uid, &owned, manifest).await {
@@ -299,9 +335,14 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         let note = format!("created {}", created.join(", "));
         ctx.event(lcs, EventType::Normal, "Created", note).await;
     }
-    delete_orphans(lcs, ctx, &ns, &uid, &owned, &manifests).await?;
+    scale_other_revisions(ctx, &ns, &owned, &update_revision, &plan).await?;
+    let keep: Vec<String> = plan
+        .replicas
+        .keys()
+        .map(|revision| names::deployment(&name, revision))
+        .collect();
+    delete_orphans(lcs, ctx, &ns, &uid, &owned, &manifests, &keep).await?;
 
-    let update_revision = revision::of(lcs, &ctx.settings);
     let monitoring = match (
         lcs.spec.monitoring.service_monitor.enabled,
         apis.service_monitor,
@@ -310,12 +351,6 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         (true, true) => MonitoringFacts::Created,
         (true, false) => MonitoringFacts::ApiMissing,
     };
-    let update_stalled = owned
-        .get(&Kind::Deployment)
-        .into_iter()
-        .flatten()
-        .filter(|d| d.labels().get(labels::REVISION) == Some(&update_revision))
-        .any(deployment_stalled);
     let new_status = status::compute(
         lcs,
         &Facts {
@@ -325,16 +360,19 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             problems: &problems,
             certificate: &cert_facts,
             monitoring,
-            active_sessions: gateways.active,
+            active_sessions: pods.active,
+            rollout: plan.rollout.as_ref(),
+            progressing: plan.progressing.as_ref(),
+            sessions_preserved: &plan.sessions_preserved,
             now,
         },
     );
     write_status(lcs, ctx, &ns, &name, new_status).await?;
+    record_rollout(lcs, ctx, &ns, &name, &plan).await;
 
-    let several_revisions = revisions.iter().filter(|r| r.current_replicas > 0).count() > 1;
-    let mut next = if several_revisions {
+    let mut next = if plan.active {
         ROLLOUT_POLL
-    } else if gateways.pods > 0 {
+    } else if pods.running > 0 {
         SESSIONS_POLL
     } else {
         RESYNC
@@ -344,6 +382,39 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         next = next.min(until.max(Duration::from_secs(1)));
     }
     Ok(Action::requeue(next))
+}
+
+/// After the status holding them is written: the plan's Events and the rollout metrics.
+async fn record_rollout(lcs: &LongConnService, ctx: &Context, ns: &str, name: &str, plan: &Plan) {
+    let metrics = &ctx.metrics;
+    metrics
+        .drains_started
+        .inc_by(u64::try_from(plan.started).unwrap_or(0));
+    for drained in &plan.finished {
+        metrics.drains_finished.inc();
+        metrics
+            .sessions_migrated
+            .inc_by(u64::try_from(drained.migrated).unwrap_or(0));
+        metrics
+            .sessions_dropped
+            .inc_by(u64::try_from(drained.dropped).unwrap_or(0));
+        if let (Some(started), Some(finished)) = (&drained.started_at, &drained.finished_at) {
+            metrics
+                .drain_duration
+                .observe(finished.0.duration_since(started.0).as_secs_f64().max(0.0));
+        }
+    }
+    metrics.set_phase(ns, name, plan.rollout.as_ref().map(|r| r.phase));
+    for note in &plan.events {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        info!(reason = note.reason, message = %note.message, "rollout");
+        ctx.event(lcs, type_, note.reason, note.message.clone())
+            .await;
+    }
 }
 
 async fn list_owned(
@@ -398,63 +469,201 @@ fn new_token() -> Result<String, Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// What the gateways of a LongConnService report.
-struct GatewaySessions {
-    /// Running pods with an IP, whose gateways were asked.
-    pods: usize,
+/// The pods of a LongConnService, each with its gateway's drain report.
+struct PodsSeen {
+    facts: Vec<PodFacts>,
+    /// Admin address of each running pod's gateway.
+    admin: BTreeMap<String, String>,
+    /// Running pods with an IP.
+    running: usize,
     /// Open sessions, summed over the gateways that answered.
     active: i64,
 }
 
-/// Reads every running gateway's report (`GET /drain` on its admin port, with the admin token),
-/// concurrently. A gateway that does not answer within [`GATEWAY_TIMEOUT`] adds nothing: its pod
-/// is starting or going away.
-async fn gateway_sessions(
+/// Lists the pods and reads every running gateway's report (`GET /drain` on its admin port,
+/// with the admin token), concurrently. A gateway that does not answer within
+/// [`GATEWAY_TIMEOUT`] has no report: its pod is starting or going away.
+async fn observe_pods(
     ctx: &Context,
     ns: &str,
     name: &str,
     port: u16,
     token: &str,
-) -> Result<GatewaySessions, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+) -> Result<PodsSeen, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let selector = labels::selector_string(&labels::pods(name));
-    let list = pods
+    let list = api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|source| Error::ListPods {
             namespace: ns.to_owned(),
             source,
         })?;
-    let addrs: Vec<String> = list
-        .items
-        .iter()
-        .filter_map(|pod| {
-            let status = pod.status.as_ref()?;
-            if status.phase.as_deref() != Some("Running")
-                || pod.metadata.deletion_timestamp.is_some()
-            {
-                return None;
-            }
-            let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-            Some(std::net::SocketAddr::new(ip, port).to_string())
-        })
-        .collect();
-    let reports = futures::future::join_all(addrs.iter().map(|addr| {
+    let mut admin = BTreeMap::new();
+    let mut facts = Vec::new();
+    for pod in &list.items {
+        let status = pod.status.as_ref();
+        let ip = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running") && ip.is_some();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let pod_name = pod.name_any();
+        if let (true, Some(ip)) = (running, ip) {
+            admin.insert(
+                pod_name.clone(),
+                std::net::SocketAddr::new(ip, port).to_string(),
+            );
+        }
+        facts.push(PodFacts {
+            name: pod_name,
+            revision: pod
+                .labels()
+                .get(labels::REVISION)
+                .cloned()
+                .unwrap_or_default(),
+            running,
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            deletion_cost: pod
+                .annotations()
+                .get(DELETION_COST)
+                .and_then(|v| v.parse().ok()),
+            report: None,
+        });
+    }
+    let reports = futures::future::join_all(facts.iter().map(|pod| async {
+        let addr = admin.get(&pod.name)?;
         tokio::time::timeout(
             GATEWAY_TIMEOUT,
             longconn_gateway::client::report(addr, token),
         )
+        .await
+        .ok()?
+        .ok()
     }))
     .await;
-    let active = reports
-        .into_iter()
-        .filter_map(|r| r.ok()?.ok())
+    for (pod, report) in facts.iter_mut().zip(reports) {
+        pod.report = report;
+    }
+    let active = facts
+        .iter()
+        .filter_map(|p| p.report.as_ref())
         .map(|r| i64::try_from(r.active).unwrap_or(i64::MAX))
         .fold(0i64, i64::saturating_add);
-    Ok(GatewaySessions {
-        pods: addrs.len(),
+    Ok(PodsSeen {
+        running: admin.len(),
+        facts,
+        admin,
         active,
     })
+}
+
+/// Asks the gateways the plan names to drain, with the LongConnService's drain settings. A
+/// gateway that cannot be reached is asked again on the next reconcile: its report then still
+/// says Serving.
+async fn start_drains(
+    lcs: &LongConnService,
+    ns: &str,
+    pods: &PodsSeen,
+    port: u16,
+    token: &str,
+    plan: &Plan,
+) {
+    let drain = &lcs.spec.drain;
+    let request = DrainRequest {
+        strategy: Some(match drain.strategy {
+            crate::crd::DrainStrategy::Notify => DrainStrategy::Notify,
+            crate::crd::DrainStrategy::Wait => DrainStrategy::Wait,
+        }),
+        deadline: drain.timeout.to_std().ok(),
+        spread: drain.spread.to_std().ok(),
+        close_code: u16::try_from(drain.close_code).ok(),
+    };
+    let calls = plan.drain.iter().map(|pod| {
+        let request = &request;
+        async move {
+            let Some(addr) = pods.admin.get(pod) else {
+                warn!(pod = %pod, "cannot drain a pod without an IP yet");
+                return;
+            };
+            let call = longconn_gateway::client::start_drain(addr, token, request);
+            match tokio::time::timeout(GATEWAY_TIMEOUT, call).await {
+                Ok(Ok(report)) => {
+                    info!(pod = %format!("{ns}/{pod}"), port, sessions = report.sessions_at_start, "drain started");
+                }
+                Ok(Err(e)) => warn!(pod = %pod, error = %e, "drain request failed; retrying"),
+                Err(_) => warn!(pod = %pod, "drain request timed out; retrying"),
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// Gives drained pods the lowest deletion cost, so that shrinking their ReplicaSet removes
+/// exactly them.
+async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({"metadata": {"annotations": {DELETION_COST: LOWEST_COST.to_string()}}});
+    for pod in &plan.lowest_cost {
+        match api
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::PatchPod {
+                    namespace: ns.to_owned(),
+                    name: pod.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the replicas of the Deployments of revisions other than the update revision. They keep
+/// the template they were created with; only their size changes, with a merge patch.
+async fn scale_other_revisions(
+    ctx: &Context,
+    ns: &str,
+    owned: &OwnedObjects,
+    update_revision: &str,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &Kind::Deployment.api_resource());
+    for deployment in owned.get(&Kind::Deployment).into_iter().flatten() {
+        let Some(revision) = deployment.labels().get(labels::REVISION) else {
+            continue;
+        };
+        let Some(&replicas) = plan.replicas.get(revision) else {
+            continue;
+        };
+        if revision == update_revision
+            || deployment.data["spec"]["replicas"].as_i64() == Some(i64::from(replicas))
+            || deployment.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let name = deployment.name_any();
+        let patch = json!({"spec": {"replicas": replicas}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Scale {
+                namespace: ns.to_owned(),
+                name: name.clone(),
+                source,
+            })?;
+        info!(deployment = %name, replicas, "scaled");
+    }
+    Ok(())
 }
 
 fn observed_revisions(owned: &OwnedObjects) -> Vec<ObservedRevision> {
@@ -756,7 +965,8 @@ fn api_message(e: &kube::Error) -> String {
 }
 
 /// Deletes objects labelled as ours and owned by this LongConnService that are no longer
-/// desired (an old revision at zero, a Secret of a TLS mode no longer used, ...).
+/// desired (a Secret of a TLS mode no longer used, ...). Deployments stay while the rollout
+/// keeps their revision (`deployments`); an old revision's goes once its last pod is gone.
 async fn delete_orphans(
     lcs: &LongConnService,
     ctx: &Context,
@@ -764,11 +974,13 @@ async fn delete_orphans(
     uid: &str,
     owned: &OwnedObjects,
     manifests: &[Manifest],
+    deployments: &[String],
 ) -> Result<(), Error> {
     for (kind, objects) in owned {
         for object in objects {
             let name = object.name_any();
-            let wanted = manifests.iter().any(|m| m.kind == *kind && m.name == name);
+            let wanted = manifests.iter().any(|m| m.kind == *kind && m.name == name)
+                || *kind == Kind::Deployment && deployments.contains(&name);
             if wanted || !owned_by(object, uid) || object.metadata.deletion_timestamp.is_some() {
                 continue;
             }

@@ -9,9 +9,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::certs::Lifetime;
-use crate::crd::{CertificateStatus, LongConnService, LongConnServiceStatus};
+use crate::crd::{CertificateStatus, LongConnService, LongConnServiceStatus, RolloutStatus};
 use crate::desired::ObservedRevision;
 use crate::labels;
+use crate::rollout::{self, Verdict};
 
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
@@ -66,6 +67,11 @@ pub struct Facts<'a> {
     pub monitoring: MonitoringFacts,
     /// Open sessions reported by the gateways.
     pub active_sessions: i64,
+    /// The rollout's record, as [`rollout::step`] left it.
+    pub rollout: Option<&'a RolloutStatus>,
+    /// The rollout's verdict on Progressing, when it has one (drop budget, rollback).
+    pub progressing: Option<&'a Verdict>,
+    pub sessions_preserved: &'a Verdict,
     pub now: Timestamp,
 }
 
@@ -127,14 +133,22 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
     }
 
     let rev = facts.update_revision;
-    if facts.update_stalled {
+    if let Some(verdict) = facts.progressing {
+        conditions.set(
+            PROGRESSING,
+            verdict.status,
+            verdict.reason,
+            verdict.message.clone(),
+        );
+    } else if facts.update_stalled {
         conditions.set(
             PROGRESSING,
             false,
             "ProgressDeadlineExceeded",
             format!(
                 "revision {rev} made no progress within spec.rollout.progressDeadline ({}): \
-                 its pods do not become ready. See `kubectl describe deployment {}`",
+                 its pods do not become ready, so no old pod is drained. \
+                 See `kubectl describe deployment {}`",
                 lcs.spec.rollout.progress_deadline,
                 labels::names::deployment(name, rev)
             ),
@@ -227,7 +241,15 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         ),
     }
 
-    // Conditions this computation does not own (the rollout's) are carried over.
+    let preserved = facts.sessions_preserved;
+    conditions.set(
+        rollout::SESSIONS_PRESERVED,
+        preserved.status,
+        preserved.reason,
+        preserved.message.clone(),
+    );
+
+    // Conditions this computation does not own are carried over.
     let mut all = conditions.new;
     for c in &old.conditions {
         if !all.iter().any(|n| n.type_ == c.type_) {
@@ -251,7 +273,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         },
         update_revision: Some(rev.to_owned()),
         conditions: all,
-        rollout: old.rollout,
+        rollout: facts.rollout.cloned(),
         certificate,
     }
 }
@@ -371,6 +393,13 @@ mod tests {
                 certificate: &CertFacts::Disabled,
                 monitoring: MonitoringFacts::Disabled,
                 active_sessions: 0,
+                rollout: None,
+                progressing: None,
+                sessions_preserved: &Verdict {
+                    status: true,
+                    reason: "NoDrains",
+                    message: "no pod has been drained yet".to_owned(),
+                },
                 now: now.parse().expect("time"),
             },
         )

@@ -2,9 +2,7 @@
 //! up as a snapshot diff to review (`INSTA_UPDATE=always cargo test` rewrites them).
 
 use longconn_operator::crd::LongConnService;
-use longconn_operator::desired::{
-    self, CertBundle, Manifest, Observed, ObservedRevision, ServedApis, Settings,
-};
+use longconn_operator::desired::{self, CertBundle, Manifest, Observed, ServedApis, Settings};
 use longconn_operator::revision;
 
 fn sample(path: &str) -> LongConnService {
@@ -18,9 +16,9 @@ fn sample(path: &str) -> LongConnService {
     lcs
 }
 
-fn observed(apis: ServedApis, revisions: Vec<ObservedRevision>) -> Observed {
+fn observed(apis: ServedApis, update_replicas: Option<i32>) -> Observed {
     Observed {
-        revisions,
+        update_replicas,
         admin_token: "admin-token".to_owned(),
         certificate: Some(CertBundle {
             ca_cert_pem: "CA CERT".to_owned(),
@@ -51,28 +49,44 @@ const ALL_APIS: ServedApis = ServedApis {
 #[test]
 fn chat_example_with_every_optional_api() {
     let lcs = sample("../examples/chat.yaml");
-    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    let out = desired::desired(
+        &lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    );
     insta::assert_yaml_snapshot!("chat", yaml(&out));
 }
 
 #[test]
 fn every_field_set() {
     let lcs = sample("tests/samples/good/full.yaml");
-    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    let out = desired::desired(
+        &lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    );
     insta::assert_yaml_snapshot!("full", yaml(&out));
 }
 
 #[test]
 fn cert_manager_mode_creates_a_certificate_and_no_ca() {
     let lcs = sample("tests/samples/good/cert-manager.yaml");
-    let out = desired::desired(&lcs, &observed(ALL_APIS, vec![]), &settings());
+    let out = desired::desired(
+        &lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    );
     insta::assert_yaml_snapshot!("cert-manager", yaml(&out));
 }
 
 #[test]
 fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
     let lcs = sample("tests/samples/good/tls-secret.yaml");
-    let out = desired::desired(&lcs, &observed(ServedApis::default(), vec![]), &settings());
+    let out = desired::desired(
+        &lcs,
+        &observed(ServedApis::default(), Some(lcs.spec.replicas)),
+        &settings(),
+    );
     assert!(
         out.iter()
             .all(|m| m.name != "tls-secret-tls" && m.name != "tls-secret-ca")
@@ -94,7 +108,11 @@ fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
 #[test]
 fn without_the_monitoring_api_no_service_monitor_is_desired() {
     let lcs = sample("../examples/chat.yaml");
-    let out = desired::desired(&lcs, &observed(ServedApis::default(), vec![]), &settings());
+    let out = desired::desired(
+        &lcs,
+        &observed(ServedApis::default(), Some(lcs.spec.replicas)),
+        &settings(),
+    );
     assert!(
         out.iter()
             .all(|m| m.kind != longconn_operator::kinds::Kind::ServiceMonitor)
@@ -106,33 +124,21 @@ fn without_the_monitoring_api_no_service_monitor_is_desired() {
 }
 
 #[test]
-fn an_old_revision_shrinks_as_the_new_one_becomes_ready_and_goes_at_zero() {
+fn only_the_update_revision_deployment_is_built_and_only_when_planned() {
     let lcs = sample("../examples/chat.yaml");
     let new = revision::of(&lcs, &settings());
-    let rev = |revision: &str, replicas, current, ready| ObservedRevision {
-        revision: revision.to_owned(),
-        replicas,
-        current_replicas: current,
-        ready_replicas: ready,
+    let deployments = |replicas| {
+        desired::desired(&lcs, &observed(ALL_APIS, replicas), &settings())
+            .into_iter()
+            .filter(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+            .map(|m| (m.name, m.object["spec"]["replicas"].clone()))
+            .collect::<Vec<_>>()
     };
-    let replicas = |observed: &[ObservedRevision]| desired::revision_replicas(&lcs, &new, observed);
     assert_eq!(
-        replicas(&[rev("old", 3, 3, 3)]),
-        vec![(new.clone(), 3), ("old".to_owned(), 3)]
+        deployments(Some(4)),
+        vec![(format!("chat-{new}"), serde_json::json!(4))]
     );
-    assert_eq!(
-        replicas(&[rev("old", 3, 3, 3), rev(&new, 3, 3, 2)]),
-        vec![(new.clone(), 3), ("old".to_owned(), 1)]
-    );
-    assert_eq!(
-        replicas(&[rev("old", 1, 1, 1), rev(&new, 3, 3, 3)]),
-        vec![(new.clone(), 3), ("old".to_owned(), 0)],
-        "kept at zero while its last pod terminates"
-    );
-    assert_eq!(
-        replicas(&[rev("old", 0, 0, 0), rev(&new, 3, 3, 3)]),
-        vec![(new, 3)]
-    );
+    assert!(deployments(None).is_empty(), "rolled back: none built");
 }
 
 #[test]
