@@ -5,9 +5,10 @@
 # local processes, each in its own network namespace), installs the CRD, runs the operator,
 # applies examples/chat.yaml, waits for its pods (real gateway and echo processes) to become
 # ready, shows what it became and its status, runs 200 live WebSocket sessions against it while
-# one pod is deleted (its sessions migrate to the others), scales it through the scale
-# subresource, deletes it and watches garbage collection remove what it owned, then tears
-# everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
+# one pod is deleted (its sessions migrate to the others), performs a drain-orchestrated rolling
+# update under 300 live sessions, scales it up through the scale subresource and back down (the
+# removed pods drained first), deletes it and watches garbage collection remove what it owned,
+# then tears everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,10 +106,74 @@ if [ "$load_status" -ne 0 ]; then
 fi
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=3 --timeout=120s
 
-step "Scaling to 5 through the scale subresource"
+step "Rolling update under load: 300 sessions while a template change replaces every pod"
+# The operator surges one pod of the new revision, waits until it is Ready, drains the old pod
+# with the fewest sessions through its gateway's admin API (close 1012 spread over 10 s; the
+# clients reconnect to Ready pods), records the gateway's report in status.rollout, and only then
+# removes that pod. Three times.
+"$bin/longconn-e2e" load --service chat --sessions 300 --rate 2 --duration 75s --json \
+  >"$work/rollout-load.json" 2>"$work/rollout-load.log" &
+load_pid=$!
+sleep 8
+before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
+kubectl patch lcs chat --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"demo.longconn.dev/release":"2"}}}}}'
+# One line, rewritten in place: the operator's status.rollout and the clients' own count.
+rollout_status() {
+  kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}{" "}{.status.rollout.phase}{" "}{.status.rollout.podsDrained}{" "}{.status.rollout.sessionsMigrated}{" "}{.status.rollout.sessionsDropped}'
+}
+# watch_rollout SECONDS STARTED_BEFORE LOAD_LOG: until a rollout other than the one that started
+# at STARTED_BEFORE is Complete, showing the clients' count from LOAD_LOG beside the operator's.
+watch_rollout() {
+  local limit=$1 before=$2 started phase drained migrated dropped clients
+  for _ in $(seq 1 "$limit"); do
+    read -r started phase drained migrated dropped <<<"$(rollout_status)"
+    clients=$(tail -n 1 "$3" 2>/dev/null | sed -n 's/.*\(migrated [0-9]*  dropped [0-9]*\).*/\1/p')
+    printf '\r\033[K    operator: %-9s pods drained %s, sessions migrated %s, dropped %s | clients: %s' \
+      "${phase:--}" "${drained:-0}" "${migrated:-0}" "${dropped:-0}" "${clients:--}"
+    if [ "$started" != "$before" ] && [ "$phase" = Complete ]; then
+      echo
+      operator_dropped=$dropped
+      return 0
+    fi
+    sleep 1
+  done
+  echo
+  echo "no completed rollout within $limit s" >&2
+  return 1
+}
+watch_rollout 180 "$before" "$work/rollout-load.log"
+dropped=$operator_dropped
+load_status=0
+wait "$load_pid" || load_status=$?
+load_pid=
+echo "    clients: $(cat "$work/rollout-load.json")"
+kubectl get lcs chat -o jsonpath='{range .status.conditions[?(@.type=="SessionsPreserved")]}    {.type}={.status}: {.message}{"\n"}{end}'
+kubectl get pods -l longconn.dev/service=chat
+if [ "$load_status" -ne 0 ] || [ "$dropped" != 0 ]; then
+  echo "the rolling update dropped sessions (clients: exit $load_status; operator: $dropped)" >&2
+  exit 1
+fi
+
+step "Scaling to 5 through the scale subresource, then back to 3 (the two removed pods are drained first)"
 kubectl scale lcs/chat --replicas=5
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=5 --timeout=180s
 kubectl get lcs chat
+"$bin/longconn-e2e" load --service chat --sessions 200 --rate 2 --duration 40s --json \
+  >"$work/scale-load.json" 2>"$work/scale-load.log" &
+load_pid=$!
+sleep 6
+before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
+kubectl scale lcs/chat --replicas=3
+watch_rollout 120 "$before" "$work/scale-load.log"
+load_status=0
+wait "$load_pid" || load_status=$?
+load_pid=
+echo "    clients: $(cat "$work/scale-load.json")"
+kubectl get lcs chat -o jsonpath='{range .status.conditions[?(@.type=="SessionsPreserved")]}    {.type}={.status}: {.message}{"\n"}{end}'
+if [ "$load_status" -ne 0 ] || [ "$operator_dropped" != 0 ]; then
+  echo "the scale-down dropped sessions (clients: exit $load_status; operator: $operator_dropped)" >&2
+  exit 1
+fi
 
 step "Deleting chat: garbage collection removes everything it owned"
 kubectl delete lcs chat --wait=true
@@ -121,4 +186,3 @@ done
 echo "    nothing left"
 
 step "Done"
-echo "Drain-orchestrated rollouts will join this demo with the rollout state machine."
