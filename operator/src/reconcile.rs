@@ -33,7 +33,7 @@ use crate::kinds::Kind;
 use crate::labels::{self, MANAGER, names};
 use crate::metrics::{ErrorReason, KindLabels, Metrics};
 use crate::revision;
-use crate::rollout::{self, DELETION_COST, LOWEST_COST, Plan, PodFacts};
+use crate::rollout::{self, DELETION_COST, GatewayLoss, LOWEST_COST, Plan, PodFacts};
 use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
 
 /// How long the answer to "is this optional API served?" is trusted, by default.
@@ -44,7 +44,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 const ROLLOUT_POLL: Duration = Duration::from_secs(2);
 /// Requeue while gateways run, to keep `status.activeSessions` current (a read per gateway; a
 /// status write only when the count changed).
-const SESSIONS_POLL: Duration = Duration::from_secs(30);
+const SESSIONS_POLL: Duration = Duration::from_secs(10);
 /// How long one gateway may take to answer `GET /drain` or `POST /drain`.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -139,6 +139,15 @@ pub struct Context {
     discovery_ttl: Duration,
     discovery: Mutex<Option<(Instant, ServedApis)>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
+    /// Per pod (`namespace/name`): its gateway's restart count and last reported open sessions.
+    gateways: Mutex<HashMap<String, GatewaySeen>>,
+}
+
+/// What was last seen of one pod's gateway.
+#[derive(Clone, Copy, Debug, Default)]
+struct GatewaySeen {
+    restarts: i32,
+    active: i64,
 }
 
 impl Context {
@@ -155,7 +164,46 @@ impl Context {
             discovery_ttl: DISCOVERY_TTL,
             discovery: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Compares what the gateways report now with what they reported last time: a gateway
+    /// whose restart count went up lost the sessions it last reported. Kept in memory only: an
+    /// operator that restarts in the same moment as a gateway misses that loss.
+    fn gateway_losses(&self, ns: &str, pods: &PodsSeen) -> Vec<GatewayLoss> {
+        let Ok(mut seen) = self.gateways.lock() else {
+            return Vec::new();
+        };
+        let prefix = format!("{ns}/");
+        let names: Vec<String> = pods
+            .facts
+            .iter()
+            .map(|p| format!("{ns}/{}", p.name))
+            .collect();
+        seen.retain(|key, _| !key.starts_with(&prefix) || names.contains(key));
+        let mut losses = Vec::new();
+        for pod in &pods.facts {
+            let restarts = pods.restarts.get(&pod.name).copied().unwrap_or(0);
+            let entry = seen
+                .entry(format!("{ns}/{}", pod.name))
+                .or_insert(GatewaySeen {
+                    restarts,
+                    active: 0,
+                });
+            if restarts > entry.restarts && entry.active > 0 {
+                losses.push(GatewayLoss {
+                    pod: pod.name.clone(),
+                    sessions: entry.active,
+                });
+                entry.active = 0;
+            }
+            entry.restarts = restarts;
+            if let Some(report) = &pod.report {
+                entry.active = i64::try_from(report.active).unwrap_or(i64::MAX);
+            }
+        }
+        losses
     }
 
     /// Sets how long discovery answers are trusted (tests use a short one).
@@ -305,12 +353,14 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         .filter(|d| d.labels().get(labels::REVISION) == Some(&update_revision))
         .any(deployment_stalled);
 
+    let gateway_losses = ctx.gateway_losses(&ns, &pods);
     let plan = rollout::step(&rollout::Input {
         lcs,
         update_revision: &update_revision,
         revisions: &revisions,
         pods: &pods.facts,
         update_stalled,
+        gateway_losses: &gateway_losses,
         now,
     });
     start_drains(lcs, &ns, &pods, admin_port, &admin_token, &plan).await;
@@ -474,6 +524,8 @@ struct PodsSeen {
     facts: Vec<PodFacts>,
     /// Admin address of each running pod's gateway.
     admin: BTreeMap<String, String>,
+    /// Restart count of each pod's gateway container.
+    restarts: BTreeMap<String, i32>,
     /// Running pods with an IP.
     running: usize,
     /// Open sessions, summed over the gateways that answered.
@@ -500,6 +552,7 @@ async fn observe_pods(
             source,
         })?;
     let mut admin = BTreeMap::new();
+    let mut restarts = BTreeMap::new();
     let mut facts = Vec::new();
     for pod in &list.items {
         let status = pod.status.as_ref();
@@ -513,6 +566,13 @@ async fn observe_pods(
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
         let pod_name = pod.name_any();
+        let gateway_restarts = status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == desired::GATEWAY_CONTAINER)
+            .map_or(0, |c| c.restart_count);
+        restarts.insert(pod_name.clone(), gateway_restarts);
         if let (true, Some(ip)) = (running, ip) {
             admin.insert(
                 pod_name.clone(),
@@ -559,6 +619,7 @@ async fn observe_pods(
         running: admin.len(),
         facts,
         admin,
+        restarts,
         active,
     })
 }

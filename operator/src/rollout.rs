@@ -75,6 +75,14 @@ impl PodFacts {
     }
 }
 
+/// Sessions lost because a pod's gateway process restarted (crashed, or was killed): the
+/// sessions it last reported open, which its clients lost without a close handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayLoss {
+    pub pod: String,
+    pub sessions: i64,
+}
+
 /// Everything [`step`] looks at.
 #[derive(Clone, Debug)]
 pub struct Input<'a> {
@@ -87,6 +95,8 @@ pub struct Input<'a> {
     pub pods: &'a [PodFacts],
     /// The update revision's Deployment reports ProgressDeadlineExceeded.
     pub update_stalled: bool,
+    /// Gateways that restarted since they were last read.
+    pub gateway_losses: &'a [GatewayLoss],
     pub now: Timestamp,
 }
 
@@ -159,6 +169,17 @@ pub fn step(input: &Input) -> Plan {
             }
             continue;
         }
+        if let Some(loss) = input.gateway_losses.iter().find(|l| l.pod == entry.pod) {
+            entry.active = entry.active.max(loss.sessions);
+            events.push(lost_note(&entry, "restarted its gateway"));
+            lose(&mut entry, now);
+            tally.add(&entry);
+            if pod.is_some() {
+                lowest_cost.push(entry.pod.clone());
+                entries.push(entry);
+            }
+            continue;
+        }
         match pod {
             None => {
                 events.push(lost_note(&entry, "disappeared"));
@@ -212,6 +233,24 @@ pub fn step(input: &Input) -> Plan {
         }
         tally.started_elsewhere = true;
         entries.push(entry);
+    }
+
+    // Gateways that restarted outside any drain lost their sessions.
+    for loss in input.gateway_losses {
+        if previous.is_some_and(|r| r.draining.iter().any(|e| e.pod == loss.pod)) {
+            continue;
+        }
+        tally.dropped += loss.sessions;
+        tally.gateway_restarts += 1;
+        events.push(Note {
+            warning: true,
+            reason: "GatewayRestarted",
+            message: format!(
+                "the gateway of pod {} restarted: its {} last reported sessions were lost \
+                 (counted as dropped)",
+                loss.pod, loss.sessions
+            ),
+        });
     }
 
     // Whether the drop budget is spent, and what then.
@@ -334,7 +373,8 @@ pub fn step(input: &Input) -> Plan {
     }
 
     // 5. The rollout record.
-    let in_motion = old_left || !entries.is_empty() || tally.started > 0;
+    let in_motion =
+        old_left || !entries.is_empty() || tally.started > 0 || tally.gateway_restarts > 0;
     let mut rollout = match carried {
         Some(r) => Some(r.clone()),
         None if in_motion => {
@@ -490,6 +530,7 @@ struct Tally {
     dropped: i64,
     started: usize,
     started_elsewhere: bool,
+    gateway_restarts: usize,
 }
 
 impl Tally {
@@ -582,6 +623,9 @@ fn started_note(lcs: &LongConnService, update: &str, want: i32, tally: &Tally) -
         .and_then(|s| s.current_revision.as_deref());
     let message = match from {
         Some(from) if from != update => format!("rolling out revision {update} (from {from})"),
+        _ if tally.gateway_restarts > 0 && tally.started == 0 && !tally.started_elsewhere => {
+            format!("recording sessions lost by restarted gateways of revision {update}")
+        }
         _ if tally.started_elsewhere && tally.started == 0 => {
             format!("following drains of revision {update} pods that the operator did not start")
         }
