@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use longconn_operator::crd::{LongConnService, crd_yaml};
 use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
 use longconn_operator::labels;
-use longconn_operator::metrics::Metrics;
+use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
 use tokio::sync::watch;
@@ -212,13 +212,34 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// A client for the configured cluster that counts every request it sends
+/// (`longconn_operator_api_requests_total`).
+async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let requests = metrics.api_requests.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            requests
+                .get_or_create(&MethodLabels {
+                    method: Method::of(request.method()),
+                })
+                .inc();
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let settings = args.settings.settings();
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let client = counted_client(&metrics)
         .await
         .context("connecting to the Kubernetes API")?;
-    let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: false.into(),

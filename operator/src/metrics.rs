@@ -39,6 +39,35 @@ impl KindLabels {
     }
 }
 
+/// The HTTP method of a request to the API server: a closed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Other,
+}
+
+impl Method {
+    pub fn of(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET => Method::Get,
+            http::Method::POST => Method::Post,
+            http::Method::PUT => Method::Put,
+            http::Method::PATCH => Method::Patch,
+            http::Method::DELETE => Method::Delete,
+            _ => Method::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: Method,
+}
+
 /// One LongConnService in one rollout phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -98,6 +127,7 @@ pub struct Metrics {
     pub sessions_dropped: Counter,
     pub drain_duration: Histogram,
     pub rollout_phase: Family<PhaseLabels, Gauge>,
+    pub api_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -171,8 +201,15 @@ impl Default for Metrics {
             "1 for the phase each LongConnService's rollout is in, 0 for the others",
             rollout_phase.clone(),
         );
+        let api_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by HTTP method (a watch counts once)",
+            api_requests.clone(),
+        );
         Self {
             registry,
+            api_requests,
             drains_started,
             drains_finished,
             sessions_migrated,
