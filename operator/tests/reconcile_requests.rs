@@ -467,3 +467,158 @@ async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_servic
         .expect("condition");
     assert_eq!(monitoring["status"], "True");
 }
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// A pod of `revision` as the pod runner or a kubelet would report it. Its IP is in TEST-NET-1
+/// (192.0.2.0/24, never routed), so the gateway report cannot be read.
+fn pod(name: &str, revision: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "labels": {"longconn.dev/service": "chat", "longconn.dev/revision": revision}},
+        "spec": {"containers": [{"name": "app"}]},
+        "status": {"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+fn revision_of(deployment: &str) -> String {
+    deployment.trim_start_matches("chat-").to_owned()
+}
+
+#[tokio::test]
+async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recording_its_drain() {
+    let (store, ctx) = setup(vec![]);
+    reconcile_once(&store, &ctx).await;
+    mark_deployments_ready(&store);
+    reconcile_once(&store, &ctx).await;
+    let old = {
+        let s = store.lock().expect("store");
+        s.collections[DEPLOYMENTS]
+            .keys()
+            .next()
+            .expect("deployment")
+            .clone()
+    };
+    let old_rev = revision_of(&old);
+    {
+        let mut s = store.lock().expect("store");
+        let pods = s.collections.entry(PODS.to_owned()).or_default();
+        for i in 0..3 {
+            let name = format!("{old}-{i}");
+            pods.insert(
+                name.clone(),
+                pod(&name, &old_rev, &format!("192.0.2.{}", i + 1)),
+            );
+        }
+        let lcs = s
+            .collections
+            .get_mut(LCS_PATH)
+            .and_then(|c| c.get_mut("chat"))
+            .expect("lcs");
+        lcs["spec"]["template"]["metadata"] = json!({"annotations": {"release": "2"}});
+        lcs["metadata"]["generation"] = json!(2);
+    }
+
+    // The template changed: the new revision surges by one; the old one is not touched.
+    let log = reconcile_once(&store, &ctx).await;
+    let new = {
+        let s = store.lock().expect("store");
+        s.collections[DEPLOYMENTS]
+            .keys()
+            .find(|name| **name != old)
+            .expect("a new deployment")
+            .clone()
+    };
+    let writes: Vec<&String> = log
+        .iter()
+        .filter(|l| !l.starts_with("GET") && !l.contains("/events"))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            &format!("PATCH {DEPLOYMENTS}/{new}"),
+            &format!("PATCH {LCS_PATH}/chat/status")
+        ],
+        "{log:#?}"
+    );
+    {
+        let s = store.lock().expect("store");
+        assert_eq!(s.collections[DEPLOYMENTS][&new]["spec"]["replicas"], 1);
+        let old_deployment = &s.collections[DEPLOYMENTS][&old];
+        assert_eq!(old_deployment["spec"]["replicas"], 3);
+        assert!(
+            old_deployment["spec"]["template"]["metadata"]["annotations"]["release"].is_null(),
+            "the old revision keeps its own template"
+        );
+        let rollout = &s.collections[LCS_PATH]["chat"]["status"]["rollout"];
+        assert_eq!(rollout["phase"], "Surging");
+        assert_eq!(rollout["revision"], revision_of(&new));
+    }
+
+    // The surge pod is Ready: one old pod is chosen and asked to drain (its gateway cannot be
+    // reached here, so its report stays unread); nothing is removed yet.
+    {
+        let mut s = store.lock().expect("store");
+        let name = format!("{new}-0");
+        let surge = pod(&name, &revision_of(&new), "192.0.2.10");
+        s.collections
+            .get_mut(PODS)
+            .expect("pods")
+            .insert(name, surge);
+    }
+    mark_deployments_ready(&store);
+    let log = reconcile_once(&store, &ctx).await;
+    assert!(
+        !log.iter().any(|l| l.starts_with("PATCH /api/v1")),
+        "{log:#?}"
+    );
+    let draining = {
+        let s = store.lock().expect("store");
+        let rollout = &s.collections[LCS_PATH]["chat"]["status"]["rollout"];
+        assert_eq!(rollout["phase"], "Draining", "{rollout:#}");
+        let draining = rollout["draining"].as_array().expect("draining").clone();
+        assert_eq!(draining.len(), 1, "maxConcurrentDrains is 1");
+        draining[0]["pod"].as_str().expect("pod").to_owned()
+    };
+
+    // Its drain is recorded as finished and the pod carries the lowest deletion cost: only now
+    // does the old Deployment shrink, by exactly one, with a merge patch of its size alone.
+    {
+        let mut s = store.lock().expect("store");
+        let lcs = s
+            .collections
+            .get_mut(LCS_PATH)
+            .and_then(|c| c.get_mut("chat"))
+            .expect("lcs");
+        lcs["status"]["rollout"]["draining"][0]["finishedAt"] = json!("2026-01-01T00:00:00Z");
+        let pods = s.collections.get_mut(PODS).expect("pods");
+        let drained = pods.get_mut(&draining).expect("drained pod");
+        drained["metadata"]["annotations"] =
+            json!({"controller.kubernetes.io/pod-deletion-cost": "-2147483648"});
+        drained["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    }
+    let log = reconcile_once(&store, &ctx).await;
+    let writes: Vec<&String> = log
+        .iter()
+        .filter(|l| !l.starts_with("GET") && !l.contains("/events"))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            &format!("PATCH {DEPLOYMENTS}/{new}"),
+            &format!("PATCH {DEPLOYMENTS}/{old}"),
+            &format!("PATCH {LCS_PATH}/chat/status")
+        ],
+        "the new revision grows as the old one shrinks: {log:#?}"
+    );
+    let s = store.lock().expect("store");
+    assert_eq!(s.collections[DEPLOYMENTS][&old]["spec"]["replicas"], 2);
+    assert_eq!(s.collections[DEPLOYMENTS][&new]["spec"]["replicas"], 2);
+    assert!(
+        s.collections[DEPLOYMENTS][&old]["spec"]["template"]["metadata"]["annotations"]["release"]
+            .is_null()
+    );
+}
