@@ -8,8 +8,9 @@
 //! so an operator that restarts at any point picks the rollout up where it was.
 //!
 //! One step of a rollout, repeated until no old pod is left:
-//! 1. Surge: the target revision grows to `replicas + maxSurge - (old pods kept)`, at most
-//!    `replicas`. Its pods must all be Ready before any old pod is drained.
+//! 1. Surge: the target revision grows to `replicas + maxSurge - (old pods still serving)`, at
+//!    most `replicas`; old pods being drained do not count, as terminating pods do not count
+//!    against a Deployment's `maxSurge`. Its pods must all be Ready before an old pod is drained.
 //! 2. Pick old pods to drain, up to `maxConcurrentDrains` at a time and only while the Ready
 //!    pods left serving stay at `replicas` (with `maxSurge: 0`, at `replicas` less what the
 //!    disruption budget allows): not-Ready pods first (they go first anyway when a ReplicaSet
@@ -301,7 +302,10 @@ pub fn step(input: &Input) -> Plan {
         .collect();
     revisions.sort_unstable();
     revisions.dedup();
-    let mut old_kept = 0;
+    // Old pods still serving: being drained does not count, as a terminating pod does not count
+    // against a Deployment's maxSurge; so the next new pod starts while the previous old one
+    // drains, and drains follow each other without waiting for a pod to start.
+    let mut old_serving = 0;
     let mut old_left = false;
     for revision in &revisions {
         let spec_replicas = input
@@ -311,14 +315,18 @@ pub fn step(input: &Input) -> Plan {
             .map_or(0, |r| r.replicas);
         let keep = i32::try_from(live(revision).iter().filter(|p| !going(p)).count()).unwrap_or(0);
         let keep = keep.min(spec_replicas).max(0);
-        old_kept += keep;
+        let serving = live(revision)
+            .iter()
+            .filter(|p| !going(p) && !tracked(&p.name, &entries))
+            .count();
+        old_serving += keep.min(i32::try_from(serving).unwrap_or(0));
         let any_pod = input.pods.iter().any(|p| p.revision == *revision);
         if keep > 0 || any_pod {
             replicas.insert((*revision).to_owned(), keep);
             old_left = true;
         }
     }
-    let target_want = (want + surge - old_kept).clamp(0, want);
+    let target_want = (want + surge - old_serving).clamp(0, want);
     let target_live = live(target);
     let target_going = target_live.iter().filter(|p| going(p)).count();
     let target_replicas =
