@@ -270,7 +270,6 @@ pub fn step(input: &Input) -> Plan {
         }
         (_, None) => false,
     };
-    let paused = over_budget && !rolling_back;
     let target = match rollback_to {
         Some(r) if rolling_back => r,
         _ => update,
@@ -332,6 +331,10 @@ pub fn step(input: &Input) -> Plan {
     let target_replicas =
         target_want.max(i32::try_from(target_live.len() - target_going).unwrap_or(0));
     replicas.insert(target.to_owned(), target_replicas);
+
+    // Over budget, no further pod is drained. A record with nothing left to move (sessions lost
+    // by a restarted gateway outside any rollout) is not paused: there is nothing to stop.
+    let paused = over_budget && !rolling_back && (old_left || !entries.is_empty());
 
     // 4. Start drains, within the concurrency limit and the serving floor.
     let unfinished = entries.iter().filter(|e| e.finished_at.is_none()).count();
