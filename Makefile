@@ -39,6 +39,10 @@ demo: ## Run the main job on the embedded local cluster.
 tools: ## Build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm into .tools/.
 	bash e2e/controlplane/build.sh "$(TOOLS_DIR)"
 
+.PHONY: bench-rollout
+bench-rollout: ## A 6-pod rolling update under live sessions: longconn against a plain Deployment.
+	bash scripts/bench-rollout.sh
+
 .PHONY: bench-gateway
 bench-gateway: ## Gateway against nginx and HAProxy: memory per idle session, throughput, latency, handshakes.
 	bash gateway/bench/run.sh

@@ -121,6 +121,7 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         return Ok(last);
     }
     let give_up = tokio::time::Instant::now() + args.max_wait;
+    let waited = !last.is_finished();
     while !last.is_finished() {
         if tokio::time::Instant::now() >= give_up {
             return Err(Error::Admin {
@@ -133,6 +134,9 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         }
         tokio::time::sleep(args.poll_interval).await;
         last = report(&args.admin, token).await?;
+    }
+    if waited {
+        tokio::time::sleep(args.linger).await;
     }
     Ok(last)
 }

@@ -178,6 +178,12 @@ pub struct DrainArgs {
     /// Give up waiting after this long (exit 2).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_wait: Duration,
+    /// With --wait: once a drain this call waited for has finished, stay this much longer, so
+    /// the gateway (and its final report) outlives the hook long enough for whoever follows the
+    /// drain from outside, the operator, to read it. A drain already finished when the call
+    /// starts returns at once.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub linger: Duration,
 }
 
 /// Flags of `longconn-gateway install`.

@@ -241,6 +241,28 @@ async fn drain_wait_exits_zero_when_every_session_migrated() {
 }
 
 #[tokio::test]
+async fn drain_wait_lingers_after_a_drain_it_waited_for_and_not_after_a_finished_one() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, 1).await;
+    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let started = std::time::Instant::now();
+    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s", "--linger", "2s"], true).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for the drain, so it stays the linger time"
+    );
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+    // The gateway's report is still there: a second hook finds the drain finished and returns
+    // without lingering (the 60 s linger would outlast the test's own wait).
+    let (code, out) = run_drain_cli(exe, &gw, &["--linger", "60s"], true).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
 async fn drain_wait_exits_non_zero_when_a_session_was_dropped() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;

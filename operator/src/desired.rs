@@ -451,6 +451,10 @@ fn secret_volume(volume: &str, secret: String) -> Volume {
 /// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
 /// pod that goes away for any reason (eviction, node drain) moves its sessions first. A
 /// container that already has a preStop hook keeps it.
+/// How long the preStop hook keeps a pod after the drain it waited for finished: longer than the
+/// operator's 2 s poll while a drain is followed.
+const DRAIN_LINGER: &str = "5s";
+
 fn inject_drain_hook(container: &mut Container, admin_port: u16) {
     let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
     mounts.push(VolumeMount {
@@ -473,6 +477,10 @@ fn inject_drain_hook(container: &mut Container, admin_port: u16) {
                     format!("{GATEWAY_BIN_DIR}/longconn-gateway"),
                     "drain".to_owned(),
                     "--wait".to_owned(),
+                    // The operator reads the final report of a drain it did not start
+                    // (eviction, node drain) before the pod goes.
+                    "--linger".to_owned(),
+                    DRAIN_LINGER.to_owned(),
                     "--admin".to_owned(),
                     format!("127.0.0.1:{admin_port}"),
                     "--admin-token-file".to_owned(),

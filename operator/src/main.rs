@@ -13,11 +13,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client};
 use longconn_operator::crd::{LongConnService, crd_yaml};
 use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
@@ -296,7 +297,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
         .owns(scoped::<Secret>(&client, ns), owned.clone())
         .owns(scoped::<NetworkPolicy>(&client, ns), owned.clone())
-        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned)
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, ns),
+            owned.clone(),
+        )
+        // Pods are not owned directly (their ReplicaSets are), so they are mapped to their
+        // LongConnService by label: a pod that starts terminating (an eviction, a node drain)
+        // is followed at once, before its drain report can go away with it.
+        .watches(scoped::<Pod>(&client, ns), owned, |pod| {
+            let service = pod.metadata.labels.as_ref()?.get(labels::SERVICE)?;
+            Some(ObjectRef::new(service).within(pod.metadata.namespace.as_deref()?))
+        })
+        // Pod status changes come in bursts; one reconcile per burst is enough.
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(async {
             shutdown_signal().await;
         })

@@ -69,7 +69,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["pods"],
-        verbs: &["list", "patch"],
+        verbs: &["list", "patch", "watch"],
     },
     Rule {
         group: "events.k8s.io",
@@ -122,9 +122,10 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_listed_and_patched_only() {
-        // list: the gateways' reports; patch: the deletion cost of drained pods.
-        assert_eq!(verbs_for("", "pods"), ["list", "patch"]);
+    fn pods_are_listed_watched_and_patched_only() {
+        // list and watch: the gateways to read and pods that start terminating; patch: the
+        // deletion cost of drained pods.
+        assert_eq!(verbs_for("", "pods"), ["list", "patch", "watch"]);
     }
 
     #[test]

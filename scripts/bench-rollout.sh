@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# make bench-rollout: a 6-pod rolling update under live sessions, with longconn and with a plain
+# Deployment, on the embedded local cluster, printed side by side.
+#
+# 1. longconn: a LongConnService with 6 replicas (drain.spread 10s), SESSIONS live WebSocket
+#    sessions, a template change; measured from the change until status.rollout is Complete (every
+#    old pod drained and gone). API requests are the operator's own count
+#    (longconn_operator_api_requests_total) over the rollout.
+# 2. The anchor, on the same cluster and the same pods: the operator is stopped and the
+#    LongConnService deleted with --cascade=orphan, which leaves its Deployment as a plain one
+#    (same pod template: gateway sidecar, preStop `drain --wait` with the same spread), set to
+#    maxSurge 1 / maxUnavailable 0. Same load, a template change; measured until the Deployment's
+#    rollout is done and no old pod is left.
+# Dropped sessions are counted by the clients (and, for longconn, by the operator too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SESSIONS=${SESSIONS:-600}
+REPLICAS=6
+# Sessions run this long in each part; the rollout must end well within it (checked).
+LOAD=180s
+LOAD_SECONDS=180
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "Building the control-plane tools, the operator, the gateway and longconn-e2e (release)"
+make --no-print-directory tools
+cargo build -q --release -p longconn-operator -p longconn-gateway -p longconn-e2e
+bin=target/release
+work=$(mktemp -d)
+cluster="$work/cluster"
+operator_pid=
+runner_pid=
+load_pid=
+
+cleanup() {
+  status=$?
+  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
+  [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
+  [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
+  "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
+  if [ "$status" -ne 0 ]; then
+    echo "bench failed; logs: $work/operator.log, $work/podrunner.log, $cluster/logs" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# The load starts 10 s before the change; the rollout must end at least 10 s before the load.
+check_within_load() {
+  awk -v t="$1" -v l="$LOAD_SECONDS" 'BEGIN { exit !(t + 20 <= l) }' ||
+    { echo "the rollout took $1 s, too close to the end of the $LOAD load" >&2; exit 1; }
+}
+json_field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1"; }
+
+step "Starting the local control plane and the pod runner (3 nodes)"
+"$bin/longconn-e2e" cluster up --dir "$cluster"
+eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
+"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$PWD/$bin" >"$work/podrunner.log" 2>&1 &
+runner_pid=$!
+kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
+kubectl apply --server-side -f crds/longconnservices.longconn.dev.yaml >/dev/null
+for _ in $(seq 1 30); do
+  kubectl wait --for condition=established --timeout=60s crd/longconnservices.longconn.dev >/dev/null 2>&1 && break
+  sleep 1
+done
+kubectl create namespace longconn-system >/dev/null
+"$bin/longconn-operator" run --log-format=text --operator-namespace=longconn-system \
+  --metrics-listen=127.0.0.1:0 >"$work/operator.log" 2>&1 &
+operator_pid=$!
+metrics=
+for _ in $(seq 1 50); do
+  metrics=$(sed -n 's/.*serving \/metrics.*addr=Some(\([0-9.:]*\)).*/\1/p' "$work/operator.log" | head -n 1)
+  [ -n "$metrics" ] && break
+  sleep 0.2
+done
+[ -n "$metrics" ] || { echo "the operator did not report its metrics address" >&2; exit 1; }
+api_requests() {
+  curl -fsS "http://$metrics/metrics" | awk '/^longconn_operator_api_requests_total/ { n += $2 } END { print n + 0 }'
+}
+
+step "longconn: $REPLICAS pods, $SESSIONS live sessions, a template change"
+sed -e "s/replicas: 3/replicas: $REPLICAS/" examples/chat.yaml | kubectl apply --server-side -f - >/dev/null
+kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=$REPLICAS --timeout=300s >/dev/null
+"$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+  >"$work/longconn-load.json" 2>"$work/longconn-load.log" &
+load_pid=$!
+sleep 10
+before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
+requests_before=$(api_requests)
+start=$(now)
+kubectl patch lcs chat --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"2"}}}}}' >/dev/null
+for _ in $(seq 1 1200); do
+  read -r started phase <<<"$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}{" "}{.status.rollout.phase}')"
+  [ "$started" != "$before" ] && [ "$phase" = Complete ] && break
+  sleep 0.25
+done
+[ "$phase" = Complete ] || { echo "the longconn rollout did not complete within 5 minutes" >&2; exit 1; }
+longconn_time=$(elapsed "$start" "$(now)")
+check_within_load "$longconn_time"
+requests=$(( $(api_requests) - requests_before ))
+read -r drained operator_dropped <<<"$(kubectl get lcs chat -o jsonpath='{.status.rollout.podsDrained}{" "}{.status.rollout.sessionsDropped}')"
+wait "$load_pid" || true
+load_pid=
+echo "    ${longconn_time}s, $drained pods drained, operator: $operator_dropped dropped; clients: $(tail -n 1 "$work/longconn-load.log")"
+
+step "Plain Deployment: the same pods, the operator stopped, the LongConnService orphaned"
+kill "$operator_pid"
+wait "$operator_pid" || true
+operator_pid=
+deployment=$(kubectl get deployments -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.name}')
+kubectl delete lcs chat --cascade=orphan >/dev/null
+kubectl patch deployment "$deployment" --type merge \
+  -p '{"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}' >/dev/null
+kubectl rollout status deployment "$deployment" --timeout=120s >/dev/null
+"$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+  >"$work/plain-load.json" 2>"$work/plain-load.log" &
+load_pid=$!
+sleep 10
+old_hash=$(kubectl get pods -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.labels.pod-template-hash}')
+start=$(now)
+kubectl patch deployment "$deployment" --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"3"}}}}}' >/dev/null
+kubectl rollout status deployment "$deployment" --timeout=300s >/dev/null
+for _ in $(seq 1 1200); do
+  [ "$(kubectl get pods -l "longconn.dev/service=chat,pod-template-hash=$old_hash" -o name | wc -l)" -eq 0 ] && break
+  sleep 0.25
+done
+plain_time=$(elapsed "$start" "$(now)")
+check_within_load "$plain_time"
+wait "$load_pid" || true
+load_pid=
+echo "    ${plain_time}s; clients: $(tail -n 1 "$work/plain-load.log")"
+
+step "Results: $REPLICAS-pod rolling update, $SESSIONS live sessions, drain.spread 10s, one run"
+longconn_clients=$(json_field "$work/longconn-load.json" dropped)
+plain_clients=$(json_field "$work/plain-load.json" dropped)
+per_pod=$(awk -v r="$requests" -v d="$drained" 'BEGIN { if (d > 0) printf "%.1f", r / d; else print "-" }')
+printf '    %-18s %12s %20s %20s %30s\n' "" "wall time" "dropped (clients)" "dropped (operator)" "API requests per drained pod"
+printf '    %-18s %11ss %20s %20s %30s\n' "longconn" "$longconn_time" "${longconn_clients:-?}" "$operator_dropped" "$per_pod ($requests for $drained pods)"
+printf '    %-18s %11ss %20s %20s %30s\n' "plain Deployment" "$plain_time" "${plain_clients:-?}" "-" "- (made by the controllers)"
+awk -v a="$longconn_time" -v b="$plain_time" 'BEGIN { printf "    longconn / plain wall time: %.2f\n", a / b }'
