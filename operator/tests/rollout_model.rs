@@ -6,23 +6,30 @@
 //!   the order a real ReplicaSet ranks them: not running first, then not Ready, then the lowest
 //!   `controller.kubernetes.io/pod-deletion-cost`, then the newest. A deleted pod is terminating,
 //!   its gateway runs the preStop drain, and it is gone once the drained report has been seen;
+//! - a kubelet whose Ready condition shows each pod's readiness probe some reconciles late (a
+//!   draining gateway fails the probe);
 //! - a gateway per pod, whose drain moves half of its movable sessions in the first tick and the
 //!   rest in the second, while "stubborn" sessions stay until the drain deadline and are then
-//!   force-closed. Every client whose session ends reconnects to the Ready, serving pod with the
-//!   fewest sessions, so the number of clients is conserved;
+//!   force-closed. A gateway may also restart and lose its sessions. Every client whose session
+//!   ends reconnects to the Ready, serving pod with the fewest sessions, so the number of
+//!   clients is conserved;
 //! - a shell that performs the plan: drains, deletion costs, replicas (a revision left out of
 //!   the plan loses its Deployment and its pods) and the status (`status::compute` with
 //!   `plan.rollout` as `status.rollout`). It can die at a chosen tick having performed only some
-//!   of those, as an operator restarting mid-reconcile does.
+//!   of those, as an operator restarting mid-reconcile does; it then forgets what it kept in
+//!   memory.
+//!
+//! Scripts add what the operator does not control: evictions, pods that vanish, apps whose
+//! readiness fails, gateway restarts, a new revision or a new `spec.replicas` at a chosen tick.
 //!
 //! Every tick checks the model's own books (drain reports add up, no client is lost), that
-//! `step` gives the same plan twice for the same input, that no pod with open sessions is
-//! deleted before its drain finished, that drains under way stay within
-//! `maxConcurrentDrains`, and that Ready serving pods stay at the floor. Each test then checks
-//! the end state and the session accounting of one behaviour.
+//! `step` gives the same plan twice for the same input, that no pod that served is deleted
+//! before its drain finished, that drains under way stay within `maxConcurrentDrains`, and that
+//! Ready serving pods stay at the floor. Each test then checks the end state and the session
+//! accounting of one behaviour. Tests marked `#[ignore]` pin known defects of `step`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -33,7 +40,9 @@ use longconn_operator::crd::{
     DropBudgetAction, LongConnService, LongConnServiceSpec, RolloutPhase, RolloutStatus,
 };
 use longconn_operator::desired::ObservedRevision;
-use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
+use longconn_operator::rollout::{
+    self, GatewayLoss, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict,
+};
 use longconn_operator::status::{self, CertFacts, Facts, MonitoringFacts};
 
 /// No scenario may need more ticks than this to reach what it waits for.
@@ -138,6 +147,14 @@ struct Pod {
     cost: Option<i32>,
     /// Its readiness probe fails for a reason of its own (the app is unwell).
     unwell: bool,
+    /// The Ready condition as the API shows it: the probe's result some observations ago.
+    ready: bool,
+    /// The latest probe results, oldest first.
+    probes: VecDeque<bool>,
+    /// Was ever listed as a Ready endpoint.
+    served: bool,
+    /// Restart count of the gateway container.
+    restarts: i32,
     gateway: Gateway,
 }
 
@@ -146,14 +163,14 @@ impl Pod {
         self.stage != Stage::Pending
     }
 
-    /// The Ready condition: a draining gateway fails its readiness probe.
-    fn ready(&self) -> bool {
+    /// The readiness probe: a draining gateway fails it.
+    fn probe(&self) -> bool {
         self.stage == Stage::Ready && !self.unwell && self.gateway.state == DrainState::Serving
     }
 
-    /// Takes new sessions: Ready and not on its way out.
+    /// Takes new sessions: listed as a Ready endpoint, and its gateway accepts.
     fn serving(&self) -> bool {
-        self.ready() && !self.terminating
+        self.ready && self.probe() && !self.terminating
     }
 
     fn facts(&self) -> PodFacts {
@@ -161,7 +178,7 @@ impl Pod {
             name: self.name.clone(),
             revision: self.revision.clone(),
             running: self.running(),
-            ready: self.ready(),
+            ready: self.ready,
             terminating: self.terminating,
             deletion_cost: self.cost,
             report: self.running().then(|| self.gateway.report()),
@@ -172,7 +189,7 @@ impl Pod {
     fn deletion_rank(&self) -> (bool, bool, i32, Reverse<u32>) {
         (
             self.running(),
-            self.ready(),
+            self.ready,
             self.cost.unwrap_or(0),
             Reverse(self.seq),
         )
@@ -220,12 +237,23 @@ struct Script {
     stall_from: Option<u32>,
     /// The first pod seen mid-drain with open sessions is deleted out from under the operator.
     vanish_mid_drain: bool,
+    /// A gateway process restarts, losing its sessions.
+    gateway_restart: Option<GatewayRestart>,
     /// At this tick this pod is evicted: it terminates and its preStop drain runs.
     evict: Option<(u32, String)>,
     /// From this tick on, this pod's readiness probe fails; its sessions stay open.
     unwell: Option<(u32, String)>,
     /// At this tick `spec.replicas` changes to this.
     resize: Option<(u32, i32)>,
+}
+
+/// Whose gateway restarts, and when.
+#[derive(Clone, Debug)]
+enum GatewayRestart {
+    /// This pod's, at this tick.
+    At(u32, String),
+    /// The first gateway seen mid-drain with open sessions.
+    MidDrain,
 }
 
 /// Which invariants hold in a scenario.
@@ -238,6 +266,8 @@ struct Checks {
 }
 
 struct Model {
+    /// What is being run, for failure messages.
+    label: String,
     lcs: LongConnService,
     update: String,
     /// `spec.replicas` of each revision's Deployment.
@@ -259,7 +289,7 @@ struct Model {
     migrated: i64,
     /// Sessions force-closed at a drain deadline.
     force_closed: i64,
-    /// Sessions lost with a pod that vanished.
+    /// Sessions lost with a pod that vanished or a gateway that restarted.
     lost: i64,
     /// Pods the operator asked to drain.
     drain_asked: BTreeSet<String>,
@@ -267,10 +297,17 @@ struct Model {
     recorded: BTreeSet<String>,
     /// Pods that vanished out from under the operator.
     vanished: Vec<String>,
+    /// Gateways that restarted.
+    restarted: Vec<String>,
+    /// What the operator remembers of each gateway between reconciles (its restart count and
+    /// last reported open sessions); lost when the operator restarts.
+    gateways_seen: BTreeMap<String, (i32, i64)>,
     events: Vec<(u32, Note)>,
     progressing: Option<Verdict>,
     violations: Vec<String>,
     floor_reached: bool,
+    /// Observations between a readiness probe's result and the Ready condition showing it.
+    readiness_lag: usize,
     most_draining: usize,
     last_plan: Option<Plan>,
     history: Vec<String>,
@@ -282,6 +319,7 @@ impl Model {
     fn settled(lcs: LongConnService) -> Self {
         let replicas = lcs.spec.replicas;
         let mut model = Self {
+            label: String::new(),
             lcs,
             update: "a".to_owned(),
             deployments: BTreeMap::from([("a".to_owned(), replicas)]),
@@ -291,6 +329,7 @@ impl Model {
             tick: 0,
             now: "2026-01-01T00:00:00Z".parse().expect("time"),
             stalled: false,
+            readiness_lag: 1,
             script: Script::default(),
             checks: Checks {
                 floor: true,
@@ -304,6 +343,8 @@ impl Model {
             drain_asked: BTreeSet::new(),
             recorded: BTreeSet::new(),
             vanished: Vec::new(),
+            restarted: Vec::new(),
+            gateways_seen: BTreeMap::new(),
             events: Vec::new(),
             progressing: None,
             violations: Vec::new(),
@@ -312,16 +353,38 @@ impl Model {
             last_plan: None,
             history: Vec::new(),
         };
+        let lag = model.readiness_lag;
         for i in 0..usize::try_from(replicas).expect("replicas") {
             model.create_pod("a");
             let pod = model.pods.last_mut().expect("just created");
             pod.stage = Stage::Ready;
+            pod.ready = true;
+            pod.served = true;
+            pod.probes = VecDeque::from(vec![true; lag]);
             pod.gateway.active = SESSIONS[i % SESSIONS.len()];
             model.clients += pod.gateway.active;
         }
         let (_, revisions) = model.observe();
         model.write_status(&revisions, None);
         model
+    }
+
+    /// Replaces the open sessions of the pods there now, in creation order.
+    fn with_sessions(mut self, sessions: &[i64]) -> Self {
+        for (pod, n) in self.pods.iter_mut().zip(sessions.iter().cycle()) {
+            self.clients += n - pod.gateway.active;
+            pod.gateway.active = *n;
+        }
+        self
+    }
+
+    /// Shows each pod's readiness probe result `lag` observations late.
+    fn with_readiness_lag(mut self, lag: usize) -> Self {
+        self.readiness_lag = lag;
+        for pod in &mut self.pods {
+            pod.probes = VecDeque::from(vec![pod.ready; lag]);
+        }
+        self
     }
 
     /// Gives every pod there now `n` stubborn sessions (of those it holds).
@@ -372,6 +435,10 @@ impl Model {
             terminating: false,
             cost: None,
             unwell: false,
+            ready: false,
+            probes: VecDeque::new(),
+            served: false,
+            restarts: 0,
             gateway: Gateway::default(),
         });
     }
@@ -389,7 +456,7 @@ impl Model {
                     .iter()
                     .filter(|p| p.revision == *revision && !p.terminating);
                 let count = |ready: bool| {
-                    let n = active.clone().filter(|p| !ready || p.ready()).count();
+                    let n = active.clone().filter(|p| !ready || p.ready).count();
                     i32::try_from(n).expect("pods")
                 };
                 ObservedRevision {
@@ -401,6 +468,19 @@ impl Model {
             })
             .collect();
         (pods, revisions)
+    }
+
+    /// Probes every pod; the Ready condition shows the result `readiness_lag` probes late.
+    fn kubelet(&mut self) {
+        let lag = self.readiness_lag;
+        for pod in &mut self.pods {
+            pod.probes.push_back(pod.probe());
+            while pod.probes.len() > lag + 1 {
+                pod.probes.pop_front();
+            }
+            pod.ready = pod.probes.len() == lag + 1 && pod.probes[0];
+            pod.served |= pod.ready;
+        }
     }
 
     /// One reconcile, then one tick of the cluster.
@@ -419,8 +499,10 @@ impl Model {
         if self.script.stall_from.is_some_and(|at| self.tick >= at) {
             self.stalled = true;
         }
+        self.kubelet();
         let (pods, revisions) = self.observe();
         self.check_cluster();
+        let gateway_losses = self.gateway_losses();
         let plan = {
             let input = Input {
                 lcs: &self.lcs,
@@ -428,7 +510,7 @@ impl Model {
                 revisions: &revisions,
                 pods: &pods,
                 update_stalled: self.stalled,
-                gateway_losses: &[],
+                gateway_losses: &gateway_losses,
                 now: self.now,
             };
             let plan = rollout::step(&input);
@@ -450,10 +532,41 @@ impl Model {
                 Action::Status => self.write_status(&revisions, Some(&plan)),
             }
         }
+        if actions.len() < ACTIONS.len() {
+            // The operator restarts: what it kept in memory is gone.
+            self.gateways_seen.clear();
+        }
+        self.check_drains();
         self.last_plan = Some(plan);
         self.advance();
         self.tick += 1;
         self.now += TICK;
+    }
+
+    /// Gateways whose restart count went up since the last reconcile lost the sessions they
+    /// last reported, as the reconciler works it out.
+    fn gateway_losses(&mut self) -> Vec<GatewayLoss> {
+        let names: BTreeSet<&String> = self.pods.iter().map(|p| &p.name).collect();
+        self.gateways_seen.retain(|name, _| names.contains(name));
+        let mut losses = Vec::new();
+        for pod in &self.pods {
+            let seen = self
+                .gateways_seen
+                .entry(pod.name.clone())
+                .or_insert((pod.restarts, 0));
+            if pod.restarts > seen.0 && seen.1 > 0 {
+                losses.push(GatewayLoss {
+                    pod: pod.name.clone(),
+                    sessions: seen.1,
+                });
+                seen.1 = 0;
+            }
+            seen.0 = pod.restarts;
+            if pod.running() {
+                seen.1 = pod.gateway.active;
+            }
+        }
+        losses
     }
 
     fn send_drains(&mut self, plan: &Plan) {
@@ -561,6 +674,27 @@ impl Model {
         {
             pod.unwell = true;
         }
+        let restarting = match &self.script.gateway_restart {
+            Some(GatewayRestart::At(at, name)) if *at == self.tick => {
+                self.pods.iter().position(|p| p.name == *name)
+            }
+            Some(GatewayRestart::MidDrain) if self.restarted.is_empty() => {
+                self.pods.iter().position(|p| {
+                    p.gateway.state == DrainState::Draining
+                        && p.gateway.active > 0
+                        && self.drain_asked.contains(&p.name)
+                })
+            }
+            _ => None,
+        };
+        if let Some(i) = restarting {
+            let pod = &mut self.pods[i];
+            self.lost += pod.gateway.active;
+            self.reconnecting += pod.gateway.active;
+            pod.gateway = Gateway::default();
+            pod.restarts += 1;
+            self.restarted.push(pod.name.clone());
+        }
         if self.script.vanish_mid_drain && self.vanished.is_empty() {
             let recorded = |name: &str| {
                 self.rollout().is_some_and(|r| {
@@ -613,13 +747,16 @@ impl Model {
     fn delete_pod(&mut self, i: usize) {
         let tick = self.tick;
         let pod = &mut self.pods[i];
-        if pod.running() && pod.gateway.active > 0 {
-            let how = match pod.gateway.state {
-                DrainState::Serving => "without a drain",
-                _ => "before its drain finished",
-            };
+        let how = match pod.gateway.state {
+            // A pod that never served has nothing to drain.
+            _ if !pod.served => None,
+            DrainState::Serving => Some("without a drain"),
+            DrainState::Draining if pod.gateway.active > 0 => Some("before its drain finished"),
+            _ => None,
+        };
+        if let Some(how) = how {
             self.violations.push(format!(
-                "tick {tick}: pod {} deleted {how} with {} open sessions",
+                "tick {tick}: pod {} deleted {how}, with {} open sessions",
                 pod.name, pod.gateway.active
             ));
         }
@@ -660,6 +797,19 @@ impl Model {
         if let Some(v) = self.violations.first() {
             self.fail(v);
         }
+        let serving = self.pods.iter().filter(|p| p.serving()).count();
+        let floor = self.floor();
+        if serving >= floor {
+            self.floor_reached = true;
+        } else if self.checks.floor && self.floor_reached {
+            self.fail(&format!(
+                "{serving} Ready serving pods, fewer than the floor of {floor}"
+            ));
+        }
+    }
+
+    /// Right after the shell acted, when the most drains are under way.
+    fn check_drains(&mut self) {
         let draining = self
             .pods
             .iter()
@@ -672,15 +822,6 @@ impl Model {
         if self.checks.concurrency && draining > limit {
             self.fail(&format!(
                 "{draining} drains under way, more than maxConcurrentDrains {limit}"
-            ));
-        }
-        let serving = self.pods.iter().filter(|p| p.serving()).count();
-        let floor = self.floor();
-        if serving >= floor {
-            self.floor_reached = true;
-        } else if self.checks.floor && self.floor_reached {
-            self.fail(&format!(
-                "{serving} Ready serving pods, fewer than the floor of {floor}"
             ));
         }
     }
@@ -757,6 +898,9 @@ impl Model {
 
     fn dump(&self) -> String {
         let mut out = String::new();
+        if !self.label.is_empty() {
+            let _ = writeln!(out, "scenario: {}", self.label);
+        }
         let spec = &self.lcs.spec;
         let _ = writeln!(
             out,
@@ -781,7 +925,7 @@ impl Model {
                  atStart {} migrated {} dropped {}",
                 p.name,
                 p.stage,
-                if p.ready() { " ready" } else { "" },
+                if p.ready { " ready" } else { "" },
                 if p.terminating { " terminating" } else { "" },
                 if p.unwell { " unwell" } else { "" },
                 p.cost,
@@ -889,10 +1033,14 @@ fn warnings(model: &Model, reason: &str) -> usize {
         .count()
 }
 
-/// After a rollout: complete, every old pod drained before it went, nothing dropped, and the
-/// operator's accounting equal to the model's.
+/// After a rollout or scale-down: complete, every pod of `initial` that went was drained
+/// before it went, nothing dropped, and the operator's accounting equal to the model's.
 #[track_caller]
-fn assert_clean_rollout(model: &Model, old_pods: &[String]) {
+fn assert_clean_rollout(model: &Model, initial: &[String]) {
+    let old_pods: Vec<&String> = initial
+        .iter()
+        .filter(|name| !model.pods.iter().any(|p| p.name == **name))
+        .collect();
     let r = model.rollout().expect("status.rollout");
     model.check(r.phase == RolloutPhase::Complete, "phase Complete");
     model.check(model.violations.is_empty(), "no pod deleted undrained");
@@ -925,7 +1073,7 @@ fn assert_clean_rollout(model: &Model, old_pods: &[String]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1, 2. Rolling updates
+// Rolling updates
 
 #[test]
 fn rolling_update_drains_every_old_pod_and_drops_nothing() {
@@ -970,10 +1118,19 @@ fn rolling_update_keeps_its_guarantees_for_every_surge_and_drain_limit() {
                 if status::scaled(surge, replicas, true) == 0 && !allows_one_down {
                     continue;
                 }
-                let mut model = rolling_update(lcs);
-                let old = pods_of(&model, "a");
-                model.run_to_completion();
-                assert_clean_rollout(&model, &old);
+                for readiness_lag in 0..=2 {
+                    for idle in [false, true] {
+                        let mut model =
+                            rolling_update(lcs.clone()).with_readiness_lag(readiness_lag);
+                        if idle {
+                            model = model.with_sessions(&[0]);
+                        }
+                        model.label = format!("readiness lag {readiness_lag}, idle pods {idle}");
+                        let old = pods_of(&model, "a");
+                        model.run_to_completion();
+                        assert_clean_rollout(&model, &old);
+                    }
+                }
             }
         }
     }
@@ -990,30 +1147,55 @@ fn a_single_replica_with_max_surge_zero_rolls_out() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Restarts
+// Operator restarts and disruptions
 
-/// Ticks a rolling update of `lcs` takes without a crash.
-fn ticks_to_complete(lcs: &LongConnService) -> u32 {
-    let mut model = rolling_update(lcs.clone());
+/// Ticks a scenario takes to complete without a crash.
+fn ticks_to_complete(mut model: Model) -> u32 {
     model.run_to_completion();
     model.tick
 }
 
+/// A named way to build a model.
+type Scenario = (&'static str, fn() -> Model);
+
+/// The scenarios the restart test replays, crashing at each of their ticks.
+fn restart_scenarios() -> Vec<Scenario> {
+    vec![
+        ("rolling update of 3", || rolling_update(service(3))),
+        ("rolling update of 4, maxSurge 2, 2 drains at once", || {
+            rolling_update(service_with(4, IntOrString::Int(2), 2))
+        }),
+        ("rolling update of 3, maxSurge 0", || {
+            rolling_update(service_with(3, IntOrString::Int(0), 1))
+        }),
+        ("rolling update of 3 pods without sessions", || {
+            rolling_update(service(3)).with_sessions(&[0])
+        }),
+        ("scale-down from 5 to 2", || {
+            let mut model = Model::settled(service(5));
+            model.lcs.spec.replicas = 2;
+            model
+        }),
+    ]
+}
+
 #[test]
-fn restart_at_any_point_of_a_rolling_update_neither_loses_nor_double_counts() {
-    for lcs in [
-        service(3),
-        service_with(4, IntOrString::Int(2), 2),
-        service_with(3, IntOrString::Int(0), 1),
-    ] {
-        let ticks = ticks_to_complete(&lcs);
-        for at in 0..=ticks {
-            for kind in crash_kinds() {
-                let mut model = rolling_update(lcs.clone());
-                model.script.crash = Some((at, kind));
-                let old = pods_of(&model, "a");
-                model.run_to_completion();
-                assert_clean_rollout(&model, &old);
+fn restart_at_any_point_neither_loses_nor_double_counts() {
+    for (name, build) in restart_scenarios() {
+        for readiness_lag in [1, 2] {
+            let ticks = ticks_to_complete(build().with_readiness_lag(readiness_lag));
+            for at in 0..=ticks {
+                for kind in crash_kinds() {
+                    let mut model = build().with_readiness_lag(readiness_lag);
+                    let initial: Vec<String> = model.pods.iter().map(|p| p.name.clone()).collect();
+                    model.script.crash = Some((at, kind.clone()));
+                    model.label = format!(
+                        "{name}, readiness lag {readiness_lag}, crash at tick {at} doing only \
+                         {kind:?}"
+                    );
+                    model.run_to_completion();
+                    assert_clean_rollout(&model, &initial);
+                }
             }
         }
     }
@@ -1031,62 +1213,82 @@ enum Disruption {
     Resize(i32),
 }
 
+const DISRUPTIONS: [Disruption; 6] = [
+    Disruption::Evict("a-3"),
+    Disruption::Evict("a-2"),
+    Disruption::Unwell("a-3"),
+    Disruption::Unwell("a-1"),
+    Disruption::Resize(2),
+    Disruption::Resize(5),
+];
+
+/// Runs a rolling update of 3 with `disruption` at tick `at`, to completion.
+fn disrupted_rollout(disruption: Disruption, at: u32, readiness_lag: usize) -> Model {
+    let mut model = rolling_update(service(3)).with_readiness_lag(readiness_lag);
+    model.label = format!("{disruption:?} at tick {at}, readiness lag {readiness_lag}");
+    match disruption {
+        Disruption::Evict(pod) => {
+            model.script.evict = Some((at, pod.to_owned()));
+            model.checks.floor = false;
+        }
+        Disruption::Unwell(pod) => {
+            model.script.unwell = Some((at, pod.to_owned()));
+            model.checks.floor = false;
+        }
+        Disruption::Resize(replicas) => model.script.resize = Some((at, replicas)),
+    }
+    model.run_until("the disruption happens", |m| m.tick > at);
+    model.run_to_completion();
+    model
+}
+
 #[test]
 fn disruptions_at_any_point_of_a_rolling_update_drop_nothing() {
-    let lcs = service(3);
-    let ticks = ticks_to_complete(&lcs);
-    let disruptions = [
-        Disruption::Evict("a-3"),
-        Disruption::Evict("a-2"),
-        Disruption::Unwell("a-3"),
-        Disruption::Unwell("a-1"),
-        Disruption::Resize(2),
-        Disruption::Resize(5),
-    ];
-    for disruption in disruptions {
+    let ticks = ticks_to_complete(rolling_update(service(3)));
+    for disruption in DISRUPTIONS {
         for at in 0..=ticks {
-            let mut model = rolling_update(lcs.clone());
-            match disruption {
-                Disruption::Evict(pod) => {
-                    model.script.evict = Some((at, pod.to_owned()));
-                    model.checks.floor = false;
-                    model.checks.concurrency = false;
-                }
-                Disruption::Unwell(pod) => {
-                    model.script.unwell = Some((at, pod.to_owned()));
-                    model.checks.floor = false;
-                }
-                Disruption::Resize(replicas) => model.script.resize = Some((at, replicas)),
-            }
-            model.run_until("the disruption happens", |m| m.tick > at);
-            model.run_to_completion();
+            let model = disrupted_rollout(disruption, at, 1);
             let r = model.rollout().expect("status.rollout");
-            let context = format!("{disruption:?} at tick {at}");
-            model.check(
-                model.violations.is_empty(),
-                &format!("{context}: no pod deleted undrained"),
-            );
+            model.check(model.violations.is_empty(), "no pod deleted undrained");
             model.check(
                 r.sessions_dropped == 0 && model.force_closed + model.lost == 0,
-                &format!("{context}: 0 dropped"),
+                "0 dropped",
             );
+            // A resize after the rollout starts a record of its own.
+            let records = model
+                .events
+                .iter()
+                .filter(|(_, e)| e.reason == "RolloutStarted")
+                .count();
             model.check(
-                model.deployments.keys().eq(["b"]),
-                &format!("{context}: only b's Deployment"),
+                records > 1 || r.sessions_migrated == model.migrated,
+                "migrated sessions counted exactly",
             );
+            model.check(model.deployments.keys().eq(["b"]), "only b's Deployment");
         }
     }
 }
 
+#[test]
+#[ignore = "a drained pod still shown Ready is counted out before the shrink, so the ReplicaSet deletes a not-Ready undrained pod instead"]
+fn a_shrink_removes_the_drained_pod_even_while_its_ready_condition_lags() {
+    // The Ready condition shows the probe three reconciles late (watch events can trigger
+    // reconciles far faster than the kubelet's probe period). a-2 is drained and marked; a-3's
+    // app turned unwell meanwhile, so a-3 is not Ready and ranks before a-2 when `a` shrinks.
+    let model = disrupted_rollout(Disruption::Unwell("a-3"), 3, 3);
+    model.check(model.violations.is_empty(), "no pod deleted undrained");
+}
+
 // ---------------------------------------------------------------------------------------------
-// 4. A newer revision mid-rollout
+// A newer revision mid-rollout
 
 #[test]
 fn a_revision_arriving_mid_rollout_ends_with_only_the_newest() {
     let lcs = service(3);
-    let ticks = ticks_to_complete(&lcs);
+    let ticks = ticks_to_complete(rolling_update(lcs.clone()));
     for at in 0..=ticks {
         let mut model = rolling_update(lcs.clone());
+        model.label = format!("revision c arrives at tick {at}");
         model.script.new_revision = Some((at, "c".to_owned()));
         model.run_until("the spec changes", |m| m.update == "c");
         model.run_to_completion();
@@ -1103,7 +1305,7 @@ fn a_revision_arriving_mid_rollout_ends_with_only_the_newest() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Scaling
+// Scaling
 
 #[test]
 fn scale_down_drains_every_removed_pod_first() {
@@ -1155,42 +1357,68 @@ fn scale_up_is_immediate() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. A bad revision
+// A revision that never gets Ready
 
 #[test]
 fn a_revision_that_never_gets_ready_drains_no_old_pod_and_pauses_when_stalled() {
-    let mut model = rolling_update(service(3));
-    model.bad.insert("b".to_owned());
-    model.script.stall_from = Some(20);
-    let old = pods_of(&model, "a");
-    model.run_for(20);
-    model.check(
-        model.phase() == Some(RolloutPhase::Surging),
-        "surging while the new pods start",
-    );
-    model.run_for(40);
-    model.check(model.drain_asked.is_empty(), "no pod drained");
-    for pod in &old {
+    // With maxSurge 0 the first old pod makes room for a new one before any is Ready; none
+    // after it goes.
+    for (surge, drained) in [
+        (IntOrString::Int(1), 0),
+        (IntOrString::Int(2), 0),
+        (IntOrString::Int(0), 1),
+    ] {
+        let mut model = rolling_update(service_with(3, surge.clone(), 2));
+        model.label = format!("maxSurge {surge:?}");
+        model.bad.insert("b".to_owned());
+        model.script.stall_from = Some(20);
+        let old = pods_of(&model, "a");
+        model.run_for(20);
         model.check(
-            model.pods.iter().any(|p| p.name == *pod && !p.terminating),
-            &format!("old pod {pod} still there"),
+            model.phase() != Some(RolloutPhase::Paused),
+            "not paused while the new pods start",
         );
-    }
-    model.check(
-        model
-            .pods
+        model.run_for(40);
+        model.check(
+            model.drain_asked.len() == drained,
+            &format!("{drained} old pods drained"),
+        );
+        let kept = old
             .iter()
-            .all(|p| p.gateway.state == DrainState::Serving),
-        "no gateway draining",
-    );
-    model.check(
-        model.phase() == Some(RolloutPhase::Paused),
-        "phase Paused once the Deployment stalled",
-    );
+            .filter(|name| {
+                model
+                    .pods
+                    .iter()
+                    .any(|p| p.name == **name && !p.terminating)
+            })
+            .count();
+        model.check(
+            kept == old.len() - drained,
+            "the other old pods still there",
+        );
+        model.check(
+            model
+                .pods
+                .iter()
+                .all(|p| p.gateway.state != DrainState::Draining),
+            "no drain under way",
+        );
+        model.check(
+            model.phase() == Some(RolloutPhase::Paused),
+            "phase Paused once the Deployment stalled",
+        );
+        let status = model.lcs.status.as_ref().expect("status");
+        let progressing = status::condition(status, status::PROGRESSING).expect("Progressing");
+        model.check(
+            progressing.status == "False" && progressing.reason == "ProgressDeadlineExceeded",
+            "Progressing=False, reason ProgressDeadlineExceeded",
+        );
+        model.check(model.violations.is_empty(), "no pod deleted undrained");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. The drop budget
+// The drop budget
 
 /// A rolling update whose old pods each hold 2 sessions that only the deadline ends.
 fn stubborn_rollout(action: DropBudgetAction) -> Model {
@@ -1232,11 +1460,46 @@ fn drop_budget_exceeded_pauses_the_rollout_with_one_warning() {
         !verdict.status && verdict.reason == "DropBudgetExceeded",
         "Progressing=False, reason DropBudgetExceeded",
     );
+    let status = model.lcs.status.as_ref().expect("status");
+    let progressing = status::condition(status, status::PROGRESSING).expect("Progressing");
+    model.check(
+        progressing.status == "False" && progressing.reason == "DropBudgetExceeded",
+        "the written Progressing condition says DropBudgetExceeded",
+    );
     model.check(
         warnings(&model, "DropBudgetExceeded") == 1,
         "exactly one DropBudgetExceeded warning",
     );
     model.check(model.violations.is_empty(), "no pod deleted undrained");
+}
+
+#[test]
+fn drop_budget_accounting_survives_operator_restarts() {
+    let ticks = 30;
+    for at in 0..=ticks {
+        for kind in crash_kinds() {
+            let mut model = stubborn_rollout(DropBudgetAction::Pause);
+            model.label = format!("crash at tick {at} doing only {kind:?}");
+            model.script.crash = Some((at, kind));
+            model.run_for(ticks + 20);
+            let r = model.rollout().expect("status.rollout");
+            model.check(r.phase == RolloutPhase::Paused, "phase Paused");
+            model.check(
+                r.sessions_dropped == model.force_closed && model.force_closed == 2,
+                "sessionsDropped equals the sessions force-closed",
+            );
+            model.check(
+                r.sessions_migrated == model.migrated,
+                "migrated sessions counted exactly",
+            );
+            model.check(model.drain_asked.len() == 1, "one pod drained");
+            model.check(
+                warnings(&model, "DropBudgetExceeded") == 1,
+                "exactly one DropBudgetExceeded warning",
+            );
+            model.check(model.violations.is_empty(), "no pod deleted undrained");
+        }
+    }
 }
 
 #[test]
@@ -1314,7 +1577,7 @@ fn drop_budget_exceeded_rolls_back_to_the_current_revision() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8, 9. Pods going without the operator
+// Sessions lost, and drains, the operator did not start
 
 #[test]
 fn a_pod_vanishing_mid_drain_counts_its_last_known_sessions_as_dropped() {
@@ -1345,6 +1608,61 @@ fn a_pod_vanishing_mid_drain_counts_its_last_known_sessions_as_dropped() {
 }
 
 #[test]
+fn a_gateway_restart_counts_its_last_reported_sessions_as_dropped() {
+    let mut model = Model::settled(service(3));
+    model.script.gateway_restart = Some(GatewayRestart::At(2, "a-1".to_owned()));
+    model.checks.floor = false;
+    model.run_for(4);
+    model.run_until("the record settles", |m| {
+        m.last_plan.as_ref().is_some_and(|p| !p.active)
+    });
+    let r = model.rollout().expect("status.rollout");
+    model.check(model.lost == 12, "the gateway held 12 sessions");
+    model.check(
+        r.sessions_dropped == model.lost,
+        &format!(
+            "status counts {} dropped, the gateway lost {}",
+            r.sessions_dropped, model.lost
+        ),
+    );
+    model.check(
+        warnings(&model, "GatewayRestarted") == 1,
+        "one GatewayRestarted warning",
+    );
+    model.check(
+        warnings(&model, "DropBudgetExceeded") == 0 && r.phase != RolloutPhase::Paused,
+        "nothing to pause",
+    );
+    model.check(model.violations.is_empty(), "no pod deleted undrained");
+    model.check(model.drain_asked.is_empty(), "nothing drained");
+}
+
+#[test]
+#[ignore = "a gateway restarted mid-drain serves again, yet its pod is marked and removed without a new drain"]
+fn a_gateway_restarting_mid_drain_counts_its_sessions_once_and_the_rollout_goes_on() {
+    let mut lcs = service(3);
+    lcs.spec.rollout.max_dropped_sessions = 1000;
+    let mut model = rolling_update(lcs);
+    model.script.gateway_restart = Some(GatewayRestart::MidDrain);
+    model.checks.floor = false;
+    model.run_to_completion();
+    let r = model.rollout().expect("status.rollout");
+    model.check(model.restarted.len() == 1, "one gateway restarted");
+    model.check(
+        r.sessions_dropped == model.lost,
+        &format!(
+            "status counts {} dropped, the gateway lost {}",
+            r.sessions_dropped, model.lost
+        ),
+    );
+    model.check(
+        r.sessions_migrated == model.migrated,
+        "migrated sessions counted exactly",
+    );
+    model.check(model.violations.is_empty(), "no pod deleted undrained");
+}
+
+#[test]
 fn evictions_the_operator_did_not_start_are_recorded_without_drops() {
     let mut model = Model::settled(service(3));
     let evicted = model.pods[0].name.clone();
@@ -1371,13 +1689,19 @@ fn evictions_the_operator_did_not_start_are_recorded_without_drops() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 10, 11. Steady state and purity
+// Steady state and purity
 
 #[track_caller]
 fn assert_quiet(model: &mut Model) {
+    model.tick();
     let before = model.rollout().cloned();
+    let status = model.lcs.status.clone();
     for _ in 0..3 {
         model.tick();
+        model.check(
+            model.lcs.status == status,
+            "the status is written unchanged",
+        );
         let plan = model.last_plan.clone().expect("a plan");
         model.check(plan.drain.is_empty(), "no drain");
         model.check(plan.lowest_cost.is_empty(), "no cost patch");
