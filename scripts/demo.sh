@@ -2,13 +2,15 @@
 # make demo: the operator against the embedded local control plane.
 #
 # Builds everything, starts the control plane and the pod runner (three nodes whose pods run as
-# local processes, each in its own network namespace), installs the CRD, runs the operator,
-# applies examples/chat.yaml, waits for its pods (real gateway and echo processes) to become
-# ready, shows what it became and its status, runs 200 live WebSocket sessions against it while
-# one pod is deleted (its sessions migrate to the others), performs a drain-orchestrated rolling
-# update under 300 live sessions, scales it up through the scale subresource and back down (the
-# removed pods drained first), deletes it and watches garbage collection remove what it owned,
-# then tears everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
+# local processes, each in its own network namespace), installs the operator with its Helm chart
+# (the CRD, RBAC and two operator pods with leader election, run by the pod runner), shows the
+# API server refusing a bad object, applies examples/chat.yaml, waits for its pods (real gateway
+# and echo processes) to become ready, shows what it became and its status, runs 200 live
+# WebSocket sessions against it while one pod is deleted (its sessions migrate to the others),
+# performs a drain-orchestrated rolling update under 300 live sessions, scales it up through the
+# scale subresource and back down (the removed pods drained first), deletes it and watches
+# garbage collection remove what it owned, uninstalls the chart (only the CRD stays), then tears
+# everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,21 +19,22 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "Building the control-plane tools, the operator, the gateway and longconn-e2e"
 make --no-print-directory tools
 cargo build -q -p longconn-operator -p longconn-gateway -p longconn-e2e
-bin=target/debug
+bin="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)"
 work=$(mktemp -d)
 cluster="$work/cluster"
-operator_pid=
+# Helm keeps its configuration and cache with the demo's files, not in the home folder.
+export HELM_CACHE_HOME="$work/helm/cache" HELM_CONFIG_HOME="$work/helm/config" HELM_DATA_HOME="$work/helm/data"
 runner_pid=
 load_pid=
 
 cleanup() {
   status=$?
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
-  [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
   if [ "$status" -ne 0 ]; then
-    echo "demo failed; logs: $work/operator.log, $work/podrunner.log, $cluster/logs" >&2
+    echo "demo failed; logs: $cluster/pods/longconn-system_*/operator.log (the operator's pods)," \
+      "$work/podrunner.log, $cluster/logs" >&2
   else
     rm -rf "$work"
   fi
@@ -45,18 +48,32 @@ eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
 kubectl version | sed 's/^/    /'
 
 step "Starting the pod runner: 3 nodes, each pod a network namespace with real processes"
-"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$PWD/$bin" >"$work/podrunner.log" 2>&1 &
+"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$bin" >"$work/podrunner.log" 2>&1 &
 runner_pid=$!
 kubectl wait --for=condition=Ready node --all --timeout=60s
 
-step "Installing the LongConnService CRD"
-kubectl apply --server-side -f crds/longconnservices.longconn.dev.yaml
+step "Installing the operator with Helm: the CRD, RBAC, two operator pods with leader election"
+# The chart's images as they are: the pod runner maps ghcr.io/longconn/longconn-operator and
+# longconn-gateway (any tag) to the binaries just built.
+# (The chart's NOTES, printed after the install, are left out here.)
+helm install longconn charts/longconn-operator --namespace longconn-system --create-namespace \
+  --wait --timeout 180s | sed '/^NOTES:/,$d'
 # Right after creation the CRD may have no status yet, which kubectl wait refuses; retry.
 for _ in $(seq 1 30); do
   kubectl wait --for condition=established --timeout=60s crd/longconnservices.longconn.dev 2>/dev/null && break
   sleep 1
 done
 kubectl wait --for condition=established --timeout=5s crd/longconnservices.longconn.dev >/dev/null
+# Both replicas are Ready once the API answers; one of them then takes the leader Lease.
+leader=
+for _ in $(seq 1 60); do
+  leader=$(kubectl get lease longconn-operator -n longconn-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  [ -n "$leader" ] && break
+  sleep 1
+done
+[ -n "$leader" ] || { echo "no operator pod took the leader Lease within 60 s" >&2; exit 1; }
+kubectl get pods -n longconn-system -o wide
+echo "    leader (Lease longconn-system/longconn-operator): $leader"
 
 step "Refusing a bad LongConnService (tls.mode Secret without secretName)"
 if kubectl create --dry-run=server -f operator/tests/samples/bad/tls-secret-without-name.yaml 2>"$work/refusal"; then
@@ -64,12 +81,6 @@ if kubectl create --dry-run=server -f operator/tests/samples/bad/tls-secret-with
   exit 1
 fi
 sed 's/^/    /' "$work/refusal"
-
-step "Running the operator"
-kubectl create namespace longconn-system
-"$bin/longconn-operator" run --log-format=text --operator-namespace=longconn-system \
-  --metrics-listen=127.0.0.1:0 >"$work/operator.log" 2>&1 &
-operator_pid=$!
 
 step "Applying examples/chat.yaml"
 kubectl apply --server-side -f examples/chat.yaml
@@ -184,5 +195,21 @@ for _ in $(seq 1 60); do
 done
 [ "$left" -eq 0 ] || { echo "$left owned objects left after 60s" >&2; exit 1; }
 echo "    nothing left"
+
+step "Uninstalling the operator with Helm: nothing of the release is left, the CRD stays"
+helm uninstall longconn --namespace longconn-system --wait --timeout 120s
+release_objects() {
+  kubectl get all,serviceaccounts,configmaps,poddisruptionbudgets,roles,rolebindings \
+    -n longconn-system -l app.kubernetes.io/instance=longconn -o name
+  kubectl get clusterroles,clusterrolebindings -l app.kubernetes.io/instance=longconn -o name
+}
+for _ in $(seq 1 60); do
+  left=$(release_objects | wc -l)
+  [ "$left" -eq 0 ] && break
+  sleep 1
+done
+[ "$left" -eq 0 ] || { echo "left after helm uninstall:" >&2; release_objects >&2; exit 1; }
+echo "    release objects left: none"
+kubectl get crd longconnservices.longconn.dev
 
 step "Done"
