@@ -13,14 +13,15 @@
 //!    against a Deployment's `maxSurge`. Its pods must all be Ready before an old pod is drained.
 //! 2. Pick old pods to drain, up to `maxConcurrentDrains` at a time and only while the Ready
 //!    pods left serving stay at `replicas` (with `maxSurge: 0`, at `replicas` less what the
-//!    disruption budget allows): not-Ready pods first (they go first anyway when a ReplicaSet
-//!    shrinks), then the fewest sessions.
+//!    disruption budget allows, and less at least one): not-Ready pods first (they go first
+//!    anyway when a ReplicaSet shrinks), then the fewest sessions.
 //! 3. Ask each gateway to drain; follow its report until it says Drained (no session left, or
 //!    the deadline force-closed the rest).
 //! 4. Add the report to `status.rollout` and give the pod the lowest
-//!    `controller.kubernetes.io/pod-deletion-cost`. Only in a later step, once both the finished
-//!    report and the annotation are visible, shrink the Deployment so that the ReplicaSet
-//!    deletes exactly that pod: the accounting is always written before the pod can go.
+//!    `controller.kubernetes.io/pod-deletion-cost`. Only in a later step, once the finished
+//!    report, the annotation and the pod's not-Ready condition are all visible, shrink the
+//!    Deployment so that the ReplicaSet deletes exactly that pod (it ranks not-Ready pods
+//!    before cost): the accounting is always written before the pod can go.
 //! 5. A Deployment whose replicas and pods are all gone is deleted.
 //!
 //! The same path serves a decrease of `spec.replicas` (pods of the current revision above the
@@ -159,25 +160,40 @@ pub fn step(input: &Input) -> Plan {
     for entry in previous.map_or(&[][..], |r| r.draining.as_slice()) {
         let pod = input.pods.iter().find(|p| p.name == entry.pod);
         let mut entry = entry.clone();
+        let serving_again = pod
+            .and_then(|p| p.report.as_ref())
+            .is_some_and(|r| r.state == DrainState::Serving);
         if entry.finished_at.is_some() {
-            if let Some(pod) = pod {
-                if pod.deletion_cost == Some(LOWEST_COST) {
-                    removable.insert(pod.name.clone());
-                } else {
-                    lowest_cost.push(pod.name.clone());
-                }
-                entries.push(entry);
+            let Some(pod) = pod else { continue };
+            if serving_again {
+                // Its gateway restarted after the drain and serves again: drain it anew (what
+                // the first drain counted stays counted).
+                restart(&mut entry, now);
+                drain.push(pod.name.clone());
+            } else if pod.deletion_cost != Some(LOWEST_COST) {
+                lowest_cost.push(pod.name.clone());
+            } else if !pod.ready {
+                // Only once it shows not Ready: a shrinking ReplicaSet removes not-Ready pods
+                // before it looks at the cost, so a drained pod still shown Ready could let
+                // another, undrained, not-Ready pod go in its place.
+                removable.insert(pod.name.clone());
             }
+            entries.push(entry);
             continue;
         }
         if let Some(loss) = input.gateway_losses.iter().find(|l| l.pod == entry.pod) {
+            // The gateway restarted mid-drain: what it had not yet moved is lost; the new
+            // process is drained from the start.
             entry.active = entry.active.max(loss.sessions);
             events.push(lost_note(&entry, "restarted its gateway"));
-            lose(&mut entry, now);
-            tally.add(&entry);
-            if pod.is_some() {
-                lowest_cost.push(entry.pod.clone());
+            tally.migrated += entry.migrated;
+            tally.dropped += entry.dropped + entry.active;
+            if let Some(pod) = pod {
+                restart(&mut entry, now);
+                drain.push(pod.name.clone());
                 entries.push(entry);
+            } else {
+                tally.pods += 1;
             }
             continue;
         }
@@ -278,10 +294,12 @@ pub fn step(input: &Input) -> Plan {
     // 3. Replicas per revision.
     let want = spec.replicas;
     let surge = status::scaled(&spec.rollout.max_surge, want, true);
+    // With no surge a pod must go before its replacement starts: as many as the disruption
+    // budget allows, and at least one (or a single replica could never be replaced).
     let min_serving = if surge > 0 {
         want
     } else {
-        status::needed_ready(lcs)
+        (want - status::allowed_unavailable(lcs).max(1)).max(0)
     };
     let pods = input.pods;
     let live = |revision: &str| -> Vec<&PodFacts> {
@@ -327,9 +345,19 @@ pub fn step(input: &Input) -> Plan {
     }
     let target_want = (want + surge - old_serving).clamp(0, want);
     let target_live = live(target);
-    let target_going = target_live.iter().filter(|p| going(p)).count();
-    let target_replicas =
-        target_want.max(i32::try_from(target_live.len() - target_going).unwrap_or(0));
+    // The target's own drained pods (a scale-down, or what a rollback returns to) must go, and
+    // must not hold the slots of the pods that replace them: grow past them first, then shrink
+    // to what stays, which removes exactly them.
+    let target_removable = target_live
+        .iter()
+        .filter(|p| removable.contains(&p.name))
+        .count();
+    let target_staying = i32::try_from(target_live.len() - target_removable).unwrap_or(0);
+    let target_replicas = if target_staying >= target_want {
+        target_staying
+    } else {
+        target_want + i32::try_from(target_removable).unwrap_or(0)
+    };
     replicas.insert(target.to_owned(), target_replicas);
 
     // Over budget, no further pod is drained. A record with nothing left to move (sessions lost
@@ -579,6 +607,16 @@ fn record(entry: &mut DrainingPod, report: &DrainReport) {
     entry.migrated = count(report.migrated);
     entry.closed_by_client = count(report.closed_by_client);
     entry.dropped = count(report.dropped);
+}
+
+/// Starts an entry over for a gateway that serves again; its earlier numbers are already counted.
+fn restart(entry: &mut DrainingPod, now: Timestamp) {
+    *entry = DrainingPod {
+        pod: std::mem::take(&mut entry.pod),
+        revision: std::mem::take(&mut entry.revision),
+        started_at: Some(Time(now)),
+        ..DrainingPod::default()
+    };
 }
 
 /// Finishes a drain whose report is lost: its last known open sessions count as dropped.

@@ -291,13 +291,18 @@ fn largest_old_revision(facts: &Facts) -> Option<String> {
 /// and at least one.
 pub fn needed_ready(lcs: &LongConnService) -> i32 {
     let want = lcs.spec.replicas;
+    (want - allowed_unavailable(lcs)).clamp(want.min(1), want)
+}
+
+/// Pods the disruption budget lets go at once (`maxUnavailable`, or `replicas - minAvailable`).
+pub fn allowed_unavailable(lcs: &LongConnService) -> i32 {
+    let want = lcs.spec.replicas;
     let d = &lcs.spec.disruption;
-    let allowed = match (&d.max_unavailable, &d.min_available) {
+    match (&d.max_unavailable, &d.min_available) {
         (_, Some(min)) => want - scaled(min, want, true),
         (Some(max), None) => scaled(max, want, true),
         (None, None) => 1,
-    };
-    (want - allowed).clamp(want.min(1), want)
+    }
 }
 
 /// An integer or a percentage of `total`, as Kubernetes scales it.

@@ -26,7 +26,7 @@
 //! `step` gives the same plan twice for the same input, that no pod that served is deleted
 //! before its drain finished, that drains under way stay within `maxConcurrentDrains`, and that
 //! Ready serving pods stay at the floor. Each test then checks the end state and the session
-//! accounting of one behaviour. Tests marked `#[ignore]` pin known defects of `step`.
+//! accounting of one behaviour.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -416,10 +416,11 @@ impl Model {
             self.lcs.spec.replicas,
             true,
         );
+        // With no surge, what the disruption budget lets go, and at least one pod.
         let floor = if surge > 0 {
             self.lcs.spec.replicas
         } else {
-            status::needed_ready(&self.lcs)
+            (self.lcs.spec.replicas - status::allowed_unavailable(&self.lcs).max(1)).max(0)
         };
         usize::try_from(floor).expect("floor")
     }
@@ -1137,7 +1138,6 @@ fn rolling_update_keeps_its_guarantees_for_every_surge_and_drain_limit() {
 }
 
 #[test]
-#[ignore = "needed_ready keeps at least one pod Ready, so maxSurge 0 with one replica never drains the only pod"]
 fn a_single_replica_with_max_surge_zero_rolls_out() {
     // maxUnavailable 1 (the default) allows the one pod to go, and the schema accepts the spec.
     let mut model = rolling_update(service_with(1, IntOrString::Int(0), 1));
@@ -1270,7 +1270,6 @@ fn disruptions_at_any_point_of_a_rolling_update_drop_nothing() {
 }
 
 #[test]
-#[ignore = "a drained pod still shown Ready is counted out before the shrink, so the ReplicaSet deletes a not-Ready undrained pod instead"]
 fn a_shrink_removes_the_drained_pod_even_while_its_ready_condition_lags() {
     // The Ready condition shows the probe three reconciles late (watch events can trigger
     // reconciles far faster than the kubelet's probe period). a-2 is drained and marked; a-3's
@@ -1529,8 +1528,9 @@ fn drop_budget_exceeded_starts_a_rollback_with_one_warning() {
     );
     let verdict = model.progressing.clone().expect("a Progressing verdict");
     model.check(
-        verdict.status && verdict.reason == "RollingBack",
-        "Progressing=True, reason RollingBack",
+        (verdict.status && verdict.reason == "RollingBack")
+            || (!verdict.status && verdict.reason == "RolledBack"),
+        "Progressing=True, reason RollingBack, or, once back, False with reason RolledBack",
     );
     model.check(
         warnings(&model, "DropBudgetExceeded") == 1,
@@ -1544,7 +1544,6 @@ fn drop_budget_exceeded_starts_a_rollback_with_one_warning() {
 }
 
 #[test]
-#[ignore = "the drained pod of the revision rolled back to keeps its Deployment slot, so the rollback never finishes"]
 fn drop_budget_exceeded_rolls_back_to_the_current_revision() {
     for replicas in [1, 3] {
         let mut lcs = service(replicas);
@@ -1638,7 +1637,6 @@ fn a_gateway_restart_counts_its_last_reported_sessions_as_dropped() {
 }
 
 #[test]
-#[ignore = "a gateway restarted mid-drain serves again, yet its pod is marked and removed without a new drain"]
 fn a_gateway_restarting_mid_drain_counts_its_sessions_once_and_the_rollout_goes_on() {
     let mut lcs = service(3);
     lcs.spec.rollout.max_dropped_sessions = 1000;
