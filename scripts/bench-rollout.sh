@@ -73,7 +73,8 @@ kubectl create namespace longconn-system >/dev/null
 operator_pid=$!
 metrics=
 for _ in $(seq 1 50); do
-  metrics=$(sed -n 's/.*serving \/metrics.*addr=Some(\([0-9.:]*\)).*/\1/p' "$work/operator.log" | head -n 1)
+  metrics=$(sed -e 's/\x1b\[[0-9;]*m//g' "$work/operator.log" |
+    sed -n 's/.*serving \/metrics.*addr=Some(\([0-9.:]*\)).*/\1/p' | head -n 1)
   [ -n "$metrics" ] && break
   sleep 0.2
 done
