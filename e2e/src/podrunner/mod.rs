@@ -93,7 +93,12 @@ impl PodRunner {
     pub async fn start(client: kube::Client, options: PodRunnerOptions) -> Result<Self> {
         std::fs::create_dir_all(&options.work_dir)
             .map_err(crate::Error::io("create", &options.work_dir))?;
-        let network = Arc::new(Network::setup(&options.network));
+        let network = Network::setup(&options.network).map_err(|why| crate::Error::Io {
+            action: "create the pod bridge",
+            path: std::path::Path::new("/sys/class/net").join(&options.network.bridge),
+            source: std::io::Error::other(why),
+        })?;
+        let network = Arc::new(network);
         if let Some(bridge) = network.bridge() {
             let file = options.work_dir.join(BRIDGE_FILE);
             std::fs::write(&file, bridge).map_err(crate::Error::io("write", &file))?;

@@ -11,7 +11,9 @@
 //! 127.0.0.1, so TLS verification holds).
 //!
 //! Without root or without `ip`, pods fall back to `127.<octet>.x.y` addresses on the host's
-//! loopback (apps must then listen on `$(POD_IP)`); the choice is logged once.
+//! loopback (apps must then listen on `$(POD_IP)`); the choice is logged once. A /16 that another
+//! interface already uses (another runner's bridge) is refused: two bridges on one subnet make the
+//! host route pod traffic to the wrong one.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -68,22 +70,32 @@ struct Namespace {
 
 impl Network {
     /// Creates the bridge (replacing a stale one of the same name together with its pod
-    /// namespaces) or, when that is not possible, chooses loopback addresses.
-    pub fn setup(options: &NetworkOptions) -> Self {
+    /// namespaces) or, when that is not possible, chooses loopback addresses. Fails only when
+    /// another interface already has an address in the bridge's /16.
+    pub fn setup(options: &NetworkOptions) -> Result<Self, String> {
         let loopback = Network::Loopback {
             octet: options.loopback_octet,
         };
         if !options.namespaces {
             tracing::info!("pod network: 127.x addresses (network namespaces disabled)");
-            return loopback;
+            return Ok(loopback);
         }
         if !nix::unistd::geteuid().is_root() {
             tracing::info!("pod network: 127.x addresses (network namespaces need root)");
-            return loopback;
+            return Ok(loopback);
         }
-        if ip(&["-V"]).is_err() {
+        let Ok(addresses) = ip_output(&["-o", "-4", "addr", "show"]) else {
             tracing::info!("pod network: 127.x addresses (no `ip` command: install iproute2)");
-            return loopback;
+            return Ok(loopback);
+        };
+        if let Some((interface, address)) = subnet_user(&addresses, options.prefix, &options.bridge)
+        {
+            let [a, b] = options.prefix;
+            return Err(format!(
+                "{a}.{b}.0.0/16 for bridge {} overlaps {address} on interface {interface} \
+                 (another pod runner's bridge?): give this runner another prefix",
+                options.bridge
+            ));
         }
         cleanup(&options.bridge);
         let [a, b] = options.prefix;
@@ -94,15 +106,15 @@ impl Network {
         match created {
             Ok(()) => {
                 tracing::info!(bridge = %options.bridge, %host, "pod network: a network namespace per pod on a bridge");
-                Network::Bridge {
+                Ok(Network::Bridge {
                     bridge: options.bridge.clone(),
                     prefix: options.prefix,
-                }
+                })
             }
             Err(why) => {
                 cleanup(&options.bridge);
                 tracing::info!(%why, "pod network: 127.x addresses (cannot create the bridge)");
-                loopback
+                Ok(loopback)
             }
         }
     }
@@ -244,12 +256,17 @@ pub fn cleanup(bridge: &str) {
 
 /// Runs `ip ARGS`, returning its stderr on failure.
 fn ip(args: &[&str]) -> Result<(), String> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip ARGS`, returning its stdout, or its stderr on failure.
+fn ip_output(args: &[&str]) -> Result<String, String> {
     let output = Command::new("ip")
         .args(args)
         .output()
         .map_err(|err| format!("ip {}: {err}", args.join(" ")))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "ip {}: {}",
@@ -257,6 +274,25 @@ fn ip(args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
+}
+
+/// The interface other than `bridge`, and its address, whose IPv4 network overlaps
+/// `a.b.0.0/16`, from the output of `ip -o -4 addr show`
+/// (`5: name    inet 10.249.0.1/16 brd ... scope global name ...`).
+fn subnet_user(addresses: &str, [a, b]: [u8; 2], bridge: &str) -> Option<(String, String)> {
+    let ours = u32::from(Ipv4Addr::new(a, b, 0, 0));
+    addresses.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let interface = words.nth(1)?.trim_end_matches(':');
+        let address = words.skip_while(|word| *word != "inet").nth(1)?;
+        let (ip, len) = address.split_once('/')?;
+        let ip = u32::from(ip.parse::<Ipv4Addr>().ok()?);
+        let len = len.parse::<u32>().ok()?.min(16);
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        let overlaps = ip & mask == ours & mask;
+        (overlaps && interface != bridge && len > 0)
+            .then(|| (interface.to_string(), address.to_string()))
+    })
 }
 
 /// The `index`th pod IP in the bridge's /16: skips `.0.0`, the bridge's `.0.1`, and `.255`/`.0`
@@ -286,6 +322,33 @@ mod tests {
         assert_eq!(bridge_ip([10, 244], 252).as_deref(), Ok("10.244.0.254"));
         assert_eq!(bridge_ip([10, 244], 253).as_deref(), Ok("10.244.1.2"));
         assert!(bridge_ip([10, 244], 253 * 256).is_err());
+    }
+
+    #[test]
+    fn a_subnet_another_interface_uses_is_found_but_not_our_own_bridge() {
+        let addresses = "\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\       valid_lft forever
+7: lcscen0    inet 10.248.0.1/16 scope global lcscen0\\       valid_lft forever
+";
+        let user = |prefix, bridge| subnet_user(addresses, prefix, bridge);
+        assert_eq!(user([10, 247], "lcload0"), None);
+        assert_eq!(
+            user([10, 248], "lchelm0"),
+            Some(("lcscen0".into(), "10.248.0.1/16".into()))
+        );
+        assert_eq!(user([10, 248], "lcscen0"), None, "our own (stale) bridge");
+        assert_eq!(
+            user([192, 0], "lchelm0"),
+            Some(("eth0".into(), "192.0.2.2/24".into())),
+            "a smaller network inside ours"
+        );
+        let wide = "9: wide    inet 10.0.0.1/8 scope global wide\\       valid_lft forever\n";
+        assert_eq!(
+            subnet_user(wide, [10, 247], "lcload0"),
+            Some(("wide".into(), "10.0.0.1/8".into())),
+            "a larger network around ours"
+        );
     }
 
     #[test]
