@@ -29,7 +29,7 @@ const FULLNAME: &str = "longconn-longconn-operator";
 const LEASE: &str = "longconn-operator";
 const INSTANCE: &str = "app.kubernetes.io/instance=longconn";
 const BRIDGE: &str = "lchelm0";
-const PREFIX: [u8; 2] = [10, 249];
+const PREFIX: [u8; 2] = [10, 250];
 /// [`PREFIX`] as the network load clients may connect to.
 const PREFIX_NET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(PREFIX[0], PREFIX[1], 0, 0);
 /// Bound of every wait for pods, rollouts and status.
@@ -253,7 +253,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     };
     let runner = PodRunner::start(client.clone(), options)
         .await
-        .expect("pod runner");
+        .unwrap_or_else(|e| panic!("pod runner: {e}"));
     assert!(
         runner.bridge().is_some(),
         "this test needs network namespaces (root and iproute2)"
@@ -444,6 +444,18 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     assert!(releases.trim().is_empty(), "helm list: {releases}");
     let crd = kubectl(&["get", "crd", "longconnservices.longconn.dev", "-o", "name"]);
     assert!(!crd.trim().is_empty(), "helm uninstall removed the CRD");
+    // Not the release's: the Lease the operator wrote, and the namespace --create-namespace made.
+    let leftovers = kubectl(&[
+        "get",
+        "namespace/longconn-system",
+        "lease/longconn-operator",
+        "-n",
+        NAMESPACE,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
+    eprintln!("left after helm uninstall besides the CRD: {leftovers:?}");
     let serving = chat_pods
         .list(&chat_selector)
         .await
