@@ -5,7 +5,9 @@
 # 1. longconn: a LongConnService with 6 replicas (drain.spread 10s), SESSIONS live WebSocket
 #    sessions, a template change; measured from the change until status.rollout is Complete (every
 #    old pod drained and gone). API requests are the operator's own count
-#    (longconn_operator_api_requests_total) over the rollout.
+#    (longconn_operator_api_requests_total) over the rollout. Twice: with the default pacing
+#    (maxConcurrentDrains 1), and with maxConcurrentDrains 6, which lets drains overlap as much as
+#    the plain Deployment does.
 # 2. The anchor, on the same cluster and the same pods: the operator is stopped and the
 #    LongConnService deleted with --cascade=orphan, which leaves its Deployment as a plain one
 #    (same pod template: gateway sidecar, preStop `drain --wait` with the same spread), set to
@@ -83,30 +85,44 @@ api_requests() {
   curl -fsS "http://$metrics/metrics" | awk '/^longconn_operator_api_requests_total/ { n += $2 } END { print n + 0 }'
 }
 
-step "longconn: $REPLICAS pods, $SESSIONS live sessions, a template change"
 sed -e "s/replicas: 3/replicas: $REPLICAS/" examples/chat.yaml | kubectl apply --server-side -f - >/dev/null
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=$REPLICAS --timeout=300s >/dev/null
-"$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
-  >"$work/longconn-load.json" 2>"$work/longconn-load.log" &
-load_pid=$!
-sleep 10
-before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
-requests_before=$(api_requests)
-start=$(now)
-kubectl patch lcs chat --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"2"}}}}}' >/dev/null
-for _ in $(seq 1 1200); do
-  read -r started phase <<<"$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}{" "}{.status.rollout.phase}')"
-  [ "$started" != "$before" ] && [ "$phase" = Complete ] && break
-  sleep 0.25
-done
-[ "$phase" = Complete ] || { echo "the longconn rollout did not complete within 5 minutes" >&2; exit 1; }
-longconn_time=$(elapsed "$start" "$(now)")
-check_within_load "$longconn_time"
-requests=$(( $(api_requests) - requests_before ))
-read -r drained operator_dropped <<<"$(kubectl get lcs chat -o jsonpath='{.status.rollout.podsDrained}{" "}{.status.rollout.sessionsDropped}')"
-wait "$load_pid" || true
-load_pid=
-echo "    ${longconn_time}s, $drained pods drained, operator: $operator_dropped dropped; clients: $(tail -n 1 "$work/longconn-load.log")"
+
+# longconn_rollout NAME RELEASE: a template change under load; records wall_time, requests,
+# drained and operator_dropped under NAME and leaves the clients' report in $work/NAME-load.json.
+declare -A wall_time requests drained operator_dropped
+longconn_rollout() {
+  local name=$1 release=$2 before requests_before start started phase
+  "$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+    >"$work/$name-load.json" 2>"$work/$name-load.log" &
+  load_pid=$!
+  sleep 10
+  before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
+  requests_before=$(api_requests)
+  start=$(now)
+  kubectl patch lcs chat --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"bench.longconn.dev/release\":\"$release\"}}}}}" >/dev/null
+  for _ in $(seq 1 1200); do
+    read -r started phase <<<"$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}{" "}{.status.rollout.phase}')"
+    [ "$started" != "$before" ] && [ "$phase" = Complete ] && break
+    sleep 0.25
+  done
+  [ "$phase" = Complete ] || { echo "the longconn rollout did not complete within 5 minutes" >&2; exit 1; }
+  wall_time[$name]=$(elapsed "$start" "$(now)")
+  check_within_load "${wall_time[$name]}"
+  requests[$name]=$(( $(api_requests) - requests_before ))
+  drained[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.podsDrained}')
+  operator_dropped[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.sessionsDropped}')
+  wait "$load_pid" || true
+  load_pid=
+  echo "    ${wall_time[$name]}s, ${drained[$name]} pods drained, operator: ${operator_dropped[$name]} dropped; clients: $(tail -n 1 "$work/$name-load.log")"
+}
+
+step "longconn, default pacing (maxSurge 1, maxConcurrentDrains 1): $REPLICAS pods, $SESSIONS live sessions, a template change"
+longconn_rollout serial 2
+
+step "longconn, maxConcurrentDrains $REPLICAS (as many drains at once as the plain Deployment lets run)"
+kubectl patch lcs chat --type merge -p "{\"spec\":{\"rollout\":{\"maxConcurrentDrains\":$REPLICAS}}}" >/dev/null
+longconn_rollout parallel 3
 
 step "Plain Deployment: the same pods, the operator stopped, the LongConnService orphaned"
 kill "$operator_pid"
@@ -123,7 +139,7 @@ load_pid=$!
 sleep 10
 old_hash=$(kubectl get pods -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.labels.pod-template-hash}')
 start=$(now)
-kubectl patch deployment "$deployment" --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"3"}}}}}' >/dev/null
+kubectl patch deployment "$deployment" --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"4"}}}}}' >/dev/null
 kubectl rollout status deployment "$deployment" --timeout=300s >/dev/null
 for _ in $(seq 1 1200); do
   [ "$(kubectl get pods -l "longconn.dev/service=chat,pod-template-hash=$old_hash" -o name | wc -l)" -eq 0 ] && break
@@ -136,10 +152,15 @@ load_pid=
 echo "    ${plain_time}s; clients: $(tail -n 1 "$work/plain-load.log")"
 
 step "Results: $REPLICAS-pod rolling update, $SESSIONS live sessions, drain.spread 10s, one run"
-longconn_clients=$(json_field "$work/longconn-load.json" dropped)
-plain_clients=$(json_field "$work/plain-load.json" dropped)
-per_pod=$(awk -v r="$requests" -v d="$drained" 'BEGIN { if (d > 0) printf "%.1f", r / d; else print "-" }')
-printf '    %-18s %12s %20s %20s %30s\n' "" "wall time" "dropped (clients)" "dropped (operator)" "API requests per drained pod"
-printf '    %-18s %11ss %20s %20s %30s\n' "longconn" "$longconn_time" "${longconn_clients:-?}" "$operator_dropped" "$per_pod ($requests for $drained pods)"
-printf '    %-18s %11ss %20s %20s %30s\n' "plain Deployment" "$plain_time" "${plain_clients:-?}" "-" "- (made by the controllers)"
-awk -v a="$longconn_time" -v b="$plain_time" 'BEGIN { printf "    longconn / plain wall time: %.2f\n", a / b }'
+per_pod() { awk -v r="$1" -v d="$2" 'BEGIN { if (d > 0) printf "%.1f (%d for %d pods)", r / d, r, d; else print "-" }'; }
+row() { printf '    %-34s %10s %18s %19s %30s\n' "$@"; }
+row "" "wall time" "dropped (clients)" "dropped (operator)" "API requests per drained pod"
+for name in serial parallel; do
+  label="longconn, maxConcurrentDrains 1"
+  [ "$name" = parallel ] && label="longconn, maxConcurrentDrains $REPLICAS"
+  row "$label" "${wall_time[$name]}s" "$(json_field "$work/$name-load.json" dropped)" \
+    "${operator_dropped[$name]}" "$(per_pod "${requests[$name]}" "${drained[$name]}")"
+done
+row "plain Deployment (anchor)" "${plain_time}s" "$(json_field "$work/plain-load.json" dropped)" "-" "- (made by the controllers)"
+awk -v a="${wall_time[serial]}" -v b="${wall_time[parallel]}" -v p="$plain_time" \
+  'BEGIN { printf "    wall time against the anchor: %.2f (maxConcurrentDrains 1), %.2f (maxConcurrentDrains '"$REPLICAS"')\n", a / p, b / p }'
