@@ -483,7 +483,8 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
     assert_eq!(
         owned_resource_versions(&client, &uid).await,
         settled,
-        "objects changed while nothing was asked"
+        "objects changed while nothing was asked; operator log:\n{}",
+        operator.log_tail()
     );
     let before = operator.reconciles().await.expect("operator metrics");
     let touched = lcs_api
