@@ -28,6 +28,11 @@ pub const OPERATOR_NAMESPACE: &str = "longconn-system";
 const OPERATOR_IDENTITY: &str = "longconn-operator-e2e-0";
 /// The longest any kubectl call may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(240);
+/// The longest one request of the scenarios' own client may take (none of them watches).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the pod runner may take to stop before it is dropped (which kills everything
+/// at once, without deregistering the nodes).
+const RUNNER_STOP: Duration = Duration::from_secs(60);
 
 /// The running environment of the scenarios.
 pub struct Harness {
@@ -65,10 +70,12 @@ impl Harness {
             ..ClusterOptions::default()
         })
         .await?;
-        let client = cluster.client();
+        let client = bounded_client(&cluster.kubeconfig_path()).await?;
+        // Pods live in the cluster folder, as with `podrunner run --dir`: after a run that was
+        // killed, `longconn-e2e cluster down --dir <work dir>/cluster` removes their network too.
         let mut runner_options = PodRunnerOptions::new(
             cluster.server(),
-            options.work_dir.join("pods"),
+            cluster.dir().join("pods"),
             ImageTable::workspace(&options.bin_dir),
         );
         runner_options.nodes = options.nodes;
@@ -86,8 +93,10 @@ impl Harness {
             work_dir: options.work_dir.clone(),
             pod_network: (std::net::Ipv4Addr::new(a, b, 0, 0), 16),
         };
-        // From here on an error drops `harness`, which stops whatever was started.
-        let runner = PodRunner::start(client.clone(), runner_options).await?;
+        // From here on an error drops `harness`, which stops whatever was started. The pod
+        // runner watches, so it gets the cluster's own client, without a short read timeout.
+        let runner_client = harness.cluster.as_ref().map(Cluster::client);
+        let runner = PodRunner::start(runner_client.unwrap_or(client), runner_options).await?;
         if runner.bridge().is_none() {
             return Err(ScenarioError::Setup(
                 "the scenarios need pod network namespaces: run as root with iproute2".into(),
@@ -322,10 +331,15 @@ impl Harness {
                 problems.push(format!("operator: {err}"));
             }
         }
-        if let Some(runner) = self.runner.take()
-            && let Err(err) = runner.stop().await
-        {
-            problems.push(format!("pod runner: {err}"));
+        if let Some(runner) = self.runner.take() {
+            match tokio::time::timeout(RUNNER_STOP, runner.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => problems.push(format!("pod runner: {err}")),
+                // Dropped by the timeout: its processes were killed and its network removed.
+                Err(_) => problems.push(format!(
+                    "pod runner: did not stop within {RUNNER_STOP:?}; killed its pods"
+                )),
+            }
         }
         if let Some(cluster) = self.cluster.take()
             && let Err(err) = cluster.down().await
@@ -345,4 +359,22 @@ impl Drop for Harness {
         drop(self.runner.take());
         drop(self.cluster.take());
     }
+}
+
+/// An admin client whose every request ends within [`REQUEST_TIMEOUT`], so a hung API server
+/// cannot stall a scenario past its bounded waits.
+async fn bounded_client(kubeconfig: &Path) -> Result<kube::Client, ScenarioError> {
+    let error = |source| crate::Error::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        source,
+    };
+    let loaded = kube::config::Kubeconfig::read_from(kubeconfig).map_err(error)?;
+    let mut config = kube::Config::from_custom_kubeconfig(loaded, &Default::default())
+        .await
+        .map_err(error)?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    kube::Client::try_from(config)
+        .map_err(|e| ScenarioError::kube("build the scenarios' client")(e))
 }

@@ -310,16 +310,20 @@ pub async fn run(
         let mut report = ScenarioReport::new(scenario);
         let scenario_started = Instant::now();
         tracing::info!(scenario = scenario.name(), "scenario starts");
-        let outcome = tokio::select! {
-            outcome = run_one(&mut harness, scenario, &mut report, seed, options.progress) => outcome,
-            () = &mut interrupted => Err(ScenarioError::Interrupted),
-        };
-        let interrupted_now = matches!(outcome, Err(ScenarioError::Interrupted));
-        if let Err(err) = outcome {
-            report.error = Some(err.to_string());
-        }
-        if !interrupted_now {
+        let whole = async {
+            if let Err(err) =
+                run_one(&mut harness, scenario, &mut report, seed, options.progress).await
+            {
+                report.error = Some(err.to_string());
+            }
             finish(&mut harness, scenario, &mut report).await;
+        };
+        let interrupted_now = tokio::select! {
+            () = whole => false,
+            () = &mut interrupted => true,
+        };
+        if interrupted_now {
+            report.error = Some(ScenarioError::Interrupted.to_string());
         }
         report.wall_seconds = round(scenario_started.elapsed().as_secs_f64());
         report.passed = report.error.is_none() && report.failures.is_empty();
