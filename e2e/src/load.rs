@@ -105,8 +105,9 @@ pub struct LoadOptions {
     pub allowed: Vec<(Ipv4Addr, u8)>,
     /// Print a progress line to stderr while running.
     pub progress: bool,
-    /// How many of the sessions ignore the server's close frames (spread evenly over the session
-    /// numbers, so over the endpoints too): they never answer and keep the socket open.
+    /// How many of the sessions ignore the server's close frames: the first ones started, so
+    /// round-robin spreads them evenly over the endpoints. They never answer and keep the
+    /// socket open.
     pub close_ignoring: usize,
 }
 
@@ -155,14 +156,11 @@ impl LoadOptions {
         Ok(())
     }
 
-    /// Whether session `id` ignores close frames: every `sessions / close_ignoring`-th one, up to
-    /// `close_ignoring` of them.
+    /// Whether session `id` ignores close frames: the first `close_ignoring` sessions do. (Every
+    /// k-th session would put them all on one endpoint whenever k is a multiple of the endpoint
+    /// count.)
     fn ignores_close(&self, id: u64) -> bool {
-        if self.close_ignoring == 0 {
-            return false;
-        }
-        let stride = (self.sessions / self.close_ignoring).max(1) as u64;
-        id.is_multiple_of(stride) && id / stride < self.close_ignoring as u64
+        id < self.close_ignoring as u64
     }
 
     fn allows(&self, ip: IpAddr) -> bool {
@@ -1117,12 +1115,12 @@ mod tests {
     }
 
     #[test]
-    fn close_ignoring_sessions_are_spread_over_the_session_numbers() {
+    fn the_first_sessions_ignore_close_frames_so_round_robin_spreads_them() {
         let mut options = LoadOptions::new("default", "chat");
         options.sessions = 10;
         options.close_ignoring = 3;
         let ignoring: Vec<u64> = (0..10).filter(|&id| options.ignores_close(id)).collect();
-        assert_eq!(ignoring, [0, 3, 6]);
+        assert_eq!(ignoring, [0, 1, 2]);
         options.close_ignoring = 10;
         assert_eq!((0..10).filter(|&id| options.ignores_close(id)).count(), 10);
         options.close_ignoring = 11;

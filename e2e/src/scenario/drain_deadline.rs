@@ -1,8 +1,9 @@
 //! drain-deadline: 200 live sessions of which 30 ignore close frames (they never answer and keep
-//! their socket open), a drain timeout of 6s and no dropped session allowed. A template change
-//! drains an old pod; at the deadline its gateway cuts the close-ignoring sessions. Passes when
-//! the rollout pauses (Progressing=False, reason DropBudgetExceeded) and the operator's dropped
-//! count equals the close-ignoring sessions the clients saw cut on the drained pods.
+//! their socket open; about 10 per pod), a drain timeout of 6s and no dropped session allowed. A
+//! template change drains a first old pod; at the deadline its gateway cuts the close-ignoring
+//! sessions. Passes when the rollout pauses (Progressing=False, reason DropBudgetExceeded) and
+//! stays paused with old pods left undrained, and the operator's dropped count equals the
+//! close-ignoring sessions the clients saw cut on the drained pods.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ const CLOSE_IGNORING: usize = 30;
 const DRAIN_TIMEOUT: &str = "6s";
 /// How long the rollout may take to pause.
 const PAUSE_WAIT: Duration = Duration::from_secs(150);
+/// How long a pause must hold.
+const PAUSE_HOLDS: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(
     harness: &mut Harness,
@@ -61,8 +64,11 @@ pub(super) async fn run(
         "secondsToPause",
         (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     );
-    // The count may trail the condition by a status write; let both settle.
-    steps::run_for(harness, Duration::from_secs(3)).await?;
+    // A pause holds: nothing more is drained meanwhile (and the count, which may trail the
+    // condition by a status write, settles).
+    let at_pause = paused.as_ref().ok().and_then(|o| o.rollout());
+    steps::run_for(harness, PAUSE_HOLDS).await?;
+    let held = spec.observe(&client).await?;
     let pods = spec.pods(&client).await?;
     load.stop();
     report.client(load.finish().await);
@@ -93,6 +99,29 @@ pub(super) async fn run(
     if let Err(err) = &paused {
         report.failures.push(err.to_string());
     }
+    if paused.is_ok() {
+        report.expect(
+            held.stopped_with("DropBudgetExceeded"),
+            format!(
+                "the pause did not hold for {PAUSE_HOLDS:?}: {}",
+                held.summary()
+            ),
+        );
+        let drained_then = at_pause.and_then(|r| r.pods_drained());
+        let drained_now = held.rollout().and_then(|r| r.pods_drained());
+        report.expect(
+            drained_then == drained_now,
+            format!(
+                "pods were drained after the pause: {drained_then:?} at the pause, {drained_now:?} {PAUSE_HOLDS:?} later"
+            ),
+        );
+    }
+    let old_left = pods.iter().filter(|p| p.revision == old.revision).count();
+    report.detail("oldPodsLeftAtPause", old_left);
+    report.expect(
+        old_left > 0,
+        "no old pod was left: the pause came only after the last drain",
+    );
     report.expect(
         cut_on_old > 0,
         "no close-ignoring session was cut: the drain deadline never came",

@@ -253,6 +253,16 @@ impl ScenarioReport {
         self.pods_drained = recorded.map(|r| r.pods_drained);
     }
 
+    /// The clients' migrations and the operator's agree exactly (each close handshake is seen
+    /// by both ends).
+    pub fn expect_migrations_agree(&mut self) {
+        let (clients, operator) = (self.migrated, self.operator_migrated);
+        self.expect(
+            operator.is_some() && clients.map(|n| n as i64) == operator,
+            format!("clients counted {clients:?} migrations, the operator {operator:?}"),
+        );
+    }
+
     /// The checks every scenario with well-behaved clients makes: every session opened, none
     /// dropped, no message lost.
     pub fn expect_clean_clients(&mut self, sessions: usize) {

@@ -74,6 +74,10 @@ pub(super) async fn run(
     report.detail("operatorRecordedTheEviction", recorded.is_some());
 
     report.expect_clean_clients(SESSIONS);
+    report.detail(
+        "migrationsAgree",
+        report.migrated.map(|n| n as i64) == report.operator_migrated,
+    );
     report.expect(
         settled.pods.iter().all(|p| !evicted.contains(&p.name)),
         "an evicted pod is still there",

@@ -1,6 +1,7 @@
 //! rolling-update: 3 replicas, 1,000 live sessions, a template change. Passes when no session is
 //! dropped (by the clients' count and by `status.rollout.sessionsDropped`), no message is lost,
-//! every old pod is gone and `status.rollout` says Complete for the new revision.
+//! every old pod is gone, `status.rollout` says Complete for the new revision, and its
+//! `sessionsMigrated` equals the migrations the clients counted.
 
 use std::time::Duration;
 
@@ -93,6 +94,7 @@ pub(super) async fn rollout_under_load(
     }
 
     report.expect_clean_clients(sessions);
+    report.expect_migrations_agree();
     report.expect(old_left.is_empty(), format!("old pods left: {old_left:?}"));
     match &end {
         RolloutEnd::Complete(_) => {}

@@ -1,6 +1,7 @@
 //! scale-down: 5 replicas to 2 through the scale subresource (`kubectl scale lcs`) under 500
 //! live sessions. Passes when no session is dropped (clients' count and operator's), no message
-//! is lost, 2 pods are left, and the operator recorded the 3 drained pods in `status.rollout`.
+//! is lost, 2 pods are left, and the operator recorded the 3 drained pods in `status.rollout`
+//! with as many migrated sessions as the clients counted.
 
 use std::time::Duration;
 
@@ -84,6 +85,7 @@ pub(super) async fn run(
     }
 
     report.expect_clean_clients(SESSIONS);
+    report.expect_migrations_agree();
     match &recorded {
         None => report.failures.push(
             "the operator recorded no accounting for the scale-down in status.rollout".into(),
