@@ -203,6 +203,9 @@ pub struct LoadReport {
     pub messages_abandoned: u64,
     /// The longest a migrated session took to connect again, in milliseconds.
     pub slowest_reconnect_ms: u64,
+    /// Connection attempts that failed (and were retried), by cause: `tcp`, `tls`, `timeout`,
+    /// `handshake`, or `http <status>` (a draining gateway answers 503).
+    pub connect_failures: BTreeMap<String, u64>,
     /// The same counts per endpoint (pod IP) the connections went to.
     pub endpoints: BTreeMap<String, EndpointReport>,
 }
@@ -236,6 +239,7 @@ struct Counters {
     closes_ignored: AtomicU64,
     force_closed: AtomicU64,
     slowest_reconnect_ms: AtomicU64,
+    connect_failures: Mutex<BTreeMap<String, u64>>,
     reasons: Mutex<Vec<String>>,
     endpoints: Mutex<BTreeMap<IpAddr, EndpointReport>>,
 }
@@ -263,6 +267,11 @@ impl Counters {
             force_closed: self.force_closed.load(Ordering::Relaxed),
             messages_abandoned: abandoned,
             slowest_reconnect_ms: self.slowest_reconnect_ms.load(Ordering::Relaxed),
+            connect_failures: self
+                .connect_failures
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default(),
             endpoints: self
                 .endpoints
                 .lock()
@@ -641,26 +650,44 @@ struct Shared {
 
 type Socket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, String> {
+/// Why a connection attempt failed: a short category for the report, and the whole message.
+struct ConnectFailure {
+    category: String,
+    message: String,
+}
+
+async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, ConnectFailure> {
+    let fail = |category: &str, message: String| ConnectFailure {
+        category: category.to_owned(),
+        message,
+    };
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|e| fail("tcp", format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let tls = shared
             .connector
             .connect(shared.server_name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS to {addr}: {e}"))?;
+            .map_err(|e| fail("tls", format!("TLS to {addr}: {e}")))?;
         let url = format!("wss://{}/", server_host(&shared.server_name));
         let (socket, _) = tokio_tungstenite::client_async(url, tls)
             .await
-            .map_err(|e| format!("WebSocket handshake with {addr}: {e}"))?;
+            .map_err(|e| {
+                let category = match &e {
+                    tokio_tungstenite::tungstenite::Error::Http(response) => {
+                        format!("http {}", response.status().as_u16())
+                    }
+                    _ => "handshake".to_owned(),
+                };
+                fail(&category, format!("WebSocket handshake with {addr}: {e}"))
+            })?;
         Ok(socket)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("connect to {addr} timed out")))
+        .unwrap_or_else(|_| Err(fail("timeout", format!("connect to {addr} timed out"))))
 }
 
 fn server_host(name: &ServerName<'_>) -> String {
@@ -682,7 +709,12 @@ async fn connect(shared: &Shared) -> Result<(Socket, SocketAddr), String> {
                     shared.counters.on_endpoint(addr, |e| e.connections += 1);
                     return Ok((socket, addr));
                 }
-                Err(err) => last = err,
+                Err(failure) => {
+                    if let Ok(mut failures) = shared.counters.connect_failures.lock() {
+                        *failures.entry(failure.category).or_default() += 1;
+                    }
+                    last = failure.message;
+                }
             }
         }
         tokio::time::sleep(backoff).await;
