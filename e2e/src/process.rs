@@ -174,6 +174,78 @@ pub fn is_running(record: &Record) -> bool {
     }
 }
 
+/// Kills with SIGKILL every live process whose working directory is inside `dir` (its whole
+/// process group when it leads one), except this process and its ancestors, and waits until they
+/// are gone: what a killed pod runner leaves in its pod folders. Returns how many it found.
+pub fn kill_within(dir: &Path) -> Result<usize> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(0);
+    };
+    let spared = ancestors();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Ok(0);
+    };
+    let found: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !spared.contains(pid))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+        })
+        .filter(|pid| proc_stat(*pid).is_some_and(|stat| stat.state != 'Z'))
+        .collect();
+    for &pid in &found {
+        let leads_group = proc_stat(pid).is_some_and(|stat| stat.pgrp == pid);
+        let result = if leads_group {
+            killpg(Pid::from_raw(pid), Signal::SIGKILL)
+        } else {
+            nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL)
+        };
+        tracing::info!(pid, dir = %dir.display(), ?result, "killed a process left in the folder");
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let alive: Vec<i32> = found
+            .iter()
+            .copied()
+            .filter(|pid| proc_stat(*pid).is_some_and(|stat| stat.state != 'Z'))
+            .collect();
+        if alive.is_empty() {
+            return Ok(found.len());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Survivors(format!(
+                "processes in {}: {alive:?}",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// This process and its ancestors.
+fn ancestors() -> Vec<i32> {
+    let mut chain = Vec::new();
+    let mut pid = i32::try_from(std::process::id()).unwrap_or(0);
+    // Bounded: process trees are not that deep, and the walk stops at init.
+    for _ in 0..1_000 {
+        if pid <= 1 {
+            break;
+        }
+        chain.push(pid);
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|text| {
+                let after = text.rsplit_once(')')?.1;
+                after.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        match parent {
+            Some(parent) => pid = parent,
+            None => break,
+        }
+    }
+    chain
+}
+
 /// Live (non-zombie) members of process group `pgrp`.
 pub fn group_members(pgrp: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -275,6 +275,12 @@ impl Harness {
                 std::env::var("LONGCONN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
             );
         let spawned = Spawned::start_command("longconn-operator", command, &self.operator_log())?;
+        // Should this process be killed, `cluster down` stops the operator too.
+        if let Some(cluster) = &self.cluster
+            && let Err(err) = crate::cluster::record_process(cluster.dir(), &spawned.record)
+        {
+            tracing::warn!(%err, "the operator is not in the cluster's state file");
+        }
         self.operator_starts += 1;
         tracing::info!(
             pid = spawned.record.pid,
