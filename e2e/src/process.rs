@@ -381,6 +381,30 @@ mod tests {
     }
 
     #[test]
+    fn kill_within_kills_the_processes_working_in_the_folder_and_spares_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = dir.path().join("pods").join("ns_pod");
+        std::fs::create_dir_all(&pod).expect("pod folder");
+        let start = |cwd: &Path, name: &str| {
+            let mut command = Command::new("/bin/sh");
+            command.args(["-c", "sleep 300 & wait"]).current_dir(cwd);
+            Spawned::start_command(name, command, &dir.path().join(format!("{name}.log")))
+                .expect("start")
+        };
+        let mut inside = start(&pod, "inside");
+        let mut outside = start(Path::new("/"), "outside");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_members(inside.record.pid).len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        let found = kill_within(&dir.path().join("pods")).expect("kill");
+        assert_eq!(found, 2, "the shell and its sleep");
+        assert!(!inside.group_alive());
+        assert!(outside.group_alive(), "a process elsewhere is spared");
+        stop_all(std::slice::from_mut(&mut outside), Duration::from_secs(5)).expect("stop");
+    }
+
+    #[test]
     fn stop_all_kills_what_ignores_sigterm_after_the_grace() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("stubborn.log");
