@@ -477,6 +477,28 @@ pub fn down_dir(dir: &Path, grace: Duration) -> Result<()> {
     remove_if_present(&layout.state())
 }
 
+/// Adds a process started beside the cluster in `dir` (an operator, say) to its state file, so
+/// `cluster down` stops it too when the process that started it could not (it stops newest
+/// first, so before the control plane). A record whose process is gone is skipped there, and a
+/// PID reused since is never signalled.
+pub fn record_process(dir: &Path, record: &Record) -> Result<()> {
+    let layout = Layout {
+        dir: dir.to_path_buf(),
+    };
+    let path = layout.state();
+    let Some(mut state) = read_state(&path)? else {
+        return Err(Error::io("record a process in", &path)(
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster state"),
+        ));
+    };
+    state.processes.push(record.clone());
+    let text = serde_json::to_string_pretty(&state).map_err(|source| Error::State {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(Error::io("write", &path))
+}
+
 /// The state file of the cluster in `dir`, if one is recorded.
 pub fn read_state(path: &Path) -> Result<Option<State>> {
     match std::fs::read_to_string(path) {

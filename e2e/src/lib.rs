@@ -21,3 +21,4 @@ pub mod tools;
 
 pub use error::{Error, Result};
 pub mod podrunner;
+pub mod scenario;

@@ -13,12 +13,22 @@
 //! resending the messages not yet echoed. Anything else (a reset, EOF without a close frame,
 //! another close code, a missing or reordered echo, a reconnect that fails after bounded retries)
 //! ends the session as **dropped**. A message is **lost** if it was sent and never echoed.
+//!
+//! Some sessions may be set to ignore the server's close frames
+//! ([`LoadOptions::close_ignoring`]), as broken clients do: such a session stops sending, never
+//! answers the close and keeps its socket open until the server cuts it (counted
+//! **force-closed**, the session ends) or the run ends. What it had sent and not yet seen echoed
+//! is **abandoned**, not lost. Every count is also kept per endpoint (pod IP), so a test can tell
+//! what happened on the pods it drained.
+//!
+//! [`start`] returns a [`RunningLoad`] whose sending window can be ended early
+//! ([`RunningLoad::stop`]); [`run`] sends for the whole duration.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
@@ -29,6 +39,7 @@ use kube::api::ListParams;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -94,6 +105,10 @@ pub struct LoadOptions {
     pub allowed: Vec<(Ipv4Addr, u8)>,
     /// Print a progress line to stderr while running.
     pub progress: bool,
+    /// How many of the sessions ignore the server's close frames: the first ones started, so
+    /// round-robin spreads them evenly over the endpoints. They never answer and keep the
+    /// socket open.
+    pub close_ignoring: usize,
 }
 
 impl LoadOptions {
@@ -109,6 +124,7 @@ impl LoadOptions {
             duration: Duration::from_secs(10),
             allowed: vec![(Ipv4Addr::new(10, 244, 0, 0), 16), (Ipv4Addr::LOCALHOST, 8)],
             progress: false,
+            close_ignoring: 0,
         }
     }
 
@@ -131,7 +147,20 @@ impl LoadOptions {
                 self.duration
             )));
         }
+        if self.close_ignoring > self.sessions {
+            return Err(LoadError::Options(format!(
+                "close-ignoring sessions {} exceed sessions {}",
+                self.close_ignoring, self.sessions
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether session `id` ignores close frames: the first `close_ignoring` sessions do. (Every
+    /// k-th session would put them all on one endpoint whenever k is a multiple of the endpoint
+    /// count.)
+    fn ignores_close(&self, id: u64) -> bool {
+        id < self.close_ignoring as u64
     }
 
     fn allows(&self, ip: IpAddr) -> bool {
@@ -164,6 +193,36 @@ pub struct LoadReport {
     pub messages_lost: u64,
     /// Why sessions were dropped (first few, one line each).
     pub drop_reasons: Vec<String>,
+    /// Sessions set to ignore the server's close frames.
+    pub close_ignoring: u64,
+    /// Close frames such sessions ignored.
+    pub closes_ignored: u64,
+    /// Close-ignoring sessions the server then cut (their socket ended without a handshake).
+    pub force_closed: u64,
+    /// Messages of close-ignoring sessions never echoed because they stopped at the close frame.
+    pub messages_abandoned: u64,
+    /// The longest a migrated session took to connect again, in milliseconds.
+    pub slowest_reconnect_ms: u64,
+    /// Connection attempts that failed (and were retried), by cause: `tcp`, `tls`, `timeout`,
+    /// `handshake`, or `http <status>` (a draining gateway answers 503).
+    pub connect_failures: BTreeMap<String, u64>,
+    /// The same counts per endpoint (pod IP) the connections went to.
+    pub endpoints: BTreeMap<String, EndpointReport>,
+}
+
+/// What happened on the connections to one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointReport {
+    /// Connections established to it.
+    pub connections: u64,
+    /// Sessions it asked to move (close 1012/1001, handshake completed).
+    pub migrated: u64,
+    /// Sessions dropped while connected to it.
+    pub dropped: u64,
+    /// Close frames it sent that close-ignoring sessions ignored.
+    pub closes_ignored: u64,
+    /// Close-ignoring sessions it cut.
+    pub force_closed: u64,
 }
 
 #[derive(Default)]
@@ -175,13 +234,21 @@ struct Counters {
     sent: AtomicU64,
     echoed: AtomicU64,
     resent: AtomicU64,
-    reasons: std::sync::Mutex<Vec<String>>,
+    abandoned: AtomicU64,
+    close_ignoring: AtomicU64,
+    closes_ignored: AtomicU64,
+    force_closed: AtomicU64,
+    slowest_reconnect_ms: AtomicU64,
+    connect_failures: Mutex<BTreeMap<String, u64>>,
+    reasons: Mutex<Vec<String>>,
+    endpoints: Mutex<BTreeMap<IpAddr, EndpointReport>>,
 }
 
 impl Counters {
     fn report(&self) -> LoadReport {
         let sent = self.sent.load(Ordering::Relaxed);
         let echoed = self.echoed.load(Ordering::Relaxed);
+        let abandoned = self.abandoned.load(Ordering::Relaxed);
         LoadReport {
             sessions_opened: self.opened.load(Ordering::Relaxed),
             migrated: self.migrated.load(Ordering::Relaxed),
@@ -191,9 +258,36 @@ impl Counters {
             messages_echoed: echoed,
             messages_resent: self.resent.load(Ordering::Relaxed),
             // Echoes are counted once per message and only in order, so what was sent and never
-            // echoed (including by sessions cut off at the run's hard end) is the difference.
-            messages_lost: sent.saturating_sub(echoed),
+            // echoed (including by sessions cut off at the run's hard end) is the difference,
+            // less what close-ignoring sessions abandoned on purpose.
+            messages_lost: sent.saturating_sub(echoed).saturating_sub(abandoned),
             drop_reasons: self.reasons.lock().map(|r| r.clone()).unwrap_or_default(),
+            close_ignoring: self.close_ignoring.load(Ordering::Relaxed),
+            closes_ignored: self.closes_ignored.load(Ordering::Relaxed),
+            force_closed: self.force_closed.load(Ordering::Relaxed),
+            messages_abandoned: abandoned,
+            slowest_reconnect_ms: self.slowest_reconnect_ms.load(Ordering::Relaxed),
+            connect_failures: self
+                .connect_failures
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default(),
+            endpoints: self
+                .endpoints
+                .lock()
+                .map(|e| {
+                    e.iter()
+                        .map(|(ip, r)| (ip.to_string(), r.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Counts one event on the connection to `addr`.
+    fn on_endpoint(&self, addr: SocketAddr, count: impl FnOnce(&mut EndpointReport)) {
+        if let Ok(mut endpoints) = self.endpoints.lock() {
+            count(endpoints.entry(addr.ip()).or_default());
         }
     }
 
@@ -201,8 +295,16 @@ impl Counters {
     /// they are "lost".
     fn line(&self, elapsed: Duration, done: bool) -> String {
         let r = self.report();
+        let ignoring = if r.close_ignoring > 0 {
+            format!(
+                "  closes ignored {}  force-closed {}",
+                r.closes_ignored, r.force_closed
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "load {:>5.1}s  sessions {}  connections {}  migrated {}  dropped {}  sent {}  echoed {}  {} {}",
+            "load {:>5.1}s  sessions {}  connections {}  migrated {}  dropped {}  sent {}  echoed {}  {} {}{ignoring}",
             elapsed.as_secs_f64(),
             r.sessions_opened,
             r.connections,
@@ -328,6 +430,76 @@ fn connector_from_pem(pem: &[u8]) -> Result<tokio_rustls::TlsConnector, String> 
 /// Runs the load described by `options` and reports what happened to its sessions. Returns an
 /// error only when the run could not start (bad options, no CA, no Ready endpoint in 30 s).
 pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadReport, LoadError> {
+    Ok(start(client, options).await?.finish().await)
+}
+
+/// A load run under way: sessions send until [`RunningLoad::stop`] or the end of the duration,
+/// whichever comes first. Dropping it ends every session at once.
+pub struct RunningLoad {
+    window: Arc<SendWindow>,
+    counters: Arc<Counters>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningLoad {
+    /// Ends the sending window now: sessions wait for their last echoes (at most 10 s), close
+    /// and the run ends.
+    pub fn stop(&self) {
+        self.window.stop();
+    }
+
+    /// The counts so far (messages not yet echoed count as lost in it).
+    pub fn report(&self) -> LoadReport {
+        self.counters.report()
+    }
+
+    /// Waits for the run to end (within the duration plus about 20 s; sooner after
+    /// [`RunningLoad::stop`]) and reports it.
+    pub async fn finish(mut self) -> LoadReport {
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+        {
+            tracing::error!(%err, "the load task failed");
+        }
+        self.counters.report()
+    }
+}
+
+impl Drop for RunningLoad {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// When sessions stop sending: the end of the duration, or earlier once stopped.
+struct SendWindow {
+    start: Instant,
+    until_ms: AtomicU64,
+}
+
+impl SendWindow {
+    fn new(start: Instant, duration: Duration) -> Self {
+        Self {
+            start,
+            until_ms: AtomicU64::new(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn until(&self) -> Instant {
+        self.start + Duration::from_millis(self.until_ms.load(Ordering::Relaxed))
+    }
+
+    fn stop(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.until_ms.fetch_min(now, Ordering::Relaxed);
+    }
+}
+
+/// Starts the load described by `options`: returns once the CA is read and a Ready endpoint is
+/// known, with the sessions starting in the background. Errors as [`run`].
+pub async fn start(client: kube::Client, options: LoadOptions) -> Result<RunningLoad, LoadError> {
     options.validate()?;
     let connector = tls_connector(&client, &options).await?;
     let server_name =
@@ -354,14 +526,39 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
     });
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
-    let send_until = start + options.duration;
-    let hard_end = send_until + SETTLE + CLOSE_TIMEOUT + CONNECT_TIMEOUT;
+    let window = Arc::new(SendWindow::new(start, options.duration));
+    let shared = Arc::new(Shared {
+        endpoints,
+        counters: counters.clone(),
+        connector,
+        server_name,
+        interval: Duration::from_secs_f64(1.0 / options.rate),
+        window: window.clone(),
+    });
+    let task = tokio::spawn(drive(shared, slices, options, start));
+    Ok(RunningLoad {
+        window,
+        counters,
+        task: Some(task),
+    })
+}
+
+/// Keeps the endpoints fresh, shows progress, and runs every session to its end (bounded by the
+/// full duration plus the settle, close and connect timeouts).
+async fn drive(
+    shared: Arc<Shared>,
+    slices: Api<EndpointSlice>,
+    options: LoadOptions,
+    start: Instant,
+) {
+    let counters = shared.counters.clone();
+    let hard_end = start + options.duration + SETTLE + CLOSE_TIMEOUT + CONNECT_TIMEOUT;
 
     // Refresh the endpoints every second until the run ends (bounded by `hard_end`).
     let refresher = {
-        let endpoints = endpoints.clone();
+        let endpoints = shared.endpoints.clone();
         let options = options.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             while Instant::now() < hard_end {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 match ready_endpoints(&slices, &options).await {
@@ -373,11 +570,11 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
                     Err(err) => tracing::warn!(%err, "refreshing endpoints"),
                 }
             }
-        })
+        }))
     };
     let progress = options.progress.then(|| {
         let counters = counters.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let terminal = std::io::stderr().is_terminal();
             let every = if terminal {
                 Duration::from_secs(1)
@@ -393,24 +590,21 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
                     eprintln!("{line}");
                 }
             }
-        })
+        }))
     });
 
-    let shared = Arc::new(Shared {
-        endpoints,
-        counters: counters.clone(),
-        connector,
-        server_name,
-        interval: Duration::from_secs_f64(1.0 / options.rate),
-        send_until,
-    });
     let mut sessions = tokio::task::JoinSet::new();
     // Spread the first connections over at most one second.
     let stagger = Duration::from_secs(1) / u32::try_from(options.sessions).unwrap_or(1).max(1);
     for id in 0..options.sessions as u64 {
         let shared = shared.clone();
+        let ignores_close = options.ignores_close(id);
+        if ignores_close {
+            counters.close_ignoring.fetch_add(1, Ordering::Relaxed);
+        }
         sessions.spawn(async move {
-            let outcome = tokio::time::timeout_at(hard_end, session(id, &shared)).await;
+            let outcome =
+                tokio::time::timeout_at(hard_end, session(id, ignores_close, &shared)).await;
             let result = outcome.unwrap_or_else(|_| Err("did not end in time".to_owned()));
             if let Err(reason) = result {
                 shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -424,9 +618,9 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
         tokio::time::sleep(stagger).await;
     }
     while sessions.join_next().await.is_some() {}
-    refresher.abort();
+    drop(refresher);
     if let Some(progress) = progress {
-        progress.abort();
+        drop(progress);
         let line = counters.line(start.elapsed(), true);
         if std::io::stderr().is_terminal() {
             eprintln!("\r{line}\x1b[K");
@@ -434,7 +628,15 @@ pub async fn run(client: kube::Client, options: LoadOptions) -> Result<LoadRepor
             eprintln!("{line}");
         }
     }
-    Ok(counters.report())
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Shared {
@@ -443,31 +645,49 @@ struct Shared {
     connector: tokio_rustls::TlsConnector,
     server_name: ServerName<'static>,
     interval: Duration,
-    send_until: Instant,
+    window: Arc<SendWindow>,
 }
 
 type Socket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, String> {
+/// Why a connection attempt failed: a short category for the report, and the whole message.
+struct ConnectFailure {
+    category: String,
+    message: String,
+}
+
+async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, ConnectFailure> {
+    let fail = |category: &str, message: String| ConnectFailure {
+        category: category.to_owned(),
+        message,
+    };
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|e| fail("tcp", format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let tls = shared
             .connector
             .connect(shared.server_name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS to {addr}: {e}"))?;
+            .map_err(|e| fail("tls", format!("TLS to {addr}: {e}")))?;
         let url = format!("wss://{}/", server_host(&shared.server_name));
         let (socket, _) = tokio_tungstenite::client_async(url, tls)
             .await
-            .map_err(|e| format!("WebSocket handshake with {addr}: {e}"))?;
+            .map_err(|e| {
+                let category = match &e {
+                    tokio_tungstenite::tungstenite::Error::Http(response) => {
+                        format!("http {}", response.status().as_u16())
+                    }
+                    _ => "handshake".to_owned(),
+                };
+                fail(&category, format!("WebSocket handshake with {addr}: {e}"))
+            })?;
         Ok(socket)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("connect to {addr} timed out")))
+        .unwrap_or_else(|_| Err(fail("timeout", format!("connect to {addr} timed out"))))
 }
 
 fn server_host(name: &ServerName<'_>) -> String {
@@ -478,7 +698,7 @@ fn server_host(name: &ServerName<'_>) -> String {
 }
 
 /// Connects to a Ready endpoint, retrying up to [`CONNECT_ATTEMPTS`] times with backoff.
-async fn connect(shared: &Shared) -> Result<Socket, String> {
+async fn connect(shared: &Shared) -> Result<(Socket, SocketAddr), String> {
     let mut backoff = Duration::from_millis(100);
     let mut last = String::from("no Ready endpoint");
     for _ in 0..CONNECT_ATTEMPTS {
@@ -486,9 +706,15 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
             match connect_once(shared, addr).await {
                 Ok(socket) => {
                     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    return Ok(socket);
+                    shared.counters.on_endpoint(addr, |e| e.connections += 1);
+                    return Ok((socket, addr));
                 }
-                Err(err) => last = err,
+                Err(failure) => {
+                    if let Ok(mut failures) = shared.counters.connect_failures.lock() {
+                        *failures.entry(failure.category).or_default() += 1;
+                    }
+                    last = failure.message;
+                }
             }
         }
         tokio::time::sleep(backoff).await;
@@ -501,26 +727,48 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
 
 /// How one connection of a session ended.
 enum ConnectionEnd {
-    /// The client closed at the end of the run.
+    /// The client closed at the end of the run (or gave up waiting on an ignored close).
     Done,
     /// The server asked the client to reconnect (1012/1001), handshake completed.
     Migrate,
+    /// A close-ignoring session's socket was cut by the server.
+    ForceClosed,
 }
 
 /// One logical session: connects, sends, checks echoes, reconnects on 1012/1001.
-async fn session(id: u64, shared: &Shared) -> Result<(), String> {
+async fn session(id: u64, ignores_close: bool, shared: &Shared) -> Result<(), String> {
     shared.counters.opened.fetch_add(1, Ordering::Relaxed);
     let mut state = SessionState {
         id,
+        ignores_close,
         next_seq: 0,
         unacked: VecDeque::new(),
     };
+    let mut reconnecting: Option<Instant> = None;
     for _ in 0..MAX_RECONNECTS {
-        let mut socket = connect(shared).await?;
-        match connection(&mut socket, &mut state, shared).await? {
-            ConnectionEnd::Done => return Ok(()),
-            ConnectionEnd::Migrate => {
+        let (mut socket, addr) = connect(shared).await?;
+        if let Some(since) = reconnecting.take() {
+            let took = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+            shared
+                .counters
+                .slowest_reconnect_ms
+                .fetch_max(took, Ordering::Relaxed);
+        }
+        match connection(&mut socket, addr, &mut state, shared).await {
+            Ok(ConnectionEnd::Done) => return Ok(()),
+            Ok(ConnectionEnd::ForceClosed) => {
+                shared.counters.force_closed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.on_endpoint(addr, |e| e.force_closed += 1);
+                return Ok(());
+            }
+            Ok(ConnectionEnd::Migrate) => {
                 shared.counters.migrated.fetch_add(1, Ordering::Relaxed);
+                shared.counters.on_endpoint(addr, |e| e.migrated += 1);
+                reconnecting = Some(Instant::now());
+            }
+            Err(reason) => {
+                shared.counters.on_endpoint(addr, |e| e.dropped += 1);
+                return Err(format!("{reason} (on {addr})"));
             }
         }
     }
@@ -529,8 +777,10 @@ async fn session(id: u64, shared: &Shared) -> Result<(), String> {
 
 struct SessionState {
     id: u64,
+    /// Never answers the server's close frames.
+    ignores_close: bool,
     next_seq: u64,
-    /// Sent and not yet echoed: (seq, first sent at).
+    /// Sent and not yet echoed: (seq, last sent at).
     unacked: VecDeque<(u64, Instant)>,
 }
 
@@ -542,26 +792,32 @@ impl SessionState {
 
 async fn connection(
     socket: &mut Socket,
+    addr: SocketAddr,
     state: &mut SessionState,
     shared: &Shared,
 ) -> Result<ConnectionEnd, String> {
-    // Resend what the previous connection never echoed.
+    let connected = Instant::now();
+    // Resend what the previous connection never echoed; the echo timeout counts from now, as
+    // the time spent reconnecting is bounded on its own.
     let pending: Vec<u64> = state.unacked.iter().map(|(seq, _)| *seq).collect();
+    for entry in state.unacked.iter_mut() {
+        entry.1 = connected;
+    }
     for seq in pending {
         if socket.send(Message::text(state.text(seq))).await.is_err() {
-            return finish_after_send_error(socket).await;
+            return finish_after_send_error(socket, addr, state, shared).await;
         }
         shared.counters.resent.fetch_add(1, Ordering::Relaxed);
     }
     let mut ticker = tokio::time::interval(shared.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let settle_until = shared.send_until + SETTLE;
     loop {
         let now = Instant::now();
-        if now >= shared.send_until && state.unacked.is_empty() {
+        let send_until = shared.window.until();
+        if now >= send_until && state.unacked.is_empty() {
             return close(socket).await.map(|()| ConnectionEnd::Done);
         }
-        if now >= settle_until {
+        if now >= send_until + SETTLE {
             return Err(format!(
                 "{} echoes missing at the end of the run",
                 state.unacked.len()
@@ -570,16 +826,20 @@ async fn connection(
         if let Some((seq, at)) = state.unacked.front()
             && now.duration_since(*at) > ECHO_TIMEOUT
         {
-            return Err(format!("no echo of {seq} within {ECHO_TIMEOUT:?}"));
+            return Err(format!(
+                "no echo of {seq} within {ECHO_TIMEOUT:?} ({} unechoed, connected {:.1} s ago)",
+                state.unacked.len(),
+                connected.elapsed().as_secs_f64()
+            ));
         }
         tokio::select! {
-            _ = ticker.tick(), if now < shared.send_until => {
+            _ = ticker.tick(), if now < send_until => {
                 let seq = state.next_seq;
                 state.next_seq += 1;
                 state.unacked.push_back((seq, Instant::now()));
                 shared.counters.sent.fetch_add(1, Ordering::Relaxed);
                 if socket.send(Message::text(state.text(seq))).await.is_err() {
-                    return finish_after_send_error(socket).await;
+                    return finish_after_send_error(socket, addr, state, shared).await;
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -592,6 +852,9 @@ async fn connection(
                     state.unacked.pop_front();
                     shared.counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
+                Some(Ok(Message::Close(frame))) if state.ignores_close => {
+                    return ignore_close(socket, addr, state, shared, frame.map(|f| f.code)).await;
+                }
                 Some(Ok(Message::Close(frame))) => return after_close(socket, frame.map(|f| f.code)).await,
                 Some(Ok(Message::Binary(_))) => return Err("unexpected binary message".into()),
                 Some(Ok(_)) => {}
@@ -600,6 +863,48 @@ async fn connection(
             },
         }
     }
+}
+
+/// A close-ignoring session got the server's close frame: it stops sending and never answers
+/// (the WebSocket layer queued a reply, but is not polled again, so the reply never leaves), and
+/// reads the raw stream until the server cuts it or the run ends.
+async fn ignore_close(
+    socket: &mut Socket,
+    addr: SocketAddr,
+    state: &mut SessionState,
+    shared: &Shared,
+    code: Option<CloseCode>,
+) -> Result<ConnectionEnd, String> {
+    tracing::debug!(session = state.id, %addr, ?code, "ignoring the server's close frame");
+    shared
+        .counters
+        .closes_ignored
+        .fetch_add(1, Ordering::Relaxed);
+    shared.counters.on_endpoint(addr, |e| e.closes_ignored += 1);
+    let abandoned = state.unacked.len() as u64;
+    shared
+        .counters
+        .abandoned
+        .fetch_add(abandoned, Ordering::Relaxed);
+    state.unacked.clear();
+    let stream = socket.get_mut();
+    let mut buffer = [0u8; 4096];
+    // Bounded: at most one read per byte-carrying segment, and the run's end ends the wait.
+    for _ in 0..100_000 {
+        let end = shared.window.until() + SETTLE;
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return Ok(ConnectionEnd::ForceClosed),
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if Instant::now() >= end {
+                    return Ok(ConnectionEnd::Done);
+                }
+            }
+        }
+    }
+    Ok(ConnectionEnd::Done)
 }
 
 /// The server's close frame arrived: answer it (tungstenite queues the reply; polling flushes it
@@ -625,7 +930,12 @@ async fn after_close(
 }
 
 /// A send failed: the server may have closed first; read what it sent to tell.
-async fn finish_after_send_error(socket: &mut Socket) -> Result<ConnectionEnd, String> {
+async fn finish_after_send_error(
+    socket: &mut Socket,
+    addr: SocketAddr,
+    state: &mut SessionState,
+    shared: &Shared,
+) -> Result<ConnectionEnd, String> {
     let read = async {
         for _ in 0..1_000 {
             match socket.next().await {
@@ -637,6 +947,9 @@ async fn finish_after_send_error(socket: &mut Socket) -> Result<ConnectionEnd, S
         None
     };
     match tokio::time::timeout(CLOSE_TIMEOUT, read).await {
+        Ok(Some(code)) if state.ignores_close => {
+            ignore_close(socket, addr, state, shared, code).await
+        }
         Ok(Some(code)) => after_close(socket, code).await,
         _ => Err("send failed without a close frame".into()),
     }
@@ -676,12 +989,10 @@ mod tests {
         assert!(!options.allows("::1".parse().expect("ip")));
     }
 
-    /// A TLS WebSocket server on 127.0.0.1 whose first connection echoes 3 messages, then
-    /// answers the 4th with close 1012 instead of its echo; later connections echo everything.
-    async fn drain_once_server() -> (SocketAddr, tokio_rustls::TlsConnector) {
+    /// A TLS acceptor for `chat.default.svc` and a connector trusting its CA.
+    fn test_tls() -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -704,14 +1015,40 @@ mod tests {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (
+            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            connector_from_pem(ca.pem().as_bytes()).expect("connector"),
+        )
+    }
+
+    /// What the close-ignoring test server saw after its close frame.
+    #[derive(Debug, Default)]
+    struct AfterClose {
+        /// Frames (close replies included) the client sent after the server's close.
+        frames: AtomicU64,
+    }
+
+    /// A TLS WebSocket server on 127.0.0.1 whose first connection echoes 3 messages, then
+    /// answers the 4th with close 1012 instead of its echo; later connections echo everything.
+    /// With `cut_after`, the first connection instead waits that long after its close frame,
+    /// counting what the client sends, and then drops the TCP connection (a drain deadline).
+    async fn drain_once_server(
+        cut_after: Option<Duration>,
+    ) -> (SocketAddr, tokio_rustls::TlsConnector, Arc<AfterClose>) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+        let (acceptor, connector) = test_tls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let after_close = Arc::new(AfterClose::default());
+        let seen = after_close.clone();
         tokio::spawn(async move {
             for connection in 0..2 {
-                let (tcp, _) = listener.accept().await.expect("accept");
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let tls = acceptor.accept(tcp).await.expect("tls");
                 let mut ws = tokio_tungstenite::accept_async(tls).await.expect("ws");
                 let mut texts = 0;
@@ -725,23 +1062,32 @@ mod tests {
                             code: CloseCode::Restart,
                             reason: "".into(),
                         };
-                        ws.close(Some(frame)).await.expect("close");
+                        ws.send(Message::Close(Some(frame))).await.expect("close");
+                        if let Some(wait) = cut_after {
+                            let count = async {
+                                while let Some(Ok(_)) = ws.next().await {
+                                    seen.frames.fetch_add(1, Ordering::Relaxed);
+                                }
+                            };
+                            let _ = tokio::time::timeout(wait, count).await;
+                            drop(ws);
+                            break;
+                        }
                     } else if ws.send(message).await.is_err() {
                         break;
                     }
                 }
             }
         });
-        (
-            addr,
-            connector_from_pem(ca.pem().as_bytes()).expect("connector"),
-        )
+        (addr, connector, after_close)
     }
 
-    #[tokio::test]
-    async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
-        let (addr, connector) = drain_once_server().await;
-        let shared = Shared {
+    fn one_endpoint(
+        addr: SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+        send_for: Duration,
+    ) -> Shared {
+        Shared {
             endpoints: Arc::new(Endpoints {
                 addrs: RwLock::new(vec![addr]),
                 next: AtomicUsize::new(0),
@@ -750,9 +1096,17 @@ mod tests {
             connector,
             server_name: ServerName::try_from("chat.default.svc").expect("name"),
             interval: Duration::from_millis(50),
-            send_until: Instant::now() + Duration::from_secs(1),
-        };
-        session(7, &shared).await.expect("the session ends cleanly");
+            window: Arc::new(SendWindow::new(Instant::now(), send_for)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
+        let (addr, connector, _) = drain_once_server(None).await;
+        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
+        session(7, false, &shared)
+            .await
+            .expect("the session ends cleanly");
         let report = shared.counters.report();
         assert_eq!(report.connections, 2, "{report:?}");
         assert_eq!(report.migrated, 1, "{report:?}");
@@ -760,6 +1114,49 @@ mod tests {
         assert!(report.messages_sent >= 10, "{report:?}");
         assert_eq!(report.messages_echoed, report.messages_sent, "{report:?}");
         assert_eq!(report.messages_lost, 0, "{report:?}");
+        let endpoint = &report.endpoints[&addr.ip().to_string()];
+        assert_eq!(endpoint.migrated, 1, "{report:?}");
+        assert_eq!(endpoint.connections, 2, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_close_ignoring_session_never_answers_and_counts_the_cut_as_force_closed() {
+        let (addr, connector, after_close) =
+            drain_once_server(Some(Duration::from_millis(700))).await;
+        let shared = one_endpoint(addr, connector, Duration::from_secs(3));
+        session(3, true, &shared)
+            .await
+            .expect("a force-closed session is not a dropped one");
+        let report = shared.counters.report();
+        assert_eq!(after_close.frames.load(Ordering::Relaxed), 0, "{report:?}");
+        assert_eq!(report.connections, 1, "{report:?}");
+        assert_eq!(report.migrated, 0, "{report:?}");
+        assert_eq!(report.closes_ignored, 1, "{report:?}");
+        assert_eq!(report.force_closed, 1, "{report:?}");
+        // The 4th message got the close frame instead of its echo; one more may have left before
+        // the close arrived. Both are abandoned, not lost.
+        assert_eq!(report.messages_echoed, 3, "{report:?}");
+        assert!(report.messages_sent >= 4, "{report:?}");
+        assert_eq!(
+            report.messages_abandoned,
+            report.messages_sent - 3,
+            "{report:?}"
+        );
+        assert_eq!(report.messages_lost, 0, "{report:?}");
+        assert_eq!(report.endpoints[&addr.ip().to_string()].force_closed, 1);
+    }
+
+    #[test]
+    fn the_first_sessions_ignore_close_frames_so_round_robin_spreads_them() {
+        let mut options = LoadOptions::new("default", "chat");
+        options.sessions = 10;
+        options.close_ignoring = 3;
+        let ignoring: Vec<u64> = (0..10).filter(|&id| options.ignores_close(id)).collect();
+        assert_eq!(ignoring, [0, 1, 2]);
+        options.close_ignoring = 10;
+        assert_eq!((0..10).filter(|&id| options.ignores_close(id)).count(), 10);
+        options.close_ignoring = 11;
+        assert!(options.validate().is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it. `podrunner run`
 //! stands in for the kubelet of that cluster until interrupted. `load` opens WebSocket sessions
 //! to a Service's Ready endpoints and reports migrated and dropped sessions and lost messages.
+//! `scenario` runs the end-to-end rollout scenarios on a cluster of its own and judges them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,42 @@ enum Command {
     /// Open WebSocket sessions to a Service's Ready endpoints, check every echo, follow drains;
     /// exits 2 when a session was dropped or a message lost.
     Load(LoadArgs),
+    /// Run an end-to-end rollout scenario (or `all`) on a cluster of its own, with the operator,
+    /// real pods and live load; prints what it measured; exits 1 when it did not pass.
+    Scenario(ScenarioArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    /// rolling-update, scale-down, node-drain, operator-restart, gateway-crash, bad-revision,
+    /// drain-deadline, or all (in that order, on one cluster).
+    name: String,
+    /// Print the report as one JSON object on stdout (for `all`: {passed, scenarios: [...]}).
+    #[arg(long)]
+    json: bool,
+    /// Where longconn-operator, longconn-gateway and longconn-echo are (default: beside this
+    /// executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The folder `make tools` built the control-plane binaries into.
+    #[arg(long, env = tools::TOOLS_DIR_ENV, default_value_os_t = tools::repository_root().join(".tools"))]
+    tools_dir: PathBuf,
+    /// Cluster folder, pod folders and logs (default: a new folder under the temporary
+    /// folder, removed when every scenario passed).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// The seed of random choices (operator-restart's kill time); default from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The bridge the pods are attached to.
+    #[arg(long, default_value = "lcscen0")]
+    bridge: String,
+    /// The pods' /16 network.
+    #[arg(long, default_value = "10.248.0.0/16", value_parser = parse_network)]
+    pod_network: (std::net::Ipv4Addr, u8),
+    /// Show the load's progress on stderr.
+    #[arg(long)]
+    progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +100,10 @@ struct LoadArgs {
     /// 127.0.0.0/8 are always allowed.
     #[arg(long, value_parser = parse_network)]
     allow: Vec<(std::net::Ipv4Addr, u8)>,
+    /// How many of the sessions ignore the server's close frames (never answer, keep the socket
+    /// open until the server cuts it); they are reported as force-closed, not dropped.
+    #[arg(long, default_value_t = 0)]
+    close_ignoring: usize,
 }
 
 fn parse_network(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
@@ -142,16 +183,22 @@ struct DownArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // kube's client logs every refused connection while the API server starts; the readiness
+    // errors this command reports say the same once, when it matters. Scenarios show their own
+    // steps, not every container the pod runner starts.
+    let default_filter = match cli.command {
+        Command::Scenario(_) => "warn,longconn_e2e::scenario=info,kube_client=off",
+        _ => "info,kube_client=off",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // kube's client logs every refused connection while the API server starts; the
-                // readiness errors this command reports say the same once, when it matters.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    match run(Cli::parse()).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err @ RunError::Loss) => {
             eprintln!("longconn-e2e: {err}");
@@ -175,11 +222,18 @@ enum RunError {
     Client(String),
     #[error("sessions were dropped or messages lost")]
     Loss,
+    #[error(transparent)]
+    Scenario(#[from] longconn_e2e::scenario::ScenarioError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("not passed: {0}")]
+    NotPassed(String),
 }
 
 async fn run(cli: Cli) -> Result<(), RunError> {
     match cli.command {
         Command::Load(args) => load(args).await,
+        Command::Scenario(args) => scenario(args).await,
         Command::Cluster(ClusterCommand::Up(args)) => {
             let cluster = Cluster::up(ClusterOptions {
                 dir: args.dir.dir,
@@ -274,6 +328,7 @@ async fn load(args: LoadArgs) -> Result<(), RunError> {
     options.rate = args.rate;
     options.duration = args.duration;
     options.allowed.extend(args.allow);
+    options.close_ignoring = args.close_ignoring;
     options.progress = true;
     let report = longconn_e2e::load::run(client, options).await?;
     if args.json {
@@ -289,4 +344,142 @@ async fn load(args: LoadArgs) -> Result<(), RunError> {
         return Err(RunError::Loss);
     }
     Ok(())
+}
+
+async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
+    use longconn_e2e::scenario::{self, Scenario, ScenarioOptions};
+
+    let scenarios: Vec<Scenario> = if args.name == "all" {
+        Scenario::ALL.to_vec()
+    } else {
+        vec![Scenario::from_name(&args.name).ok_or_else(|| {
+            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            RunError::Usage(format!(
+                "no scenario {:?}: choose one of {} or all",
+                args.name,
+                names.join(", ")
+            ))
+        })?]
+    };
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(PathBuf::from))
+            .ok_or_else(|| RunError::Usage("cannot tell this executable's folder".into()))?,
+    };
+    let bin_dir = std::path::absolute(&bin_dir).map_err(longconn_e2e::Error::io(
+        "resolve the binary folder",
+        &bin_dir,
+    ))?;
+    let (own_work_dir, work_dir) = match args.work_dir {
+        Some(dir) => (false, dir),
+        None => (
+            true,
+            std::env::temp_dir().join(format!("longconn-scenarios-{}", std::process::id())),
+        ),
+    };
+    let (network, prefix_len) = args.pod_network;
+    if prefix_len != 16 {
+        return Err(RunError::Usage(format!(
+            "--pod-network must be a /16, not /{prefix_len}"
+        )));
+    }
+    let [a, b, _, _] = network.octets();
+    let mut options = ScenarioOptions::new(work_dir.clone());
+    options.bin_dir = bin_dir;
+    options.tools_dir = args.tools_dir;
+    options.seed = args.seed;
+    options.progress = args.progress;
+    options.network = NetworkOptions {
+        bridge: args.bridge,
+        prefix: [a, b],
+        ..NetworkOptions::default()
+    };
+    let interrupted = async {
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match terminate {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        eprintln!("longconn-e2e: interrupted; tearing everything down");
+    };
+    let suite = scenario::run(&options, &scenarios, interrupted).await?;
+    if args.json {
+        let text = if scenarios.len() == 1 && suite.scenarios.len() == 1 {
+            to_json(&suite.scenarios[0])
+        } else {
+            to_json(&suite)
+        };
+        println!("{text}");
+    } else {
+        for report in &suite.scenarios {
+            println!("{}", summary_line(report));
+            for failure in &report.failures {
+                println!("    failed: {failure}");
+            }
+            if let Some(error) = &report.error {
+                println!("    error: {error}");
+            }
+        }
+        println!(
+            "{} in {:.1} s",
+            if suite.passed { "PASSED" } else { "FAILED" },
+            suite.wall_seconds
+        );
+    }
+    for problem in &suite.teardown_problems {
+        eprintln!("longconn-e2e: teardown: {problem}");
+    }
+    if suite.passed {
+        if own_work_dir {
+            let _ = std::fs::remove_dir_all(&work_dir);
+        }
+        Ok(())
+    } else {
+        let failed: Vec<&str> = suite
+            .scenarios
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.scenario.as_str())
+            .collect();
+        Err(RunError::NotPassed(format!(
+            "{} (logs in {})",
+            if failed.is_empty() {
+                "teardown".to_owned()
+            } else {
+                failed.join(", ")
+            },
+            work_dir.display()
+        )))
+    }
+}
+
+/// One line per scenario for the terminal.
+fn summary_line(report: &longconn_e2e::scenario::ScenarioReport) -> String {
+    let show = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    format!(
+        "{:<17} {}  sessions {}  clientDropped {}  operatorDropped {}  migrated {}  lost {}  podsDrained {}  {:.1} s",
+        report.scenario,
+        if report.passed { "PASSED" } else { "FAILED" },
+        report.sessions,
+        show(report.client_dropped.map(|n| n.to_string())),
+        show(report.operator_dropped.map(|n| n.to_string())),
+        show(report.migrated.map(|n| n.to_string())),
+        show(report.lost_messages.map(|n| n.to_string())),
+        show(report.pods_drained.map(|n| n.to_string())),
+        report.wall_seconds
+    )
+}
+
+/// One line of JSON.
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

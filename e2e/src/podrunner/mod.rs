@@ -199,11 +199,16 @@ impl Drop for PodRunner {
     }
 }
 
-/// Removes what a pod runner that used `work_dir` left behind when it was killed: its bridge and
-/// the pods' network namespaces. `cluster down` calls it for `<cluster dir>/pods`.
+/// Removes what a pod runner that used `work_dir` left behind when it was killed: the container
+/// processes still running in its pod folders, its bridge and the pods' network namespaces.
+/// `cluster down` calls it for `<cluster dir>/pods`. A runner that stopped cleanly removed its
+/// bridge file, and then nothing is touched.
 pub fn cleanup_work_dir(work_dir: &std::path::Path) {
     let file = work_dir.join(BRIDGE_FILE);
     if let Ok(bridge) = std::fs::read_to_string(&file) {
+        if let Err(err) = crate::process::kill_within(work_dir) {
+            tracing::warn!(%err, "container processes survived SIGKILL");
+        }
         let bridge = bridge.trim();
         if !bridge.is_empty() {
             network::cleanup(bridge);

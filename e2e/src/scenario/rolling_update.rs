@@ -1,0 +1,119 @@
+//! rolling-update: 3 replicas, 1,000 live sessions, a template change. Passes when no session is
+//! dropped (by the clients' count and by `status.rollout.sessionsDropped`), no message is lost,
+//! every old pod is gone, `status.rollout` says Complete for the new revision, and its
+//! `sessionsMigrated` equals the migrations the clients counted.
+
+use std::time::Duration;
+
+use super::harness::Harness;
+use super::service::{Recorded, ServiceSpec};
+use super::steps::{self, RolloutEnd};
+use super::{Context, ScenarioError, ScenarioReport};
+
+/// Sessions of this scenario.
+pub const SESSIONS: usize = 1_000;
+
+pub(super) async fn run(
+    harness: &mut Harness,
+    context: &Context,
+    report: &mut ScenarioReport,
+) -> Result<(), ScenarioError> {
+    rollout_under_load(harness, context, report, SESSIONS, None).await
+}
+
+/// When, after the template change, to kill the operator and start it again.
+pub(super) struct Kill {
+    pub after: Duration,
+}
+
+/// Deploys 3 replicas, puts `sessions` on them, changes the template (optionally killing the
+/// operator `kill.after` later and starting it again) and judges the rollout.
+pub(super) async fn rollout_under_load(
+    harness: &mut Harness,
+    context: &Context,
+    report: &mut ScenarioReport,
+    sessions: usize,
+    kill: Option<Kill>,
+) -> Result<(), ScenarioError> {
+    let mut spec = ServiceSpec::new(&context.namespace);
+    let old = steps::deploy(harness, &spec).await?;
+    report.detail("oldRevision", &old.revision);
+    report.detail("oldPods", &old.pods);
+    let baseline = spec.observe(&harness.client()).await?.rollout();
+    let load = steps::start_load(harness, &spec, sessions, 0, context.progress).await?;
+    steps::run_for(harness, Duration::from_secs(3)).await?;
+
+    let change = tokio::time::Instant::now();
+    let new_revision = steps::change_template(harness, &mut spec, &old.revision).await?;
+    report.detail("newRevision", &new_revision);
+    if let Some(kill) = kill {
+        tokio::time::sleep_until(change + kill.after).await;
+        let observed = spec.observe(&harness.client()).await?;
+        let pods = spec.pods(&harness.client()).await?;
+        report.detail(
+            "atKill",
+            serde_json::json!({
+                "secondsAfterChange": (change.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                "rollout": observed.rollout().map(|r| r.0),
+                "pods": pods,
+            }),
+        );
+        harness.kill_operator().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        harness.start_operator()?;
+    }
+    let end = steps::wait_rollout(harness, &spec, &old.revision, &new_revision).await;
+    report.detail(
+        "rolloutSeconds",
+        (change.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    );
+    // Whatever happened, the clients get to finish and count.
+    steps::run_for(harness, Duration::from_secs(2)).await?;
+    load.stop();
+    report.client(load.finish().await);
+    let end = end?;
+
+    let observed = end.observed().clone();
+    let recorded = Recorded::since(baseline.as_ref(), observed.rollout().as_ref());
+    report.operator(recorded.as_ref());
+    let pods = spec.pods(&harness.client()).await?;
+    let old_left: Vec<&str> = pods
+        .iter()
+        .filter(|p| p.revision == old.revision)
+        .map(|p| p.name.as_str())
+        .collect();
+    let old_ips = old.ips();
+    if let Some(load) = &report.load {
+        let from_old: u64 = load
+            .endpoints
+            .iter()
+            .filter(|(ip, _)| old_ips.contains(*ip))
+            .map(|(_, e)| e.migrated)
+            .sum();
+        report.detail("clientsMigratedFromOldPods", from_old);
+    }
+
+    report.expect_clean_clients(sessions);
+    report.expect_migrations_agree();
+    report.expect(old_left.is_empty(), format!("old pods left: {old_left:?}"));
+    match &end {
+        RolloutEnd::Complete(_) => {}
+        RolloutEnd::Stopped(o) => report
+            .failures
+            .push(format!("the rollout stopped: {}", o.summary())),
+        RolloutEnd::Unrecorded(o) => report.failures.push(format!(
+            "the pods settled at {new_revision} but status.rollout does not say Complete for it: {}",
+            o.summary()
+        )),
+    }
+    match report.operator_dropped {
+        Some(0) => {}
+        Some(n) => report
+            .failures
+            .push(format!("the operator recorded {n} dropped sessions")),
+        None => report
+            .failures
+            .push("the operator recorded no rollout accounting (status.rollout)".into()),
+    }
+    Ok(())
+}
