@@ -28,6 +28,52 @@ pub fn satisfied(desired: &Value, observed: &Value) -> bool {
     })
 }
 
+/// The first field of `desired` that `observed` does not hold, as a JSON path (`spec.replicas`),
+/// for the log line that says why an object was updated; None when [`satisfied`].
+pub fn first_difference(desired: &Value, observed: &Value) -> Option<String> {
+    fn walk(want: &Value, have: &Value, field: Field, path: &str) -> Option<String> {
+        match (want, have) {
+            (Value::Object(w), Value::Object(h)) => w.iter().find_map(|(k, v)| {
+                walk(
+                    v,
+                    h.get(k).unwrap_or(&Value::Null),
+                    field.child(k),
+                    &format!("{path}.{k}"),
+                )
+            }),
+            (Value::Array(w), Value::Array(h)) if w.len() == h.len() => w
+                .iter()
+                .zip(h)
+                .enumerate()
+                .find_map(|(i, (a, b))| walk(a, b, Field::Other, &format!("{path}[{i}]"))),
+            (w, h) => (!contains_at(w, h, field)).then(|| path.trim_start_matches('.').to_owned()),
+        }
+    }
+    if satisfied(desired, observed) {
+        return None;
+    }
+    let (Value::Object(want), Value::Object(_)) = (desired, observed) else {
+        return Some(String::new());
+    };
+    want.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind"))
+        .find_map(|(key, value)| {
+            if key == "metadata" {
+                return ["labels", "annotations", "ownerReferences"]
+                    .iter()
+                    .find(|k| !contains(&value[**k], &observed["metadata"][**k]))
+                    .map(|k| format!("metadata.{k}"));
+            }
+            walk(
+                value,
+                observed.get(key).unwrap_or(&Value::Null),
+                Field::Other.child(key),
+                key,
+            )
+        })
+        .or(Some(String::new()))
+}
+
 /// True when `have` contains `want`: objects by key, arrays element by element.
 pub fn contains(want: &Value, have: &Value) -> bool {
     contains_at(want, have, Field::Other)
@@ -56,6 +102,9 @@ impl Field {
 
 fn contains_at(want: &Value, have: &Value, field: Field) -> bool {
     match (want, have) {
+        // A field we do not set (no annotations on a Deployment, say) holds whatever others put
+        // there (the Deployment controller's `deployment.kubernetes.io/revision`).
+        (Value::Null, _) => true,
         (want, Value::Null) => is_zero(want),
         (Value::Object(w), Value::Object(h)) => w
             .iter()
@@ -150,6 +199,32 @@ mod tests {
             &json!({"metadata": {"labels": {"x": "1"}}}),
             &json!({"metadata": {}})
         ));
+    }
+
+    #[test]
+    fn annotations_others_add_where_we_set_none_are_not_drift() {
+        let desired = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"replicas": 3}});
+        let observed = json!({"metadata": {"labels": {"a": "b"},
+            "annotations": {"deployment.kubernetes.io/revision": "1"}}, "spec": {"replicas": 3}});
+        assert!(satisfied(&desired, &observed));
+        assert_eq!(first_difference(&desired, &observed), None);
+    }
+
+    #[test]
+    fn the_first_difference_names_the_field() {
+        let desired = json!({"metadata": {"labels": {"a": "b"}},
+            "spec": {"template": {"spec": {"containers": [{"args": ["--x"]}]}}}});
+        let observed = json!({"metadata": {"labels": {"a": "b"}},
+            "spec": {"template": {"spec": {"containers": [{"args": ["--y"]}]}}}});
+        assert_eq!(
+            first_difference(&desired, &observed).as_deref(),
+            Some("spec.template.spec.containers[0].args[0]")
+        );
+        let relabelled = json!({"metadata": {"labels": {"a": "c"}}});
+        assert_eq!(
+            first_difference(&desired, &relabelled).as_deref(),
+            Some("metadata.labels")
+        );
     }
 
     #[test]

@@ -983,13 +983,17 @@ async fn apply(
                 message,
             });
         }
-        if compare::satisfied(
-            &manifest.object,
-            &serde_json::to_value(existing).unwrap_or(Value::Null),
-        ) {
-            return Applied::Unchanged;
-        }
     }
+    let differs = match &existing {
+        Some(existing) => {
+            let observed = serde_json::to_value(existing).unwrap_or(Value::Null);
+            match compare::first_difference(&manifest.object, &observed) {
+                None => return Applied::Unchanged,
+                Some(path) => Some(path),
+            }
+        }
+        None => None,
+    };
     let params = PatchParams::apply(MANAGER).force();
     match api
         .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
@@ -1004,7 +1008,7 @@ async fn apply(
                 info!(kind = ?kind, name = %manifest.name, "created");
                 Applied::Created
             } else {
-                info!(kind = ?kind, name = %manifest.name, "updated");
+                info!(kind = ?kind, name = %manifest.name, differs = %differs.unwrap_or_default(), "updated");
                 Applied::Updated
             }
         }
