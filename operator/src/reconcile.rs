@@ -972,17 +972,17 @@ async fn apply(
             }
         },
     };
-    if let Some(existing) = &existing {
-        if !owned_by(existing, uid) {
-            let message = format!(
-                "{kind:?} {} already exists and is not owned by this LongConnService; rename or delete it",
-                manifest.name
-            );
-            return Applied::Refused(Problem {
-                reason: "OwnershipConflict",
-                message,
-            });
-        }
+    if let Some(existing) = &existing
+        && !owned_by(existing, uid)
+    {
+        let message = format!(
+            "{kind:?} {} already exists and is not owned by this LongConnService; rename or delete it",
+            manifest.name
+        );
+        return Applied::Refused(Problem {
+            reason: "OwnershipConflict",
+            message,
+        });
     }
     let differs = match &existing {
         Some(existing) => {
