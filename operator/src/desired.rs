@@ -452,7 +452,7 @@ fn secret_volume(volume: &str, secret: String) -> Volume {
 /// pod that goes away for any reason (eviction, node drain) moves its sessions first. A
 /// container that already has a preStop hook keeps it.
 /// How long the preStop hook keeps a pod after the drain it waited for finished: longer than the
-/// operator's 2 s poll while a drain is followed.
+/// operator's 1 s poll while a drain is followed.
 const DRAIN_LINGER: &str = "5s";
 
 fn inject_drain_hook(container: &mut Container, admin_port: u16) {

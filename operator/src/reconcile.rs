@@ -41,7 +41,7 @@ pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 /// Requeue when nothing else is pending: catches drift the watches cannot see.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while a rollout or a drain is in motion: drain reports are followed at this pace.
-const ROLLOUT_POLL: Duration = Duration::from_secs(2);
+const ROLLOUT_POLL: Duration = Duration::from_secs(1);
 /// Requeue while gateways run, to keep `status.activeSessions` current (a read per gateway; a
 /// status write only when the count changed).
 const SESSIONS_POLL: Duration = Duration::from_secs(10);
