@@ -304,10 +304,14 @@ async fn owned_resource_versions(client: &Client, uid: &str) -> BTreeMap<String,
             .iter()
             .filter(|o| o.owner_references().iter().any(|r| r.uid == uid))
         {
-            out.insert(
-                format!("{kind:?}/{}", o.name_any()),
-                o.resource_version().unwrap_or_default(),
-            );
+            // Where the API tracks a generation (Deployments, PodDisruptionBudgets), it moves
+            // only with what is written to the object itself; its resourceVersion also moves
+            // with the status the controllers keep writing, which is not the operator's doing.
+            let version = match o.metadata.generation {
+                Some(generation) => format!("generation {generation}"),
+                None => o.resource_version().unwrap_or_default(),
+            };
+            out.insert(format!("{kind:?}/{}", o.name_any()), version);
         }
     }
     out
