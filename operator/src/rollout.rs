@@ -185,7 +185,11 @@ pub fn step(input: &Input) -> Plan {
             // The gateway restarted mid-drain: what it had not yet moved is lost; the new
             // process is drained from the start.
             entry.active = entry.active.max(loss.sessions);
-            events.push(lost_note(&entry, "restarted its gateway"));
+            events.push(lost_note(
+                &entry,
+                "GatewayRestarted",
+                "restarted its gateway",
+            ));
             tally.migrated += entry.migrated;
             tally.dropped += entry.dropped + entry.active;
             if let Some(pod) = pod {
@@ -199,7 +203,7 @@ pub fn step(input: &Input) -> Plan {
         }
         match pod {
             None => {
-                events.push(lost_note(&entry, "disappeared"));
+                events.push(lost_note(&entry, "DrainReportLost", "disappeared"));
                 lose(&mut entry, now);
                 tally.add(&entry);
             }
@@ -218,7 +222,7 @@ pub fn step(input: &Input) -> Plan {
                     entries.push(entry);
                 }
                 None if overdue(&entry, lcs, now) => {
-                    events.push(lost_note(&entry, "did not answer"));
+                    events.push(lost_note(&entry, "DrainReportLost", "did not answer"));
                     lose(&mut entry, now);
                     tally.add(&entry);
                     lowest_cost.push(pod.name.clone());
@@ -687,10 +691,12 @@ fn started_note(lcs: &LongConnService, update: &str, want: i32, tally: &Tally) -
     }
 }
 
-fn lost_note(entry: &DrainingPod, what: &str) -> Note {
+/// A drain whose remaining sessions are lost: its report went away with the pod
+/// (`DrainReportLost`) or its gateway restarted (`GatewayRestarted`, as outside a drain).
+fn lost_note(entry: &DrainingPod, reason: &'static str, what: &str) -> Note {
     Note {
         warning: true,
-        reason: "DrainReportLost",
+        reason,
         message: format!(
             "pod {} (revision {}) {what} before its drain finished: its {} last known open \
              sessions count as dropped",
