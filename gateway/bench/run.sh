@@ -4,13 +4,17 @@
 #
 #   make bench-gateway            (or: bash gateway/bench/run.sh)
 #
-# Environment: SESSIONS (idle sessions, default 8000), SECONDS_PER_RUN (default 5).
+# Environment: SESSIONS (idle sessions, default 8000), SECONDS_PER_RUN (default 3), ROUNDS
+# (default 5: every rate and latency is measured ROUNDS times, interleaved, and the median shown).
+# With two or more CPUs the proxy under test runs alone on CPU 1 and the load generator and the echo
+# upstream on CPU 0, so "one proxy thread at saturation" is what the rates measure.
 # Everything listens on 127.0.0.1. Needs root to install nginx and haproxy with apt-get.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SESSIONS="${SESSIONS:-8000}"
-SECS="${SECONDS_PER_RUN:-5}"
+SECS="${SECONDS_PER_RUN:-3}"
+ROUNDS="${ROUNDS:-5}"
 WORK="$(mktemp -d /tmp/longconn-bench.XXXXXX)"
 PIDS=()
 
@@ -45,6 +49,7 @@ ulimit -n 20000 2>/dev/null || true
 
 # --- ports --------------------------------------------------------------------------------
 UP=19080
+UP_PROXY_CPU=19087
 GW_PLAIN=19081 GW_TLS=19082
 NGX_PLAIN=19083 NGX_TLS=19084
 HAP_PLAIN=19085 HAP_TLS=19086
@@ -58,6 +63,18 @@ wait_port() {
     return 1
 }
 
+# CPU placement: the proxies on one CPU, everything that makes the load on the other.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    ON_PROXY_CPU=(taskset -c 1)
+    ON_LOAD_CPU=(taskset -c 0)
+    PLACEMENT="each proxy alone on CPU 1; load generator and echo upstream on CPU 0"
+else
+    ON_PROXY_CPU=()
+    ON_LOAD_CPU=()
+    PLACEMENT="proxy, load generator and echo upstream sharing the CPUs (no taskset or one CPU)"
+fi
+load() { "${ON_LOAD_CPU[@]}" "$LOADGEN" "$@"; }
+
 LAST=""
 start() { # name, command...; sets LAST to the new process id
     local name="$1"; shift
@@ -67,17 +84,22 @@ start() { # name, command...; sets LAST to the new process id
 }
 
 # --- upstream and proxies ------------------------------------------------------------------
-start echo "$LOADGEN" echo --listen "127.0.0.1:$UP"
+start echo "${ON_LOAD_CPU[@]}" "$LOADGEN" echo --listen "127.0.0.1:$UP"
+# A second echo upstream on the proxies' CPU: a direct path that crosses CPUs as the proxied
+# ones do, the anchor that tells a proxy's own latency from the cost of waking another CPU.
+start echo-proxy-cpu "${ON_PROXY_CPU[@]}" "$LOADGEN" echo --listen "127.0.0.1:$UP_PROXY_CPU"
 wait_port "$UP"
+wait_port "$UP_PROXY_CPU"
 
 GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections 30000
     --rate-limit-connections-per-second-per-ip 0 --heartbeat-interval 10m --idle-timeout 1h)
-start gateway env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
+start gateway "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
     --admin-listen 127.0.0.1:19091 "${GW_COMMON[@]}"
 GW_PID=$LAST
-start gateway-tls env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_TLS" \
+start gateway-tls "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_TLS" \
     --admin-listen 127.0.0.1:19092 "${GW_COMMON[@]}" \
     --tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem"
+GW_TLS_PID=$LAST
 
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx/nginx.conf" <<CONF
@@ -108,7 +130,7 @@ http {
     }
 }
 CONF
-start nginx "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+start nginx "${ON_PROXY_CPU[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
 NGX_PID=$LAST
 
 cat >"$WORK/haproxy.cfg" <<CONF
@@ -129,7 +151,7 @@ frontend fe
 backend app
     server s1 127.0.0.1:$UP maxconn 9900
 CONF
-start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
+start haproxy "${ON_PROXY_CPU[@]}" "$HAPROXY" -f "$WORK/haproxy.cfg" -db
 HAP_PID=$LAST
 
 for p in $GW_PLAIN $GW_TLS $NGX_PLAIN $NGX_TLS $HAP_PLAIN $HAP_TLS; do
@@ -145,71 +167,117 @@ NGX_PIDS="$(printf '%s\n' "$NGX_PID" $(pgrep -P "$NGX_PID" || true) | paste -sd,
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 
 # --- measurements -------------------------------------------------------------------------
-declare -A MEM TPUT P50 P99 L50 L99 HS HSTLS
 names=(gateway nginx haproxy)
-declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN)
+declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN
+    [direct]=$UP [direct-cross]=$UP_PROXY_CPU)
 declare -A TLSP=([gateway]=$GW_TLS [nginx]=$NGX_TLS [haproxy]=$HAP_TLS)
-declare -A MEMPIDS=([gateway]=$GW_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
+declare -A PROXYPIDS=([gateway]=$GW_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
+declare -A TLSPIDS=([gateway]=$GW_TLS_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
+# Samples, one space-separated list per measurement and name; medians at the end.
+declare -A S
 
+add() { S[$1]="${S[$1]:-} $2"; } # key, value
+median() { # key -> median of its samples
+    printf '%s\n' ${S[$1]} | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'
+}
+# The names in a different order each round, so no proxy always runs right after another.
+rotated() { local r=$1 i; for i in 0 1 2; do echo "${names[$(((i + r) % 3))]}"; done; }
+
+declare -A MEM
 for n in "${names[@]}"; do
     log "$n: RSS per idle session at $SESSIONS sessions"
-    out=$("$LOADGEN" idle --target "127.0.0.1:${PLAIN[$n]}" --sessions "$SESSIONS" --pids "${MEMPIDS[$n]}")
+    out=$(load idle --target "127.0.0.1:${PLAIN[$n]}" --sessions "$SESSIONS" --pids "${PROXYPIDS[$n]}")
     log "   $out"
     MEM[$n]=$(echo "$out" | field kib_per_session)
     sleep 2
 done
 
-for n in "${names[@]}"; do
-    log "$n: echo throughput at saturation"
-    out=$("$LOADGEN" throughput --target "127.0.0.1:${PLAIN[$n]}" --seconds "$SECS")
-    log "   $out"
-    TPUT[$n]=$(echo "$out" | field msgs_per_sec)
+for r in $(seq 1 "$ROUNDS"); do
+    for n in $(rotated "$r"); do
+        log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes"
+        out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS")
+        log "   $out"
+        add "tput8 $n" "$(echo "$out" | field msgs_per_sec)"
+        add "cpu8 $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        add "share8 $n" "$(echo "$out" | field proxy_cpu_share)"
+        out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS" --depth 1)
+        log "   $out"
+        add "tput1 $n" "$(echo "$out" | field msgs_per_sec)"
+        add "cpu1 $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        out=$(load handshakes --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS")
+        log "   $out"
+        add "hs $n" "$(echo "$out" | field handshakes_per_sec)"
+        add "cpuhs $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        out=$(load handshakes --target "127.0.0.1:${TLSP[$n]}" --pids "${TLSPIDS[$n]}" \
+            --tls-cert "$WORK/tls/cert.pem" --seconds "$SECS")
+        log "   $out"
+        add "tls $n" "$(echo "$out" | field handshakes_per_sec)"
+        add "cputls $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+    done
 done
 
-# Half the lowest saturation rate, the same for every row, so the latencies compare.
-LOWEST=$(printf '%s\n' "${TPUT[@]}" | sort -n | head -1)
-RATE=$((LOWEST / 2))
-latency() { # name, rate -> "p50_us p99_us"
-    local port=${PLAIN[$1]:-$UP} out
-    log "$1: latency at $2 msgs/s"
-    out=$("$LOADGEN" latency --target "127.0.0.1:$port" --rate "$2" --seconds "$SECS")
-    log "   $out"
-    echo "$(echo "$out" | field p50_us) $(echo "$out" | field p99_us)"
-}
-for n in direct "${names[@]}"; do
-    read -r "P50[$n]" "P99[$n]" < <(latency "$n" "$RATE")
-done
-
-# The same at a light rate, where the two cores are not saturated by the load generator and the
-# echo upstream themselves: this shows the latency a proxy adds.
+# Latency at half the lowest saturation rate with one message in flight per connection: those
+# messages cross a proxy one by one, as the latency probe's evenly spaced messages do, so at this
+# rate the slowest proxy's thread is about half busy. The same rate for every row, and two
+# anchors: a direct connection to the upstream on the load's CPU, and one to the upstream on the
+# proxies' CPU. Then the same at a light 1,000 msg/s.
+LOWEST=$(for n in "${names[@]}"; do median "tput1 $n"; done | sort -g | head -1)
+RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
 LIGHT=1000
-for n in direct "${names[@]}"; do
-    read -r "L50[$n]" "L99[$n]" < <(latency "$n" "$LIGHT")
+for r in $(seq 1 "$ROUNDS"); do
+    for n in direct direct-cross $(rotated "$r"); do
+        port=${PLAIN[$n]}
+        for rate in "$RATE" "$LIGHT"; do
+            out=$(load latency --target "127.0.0.1:$port" --rate "$rate" --seconds "$SECS")
+            log "round $r/$ROUNDS, $n at $rate msg/s: $out"
+            add "p50 $rate $n" "$(echo "$out" | field p50_us)"
+            add "p99 $rate $n" "$(echo "$out" | field p99_us)"
+        done
+    done
 done
 
-for n in "${names[@]}"; do
-    log "$n: handshakes per second, plain and TLS"
-    out=$("$LOADGEN" handshakes --target "127.0.0.1:${PLAIN[$n]}" --seconds 3)
-    log "   $out"
-    HS[$n]=$(echo "$out" | field handshakes_per_sec)
-    out=$("$LOADGEN" handshakes --target "127.0.0.1:${TLSP[$n]}" --tls-cert "$WORK/tls/cert.pem" --seconds 3)
-    log "   $out"
-    HSTLS[$n]=$(echo "$out" | field handshakes_per_sec)
-done
-
-ms() { awk -v us="$1" 'BEGIN { printf "%.3f", us / 1000 }'; }
+ms() { awk -v us="$1" 'BEGIN { if (us == "-") print "-"; else printf "%.3f", us / 1000 }'; }
+lat() { echo "$(ms "$(median "p50 $1 $2")") / $(ms "$(median "p99 $1 $2")")"; } # rate, name
+added() { # rate, name -> median latency minus the other-CPU anchor's, p50 / p99
+    local q out=()
+    for q in p50 p99; do
+        out+=("$(awk -v a="$(median "$q $1 $2")" -v b="$(median "$q $1 direct-cross")" \
+            'BEGIN { printf "%+.3f", (a - b) / 1000 }')")
+    done
+    echo "${out[0]} / ${out[1]}"
+}
+spread() { # key -> "median (min-max)"
+    local sorted
+    sorted=$(printf '%s\n' ${S[$1]} | sort -g)
+    echo "$(median "$1") ($(echo "$sorted" | head -1)-$(echo "$sorted" | tail -1))"
+}
+label() { [ "$1" = gateway ] && echo "longconn-gateway" || echo "$1"; }
 
 echo
 echo "longconn gateway vs nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') vs HAProxy $("$HAPROXY" -v | head -1 | awk '{print $3}')  ($(nproc) CPUs, $(date -u +%Y-%m-%d))"
-echo "one proxy thread / worker each; echo upstream and load generator on the same machine"
+echo "one proxy thread / worker each; $PLACEMENT"
+echo "rates: median (min-max) of $ROUNDS rounds; CPU: the proxy's CPU time per message or handshake (median)"
 echo
-row() { printf '| %-17s | %9s | %11s | %17s | %17s | %12s | %12s |\n' "$@"; }
-row proxy "KiB/idle" "echo msg/s" "p50/p99 ms @$RATE/s" "p50/p99 ms @$LIGHT/s" "handshake/s" "TLS hshake/s"
+row() { printf '| %-17s | %8s | %26s | %10s | %8s | %24s | %10s |\n' "$@"; }
+row proxy "KiB/idle" "msg/s, 8 in flight" "CPU us/msg" "CPU busy" "msg/s, 1 in flight" "CPU us/msg"
 row "---" "---:" "---:" "---:" "---:" "---:" "---:"
-row "direct (no proxy)" "-" "-" "$(ms "${P50[direct]}") / $(ms "${P99[direct]}")" \
-    "$(ms "${L50[direct]}") / $(ms "${L99[direct]}")" "-" "-"
 for n in "${names[@]}"; do
-    label=$n; [ "$n" = gateway ] && label="longconn-gateway"
-    row "$label" "${MEM[$n]}" "${TPUT[$n]}" "$(ms "${P50[$n]}") / $(ms "${P99[$n]}")" \
-        "$(ms "${L50[$n]}") / $(ms "${L99[$n]}")" "${HS[$n]}" "${HSTLS[$n]}"
+    row "$(label "$n")" "${MEM[$n]}" "$(spread "tput8 $n")" "$(median "cpu8 $n")" \
+        "$(median "share8 $n")" "$(spread "tput1 $n")" "$(median "cpu1 $n")"
+done
+echo
+row() { printf '| %-17s | %19s | %27s | %19s |\n' "$@"; }
+row "path" "p50/p99 ms @$RATE/s" "added vs other CPU, ms" "p50/p99 ms @$LIGHT/s"
+row "---" "---:" "---:" "---:"
+row "direct, same CPU" "$(lat "$RATE" direct)" "" "$(lat "$LIGHT" direct)"
+row "direct, other CPU" "$(lat "$RATE" direct-cross)" "" "$(lat "$LIGHT" direct-cross)"
+for n in "${names[@]}"; do
+    row "$(label "$n")" "$(lat "$RATE" "$n")" "$(added "$RATE" "$n")" "$(lat "$LIGHT" "$n")"
+done
+echo
+row() { printf '| %-17s | %20s | %13s | %18s | %13s |\n' "$@"; }
+row proxy "handshake/s" "CPU us/hshake" "TLS handshake/s" "CPU us/TLS hs"
+row "---" "---:" "---:" "---:" "---:"
+for n in "${names[@]}"; do
+    row "$(label "$n")" "$(spread "hs $n")" "$(median "cpuhs $n")" "$(spread "tls $n")" "$(median "cputls $n")"
 done

@@ -374,8 +374,15 @@ pub fn start(
             }
             Ok(()) => drive(&mut relay, &ctx).await,
         };
-        // Tell the upstream, if it has not heard a close yet.
-        if reason != CloseReason::UpstreamClose && !relay.c2u.scanner.closed() {
+        // When the gateway ended the session (timeouts, limits, drains), it tells the upstream
+        // why with a close frame. A client that vanished without a close frame is relayed as it
+        // happened: the upstream connection just ends, and the app sees the abnormal closure
+        // (1006) it would see without a gateway, not a clean close the client never sent.
+        if !matches!(
+            reason,
+            CloseReason::UpstreamClose | CloseReason::ClientDisconnect
+        ) && !relay.c2u.scanner.closed()
+        {
             relay.try_close_upstream(CLOSE_GOING_AWAY, mask);
         }
         debug!(reason = reason.as_str(), "session ended");

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn heartbeat_timeout_closes_a_client_that_never_answers_pings() {
-    let (up, _) = start_upstream().await;
+    let (up, log) = start_upstream().await;
     let gw = Gateway::start(
         up,
         &[
@@ -41,6 +41,12 @@ async fn heartbeat_timeout_closes_a_client_that_never_answers_pings() {
             == 1.0
     })
     .await;
+    // The gateway ended the session, so it tells the app why.
+    eventually("the upstream saw the close", || async {
+        !log.ws_ends.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*log.ws_ends.lock().unwrap(), vec![Some(1001)]);
 }
 
 #[tokio::test]

@@ -65,6 +65,28 @@ async fn client_close_is_relayed_and_the_handshake_completes() {
 }
 
 #[tokio::test]
+async fn a_client_that_vanishes_ends_the_upstream_connection_without_a_close_frame() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let tcp = raw_session(gw.addr).await;
+    // A reset, as from a client whose network went away: the app must see its connection end
+    // the same way (abnormally), not a clean close the client never sent.
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    eventually("the upstream saw the session end", || async {
+        !log.ws_ends.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*log.ws_ends.lock().unwrap(), vec![None]);
+    eventually("client_disconnect counted", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="client_disconnect"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn upstream_close_is_relayed_to_the_client() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;

@@ -37,6 +37,9 @@ pub fn free_port() -> u16 {
 #[derive(Default)]
 pub struct UpstreamLog {
     pub heads: Mutex<Vec<String>>,
+    /// How each WebSocket session ended, as the app saw it: the code of the close frame it
+    /// received (1005 for one without a code), or `None` if its connection ended without one.
+    pub ws_ends: Mutex<Vec<Option<u16>>>,
     /// Released by tests to let `/sse` send its second event.
     pub sse_go: Notify,
 }
@@ -86,8 +89,10 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
         let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
             return;
         };
+        let mut end = None;
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
+                Message::Close(frame) => end = Some(frame.map_or(1005, |f| u16::from(f.code))),
                 // The app fails: its connection ends without a close frame.
                 Message::Text(t) if t.as_str() == "die" => return,
                 Message::Text(t) if t.starts_with("close:") => {
@@ -105,6 +110,7 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
                 _ => {}
             }
         }
+        log.ws_ends.lock().unwrap().push(end);
         return;
     }
     // Plain HTTP: consume the head (and a body for /echo).

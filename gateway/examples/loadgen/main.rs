@@ -1,0 +1,563 @@
+//! The benchmark's load generator and echo upstream (`gateway/bench/run.sh` drives it).
+//!
+//! Subcommands: `echo` (WebSocket echo server, the upstream of every proxy), `cert` (a
+//! self-signed certificate for 127.0.0.1), `idle` (RSS per idle proxied session), `throughput`
+//! (echo messages per second at saturation), `latency` (round-trip percentiles at a fixed
+//! rate), `handshakes` (new sessions per second, plain or TLS). Each measurement prints one
+//! `key=value` line. It only ever talks to 127.0.0.1.
+//!
+//! The echo upstream and the throughput, latency and handshake clients speak WebSocket through
+//! the few lines of [`wire`] and batch what they can, so that as much of the machine as possible
+//! is left to the proxy under test; the idle measurement uses tungstenite, a complete client.
+//! Everything runs on one thread (the latency sender on a second), so that a benchmark can pin
+//! the load to one CPU and the proxy to the other.
+#![allow(clippy::unwrap_used)]
+
+mod wire;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, ServerName},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// WebSocket echo server.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Writes cert.pem, key.pem and combined.pem for 127.0.0.1 into DIR.
+    Cert { dir: std::path::PathBuf },
+    /// Opens SESSIONS idle sessions through TARGET and reports the RSS growth of PIDS.
+    Idle {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        sessions: usize,
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+    },
+    /// Closed-loop echo at saturation; reports the rate and the CPU time PIDS spent per message.
+    Throughput {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        depth: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Open-loop echo at RATE messages per second; reports p50 and p99 round trips.
+    Latency {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// New sessions per second (connect, upgrade, reset); reports the rate and the CPU time PIDS
+    /// spent per session.
+    Handshakes {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// PEM certificate to trust; enables TLS.
+        #[arg(long)]
+        tls_cert: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+const PAYLOAD: usize = 128;
+
+async fn connect(target: SocketAddr) -> Ws {
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(format!("ws://{target}/bench")),
+    )
+    .await
+    .expect("connect timeout")
+    .expect("connect");
+    ws
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn total_rss(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| rss_kib(*p)).sum()
+}
+
+/// The upstream: a WebSocket echo server. Every read is answered with one write that carries all
+/// the complete frames it held, so its cost per message falls as the load rises.
+async fn echo_server(listen: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.unwrap();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = echo_session(tcp).await;
+        });
+    }
+}
+
+async fn echo_session(mut tcp: TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = wire::read_head(&mut tcp, &mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+    let Some(key) = wire::header(&head, "sec-websocket-key") else {
+        return tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    tcp.write_all(response.as_bytes()).await?;
+    buf.drain(..head_len);
+    let mut out = Vec::new();
+    loop {
+        let mut at = 0;
+        let mut closed = false;
+        while let Some(f) = wire::next_frame(&buf[at..]) {
+            at += f.len;
+            let head = match f.opcode() {
+                wire::OP_PONG => continue,
+                wire::OP_PING => wire::fin(wire::OP_PONG),
+                _ => f.head,
+            };
+            wire::push_header(&mut out, head, f.payload.len(), None);
+            wire::xor_into(&mut out, f.payload, f.mask);
+            if f.opcode() == wire::OP_CLOSE {
+                closed = true;
+                break;
+            }
+        }
+        buf.drain(..at);
+        if !out.is_empty() {
+            tcp.write_all(&out).await?;
+            out.clear();
+        }
+        if closed || !read_more(&mut tcp, &mut buf).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads what is available into `buf` (at least 16 KiB of room); false at end of stream.
+async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    if buf.capacity() - buf.len() < 16 * 1024 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(tcp.read_buf(buf).await? > 0)
+}
+
+async fn idle(target: SocketAddr, sessions: usize, pids: &[u32]) {
+    // Warm up: a few sessions opened, used and closed, so allocator pools exist before the baseline.
+    for _ in 0..20 {
+        let mut ws = connect(target).await;
+        ws.send(Message::binary(vec![1u8; PAYLOAD])).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = total_rss(pids);
+    let mut all = Vec::with_capacity(sessions);
+    for chunk in 0..sessions.div_ceil(200) {
+        let n = 200.min(sessions - chunk * 200);
+        let opened = futures_util::future::join_all((0..n).map(|_| async move {
+            let mut ws = connect(target).await;
+            ws.send(Message::binary(vec![2u8; PAYLOAD])).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            ws
+        }))
+        .await;
+        all.extend(opened);
+    }
+    // Let the proxies settle, then measure with every session idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = total_rss(pids);
+    let per = (after.saturating_sub(before)) as f64 / sessions as f64;
+    println!(
+        "kib_per_session={per:.2} rss_before_kib={before} rss_after_kib={after} sessions={}",
+        all.len()
+    );
+    drop(all);
+}
+
+/// The mask of every frame the load generator sends (any key is valid for a server).
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// Opens a session with the hand-written client; returns the stream and any bytes read past
+/// the `101`.
+async fn open(target: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut tcp = TcpStream::connect(target).await.expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    tcp.write_all(&wire::upgrade_request(&target.to_string()))
+        .await
+        .unwrap();
+    let mut buf = Vec::with_capacity(1024);
+    let n = tokio::time::timeout(Duration::from_secs(30), wire::read_head(&mut tcp, &mut buf))
+        .await
+        .expect("upgrade timeout")
+        .expect("upgrade");
+    assert!(wire::is_accepted(&buf[..n]), "upgrade refused");
+    buf.drain(..n);
+    (tcp, buf)
+}
+
+/// Time the processes `pids` (all their threads) have spent on a CPU.
+fn cpu_time(pids: &[u32]) -> Duration {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Measures `ops` (a counter) and the CPU time of `pids` over `seconds`; returns the rate, the
+/// proxy's CPU microseconds per operation and its CPU share of the wall time.
+async fn window(ops: &AtomicU64, pids: &[u32], seconds: u64) -> (f64, f64, f64) {
+    let (n0, c0, t0) = (ops.load(Ordering::Relaxed), cpu_time(pids), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (n, cpu, wall) = (
+        ops.load(Ordering::Relaxed) - n0,
+        cpu_time(pids) - c0,
+        t0.elapsed(),
+    );
+    let per_op = cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+    (
+        n as f64 / wall.as_secs_f64(),
+        per_op,
+        cpu.as_secs_f64() / wall.as_secs_f64(),
+    )
+}
+
+/// Closed loop: each connection keeps `depth` messages in flight and answers every echo it reads
+/// with a new message, all of one read's answers in one write.
+async fn throughput(
+    target: SocketAddr,
+    connections: usize,
+    depth: usize,
+    seconds: u64,
+    pids: &[u32],
+) {
+    let count = Arc::new(AtomicU64::new(0));
+    let mut one = Vec::new();
+    wire::push_frame(
+        &mut one,
+        wire::fin(wire::OP_BINARY),
+        &[3u8; PAYLOAD],
+        Some(MASK),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (mut tcp, mut buf) = open(target).await;
+        let (count, one) = (Arc::clone(&count), one.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = one.repeat(depth);
+            loop {
+                if tcp.write_all(&out).await.is_err() {
+                    return;
+                }
+                let mut at = 0;
+                let mut echoed = 0;
+                while echoed == 0 {
+                    match read_more(&mut tcp, &mut buf).await {
+                        Ok(true) => {}
+                        _ => return,
+                    }
+                    while let Some(f) = wire::next_frame(&buf[at..]) {
+                        at += f.len;
+                        echoed += usize::from(f.opcode() == wire::OP_BINARY);
+                    }
+                }
+                buf.drain(..at);
+                count.fetch_add(echoed as u64, Ordering::Relaxed);
+                out = one.repeat(echoed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rate, cpu_us, share) = window(&count, pids, seconds).await;
+    for t in tasks {
+        t.abort();
+    }
+    println!("msgs_per_sec={rate:.0} proxy_cpu_us_per_op={cpu_us:.2} proxy_cpu_share={share:.2}");
+}
+
+/// Open loop: one thread sends RATE messages per second, evenly spaced (it sleeps between sends,
+/// so the spacing is as fine as the kernel's timers), round robin over the connections; each
+/// message carries the time it was due, and the round trip counts from then, so a stalled sender
+/// shows as latency instead of hiding it.
+async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64) {
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..connections {
+        let (tcp, buf) = open(target).await;
+        let std = tcp.into_std().unwrap();
+        writers.push(std.try_clone().unwrap());
+        readers.push((TcpStream::from_std(std).unwrap(), buf));
+    }
+    let start = Instant::now();
+    let warm = Duration::from_secs(1);
+    let end = warm + Duration::from_secs(seconds);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut frame = Vec::with_capacity(PAYLOAD + 16);
+        let mut late = 0u64;
+        for k in 0u32.. {
+            let due = interval * k;
+            if due >= end {
+                break;
+            }
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            } else {
+                late += 1;
+            }
+            let mut payload = [0u8; PAYLOAD];
+            payload[..8].copy_from_slice(&(due.as_nanos() as u64).to_be_bytes());
+            frame.clear();
+            wire::push_frame(&mut frame, wire::fin(wire::OP_BINARY), &payload, Some(MASK));
+            let w = &mut writers[k as usize % connections];
+            // The sockets are non-blocking (shared with the reader); a full send buffer at these
+            // rates means the run is overloaded: retry until the end of the run at the latest.
+            let mut sent = 0;
+            while sent < frame.len() && start.elapsed() < end + Duration::from_secs(5) {
+                match w.write(&frame[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(_) => return late,
+                }
+            }
+        }
+        late
+    });
+    let mut tasks = Vec::new();
+    for (mut tcp, mut buf) in readers {
+        tasks.push(tokio::spawn(async move {
+            let mut rtts = Vec::new();
+            loop {
+                let mut at = 0;
+                while let Some(f) = wire::next_frame(&buf[at..]) {
+                    at += f.len;
+                    if f.opcode() != wire::OP_BINARY || f.payload.len() < 8 {
+                        continue;
+                    }
+                    let now = start.elapsed();
+                    let due = Duration::from_nanos(u64::from_be_bytes(
+                        f.payload[..8].try_into().unwrap(),
+                    ));
+                    if due >= warm {
+                        rtts.push(now.saturating_sub(due).as_micros() as u64);
+                    }
+                    if due + interval * connections as u32 >= end {
+                        return rtts;
+                    }
+                }
+                buf.drain(..at);
+                match tokio::time::timeout(Duration::from_secs(5), read_more(&mut tcp, &mut buf))
+                    .await
+                {
+                    Ok(Ok(true)) => {}
+                    _ => return rtts,
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let late = sender.join().unwrap();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "p50_us={} p99_us={} p999_us={} samples={} rate={rate} sender_late={late}",
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        all.len()
+    );
+}
+
+fn tls_connector(cert: &std::path::Path) -> TlsConnector {
+    let pem = std::fs::read(cert).unwrap();
+    let mut roots = RootCertStore::empty();
+    let der: CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    roots.add(der).unwrap();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Sends the upgrade request and reads the answer; true for a valid `101`.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, request: &[u8]) -> io::Result<bool> {
+    s.write_all(request).await?;
+    let mut buf = Vec::with_capacity(512);
+    let n = wire::read_head(s, &mut buf).await?;
+    Ok(wire::is_accepted(&buf[..n]))
+}
+
+/// Connect, upgrade, reset; `concurrency` at a time.
+async fn handshakes(
+    target: SocketAddr,
+    tls: Option<std::path::PathBuf>,
+    concurrency: usize,
+    seconds: u64,
+    pids: &[u32],
+) {
+    let connector = tls.as_deref().map(tls_connector);
+    let request: Arc<[u8]> = wire::upgrade_request(&target.to_string()).into();
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (done, failed, stop) = (Arc::clone(&done), Arc::clone(&failed), Arc::clone(&stop));
+        let (connector, request) = (connector.clone(), Arc::clone(&request));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = async {
+                    let tcp = TcpStream::connect(target).await?;
+                    tcp.set_nodelay(true)?;
+                    // Reset instead of TIME_WAIT, so a run does not exhaust local ports.
+                    tcp.set_zero_linger()?;
+                    match &connector {
+                        Some(c) => {
+                            let name = ServerName::from(target.ip());
+                            let mut s = c.connect(name, tcp).await?;
+                            upgrade(&mut s, &request).await
+                        }
+                        None => upgrade(&mut { tcp }, &request).await,
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                    Ok(Ok(true)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rate, cpu_us, share) = window(&done, pids, seconds).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!(
+        "handshakes_per_sec={rate:.0} proxy_cpu_us_per_op={cpu_us:.2} proxy_cpu_share={share:.2} failed={}",
+        failed.load(Ordering::Relaxed)
+    );
+}
+
+fn cert(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    std::fs::write(dir.join("combined.pem"), format!("{cert}{key}")).unwrap();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    match Cli::parse().cmd {
+        Cmd::Echo { listen } => echo_server(listen).await,
+        Cmd::Cert { dir } => cert(&dir),
+        Cmd::Idle {
+            target,
+            sessions,
+            pids,
+        } => idle(target, sessions, &pids).await,
+        Cmd::Throughput {
+            target,
+            pids,
+            connections,
+            depth,
+            seconds,
+        } => throughput(target, connections, depth, seconds, &pids).await,
+        Cmd::Latency {
+            target,
+            rate,
+            connections,
+            seconds,
+        } => latency(target, rate, connections, seconds).await,
+        Cmd::Handshakes {
+            target,
+            pids,
+            tls_cert,
+            concurrency,
+            seconds,
+        } => handshakes(target, tls_cert, concurrency, seconds, &pids).await,
+    }
+}
