@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the longconn gateway against nginx and HAProxy, in front of the same echo
-# upstream, driven by the same load generator (gateway/examples/loadgen.rs). Prints one table.
+# upstream, driven by the same load generator (gateway/examples/loadgen/). Prints three tables;
+# gateway/README.md explains how each figure is measured.
 #
 #   make bench-gateway            (or: bash gateway/bench/run.sh)
 #
