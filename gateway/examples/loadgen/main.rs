@@ -488,7 +488,7 @@ async fn handshakes(
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let attempt = async {
-                    let tcp = TcpStream::connect(target).await?;
+                    let mut tcp = TcpStream::connect(target).await?;
                     tcp.set_nodelay(true)?;
                     // Reset instead of TIME_WAIT, so a run does not exhaust local ports.
                     tcp.set_zero_linger()?;
@@ -498,7 +498,7 @@ async fn handshakes(
                             let mut s = c.connect(name, tcp).await?;
                             upgrade(&mut s, &request).await
                         }
-                        None => upgrade(&mut { tcp }, &request).await,
+                        None => upgrade(&mut tcp, &request).await,
                     }
                 };
                 match tokio::time::timeout(Duration::from_secs(10), attempt).await {
