@@ -237,6 +237,34 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
+# The same probe with everything on one CPU: no message has to wake the other CPU, which on a
+# virtual machine is what dominates the tails above. The rate is half the lowest saturation rate
+# (1 in flight) of this one-CPU system with each proxy, so the CPU is about half busy.
+ONE_CPU_RATE=""
+if [ ${#ON_PROXY_CPU[@]} -gt 0 ]; then
+    for n in "${names[@]}"; do
+        for pid in ${PROXYPIDS[$n]//,/ }; do taskset -a -p -c 0 "$pid" >/dev/null; done
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        for n in $(rotated "$r"); do
+            out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" \
+                --seconds "$SECS" --depth 1)
+            log "round $r/$ROUNDS, $n on the load's CPU, 1 in flight: $out"
+            add "onetput $n" "$(echo "$out" | field msgs_per_sec)"
+        done
+    done
+    LOWEST=$(for n in "${names[@]}"; do median "onetput $n"; done | sort -g | head -1)
+    ONE_CPU_RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
+    for r in $(seq 1 "$ROUNDS"); do
+        for n in direct $(rotated "$r"); do
+            out=$(load latency --target "127.0.0.1:${PLAIN[$n]}" --rate "$ONE_CPU_RATE" --seconds "$SECS")
+            log "round $r/$ROUNDS, $n on one CPU at $ONE_CPU_RATE msg/s: $out"
+            add "one50 $n" "$(echo "$out" | field p50_us)"
+            add "one99 $n" "$(echo "$out" | field p99_us)"
+        done
+    done
+fi
+
 ms() { awk -v us="$1" 'BEGIN { if (us == "-") print "-"; else printf "%.3f", us / 1000 }'; }
 lat() { echo "$(ms "$(median "p50 $1 $2")") / $(ms "$(median "p99 $1 $2")")"; } # rate, name
 added() { # rate, name -> median latency minus the other-CPU anchor's, p50 / p99
@@ -275,6 +303,20 @@ row "direct, other CPU" "$(lat "$RATE" direct-cross)" "" "$(lat "$LIGHT" direct-
 for n in "${names[@]}"; do
     row "$(label "$n")" "$(lat "$RATE" "$n")" "$(added "$RATE" "$n")" "$(lat "$LIGHT" "$n")"
 done
+if [ -n "$ONE_CPU_RATE" ]; then
+    echo
+    row() { printf '| %-17s | %24s | %21s | %27s |\n' "$@"; }
+    row "all on one CPU" "msg/s, 1 in flight" "p50/p99 ms @$ONE_CPU_RATE/s" "added vs direct, ms"
+    row "---" "---:" "---:" "---:"
+    row "direct" "" "$(ms "$(median "one50 direct")") / $(ms "$(median "one99 direct")")" ""
+    for n in "${names[@]}"; do
+        added_one=$(awk -v a="$(median "one50 $n")" -v b="$(median "one50 direct")" \
+            -v c="$(median "one99 $n")" -v d="$(median "one99 direct")" \
+            'BEGIN { printf "%+.3f / %+.3f", (a - b) / 1000, (c - d) / 1000 }')
+        row "$(label "$n")" "$(spread "onetput $n")" \
+            "$(ms "$(median "one50 $n")") / $(ms "$(median "one99 $n")")" "$added_one"
+    done
+fi
 echo
 row() { printf '| %-17s | %20s | %13s | %18s | %13s |\n' "$@"; }
 row proxy "handshake/s" "CPU us/hshake" "TLS handshake/s" "CPU us/TLS hs"
