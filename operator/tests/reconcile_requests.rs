@@ -209,6 +209,17 @@ fn chat() -> Value {
     lcs
 }
 
+/// The `chat` resource's status condition of type `kind`.
+fn condition(store: &Store, kind: &str) -> Value {
+    store.collections[LCS_PATH]["chat"]["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} condition"))
+}
+
 async fn reconcile_once(store: &Arc<Mutex<Store>>, ctx: &Arc<Context>) -> Vec<String> {
     let lcs: LongConnService = {
         let mut s = store.lock().expect("store");
@@ -370,13 +381,7 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
         s.collections["/api/v1/namespaces/default/services"]["chat"],
         theirs
     );
-    let status = &s.collections[LCS_PATH]["chat"]["status"];
-    let degraded = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .expect("Degraded condition");
+    let degraded = condition(&s, "Degraded");
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "OwnershipConflict");
     assert!(
@@ -398,13 +403,7 @@ async fn with_the_monitoring_api_served_a_service_monitor_is_applied() {
         &"PATCH /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/chat".to_owned()
     ));
     let s = store.lock().expect("store");
-    let status = &s.collections[LCS_PATH]["chat"]["status"];
-    let monitoring = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "MonitoringReady")
-        .expect("condition");
+    let monitoring = condition(&s, "MonitoringReady");
     assert_eq!(monitoring["status"], "True");
 }
 
@@ -461,13 +460,7 @@ async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_servic
         s.collections["/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors"]
             .contains_key("chat")
     );
-    let status = &s.collections[LCS_PATH]["chat"]["status"];
-    let monitoring = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "MonitoringReady")
-        .expect("condition");
+    let monitoring = condition(&s, "MonitoringReady");
     assert_eq!(monitoring["status"], "True");
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use super::harness::Harness;
 use super::service::ServiceSpec;
 use super::steps;
-use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport};
 
 /// Sessions of this scenario.
@@ -34,24 +33,14 @@ pub(super) async fn run(
     let started = tokio::time::Instant::now();
     let new_revision = steps::change_template(harness, &mut spec, &old.revision).await;
     let client = harness.client();
-    let stopped = match &new_revision {
-        Ok(_) => {
-            wait_until(
-                "Progressing=False with reason ProgressDeadlineExceeded",
-                Duration::from_secs(20) + DEADLINE_GRACE,
-                || async {
-                    let observed = spec.observe(&client).await?;
-                    Ok(if observed.stopped_with("ProgressDeadlineExceeded") {
-                        Check::Done(observed)
-                    } else {
-                        Check::NotYet(observed.summary())
-                    })
-                },
-            )
-            .await
-        }
-        Err(_) => Err(ScenarioError::Setup("no new revision".into())),
-    };
+    let stopped = steps::wait_stopped(
+        harness,
+        &spec,
+        &new_revision,
+        "ProgressDeadlineExceeded",
+        Duration::from_secs(20) + DEADLINE_GRACE,
+    )
+    .await;
     report.detail(
         "secondsToStop",
         (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,

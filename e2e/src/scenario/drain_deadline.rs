@@ -10,7 +10,6 @@ use std::time::Duration;
 use super::harness::Harness;
 use super::service::{Recorded, ServiceSpec};
 use super::steps;
-use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport};
 
 /// Sessions of this scenario.
@@ -42,24 +41,14 @@ pub(super) async fn run(
     let started = tokio::time::Instant::now();
     let new_revision = steps::change_template(harness, &mut spec, &old.revision).await;
     let client = harness.client();
-    let paused = match &new_revision {
-        Ok(_) => {
-            wait_until(
-                "Progressing=False with reason DropBudgetExceeded",
-                PAUSE_WAIT,
-                || async {
-                    let observed = spec.observe(&client).await?;
-                    Ok(if observed.stopped_with("DropBudgetExceeded") {
-                        Check::Done(observed)
-                    } else {
-                        Check::NotYet(observed.summary())
-                    })
-                },
-            )
-            .await
-        }
-        Err(_) => Err(ScenarioError::Setup("no new revision".into())),
-    };
+    let paused = steps::wait_stopped(
+        harness,
+        &spec,
+        &new_revision,
+        "DropBudgetExceeded",
+        PAUSE_WAIT,
+    )
+    .await;
     report.detail(
         "secondsToPause",
         (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,

@@ -233,6 +233,34 @@ pub async fn new_revision(
     .await
 }
 
+/// After a template change that produced `new_revision`, waits (at most `within`) until the
+/// resource reports Progressing=False with `reason`.
+pub async fn wait_stopped(
+    harness: &Harness,
+    spec: &ServiceSpec,
+    new_revision: &Result<String, ScenarioError>,
+    reason: &str,
+    within: Duration,
+) -> Result<Observed, ScenarioError> {
+    if new_revision.is_err() {
+        return Err(ScenarioError::Setup("no new revision".into()));
+    }
+    let client = harness.client();
+    wait_until(
+        &format!("Progressing=False with reason {reason}"),
+        within,
+        || async {
+            let observed = spec.observe(&client).await?;
+            Ok(if observed.stopped_with(reason) {
+                Check::Done(observed)
+            } else {
+                Check::NotYet(observed.summary())
+            })
+        },
+    )
+    .await
+}
+
 /// How a rollout ended.
 #[derive(Clone, Debug)]
 pub enum RolloutEnd {
