@@ -304,8 +304,9 @@ async fn respond(
     .await;
 }
 
-/// Reads until a complete head; returns it with the bytes read past it.
-async fn read_head<R: AsyncRead + Unpin>(
+/// Reads until a complete head (`parse` is [`http::parse_request`] or [`http::parse_response`]);
+/// returns it with the bytes read past it.
+pub async fn read_head<R: AsyncRead + Unpin>(
     src: &mut R,
     parse: fn(&[u8]) -> Result<Option<Head>, HeadError>,
 ) -> Result<(Head, Vec<u8>), String> {

@@ -27,6 +27,10 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use longconn_gateway::{
+    http,
+    proxy::{read_head, read_response},
+};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName},
@@ -147,21 +151,20 @@ async fn echo_server(listen: SocketAddr) {
 
 async fn echo_session(mut tcp: TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)?;
-    let mut buf = Vec::with_capacity(1024);
-    let head_len = wire::read_head(&mut tcp, &mut buf).await?;
-    let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
-    let Some(key) = wire::header(&head, "sec-websocket-key") else {
+    let (head, mut buf) = read_head(&mut tcp, http::parse_request)
+        .await
+        .map_err(io::Error::other)?;
+    let Some(key) = head.header("sec-websocket-key") else {
         return tcp
             .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
             .await;
     };
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = derive_accept_key(key.trim_ascii());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     tcp.write_all(response.as_bytes()).await?;
-    buf.drain(..head_len);
     let mut out = Vec::new();
     loop {
         let mut at = 0;
@@ -244,14 +247,12 @@ async fn open(target: SocketAddr) -> (TcpStream, Vec<u8>) {
     tcp.write_all(&wire::upgrade_request(&target.to_string()))
         .await
         .unwrap();
-    let mut buf = Vec::with_capacity(1024);
-    let n = tokio::time::timeout(Duration::from_secs(30), wire::read_head(&mut tcp, &mut buf))
+    let (head, rest) = tokio::time::timeout(Duration::from_secs(30), read_response(&mut tcp))
         .await
         .expect("upgrade timeout")
         .expect("upgrade");
-    assert!(wire::is_accepted(&buf[..n]), "upgrade refused");
-    buf.drain(..n);
-    (tcp, buf)
+    assert!(wire::is_accepted(&head), "upgrade refused");
+    (tcp, rest)
 }
 
 /// Time the processes `pids` (all their threads) have spent on a CPU.
@@ -332,7 +333,10 @@ async fn throughput(
                 }
                 buf.drain(..at);
                 count.fetch_add(echoed as u64, Ordering::Relaxed);
-                out = one.repeat(echoed);
+                out.clear();
+                for _ in 0..echoed {
+                    out.extend_from_slice(&one);
+                }
             }
         }));
     }
@@ -463,9 +467,8 @@ fn tls_connector(cert: &std::path::Path) -> TlsConnector {
 /// Sends the upgrade request and reads the answer; true for a valid `101`.
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, request: &[u8]) -> io::Result<bool> {
     s.write_all(request).await?;
-    let mut buf = Vec::with_capacity(512);
-    let n = wire::read_head(s, &mut buf).await?;
-    Ok(wire::is_accepted(&buf[..n]))
+    let (head, _) = read_response(s).await.map_err(io::Error::other)?;
+    Ok(wire::is_accepted(&head))
 }
 
 /// Connect, upgrade, reset; `concurrency` at a time.

@@ -1,12 +1,11 @@
 //! The WebSocket wire format at its simplest, for the benchmark's clients and echo upstream: a
-//! fixed upgrade request, a response-head reader, and frame encoding and scanning. Hand-written
+//! fixed upgrade request, the accept check, and frame encoding and scanning (heads are read with
+//! the gateway's own `proxy::read_head`). Hand-written
 //! so that the load generator and the upstream spend as little CPU per message as the kernel
 //! allows (they share the machine with the proxy under test); correctness of real WebSocket
 //! traffic is tested elsewhere with tungstenite.
 
-use std::io;
-
-use tokio::io::{AsyncRead, AsyncReadExt};
+use longconn_gateway::http::Head;
 
 /// The request key of RFC 6455's example, and the answer it must get.
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -23,39 +22,12 @@ pub fn upgrade_request(host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Reads until the end of an HTTP head into `buf`; returns the head's length (the bytes after
-/// it stay in `buf`).
-pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(i + 4);
-        }
-        if buf.len() > 16 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
 /// True if `head` is a `101` carrying the accept value for [`KEY`].
-pub fn is_accepted(head: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(head);
-    text.starts_with("HTTP/1.1 101")
-        && text.lines().any(|l| {
-            l.split_once(':').is_some_and(|(n, v)| {
-                n.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == ACCEPT
-            })
-        })
-}
-
-/// The value of header `name` in a request head.
-pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+pub fn is_accepted(head: &Head) -> bool {
+    head.status == 101
+        && head
+            .header("sec-websocket-accept")
+            .is_some_and(|v| v.trim_ascii() == ACCEPT.as_bytes())
 }
 
 /// First byte of a final (unfragmented) frame with `opcode`.
@@ -165,9 +137,18 @@ mod tests {
     fn accept_value_is_the_rfc_example() {
         let derived = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
         assert_eq!(derived, ACCEPT);
+        let parse = |h: &[u8]| {
+            longconn_gateway::http::parse_response(h)
+                .expect("valid")
+                .expect("complete")
+        };
         let head =
             format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
-        assert!(is_accepted(head.as_bytes()));
-        assert!(!is_accepted(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+        assert!(is_accepted(&parse(head.as_bytes())));
+        let wrong = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        assert!(!is_accepted(&parse(wrong.as_bytes())));
+        assert!(!is_accepted(&parse(
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+        )));
     }
 }
