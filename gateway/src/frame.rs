@@ -135,29 +135,30 @@ impl FrameScanner {
                 }
                 continue;
             }
-            self.header[self.header_len as usize] = data[i];
+            // The usual case: a whole header in `data`, read in place.
+            if self.header_len == 0
+                && let Some(&b1) = data.get(i + 1)
+                && let Some(h) = data.get(i..i + header_size(b1))
+            {
+                i += h.len();
+                self.start_frame(h, out)?;
+                continue;
+            }
+            // A header split between reads: gather it byte by byte.
+            self.header[usize::from(self.header_len)] = data[i];
             self.header_len += 1;
             i += 1;
-            if self.header_len >= 2 && self.header_len as usize == self.header_size() {
-                self.start_frame(out)?;
+            let n = usize::from(self.header_len);
+            if n >= 2 && n == header_size(self.header[1]) {
+                let h = self.header;
+                self.start_frame(&h[..n], out)?;
             }
         }
         Ok(())
     }
 
-    fn header_size(&self) -> usize {
-        let b1 = self.header[1];
-        let ext = match b1 & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-        2 + ext + mask
-    }
-
-    fn start_frame(&mut self, out: &mut Scanned) -> Result<(), FrameError> {
-        let h = &self.header;
+    /// Starts the frame whose complete header is `h`.
+    fn start_frame(&mut self, h: &[u8], out: &mut Scanned) -> Result<(), FrameError> {
         let fin = h[0] & 0x80 != 0;
         if h[0] & 0x70 != 0 {
             return Err(FrameError::Protocol(
@@ -239,6 +240,18 @@ impl FrameScanner {
             _ => {}
         }
     }
+}
+
+/// The size of a frame header, from its second byte: 2, plus 2 or 8 for an extended length,
+/// plus 4 for a mask key. At most 14.
+fn header_size(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    2 + ext + mask
 }
 
 /// A control frame of at most 125 payload bytes, built on the stack.
@@ -412,13 +425,34 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn scanning_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
+        fn arbitrary_bytes_scan_the_same_at_once_split_or_byte_by_byte(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
             for role in [Role::Client, Role::Server] {
-                let mut s = FrameScanner::new(role, 1000);
-                let mut out = Scanned::default();
+                let state = |s: &FrameScanner| (s.at_boundary(), s.closed());
+                let mut whole = FrameScanner::new(role, 1000);
+                let mut whole_out = Scanned::default();
+                let whole_result = whole.scan(&bytes, &mut whole_out);
+
+                let mut split_scanner = FrameScanner::new(role, 1000);
+                let mut split_out = Scanned::default();
                 let at = split.min(bytes.len());
-                if s.scan(&bytes[..at], &mut out).is_ok() {
-                    let _ = s.scan(&bytes[at..], &mut out);
+                let split_result = split_scanner
+                    .scan(&bytes[..at], &mut split_out)
+                    .and_then(|()| split_scanner.scan(&bytes[at..], &mut split_out));
+
+                // One byte per call never sees a whole header: the gathering path only.
+                let mut bytewise = FrameScanner::new(role, 1000);
+                let mut bytewise_out = Scanned::default();
+                let bytewise_result = bytes
+                    .chunks(1)
+                    .try_for_each(|b| bytewise.scan(b, &mut bytewise_out));
+
+                proptest::prop_assert_eq!(whole_result, split_result);
+                proptest::prop_assert_eq!(whole_result, bytewise_result);
+                if whole_result.is_ok() {
+                    proptest::prop_assert_eq!(whole_out, split_out);
+                    proptest::prop_assert_eq!(whole_out, bytewise_out);
+                    proptest::prop_assert_eq!(state(&whole), state(&split_scanner));
+                    proptest::prop_assert_eq!(state(&whole), state(&bytewise));
                 }
             }
         }

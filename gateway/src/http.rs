@@ -5,6 +5,8 @@
 //! The gateway reads only heads; bodies and WebSocket frames pass through untouched. A head may be
 //! at most [`MAX_HEAD_BYTES`] long; anything longer, or anything `httparse` refuses, is a 400.
 
+use std::io::Write as _;
+
 /// Largest request or response head accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -16,22 +18,77 @@ pub enum HeadError {
     Malformed,
 }
 
-/// A parsed head: start line parts and headers, plus how many bytes of the buffer it took.
+/// Where a part of the head lies in [`Head`]'s bytes. Heads are at most [`MAX_HEAD_BYTES`]
+/// long, so two `u16` offsets do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Part {
+    start: u16,
+    end: u16,
+}
+
+const _: () = assert!(MAX_HEAD_BYTES <= u16::MAX as usize);
+
+impl Part {
+    /// The part of `base` that `slice` (a subslice of it) covers.
+    fn of(base: &[u8], slice: &[u8]) -> Part {
+        // `slice` borrows from `base`, which is at most MAX_HEAD_BYTES long.
+        let start = slice.as_ptr() as usize - base.as_ptr() as usize;
+        Part {
+            start: start as u16,
+            end: (start + slice.len()) as u16,
+        }
+    }
+}
+
+/// A parsed head: a copy of its bytes and where each part lies in them, so that a head costs two
+/// allocations however many headers it has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
+    raw: Box<[u8]>,
     /// Request method (empty for responses).
-    pub method: String,
+    method: Part,
     /// Request target (empty for responses).
-    pub path: String,
+    path: Part,
+    /// Response reason phrase (empty for requests).
+    reason: Part,
+    headers: Vec<(Part, Part)>,
     /// Response status (0 for requests).
     pub status: u16,
-    /// Response reason phrase.
-    pub reason: String,
     /// HTTP minor version (1 for HTTP/1.1).
     pub minor: u8,
-    pub headers: Vec<(String, Vec<u8>)>,
     /// Length of the head in the buffer, including the blank line.
     pub len: usize,
+}
+
+impl Head {
+    fn new(buf: &[u8], len: usize, start: [Option<&str>; 3], h: &[httparse::Header<'_>]) -> Head {
+        let base = &buf[..len];
+        let part = |s: Option<&str>| s.map(|s| Part::of(base, s.as_bytes())).unwrap_or_default();
+        Head {
+            raw: base.into(),
+            method: part(start[0]),
+            path: part(start[1]),
+            reason: part(start[2]),
+            headers: h
+                .iter()
+                .map(|h| (Part::of(base, h.name.as_bytes()), Part::of(base, h.value)))
+                .collect(),
+            status: 0,
+            minor: 0,
+            len,
+        }
+    }
+
+    fn get(&self, p: Part) -> &[u8] {
+        &self.raw[usize::from(p.start)..usize::from(p.end)]
+    }
+
+    /// The headers as (name, value) pairs, in the order received.
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|&(n, v)| (self.get(n), self.get(v)))
+    }
 }
 
 /// Parses a request head from the start of `buf`; `Ok(None)` means more bytes are needed.
@@ -40,15 +97,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
-            method: req.method.unwrap_or_default().to_owned(),
-            path: req.path.unwrap_or_default().to_owned(),
-            status: 0,
-            reason: String::new(),
-            minor: req.version.unwrap_or(0),
-            headers: own_headers(req.headers),
-            len,
-        })),
+        Ok(httparse::Status::Complete(len)) => {
+            let mut head = Head::new(buf, len, [req.method, req.path, None], req.headers);
+            head.minor = req.version.unwrap_or(0);
+            Ok(Some(head))
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
@@ -62,25 +115,16 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut res = httparse::Response::new(&mut headers);
     match res.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
-            method: String::new(),
-            path: String::new(),
-            status: res.code.unwrap_or(0),
-            reason: res.reason.unwrap_or_default().to_owned(),
-            minor: res.version.unwrap_or(0),
-            headers: own_headers(res.headers),
-            len,
-        })),
+        Ok(httparse::Status::Complete(len)) => {
+            let mut head = Head::new(buf, len, [None, None, res.reason], res.headers);
+            head.status = res.code.unwrap_or(0);
+            head.minor = res.version.unwrap_or(0);
+            Ok(Some(head))
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(_) => Err(HeadError::Malformed),
     }
-}
-
-fn own_headers(h: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
-    h.iter()
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect()
 }
 
 /// True if a comma-separated header value contains `token` (case-insensitive).
@@ -93,17 +137,15 @@ fn has_token(value: &[u8], token: &str) -> bool {
 impl Head {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// True if any `name` header lists `token`.
     fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && has_token(v, token))
+        self.headers()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()) && has_token(v, token))
     }
 
     /// True if the request asks for a WebSocket upgrade (valid or not).
@@ -113,7 +155,7 @@ impl Head {
 
     /// Checks the parts of an upgrade request RFC 6455 section 4.2.1 requires.
     pub fn check_websocket(&self) -> Result<(), &'static str> {
-        if self.method != "GET" {
+        if self.get(self.method) != b"GET" {
             return Err("WebSocket upgrade must use GET");
         }
         if self.minor < 1 {
@@ -146,16 +188,16 @@ impl Head {
     /// WebSocket upgrade keeps `Connection: Upgrade`, a plain request gets `Connection: close`.
     pub fn encode_request(&self, peer: std::net::IpAddr, tls: bool) -> Vec<u8> {
         let websocket = self.wants_websocket();
-        let mut out = Vec::with_capacity(self.len + 64);
-        out.extend_from_slice(self.method.as_bytes());
+        let mut out = Vec::with_capacity(self.len + 96);
+        out.extend_from_slice(self.get(self.method));
         out.push(b' ');
-        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(self.get(self.path));
         out.extend_from_slice(if self.minor == 0 {
             b" HTTP/1.0\r\n"
         } else {
             b" HTTP/1.1\r\n"
         });
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers() {
             let drop = [
                 "connection",
                 "keep-alive",
@@ -169,7 +211,7 @@ impl Head {
                 "x-forwarded-for",
                 "x-forwarded-proto",
             ])
-            .any(|h| name.eq_ignore_ascii_case(h));
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
             if !drop {
                 push_header(&mut out, name, value);
             }
@@ -179,19 +221,16 @@ impl Head {
         } else {
             out.extend_from_slice(b"Connection: close\r\n");
         }
-        let mut xff = self
-            .header("x-forwarded-for")
-            .map(|v| {
-                let mut v = v.to_vec();
-                v.extend_from_slice(b", ");
-                v
-            })
-            .unwrap_or_default();
-        xff.extend_from_slice(peer.to_string().as_bytes());
-        push_header(&mut out, "X-Forwarded-For", &xff);
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if let Some(earlier) = self.header("x-forwarded-for") {
+            out.extend_from_slice(earlier);
+            out.extend_from_slice(b", ");
+        }
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{peer}\r\n");
         push_header(
             &mut out,
-            "X-Forwarded-Proto",
+            b"X-Forwarded-Proto",
             if tls { b"https" } else { b"http" },
         );
         out.extend_from_slice(b"\r\n");
@@ -203,13 +242,16 @@ impl Head {
     /// `Connection: close`, since the gateway serves one request per client connection.
     pub fn encode_response(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len + 32);
-        out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", self.status, self.reason).as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "HTTP/1.1 {} ", self.status);
+        out.extend_from_slice(self.get(self.reason));
+        out.extend_from_slice(b"\r\n");
         let upgrade = self.status == 101;
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers() {
             let hop = ["connection", "keep-alive", "proxy-connection"]
                 .iter()
-                .any(|h| name.eq_ignore_ascii_case(h));
-            let ext = name.eq_ignore_ascii_case("sec-websocket-extensions");
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+            let ext = name.eq_ignore_ascii_case(b"sec-websocket-extensions");
             if (upgrade && !ext) || (!upgrade && !hop) {
                 push_header(&mut out, name, value);
             }
@@ -222,8 +264,8 @@ impl Head {
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -261,6 +303,26 @@ mod tests {
         assert!(up.contains("Connection: Upgrade\r\n"), "{up}");
         assert!(up.contains("X-Forwarded-For: 10.0.0.1\r\n"), "{up}");
         assert!(up.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn heads_are_rewritten_exactly() {
+        let req = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: close\r\nAccept: */*\r\n\r\n";
+        let head = parse_request(req).expect("valid").expect("complete");
+        assert_eq!(head.header("HOST"), Some(&b"x"[..]));
+        assert_eq!(
+            String::from_utf8(head.encode_request("::1".parse().expect("ip"), true)).expect("utf8"),
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nConnection: close\r\n\
+             X-Forwarded-For: 1.2.3.4, ::1\r\nX-Forwarded-Proto: https\r\n\r\n"
+        );
+        let res = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+        let head = parse_response(res).expect("valid").expect("complete");
+        assert_eq!((head.status, head.minor, head.len), (101, 1, res.len()));
+        assert_eq!(
+            String::from_utf8(head.encode_response()).expect("utf8"),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: abc\r\n\r\n"
+        );
     }
 
     #[test]

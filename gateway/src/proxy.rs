@@ -67,6 +67,8 @@ impl Proxy {
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+        // Linux: inherited from the listener (see `bind`).
+        #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
         let slot = self.admission.try_connect();
         let rate = self.admission.rate.check(peer.ip(), Instant::now());
