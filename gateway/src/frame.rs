@@ -158,6 +158,7 @@ impl FrameScanner {
     }
 
     /// Starts the frame whose complete header is `h`.
+    #[inline]
     fn start_frame(&mut self, h: &[u8], out: &mut Scanned) -> Result<(), FrameError> {
         let fin = h[0] & 0x80 != 0;
         if h[0] & 0x70 != 0 {

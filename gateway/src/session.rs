@@ -227,8 +227,14 @@ struct Relay {
     c2u: Pump,
     u2c: Pump,
     metrics: Metrics,
+    /// When the client last sent anything and when a data message last passed either way, as of
+    /// the last tick. Relaying only raises `client_active` and `message_active`, without reading
+    /// the clock; each tick stamps what was raised since the one before (see
+    /// [`Relay::stamp_activity`]). The timeouts that read these are checked on ticks anyway.
     last_client_rx: Instant,
     last_message: Instant,
+    client_active: bool,
+    message_active: bool,
     /// The session loop waits for a frame boundary towards the client.
     want_inject: bool,
 }
@@ -244,10 +250,8 @@ impl Relay {
                 .poll(cx, &mut self.client, &mut self.upstream, buf, &mut seen)
             {
                 Poll::Ready(Ok(n)) => {
-                    self.last_client_rx = Instant::now();
-                    if seen.data_frames > 0 {
-                        self.last_message = self.last_client_rx;
-                    }
+                    self.client_active = true;
+                    self.message_active |= seen.data_frames > 0;
                     self.metrics.bytes_c2u.inc_by(n);
                     self.metrics.messages_c2u.inc_by(seen.messages);
                 }
@@ -263,9 +267,7 @@ impl Relay {
                 .poll(cx, &mut self.upstream, &mut self.client, buf, &mut seen)
             {
                 Poll::Ready(Ok(n)) => {
-                    if seen.data_frames > 0 {
-                        self.last_message = Instant::now();
-                    }
+                    self.message_active |= seen.data_frames > 0;
                     self.metrics.bytes_u2c.inc_by(n);
                     self.metrics.messages_u2c.inc_by(seen.messages);
                 }
@@ -283,6 +285,16 @@ impl Relay {
                 Poll::Pending
             }
         })
+    }
+
+    /// Stamps the activity relayed since the last tick with the tick's time.
+    fn stamp_activity(&mut self, now: Instant) {
+        if std::mem::take(&mut self.client_active) {
+            self.last_client_rx = now;
+        }
+        if std::mem::take(&mut self.message_active) {
+            self.last_message = now;
+        }
     }
 
     /// Queues a frame to the client if a frame boundary allows it now.
@@ -362,6 +374,8 @@ pub fn start(
         metrics: ctx.metrics.clone(),
         last_client_rx: now,
         last_message: now,
+        client_active: false,
+        message_active: false,
         want_inject: false,
     };
     let primed = prime(&mut relay, leftovers);
@@ -525,6 +539,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             }
             _ = ctx.ticker.tick() => {
                 let now = Instant::now();
+                relay.stamp_activity(now);
                 if closing == Closing::Open {
                     if let Some(sent) = ping_sent {
                         if relay.last_client_rx >= sent {
