@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark of the longconn gateway against nginx and HAProxy, in front of the same echo
-# upstream, driven by the same load generator (gateway/examples/loadgen/). Prints three tables;
+# upstream, driven by the same load generator (gateway/examples/loadgen/). Prints four tables;
 # gateway/README.md explains how each figure is measured.
 #
 #   make bench-gateway            (or: bash gateway/bench/run.sh)
