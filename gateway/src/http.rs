@@ -29,13 +29,17 @@ struct Part {
 const _: () = assert!(MAX_HEAD_BYTES <= u16::MAX as usize);
 
 impl Part {
-    /// The part of `base` that `slice` (a subslice of it) covers.
+    /// The part of `base` that `slice`, a subslice of it, covers. An empty slice is the empty
+    /// part wherever it points: `httparse` returns a static `""` for a missing reason phrase.
     fn of(base: &[u8], slice: &[u8]) -> Part {
-        // `slice` borrows from `base`, which is at most MAX_HEAD_BYTES long.
-        let start = slice.as_ptr() as usize - base.as_ptr() as usize;
-        Part {
-            start: start as u16,
-            end: (start + slice.len()) as u16,
+        let start = (slice.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        match start.checked_add(slice.len()) {
+            // Within `base`, which is at most MAX_HEAD_BYTES long: the casts are lossless.
+            Some(end) if !slice.is_empty() && end <= base.len() => Part {
+                start: start as u16,
+                end: end as u16,
+            },
+            _ => Part::default(),
         }
     }
 }
@@ -323,6 +327,25 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: abc\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn empty_parts_are_kept_empty() {
+        for (res, status_line) in [
+            (
+                &b"HTTP/1.1 200\r\nX-Empty:\r\n\r\n"[..],
+                "HTTP/1.1 200 \r\n",
+            ),
+            (b"HTTP/1.1 204 \r\nX-Empty: \r\n\r\n", "HTTP/1.1 204 \r\n"),
+        ] {
+            let head = parse_response(res).expect("valid").expect("complete");
+            assert_eq!(head.header("x-empty"), Some(&b""[..]));
+            let out = String::from_utf8(head.encode_response()).expect("utf8");
+            assert!(out.starts_with(status_line), "{out}");
+            assert!(out.contains("X-Empty: \r\n"), "{out}");
+        }
+        let head = parse_request(b"GET / HTTP/1.1\r\nX-Empty:\r\n\r\n").expect("valid");
+        assert_eq!(head.expect("complete").header("x-empty"), Some(&b""[..]));
     }
 
     #[test]
