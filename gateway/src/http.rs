@@ -407,5 +407,51 @@ mod tests {
                 let _ = h.encode_response();
             }
         }
+
+        /// Well-formed heads, empty reason phrases and header values included, keep every part
+        /// through parsing and re-encoding.
+        #[test]
+        fn generated_heads_survive_parsing_and_re_encoding(
+            method in "GET|POST|PUT",
+            path in "/[a-z0-9/?=&]{0,20}",
+            headers in proptest::collection::vec(("X-[A-Za-z0-9-]{1,12}", "([!-~]([ -~]{0,20}[!-~])?)?"), 0..8),
+            status in 101u16..600,
+            reason in proptest::option::of("([A-Za-z]([A-Za-z ]{0,16}[A-Za-z])?)?"),
+        ) {
+            let fields: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+            let value = |head: &Head, name: &str| head.header(name).map(<[u8]>::to_vec);
+            let first = |name: &str| {
+                headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes().to_vec())
+            };
+
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: h\r\n{fields}\r\n");
+            let head = parse_request(req.as_bytes()).expect("valid").expect("complete");
+            proptest::prop_assert_eq!(head.len, req.len());
+            proptest::prop_assert_eq!(head.get(head.method), method.as_bytes());
+            proptest::prop_assert_eq!(head.get(head.path), path.as_bytes());
+            let encoded = head.encode_request("10.1.2.3".parse().expect("ip"), false);
+            let again = parse_request(&encoded).expect("valid").expect("complete");
+            proptest::prop_assert_eq!(again.get(again.path), path.as_bytes());
+            for (name, _) in &headers {
+                proptest::prop_assert_eq!(value(&head, name), first(name));
+                proptest::prop_assert_eq!(value(&again, name), first(name));
+            }
+
+            let status_line = match &reason {
+                Some(r) => format!("HTTP/1.1 {status} {r}\r\n"),
+                None => format!("HTTP/1.1 {status}\r\n"),
+            };
+            let res = format!("{status_line}{fields}\r\n");
+            let head = parse_response(res.as_bytes()).expect("valid").expect("complete");
+            proptest::prop_assert_eq!(head.status, status);
+            let reason = reason.unwrap_or_default();
+            proptest::prop_assert_eq!(head.get(head.reason), reason.as_bytes());
+            let again = parse_response(&head.encode_response()).expect("valid").expect("complete");
+            proptest::prop_assert_eq!(again.status, status);
+            proptest::prop_assert_eq!(again.get(again.reason), reason.as_bytes());
+            for (name, _) in &headers {
+                proptest::prop_assert_eq!(value(&again, name), first(name));
+            }
+        }
     }
 }
