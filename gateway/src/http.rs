@@ -65,6 +65,8 @@ pub struct Head {
 }
 
 impl Head {
+    /// The head in `buf[..len]`: `start` holds the method, target and reason phrase (whichever
+    /// the start line has). Status and version are the callers' to set.
     fn new(buf: &[u8], len: usize, start: [Option<&str>; 3], h: &[httparse::Header<'_>]) -> Head {
         let base = &buf[..len];
         let part = |s: Option<&str>| s.map(|s| Part::of(base, s.as_bytes())).unwrap_or_default();
@@ -101,11 +103,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Complete(len)) => {
-            let mut head = Head::new(buf, len, [req.method, req.path, None], req.headers);
-            head.minor = req.version.unwrap_or(0);
-            Ok(Some(head))
-        }
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+            minor: req.version.unwrap_or(0),
+            ..Head::new(buf, len, [req.method, req.path, None], req.headers)
+        })),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
@@ -119,12 +120,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut res = httparse::Response::new(&mut headers);
     match res.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Complete(len)) => {
-            let mut head = Head::new(buf, len, [None, None, res.reason], res.headers);
-            head.status = res.code.unwrap_or(0);
-            head.minor = res.version.unwrap_or(0);
-            Ok(Some(head))
-        }
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+            status: res.code.unwrap_or(0),
+            minor: res.version.unwrap_or(0),
+            ..Head::new(buf, len, [None, None, res.reason], res.headers)
+        })),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(_) => Err(HeadError::Malformed),
