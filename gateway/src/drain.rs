@@ -6,9 +6,9 @@
 //! start, so `sessionsAtStart == active + migrated + closedByClient + dropped` holds at every
 //! instant: a session is either refused (the drain had started) or counted at the start.
 //!
-//! Sessions learn about the drain through a `watch` channel carrying the [`Phase`]: `Notify`
-//! gives each session a slot in the spread window, `Deadline` tells every session left to
-//! force-close (and count itself dropped).
+//! Sessions learn about the drain from the [`Phase`], read again whenever its [`Beacon`] fires
+//! ([`Drain::listen`]): `Notify` gives each session a slot in the spread window, `Deadline` tells
+//! every session left to force-close (and count itself dropped).
 
 use std::{
     sync::{
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::{
     api::{DrainReport, DrainRequest, DrainState, DrainStrategy},
+    beacon::{Beacon, Listener},
     config::{DrainDefaults, valid_drain_close_code},
     metrics::{CloseReason, Metrics},
 };
@@ -84,7 +85,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Drain {
     inner: Mutex<Inner>,
-    phase: watch::Sender<Phase>,
+    phase: Mutex<Phase>,
+    phase_changed: Beacon,
     finished: watch::Sender<bool>,
     slots: AtomicU64,
     defaults: DrainDefaults,
@@ -124,7 +126,8 @@ impl Drain {
                 active: 0,
                 report: DrainReport::default(),
             }),
-            phase: watch::channel(Phase::Serving).0,
+            phase: Mutex::new(Phase::Serving),
+            phase_changed: Beacon::default(),
             finished: watch::channel(false).0,
             slots: AtomicU64::new(0),
             defaults,
@@ -205,9 +208,20 @@ impl Drain {
         r
     }
 
-    /// A receiver of the phase, for a session.
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
+    /// Listens for changes of the phase from now on. Create the listener first, then read the
+    /// [`phase`](Drain::phase), so that no change falls between the two.
+    pub fn listen(&self) -> Listener<'_> {
+        self.phase_changed.listen()
+    }
+
+    /// The phase the sessions are told.
+    pub fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.phase_changed.fire();
     }
 
     /// The next Notify slot (0, 1, 2, ...), taken by each session once.
@@ -251,7 +265,7 @@ impl Drain {
                     "drain deadline passed; force-closing the rest"
                 );
             }
-            me.phase.send_replace(Phase::Deadline { close_code });
+            me.set_phase(Phase::Deadline { close_code });
         });
         if total == 0 {
             self.finish(&mut inner);
@@ -266,7 +280,7 @@ impl Drain {
             },
             DrainStrategy::Wait => Phase::Wait,
         };
-        self.phase.send_replace(phase);
+        self.set_phase(phase);
         Ok(inner.report.clone())
     }
 

@@ -5,7 +5,7 @@
 //! Plain requests are not WebSocket sessions: they are not counted in the drain report. A drain
 //! refuses new ones with 503 and cuts the ones still streaming when its deadline passes.
 
-use std::sync::Arc;
+use std::{pin::pin, sync::Arc};
 
 use tokio::{
     io::{AsyncWriteExt, copy},
@@ -48,12 +48,11 @@ pub async fn serve(
         cw.shutdown().await?;
         std::io::Result::Ok(())
     };
-    let mut phase = drain.subscribe();
     let deadline = async {
-        // Ends when the drain deadline passes (or never, if the channel closes).
-        let _ = phase
-            .wait_for(|p| matches!(p, Phase::Deadline { .. }))
-            .await;
+        let mut changes = pin!(drain.listen());
+        while !matches!(drain.phase(), Phase::Deadline { .. }) {
+            changes.as_mut().fired().await;
+        }
     };
     tokio::pin!(up, down, deadline);
     let mut up_done = false;

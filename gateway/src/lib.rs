@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod beacon;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -12,9 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
-
-use crate::{config::Limits, metrics::Metrics};
+use crate::{
+    beacon::{Beacon, Listener},
+    config::Limits,
+    metrics::Metrics,
+};
 
 /// Per-IP token buckets (`rate` tokens per second up to `burst`).
 #[derive(Debug)]
@@ -134,7 +136,7 @@ impl Admission {
 /// session with one per process.
 #[derive(Debug, Default)]
 pub struct Ticker {
-    notify: Notify,
+    beacon: Beacon,
 }
 
 impl Ticker {
@@ -148,9 +150,9 @@ impl Ticker {
         (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
-    /// Resolves at the next tick.
-    pub async fn tick(&self) {
-        self.notify.notified().await;
+    /// Listens for the ticks from now on.
+    pub fn listen(&self) -> Listener<'_> {
+        self.beacon.listen()
     }
 
     /// Runs the clock forever; also prunes the rate limiter every minute.
@@ -160,7 +162,7 @@ impl Ticker {
         let mut last_prune = Instant::now();
         loop {
             interval.tick().await;
-            self.notify.notify_waiters();
+            self.beacon.fire();
             if last_prune.elapsed() > Duration::from_secs(60) {
                 admission.rate.prune(Instant::now());
                 last_prune = Instant::now();

@@ -19,7 +19,7 @@ use std::{
     cell::RefCell,
     future::poll_fn,
     io,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -28,7 +28,6 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
-    sync::watch,
 };
 use tracing::debug;
 
@@ -451,7 +450,9 @@ pub fn mask_key(id: u64) -> [u8; 4] {
 /// The session loop; returns why the session ended.
 async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     let limits = ctx.limits;
-    let mut phase_rx: watch::Receiver<Phase> = ctx.drain.subscribe();
+    // Both listen from here on; the phase is read after, so no change is missed.
+    let mut phase_changes = pin!(ctx.drain.listen());
+    let mut ticks = pin!(ctx.ticker.listen());
     let mut closing = Closing::Open;
     let mut close_by: Option<Instant> = None;
     let mut notify_at: Option<(Instant, u16)> = None;
@@ -459,13 +460,12 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     // A close frame the gateway wants to send the client, with how the session ends if answered.
     let mut want_close: Option<(u16, CloseReason)> = None;
     let mut want_ping = false;
-    // The phase may have changed before we subscribed.
+    // The phase may have changed before the session started.
     let mut phase_changed = true;
-    let mut phase_open = true;
     loop {
         if phase_changed {
             phase_changed = false;
-            match *phase_rx.borrow_and_update() {
+            match ctx.drain.phase() {
                 Phase::Deadline { close_code } => {
                     if closing == Closing::ByClient {
                         return CloseReason::ClientClose;
@@ -512,9 +512,8 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
         let event = tokio::select! {
             biased;
             ev = poll_fn(|cx| relay.poll(cx)) => Some(ev),
-            changed = phase_rx.changed(), if phase_open => {
-                phase_changed = changed.is_ok();
-                phase_open = changed.is_ok();
+            () = phase_changes.as_mut().fired() => {
+                phase_changed = true;
                 None
             }
             () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now).into()), if wake_at.is_some() => {
@@ -537,7 +536,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                 }
                 None
             }
-            _ = ctx.ticker.tick() => {
+            () = ticks.as_mut().fired() => {
                 let now = Instant::now();
                 relay.stamp_activity(now);
                 if closing == Closing::Open {
