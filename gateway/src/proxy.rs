@@ -17,7 +17,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::{
     conn::ClientConn,
@@ -54,7 +54,10 @@ impl Proxy {
                 Ok((tcp, peer)) => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let me = Arc::clone(&self);
-                    let span = info_span!("session", id = %format_args!("{id:x}"), %peer);
+                    // Every line a connection logs carries its id and peer. The lines are at
+                    // debug level, and so is the span: at the default level a connection's task
+                    // then enters no span on each of its many polls.
+                    let span = debug_span!("session", id = %format_args!("{id:x}"), %peer);
                     tokio::spawn(me.connection(tcp, peer, id).instrument(span));
                 }
                 Err(e) => {

@@ -44,6 +44,42 @@ async fn websocket_messages_are_relayed_both_ways() {
 }
 
 #[tokio::test]
+async fn each_session_logs_with_its_own_id() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    for _ in 0..2 {
+        let mut ws = ws_connect(&gw.ws_url()).await;
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    }
+    eventually("both sessions ended", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="client_close"}"#)
+            .await
+            == 2.0
+    })
+    .await;
+    let log = gw.log();
+    // `... DEBUG session{id=<hex> peer=<addr>}: <module>: session open`
+    let id_of = |line: &str| -> Option<String> {
+        let rest = line.split("session{id=").nth(1)?;
+        Some(rest.split(' ').next()?.to_owned())
+    };
+    let ids_with = |message: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(message))
+            .filter_map(id_of)
+            .collect()
+    };
+    let opened = ids_with("session open");
+    assert_eq!(opened.len(), 2, "{log}");
+    assert_ne!(opened[0], opened[1], "{log}");
+    let ended = ids_with("session ended");
+    for id in &opened {
+        assert!(ended.contains(id), "no end line for session {id}: {log}");
+    }
+}
+
+#[tokio::test]
 async fn client_close_is_relayed_and_the_handshake_completes() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
