@@ -209,11 +209,13 @@ for r in $(seq 1 "$ROUNDS"); do
         log "   $out"
         add "hs $n" "$(echo "$out" | field handshakes_per_sec)"
         add "cpuhs $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        add "sharehs $n" "$(echo "$out" | field proxy_cpu_share)"
         out=$(load handshakes --target "127.0.0.1:${TLSP[$n]}" --pids "${TLSPIDS[$n]}" \
             --tls-cert "$WORK/tls/cert.pem" --seconds "$SECS")
         log "   $out"
         add "tls $n" "$(echo "$out" | field handshakes_per_sec)"
         add "cputls $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        add "sharetls $n" "$(echo "$out" | field proxy_cpu_share)"
     done
 done
 
@@ -318,9 +320,10 @@ if [ -n "$ONE_CPU_RATE" ]; then
     done
 fi
 echo
-row() { printf '| %-17s | %20s | %13s | %18s | %13s |\n' "$@"; }
-row proxy "handshake/s" "CPU us/hshake" "TLS handshake/s" "CPU us/TLS hs"
-row "---" "---:" "---:" "---:" "---:"
+row() { printf '| %-17s | %20s | %13s | %8s | %18s | %13s | %8s |\n' "$@"; }
+row proxy "handshake/s" "CPU us/hshake" "CPU busy" "TLS handshake/s" "CPU us/TLS hs" "CPU busy"
+row "---" "---:" "---:" "---:" "---:" "---:" "---:"
 for n in "${names[@]}"; do
-    row "$(label "$n")" "$(spread "hs $n")" "$(median "cpuhs $n")" "$(spread "tls $n")" "$(median "cputls $n")"
+    row "$(label "$n")" "$(spread "hs $n")" "$(median "cpuhs $n")" "$(median "sharehs $n")" \
+        "$(spread "tls $n")" "$(median "cputls $n")" "$(median "sharetls $n")"
 done
