@@ -283,6 +283,16 @@ spread() { # key -> "median (min-max)"
     echo "$(median "$1") ($(echo "$sorted" | head -1)-$(echo "$sorted" | tail -1))"
 }
 label() { [ "$1" = gateway ] && echo "longconn-gateway" || echo "$1"; }
+# Measurement, proxy, higher|lower (which is better) -> "<median ratio> (<rounds better>/<rounds>)":
+# the proxy's figure over nginx's from the same round. Pairing by round cancels most of the
+# machine's drift between rounds, which moves the independent medians above by up to 25 %.
+paired() {
+    local pairs wins ratio
+    pairs=$(paste -d' ' <(printf '%s\n' ${S["$1 $2"]}) <(printf '%s\n' ${S["$1 nginx"]}))
+    wins=$(echo "$pairs" | awk -v b="$3" '(b == "higher" && $1 > $2) || (b == "lower" && $1 < $2) { w++ } END { print w + 0 }')
+    ratio=$(echo "$pairs" | awk '{ printf "%.3f\n", $1 / $2 }' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    echo "$ratio ($wins/$(echo "$pairs" | wc -l))"
+}
 
 echo
 echo "longconn gateway vs nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') vs HAProxy $("$HAPROXY" -v | head -1 | awk '{print $3}')  ($(nproc) CPUs, $(date -u +%Y-%m-%d))"
@@ -326,4 +336,16 @@ row "---" "---:" "---:" "---:" "---:" "---:" "---:"
 for n in "${names[@]}"; do
     row "$(label "$n")" "$(spread "hs $n")" "$(median "cpuhs $n")" "$(median "sharehs $n")" \
         "$(spread "tls $n")" "$(median "cputls $n")" "$(median "sharetls $n")"
+done
+echo
+echo "each proxy against nginx in the same round: median of the per-round ratios (rounds in which it did better)"
+echo
+row() { printf '| %-17s | %12s | %12s | %12s | %12s | %12s | %12s | %12s | %12s |\n' "$@"; }
+row "ratio to nginx" "msg/s, 8" "CPU/msg, 8" "msg/s, 1" "CPU/msg, 1" "handshake/s" "CPU/hshake" "TLS hs/s" "CPU/TLS hs"
+row "---" "---:" "---:" "---:" "---:" "---:" "---:" "---:" "---:"
+for n in gateway haproxy; do
+    row "$(label "$n")" "$(paired tput8 "$n" higher)" "$(paired cpu8 "$n" lower)" \
+        "$(paired tput1 "$n" higher)" "$(paired cpu1 "$n" lower)" \
+        "$(paired hs "$n" higher)" "$(paired cpuhs "$n" lower)" \
+        "$(paired tls "$n" higher)" "$(paired cputls "$n" lower)"
 done
