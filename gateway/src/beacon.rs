@@ -50,8 +50,8 @@ pin_project! {
     pub struct Listener<'a> {
         beacon: &'a Beacon,
         seen: u64,
-        // Created before `seen` is read, so a firing is either counted in `seen`'s successor or
-        // completes this future.
+        // Created before `seen` is read, so no firing is missed: one that `seen` does not count
+        // came after this future was created and completes it.
         #[pin]
         notified: Notified<'a>,
         // The waker `notified` was last polled with; `None` until it has been polled.
@@ -60,7 +60,9 @@ pin_project! {
 }
 
 impl<'a> Listener<'a> {
-    /// `Ready` once per firing since the last `Ready` (several firings in between count as one).
+    /// `Ready` when the beacon fired since the last `Ready` (several firings in between count as
+    /// one). A firing that overlaps a `Ready` may be reported once more by the next poll, so a
+    /// caller re-reads whatever state it watches rather than counting firings.
     pub fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         let fired = this.beacon.fired.load(Ordering::Acquire);
