@@ -135,23 +135,10 @@ async fn drain_wait_lets_clients_close_on_their_own() {
 
 #[tokio::test]
 async fn drain_deadline_cuts_a_streamed_http_response() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("data: one") {
-        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "stream ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut tcp, mut seen) = open_event_stream(gw.addr).await;
     // The upstream holds the stream open for WAIT: only the deadline can end it sooner.
     let started = std::time::Instant::now();
     gw.post_drain(r#"{"strategy":"Wait","deadline":"1s"}"#)

@@ -168,25 +168,8 @@ async fn plain_http_requests_are_proxied_with_connection_close() {
 async fn server_sent_events_are_streamed_before_the_response_ends() {
     let (up, log) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .unwrap();
     // The first event must arrive while the upstream is still holding the stream open.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("data: one") {
-        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "stream ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut tcp, mut seen) = open_event_stream(gw.addr).await;
     assert!(!String::from_utf8_lossy(&seen).contains("data: two"));
     log.sse_go.notify_one();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut seen))

@@ -373,6 +373,31 @@ pub async fn raw_head(addr: SocketAddr, request: &str) -> (String, TcpStream) {
     (head, tcp)
 }
 
+/// Requests the upstream's `/sse` stream through `addr` and reads until its first event; returns
+/// the stream and what was read so far. The upstream then holds the stream open until `sse_go`
+/// (or WAIT).
+pub async fn open_event_stream(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data: one") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (tcp, seen)
+}
+
 /// Reads up to and including the blank line, byte by byte (test code only).
 pub async fn read_head(tcp: &mut TcpStream) -> String {
     let mut head = Vec::new();
