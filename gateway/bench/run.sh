@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the longconn gateway against nginx and HAProxy, in front of the same echo
-# upstream, driven by the same load generator (gateway/examples/loadgen/). Prints four tables;
+# upstream, driven by the same load generator (gateway/examples/loadgen/), beside a reference byte
+# relay on the gateway's runtime. Prints five tables;
 # gateway/README.md explains how each figure is measured.
 #
 #   make bench-gateway            (or: bash gateway/bench/run.sh)
@@ -51,6 +52,7 @@ ulimit -n 20000 2>/dev/null || true
 # --- ports --------------------------------------------------------------------------------
 UP=19080
 UP_PROXY_CPU=19087
+RELAY=19089
 GW_PLAIN=19081 GW_TLS=19082
 NGX_PLAIN=19083 NGX_TLS=19084
 HAP_PLAIN=19085 HAP_TLS=19086
@@ -91,6 +93,10 @@ start echo "${ON_LOAD_CPU[@]}" "$LOADGEN" echo --listen "127.0.0.1:$UP"
 start echo-proxy-cpu "${ON_PROXY_CPU[@]}" "$LOADGEN" echo --listen "127.0.0.1:$UP_PROXY_CPU"
 wait_port "$UP"
 wait_port "$UP_PROXY_CPU"
+# The reference: a byte relay on the same runtime, one thread, no WebSocket awareness (see
+# `relay` in the load generator). What the gateway costs beyond it is its own work per message.
+start relay "${ON_PROXY_CPU[@]}" "$LOADGEN" relay --listen "127.0.0.1:$RELAY" --upstream "127.0.0.1:$UP"
+RELAY_PID=$LAST
 
 GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections 30000
     --rate-limit-connections-per-second-per-ip 0 --heartbeat-interval 10m --idle-timeout 1h)
@@ -155,7 +161,7 @@ CONF
 start haproxy "${ON_PROXY_CPU[@]}" "$HAPROXY" -f "$WORK/haproxy.cfg" -db
 HAP_PID=$LAST
 
-for p in $GW_PLAIN $GW_TLS $NGX_PLAIN $NGX_TLS $HAP_PLAIN $HAP_TLS; do
+for p in $RELAY $GW_PLAIN $GW_TLS $NGX_PLAIN $NGX_TLS $HAP_PLAIN $HAP_TLS; do
     wait_port "$p" || { tail -n 5 "$WORK"/*.log >&2; exit 1; }
 done
 for pid in "${PIDS[@]}"; do
@@ -170,9 +176,9 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 # --- measurements -------------------------------------------------------------------------
 names=(gateway nginx haproxy)
 declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN
-    [direct]=$UP [direct-cross]=$UP_PROXY_CPU)
+    [direct]=$UP [direct-cross]=$UP_PROXY_CPU [relay]=$RELAY)
 declare -A TLSP=([gateway]=$GW_TLS [nginx]=$NGX_TLS [haproxy]=$HAP_TLS)
-declare -A PROXYPIDS=([gateway]=$GW_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
+declare -A PROXYPIDS=([gateway]=$GW_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID [relay]=$RELAY_PID)
 declare -A TLSPIDS=([gateway]=$GW_TLS_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
 # Samples, one space-separated list per measurement and name; medians at the end.
 declare -A S
@@ -181,8 +187,16 @@ add() { S[$1]="${S[$1]:-} $2"; } # key, value
 median() { # key -> median of its samples
     printf '%s\n' ${S[$1]} | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'
 }
-# The names in a different order each round, so no proxy always runs right after another.
-rotated() { local r=$1 i; for i in 0 1 2; do echo "${names[$(((i + r) % 3))]}"; done; }
+# Round, names... -> the names in a different order each round, so no proxy always runs right
+# after another.
+rotated() {
+    local r=$1 i
+    shift
+    for i in $(seq 0 $(($# - 1))); do
+        local k=$(((i + r) % $# + 1))
+        echo "${!k}"
+    done
+}
 
 declare -A MEM
 for n in "${names[@]}"; do
@@ -194,8 +208,8 @@ for n in "${names[@]}"; do
 done
 
 for r in $(seq 1 "$ROUNDS"); do
-    for n in $(rotated "$r"); do
-        log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes"
+    for n in $(rotated "$r" "${names[@]}" relay); do
+        log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes but for the relay"
         out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS")
         log "   $out"
         add "tput8 $n" "$(echo "$out" | field msgs_per_sec)"
@@ -205,6 +219,7 @@ for r in $(seq 1 "$ROUNDS"); do
         log "   $out"
         add "tput1 $n" "$(echo "$out" | field msgs_per_sec)"
         add "cpu1 $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
+        [ "$n" = relay ] && continue
         out=$(load handshakes --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS")
         log "   $out"
         add "hs $n" "$(echo "$out" | field handshakes_per_sec)"
@@ -228,7 +243,7 @@ LOWEST=$(for n in "${names[@]}"; do median "tput1 $n"; done | sort -g | head -1)
 RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
 LIGHT=1000
 for r in $(seq 1 "$ROUNDS"); do
-    for n in direct direct-cross $(rotated "$r"); do
+    for n in direct direct-cross $(rotated "$r" "${names[@]}"); do
         port=${PLAIN[$n]}
         for rate in "$RATE" "$LIGHT"; do
             out=$(load latency --target "127.0.0.1:$port" --rate "$rate" --seconds "$SECS")
@@ -248,7 +263,7 @@ if [ ${#ON_PROXY_CPU[@]} -gt 0 ]; then
         for pid in ${PROXYPIDS[$n]//,/ }; do taskset -a -p -c 0 "$pid" >/dev/null; done
     done
     for r in $(seq 1 "$ROUNDS"); do
-        for n in $(rotated "$r"); do
+        for n in $(rotated "$r" "${names[@]}"); do
             out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" \
                 --seconds "$SECS" --depth 1)
             log "round $r/$ROUNDS, $n on the load's CPU, 1 in flight: $out"
@@ -258,7 +273,7 @@ if [ ${#ON_PROXY_CPU[@]} -gt 0 ]; then
     LOWEST=$(for n in "${names[@]}"; do median "onetput $n"; done | sort -g | head -1)
     ONE_CPU_RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
     for r in $(seq 1 "$ROUNDS"); do
-        for n in direct $(rotated "$r"); do
+        for n in direct $(rotated "$r" "${names[@]}"); do
             out=$(load latency --target "127.0.0.1:${PLAIN[$n]}" --rate "$ONE_CPU_RATE" --seconds "$SECS")
             log "round $r/$ROUNDS, $n on one CPU at $ONE_CPU_RATE msg/s: $out"
             add "one50 $n" "$(echo "$out" | field p50_us)"
@@ -282,13 +297,19 @@ spread() { # key -> "median (min-max)"
     sorted=$(printf '%s\n' ${S[$1]} | sort -g)
     echo "$(median "$1") ($(echo "$sorted" | head -1)-$(echo "$sorted" | tail -1))"
 }
-label() { [ "$1" = gateway ] && echo "longconn-gateway" || echo "$1"; }
-# Measurement, proxy, higher|lower (which is better) -> "<median ratio> (<rounds better>/<rounds>)":
-# the proxy's figure over nginx's from the same round. Pairing by round cancels most of the
+label() {
+    case "$1" in
+        gateway) echo "longconn-gateway" ;;
+        relay) echo "reference relay" ;;
+        *) echo "$1" ;;
+    esac
+}
+# Measurement, proxy, higher|lower (which is better)[, base] -> "<median ratio> (<rounds
+# better>/<rounds>)": the proxy's figure over the base's (nginx's) from the same round. Pairing by round cancels most of the
 # machine's drift between rounds, which moves the independent medians above by up to 25 %.
 paired() {
     local pairs wins ratio
-    pairs=$(paste -d' ' <(printf '%s\n' ${S["$1 $2"]}) <(printf '%s\n' ${S["$1 nginx"]}))
+    pairs=$(paste -d' ' <(printf '%s\n' ${S["$1 $2"]}) <(printf '%s\n' ${S["$1 ${4:-nginx}"]}))
     wins=$(echo "$pairs" | awk -v b="$3" '(b == "higher" && $1 > $2) || (b == "lower" && $1 < $2) { w++ } END { print w + 0 }')
     ratio=$(echo "$pairs" | awk '{ printf "%.3f\n", $1 / $2 }' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
     echo "$ratio ($wins/$(echo "$pairs" | wc -l))"
@@ -302,8 +323,8 @@ echo
 row() { printf '| %-17s | %8s | %26s | %10s | %8s | %24s | %10s |\n' "$@"; }
 row proxy "KiB/idle" "msg/s, 8 in flight" "CPU us/msg" "CPU busy" "msg/s, 1 in flight" "CPU us/msg"
 row "---" "---:" "---:" "---:" "---:" "---:" "---:"
-for n in "${names[@]}"; do
-    row "$(label "$n")" "${MEM[$n]}" "$(spread "tput8 $n")" "$(median "cpu8 $n")" \
+for n in "${names[@]}" relay; do
+    row "$(label "$n")" "${MEM[$n]:--}" "$(spread "tput8 $n")" "$(median "cpu8 $n")" \
         "$(median "share8 $n")" "$(spread "tput1 $n")" "$(median "cpu1 $n")"
 done
 echo
@@ -349,3 +370,8 @@ for n in gateway haproxy; do
         "$(paired hs "$n" higher)" "$(paired cpuhs "$n" lower)" \
         "$(paired tls "$n" higher)" "$(paired cputls "$n" lower)"
 done
+row "$(label relay)" "$(paired tput8 relay higher)" "$(paired cpu8 relay lower)" \
+    "$(paired tput1 relay higher)" "$(paired cpu1 relay lower)" - - - -
+echo
+echo "the gateway's CPU per message over the reference relay's, same round: $(paired cpu8 gateway lower relay)" \
+    "with 8 in flight, $(paired cpu1 gateway lower relay) with 1"

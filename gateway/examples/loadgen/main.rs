@@ -1,6 +1,7 @@
 //! The benchmark's load generator and echo upstream (`gateway/bench/run.sh` drives it).
 //!
-//! Subcommands: `echo` (WebSocket echo server, the upstream of every proxy), `cert` (a
+//! Subcommands: `echo` (WebSocket echo server, the upstream of every proxy), `relay` (a byte
+//! relay without WebSocket awareness, the reference for a proxy on this runtime), `cert` (a
 //! self-signed certificate for 127.0.0.1), `idle` (RSS per idle proxied session), `throughput`
 //! (echo messages per second at saturation), `latency` (round-trip percentiles at a fixed
 //! rate), `handshakes` (new sessions per second, plain or TLS). Each measurement prints one
@@ -55,6 +56,14 @@ enum Cmd {
     Echo {
         #[arg(long)]
         listen: SocketAddr,
+    },
+    /// A byte relay to UPSTREAM that knows nothing of WebSocket: the least any proxy on this
+    /// runtime can do per message, the benchmark's reference for the gateway's own cost.
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
     },
     /// Writes cert.pem, key.pem and combined.pem for 127.0.0.1 into DIR.
     Cert { dir: std::path::PathBuf },
@@ -146,6 +155,26 @@ async fn echo_server(listen: SocketAddr) {
         };
         tokio::spawn(async move {
             let _ = echo_session(tcp).await;
+        });
+    }
+}
+
+/// The reference relay: per connection one task that connects to `upstream` and copies bytes
+/// both ways with tokio's `copy_bidirectional`, on this one thread, as the gateway runs with
+/// `--worker-threads 1`. No frame scanning, limits, timers, drain or metrics.
+async fn relay_server(listen: SocketAddr, upstream: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.unwrap();
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         });
     }
 }
@@ -594,6 +623,7 @@ fn cert(dir: &std::path::Path) {
 async fn main() {
     match Cli::parse().cmd {
         Cmd::Echo { listen } => echo_server(listen).await,
+        Cmd::Relay { listen, upstream } => relay_server(listen, upstream).await,
         Cmd::Cert { dir } => cert(&dir),
         Cmd::Idle {
             target,
