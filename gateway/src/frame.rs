@@ -135,6 +135,13 @@ impl FrameScanner {
                 }
                 continue;
             }
+            if self.header_len == 0 {
+                // The most usual case: whole small data messages, passed over in a few steps.
+                i += self.pass_whole_messages(&data[i..], out);
+                if i == data.len() {
+                    break;
+                }
+            }
             // The usual case: a whole header in `data`, read in place.
             if self.header_len == 0
                 && let Some(&b1) = data.get(i + 1)
@@ -155,6 +162,54 @@ impl FrameScanner {
             }
         }
         Ok(())
+    }
+
+    /// Passes over the frames at the start of `data` that are whole unfragmented text or binary
+    /// messages with a 7- or 16-bit length within the limit (what most streams are made of), and
+    /// returns the bytes passed. Call it between frames only. It stops at the first other frame
+    /// and leaves it to the general path of [`FrameScanner::scan`], which would treat the frames
+    /// it passes the same way: the proptests and the fuzz target check that it does, against
+    /// streams scanned one byte at a time.
+    #[inline]
+    fn pass_whole_messages(&mut self, data: &[u8], out: &mut Scanned) -> usize {
+        if self.fragmented {
+            return 0;
+        }
+        let (mask_bit, key_len) = match self.role {
+            Role::Client => (0x80, 4),
+            Role::Server => (0, 0),
+        };
+        let mut i = 0;
+        let mut passed = 0;
+        let mut last = (0, 0);
+        while let Some(&[b0, b1, ..]) = data.get(i..) {
+            // FIN, no reserved bits, text or binary; masked exactly when the client sent it.
+            if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != mask_bit {
+                break;
+            }
+            let (len, header) = match b1 & 0x7F {
+                126 => match data.get(i + 2..i + 4) {
+                    Some(&[hi, lo]) => (usize::from(u16::from_be_bytes([hi, lo])), 4 + key_len),
+                    _ => break,
+                },
+                127 => break,
+                n => (usize::from(n), 2 + key_len),
+            };
+            // At most 65,535 + 8 past `i`, which is at most `data.len()`: no overflow.
+            let end = i + header + len;
+            if len as u64 > self.max_message || end > data.len() {
+                break;
+            }
+            last = (b0 & 0x0F, len as u64);
+            passed += 1;
+            i = end;
+        }
+        if passed > 0 {
+            (self.opcode, self.message_len) = last;
+            out.data_frames += passed;
+            out.messages += passed;
+        }
+        i
     }
 
     /// Starts the frame whose complete header is `h`.
@@ -455,6 +510,48 @@ mod tests {
                     proptest::prop_assert_eq!(state(&whole), state(&split_scanner));
                     proptest::prop_assert_eq!(state(&whole), state(&bytewise));
                 }
+            }
+        }
+
+        #[test]
+        fn mixed_streams_scan_the_same_at_once_and_byte_by_byte(
+            parts in proptest::collection::vec((0u8..6, 0usize..400, proptest::bool::ANY), 1..12),
+            client in proptest::bool::ANY,
+            max in 100u64..500,
+        ) {
+            // Whole messages (the fast path's frames, some over the limit, some with a 16-bit
+            // length), fragmented ones, control frames and a stray continuation: all read at once,
+            // the fast path sees every frame it may take; byte by byte, none.
+            let (role, mask) = if client { (Role::Client, K) } else { (Role::Server, None) };
+            let stream: Vec<u8> = parts
+                .iter()
+                .flat_map(|&(kind, n, fin)| match kind {
+                    0 => frame(true, OP_TEXT, &vec![b'a'; n], mask),
+                    1 => frame(true, OP_BINARY, &vec![1; n], mask),
+                    2 => [
+                        frame(false, OP_TEXT, &vec![b'b'; n], mask),
+                        frame(fin, OP_CONTINUATION, &vec![b'c'; n / 2], mask),
+                    ]
+                    .concat(),
+                    3 => frame(true, OP_PING, &vec![2; n % 126], mask),
+                    4 => frame(true, OP_PONG, &vec![3; n % 126], mask),
+                    _ => frame(fin, OP_CONTINUATION, &vec![4; n], mask),
+                })
+                .collect();
+            let state = |s: &FrameScanner| {
+                (s.at_boundary(), s.closed(), s.fragmented, s.message_len, s.opcode)
+            };
+            let mut whole = FrameScanner::new(role, max);
+            let mut whole_out = Scanned::default();
+            let whole_result = whole.scan(&stream, &mut whole_out);
+            let mut bytewise = FrameScanner::new(role, max);
+            let mut bytewise_out = Scanned::default();
+            let bytewise_result =
+                stream.chunks(1).try_for_each(|b| bytewise.scan(b, &mut bytewise_out));
+            proptest::prop_assert_eq!(whole_result, bytewise_result);
+            if whole_result.is_ok() {
+                proptest::prop_assert_eq!(whole_out, bytewise_out);
+                proptest::prop_assert_eq!(state(&whole), state(&bytewise));
             }
         }
 
