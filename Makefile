@@ -9,7 +9,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: lint tools chart-test ## Run every test: formatting, lints, unit, integration and end-to-end tests.
+test: lint fuzz tools chart-test ## Run every test: formatting, lints, fuzzing, unit, integration and end-to-end tests.
 	$(CARGO) build --workspace --bins --locked
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
@@ -21,6 +21,10 @@ lint: ## cargo fmt --check and clippy with warnings denied.
 .PHONY: unit
 unit: ## Every crate's tests; the end-to-end ones skip (and say so) without `make tools`.
 	$(CARGO) test --workspace --locked
+
+.PHONY: fuzz
+fuzz: ## Fuzz the gateway's frame scanner and HTTP head parser, FUZZ_SECONDS (30) each.
+	LONGCONN_REQUIRE_FUZZ=1 bash gateway/fuzz/run.sh
 
 .PHONY: chart-test
 chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD copy, dashboard, Dockerfiles.
