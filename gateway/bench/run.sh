@@ -209,7 +209,7 @@ done
 
 for r in $(seq 1 "$ROUNDS"); do
     for n in $(rotated "$r" "${names[@]}" relay); do
-        log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes but for the relay"
+        log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes (not the relay's)"
         out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS")
         log "   $out"
         add "tput8 $n" "$(echo "$out" | field msgs_per_sec)"
@@ -305,8 +305,9 @@ label() {
     esac
 }
 # Measurement, proxy, higher|lower (which is better)[, base] -> "<median ratio> (<rounds
-# better>/<rounds>)": the proxy's figure over the base's (nginx's) from the same round. Pairing by round cancels most of the
-# machine's drift between rounds, which moves the independent medians above by up to 25 %.
+# better>/<rounds>)": the proxy's figure over the base's (nginx's) from the same round. Pairing
+# by round cancels most of the machine's drift between rounds, which moves the independent
+# medians above by up to 25 %.
 paired() {
     local pairs wins ratio
     pairs=$(paste -d' ' <(printf '%s\n' ${S["$1 $2"]}) <(printf '%s\n' ${S["$1 ${4:-nginx}"]}))
