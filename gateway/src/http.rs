@@ -64,17 +64,26 @@ pub struct Head {
     pub len: usize,
 }
 
+/// The parts of a start line a [`Head`] keeps, each pointing into the parsed buffer: a request's
+/// method and target, a response's reason phrase.
+#[derive(Default)]
+struct StartLine<'a> {
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
 impl Head {
-    /// The head in `buf[..len]`: `start` holds the method, target and reason phrase (whichever
-    /// the start line has). Status and version are the callers' to set.
-    fn new(buf: &[u8], len: usize, start: [Option<&str>; 3], h: &[httparse::Header<'_>]) -> Head {
+    /// The head in `buf[..len]` with its start line's parts and its headers. Status and version
+    /// are the callers' to set.
+    fn new(buf: &[u8], len: usize, start: StartLine<'_>, h: &[httparse::Header<'_>]) -> Head {
         let base = &buf[..len];
         let part = |s: Option<&str>| s.map(|s| Part::of(base, s.as_bytes())).unwrap_or_default();
         Head {
             raw: base.into(),
-            method: part(start[0]),
-            path: part(start[1]),
-            reason: part(start[2]),
+            method: part(start.method),
+            path: part(start.path),
+            reason: part(start.reason),
             headers: h
                 .iter()
                 .map(|h| (Part::of(base, h.name.as_bytes()), Part::of(base, h.value)))
@@ -105,7 +114,16 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
             minor: req.version.unwrap_or(0),
-            ..Head::new(buf, len, [req.method, req.path, None], req.headers)
+            ..Head::new(
+                buf,
+                len,
+                StartLine {
+                    method: req.method,
+                    path: req.path,
+                    reason: None,
+                },
+                req.headers,
+            )
         })),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
@@ -123,7 +141,15 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
             status: res.code.unwrap_or(0),
             minor: res.version.unwrap_or(0),
-            ..Head::new(buf, len, [None, None, res.reason], res.headers)
+            ..Head::new(
+                buf,
+                len,
+                StartLine {
+                    reason: res.reason,
+                    ..StartLine::default()
+                },
+                res.headers,
+            )
         })),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
