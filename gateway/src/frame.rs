@@ -138,18 +138,17 @@ impl FrameScanner {
             if self.header_len == 0 {
                 // The most usual case: whole small data messages, passed over in a few steps.
                 i += self.pass_whole_messages(&data[i..], out);
+                // The usual case: any other frame whose whole header is in `data`, read in place.
+                if let Some(&b1) = data.get(i + 1)
+                    && let Some(h) = data.get(i..i + header_size(b1))
+                {
+                    i += h.len();
+                    self.start_frame(h, out)?;
+                    continue;
+                }
                 if i == data.len() {
                     break;
                 }
-            }
-            // The usual case: a whole header in `data`, read in place.
-            if self.header_len == 0
-                && let Some(&b1) = data.get(i + 1)
-                && let Some(h) = data.get(i..i + header_size(b1))
-            {
-                i += h.len();
-                self.start_frame(h, out)?;
-                continue;
             }
             // A header split between reads: gather it byte by byte.
             self.header[usize::from(self.header_len)] = data[i];
@@ -175,9 +174,9 @@ impl FrameScanner {
         if self.fragmented {
             return 0;
         }
-        let (mask_bit, key_len) = match self.role {
-            Role::Client => (0x80, 4),
-            Role::Server => (0, 0),
+        let mask_bit = match self.role {
+            Role::Client => 0x80,
+            Role::Server => 0,
         };
         let mut i = 0;
         let mut passed = 0;
@@ -187,16 +186,16 @@ impl FrameScanner {
             if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != mask_bit {
                 break;
             }
-            let (len, header) = match b1 & 0x7F {
+            let len = match b1 & 0x7F {
                 126 => match data.get(i + 2..i + 4) {
-                    Some(&[hi, lo]) => (usize::from(u16::from_be_bytes([hi, lo])), 4 + key_len),
+                    Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
                     _ => break,
                 },
                 127 => break,
-                n => (usize::from(n), 2 + key_len),
+                n => usize::from(n),
             };
             // At most 65,535 + 8 past `i`, which is at most `data.len()`: no overflow.
-            let end = i + header + len;
+            let end = i + header_size(b1) + len;
             if len as u64 > self.max_message || end > data.len() {
                 break;
             }
