@@ -57,8 +57,8 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// A byte relay to UPSTREAM that knows nothing of WebSocket: the least any proxy on this
-    /// runtime can do per message, the benchmark's reference for the gateway's own cost.
+    /// A byte relay to UPSTREAM that knows nothing of WebSocket: a minimal proxy on this
+    /// runtime, the benchmark's reference for the gateway's own cost per message.
     Relay {
         #[arg(long)]
         listen: SocketAddr,
