@@ -174,29 +174,30 @@ impl FrameScanner {
         if self.fragmented {
             return 0;
         }
-        let mask_bit = match self.role {
-            Role::Client => 0x80,
-            Role::Server => 0,
+        let (mask_bit, key_len) = match self.role {
+            Role::Client => (0x80, 4),
+            Role::Server => (0, 0),
         };
+        // Larger lengths take the general path anyway (16-bit lengths at most here).
+        let max = self.max_message.min(u64::from(u16::MAX)) as usize;
         let mut i = 0;
         let mut passed = 0;
         let mut last = (0, 0);
-        while let Some(&[b0, b1, ..]) = data.get(i..) {
+        // Four bytes: the first two of the header and, when present, the 16-bit length. A frame
+        // shorter than that (an unmasked message of at most one byte) takes the general path.
+        while let Some(&[b0, b1, l0, l1]) = data.get(i..i + 4) {
             // FIN, no reserved bits, text or binary; masked exactly when the client sent it.
             if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != mask_bit {
                 break;
             }
-            let len = match b1 & 0x7F {
-                126 => match data.get(i + 2..i + 4) {
-                    Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
-                    _ => break,
-                },
+            let (len, ext) = match b1 & 0x7F {
+                126 => (usize::from(u16::from_be_bytes([l0, l1])), 2),
                 127 => break,
-                n => usize::from(n),
+                n => (usize::from(n), 0),
             };
             // At most 65,535 + 8 past `i`, which is at most `data.len()`: no overflow.
-            let end = i + header_size(b1) + len;
-            if len as u64 > self.max_message || end > data.len() {
+            let end = i + 2 + ext + key_len + len;
+            if len > max || end > data.len() {
                 break;
             }
             last = (b0 & 0x0F, len as u64);
