@@ -27,7 +27,6 @@ fi
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 for target in $(cargo +nightly fuzz list); do
-    mkdir -p "corpus/$target"
     echo "fuzz: $target for ${SECS}s" >&2
     if ! cargo +nightly fuzz run "$target" -- -max_total_time="$SECS" >"$LOG" 2>&1; then
         tail -n 60 "$LOG" >&2

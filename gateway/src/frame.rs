@@ -174,9 +174,9 @@ impl FrameScanner {
         if self.fragmented {
             return 0;
         }
-        let (mask_bit, key_len) = match self.role {
-            Role::Client => (0x80, 4),
-            Role::Server => (0, 0),
+        let mask_bit = match self.role {
+            Role::Client => 0x80,
+            Role::Server => 0,
         };
         // Larger lengths take the general path anyway (16-bit lengths at most here).
         let max = self.max_message.min(u64::from(u16::MAX)) as usize;
@@ -190,13 +190,13 @@ impl FrameScanner {
             if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != mask_bit {
                 break;
             }
-            let (len, ext) = match b1 & 0x7F {
-                126 => (usize::from(u16::from_be_bytes([l0, l1])), 2),
+            let len = match b1 & 0x7F {
+                126 => usize::from(u16::from_be_bytes([l0, l1])),
                 127 => break,
-                n => (usize::from(n), 0),
+                n => usize::from(n),
             };
             // At most 65,535 + 8 past `i`, which is at most `data.len()`: no overflow.
-            let end = i + 2 + ext + key_len + len;
+            let end = i + header_size(b1) + len;
             if len > max || end > data.len() {
                 break;
             }
