@@ -234,29 +234,61 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# Latency at half the lowest saturation rate with one message in flight per connection: those
-# messages cross a proxy one by one, as the latency probe's evenly spaced messages do, so at this
-# rate the slowest proxy's thread is about half busy. The same rate for every row, and two
-# anchors: a direct connection to the upstream on the load's CPU, and one to the upstream on the
-# proxies' CPU. Then the same at a light 1,000 msg/s.
+# Latency. The probe (`load latency`) sends evenly spaced 128-byte messages through a proxy and
+# every twentieth message of its schedule straight to an echo upstream instead (the anchor), so the
+# anchor's round trips come from the same seconds as the proxy's and whatever the machine does
+# meanwhile is in both; "added" is the proxy's p50 or p99 minus the anchor's from the same run.
+# The rate is calibrated instead of derived from the saturation rates: a probe message costs more
+# CPU than a closed-loop one (each one wakes the sender, the proxy, the upstream and a reader), so
+# half the saturation rate left the load's CPU almost fully busy. `calibrate` starts from that and
+# scales the rate three times by 0.5 over the busiest proxy's share of FIELD (the proxy's own CPU
+# share, or how busy the CPUs given are), so that it ends about half busy. The CPU busy columns
+# show what the measured rounds had.
+calibrate() { # field, cpus, anchor port, start rate -> the calibrated rate
+    local field=$1 cpus=$2 anchor=$3 rate=$4 step n out v most
+    for step in 1 2 3; do
+        most=0
+        for n in "${names[@]}"; do
+            out=$(load latency --target "127.0.0.1:${PLAIN[$n]}" --anchor "127.0.0.1:$anchor" \
+                --rate "$rate" --seconds 2 --pids "${PROXYPIDS[$n]}" --cpus "$cpus")
+            log "calibrating $step/3, $n at $rate msg/s: $out"
+            v=$(echo "$out" | field "$field")
+            most=$(awk -v a="$most" -v b="$v" 'BEGIN { print (b > a) ? b : a }')
+        done
+        rate=$(awk -v r="$rate" -v m="$most" 'BEGIN { printf "%d", r * 0.5 / (m > 0.05 ? m : 0.05) }')
+    done
+    echo "$rate"
+}
+probe() { # tag, name, rate, anchor port, cpus: one probe run, its figures kept under "<what> <tag> <name>"
+    local out q
+    out=$(load latency --target "127.0.0.1:${PLAIN[$2]}" --anchor "127.0.0.1:$4" --rate "$3" \
+        --seconds "$SECS" --pids "${PROXYPIDS[$2]}" --cpus "$5")
+    log "round $r/$ROUNDS, $2 at $3 msg/s ($1): $out"
+    for q in p50 p99; do
+        add "$q $1 $2" "$(echo "$out" | field "${q}_us")"
+        add "$q $1 direct" "$(echo "$out" | field "anchor_${q}_us")"
+        add "+$q $1 $2" "$(awk -v a="$(echo "$out" | field "${q}_us")" \
+            -v b="$(echo "$out" | field "anchor_${q}_us")" 'BEGIN { print a - b }')"
+    done
+    add "share $1 $2" "$(echo "$out" | field proxy_cpu_share)"
+    add "busy $1 $2" "$(echo "$out" | field cpus_busy)"
+}
+
+# Each proxy on its CPU, the anchor an echo upstream on that CPU too (a direct path that crosses
+# CPUs as the proxied ones do); the busiest proxy about half busy, then a light 1,000 msg/s.
 LOWEST=$(for n in "${names[@]}"; do median "tput1 $n"; done | sort -g | head -1)
-RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
+RATE=$(calibrate proxy_cpu_share 0 "$UP_PROXY_CPU" "$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')")
 LIGHT=1000
 for r in $(seq 1 "$ROUNDS"); do
-    for n in direct direct-cross $(rotated "$r" "${names[@]}"); do
-        port=${PLAIN[$n]}
-        for rate in "$RATE" "$LIGHT"; do
-            out=$(load latency --target "127.0.0.1:$port" --rate "$rate" --seconds "$SECS")
-            log "round $r/$ROUNDS, $n at $rate msg/s: $out"
-            add "p50 $rate $n" "$(echo "$out" | field p50_us)"
-            add "p99 $rate $n" "$(echo "$out" | field p99_us)"
-        done
+    for n in $(rotated "$r" "${names[@]}"); do
+        probe half "$n" "$RATE" "$UP_PROXY_CPU" 0
+        probe light "$n" "$LIGHT" "$UP_PROXY_CPU" 0
     done
 done
 
-# The same probe with everything on one CPU: no message has to wake the other CPU, which on a
-# virtual machine is what dominates the tails above. The rate is half the lowest saturation rate
-# (1 in flight) of this one-CPU system with each proxy, so the CPU is about half busy.
+# Everything on the load's CPU: no message has to wake another CPU, which on a virtual machine is
+# what dominates the tails above, so this shows what a proxy itself adds. The anchor is the
+# proxies' own upstream; the rate is calibrated so that the one CPU is about half busy.
 ONE_CPU_RATE=""
 if [ ${#ON_PROXY_CPU[@]} -gt 0 ]; then
     for n in "${names[@]}"; do
@@ -271,26 +303,19 @@ if [ ${#ON_PROXY_CPU[@]} -gt 0 ]; then
         done
     done
     LOWEST=$(for n in "${names[@]}"; do median "onetput $n"; done | sort -g | head -1)
-    ONE_CPU_RATE=$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')
+    ONE_CPU_RATE=$(calibrate cpus_busy 0 "$UP" "$(awk -v t="$LOWEST" 'BEGIN { printf "%d", t / 2 }')")
     for r in $(seq 1 "$ROUNDS"); do
-        for n in direct $(rotated "$r" "${names[@]}"); do
-            out=$(load latency --target "127.0.0.1:${PLAIN[$n]}" --rate "$ONE_CPU_RATE" --seconds "$SECS")
-            log "round $r/$ROUNDS, $n on one CPU at $ONE_CPU_RATE msg/s: $out"
-            add "one50 $n" "$(echo "$out" | field p50_us)"
-            add "one99 $n" "$(echo "$out" | field p99_us)"
+        for n in $(rotated "$r" "${names[@]}"); do
+            probe one "$n" "$ONE_CPU_RATE" "$UP" 0
         done
     done
 fi
 
 ms() { awk -v us="$1" 'BEGIN { if (us == "-") print "-"; else printf "%.3f", us / 1000 }'; }
-lat() { echo "$(ms "$(median "p50 $1 $2")") / $(ms "$(median "p99 $1 $2")")"; } # rate, name
-added() { # rate, name -> median latency minus the other-CPU anchor's, p50 / p99
-    local q out=()
-    for q in p50 p99; do
-        out+=("$(awk -v a="$(median "$q $1 $2")" -v b="$(median "$q $1 direct-cross")" \
-            'BEGIN { printf "%+.3f", (a - b) / 1000 }')")
-    done
-    echo "${out[0]} / ${out[1]}"
+lat() { echo "$(ms "$(median "p50 $1 $2")") / $(ms "$(median "p99 $1 $2")")"; } # tag, name
+added() { # tag, name -> median over runs of the proxy's p50 and p99 minus the anchor's, same run
+    awk -v a="$(median "+p50 $1 $2")" -v b="$(median "+p99 $1 $2")" \
+        'BEGIN { printf "%+.3f / %+.3f", a / 1000, b / 1000 }'
 }
 spread() { # key -> "median (min-max)"
     local sorted
@@ -329,26 +354,26 @@ for n in "${names[@]}" relay; do
         "$(median "share8 $n")" "$(spread "tput1 $n")" "$(median "cpu1 $n")"
 done
 echo
-row() { printf '| %-17s | %19s | %27s | %19s |\n' "$@"; }
-row "path" "p50/p99 ms @$RATE/s" "added vs other CPU, ms" "p50/p99 ms @$LIGHT/s"
-row "---" "---:" "---:" "---:"
-row "direct, same CPU" "$(lat "$RATE" direct)" "" "$(lat "$LIGHT" direct)"
-row "direct, other CPU" "$(lat "$RATE" direct-cross)" "" "$(lat "$LIGHT" direct-cross)"
+echo "latency: p50/p99 of the round trips (median over rounds); added: the proxy's p50 and p99 minus those"
+echo "of a direct path probed in the same seconds (median over rounds); CPU busy: the proxy's, and the load's CPU"
+echo
+row() { printf '| %-17s | %16s | %19s | %17s | %19s | %17s |\n' "$@"; }
+row "path" "CPU busy" "p50/p99 ms @$RATE/s" "added, ms" "p50/p99 ms @$LIGHT/s" "added, ms"
+row "---" "---:" "---:" "---:" "---:" "---:"
+row "direct, other CPU" "" "$(lat half direct)" "" "$(lat light direct)" ""
 for n in "${names[@]}"; do
-    row "$(label "$n")" "$(lat "$RATE" "$n")" "$(added "$RATE" "$n")" "$(lat "$LIGHT" "$n")"
+    row "$(label "$n")" "$(median "share half $n") / $(median "busy half $n")" "$(lat half "$n")" \
+        "$(added half "$n")" "$(lat light "$n")" "$(added light "$n")"
 done
 if [ -n "$ONE_CPU_RATE" ]; then
     echo
-    row() { printf '| %-17s | %24s | %21s | %27s |\n' "$@"; }
-    row "all on one CPU" "msg/s, 1 in flight" "p50/p99 ms @$ONE_CPU_RATE/s" "added vs direct, ms"
-    row "---" "---:" "---:" "---:"
-    row "direct" "" "$(ms "$(median "one50 direct")") / $(ms "$(median "one99 direct")")" ""
+    row() { printf '| %-17s | %24s | %8s | %19s | %17s |\n' "$@"; }
+    row "all on one CPU" "msg/s, 1 in flight" "CPU busy" "p50/p99 ms @$ONE_CPU_RATE/s" "added, ms"
+    row "---" "---:" "---:" "---:" "---:"
+    row "direct" "" "" "$(lat one direct)" ""
     for n in "${names[@]}"; do
-        added_one=$(awk -v a="$(median "one50 $n")" -v b="$(median "one50 direct")" \
-            -v c="$(median "one99 $n")" -v d="$(median "one99 direct")" \
-            'BEGIN { printf "%+.3f / %+.3f", (a - b) / 1000, (c - d) / 1000 }')
-        row "$(label "$n")" "$(spread "onetput $n")" \
-            "$(ms "$(median "one50 $n")") / $(ms "$(median "one99 $n")")" "$added_one"
+        row "$(label "$n")" "$(spread "onetput $n")" "$(median "busy one $n")" "$(lat one "$n")" \
+            "$(added one "$n")"
     done
 fi
 echo

@@ -4,7 +4,7 @@
 //! relay without WebSocket awareness, the reference for a proxy on this runtime), `cert` (a
 //! self-signed certificate for 127.0.0.1), `idle` (RSS per idle proxied session), `throughput`
 //! (echo messages per second at saturation), `latency` (round-trip percentiles at a fixed
-//! rate), `handshakes` (new sessions per second, plain or TLS). Each measurement prints one
+//! rate, beside a direct path probed in the same seconds), `handshakes` (new sessions per second, plain or TLS). Each measurement prints one
 //! `key=value` line. It only ever talks to 127.0.0.1.
 //!
 //! The echo upstream and the throughput, latency and handshake clients speak WebSocket through
@@ -93,6 +93,16 @@ enum Cmd {
     Latency {
         #[arg(long)]
         target: SocketAddr,
+        /// Also probes this address (the upstream itself) in the same seconds, with a nineteenth of
+        /// RATE more messages, and reports its round trips as `anchor_*`.
+        #[arg(long)]
+        anchor: Option<SocketAddr>,
+        /// Reports these processes' CPU share over the measured seconds as `proxy_cpu_share`.
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// Reports how busy these CPUs were over the measured seconds as `cpus_busy` (their mean).
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
         #[arg(long)]
         rate: u64,
         #[arg(long, default_value_t = 50)]
@@ -378,27 +388,56 @@ async fn throughput(
     println!("msgs_per_sec={rate:.0} proxy_cpu_us_per_op={cpu_us:.2} proxy_cpu_share={share:.2}");
 }
 
-/// Open loop: one thread sends RATE messages per second, evenly spaced (it sleeps between sends,
-/// so the spacing is as fine as the kernel's timers), round robin over the connections; each
-/// message carries the time it was due, and the round trip counts from then, so a stalled sender
-/// shows as latency instead of hiding it.
-async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64) {
+/// Open loop: one thread sends RATE messages per second to TARGET, evenly spaced (it sleeps
+/// between sends, so the spacing is as fine as the kernel's timers), round robin over the
+/// connections; each message carries the time it was due, and the round trip counts from then, so
+/// a stalled sender shows as latency instead of hiding it.
+///
+/// With an `anchor` (the upstream itself), every twentieth message of the same schedule goes there
+/// instead, over connections of its own, and the proxied messages still come at RATE: the anchor's
+/// round trips are taken in the same seconds as the proxy's, so whatever the machine does to both
+/// (a CPU taken away, another process's burst) is in both, and the difference of the two is what
+/// the proxy adds.
+async fn latency(probe: Probe) {
+    let Probe {
+        target,
+        anchor,
+        rate,
+        connections,
+        seconds,
+        pids,
+        cpus,
+    } = probe;
+    // Every ANCHOR_EVERY-th message goes to the anchor; the schedule runs faster by that share.
+    const ANCHOR_EVERY: u64 = 20;
+    let anchors = anchor.map_or(0, |_| connections.div_ceil(ANCHOR_EVERY as usize - 1));
     let mut writers = Vec::new();
     let mut readers = Vec::new();
-    for _ in 0..connections {
-        let (tcp, buf) = open(target).await;
+    for i in 0..connections + anchors {
+        let to = if i < connections {
+            target
+        } else {
+            anchor.unwrap()
+        };
+        let (tcp, buf) = open(to).await;
         let std = tcp.into_std().unwrap();
         writers.push(std.try_clone().unwrap());
-        readers.push((TcpStream::from_std(std).unwrap(), buf));
+        readers.push((i >= connections, TcpStream::from_std(std).unwrap(), buf));
     }
     let start = Instant::now();
     let warm = Duration::from_secs(1);
     let end = warm + Duration::from_secs(seconds);
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let total_rate = match anchor {
+        Some(_) => rate as f64 * ANCHOR_EVERY as f64 / (ANCHOR_EVERY - 1) as f64,
+        None => rate as f64,
+    };
+    let interval = Duration::from_secs_f64(1.0 / total_rate.max(1.0));
     let sender = std::thread::spawn(move || {
-        use std::io::Write;
+        // Sleeps end when they are due, not up to the default 50 us later: at tens of thousands
+        // of messages per second that slack would send them in bursts instead of evenly.
+        nix::sys::prctl::set_timerslack(1).unwrap();
         let mut frame = Vec::with_capacity(PAYLOAD + 16);
-        let mut late = 0u64;
+        let (mut late, mut to_target, mut to_anchor) = (0u64, 0usize, 0usize);
         for k in 0u32.. {
             let due = interval * k;
             if due >= end {
@@ -409,26 +448,40 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
             } else {
                 late += 1;
             }
-            let mut payload = [0u8; PAYLOAD];
-            payload[..8].copy_from_slice(&(due.as_nanos() as u64).to_be_bytes());
+            let conn = if anchors > 0 && u64::from(k) % ANCHOR_EVERY == ANCHOR_EVERY - 1 {
+                to_anchor += 1;
+                connections + to_anchor % anchors
+            } else {
+                to_target += 1;
+                to_target % connections
+            };
             frame.clear();
-            wire::push_frame(&mut frame, wire::fin(wire::OP_BINARY), &payload, Some(MASK));
-            let w = &mut writers[k as usize % connections];
-            // The sockets are non-blocking (shared with the reader); a full send buffer at these
-            // rates means the run is overloaded: retry until the end of the run at the latest.
-            let mut sent = 0;
-            while sent < frame.len() && start.elapsed() < end + Duration::from_secs(5) {
-                match w.write(&frame[sent..]) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                    Err(_) => return late,
-                }
+            push_probe(&mut frame, due.as_nanos() as u64);
+            if !send_all(&mut writers[conn], &frame, start, end) {
+                return late;
             }
+        }
+        // Tell every reader that nothing more is coming.
+        for w in &mut writers {
+            frame.clear();
+            push_probe(&mut frame, u64::MAX);
+            send_all(w, &frame, start, end);
         }
         late
     });
+    let load = tokio::spawn(async move {
+        tokio::time::sleep_until((start + warm).into()).await;
+        let (c0, b0, w0) = (cpu_time(&pids), cpus_busy(&cpus), Instant::now());
+        tokio::time::sleep_until((start + end).into()).await;
+        let wall = w0.elapsed().as_secs_f64();
+        let (b1, total) = cpus_busy(&cpus);
+        (
+            (cpu_time(&pids) - c0).as_secs_f64() / wall,
+            (b1 - b0.0) as f64 / (total - b0.1).max(1) as f64,
+        )
+    });
     let mut tasks = Vec::new();
-    for (mut tcp, mut buf) in readers {
+    for (is_anchor, mut tcp, mut buf) in readers {
         tasks.push(tokio::spawn(async move {
             let mut rtts = Vec::new();
             loop {
@@ -439,14 +492,13 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
                         continue;
                     }
                     let now = start.elapsed();
-                    let due = Duration::from_nanos(u64::from_be_bytes(
-                        f.payload[..8].try_into().unwrap(),
-                    ));
+                    let due = u64::from_be_bytes(f.payload[..8].try_into().unwrap());
+                    if due == u64::MAX {
+                        return (is_anchor, rtts);
+                    }
+                    let due = Duration::from_nanos(due);
                     if due >= warm {
                         rtts.push(now.saturating_sub(due).as_micros() as u64);
-                    }
-                    if due + interval * connections as u32 >= end {
-                        return rtts;
                     }
                 }
                 buf.drain(..at);
@@ -454,29 +506,107 @@ async fn latency(target: SocketAddr, rate: u64, connections: usize, seconds: u64
                     .await
                 {
                     Ok(Ok(true)) => {}
-                    _ => return rtts,
+                    _ => return (is_anchor, rtts),
                 }
             }
         }));
     }
-    let mut all = Vec::new();
+    let (mut proxied, mut direct) = (Vec::new(), Vec::new());
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (is_anchor, rtts) = t.await.unwrap();
+        if is_anchor { &mut direct } else { &mut proxied }.extend(rtts);
     }
     let late = sender.join().unwrap();
-    all.sort_unstable();
+    let (proxy_share, busy) = load.await.unwrap();
+    let mut line = format!(
+        "{} rate={rate} sender_late={late}",
+        percentiles("", &mut proxied)
+    );
+    if anchor.is_some() {
+        line = format!("{line} {}", percentiles("anchor_", &mut direct));
+    }
+    println!("{line} proxy_cpu_share={proxy_share:.3} cpus_busy={busy:.3}");
+}
+
+/// What the latency probe sends where, and whose CPU time it reports.
+struct Probe {
+    target: SocketAddr,
+    anchor: Option<SocketAddr>,
+    rate: u64,
+    connections: usize,
+    seconds: u64,
+    pids: Vec<u32>,
+    cpus: Vec<usize>,
+}
+
+/// Busy and total time of `cpus` so far, in clock ticks (see [`cpus_busy_in`]).
+fn cpus_busy(cpus: &[usize]) -> (u64, u64) {
+    cpus_busy_in(
+        &std::fs::read_to_string("/proc/stat").unwrap_or_default(),
+        cpus,
+    )
+}
+
+/// Busy and total time of `cpus` in the text of `/proc/stat`, in clock ticks. Busy is everything
+/// but idle, iowait and steal: steal is time the hypervisor gave to someone else.
+fn cpus_busy_in(stat: &str, cpus: &[usize]) -> (u64, u64) {
+    let (mut busy, mut total) = (0, 0);
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields.next().and_then(|f| f.strip_prefix("cpu")) else {
+            continue;
+        };
+        if !cpu.parse().is_ok_and(|n: usize| cpus.contains(&n)) {
+            continue;
+        }
+        let v: Vec<u64> = fields.take(8).map(|f| f.parse().unwrap_or(0)).collect();
+        if let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] {
+            busy += user + nice + system + irq + softirq;
+            total += user + nice + system + idle + iowait + irq + softirq + steal;
+        }
+    }
+    (busy, total)
+}
+
+/// A probe message: 128 bytes, the first 8 the time it was due (ns since the start; `u64::MAX`
+/// ends the run).
+fn push_probe(frame: &mut Vec<u8>, due_ns: u64) {
+    let mut payload = [0u8; PAYLOAD];
+    payload[..8].copy_from_slice(&due_ns.to_be_bytes());
+    wire::push_frame(frame, wire::fin(wire::OP_BINARY), &payload, Some(MASK));
+}
+
+/// Writes all of `frame` to a non-blocking socket shared with its reader. A full send buffer at
+/// these rates means the run is overloaded: it retries until 5 s after the end of the run at the
+/// latest. False when the socket failed.
+fn send_all(w: &mut std::net::TcpStream, frame: &[u8], start: Instant, end: Duration) -> bool {
+    use std::io::Write;
+    let mut sent = 0;
+    while sent < frame.len() && start.elapsed() < end + Duration::from_secs(5) {
+        match w.write(&frame[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// `p50_us=.. p99_us=.. p999_us=.. samples=..`, each key after `prefix`.
+fn percentiles(prefix: &str, rtts: &mut [u64]) -> String {
+    rtts.sort_unstable();
     let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+        rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
-    println!(
-        "p50_us={} p99_us={} p999_us={} samples={} rate={rate} sender_late={late}",
+    format!(
+        "{prefix}p50_us={} {prefix}p99_us={} {prefix}p999_us={} {prefix}samples={}",
         pct(0.50),
         pct(0.99),
         pct(0.999),
-        all.len()
-    );
+        rtts.len()
+    )
 }
 
 /// A TLS client that checks only that the server presents `cert` (byte for byte) and skips the
@@ -639,10 +769,24 @@ async fn main() {
         } => throughput(target, connections, depth, seconds, &pids).await,
         Cmd::Latency {
             target,
+            anchor,
+            pids,
+            cpus,
             rate,
             connections,
             seconds,
-        } => latency(target, rate, connections, seconds).await,
+        } => {
+            latency(Probe {
+                target,
+                anchor,
+                rate,
+                connections,
+                seconds,
+                pids,
+                cpus,
+            })
+            .await
+        }
         Cmd::Handshakes {
             target,
             pids,
@@ -650,5 +794,39 @@ async fn main() {
             concurrency,
             seconds,
         } => handshakes(target, tls_cert, concurrency, seconds, &pids).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  900 0 300 5000 10 0 20 70 0 0
+cpu0 400 0 100 2000 5 0 10 30 0 0
+cpu1 500 0 200 3000 5 0 10 40 0 0
+intr 12345
+ctxt 678
+";
+
+    #[test]
+    fn cpus_busy_counts_only_the_cpus_asked_for_and_not_steal() {
+        assert_eq!(cpus_busy_in(STAT, &[0]), (510, 2545));
+        assert_eq!(cpus_busy_in(STAT, &[1]), (710, 3755));
+        assert_eq!(cpus_busy_in(STAT, &[0, 1]), (1220, 6300));
+        assert_eq!(cpus_busy_in(STAT, &[]), (0, 0));
+        assert_eq!(cpus_busy_in(STAT, &[7]), (0, 0));
+    }
+
+    #[test]
+    fn percentiles_name_their_keys_and_pick_by_rank() {
+        let mut rtts: Vec<u64> = (1..=1000).rev().collect();
+        assert_eq!(
+            percentiles("anchor_", &mut rtts),
+            "anchor_p50_us=501 anchor_p99_us=991 anchor_p999_us=1000 anchor_samples=1000"
+        );
+        assert_eq!(
+            percentiles("", &mut []),
+            "p50_us=0 p99_us=0 p999_us=0 samples=0"
+        );
     }
 }
