@@ -235,9 +235,10 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # Latency. The probe (`load latency`) sends evenly spaced 128-byte messages through a proxy and
-# every twentieth message of its schedule straight to an echo upstream instead (the anchor), so the
-# anchor's round trips come from the same seconds as the proxy's and whatever the machine does
-# meanwhile is in both; "added" is the proxy's p50 or p99 minus the anchor's from the same run.
+# every twentieth message of its schedule (every second one at the light rate, to have as many
+# samples) straight to an echo upstream instead (the anchor), so the anchor's round trips come from
+# the same seconds as the proxy's and whatever the machine does meanwhile is in both; "added" is
+# the proxy's p50 or p99 minus the anchor's from the same run.
 # The rate is calibrated instead of derived from the saturation rates: a probe message costs more
 # CPU than a closed-loop one (each one wakes the sender, the proxy, the upstream and a reader), so
 # half the saturation rate left the load's CPU almost fully busy. `calibrate` starts from that and
@@ -259,10 +260,12 @@ calibrate() { # field, cpus, anchor port, start rate -> the calibrated rate
     done
     echo "$rate"
 }
-probe() { # tag, name, rate, anchor port, cpus: one probe run, its figures kept under "<what> <tag> <name>"
+# One probe run: tag, name, rate, anchor port, cpus[, anchor every]; its figures are kept under
+# "<what> <tag> <name>".
+probe() {
     local out q
     out=$(load latency --target "127.0.0.1:${PLAIN[$2]}" --anchor "127.0.0.1:$4" --rate "$3" \
-        --seconds "$SECS" --pids "${PROXYPIDS[$2]}" --cpus "$5")
+        --anchor-every "${6:-20}" --seconds "$SECS" --pids "${PROXYPIDS[$2]}" --cpus "$5")
     log "round $r/$ROUNDS, $2 at $3 msg/s ($1): $out"
     for q in p50 p99; do
         add "$q $1 $2" "$(echo "$out" | field "${q}_us")"
@@ -282,7 +285,7 @@ LIGHT=1000
 for r in $(seq 1 "$ROUNDS"); do
     for n in $(rotated "$r" "${names[@]}"); do
         probe half "$n" "$RATE" "$UP_PROXY_CPU" 0
-        probe light "$n" "$LIGHT" "$UP_PROXY_CPU" 0
+        probe light "$n" "$LIGHT" "$UP_PROXY_CPU" 0 2
     done
 done
 

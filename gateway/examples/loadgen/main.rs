@@ -93,10 +93,14 @@ enum Cmd {
     Latency {
         #[arg(long)]
         target: SocketAddr,
-        /// Also probes this address (the upstream itself) in the same seconds, with a nineteenth of
-        /// RATE more messages, and reports its round trips as `anchor_*`.
+        /// Also probes this address (the upstream itself) in the same seconds and reports its
+        /// round trips as `anchor_*`.
         #[arg(long)]
         anchor: Option<SocketAddr>,
+        /// Every Nth message of the schedule goes to the anchor instead (RATE still reaches the
+        /// target, so the anchor adds RATE / (N - 1)).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..))]
+        anchor_every: u64,
         /// Reports these processes' CPU share over the measured seconds as `proxy_cpu_share`.
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
@@ -393,8 +397,8 @@ async fn throughput(
 /// connections; each message carries the time it was due, and the round trip counts from then, so
 /// a stalled sender shows as latency instead of hiding it.
 ///
-/// With an `anchor` (the upstream itself), every twentieth message of the same schedule goes there
-/// instead, over connections of its own, and the proxied messages still come at RATE: the anchor's
+/// With an `anchor` (the upstream itself), every `anchor_every`-th message of the same schedule goes
+/// there instead, over connections of its own, and the proxied messages still come at RATE: the anchor's
 /// round trips are taken in the same seconds as the proxy's, so whatever the machine does to both
 /// (a CPU taken away, another process's burst) is in both, and the difference of the two is what
 /// the proxy adds.
@@ -402,15 +406,15 @@ async fn latency(probe: Probe) {
     let Probe {
         target,
         anchor,
+        anchor_every,
         rate,
         connections,
         seconds,
         pids,
         cpus,
     } = probe;
-    // Every ANCHOR_EVERY-th message goes to the anchor; the schedule runs faster by that share.
-    const ANCHOR_EVERY: u64 = 20;
-    let anchors = anchor.map_or(0, |_| connections.div_ceil(ANCHOR_EVERY as usize - 1));
+    // As many messages per connection to the anchor as to the target.
+    let anchors = anchor.map_or(0, |_| connections.div_ceil(anchor_every as usize - 1));
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for i in 0..connections + anchors {
@@ -428,7 +432,7 @@ async fn latency(probe: Probe) {
     let warm = Duration::from_secs(1);
     let end = warm + Duration::from_secs(seconds);
     let total_rate = match anchor {
-        Some(_) => rate as f64 * ANCHOR_EVERY as f64 / (ANCHOR_EVERY - 1) as f64,
+        Some(_) => rate as f64 * anchor_every as f64 / (anchor_every - 1) as f64,
         None => rate as f64,
     };
     let interval = Duration::from_secs_f64(1.0 / total_rate.max(1.0));
@@ -448,7 +452,7 @@ async fn latency(probe: Probe) {
             } else {
                 late += 1;
             }
-            let conn = if anchors > 0 && u64::from(k) % ANCHOR_EVERY == ANCHOR_EVERY - 1 {
+            let conn = if anchors > 0 && u64::from(k) % anchor_every == anchor_every - 1 {
                 to_anchor += 1;
                 connections + to_anchor % anchors
             } else {
@@ -532,6 +536,7 @@ async fn latency(probe: Probe) {
 struct Probe {
     target: SocketAddr,
     anchor: Option<SocketAddr>,
+    anchor_every: u64,
     rate: u64,
     connections: usize,
     seconds: u64,
@@ -770,6 +775,7 @@ async fn main() {
         Cmd::Latency {
             target,
             anchor,
+            anchor_every,
             pids,
             cpus,
             rate,
@@ -779,6 +785,7 @@ async fn main() {
             latency(Probe {
                 target,
                 anchor,
+                anchor_every,
                 rate,
                 connections,
                 seconds,
