@@ -175,8 +175,7 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 
 # --- measurements -------------------------------------------------------------------------
 names=(gateway nginx haproxy)
-declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN
-    [direct]=$UP [direct-cross]=$UP_PROXY_CPU [relay]=$RELAY)
+declare -A PLAIN=([gateway]=$GW_PLAIN [nginx]=$NGX_PLAIN [haproxy]=$HAP_PLAIN [relay]=$RELAY)
 declare -A TLSP=([gateway]=$GW_TLS [nginx]=$NGX_TLS [haproxy]=$HAP_TLS)
 declare -A PROXYPIDS=([gateway]=$GW_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID [relay]=$RELAY_PID)
 declare -A TLSPIDS=([gateway]=$GW_TLS_PID [nginx]=$NGX_PIDS [haproxy]=$HAP_PID)
