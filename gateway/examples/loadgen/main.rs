@@ -90,30 +90,7 @@ enum Cmd {
         seconds: u64,
     },
     /// Open-loop echo at RATE messages per second; reports p50 and p99 round trips.
-    Latency {
-        #[arg(long)]
-        target: SocketAddr,
-        /// Also probes this address (the upstream itself) in the same seconds and reports its
-        /// round trips as `anchor_*`.
-        #[arg(long)]
-        anchor: Option<SocketAddr>,
-        /// Every Nth message of the schedule goes to the anchor instead (RATE still reaches the
-        /// target, so the anchor adds RATE / (N - 1)).
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..))]
-        anchor_every: u64,
-        /// Reports these processes' CPU share over the measured seconds as `proxy_cpu_share`.
-        #[arg(long, value_delimiter = ',')]
-        pids: Vec<u32>,
-        /// Reports how busy these CPUs were over the measured seconds as `cpus_busy` (their mean).
-        #[arg(long, value_delimiter = ',')]
-        cpus: Vec<usize>,
-        #[arg(long)]
-        rate: u64,
-        #[arg(long, default_value_t = 50)]
-        connections: usize,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-    },
+    Latency(Probe),
     /// New sessions per second (connect, upgrade, reset); reports the rate and the CPU time PIDS
     /// spent per session.
     Handshakes {
@@ -397,9 +374,9 @@ async fn throughput(
 /// connections; each message carries the time it was due, and the round trip counts from then, so
 /// a stalled sender shows as latency instead of hiding it.
 ///
-/// With an `anchor` (the upstream itself), every `anchor_every`-th message of the same schedule goes
-/// there instead, over connections of its own, and the proxied messages still come at RATE: the anchor's
-/// round trips are taken in the same seconds as the proxy's, so whatever the machine does to both
+/// With an `anchor` (the upstream itself), every `anchor_every`-th message of the same schedule
+/// goes there instead, over connections of its own, and the proxied messages still come at RATE:
+/// the anchor's round trips are taken in the same seconds as the proxy's, so whatever the machine does to both
 /// (a CPU taken away, another process's burst) is in both, and the difference of the two is what
 /// the proxy adds.
 async fn latency(probe: Probe) {
@@ -533,15 +510,30 @@ async fn latency(probe: Probe) {
 }
 
 /// What the latency probe sends where, and whose CPU time it reports.
+#[derive(clap::Args)]
 struct Probe {
+    #[arg(long)]
     target: SocketAddr,
+    /// Also probes this address (the upstream itself) in the same seconds and reports its
+    /// round trips as `anchor_*`.
+    #[arg(long)]
     anchor: Option<SocketAddr>,
+    /// Every Nth message of the schedule goes to the anchor instead (RATE still reaches the
+    /// target, so the anchor adds RATE / (N - 1)).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..))]
     anchor_every: u64,
-    rate: u64,
-    connections: usize,
-    seconds: u64,
+    /// Reports these processes' CPU share over the measured seconds as `proxy_cpu_share`.
+    #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// Reports how busy these CPUs were over the measured seconds as `cpus_busy` (their mean).
+    #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
+    #[arg(long)]
+    rate: u64,
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
 }
 
 /// Busy and total time of `cpus` so far, in clock ticks (see [`cpus_busy_in`]).
@@ -772,28 +764,7 @@ async fn main() {
             depth,
             seconds,
         } => throughput(target, connections, depth, seconds, &pids).await,
-        Cmd::Latency {
-            target,
-            anchor,
-            anchor_every,
-            pids,
-            cpus,
-            rate,
-            connections,
-            seconds,
-        } => {
-            latency(Probe {
-                target,
-                anchor,
-                anchor_every,
-                rate,
-                connections,
-                seconds,
-                pids,
-                cpus,
-            })
-            .await
-        }
+        Cmd::Latency(probe) => latency(probe).await,
         Cmd::Handshakes {
             target,
             pids,
