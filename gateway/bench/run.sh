@@ -37,7 +37,7 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
         || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy >/dev/null
 fi
 # perf counts the proxies' system calls for the "where the CPU time goes" table; without it (or
-# where the kernel does not let it trace system calls) that column is left out.
+# where the kernel does not let it trace system calls) that column shows "-".
 if ! command -v perf >/dev/null; then
     log "installing perf from Debian's packages"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || true
@@ -220,6 +220,7 @@ for r in $(seq 1 "$ROUNDS"); do
         add "tput8 $n" "$(echo "$out" | field msgs_per_sec)"
         add "cpu8 $n" "$(echo "$out" | field proxy_cpu_us_per_op)"
         add "share8 $n" "$(echo "$out" | field proxy_cpu_share)"
+        add "user8 $n" "$(echo "$out" | field proxy_user_share)"
         out=$(load throughput --target "127.0.0.1:${PLAIN[$n]}" --pids "${PROXYPIDS[$n]}" --seconds "$SECS" --depth 1)
         log "   $out"
         add "tput1 $n" "$(echo "$out" | field msgs_per_sec)"
@@ -239,42 +240,26 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# Where a proxy's CPU time goes, 8 in flight: the system calls it makes per echoed message
-# (`perf stat` on the system-call tracepoints) and the user-space share of its CPU time (utime over
-# utime plus stime, from /proc/<pid>/stat), counted over SECS while the load runs.
-COUNT_CALLS=""
+# System calls per echoed message, 8 in flight, counted by `perf stat` on the system-call
+# tracepoints over SECS while the load runs. Runs of their own: tracing every system call costs the
+# proxy kernel time, which the rates and CPU figures above must not carry. Skipped where perf
+# cannot trace system calls.
+COST_ROUNDS=0
 if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
-    COUNT_CALLS=1
+    COST_ROUNDS=$((ROUNDS < 3 ? ROUNDS : 3))
 fi
-cpu_ticks() { # comma-separated pids -> "utime stime", summed (the fields after the command name)
-    local pid u=0 s=0 a b
-    for pid in ${1//,/ }; do
-        read -r a b < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }')
-        u=$((u + a)) s=$((s + b))
-    done
-    echo "$u $s"
-}
-COST_ROUNDS=$((ROUNDS < 3 ? ROUNDS : 3))
 for r in $(seq 1 "$COST_ROUNDS"); do
     for n in $(rotated "$r" "${names[@]}" relay); do
         load throughput --target "127.0.0.1:${PLAIN[$n]}" --seconds $((SECS + 2)) >"$WORK/cost.out" &
         lp=$!
         sleep 1.5
-        before=$(cpu_ticks "${PROXYPIDS[$n]}")
-        if [ -n "$COUNT_CALLS" ]; then
-            perf stat -x, -e raw_syscalls:sys_enter -p "${PROXYPIDS[$n]}" -- sleep "$SECS" 2>"$WORK/perf.out" \
-                || : >"$WORK/perf.out"
-        else
-            sleep "$SECS"
-        fi
-        after=$(cpu_ticks "${PROXYPIDS[$n]}")
+        perf stat -x, -e raw_syscalls:sys_enter -p "${PROXYPIDS[$n]}" -- sleep "$SECS" 2>"$WORK/perf.out" \
+            || : >"$WORK/perf.out"
         wait "$lp"
         rate=$(field msgs_per_sec <"$WORK/cost.out")
-        add "user $n" "$(echo "$before $after" | awk '{ u = $3 - $1; s = $4 - $2; printf "%.3f", (u + s) ? u / (u + s) : 0 }')"
-        if [ -n "$COUNT_CALLS" ]; then
-            add "calls $n" "$(awk -F, -v m="$rate" -v t="$SECS" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / (m * t) }' "$WORK/perf.out")"
-        fi
-        log "round $r/$COST_ROUNDS, $n: where the CPU time goes at $rate msg/s: user share $(echo "${S["user $n"]}" | awk '{ print $NF }'), system calls per message $(echo "${S["calls $n"]:--}" | awk '{ print $NF }')"
+        calls=$(awk -F, -v m="$rate" -v t="$SECS" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / (m * t) }' "$WORK/perf.out")
+        log "round $r/$COST_ROUNDS, $n at $rate msg/s: ${calls:--} system calls per message"
+        add "calls $n" "$calls"
     done
 done
 
@@ -432,14 +417,15 @@ for n in "${names[@]}"; do
         "$(spread "tls $n")" "$(median "cputls $n")" "$(median "sharetls $n")"
 done
 echo
-echo "where the CPU time goes, 8 in flight (median of $COST_ROUNDS rounds): system calls per echoed message"
-echo "(perf stat; - where perf cannot count them) and the user-space share of the proxy's CPU time"
+echo "where the CPU time goes, 8 in flight: system calls per echoed message (perf stat, median of"
+echo "$COST_ROUNDS rounds of their own; - where perf cannot count them) and the user-space share of the"
+echo "proxy's CPU time (median of the $ROUNDS throughput rounds)"
 echo
 row() { printf '| %-17s | %16s | %16s |\n' "$@"; }
 row proxy "syscalls/msg" "user share"
 row "---" "---:" "---:"
 for n in "${names[@]}" relay; do
-    row "$(label "$n")" "$(median "calls $n")" "$(median "user $n")"
+    row "$(label "$n")" "$(median "calls $n")" "$(median "user8 $n")"
 done
 echo
 echo "each proxy against nginx in the same round: median of the per-round ratios (rounds in which it did better)"

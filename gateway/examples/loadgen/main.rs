@@ -295,22 +295,59 @@ fn cpu_time(pids: &[u32]) -> Duration {
     Duration::from_nanos(ns)
 }
 
-/// Measures `ops` (a counter) and the CPU time of `pids` over `seconds`; returns the rate, the
-/// proxy's CPU microseconds per operation and its CPU share of the wall time.
-async fn window(ops: &AtomicU64, pids: &[u32], seconds: u64) -> (f64, f64, f64) {
-    let (n0, c0, t0) = (ops.load(Ordering::Relaxed), cpu_time(pids), Instant::now());
+/// User and system time of the processes `pids` so far, in clock ticks (see [`user_system_in`]).
+fn user_system(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| user_system_in(&stat))
+        .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds))
+}
+
+/// `utime` and `stime` from a `/proc/<pid>/stat` line. They are the 14th and 15th fields; the
+/// command name (the 2nd) is in parentheses and may itself hold spaces and parentheses, so the
+/// fields are counted from the last `)`.
+fn user_system_in(stat: &str) -> Option<(u64, u64)> {
+    let mut after = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    Some((after.next()?.parse().ok()?, after.next()?.parse().ok()?))
+}
+
+/// What [`window`] measured.
+struct Window {
+    /// Operations per second.
+    rate: f64,
+    /// The proxy's CPU microseconds per operation.
+    cpu_us_per_op: f64,
+    /// The proxy's CPU time over the wall time.
+    share: f64,
+    /// User space's part of the proxy's CPU time (the kernel samples both at its tick).
+    user_share: f64,
+}
+
+/// Measures `ops` (a counter) and the CPU time of `pids` over `seconds`.
+async fn window(ops: &AtomicU64, pids: &[u32], seconds: u64) -> Window {
+    let (n0, c0, us0, t0) = (
+        ops.load(Ordering::Relaxed),
+        cpu_time(pids),
+        user_system(pids),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (n, cpu, wall) = (
+    let (n, cpu, us, wall) = (
         ops.load(Ordering::Relaxed) - n0,
         cpu_time(pids) - c0,
+        user_system(pids),
         t0.elapsed(),
     );
-    let per_op = cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
-    (
-        n as f64 / wall.as_secs_f64(),
-        per_op,
-        cpu.as_secs_f64() / wall.as_secs_f64(),
-    )
+    let (user, system) = (us.0 - us0.0, us.1 - us0.1);
+    Window {
+        rate: n as f64 / wall.as_secs_f64(),
+        cpu_us_per_op: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+        share: cpu.as_secs_f64() / wall.as_secs_f64(),
+        user_share: user as f64 / (user + system).max(1) as f64,
+    }
 }
 
 /// Closed loop: each connection keeps `depth` messages in flight and answers every echo it reads
@@ -362,11 +399,14 @@ async fn throughput(
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rate, cpu_us, share) = window(&count, pids, seconds).await;
+    let w = window(&count, pids, seconds).await;
     for t in tasks {
         t.abort();
     }
-    println!("msgs_per_sec={rate:.0} proxy_cpu_us_per_op={cpu_us:.2} proxy_cpu_share={share:.2}");
+    println!(
+        "msgs_per_sec={:.0} proxy_cpu_us_per_op={:.2} proxy_cpu_share={:.2} proxy_user_share={:.3}",
+        w.rate, w.cpu_us_per_op, w.share, w.user_share
+    );
 }
 
 /// Open loop: one thread sends RATE messages per second to TARGET, evenly spaced (it sleeps
@@ -376,9 +416,9 @@ async fn throughput(
 ///
 /// With an `anchor` (the upstream itself), every `anchor_every`-th message of the same schedule
 /// goes there instead, over connections of its own, and the proxied messages still come at RATE:
-/// the anchor's round trips are taken in the same seconds as the proxy's, so whatever the machine does to both
-/// (a CPU taken away, another process's burst) is in both, and the difference of the two is what
-/// the proxy adds.
+/// the anchor's round trips are taken in the same seconds as the proxy's, so whatever the machine
+/// does to both (a CPU taken away, another process's burst) is in both, and the difference of the
+/// two is what the proxy adds.
 async fn latency(probe: Probe) {
     let Probe {
         target,
@@ -726,13 +766,16 @@ async fn handshakes(
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rate, cpu_us, share) = window(&done, pids, seconds).await;
+    let w = window(&done, pids, seconds).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
     println!(
-        "handshakes_per_sec={rate:.0} proxy_cpu_us_per_op={cpu_us:.2} proxy_cpu_share={share:.2} failed={}",
+        "handshakes_per_sec={:.0} proxy_cpu_us_per_op={:.2} proxy_cpu_share={:.2} failed={}",
+        w.rate,
+        w.cpu_us_per_op,
+        w.share,
         failed.load(Ordering::Relaxed)
     );
 }
@@ -793,6 +836,15 @@ ctxt 678
         assert_eq!(cpus_busy_in(STAT, &[0, 1]), (1220, 6300));
         assert_eq!(cpus_busy_in(STAT, &[]), (0, 0));
         assert_eq!(cpus_busy_in(STAT, &[7]), (0, 0));
+    }
+
+    #[test]
+    fn user_and_system_time_are_read_after_the_command_name() {
+        let line = "4508 (nginx: (worker) x) S 4506 4506 4506 0 -1 4194560 1339 0 0 0 \
+                    731 2094 0 0 20 0 1 0 1234 1000 300";
+        assert_eq!(user_system_in(line), Some((731, 2094)));
+        assert_eq!(user_system_in("4508 (nginx) S 1 2"), None);
+        assert_eq!(user_system_in("no command name"), None);
     }
 
     #[test]
