@@ -3,13 +3,14 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 TOOLS_DIR ?= $(CURDIR)/.tools
+IMAGES_DIR ?= $(CURDIR)/.images
 
 .PHONY: help
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: lint fuzz tools chart-test ## Run every test: formatting, lints, fuzzing, unit, integration and end-to-end tests.
+test: lint fuzz tools images chart-test ## Run every test: formatting, lints, fuzzing, unit, integration and end-to-end tests (on real nodes).
 	$(CARGO) build --workspace --bins --locked
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
@@ -27,7 +28,7 @@ fuzz: ## Fuzz the gateway's frame scanner and HTTP head parser, FUZZ_SECONDS (30
 	LONGCONN_REQUIRE_FUZZ=1 bash gateway/fuzz/run.sh
 
 .PHONY: chart-test
-chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD copy, dashboard, Dockerfiles.
+chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD copy, dashboard, Dockerfiles; checkov.
 	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash charts/test.sh
 
 .PHONY: crd
@@ -40,8 +41,12 @@ demo: ## Run the main job on the embedded local cluster.
 	bash scripts/demo.sh
 
 .PHONY: tools
-tools: ## Build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm into .tools/.
+tools: ## Build the control plane, kubelet, kube-proxy, containerd, kubectl and helm into .tools/.
 	bash e2e/controlplane/build.sh "$(TOOLS_DIR)"
+
+.PHONY: images
+images: ## Build the operator, gateway, echo and pause images offline into .images/, as OCI archives.
+	CARGO="$(CARGO)" bash images/build.sh "$(IMAGES_DIR)"
 
 .PHONY: bench-rollout
 bench-rollout: ## A 6-pod rolling update under live sessions: longconn against a plain Deployment.

@@ -3,10 +3,12 @@
 # with the default and every ci/*.yaml values file, values the schema must refuse (with a message
 # naming the value), the chart's CRD and RBAC rules against the operator's own output, the chart
 # and crate versions, the Grafana dashboard's metric names, the Dockerfiles' essentials, and
-# kube-linter over the rendered chart and over the objects the operator generates.
+# checkov's Kubernetes checks over the rendered chart (charts/checkov.yaml) and over every kind of
+# object the operator generates, for the LongConnServices in charts/checkov/
+# (charts/checkov-generated.yaml).
 #
-# Usage: TOOLS_DIR=.tools bash charts/test.sh   (helm comes from `make tools`)
-# LONGCONN_REQUIRE_KUBE_LINTER=1 turns a kube-linter that cannot be installed into a failure.
+# Usage: TOOLS_DIR=.tools bash charts/test.sh   (helm comes from `make tools`; checkov is installed
+# at the pinned version into a virtualenv under TOOLS_DIR, and one that cannot be installed fails)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,7 +20,7 @@ helm="${tools_dir}/helm"
 cargo="${CARGO:-cargo}"
 chart="charts/longconn-operator"
 checks=(python3 charts/chart_checks.py)
-KUBE_LINTER_VERSION=v0.7.6
+CHECKOV_VERSION=3.3.30
 release=longconn
 release_ns=longconn-system
 
@@ -71,7 +73,15 @@ render() { # render OUT HELM_ARGS...
 
 echo "charts: operator output (rbac, render)"
 "${cargo}" run -q --locked -p longconn-operator -- rbac >"${work}/rbac.yaml"
-"${cargo}" run -q --locked -p longconn-operator -- render -f examples/chat.yaml >"${work}/generated.yaml"
+# The objects the operator generates for the LongConnServices of charts/checkov/, for checkov:
+# together every kind it creates (Secrets, Certificate, Deployment, Services, PodDisruptionBudget,
+# NetworkPolicy with the metrics namespace admitted, ServiceMonitor, HorizontalPodAutoscaler).
+generated=()
+for sample in charts/checkov/*.yaml; do
+  generated+=("generated-$(basename "${sample}")")
+  "${cargo}" run -q --locked -p longconn-operator -- render -f "${sample}" \
+    --metrics-namespace=monitoring >"${work}/${generated[-1]}"
+done
 
 check "Chart version and appVersion equal the crate version" \
   "${checks[@]}" version "${chart}/Chart.yaml" Cargo.toml
@@ -114,6 +124,14 @@ check "Deployment: image digest replaces the tag" bash -c \
 check "PodDisruptionBudget minAvailable 1 over the operator pods" "${checks[@]}" pdb "${work}/default.yaml"
 check "no PodDisruptionBudget when disabled (custom-images)" \
   "${checks[@]}" absent "${work}/custom-images.yaml" PodDisruptionBudget
+check "NetworkPolicy: the metrics port only, from anywhere (defaults)" \
+  "${checks[@]}" network-policy "${work}/default.yaml"
+check "NetworkPolicy: the metrics port only, from metricsNamespace (single-namespace)" \
+  "${checks[@]}" network-policy "${work}/single-namespace.yaml" monitoring
+check "helm template (networkPolicy.enabled=false)" \
+  render "${work}/no-network-policy.yaml" --set networkPolicy.enabled=false
+check "no NetworkPolicy when disabled" \
+  "${checks[@]}" absent "${work}/no-network-policy.yaml" NetworkPolicy
 check "no ServiceMonitor without the monitoring API" \
   "${checks[@]}" absent "${work}/default.yaml" ServiceMonitor
 check "ServiceMonitor when the monitoring API is served" \
@@ -136,40 +154,69 @@ check "refuses serviceMonitor.interval: thirty" refuses x "at '/serviceMonitor/i
 
 for spec in "operator longconn-operator longconn-operator" \
   "gateway longconn-gateway longconn-gateway" \
-  "echo longconn-e2e longconn-echo"; do
+  "echo longconn-e2e longconn-echo" \
+  "pause pause pause"; do
   read -r file package binary <<<"${spec}"
-  check "images/${file}.Dockerfile: multi-stage, static musl, distroless, USER 65532" \
+  check "images/${file}.Dockerfile: FROM scratch, only the ${binary} binary, non-root USER, no RUN" \
     "${checks[@]}" dockerfile "images/${file}.Dockerfile" "${package}" "${binary}"
 done
 check "chart README names the images and documents every value" \
   "${checks[@]}" images-documented "${chart}/README.md" "${chart}/values.yaml"
 
-# kube-linter, installed into TOOLS_DIR at the pinned version unless already there.
-kube_linter="${tools_dir}/kube-linter"
-kube_linter_stamp="${tools_dir}/.kube-linter-version"
-if [[ ! -x "${kube_linter}" || "$(cat "${kube_linter_stamp}" 2>/dev/null)" != "${KUBE_LINTER_VERSION}" ]]; then
-  echo "charts: installing kube-linter ${KUBE_LINTER_VERSION} into ${tools_dir}"
-  if GOBIN="${tools_dir}" go install "golang.stackrox.io/kube-linter/cmd/kube-linter@${KUBE_LINTER_VERSION}" \
-    >"${work}/kube-linter-install" 2>&1; then
-    echo "${KUBE_LINTER_VERSION}" >"${kube_linter_stamp}"
-  else
-    rm -f "${kube_linter_stamp}"
-    sed 's/^/     /' "${work}/kube-linter-install"
+check "charts/checkov/ renders every kind in operator/src/kinds.rs" \
+  "${checks[@]}" kinds operator/src/kinds.rs "${generated[@]/#/${work}/}"
+
+# checkov, installed at the pinned version into a virtualenv under TOOLS_DIR unless already there
+# (.installed marks a complete install). One that cannot be installed is a failure, never a skip.
+checkov_venv="${tools_dir}/checkov-${CHECKOV_VERSION}"
+checkov="${checkov_venv}/bin/checkov"
+install_checkov() {
+  rm -rf "${checkov_venv}"
+  if ! python3 -m venv "${checkov_venv}"; then
+    echo "python3 -m venv failed; installing python3-venv"
+    rm -rf "${checkov_venv}"
+    apt-get update -qq || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv || return 1
+    python3 -m venv "${checkov_venv}" || return 1
   fi
+  "${checkov_venv}/bin/pip" install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}" \
+    || return 1
+  touch "${checkov_venv}/.installed"
+}
+
+# checkov_check NAME CONFIG FILE...: checkov's Kubernetes checks, as CONFIG sets them, over the
+# rendered FILEs in the work directory; passes when checks ran and none failed. A failure prints
+# each failed check with its resource and file.
+checkov_check() {
+  local name="$1" config="$2" summary
+  shift 2
+  if (cd "${work}" && CKV_SKIP_PACKAGE_UPDATE_CHECK=true \
+    "${checkov}" --config-file "${root}/${config}" --file "$@") >"${work}/out" 2>&1 \
+    && summary="$(grep -oE 'Passed checks: [1-9][0-9]*, Failed checks: 0' "${work}/out")"; then
+    passed=$((passed + 1))
+    summary="${summary%%,*}"
+    echo "ok   ${name}: ${summary#Passed checks: } checks passed"
+  else
+    failed=$((failed + 1))
+    echo "FAIL ${name}"
+    sed 's/^/     /' "${work}/out"
+  fi
+}
+
+if [[ ! -f "${checkov_venv}/.installed" ]]; then
+  echo "charts: installing checkov ${CHECKOV_VERSION} into ${checkov_venv}"
+  install_checkov >"${work}/checkov-install" 2>&1 || true
 fi
-if [[ -x "${kube_linter}" && "$(cat "${kube_linter_stamp}" 2>/dev/null)" == "${KUBE_LINTER_VERSION}" ]]; then
-  for rendered in default-monitoring single-namespace custom-images monitoring; do
-    check "kube-linter: chart (${rendered})" \
-      "${kube_linter}" lint --config charts/kube-linter.yaml "${work}/${rendered}.yaml"
-  done
-  check "kube-linter: objects the operator generates for examples/chat.yaml" \
-    "${kube_linter}" lint --config charts/kube-linter-generated.yaml "${work}/generated.yaml"
-elif [[ "${LONGCONN_REQUIRE_KUBE_LINTER:-0}" == 1 ]]; then
-  failed=$((failed + 1))
-  echo "FAIL kube-linter ${KUBE_LINTER_VERSION} could not be installed"
+if [[ -f "${checkov_venv}/.installed" ]]; then
+  # One run each (checkov takes seconds to start); a failed check names its file.
+  checkov_check "checkov: chart (default-monitoring, single-namespace, custom-images, monitoring)" \
+    charts/checkov.yaml default-monitoring.yaml single-namespace.yaml custom-images.yaml monitoring.yaml
+  checkov_check "checkov: objects the operator generates for charts/checkov/*.yaml" \
+    charts/checkov-generated.yaml "${generated[@]}"
 else
-  skipped=$((skipped + 1))
-  echo "SKIP kube-linter: ${KUBE_LINTER_VERSION} could not be installed (LONGCONN_REQUIRE_KUBE_LINTER=1 makes this a failure)"
+  failed=$((failed + 1))
+  echo "FAIL checkov ${CHECKOV_VERSION} could not be installed into ${checkov_venv}"
+  sed 's/^/     /' "${work}/checkov-install"
 fi
 
 echo "charts: ${passed} passed, ${failed} failed, ${skipped} skipped"

@@ -1,18 +1,15 @@
-# syntax=docker/dockerfile:1
-# The longconn-gateway image: a static binary on distroless, run as a non-root user.
-# Build from the repository root: docker build -f images/gateway.Dockerfile -t ghcr.io/longconn/longconn-gateway:0.1.0 .
+# The longconn-gateway image: the static binary alone, run as a non-root user. Nothing is pulled
+# and nothing runs at build time; the binary is compiled before, outside the image.
+#
+# `make images` builds it (with buildah) into .images/longconn-gateway.oci.tar. With docker, from
+# the repository root (the context is the directory that holds the binary; the .dockerignore
+# beside this file keeps everything else out):
+#
+#   rustup target add x86_64-unknown-linux-musl   # once; apt-get install musl-tools for ring
+#   cargo build --locked --profile dist --target x86_64-unknown-linux-musl -p longconn-gateway --bin longconn-gateway
+#   docker build -f images/gateway.Dockerfile -t ghcr.io/longconn/longconn-gateway:0.1.0 target/x86_64-unknown-linux-musl/dist
 
-FROM rust:1-bookworm AS build
-# musl-tools gives the C compiler that ring's C and assembly parts need for the musl target.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p longconn-gateway --bin longconn-gateway
-
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/longconn-gateway /usr/local/bin/longconn-gateway
+FROM scratch
+COPY longconn-gateway /usr/local/bin/longconn-gateway
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/longconn-gateway"]

@@ -59,7 +59,7 @@ check_within_load() {
 json_field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1"; }
 
 step "Starting the local control plane and the pod runner (3 nodes)"
-"$bin/longconn-e2e" cluster up --dir "$cluster"
+"$bin/longconn-e2e" cluster up --dir "$cluster" --nodes 0
 eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
 "$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$PWD/$bin" >"$work/podrunner.log" 2>&1 &
 runner_pid=$!

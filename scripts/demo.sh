@@ -43,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "Starting the local control plane (etcd, kube-apiserver, controller manager, scheduler)"
-"$bin/longconn-e2e" cluster up --dir "$cluster"
+"$bin/longconn-e2e" cluster up --dir "$cluster" --nodes 0
 eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
 kubectl version | sed 's/^/    /'
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the local control plane's binaries into TOOLS_DIR: kube-apiserver,
-# kube-controller-manager, kube-scheduler and kubectl from the pinned k8s.io/kubernetes release,
-# etcd embedded at the version that release pins, and helm. Does nothing when the binaries are
+# Builds the local cluster's binaries into TOOLS_DIR: kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy and kubectl from the pinned k8s.io/kubernetes release, etcd
+# embedded at the version that release pins, containerd (with its runc shim and ctr) and helm.
+# The nodes also need Debian's runc, CNI plugins, iptables and util-linux (nsenter, unshare),
+# installed here with apt-get when missing. Does nothing when the binaries are
 # current: a stamp in TOOLS_DIR holds a hash of every input (versions, go.mod, go.sum, the wrapper
 # sources, this script and the Go toolchain). Go's module and build caches make a rebuild after a
 # change fast; only the first build on a machine is slow.
@@ -19,7 +21,8 @@ tools_dir="$(cd "$1" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
 
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+  containerd containerd-shim-runc-v2 ctr helm)
 stamp_file="${tools_dir}/.stamp"
 
 inputs_hash() {
@@ -39,6 +42,19 @@ current() {
     [[ -x "${tools_dir}/${binary}" ]] || return 1
   done
 }
+
+# What the nodes run beside the built binaries, from Debian's packages.
+node_packages=(runc containernetworking-plugins iptables util-linux)
+missing=()
+for package in "${node_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "${package}" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("${package}")
+done
+if (( ${#missing[@]} > 0 )); then
+  echo "tools: installing ${missing[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 # One build at a time per tools dir; a second caller waits, then finds the tools current.
 exec 9>"${tools_dir}/.lock"
@@ -80,6 +96,19 @@ echo "tools: building Kubernetes ${KUBERNETES_VERSION} control plane into ${tool
 (
   cd "${here}"
   go build -mod=readonly -trimpath -ldflags "${ldflags[*]}" -o "${tools_dir}/" ./cmd/...
+)
+
+echo "tools: installing containerd ${CONTAINERD_VERSION}"
+containerd_ldflags=(
+  -s -w
+  "-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+)
+(
+  cd "${tools_dir}"
+  GOBIN="${tools_dir}" go install -trimpath -ldflags "${containerd_ldflags[*]}" \
+    "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/ctr@${CONTAINERD_VERSION}"
 )
 
 echo "tools: installing helm ${HELM_VERSION}"

@@ -1,13 +1,20 @@
-//! The local control plane: generates the PKI and kubeconfigs into a cluster folder, starts etcd,
-//! kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1 as background processes
-//! with their logs under `<dir>/logs/`, waits until they are healthy and the `default`
-//! namespace and service account exist, and stops them again.
+//! The local cluster: generates the PKI and kubeconfigs into a cluster folder, starts etcd,
+//! kube-apiserver, kube-controller-manager and kube-scheduler as background processes with their
+//! logs under `<dir>/logs/`, waits until they are healthy and the `default` namespace and service
+//! account exist, then starts the real nodes ([`crate::nodes`]) and waits until they are Ready;
+//! and stops it all again.
+//!
+//! Without nodes the control plane listens on 127.0.0.1 only. With nodes it listens on the host's
+//! address on the node network (10.250.0.1), which the nodes reach and which the `kubernetes`
+//! Service points at, so pods reach the API server as in any cluster. Nodes change the host
+//! (a bridge, network namespaces, cgroups), so one cluster with nodes runs on a machine at a
+//! time: a second waits for the first to stop.
 //!
 //! A [`Cluster`] value owns its processes and stops them when dropped, so a test that panics still
 //! leaves nothing behind. The command line detaches instead ([`Cluster::detach`]) and a later
 //! `cluster down` finds the processes through `<dir>/state.json`.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,13 +25,18 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::error::{Error, Result};
 use crate::kubeconfig;
-use crate::pki::Pki;
+use crate::nodes::{self, host, plan::Plan};
+use crate::pki::{Pki, PkiOptions};
 use crate::process::{self, Record, Spawned};
 use crate::tools::{self, Tools};
 
-/// The Service IP range; no traffic ever goes there (there is no kube-proxy), the API server only
-/// allocates from it.
-pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The Service IP range; kube-proxy on the nodes routes it.
+pub const SERVICE_CIDR: &str = nodes::plan::SERVICE_CIDR;
+
+/// The lock a cluster with nodes holds while it runs (one at a time per machine).
+const NODES_LOCK: &str = "/run/longconn-e2e-nodes.lock";
+/// How long `up` waits for another cluster with nodes to stop.
+const NODES_LOCK_WAIT: Duration = Duration::from_secs(45 * 60);
 
 /// The controllers kube-controller-manager runs: what Deployments, ReplicaSets, PDBs, Services,
 /// garbage collection, namespaces, service accounts, autoscaling and node health need.
@@ -61,6 +73,10 @@ pub struct ClusterOptions {
     pub ready_timeout: Duration,
     /// How long each component may take to exit after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// How many real nodes to start (0: the control plane only, on 127.0.0.1).
+    pub nodes: usize,
+    /// The image archives `make images` wrote, loaded into every node.
+    pub images_dir: PathBuf,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +86,8 @@ impl Default for ClusterOptions {
             tools_dir: tools::default_tools_dir(),
             ready_timeout: Duration::from_secs(120),
             stop_grace: Duration::from_secs(10),
+            nodes: 0,
+            images_dir: nodes::default_images_dir(),
         }
     }
 }
@@ -86,6 +104,12 @@ pub struct State {
     pub kubeconfig: PathBuf,
     pub tools_dir: PathBuf,
     pub processes: Vec<Record>,
+    /// How many nodes run (their host resources are removed at `down`).
+    #[serde(default)]
+    pub nodes: usize,
+    /// Host-wide kernel settings as they were before the kubelets changed them.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// Paths inside a cluster folder.
@@ -113,6 +137,9 @@ impl Layout {
     fn component_kubeconfigs(&self) -> PathBuf {
         self.dir.join("kubeconfigs")
     }
+    fn nodes(&self) -> PathBuf {
+        self.dir.join("nodes")
+    }
     fn log(&self, component: &str) -> PathBuf {
         self.logs().join(format!("{component}.log"))
     }
@@ -126,6 +153,12 @@ pub struct Cluster {
     client: kube::Client,
     processes: Vec<Spawned>,
     stop_grace: Duration,
+    /// The nodes' plan, when nodes run.
+    plan: Option<Plan>,
+    sysctls: Vec<(String, String)>,
+    /// Held while nodes run.
+    nodes_lock: Option<std::fs::File>,
+    nodes_ready_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -184,7 +217,39 @@ impl Cluster {
         let layout = Layout { dir };
         clear_stopped(&layout, options.stop_grace)?;
 
-        let pki = Pki::generate(&layout.pki())?;
+        let plan = (options.nodes > 0).then(|| Plan::new(options.nodes, &layout.nodes()));
+        let images = match &plan {
+            Some(_) => nodes::image_archives(&options.images_dir)?,
+            None => Vec::new(),
+        };
+        let nodes_lock = match &plan {
+            Some(_) => Some(lock_nodes(&layout.dir).await?),
+            None => None,
+        };
+        let address = match &plan {
+            Some(plan) => {
+                // What a killed cluster with nodes left goes first.
+                host::clear()?;
+                host::create_bridge(plan)?;
+                plan.host_ip
+            }
+            None => Ipv4Addr::LOCALHOST,
+        };
+        let sysctls = if plan.is_some() {
+            host::read_sysctls()
+        } else {
+            Vec::new()
+        };
+        let pki = Pki::generate_with(
+            &layout.pki(),
+            &PkiOptions {
+                apiserver_ip: plan.as_ref().map(|plan| plan.host_ip),
+                nodes: plan
+                    .iter()
+                    .flat_map(|plan| plan.nodes.iter().map(|node| (node.name.clone(), node.ip)))
+                    .collect(),
+            },
+        )?;
         for folder in [
             layout.logs(),
             layout.etcd_data(),
@@ -193,7 +258,7 @@ impl Cluster {
             std::fs::create_dir_all(&folder).map_err(Error::io("create", &folder))?;
         }
         let ports = Ports::free()?;
-        let server = format!("https://127.0.0.1:{}", ports.apiserver);
+        let server = format!("https://{address}:{}", ports.apiserver);
         let kubeconfigs = layout.component_kubeconfigs();
         let controller_manager_kubeconfig = kubeconfigs.join("controller-manager.kubeconfig");
         let scheduler_kubeconfig = kubeconfigs.join("scheduler.kubeconfig");
@@ -227,6 +292,10 @@ impl Cluster {
             client,
             processes: Vec::new(),
             stop_grace: options.stop_grace,
+            plan,
+            sysctls,
+            nodes_lock,
+            nodes_ready_after: None,
         };
         // From here on an error drops `cluster`, which stops whatever was started.
         let timeout = options.ready_timeout;
@@ -242,7 +311,11 @@ impl Cluster {
         )?;
         cluster.wait_etcd(ports.etcd_client, timeout).await?;
 
-        cluster.start("kube-apiserver", apiserver_args(&pki, &ports, &etcd_url))?;
+        let with_nodes = cluster.plan.is_some();
+        cluster.start(
+            "kube-apiserver",
+            apiserver_args(&pki, &ports, &etcd_url, address, with_nodes),
+        )?;
         cluster.wait_apiserver(timeout).await?;
 
         cluster.start(
@@ -265,8 +338,37 @@ impl Cluster {
             .wait_healthz("kube-scheduler", ports.scheduler, &pki.ca.cert, timeout)
             .await?;
         cluster.wait_default_service_account(timeout).await?;
+        if let Some(plan) = cluster.plan.clone() {
+            cluster.write_state()?;
+            let control_plane = nodes::ControlPlane {
+                pki: &pki,
+                server: &cluster.server,
+                tools: &cluster.tools,
+                images: &images,
+            };
+            let ready_after = nodes::start(
+                &plan,
+                control_plane,
+                &cluster.client,
+                &mut cluster.processes,
+                timeout,
+            )
+            .await;
+            cluster.write_state()?;
+            cluster.nodes_ready_after = Some(ready_after?);
+        }
         tracing::info!(server = %cluster.server, dir = %cluster.layout.dir.display(), "cluster up");
         Ok(cluster)
+    }
+
+    /// How long the nodes took from the first node's start to all Ready (`None` without nodes).
+    pub fn nodes_ready_after(&self) -> Option<Duration> {
+        self.nodes_ready_after
+    }
+
+    /// The nodes' names, addresses and namespaces (`None` without nodes).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     /// A client authenticated as the cluster admin (group system:masters).
@@ -319,9 +421,18 @@ impl Cluster {
         let mut processes = std::mem::take(&mut self.processes);
         let layout = self.layout.clone();
         let grace = self.stop_grace;
-        tokio::task::spawn_blocking(move || stop(&layout, &mut processes, grace))
+        let nodes = self.take_nodes();
+        tokio::task::spawn_blocking(move || stop(&layout, &mut processes, grace, nodes))
             .await
             .map_err(|join| Error::Survivors(format!("stopping task failed: {join}")))?
+    }
+
+    /// What stopping must undo on the host besides the processes; `None` without nodes.
+    fn take_nodes(&mut self) -> Option<NodesTeardown> {
+        self.plan.take().map(|_| NodesTeardown {
+            sysctls: std::mem::take(&mut self.sysctls),
+            lock: self.nodes_lock.take(),
+        })
     }
 
     /// Leaves the components running after this value is dropped (and after this process exits);
@@ -331,6 +442,10 @@ impl Cluster {
             process.detach();
         }
         self.processes.clear();
+        // The nodes keep running; the lock file keeps naming this folder, so another `up` with
+        // nodes refuses to start until `cluster down` has stopped them.
+        self.plan = None;
+        self.nodes_lock = None;
     }
 
     fn start(&mut self, component: &str, args: Vec<String>) -> Result<()> {
@@ -346,6 +461,8 @@ impl Cluster {
             kubeconfig: self.layout.kubeconfig(),
             tools_dir: self.tools.dir().to_path_buf(),
             processes: self.processes(),
+            nodes: self.plan.as_ref().map_or(0, |plan| plan.nodes.len()),
+            sysctls: self.sysctls.clone(),
         };
         let path = self.layout.state();
         let text = serde_json::to_string_pretty(&state).map_err(|source| Error::State {
@@ -444,20 +561,100 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.processes.is_empty() {
+        if self.processes.is_empty() && self.plan.is_none() {
             return;
         }
         let mut processes = std::mem::take(&mut self.processes);
-        if let Err(err) = stop(&self.layout, &mut processes, self.stop_grace) {
+        let nodes = self.take_nodes();
+        if let Err(err) = stop(&self.layout, &mut processes, self.stop_grace, nodes) {
             tracing::error!(dir = %self.layout.dir.display(), %err, "stopping the cluster failed");
         }
     }
 }
 
-fn stop(layout: &Layout, processes: &mut [Spawned], grace: Duration) -> Result<()> {
+/// The host-wide state a cluster with nodes restores when it stops.
+struct NodesTeardown {
+    sysctls: Vec<(String, String)>,
+    lock: Option<std::fs::File>,
+}
+
+fn stop(
+    layout: &Layout,
+    processes: &mut [Spawned],
+    grace: Duration,
+    nodes: Option<NodesTeardown>,
+) -> Result<()> {
     processes.reverse();
-    process::stop_all(processes, grace)?;
+    let stopped = process::stop_all(processes, grace);
+    if let Some(nodes) = nodes {
+        // Containers and shims are not the control plane's children: the nodes' cgroups hold
+        // them all.
+        host::clear()?;
+        host::restore_sysctls(&nodes.sysctls);
+        if let Some(lock) = nodes.lock {
+            let _ = lock.set_len(0);
+        }
+    }
+    stopped?;
     remove_if_present(&layout.state())
+}
+
+/// Takes the machine-wide lock for clusters with nodes, waiting while another holds it. The lock
+/// file names the folder of the cluster that holds it (or that detached with its nodes running:
+/// `cluster up` from the command line), and a cluster still running from there is an error.
+async fn lock_nodes(dir: &Path) -> Result<std::fs::File> {
+    let path = Path::new(NODES_LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io("open", path))?;
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                use std::io::{Read as _, Seek as _, Write as _};
+                let mut owner = String::new();
+                file.read_to_string(&mut owner)
+                    .map_err(Error::io("read", path))?;
+                let owner = PathBuf::from(owner.trim());
+                if !owner.as_os_str().is_empty() && owner != dir {
+                    let state = read_state(&Layout { dir: owner.clone() }.state())
+                        .ok()
+                        .flatten();
+                    if state.is_some_and(|state| state.processes.iter().any(process::is_running)) {
+                        return Err(Error::AlreadyRunning(owner));
+                    }
+                }
+                file.set_len(0).map_err(Error::io("write", path))?;
+                file.rewind().map_err(Error::io("write", path))?;
+                file.write_all(dir.display().to_string().as_bytes())
+                    .map_err(Error::io("write", path))?;
+                return Ok(file);
+            }
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < NODES_LOCK_WAIT => {
+                if !told {
+                    tracing::info!(
+                        lock = NODES_LOCK,
+                        "another cluster with nodes runs: waiting"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::NotReady {
+                    what: format!("the lock {NODES_LOCK}"),
+                    after: NODES_LOCK_WAIT,
+                    last: "another cluster with nodes still runs".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(Error::io("lock", path)(err)),
+        }
+    }
 }
 
 /// Stops the cluster recorded in `dir` by another process (`longconn-e2e cluster down`). A folder
@@ -473,7 +670,16 @@ pub fn down_dir(dir: &Path, grace: Duration) -> Result<()> {
     };
     let mut records = state.processes;
     records.reverse();
-    process::stop_records(&records, grace)?;
+    let stopped = process::stop_records(&records, grace);
+    if state.nodes > 0 {
+        host::clear()?;
+        host::restore_sysctls(&state.sysctls);
+        let owner = std::fs::read_to_string(NODES_LOCK).unwrap_or_default();
+        if Path::new(owner.trim()) == dir {
+            let _ = std::fs::write(NODES_LOCK, "");
+        }
+    }
+    stopped?;
     remove_if_present(&layout.state())
 }
 
@@ -549,6 +755,7 @@ fn clear_stopped(layout: &Layout, grace: Duration) -> Result<()> {
         layout.logs(),
         layout.etcd_data(),
         layout.component_kubeconfigs(),
+        layout.nodes(),
     ] {
         match std::fs::remove_dir_all(&folder) {
             Ok(()) => {}
@@ -571,10 +778,16 @@ fn path_arg(flag: &str, path: &Path) -> String {
     format!("--{flag}={}", path.display())
 }
 
-fn apiserver_args(pki: &Pki, ports: &Ports, etcd_url: &str) -> Vec<String> {
-    vec![
-        "--advertise-address=127.0.0.1".into(),
-        "--bind-address=127.0.0.1".into(),
+fn apiserver_args(
+    pki: &Pki,
+    ports: &Ports,
+    etcd_url: &str,
+    address: Ipv4Addr,
+    with_nodes: bool,
+) -> Vec<String> {
+    let mut args = vec![
+        format!("--advertise-address={address}"),
+        format!("--bind-address={address}"),
         format!("--secure-port={}", ports.apiserver),
         format!("--etcd-servers={etcd_url}"),
         path_arg("tls-cert-file", &pki.apiserver.cert),
@@ -588,8 +801,6 @@ fn apiserver_args(pki: &Pki, ports: &Ports, etcd_url: &str) -> Vec<String> {
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
         path_arg("service-account-key-file", &pki.service_account_pub),
         path_arg("service-account-signing-key-file", &pki.service_account_key),
-        // 127.0.0.1 is not a valid endpoint address, so the `kubernetes` Service gets none.
-        "--endpoint-reconciler-type=none".into(),
         path_arg("requestheader-client-ca-file", &pki.front_proxy_ca.cert),
         "--requestheader-allowed-names=front-proxy-client".into(),
         "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
@@ -599,7 +810,23 @@ fn apiserver_args(pki: &Pki, ports: &Ports, etcd_url: &str) -> Vec<String> {
         path_arg("proxy-client-key-file", &pki.front_proxy_client.key),
         "--profiling=false".into(),
         "--v=1".into(),
-    ]
+    ];
+    if with_nodes {
+        // `kubectl logs`, `exec` and `port-forward` through the kubelets, by their node address.
+        args.extend([
+            path_arg(
+                "kubelet-client-certificate",
+                &pki.apiserver_kubelet_client.cert,
+            ),
+            path_arg("kubelet-client-key", &pki.apiserver_kubelet_client.key),
+            path_arg("kubelet-certificate-authority", &pki.ca.cert),
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]);
+    } else {
+        // 127.0.0.1 is not a valid endpoint address, so the `kubernetes` Service gets none.
+        args.push("--endpoint-reconciler-type=none".into());
+    }
+    args
 }
 
 /// The flags kube-controller-manager and kube-scheduler share: their API identity, delegated

@@ -84,6 +84,14 @@ pub enum Error {
         source: kube::config::KubeconfigError,
     },
 
+    /// The image archives the nodes load are missing.
+    #[error("no image archives (with pause.oci.tar) in {0}: run `make images` first")]
+    ImagesMissing(PathBuf),
+
+    /// A host command (`ip`, `ctr`, ...) or host setting for the nodes failed.
+    #[error("{action}: {detail}")]
+    Host { action: String, detail: String },
+
     /// A call to the API server failed.
     #[error("{action}: {source}")]
     Kube {

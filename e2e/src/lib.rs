@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod error;
 pub mod kubeconfig;
 pub mod load;
+pub mod nodes;
 pub mod pki;
 pub mod process;
 pub mod tools;

@@ -1,11 +1,14 @@
-//! Load clients: N WebSocket sessions to a Service, routed the way kube-proxy routes new
-//! connections, each checking every echo and surviving drains.
+//! Load clients: N WebSocket sessions to a Service, each checking every echo and surviving drains.
 //!
-//! The Service's EndpointSlices (label `kubernetes.io/service-name`) are re-listed every second;
-//! each new connection goes round-robin to one of the currently Ready, non-terminating endpoints,
-//! on the slice port named [`LoadOptions::port_name`]. Connections are `wss`, verified against
-//! `ca.crt` of Secret `<service>-tls` with server name `<service>.<namespace>.svc`. Only addresses
-//! inside [`LoadOptions::allowed`] (the local pod bridge and loopback) are ever dialled.
+//! Connections go where [`LoadOptions::route`] says: to the Service's ClusterIP, which kube-proxy
+//! translates to a pod as for any client ([`Route::ClusterIp`], from a host that routes the
+//! Service range to a node), or straight to a pod ([`Route::Endpoints`], for a test that must
+//! know which pod served a session): the Service's EndpointSlices (label
+//! `kubernetes.io/service-name`) are re-listed every second and each new connection goes
+//! round-robin to one of the currently Ready, non-terminating endpoints, on the slice port named
+//! [`LoadOptions::port_name`]. Either way the first connections wait for a Ready endpoint.
+//! Connections are `wss`, verified against `ca.crt` of Secret `<service>-tls` with server name
+//! `<service>.<namespace>.svc`. Only addresses inside [`LoadOptions::allowed`] are ever dialled.
 //!
 //! A session sends text messages `"<session>:<seq>"` at a fixed rate and expects them back in
 //! order. A close frame with code 1012 or 1001 completes the close handshake, counts the session
@@ -32,7 +35,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
@@ -109,6 +112,18 @@ pub struct LoadOptions {
     /// round-robin spreads them evenly over the endpoints. They never answer and keep the
     /// socket open.
     pub close_ignoring: usize,
+    /// Where connections go.
+    pub route: Route,
+}
+
+/// Where a load client connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    /// Straight to the Service's Ready endpoints, round-robin (counts per pod IP).
+    #[default]
+    Endpoints,
+    /// To the Service's ClusterIP and port (counts under the ClusterIP).
+    ClusterIp,
 }
 
 impl LoadOptions {
@@ -125,6 +140,7 @@ impl LoadOptions {
             allowed: vec![(Ipv4Addr::new(10, 244, 0, 0), 16), (Ipv4Addr::LOCALHOST, 8)],
             progress: false,
             close_ignoring: 0,
+            route: Route::Endpoints,
         }
     }
 
@@ -335,9 +351,51 @@ impl Endpoints {
     }
 }
 
+/// Where new connections may go now: the Ready endpoints, or, with [`Route::ClusterIp`], the
+/// ClusterIP while the Service has a Ready endpoint.
+async fn targets(
+    slices: &Api<EndpointSlice>,
+    services: &Api<Service>,
+    options: &LoadOptions,
+) -> Result<Vec<SocketAddr>, LoadError> {
+    // Through the ClusterIP the pods are never dialled, so any Ready endpoint counts.
+    let only_allowed = options.route == Route::Endpoints;
+    let ready = ready_endpoints(slices, options, only_allowed).await?;
+    if options.route == Route::Endpoints || ready.is_empty() {
+        return Ok(ready);
+    }
+    let service = services
+        .get(&options.service)
+        .await
+        .map_err(|source| LoadError::Kube {
+            action: format!("get Service {}/{}", options.namespace, options.service),
+            source,
+        })?;
+    let spec = service.spec.unwrap_or_default();
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(options.port_name.as_str()))
+        .or(spec.ports.iter().flatten().next())
+        .and_then(|p| u16::try_from(p.port).ok());
+    let ip = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .filter(|ip| options.allows(*ip));
+    Ok(match (ip, port) {
+        (Some(ip), Some(port)) => vec![SocketAddr::new(ip, port)],
+        _ => Vec::new(),
+    })
+}
+
+/// The Service's Ready, non-terminating endpoints; with `only_allowed`, only those inside
+/// [`LoadOptions::allowed`].
 async fn ready_endpoints(
     slices: &Api<EndpointSlice>,
     options: &LoadOptions,
+    only_allowed: bool,
 ) -> Result<Vec<SocketAddr>, LoadError> {
     let list = slices
         .list(
@@ -371,7 +429,7 @@ async fn ready_endpoints(
             }
             for address in endpoint.addresses {
                 if let Ok(ip) = address.parse::<IpAddr>()
-                    && options.allows(ip)
+                    && (!only_allowed || options.allows(ip))
                 {
                     addrs.push(SocketAddr::new(ip, port));
                 }
@@ -505,10 +563,11 @@ pub async fn start(client: kube::Client, options: LoadOptions) -> Result<Running
     let server_name =
         ServerName::try_from(format!("{}.{}.svc", options.service, options.namespace))
             .map_err(|e| LoadError::Options(format!("server name: {e}")))?;
-    let slices: Api<EndpointSlice> = Api::namespaced(client, &options.namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &options.namespace);
+    let services: Api<Service> = Api::namespaced(client, &options.namespace);
     let first_deadline = Instant::now() + Duration::from_secs(30);
     let initial = loop {
-        let addrs = ready_endpoints(&slices, &options).await?;
+        let addrs = targets(&slices, &services, &options).await?;
         if !addrs.is_empty() {
             break addrs;
         }
@@ -535,7 +594,7 @@ pub async fn start(client: kube::Client, options: LoadOptions) -> Result<Running
         interval: Duration::from_secs_f64(1.0 / options.rate),
         window: window.clone(),
     });
-    let task = tokio::spawn(drive(shared, slices, options, start));
+    let task = tokio::spawn(drive(shared, (slices, services), options, start));
     Ok(RunningLoad {
         window,
         counters,
@@ -547,7 +606,7 @@ pub async fn start(client: kube::Client, options: LoadOptions) -> Result<Running
 /// full duration plus the settle, close and connect timeouts).
 async fn drive(
     shared: Arc<Shared>,
-    slices: Api<EndpointSlice>,
+    (slices, services): (Api<EndpointSlice>, Api<Service>),
     options: LoadOptions,
     start: Instant,
 ) {
@@ -561,7 +620,7 @@ async fn drive(
         AbortOnDrop(tokio::spawn(async move {
             while Instant::now() < hard_end {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                match ready_endpoints(&slices, &options).await {
+                match targets(&slices, &services, &options).await {
                     Ok(addrs) => {
                         if let Ok(mut current) = endpoints.addrs.write() {
                             *current = addrs;

@@ -51,10 +51,12 @@ struct ScenarioArgs {
     /// Print the report as one JSON object on stdout (for `all`: {passed, scenarios: [...]}).
     #[arg(long)]
     json: bool,
-    /// Where longconn-operator, longconn-gateway and longconn-echo are (default: beside this
-    /// executable).
+    /// Where longconn-operator is (default: beside this executable); the pods run the images.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The image archives of `make images`, loaded into every node.
+    #[arg(long, env = longconn_e2e::nodes::IMAGES_DIR_ENV, default_value_os_t = longconn_e2e::nodes::default_images_dir())]
+    images_dir: PathBuf,
     /// The folder `make tools` built the control-plane binaries into.
     #[arg(long, env = tools::TOOLS_DIR_ENV, default_value_os_t = tools::repository_root().join(".tools"))]
     tools_dir: PathBuf,
@@ -65,12 +67,6 @@ struct ScenarioArgs {
     /// The seed of random choices (operator-restart's kill time); default from the clock.
     #[arg(long)]
     seed: Option<u64>,
-    /// The bridge the pods are attached to.
-    #[arg(long, default_value = "lcscen0")]
-    bridge: String,
-    /// The pods' /16 network.
-    #[arg(long, default_value = "10.248.0.0/16", value_parser = parse_network)]
-    pod_network: (std::net::Ipv4Addr, u8),
     /// Show the load's progress on stderr.
     #[arg(long)]
     progress: bool,
@@ -104,6 +100,14 @@ struct LoadArgs {
     /// open until the server cuts it); they are reported as force-closed, not dropped.
     #[arg(long, default_value_t = 0)]
     close_ignoring: usize,
+    /// Where connections go: `cluster-ip` (through kube-proxy; 10.96.0.0/12 is then allowed too)
+    /// or `endpoints` (round-robin over the Ready pod IPs).
+    #[arg(long, value_enum, default_value = "endpoints")]
+    route: longconn_e2e::load::Route,
+    /// Run the clients in this network namespace (`longconn-client`: the client host of
+    /// `cluster up`, which routes the Service range through kube-proxy).
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 fn parse_network(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
@@ -144,8 +148,8 @@ struct PodrunnerArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Generate the PKI, start etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
-    /// 127.0.0.1 and wait until they are healthy.
+    /// Generate the PKI, start etcd, kube-apiserver, kube-controller-manager and kube-scheduler,
+    /// then the nodes (containerd, kubelet and kube-proxy each), and wait until all are Ready.
     Up(UpArgs),
     /// Stop every process of the cluster (SIGTERM, then SIGKILL after the grace period).
     Down(DownArgs),
@@ -170,6 +174,12 @@ struct UpArgs {
     /// How long each component may take to become healthy, in seconds.
     #[arg(long, default_value_t = 120)]
     ready_timeout_secs: u64,
+    /// How many nodes to start (0: the control plane only, on 127.0.0.1).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The image archives of `make images`, loaded into every node.
+    #[arg(long, env = longconn_e2e::nodes::IMAGES_DIR_ENV, default_value_os_t = longconn_e2e::nodes::default_images_dir())]
+    images_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -239,9 +249,18 @@ async fn run(cli: Cli) -> Result<(), RunError> {
                 dir: args.dir.dir,
                 tools_dir: args.dir.tools_dir.clone(),
                 ready_timeout: Duration::from_secs(args.ready_timeout_secs),
+                nodes: args.nodes,
+                images_dir: args.images_dir,
                 ..ClusterOptions::default()
             })
             .await?;
+            if let Some(after) = cluster.nodes_ready_after() {
+                eprintln!(
+                    "nodes: {} Ready {:.1} s after the first one started",
+                    args.nodes,
+                    after.as_secs_f64()
+                );
+            }
             eprintln!(
                 "cluster up: {} (logs in {})\nuse it with: eval \"$(longconn-e2e cluster env --dir {})\"",
                 cluster.server(),
@@ -330,7 +349,19 @@ async fn load(args: LoadArgs) -> Result<(), RunError> {
     options.allowed.extend(args.allow);
     options.close_ignoring = args.close_ignoring;
     options.progress = true;
-    let report = longconn_e2e::load::run(client, options).await?;
+    options.route = args.route;
+    if args.route == longconn_e2e::load::Route::ClusterIp {
+        options
+            .allowed
+            .push(longconn_e2e::nodes::plan::service_network());
+    }
+    let report = match args.netns {
+        Some(netns) => {
+            longconn_e2e::nodes::in_netns(&netns, move || longconn_e2e::load::run(client, options))
+                .await??
+        }
+        None => longconn_e2e::load::run(client, options).await?,
+    };
     if args.json {
         println!(
             "{}",
@@ -379,23 +410,12 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
             std::env::temp_dir().join(format!("longconn-scenarios-{}", std::process::id())),
         ),
     };
-    let (network, prefix_len) = args.pod_network;
-    if prefix_len != 16 {
-        return Err(RunError::Usage(format!(
-            "--pod-network must be a /16, not /{prefix_len}"
-        )));
-    }
-    let [a, b, _, _] = network.octets();
     let mut options = ScenarioOptions::new(work_dir.clone());
     options.bin_dir = bin_dir;
     options.tools_dir = args.tools_dir;
+    options.images_dir = args.images_dir;
     options.seed = args.seed;
     options.progress = args.progress;
-    options.network = NetworkOptions {
-        bridge: args.bridge,
-        prefix: [a, b],
-        ..NetworkOptions::default()
-    };
     let interrupted = async {
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         match terminate {

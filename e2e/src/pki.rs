@@ -45,6 +45,31 @@ pub struct Pki {
     pub service_account_key: PathBuf,
     /// The service-account token verification key (public).
     pub service_account_pub: PathBuf,
+    /// The API server's client certificate for the kubelets (`kubectl logs`, `exec`).
+    pub apiserver_kubelet_client: CertFiles,
+    /// kube-proxy's client certificate (user `system:kube-proxy`).
+    pub kube_proxy: CertFiles,
+    /// Per node: the kubelet's client and serving certificates.
+    pub nodes: Vec<NodeCerts>,
+}
+
+/// A kubelet's identities: its client certificate (user `system:node:<name>` in group
+/// `system:nodes`, what the Node authorizer and NodeRestriction expect) and its serving certificate
+/// for the node's address.
+#[derive(Debug, Clone)]
+pub struct NodeCerts {
+    pub name: String,
+    pub client: CertFiles,
+    pub serving: CertFiles,
+}
+
+/// What the PKI is for beyond the control plane on 127.0.0.1.
+#[derive(Debug, Clone, Default)]
+pub struct PkiOptions {
+    /// Another address the API server serves on (the host's address on the node network).
+    pub apiserver_ip: Option<Ipv4Addr>,
+    /// The nodes, by name and address.
+    pub nodes: Vec<(String, Ipv4Addr)>,
 }
 
 /// What a leaf certificate is for.
@@ -61,6 +86,11 @@ struct Ca {
 impl Pki {
     /// Generates a new PKI into `dir` (created if missing), replacing any files there.
     pub fn generate(dir: &Path) -> Result<Self> {
+        Self::generate_with(dir, &PkiOptions::default())
+    }
+
+    /// As [`Pki::generate`], with the certificates nodes need.
+    pub fn generate_with(dir: &Path, options: &PkiOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
         let loopback = vec![
             "127.0.0.1".to_string(),
@@ -80,6 +110,9 @@ impl Pki {
             .map(String::from),
         );
         apiserver_names.push(IpAddr::V4(KUBERNETES_SERVICE_IP).to_string());
+        if let Some(ip) = options.apiserver_ip {
+            apiserver_names.push(ip.to_string());
+        }
         let apiserver = leaf(
             dir,
             &ca,
@@ -156,6 +189,52 @@ impl Pki {
         write_private(&service_account_key, &sa.serialize_pem())?;
         write_public(&service_account_pub, &sa.public_key_pem())?;
 
+        let apiserver_kubelet_client = leaf(
+            dir,
+            &ca,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            vec![],
+            Usage::Client,
+        )?;
+        let kube_proxy = leaf(
+            dir,
+            &ca,
+            "kube-proxy",
+            "system:kube-proxy",
+            &[],
+            vec![],
+            Usage::Client,
+        )?;
+        let nodes = options
+            .nodes
+            .iter()
+            .map(|(name, ip)| {
+                Ok(NodeCerts {
+                    name: name.clone(),
+                    client: leaf(
+                        dir,
+                        &ca,
+                        &format!("kubelet-{name}"),
+                        &format!("system:node:{name}"),
+                        &["system:nodes"],
+                        vec![],
+                        Usage::Client,
+                    )?,
+                    serving: leaf(
+                        dir,
+                        &ca,
+                        &format!("kubelet-{name}-serving"),
+                        name,
+                        &[],
+                        vec![name.clone(), ip.to_string()],
+                        Usage::Server,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
         Ok(Self {
             ca: ca_files,
             apiserver,
@@ -168,6 +247,9 @@ impl Pki {
             front_proxy_client,
             service_account_key,
             service_account_pub,
+            apiserver_kubelet_client,
+            kube_proxy,
+            nodes,
         })
     }
 }

@@ -9,12 +9,18 @@ use crate::error::{Error, Result};
 /// Environment variable naming the tools folder; without it, `<repository>/.tools`.
 pub const TOOLS_DIR_ENV: &str = "LONGCONN_E2E_TOOLS_DIR";
 
-/// The binaries `make tools` builds.
-pub const BINARIES: [&str; 6] = [
+/// The binaries `make tools` builds: the control plane, the nodes' components (kubelet,
+/// kube-proxy, containerd with its runc shim and `ctr`) and the clients.
+pub const BINARIES: [&str; 11] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
     "kubectl",
     "helm",
 ];

@@ -1,6 +1,6 @@
 //! `longconn-e2e cluster up | env | down` as a person runs them: `up` returns with the cluster
 //! running, the printed `env` lines make the built kubectl and helm talk to it, and `down` stops
-//! every process.
+//! every process. `up` starts three real nodes by default, and `down` removes them from the host.
 
 mod common;
 
@@ -39,6 +39,12 @@ fn cluster_up_env_down_work_from_a_shell() {
         .expect("state")
         .expect("state file written");
     assert!(state.processes.iter().all(process::is_running), "{state:?}");
+    assert_eq!(state.nodes, 3, "three nodes by default");
+    assert!(
+        String::from_utf8_lossy(&up.stderr).contains("nodes: 3 Ready"),
+        "up says how long the nodes took: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
     // A second `up` on a running folder refuses instead of starting a second cluster.
     let again = longconn_e2e(&["cluster", "up"], &dir, &tools_dir);
@@ -49,7 +55,7 @@ fn cluster_up_env_down_work_from_a_shell() {
     assert!(env.status.success());
     let env = String::from_utf8(env.stdout).expect("utf-8");
     let script = format!(
-        "set -eu\n{env}\nkubectl version -o json\nkubectl get namespace default -o name\nhelm version --short\n"
+        "set -eu\n{env}\nkubectl version -o json\nkubectl get namespace default -o name\nkubectl get nodes --no-headers\nhelm version --short\n"
     );
     let shell = Command::new("/bin/sh")
         .arg("-c")
@@ -71,6 +77,7 @@ fn cluster_up_env_down_work_from_a_shell() {
         "{stdout}"
     );
     assert!(stdout.contains("namespace/default"), "{stdout}");
+    assert_eq!(stdout.matches(" Ready ").count(), 3, "{stdout}");
     assert!(stdout.contains("v3.22.0"), "{stdout}");
 
     assert!(
@@ -87,6 +94,15 @@ fn cluster_up_env_down_work_from_a_shell() {
         );
     }
     assert!(!dir.join("state.json").exists());
+    let namespaces = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("longconn-"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(namespaces, 0, "the nodes' network namespaces are gone");
     // `down` on a stopped cluster is a no-op.
     let down_again = longconn_e2e(&["cluster", "down"], &dir, &tools_dir);
     assert!(down_again.status.success());

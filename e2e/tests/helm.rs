@@ -1,10 +1,12 @@
 //! The operator installed the way users install it: `helm install` of `charts/longconn-operator`
-//! into the real control plane, its two replicas run by the pod runner from the chart's own
-//! images (the image table maps them to the workspace's binaries), with the chart's RBAC and
-//! nothing more. One replica holds the leader Lease and reconciles `examples/chat.yaml` until its
-//! pods are Ready; `helm upgrade` to other values rolls the operator's pods while live sessions
-//! run against chat and none is dropped; the new leader reconciles a scale-up; `helm uninstall`
-//! leaves nothing of the release but the CRD, and chat keeps serving.
+//! into a cluster with three real nodes, its two replicas running the chart's own image (loaded
+//! into the nodes by `make images`) in a namespace that enforces the restricted Pod Security
+//! level, with the chart's RBAC and nothing more, reaching the API server through the
+//! `kubernetes` Service. One replica holds the leader Lease and reconciles `examples/chat.yaml`
+//! until its pods are Ready; `helm upgrade` to other values rolls the operator's pods while live
+//! sessions run against chat (through its ClusterIP, from the cluster's client host) and none is
+//! dropped; the new leader reconciles a scale-up; `helm uninstall` leaves nothing of the release
+//! but the CRD, and chat keeps serving.
 
 mod common;
 
@@ -16,10 +18,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use longconn_e2e::load::{self, LoadOptions};
-use longconn_e2e::podrunner::images::{self, ImageTable};
-use longconn_e2e::podrunner::network::NetworkOptions;
-use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
+use longconn_e2e::cluster::{Cluster, ClusterOptions};
+use longconn_e2e::load::{self, LoadOptions, Route};
+use longconn_e2e::nodes;
 
 const TEST: &str = "helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_sessions";
 const RELEASE: &str = "longconn";
@@ -28,10 +29,7 @@ const NAMESPACE: &str = "longconn-system";
 const FULLNAME: &str = "longconn-longconn-operator";
 const LEASE: &str = "longconn-operator";
 const INSTANCE: &str = "app.kubernetes.io/instance=longconn";
-const BRIDGE: &str = "lchelm0";
-const PREFIX: [u8; 2] = [10, 250];
-/// [`PREFIX`] as the network load clients may connect to.
-const PREFIX_NET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(PREFIX[0], PREFIX[1], 0, 0);
+const RESTRICTED: &str = "pod-security.kubernetes.io/enforce=restricted";
 /// Bound of every wait for pods, rollouts and status.
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -87,23 +85,35 @@ where
     panic!("{what}: not within {WAIT:?}; last: {last}\n{}", context());
 }
 
-/// The last lines of every operator container's log in the pod runner's folder.
-fn operator_logs(pods_dir: &Path) -> String {
+/// The last lines of every operator container's log, from the nodes' pod log folders
+/// (`<cluster>/nodes/<node>/pod-logs/<namespace>_<pod>_<uid>/operator/<restart>.log`).
+fn operator_logs(nodes_dir: &Path) -> String {
     let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+    let Ok(nodes) = std::fs::read_dir(nodes_dir) else {
         return out;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&format!("{NAMESPACE}_")) {
+    for node in nodes.flatten() {
+        let Ok(pods) = std::fs::read_dir(node.path().join("pod-logs")) else {
             continue;
+        };
+        for pod in pods.flatten() {
+            let name = pod.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{NAMESPACE}_")) {
+                continue;
+            }
+            let Ok(logs) = std::fs::read_dir(pod.path().join("operator")) else {
+                continue;
+            };
+            for log in logs.flatten() {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                out.push_str(&format!(
+                    "--- {name}/operator/{} (last 20 lines)\n{tail}\n",
+                    log.file_name().to_string_lossy()
+                ));
+            }
         }
-        let log = std::fs::read_to_string(entry.path().join("operator.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        out.push_str(&format!(
-            "--- {name}/operator.log (last 20 lines)\n{tail}\n"
-        ));
     }
     out
 }
@@ -214,20 +224,19 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     let Some(tools_dir) = common::tools_dir_or_skip(TEST) else {
         return;
     };
-    let bin_dir = images::default_bin_dir();
-    for binary in ["longconn-operator", "longconn-gateway"] {
-        assert!(
-            bin_dir.join(binary).is_file(),
-            "{} missing: run `cargo build -p longconn-operator -p longconn-gateway` first",
-            bin_dir.join(binary).display()
-        );
-    }
     let started = Instant::now();
     let root = longconn_e2e::tools::repository_root();
     let chart = root.join("charts/longconn-operator");
     let chart = chart.to_str().expect("chart path");
     let temp = tempfile::tempdir().expect("tempdir");
-    let cluster = common::cluster_up(temp.path(), tools_dir).await;
+    let cluster = Cluster::up(ClusterOptions {
+        dir: temp.path().join("cluster"),
+        tools_dir,
+        nodes: 3,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster up with 3 nodes");
     let client = cluster.client();
     let kubeconfig = cluster.kubeconfig_path();
     let kubectl_bin = cluster.tools().binary("kubectl");
@@ -238,38 +247,20 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
         home: temp.path().join("helm"),
     };
 
-    // The chart's images as they are: the table maps ghcr.io/longconn/longconn-{operator,gateway}
-    // (any tag) to the workspace's binaries, the echo image to this crate's echo binary.
-    let images = ImageTable::workspace(&bin_dir).with(
-        "ghcr.io/longconn/longconn-echo",
-        env!("CARGO_BIN_EXE_longconn-echo"),
-    );
-    let pods_dir = temp.path().join("pods");
-    let mut options = PodRunnerOptions::new(cluster.server(), pods_dir.clone(), images);
-    options.network = NetworkOptions {
-        bridge: BRIDGE.into(),
-        prefix: PREFIX,
-        ..NetworkOptions::default()
-    };
-    let runner = PodRunner::start(client.clone(), options)
-        .await
-        .unwrap_or_else(|e| panic!("pod runner: {e}"));
-    assert!(
-        runner.bridge().is_some(),
-        "this test needs network namespaces (root and iproute2)"
-    );
-    let logs = || operator_logs(&pods_dir);
+    let nodes_dir = cluster.dir().join("nodes");
+    let logs = || operator_logs(&nodes_dir);
+    let client_netns = cluster.plan().expect("nodes").client.netns.clone();
+
+    // Both namespaces that run workloads enforce the restricted Pod Security level, so the API
+    // server refuses any pod of the chart or of chat that does not meet it.
+    kubectl(&["create", "namespace", NAMESPACE]);
+    for namespace in [NAMESPACE, "default"] {
+        kubectl(&["label", "namespace", namespace, RESTRICTED]);
+    }
 
     // Install: the CRD from the chart's crds/, RBAC, two replicas with leader election.
-    helm.run(&[
-        "install",
-        RELEASE,
-        chart,
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-    ])
-    .await;
+    helm.run(&["install", RELEASE, chart, "--namespace", NAMESPACE])
+        .await;
     let (installed, leader) = operator_rolled_out(&client, 2, &logs).await;
     eprintln!("installed: operator pods {installed:?}, leader {leader}");
     let crd = kubectl(&["get", "crd", "longconnservices.longconn.dev", "-o", "name"]);
@@ -307,11 +298,15 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     // Upgrade to other values while sessions run: the Deployment rolls (one surge pod at a time,
     // none unavailable), the leader hands over the Lease, and chat's sessions do not notice.
     let mut load_options = LoadOptions::new("default", "chat");
-    load_options.allowed = vec![(PREFIX_NET, 16)];
+    load_options.allowed = vec![nodes::plan::service_network()];
+    load_options.route = Route::ClusterIp;
     load_options.sessions = 100;
     load_options.rate = 2.0;
     load_options.duration = Duration::from_secs(60);
-    let running_load = tokio::spawn(load::run(client.clone(), load_options));
+    let load_client = client.clone();
+    let running_load = tokio::spawn(async move {
+        nodes::in_netns(&client_netns, move || load::run(load_client, load_options)).await
+    });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let upgrade_started = Instant::now();
     helm.run(&[
@@ -355,6 +350,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
         .await
         .expect("the load run ended within 120 s")
         .expect("load task")
+        .expect("run on the client host")
         .expect("load run");
     eprintln!("sessions during helm upgrade: {report:?}");
     assert_eq!(report.sessions_opened, 100, "{report:?}");
@@ -382,7 +378,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     helm.run(&["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"])
         .await;
     let kinds = "deployments,replicasets,pods,services,serviceaccounts,configmaps,\
-                 poddisruptionbudgets,roles,rolebindings";
+                 poddisruptionbudgets,networkpolicies,roles,rolebindings";
     wait_for("nothing of the release left", &logs, || async {
         let left = common::chat::kubectl(
             &kubectl_bin,
@@ -413,6 +409,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
         format!("serviceaccount/{FULLNAME}"),
         format!("configmap/{FULLNAME}-dashboard"),
         format!("poddisruptionbudget/{FULLNAME}"),
+        format!("networkpolicy/{FULLNAME}"),
         format!("role/{FULLNAME}-leader-election"),
         format!("rolebinding/{FULLNAME}-leader-election"),
     ] {
@@ -467,7 +464,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     assert_eq!(serving, 4, "chat's pods after helm uninstall");
     eprintln!("test wall time: {:?}", started.elapsed());
 
-    runner.stop().await.expect("runner stop");
-    assert!(!Path::new("/sys/class/net").join(BRIDGE).exists());
     cluster.down().await.expect("cluster down");
+    assert!(
+        !Path::new("/sys/class/net")
+            .join(nodes::plan::BRIDGE)
+            .exists()
+    );
 }

@@ -1,14 +1,14 @@
 //! The rollout scenarios end to end (see `longconn_e2e::scenario`): every scenario runs in turn
-//! on one cluster with the operator, real gateways and echo apps, and live load; each must pass.
-//! Each scenario's report is printed as one JSON line, whatever the outcome.
+//! on one cluster with real nodes, the operator, the gateway and echo images, and live load
+//! through the Service's ClusterIP; each must pass. Each scenario's report is printed as one
+//! JSON line, whatever the outcome.
 //!
-//! Needs the operator and gateway binaries built first:
-//! `cargo build -p longconn-operator -p longconn-gateway && cargo test -p longconn-e2e --test scenarios`.
+//! Needs the operator binary and the images built first:
+//! `cargo build -p longconn-operator && make images && cargo test -p longconn-e2e --test scenarios`.
 
 use std::io::Write as _;
 
 use longconn_e2e::podrunner::images;
-use longconn_e2e::podrunner::network::NetworkOptions;
 use longconn_e2e::scenario::{self, Scenario, ScenarioOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,27 +18,20 @@ async fn every_rollout_scenario_passes() {
         return;
     };
     // Cargo builds this crate's longconn-echo into the folder where `cargo build` puts the
-    // operator and the gateway.
+    // operator.
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_longconn-echo"))
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(images::default_bin_dir);
-    for binary in ["longconn-operator", "longconn-gateway"] {
-        assert!(
-            bin_dir.join(binary).is_file(),
-            "{} missing: run `cargo build -p longconn-operator -p longconn-gateway` first",
-            bin_dir.join(binary).display()
-        );
-    }
+    assert!(
+        bin_dir.join("longconn-operator").is_file(),
+        "{} missing: run `cargo build -p longconn-operator` first",
+        bin_dir.join("longconn-operator").display()
+    );
     let temp = tempfile::tempdir().expect("tempdir");
     let mut options = ScenarioOptions::new(temp.path().join("scenarios"));
     options.tools_dir = tools_dir;
     options.bin_dir = bin_dir;
-    options.network = NetworkOptions {
-        bridge: "lcsctest0".into(),
-        prefix: [10, 249],
-        ..NetworkOptions::default()
-    };
     let suite = scenario::run(&options, &Scenario::ALL, std::future::pending())
         .await
         .expect("the scenario harness starts");
@@ -78,8 +71,12 @@ async fn every_rollout_scenario_passes() {
         suite.teardown_problems
     );
     assert!(
-        std::fs::read_dir("/sys/class/net/lcsctest0").is_err(),
-        "the bridge is still there"
+        std::fs::read_dir(format!(
+            "/sys/class/net/{}",
+            longconn_e2e::nodes::plan::BRIDGE
+        ))
+        .is_err(),
+        "the nodes' bridge is still there"
     );
     assert!(
         failed.is_empty(),

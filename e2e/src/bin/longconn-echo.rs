@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -75,7 +75,7 @@ async fn terminated() {
 
 /// One connection: a WebSocket upgrade is echoed, anything else gets a plain HTTP answer.
 async fn serve(mut stream: TcpStream) -> Result<(), String> {
-    let head = tokio::time::timeout(HEAD_TIMEOUT, peek_head(&stream))
+    let (head, head_len) = tokio::time::timeout(HEAD_TIMEOUT, peek_head(&stream))
         .await
         .map_err(|_| "no request head in time".to_string())??;
     let lower = head.to_ascii_lowercase();
@@ -100,14 +100,23 @@ async fn serve(mut stream: TcpStream) -> Result<(), String> {
     } else {
         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     };
+    // The head is consumed before the answer: a socket closed with unread data sends a reset,
+    // which can reach the client before it has read the answer.
+    let mut consumed = vec![0u8; head_len];
+    stream
+        .read_exact(&mut consumed)
+        .await
+        .map_err(|err| err.to_string())?;
     stream
         .write_all(answer)
         .await
-        .map_err(|err| err.to_string())
+        .map_err(|err| err.to_string())?;
+    stream.shutdown().await.map_err(|err| err.to_string())
 }
 
-/// The request head, read without consuming it (the WebSocket handshake reads it again).
-async fn peek_head(stream: &TcpStream) -> Result<String, String> {
+/// The request head and its length in bytes, read without consuming it (the WebSocket handshake
+/// reads it again).
+async fn peek_head(stream: &TcpStream) -> Result<(String, usize), String> {
     let mut buffer = vec![0u8; HEAD_MAX];
     for _ in 0..200 {
         let seen = stream.peek(&mut buffer).await.map_err(|e| e.to_string())?;
@@ -115,8 +124,12 @@ async fn peek_head(stream: &TcpStream) -> Result<String, String> {
             return Err("closed before a request".into());
         }
         let head = &buffer[..seen];
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || seen == HEAD_MAX {
-            return Ok(String::from_utf8_lossy(head).into_owned());
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = &head[..end + 4];
+            return Ok((String::from_utf8_lossy(head).into_owned(), head.len()));
+        }
+        if seen == HEAD_MAX {
+            return Ok((String::from_utf8_lossy(head).into_owned(), seen));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -10,6 +10,7 @@ use super::harness::Harness;
 use super::service::ServiceSpec;
 use super::steps;
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 const SESSIONS: usize = 200;
@@ -26,7 +27,15 @@ pub(super) async fn run(
     spec.progress_deadline = PROGRESS_DEADLINE.to_owned();
     let old = steps::deploy(harness, &spec).await?;
     report.detail("oldRevision", &old.revision);
-    let load = steps::start_load(harness, &spec, SESSIONS, 0, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        SESSIONS,
+        0,
+        context.progress,
+        Route::ClusterIp,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     spec.app_listen = format!("127.0.0.1:{}", super::service::APP_PORT + 1);

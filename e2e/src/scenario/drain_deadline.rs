@@ -11,6 +11,7 @@ use super::harness::Harness;
 use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 const SESSIONS: usize = 200;
@@ -34,8 +35,15 @@ pub(super) async fn run(
     report.detail("oldRevision", &old.revision);
     report.detail("oldPods", &old.pods);
     let baseline = spec.observe(&harness.client()).await?.rollout();
-    let load =
-        steps::start_load(harness, &spec, SESSIONS, CLOSE_IGNORING, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        SESSIONS,
+        CLOSE_IGNORING,
+        context.progress,
+        Route::Endpoints,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     let started = tokio::time::Instant::now();

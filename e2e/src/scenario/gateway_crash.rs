@@ -13,6 +13,7 @@ use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 const SESSIONS: usize = 300;
@@ -27,21 +28,29 @@ pub(super) async fn run(
     let spec = ServiceSpec::new(&context.namespace);
     let before = steps::deploy(harness, &spec).await?;
     let baseline = spec.observe(&harness.client()).await?.rollout();
-    let load = steps::start_load(harness, &spec, SESSIONS, 0, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        SESSIONS,
+        0,
+        context.progress,
+        Route::Endpoints,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     let victim = before.pods[0].clone();
-    let pid = victim.gateway_pid.ok_or_else(|| {
-        ScenarioError::Setup(format!("pod {} reports no gateway process", victim.name))
+    let container = victim.gateway_container.clone().ok_or_else(|| {
+        ScenarioError::Setup(format!("pod {} reports no gateway container", victim.name))
     })?;
-    // The PID comes from the pod's status; make sure it is still that gateway before killing.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !String::from_utf8_lossy(&cmdline).contains("longconn-gateway") {
-        return Err(ScenarioError::Setup(format!(
-            "pid {pid} of pod {}'s gateway is not a longconn-gateway process",
+    // The container's processes are in its cgroup on the node; its gateway is the one running
+    // longconn-gateway.
+    let pid = crate::nodes::container_process(&container, "longconn-gateway").ok_or_else(|| {
+        ScenarioError::Setup(format!(
+            "no longconn-gateway process in container {container} of pod {}",
             victim.name
-        )));
-    }
+        ))
+    })?;
     let victim_ip = victim.ip.clone().unwrap_or_default();
     let on_victim = load
         .report()

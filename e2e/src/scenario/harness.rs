@@ -1,8 +1,9 @@
-//! What every scenario runs on: the local control plane, the pod runner (in this process, on its
-//! own bridge), the LongConnService CRD, and the operator as a host process that a scenario may
-//! kill and start again. [`Harness::shutdown`] stops everything in order; dropping a harness
-//! (a panic, an interrupted run) still kills the operator, every pod process and network
-//! namespace, and the control plane.
+//! What every scenario runs on: the local cluster with real nodes (containerd, kubelet and
+//! kube-proxy each; pods run the images of `make images`), the LongConnService CRD, the operator
+//! as a host process that a scenario may kill and start again, and a runtime on the cluster's
+//! client host for the load clients, which reach Services through their ClusterIP.
+//! [`Harness::shutdown`] stops everything in order; dropping a harness (a panic, an interrupted
+//! run) still kills the operator, and the cluster removes its nodes from the host.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,8 +18,7 @@ use nix::sys::signal::Signal;
 use super::wait::{Check, wait_until};
 use super::{ScenarioError, ScenarioOptions};
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::podrunner::images::ImageTable;
-use crate::podrunner::{PodRunner, PodRunnerOptions};
+use crate::load::{self, LoadOptions, RunningLoad};
 use crate::process::Spawned;
 
 /// The operator's namespace (its leader Lease lives there).
@@ -30,36 +30,32 @@ const OPERATOR_IDENTITY: &str = "longconn-operator-e2e-0";
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(240);
 /// The longest one request of the scenarios' own client may take (none of them watches).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest the pod runner may take to stop before it is dropped (which kills everything
-/// at once, without deregistering the nodes).
-const RUNNER_STOP: Duration = Duration::from_secs(60);
+/// Threads of the client host's runtime (the load clients).
+const CLIENT_THREADS: usize = 2;
 
 /// The running environment of the scenarios.
 pub struct Harness {
     operator: Option<Spawned>,
     operator_starts: u32,
-    runner: Option<PodRunner>,
     cluster: Option<Cluster>,
     client: kube::Client,
     kubectl: PathBuf,
     kubeconfig: PathBuf,
     bin_dir: PathBuf,
     work_dir: PathBuf,
-    /// The pod network, for the load clients.
-    pod_network: (std::net::Ipv4Addr, u8),
+    /// A runtime on the client host: the load clients' sockets live there.
+    client_host: Option<tokio::runtime::Runtime>,
 }
 
 impl Harness {
-    /// Starts the control plane, the pod runner, installs the CRD and starts the operator.
+    /// Starts the cluster with its nodes, installs the CRD and starts the operator.
     pub async fn up(options: &ScenarioOptions) -> Result<Self, ScenarioError> {
-        for binary in ["longconn-operator", "longconn-gateway", "longconn-echo"] {
-            let path = options.bin_dir.join(binary);
-            if !path.is_file() {
-                return Err(ScenarioError::Setup(format!(
-                    "{} missing: build it first (cargo build -p longconn-operator -p longconn-gateway -p longconn-e2e) or pass --bin-dir",
-                    path.display()
-                )));
-            }
+        let operator = options.bin_dir.join("longconn-operator");
+        if !operator.is_file() {
+            return Err(ScenarioError::Setup(format!(
+                "{} missing: build it first (cargo build -p longconn-operator) or pass --bin-dir",
+                operator.display()
+            )));
         }
         std::fs::create_dir_all(&options.work_dir)
             .map_err(crate::Error::io("create", &options.work_dir))?;
@@ -67,42 +63,32 @@ impl Harness {
         let cluster = Cluster::up(ClusterOptions {
             dir: options.work_dir.join("cluster"),
             tools_dir: options.tools_dir.clone(),
+            nodes: options.nodes,
+            images_dir: options.images_dir.clone(),
             ..ClusterOptions::default()
         })
         .await?;
         let client = bounded_client(&cluster.kubeconfig_path()).await?;
-        // Pods live in the cluster folder, as with `podrunner run --dir`: after a run that was
-        // killed, `longconn-e2e cluster down --dir <work dir>/cluster` removes their network too.
-        let mut runner_options = PodRunnerOptions::new(
-            cluster.server(),
-            cluster.dir().join("pods"),
-            ImageTable::workspace(&options.bin_dir),
-        );
-        runner_options.nodes = options.nodes;
-        runner_options.network = options.network.clone();
-        let [a, b] = options.network.prefix;
+        let client_netns = cluster
+            .plan()
+            .map(|plan| plan.client.netns.clone())
+            .ok_or_else(|| ScenarioError::Setup("the scenarios need nodes".into()))?;
         let mut harness = Harness {
             operator: None,
             operator_starts: 0,
-            runner: None,
             kubectl: cluster.tools().binary("kubectl"),
             kubeconfig: cluster.kubeconfig_path(),
             cluster: Some(cluster),
             client: client.clone(),
             bin_dir: options.bin_dir.clone(),
             work_dir: options.work_dir.clone(),
-            pod_network: (std::net::Ipv4Addr::new(a, b, 0, 0), 16),
+            client_host: None,
         };
-        // From here on an error drops `harness`, which stops whatever was started. The pod
-        // runner watches, so it gets the cluster's own client, without a short read timeout.
-        let runner_client = harness.cluster.as_ref().map(Cluster::client);
-        let runner = PodRunner::start(runner_client.unwrap_or(client), runner_options).await?;
-        if runner.bridge().is_none() {
-            return Err(ScenarioError::Setup(
-                "the scenarios need pod network namespaces: run as root with iproute2".into(),
-            ));
-        }
-        harness.runner = Some(runner);
+        // From here on an error drops `harness`, which stops whatever was started.
+        harness.client_host = Some(crate::nodes::runtime_in_netns(
+            &client_netns,
+            CLIENT_THREADS,
+        )?);
         harness.install_crd().await?;
         harness.create_namespace(OPERATOR_NAMESPACE).await?;
         harness.start_operator()?;
@@ -114,9 +100,24 @@ impl Harness {
         self.client.clone()
     }
 
-    /// The pod network (address, prefix length): where load clients may connect.
-    pub fn pod_network(&self) -> (std::net::Ipv4Addr, u8) {
-        self.pod_network
+    /// Starts load clients on the client host: through the Service's ClusterIP
+    /// ([`load::Route::ClusterIp`]), or straight to pods where a scenario must know which pod
+    /// served a session.
+    pub async fn start_load(&self, mut options: LoadOptions) -> Result<RunningLoad, ScenarioError> {
+        options.allowed = vec![
+            crate::nodes::plan::service_network(),
+            crate::nodes::plan::pod_network(),
+        ];
+        let client = self.client.clone();
+        let runtime = self
+            .client_host
+            .as_ref()
+            .ok_or_else(|| ScenarioError::Setup("no client host runtime".into()))?;
+        runtime
+            .spawn(load::start(client, options))
+            .await
+            .map_err(|join| ScenarioError::Setup(format!("the load's start task: {join}")))?
+            .map_err(ScenarioError::from)
     }
 
     /// Where the logs are: the operator's, the control plane's and every pod's.
@@ -184,12 +185,14 @@ impl Harness {
         .await
     }
 
-    /// Creates namespace `name`.
+    /// Creates namespace `name`, where the API server enforces the restricted Pod Security level.
     pub async fn create_namespace(&self, name: &str) -> Result<(), ScenarioError> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-                .map_err(|e| ScenarioError::Setup(format!("namespace {name}: {e}")))?;
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {
+            "name": name,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        }}))
+        .map_err(|e| ScenarioError::Setup(format!("namespace {name}: {e}")))?;
         namespaces
             .create(&PostParams::default(), &namespace)
             .await
@@ -322,8 +325,8 @@ impl Harness {
         }
     }
 
-    /// Stops the operator, every pod, the pod network and the control plane, in that order;
-    /// returns what could not be stopped cleanly.
+    /// Stops the operator, the load clients' runtime and the cluster with its nodes, in that
+    /// order; returns what could not be stopped cleanly.
     pub async fn shutdown(mut self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(operator) = self.operator.take() {
@@ -337,20 +340,13 @@ impl Harness {
                 problems.push(format!("operator: {err}"));
             }
         }
-        if let Some(runner) = self.runner.take() {
-            match tokio::time::timeout(RUNNER_STOP, runner.stop()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => problems.push(format!("pod runner: {err}")),
-                // Dropped by the timeout: its processes were killed and its network removed.
-                Err(_) => problems.push(format!(
-                    "pod runner: did not stop within {RUNNER_STOP:?}; killed its pods"
-                )),
-            }
+        if let Some(runtime) = self.client_host.take() {
+            runtime.shutdown_background();
         }
         if let Some(cluster) = self.cluster.take()
             && let Err(err) = cluster.down().await
         {
-            problems.push(format!("control plane: {err}"));
+            problems.push(format!("cluster: {err}"));
         }
         problems
     }
@@ -361,8 +357,10 @@ impl Drop for Harness {
         if let Some(operator) = self.operator.take() {
             operator.signal(Signal::SIGKILL);
         }
-        // The pod runner and the cluster stop themselves when dropped, in this order.
-        drop(self.runner.take());
+        if let Some(runtime) = self.client_host.take() {
+            runtime.shutdown_background();
+        }
+        // The cluster stops itself, nodes included, when dropped.
         drop(self.cluster.take());
     }
 }

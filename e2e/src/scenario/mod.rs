@@ -38,7 +38,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::load::{LoadError, LoadReport};
-use crate::podrunner::network::NetworkOptions;
 use harness::Harness;
 use service::{Recorded, Rollout, ServiceSpec};
 
@@ -133,15 +132,15 @@ impl Scenario {
 /// How scenarios run.
 #[derive(Clone, Debug)]
 pub struct ScenarioOptions {
-    /// Where `longconn-operator`, `longconn-gateway` and `longconn-echo` are.
+    /// Where `longconn-operator` is (it runs on the host; the pods run the images).
     pub bin_dir: PathBuf,
     /// The control-plane binaries (`make tools`).
     pub tools_dir: PathBuf,
     /// Cluster folder, pod folders and logs.
     pub work_dir: PathBuf,
-    /// The pod network (a bridge name and /16 of its own, so runs can go side by side).
-    pub network: NetworkOptions,
-    /// Nodes of the pod runner.
+    /// The image archives of `make images`, loaded into every node.
+    pub images_dir: PathBuf,
+    /// Real nodes to run the pods on.
     pub nodes: usize,
     /// The seed of the random choices (operator-restart's kill time); from the clock if unset.
     pub seed: Option<u64>,
@@ -150,18 +149,15 @@ pub struct ScenarioOptions {
 }
 
 impl ScenarioOptions {
-    /// Binaries from [`crate::podrunner::images::default_bin_dir`], tools from
-    /// [`crate::tools::default_tools_dir`], bridge `lcscen0` with 10.248.0.0/16, 3 nodes.
+    /// The operator from [`crate::podrunner::images::default_bin_dir`], tools from
+    /// [`crate::tools::default_tools_dir`], images from [`crate::nodes::default_images_dir`],
+    /// 3 nodes.
     pub fn new(work_dir: PathBuf) -> Self {
         Self {
             bin_dir: crate::podrunner::images::default_bin_dir(),
             tools_dir: crate::tools::default_tools_dir(),
             work_dir,
-            network: NetworkOptions {
-                bridge: "lcscen0".into(),
-                prefix: [10, 248],
-                ..NetworkOptions::default()
-            },
+            images_dir: crate::nodes::default_images_dir(),
             nodes: 3,
             seed: None,
             progress: false,

@@ -9,6 +9,7 @@ use super::harness::Harness;
 use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 const SESSIONS: usize = 300;
@@ -35,7 +36,15 @@ pub(super) async fn run(
     report.detail("node", &node);
     report.detail("evictedPods", &evicted);
     let baseline = spec.observe(&harness.client()).await?.rollout();
-    let load = steps::start_load(harness, &spec, SESSIONS, 0, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        SESSIONS,
+        0,
+        context.progress,
+        Route::ClusterIp,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     let started = tokio::time::Instant::now();

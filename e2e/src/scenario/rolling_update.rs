@@ -9,6 +9,7 @@ use super::harness::Harness;
 use super::service::{Recorded, ServiceSpec};
 use super::steps::{self, RolloutEnd};
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 pub const SESSIONS: usize = 1_000;
@@ -40,7 +41,15 @@ pub(super) async fn rollout_under_load(
     report.detail("oldRevision", &old.revision);
     report.detail("oldPods", &old.pods);
     let baseline = spec.observe(&harness.client()).await?.rollout();
-    let load = steps::start_load(harness, &spec, sessions, 0, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        sessions,
+        0,
+        context.progress,
+        Route::ClusterIp,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     let change = tokio::time::Instant::now();
@@ -82,16 +91,6 @@ pub(super) async fn rollout_under_load(
         .filter(|p| p.revision == old.revision)
         .map(|p| p.name.as_str())
         .collect();
-    let old_ips = old.ips();
-    if let Some(load) = &report.load {
-        let from_old: u64 = load
-            .endpoints
-            .iter()
-            .filter(|(ip, _)| old_ips.contains(*ip))
-            .map(|(_, e)| e.migrated)
-            .sum();
-        report.detail("clientsMigratedFromOldPods", from_old);
-    }
 
     report.expect_clean_clients(sessions);
     report.expect_migrations_agree();

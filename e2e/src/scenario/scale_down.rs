@@ -10,6 +10,7 @@ use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport};
+use crate::load::Route;
 
 /// Sessions of this scenario.
 const SESSIONS: usize = 500;
@@ -28,7 +29,15 @@ pub(super) async fn run(
     let before = steps::deploy(harness, &spec).await?;
     report.detail("podsBefore", &before.pods);
     let baseline = spec.observe(&harness.client()).await?.rollout();
-    let load = steps::start_load(harness, &spec, SESSIONS, 0, context.progress).await?;
+    let load = steps::start_load(
+        harness,
+        &spec,
+        SESSIONS,
+        0,
+        context.progress,
+        Route::ClusterIp,
+    )
+    .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
 
     let started = tokio::time::Instant::now();

@@ -3,7 +3,8 @@
 //!
 //! The manifest is built for speed: the echo app behind the gateway, self-signed TLS, close
 //! frames spread over 2 s, a connection rate limit high enough for a thousand clients that all
-//! come from the host's bridge address, and short rollout deadlines where a scenario asks.
+//! come from one address (the client host's, or the node's that translated the ClusterIP), and
+//! short rollout deadlines where a scenario asks. The pods meet the restricted Pod Security level.
 
 use std::collections::BTreeMap;
 
@@ -62,12 +63,24 @@ impl ServiceSpec {
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {
                 "replicas": self.replicas,
-                "template": {"spec": {"containers": [{
-                    "name": "app",
-                    "image": "ghcr.io/longconn/longconn-echo:0.1.0",
-                    "args": ["--listen", self.app_listen],
-                    "env": [{"name": "CHAT_REVISION", "value": self.revision.to_string()}],
-                }]}},
+                "template": {"spec": {
+                    // The restricted Pod Security level, which the scenario's namespace enforces.
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "app",
+                        "image": "ghcr.io/longconn/longconn-echo:0.1.0",
+                        "args": ["--listen", self.app_listen],
+                        "env": [{"name": "CHAT_REVISION", "value": self.revision.to_string()}],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                }},
                 "gateway": {
                     "upstreamPort": APP_PORT,
                     "rateLimit": {"connectionsPerSecondPerIP": 100_000, "burst": 100_000},
@@ -326,10 +339,9 @@ pub struct PodView {
     pub ip: Option<String>,
     pub ready: bool,
     pub terminating: bool,
-    /// The gateway's process ID on this host, from its container status
-    /// (`containerID: longconn://<pid>`).
+    /// The gateway container's ID from its status (`containerd://<id>`).
     #[serde(skip)]
-    pub gateway_pid: Option<i32>,
+    pub gateway_container: Option<String>,
     /// Restarts of the gateway container.
     pub gateway_restarts: i32,
 }
@@ -359,10 +371,7 @@ impl PodView {
             ip: status.pod_ip.clone(),
             ready,
             terminating: pod.metadata.deletion_timestamp.is_some(),
-            gateway_pid: gateway
-                .and_then(|c| c.container_id.as_deref())
-                .and_then(|id| id.strip_prefix("longconn://"))
-                .and_then(|pid| pid.parse().ok()),
+            gateway_container: gateway.and_then(|c| c.container_id.clone()),
             gateway_restarts: gateway.map_or(0, |c| c.restart_count),
         }
     }

@@ -14,7 +14,7 @@ use super::ScenarioError;
 use super::harness::Harness;
 use super::service::{Observed, PodView, ServiceSpec};
 use super::wait::{Check, wait_until};
-use crate::load::{self, LoadOptions, RunningLoad};
+use crate::load::{self, LoadOptions, Route, RunningLoad};
 
 /// How long new pods may take to become Ready.
 const PODS_READY: Duration = Duration::from_secs(180);
@@ -155,22 +155,24 @@ pub fn describe_pods(pods: &[PodView]) -> String {
 }
 
 /// Starts `sessions` load sessions (`close_ignoring` of them ignoring close frames) at 1
-/// message per second each, sending until stopped, and waits until each has connected once.
+/// message per second each, sending until stopped, from the cluster's client host along
+/// `route`, and waits until each has connected once.
 pub async fn start_load(
     harness: &Harness,
     spec: &ServiceSpec,
     sessions: usize,
     close_ignoring: usize,
     progress: bool,
+    route: Route,
 ) -> Result<RunningLoad, ScenarioError> {
     let mut options = LoadOptions::new(&spec.namespace, &spec.name);
     options.sessions = sessions;
     options.close_ignoring = close_ignoring;
     options.rate = 1.0;
     options.duration = load::MAX_DURATION;
-    options.allowed = vec![harness.pod_network()];
     options.progress = progress;
-    let running = load::start(harness.client(), options).await?;
+    options.route = route;
+    let running = harness.start_load(options).await?;
     let expected = sessions as u64;
     wait_until(
         &format!("{sessions} load sessions connected"),

@@ -1,0 +1,330 @@
+//! Real nodes: three kubelets with containerd and runc become Ready, run the project's own echo
+//! image under the restricted Pod Security level (which the API server enforces), a client host
+//! reaches the pods through a Service's ClusterIP and kube-proxy, `kubectl logs` goes through the
+//! kubelet, and `cluster down` leaves nothing on the host.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use longconn_e2e::cluster::{Cluster, ClusterOptions};
+use longconn_e2e::nodes::{self, plan};
+
+const NAMESPACE: &str = "nodes-e2e";
+const WAIT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip() {
+    let Some(tools_dir) = common::tools_dir_or_skip(
+        "real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::up(ClusterOptions {
+        dir: dir.path().join("cluster"),
+        tools_dir,
+        nodes: 3,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster up with 3 nodes");
+    let client = cluster.client();
+    eprintln!(
+        "nodes Ready after {:.1} s",
+        cluster.nodes_ready_after().expect("nodes").as_secs_f64()
+    );
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes.list(&ListParams::default()).await.expect("nodes");
+    let mut cidrs: Vec<String> = list
+        .items
+        .iter()
+        .filter(|node| nodes::is_ready(node))
+        .filter_map(|node| node.spec.as_ref()?.pod_cidr.clone())
+        .collect();
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
+
+    create_restricted_namespace(&client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let privileged: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "not-restricted"},
+        "spec": {"containers": [{"name": "app", "image": echo_image()}]},
+    }))
+    .expect("pod");
+    let refused = pods
+        .create(&PostParams::default(), &privileged)
+        .await
+        .expect_err("the API server refuses a pod that is not restricted");
+    assert!(
+        refused
+            .to_string()
+            .contains("violates PodSecurity \"restricted"),
+        "{refused}"
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    deployments
+        .create(&PostParams::default(), &echo_deployment())
+        .await
+        .expect("create deployment");
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .expect("service");
+    let service = services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+    let cluster_ip = service
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("a ClusterIP");
+
+    let started = Instant::now();
+    let pod_start = wait_ready_pods(&pods, 3).await;
+    eprintln!(
+        "3 pods Ready {:.1} s after the Deployment was created (slowest pod: {:.1} s from creation to Ready)",
+        started.elapsed().as_secs_f64(),
+        pod_start.as_secs_f64()
+    );
+    let running = pods.list(&ListParams::default()).await.expect("pods");
+    let mut on_nodes: Vec<String> = running
+        .items
+        .iter()
+        .filter_map(|pod| pod.spec.as_ref()?.node_name.clone())
+        .collect();
+    on_nodes.sort();
+    on_nodes.dedup();
+    assert!(on_nodes.len() >= 2, "pods spread over nodes: {on_nodes:?}");
+
+    // The container runs as the image's non-root user, with no capabilities, no privilege
+    // escalation and the runtime's seccomp profile: read from the process itself.
+    let echo_pids = container_processes("longconn-echo");
+    assert_eq!(
+        echo_pids.len(),
+        3,
+        "one echo process per pod: {echo_pids:?}"
+    );
+    for pid in &echo_pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(|value| value.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid:"), "65532 65532 65532 65532", "pid {pid}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "pid {pid}");
+        assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
+        assert_eq!(field("Seccomp:"), "2", "pid {pid} (filter mode)");
+    }
+
+    // A client host outside the cluster reaches the pods through the ClusterIP: kube-proxy on
+    // the node it routes through translates it to a pod on any node.
+    let plan = cluster.plan().expect("plan").clone();
+    let address = format!("{cluster_ip}:80");
+    let answers = nodes::in_netns(&plan.client.netns, move || async move {
+        let mut answered = Vec::new();
+        for _ in 0..12 {
+            answered.push(http_get(&address, "/healthz"));
+        }
+        answered
+    })
+    .await
+    .expect("run in the client host");
+    for answer in &answers {
+        let answer = answer.as_ref().expect("GET /healthz through the ClusterIP");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    // `kubectl logs` goes from the API server to the pod's kubelet.
+    let first = running.items[0].metadata.name.clone().expect("name");
+    let logs = std::process::Command::new(cluster.tools().binary("kubectl"))
+        .args(["--kubeconfig"])
+        .arg(cluster.kubeconfig_path())
+        .args(["-n", NAMESPACE, "logs", &first])
+        .output()
+        .expect("kubectl logs");
+    assert!(
+        logs.status.success(),
+        "kubectl logs: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+
+    let cluster_dir = cluster.dir().to_path_buf();
+    cluster.down().await.expect("cluster down");
+    assert_nothing_left(&cluster_dir);
+}
+
+fn echo_image() -> String {
+    format!(
+        "ghcr.io/longconn/longconn-echo:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+async fn create_restricted_namespace(client: &kube::Client) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }))
+    .expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+}
+
+fn echo_deployment() -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "echo"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}},
+                "spec": {
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": {"app": "echo"}},
+                    }],
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "echo",
+                        "image": echo_image(),
+                        "args": ["--listen", "0.0.0.0:8080"],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+/// Waits until `count` pods are Ready; returns the longest time from a pod's creation to Ready.
+async fn wait_ready_pods(pods: &Api<Pod>, count: usize) -> Duration {
+    let started = Instant::now();
+    loop {
+        let list = pods.list(&ListParams::default()).await.expect("pods");
+        let ready: Vec<Duration> = list
+            .items
+            .iter()
+            .filter_map(|pod| {
+                let created = pod.metadata.creation_timestamp.as_ref()?.0;
+                let condition = pod
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .find(|condition| condition.type_ == "Ready" && condition.status == "True")?;
+                let at = condition.last_transition_time.as_ref()?.0;
+                Some(Duration::try_from(at.duration_since(created)).unwrap_or_default())
+            })
+            .collect();
+        if ready.len() >= count {
+            return ready.into_iter().max().unwrap_or_default();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{} of {count} pods Ready after {WAIT:?}: {:?}",
+            ready.len(),
+            list.items
+                .iter()
+                .map(|pod| (pod.metadata.name.clone(), pod.status.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// PIDs of processes named `comm` in the nodes' cgroups.
+fn container_processes(comm: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if name.trim() == comm && cgroup.contains(&format!("/{}/", plan::CGROUP_ROOT)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
+fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    let address: std::net::SocketAddr = address
+        .parse()
+        .map_err(|err| std::io::Error::other(format!("{address}: {err}")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// No network namespace, bridge, cgroup or process of the nodes is left.
+fn assert_nothing_left(cluster_dir: &Path) {
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(plan::NETNS_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        namespaces.is_empty(),
+        "network namespaces left: {namespaces:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(plan::BRIDGE).exists(),
+        "bridge left"
+    );
+    for hierarchy in nodes::host::cgroup_hierarchies() {
+        let left = hierarchy.join(plan::CGROUP_ROOT);
+        assert!(!left.exists(), "cgroup left: {}", left.display());
+    }
+    let mentioning: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&*cluster_dir.to_string_lossy()))
+        .collect();
+    assert!(mentioning.is_empty(), "processes left: {mentioning:?}");
+}
