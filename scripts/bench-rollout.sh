@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make bench-rollout: a 6-pod rolling update under live sessions, with longconn and with a plain
-# Deployment, on the embedded local cluster, printed side by side.
+# Deployment, on the embedded local cluster (three real nodes running the project's images),
+# printed side by side. The load clients run on the cluster's client host and connect through
+# the Service's ClusterIP, as clients do.
 #
 # 1. longconn: a LongConnService with 6 replicas (drain.spread 10s), SESSIONS live WebSocket
 #    sessions, a template change; measured from the change until status.rollout is Complete (every
@@ -24,24 +26,22 @@ LOAD=180s
 LOAD_SECONDS=180
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Building the control-plane tools, the operator, the gateway and longconn-e2e (release)"
-make --no-print-directory tools
-cargo build -q --release -p longconn-operator -p longconn-gateway -p longconn-e2e
+step "Building the cluster's tools, the images and the operator and longconn-e2e (release)"
+make --no-print-directory tools images
+cargo build -q --release -p longconn-operator -p longconn-e2e
 bin=target/release
 work=$(mktemp -d)
 cluster="$work/cluster"
 operator_pid=
-runner_pid=
 load_pid=
 
 cleanup() {
   status=$?
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
-  [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
   if [ "$status" -ne 0 ]; then
-    echo "bench failed; logs: $work/operator.log, $work/podrunner.log, $cluster/logs" >&2
+    echo "bench failed; logs: $work/operator.log, $cluster/nodes/*/logs, $cluster/logs" >&2
   else
     rm -rf "$work"
   fi
@@ -58,12 +58,10 @@ check_within_load() {
 }
 json_field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1"; }
 
-step "Starting the local control plane and the pod runner (3 nodes)"
-"$bin/longconn-e2e" cluster up --dir "$cluster" --nodes 0
+step "Starting the local cluster: the control plane and 3 nodes"
+"$bin/longconn-e2e" cluster up --dir "$cluster"
 eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
-"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$PWD/$bin" >"$work/podrunner.log" 2>&1 &
-runner_pid=$!
-kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
+kubectl label namespace default pod-security.kubernetes.io/enforce=restricted >/dev/null
 kubectl apply --server-side -f crds/longconnservices.longconn.dev.yaml >/dev/null
 for _ in $(seq 1 30); do
   kubectl wait --for condition=established --timeout=60s crd/longconnservices.longconn.dev >/dev/null 2>&1 && break
@@ -88,12 +86,14 @@ api_requests() {
 sed -e "s/replicas: 3/replicas: $REPLICAS/" examples/chat.yaml | kubectl apply --server-side -f - >/dev/null
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=$REPLICAS --timeout=300s >/dev/null
 
+load=("$bin/longconn-e2e" load --netns longconn-client --route cluster-ip --service chat)
+
 # longconn_rollout NAME RELEASE: a template change under load; records wall_time, requests,
 # drained and operator_dropped under NAME and leaves the clients' report in $work/NAME-load.json.
 declare -A wall_time requests drained operator_dropped
 longconn_rollout() {
   local name=$1 release=$2 before requests_before start started phase
-  "$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+  "${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
     >"$work/$name-load.json" 2>"$work/$name-load.log" &
   load_pid=$!
   sleep 10
@@ -133,7 +133,7 @@ kubectl delete lcs chat --cascade=orphan >/dev/null
 kubectl patch deployment "$deployment" --type merge \
   -p '{"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}' >/dev/null
 kubectl rollout status deployment "$deployment" --timeout=120s >/dev/null
-"$bin/longconn-e2e" load --service chat --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+"${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
   >"$work/plain-load.json" 2>"$work/plain-load.log" &
 load_pid=$!
 sleep 10

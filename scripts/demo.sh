@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # make demo: the operator against the embedded local control plane.
 #
-# Builds everything, starts the control plane and the pod runner (three nodes whose pods run as
-# local processes, each in its own network namespace), installs the operator with its Helm chart
-# (the CRD, RBAC and two operator pods with leader election, run by the pod runner), shows the
-# API server refusing a bad object, applies examples/chat.yaml, waits for its pods (real gateway
-# and echo processes) to become ready, shows what it became and its status, runs 200 live
-# WebSocket sessions against it while one pod is deleted (its sessions migrate to the others),
+# Builds everything (the control plane, the nodes' components and the project's images), starts
+# the local cluster with three real nodes (containerd, kubelet and kube-proxy each), installs the
+# operator with its Helm chart (the CRD, RBAC and two operator pods with leader election, from the
+# operator's image) into a namespace that enforces the restricted Pod Security level, shows the API
+# server refusing a bad object, applies examples/chat.yaml, waits for its pods (the gateway and
+# echo images) to become ready, shows what it became and its status, runs 200 live WebSocket
+# sessions against it from the cluster's client host through the Service's ClusterIP while one
+# pod is deleted (its sessions migrate to the others),
 # performs a drain-orchestrated rolling update under 300 live sessions, scales it up through the
 # scale subresource and back down (the removed pods drained first), deletes it and watches
 # garbage collection remove what it owned, uninstalls the chart (only the CRD stays), then tears
@@ -16,25 +18,28 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Building the control-plane tools, the operator, the gateway and longconn-e2e"
-make --no-print-directory tools
-cargo build -q -p longconn-operator -p longconn-gateway -p longconn-e2e
+step "Building the cluster's tools, the images (operator, gateway, echo, pause) and longconn-e2e"
+make --no-print-directory tools images
+cargo build -q -p longconn-e2e
 bin="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)"
 work=$(mktemp -d)
 cluster="$work/cluster"
 # Helm keeps its configuration and cache with the demo's files, not in the home folder.
 export HELM_CACHE_HOME="$work/helm/cache" HELM_CONFIG_HOME="$work/helm/config" HELM_DATA_HOME="$work/helm/data"
-runner_pid=
 load_pid=
 
 cleanup() {
   status=$?
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
-  [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null && wait "$runner_pid" 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    # Copied before the nodes go: the kubelets remove the logs of the pods they remove.
+    mkdir -p "$work/pod-logs"
+    cp -r "$cluster"/nodes/*/pod-logs/. "$work/pod-logs/" 2>/dev/null || true
+  fi
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
   if [ "$status" -ne 0 ]; then
-    echo "demo failed; logs: $cluster/pods/longconn-system_*/operator.log (the operator's pods)," \
-      "$work/podrunner.log, $cluster/logs" >&2
+    echo "demo failed; logs: $work/pod-logs (longconn-system_* are the operator's pods)," \
+      "$cluster/nodes/*/logs (containerd, kubelet, kube-proxy), $cluster/logs" >&2
   else
     rm -rf "$work"
   fi
@@ -42,21 +47,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "Starting the local control plane (etcd, kube-apiserver, controller manager, scheduler)"
-"$bin/longconn-e2e" cluster up --dir "$cluster" --nodes 0
+step "Starting the local cluster: the control plane and 3 nodes (containerd, kubelet, kube-proxy)"
+"$bin/longconn-e2e" cluster up --dir "$cluster"
 eval "$("$bin/longconn-e2e" cluster env --dir "$cluster")"
 kubectl version | sed 's/^/    /'
-
-step "Starting the pod runner: 3 nodes, each pod a network namespace with real processes"
-"$bin/longconn-e2e" podrunner run --dir "$cluster" --nodes 3 --bin-dir "$bin" >"$work/podrunner.log" 2>&1 &
-runner_pid=$!
-kubectl wait --for=condition=Ready node --all --timeout=60s
+kubectl get nodes -o wide
 
 step "Installing the operator with Helm: the CRD, RBAC, two operator pods with leader election"
-# The chart's images as they are: the pod runner maps ghcr.io/longconn/longconn-operator and
-# longconn-gateway (any tag) to the binaries just built.
-# (The chart's NOTES, printed after the install, are left out here.)
-helm install longconn charts/longconn-operator --namespace longconn-system --create-namespace \
+# Both namespaces that run workloads enforce the restricted Pod Security level: the API server
+# refuses any pod that does not meet it. The chart's images are the ones just built and loaded
+# into every node. (The chart's NOTES, printed after the install, are left out here.)
+kubectl create namespace longconn-system
+kubectl label namespace longconn-system default pod-security.kubernetes.io/enforce=restricted
+helm install longconn charts/longconn-operator --namespace longconn-system \
   --wait --timeout 180s | sed '/^NOTES:/,$d'
 # Right after creation the CRD may have no status yet, which kubectl wait refuses; retry.
 for _ in $(seq 1 30); do
@@ -98,11 +101,12 @@ kubectl get lcs chat -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.st
   column -t -s $'\t' | sed 's/^/    /'
 
 step "Live load: 200 WebSocket sessions for 20 s; one pod is deleted midway"
-# Sessions go round-robin to the Ready endpoints of chat's EndpointSlices (as kube-proxy routes new
-# connections), over TLS verified against chat-tls's CA, 2 messages per second each, every echo
-# checked. The deleted pod's preStop drains its gateway: close 1012 spread over 10 s, and its
-# sessions reconnect to the Ready pods, resending what was not yet echoed.
-"$bin/longconn-e2e" load --service chat --sessions 200 --rate 2 --duration 20s --json >"$work/load.json" &
+# The clients run on the cluster's client host and connect to chat's ClusterIP (kube-proxy picks a
+# pod for each connection), over TLS verified against chat-tls's CA, 2 messages per second each,
+# every echo checked. The deleted pod's preStop drains its gateway: close 1012 spread over 10 s,
+# and its sessions reconnect to the Ready pods, resending what was not yet echoed.
+load=("$bin/longconn-e2e" load --netns longconn-client --route cluster-ip --service chat)
+"${load[@]}" --sessions 200 --rate 2 --duration 20s --json >"$work/load.json" &
 load_pid=$!
 sleep 8
 victim=$(kubectl get pods -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.name}')
@@ -122,7 +126,7 @@ step "Rolling update under load: 300 sessions while a template change replaces e
 # with the fewest sessions through its gateway's admin API (close 1012 spread over 10 s; the
 # clients reconnect to Ready pods), records the gateway's report in status.rollout, and only then
 # removes that pod. Three times.
-"$bin/longconn-e2e" load --service chat --sessions 300 --rate 2 --duration 75s --json \
+"${load[@]}" --sessions 300 --rate 2 --duration 75s --json \
   >"$work/rollout-load.json" 2>"$work/rollout-load.log" &
 load_pid=$!
 sleep 8
@@ -169,7 +173,7 @@ step "Scaling to 5 through the scale subresource, then back to 3 (the two remove
 kubectl scale lcs/chat --replicas=5
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=5 --timeout=180s
 kubectl get lcs chat
-"$bin/longconn-e2e" load --service chat --sessions 200 --rate 2 --duration 40s --json \
+"${load[@]}" --sessions 200 --rate 2 --duration 40s --json \
   >"$work/scale-load.json" 2>"$work/scale-load.log" &
 load_pid=$!
 sleep 6
@@ -199,7 +203,7 @@ echo "    nothing left"
 step "Uninstalling the operator with Helm: nothing of the release is left, the CRD stays"
 helm uninstall longconn --namespace longconn-system --wait --timeout 120s
 release_objects() {
-  kubectl get all,serviceaccounts,configmaps,poddisruptionbudgets,roles,rolebindings \
+  kubectl get all,serviceaccounts,configmaps,poddisruptionbudgets,networkpolicies,roles,rolebindings \
     -n longconn-system -l app.kubernetes.io/instance=longconn -o name
   kubectl get clusterroles,clusterrolebindings -l app.kubernetes.io/instance=longconn -o name
 }

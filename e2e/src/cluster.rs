@@ -660,8 +660,6 @@ async fn lock_nodes(dir: &Path) -> Result<std::fs::File> {
 /// Stops the cluster recorded in `dir` by another process (`longconn-e2e cluster down`). A folder
 /// with no state file is already down.
 pub fn down_dir(dir: &Path, grace: Duration) -> Result<()> {
-    // A pod runner beside the cluster (`podrunner run --dir`) may have left its bridge behind.
-    crate::podrunner::cleanup_work_dir(&dir.join("pods"));
     let layout = Layout {
         dir: dir.to_path_buf(),
     };

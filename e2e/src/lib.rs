@@ -21,5 +21,4 @@ pub mod process;
 pub mod tools;
 
 pub use error::{Error, Result};
-pub mod podrunner;
 pub mod scenario;

@@ -1,9 +1,9 @@
-//! `longconn-e2e`: the command line of the local control plane.
+//! `longconn-e2e`: the command line of the local cluster.
 //!
-//! `cluster up` starts it and returns, leaving the components running; `cluster env` prints the
-//! lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops it. `podrunner run`
-//! stands in for the kubelet of that cluster until interrupted. `load` opens WebSocket sessions
-//! to a Service's Ready endpoints and reports migrated and dropped sessions and lost messages.
+//! `cluster up` starts the control plane and real nodes and returns, leaving them running;
+//! `cluster env` prints the lines for `eval "$(longconn-e2e cluster env)"`; `cluster down` stops
+//! it and removes the nodes from the host. `load` opens WebSocket sessions to a Service (its
+//! ClusterIP or its Ready endpoints) and reports migrated and dropped sessions and lost messages.
 //! `scenario` runs the end-to-end rollout scenarios on a cluster of its own and judges them.
 
 use std::path::PathBuf;
@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use longconn_e2e::cluster::{self, Cluster, ClusterOptions};
-use longconn_e2e::podrunner::images::{self, ImageTable};
-use longconn_e2e::podrunner::network::NetworkOptions;
-use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 use longconn_e2e::tools;
 
 #[derive(Debug, Parser)]
@@ -32,9 +29,6 @@ enum Command {
     /// Start, stop or use the local control plane.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Run the pods of a cluster as host processes.
-    #[command(subcommand)]
-    Podrunner(PodrunnerCommand),
     /// Open WebSocket sessions to a Service's Ready endpoints, check every echo, follow drains;
     /// exits 2 when a session was dropped or a message lost.
     Load(LoadArgs),
@@ -118,32 +112,6 @@ fn parse_network(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
         return Err(format!("prefix length {len} > 32"));
     }
     Ok((addr, len))
-}
-
-#[derive(Debug, Subcommand)]
-enum PodrunnerCommand {
-    /// Register nodes and run the pods bound to them until SIGINT or SIGTERM, then stop every
-    /// container, remove the pod network and deregister the nodes.
-    Run(PodrunnerArgs),
-}
-
-#[derive(Debug, Args)]
-struct PodrunnerArgs {
-    /// The cluster folder of `cluster up` (pods go to `<dir>/pods`).
-    #[arg(long, env = "LONGCONN_E2E_CLUSTER_DIR", default_value_os_t = cluster::default_cluster_dir())]
-    dir: PathBuf,
-    /// How many nodes to register.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Where the workspace binaries standing in for the images are.
-    #[arg(long, default_value_os_t = images::default_bin_dir())]
-    bin_dir: PathBuf,
-    /// The bridge pods are attached to.
-    #[arg(long, default_value = "longconn0")]
-    bridge: String,
-    /// Use 127.x pod addresses instead of network namespaces.
-    #[arg(long)]
-    no_namespaces: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,7 +243,6 @@ async fn run(cli: Cli) -> Result<(), RunError> {
             eprintln!("cluster down: {}", args.dir.dir.display());
             Ok(())
         }
-        Command::Podrunner(PodrunnerCommand::Run(args)) => Ok(podrunner_run(args).await?),
         Command::Cluster(ClusterCommand::Env(args)) => {
             let tools_dir = std::fs::canonicalize(&args.tools_dir).unwrap_or(args.tools_dir);
             let dir = std::fs::canonicalize(&args.dir).unwrap_or(args.dir);
@@ -283,59 +250,6 @@ async fn run(cli: Cli) -> Result<(), RunError> {
             Ok(())
         }
     }
-}
-
-async fn podrunner_run(args: PodrunnerArgs) -> longconn_e2e::Result<()> {
-    let kubeconfig = args.dir.join("kubeconfig");
-    let config = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|source| {
-        longconn_e2e::Error::Kubeconfig {
-            path: kubeconfig.clone(),
-            source,
-        }
-    })?;
-    let server = config
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
-        .unwrap_or_default();
-    let client_config = kube::Config::from_custom_kubeconfig(config, &Default::default())
-        .await
-        .map_err(|source| longconn_e2e::Error::Kubeconfig {
-            path: kubeconfig.clone(),
-            source,
-        })?;
-    let client = kube::Client::try_from(client_config)
-        .map_err(longconn_e2e::Error::kube("build a client"))?;
-    // Containers start in their pod's folder, so a relative binary folder would not resolve.
-    let bin_dir = std::path::absolute(&args.bin_dir).map_err(longconn_e2e::Error::io(
-        "resolve the binary folder",
-        &args.bin_dir,
-    ))?;
-    let mut options = PodRunnerOptions::new(
-        &server,
-        args.dir.join("pods"),
-        ImageTable::workspace(&bin_dir),
-    );
-    options.nodes = args.nodes;
-    options.network = NetworkOptions {
-        bridge: args.bridge,
-        namespaces: !args.no_namespaces,
-        ..NetworkOptions::default()
-    };
-    let runner = PodRunner::start(client, options).await?;
-    eprintln!(
-        "pod runner: nodes {} (pod folders in {}); Ctrl-C stops it",
-        runner.nodes().join(", "),
-        args.dir.join("pods").display()
-    );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(longconn_e2e::Error::io("watch SIGTERM", "signal"))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    runner.stop().await
 }
 
 async fn load(args: LoadArgs) -> Result<(), RunError> {

@@ -174,78 +174,6 @@ pub fn is_running(record: &Record) -> bool {
     }
 }
 
-/// Kills with SIGKILL every live process whose working directory is inside `dir` (its whole
-/// process group when it leads one), except this process and its ancestors, and waits until they
-/// are gone: what a killed pod runner leaves in its pod folders. Returns how many it found.
-pub fn kill_within(dir: &Path) -> Result<usize> {
-    let Ok(dir) = std::fs::canonicalize(dir) else {
-        return Ok(0);
-    };
-    let spared = ancestors();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Ok(0);
-    };
-    let found: Vec<i32> = entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| !spared.contains(pid))
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
-        })
-        .filter(|pid| proc_stat(*pid).is_some_and(|stat| stat.state != 'Z'))
-        .collect();
-    for &pid in &found {
-        let leads_group = proc_stat(pid).is_some_and(|stat| stat.pgrp == pid);
-        let result = if leads_group {
-            killpg(Pid::from_raw(pid), Signal::SIGKILL)
-        } else {
-            nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL)
-        };
-        tracing::info!(pid, dir = %dir.display(), ?result, "killed a process left in the folder");
-    }
-    let deadline = Instant::now() + KILL_WAIT;
-    loop {
-        let alive: Vec<i32> = found
-            .iter()
-            .copied()
-            .filter(|pid| proc_stat(*pid).is_some_and(|stat| stat.state != 'Z'))
-            .collect();
-        if alive.is_empty() {
-            return Ok(found.len());
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Survivors(format!(
-                "processes in {}: {alive:?}",
-                dir.display()
-            )));
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// This process and its ancestors.
-fn ancestors() -> Vec<i32> {
-    let mut chain = Vec::new();
-    let mut pid = i32::try_from(std::process::id()).unwrap_or(0);
-    // Bounded: process trees are not that deep, and the walk stops at init.
-    for _ in 0..1_000 {
-        if pid <= 1 {
-            break;
-        }
-        chain.push(pid);
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|text| {
-                let after = text.rsplit_once(')')?.1;
-                after.split_whitespace().nth(1)?.parse::<i32>().ok()
-            });
-        match parent {
-            Some(parent) => pid = parent,
-            None => break,
-        }
-    }
-    chain
-}
-
 /// Live (non-zombie) members of process group `pgrp`.
 pub fn group_members(pgrp: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -378,30 +306,6 @@ mod tests {
         stop_all(&mut processes, Duration::from_secs(5)).expect("stop");
         assert!(group_members(pgid).is_empty());
         assert!(!is_running(&processes[0].record));
-    }
-
-    #[test]
-    fn kill_within_kills_the_processes_working_in_the_folder_and_spares_others() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pod = dir.path().join("pods").join("ns_pod");
-        std::fs::create_dir_all(&pod).expect("pod folder");
-        let start = |cwd: &Path, name: &str| {
-            let mut command = Command::new("/bin/sh");
-            command.args(["-c", "sleep 300 & wait"]).current_dir(cwd);
-            Spawned::start_command(name, command, &dir.path().join(format!("{name}.log")))
-                .expect("start")
-        };
-        let mut inside = start(&pod, "inside");
-        let mut outside = start(Path::new("/"), "outside");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while group_members(inside.record.pid).len() < 2 && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-        }
-        let found = kill_within(&dir.path().join("pods")).expect("kill");
-        assert_eq!(found, 2, "the shell and its sleep");
-        assert!(!inside.group_alive());
-        assert!(outside.group_alive(), "a process elsewhere is spared");
-        stop_all(std::slice::from_mut(&mut outside), Duration::from_secs(5)).expect("stop");
     }
 
     #[test]

@@ -68,6 +68,15 @@ impl Tools {
     }
 }
 
+/// Where `cargo build` put this workspace's binaries: `$CARGO_TARGET_DIR/debug`, else
+/// `<repository>/target/debug`.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join("target"))
+        .join("debug")
+}
+
 /// Set by `make test` (after `make tools`): a missing tools folder then fails the tests.
 pub const REQUIRE_TOOLS_ENV: &str = "LONGCONN_E2E_REQUIRE_TOOLS";
 

@@ -18,7 +18,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use longconn_e2e::cluster::{Cluster, ClusterOptions};
 use longconn_e2e::load::{self, LoadOptions, Route};
 use longconn_e2e::nodes;
 
@@ -229,14 +228,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_operator_without_dropping_ses
     let chart = root.join("charts/longconn-operator");
     let chart = chart.to_str().expect("chart path");
     let temp = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::up(ClusterOptions {
-        dir: temp.path().join("cluster"),
-        tools_dir,
-        nodes: 3,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster up with 3 nodes");
+    let cluster = common::cluster_with_nodes(temp.path(), tools_dir).await;
     let client = cluster.client();
     let kubeconfig = cluster.kubeconfig_path();
     let kubectl_bin = cluster.tools().binary("kubectl");

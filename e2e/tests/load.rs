@@ -1,23 +1,33 @@
-//! The load client against the real control plane, pod runner and operator: 50 sessions to chat
-//! (3 pods), routed to Ready endpoints from the EndpointSlices, get every message echoed; then a
-//! pod is deleted while the load runs, its gateway drains with close 1012, and its sessions
-//! reconnect to the other pods: migrated, none dropped, no message lost.
+//! The load client against real nodes and the operator: 50 sessions to chat (3 pods) from the
+//! cluster's client host, through the Service's ClusterIP and kube-proxy, get every message
+//! echoed; then a pod is deleted while the load runs, its gateway drains with close 1012, and its
+//! sessions reconnect through the ClusterIP to the other pods: migrated, none dropped, no message
+//! lost.
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::chat::kubectl;
-use longconn_e2e::load::{self, LoadOptions};
+use longconn_e2e::load::{self, LoadOptions, LoadReport, Route};
+use longconn_e2e::nodes;
+
+/// Runs the load on the cluster's client host.
+async fn run_from_client_host(
+    netns: &str,
+    client: kube::Client,
+    options: LoadOptions,
+) -> LoadReport {
+    nodes::in_netns(netns, move || load::run(client, options))
+        .await
+        .expect("run on the client host")
+        .expect("load run")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_deleted() {
     let Some(chat) = common::chat::chat_up(
         "load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_deleted",
-        "lcload0",
-        [10, 247],
-        env!("CARGO_BIN_EXE_longconn-echo"),
     )
     .await
     else {
@@ -25,22 +35,15 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     };
     let (client, pods, running) = (chat.client.clone(), chat.pods.clone(), chat.running.clone());
     let (kubectl_bin, kubeconfig) = (chat.kubectl.clone(), chat.kubeconfig.clone());
-
-    assert!(running.iter().all(|p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .is_some_and(|ip| ip.starts_with("10.247."))
-    }));
+    let netns = chat.cluster.plan().expect("nodes").client.netns.clone();
 
     let mut options = LoadOptions::new("default", "chat");
-    options.allowed = vec![([10, 247, 0, 0].into(), 16)];
+    options.allowed = vec![nodes::plan::service_network()];
+    options.route = Route::ClusterIp;
     options.sessions = 50;
     options.rate = 5.0;
     options.duration = Duration::from_secs(10);
-    let steady = load::run(client.clone(), options.clone())
-        .await
-        .expect("steady load");
+    let steady = run_from_client_host(&netns, client.clone(), options.clone()).await;
     eprintln!("steady: {steady:?}");
     assert_eq!(steady.sessions_opened, 50, "{steady:?}");
     assert_eq!(steady.dropped, 0, "{steady:?}");
@@ -52,7 +55,10 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     // Now delete a pod while the load runs: its preStop drains the gateway (Notify, close 1012
     // spread over 10 s) and its sessions reconnect to Ready endpoints.
     options.duration = Duration::from_secs(25);
-    let running_load = tokio::spawn(load::run(client.clone(), options));
+    let load_netns = netns.clone();
+    let load_client = client.clone();
+    let running_load =
+        tokio::spawn(async move { run_from_client_host(&load_netns, load_client, options).await });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let name = running[0].metadata.name.clone().expect("name");
     let (kubectl_bin2, kubeconfig2, name2) =
@@ -66,10 +72,7 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     })
     .await
     .expect("kubectl delete");
-    let during = running_load
-        .await
-        .expect("load task")
-        .expect("load during deletion");
+    let during = running_load.await.expect("load task");
     eprintln!("during deletion: {during:?}");
     assert_eq!(during.sessions_opened, 50, "{during:?}");
     assert!(during.migrated > 0, "{during:?}");
@@ -78,7 +81,5 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     assert_eq!(during.messages_echoed, during.messages_sent, "{during:?}");
     assert!(pods.get_opt(&name).await.expect("get").is_none());
 
-    chat.runner.stop().await.expect("runner stop");
-    assert!(!Path::new("/sys/class/net/lcload0").exists());
     chat.cluster.down().await.expect("cluster down");
 }

@@ -13,7 +13,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use longconn_e2e::cluster::{Cluster, ClusterOptions};
 use longconn_e2e::nodes::{self, plan};
 
 const NAMESPACE: &str = "nodes-e2e";
@@ -27,14 +26,7 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::up(ClusterOptions {
-        dir: dir.path().join("cluster"),
-        tools_dir,
-        nodes: 3,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster up with 3 nodes");
+    let cluster = common::cluster_with_nodes(dir.path(), tools_dir).await;
     let client = cluster.client();
     eprintln!(
         "nodes Ready after {:.1} s",

@@ -8,7 +8,6 @@
 
 use std::io::Write as _;
 
-use longconn_e2e::podrunner::images;
 use longconn_e2e::scenario::{self, Scenario, ScenarioOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +21,7 @@ async fn every_rollout_scenario_passes() {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_longconn-echo"))
         .parent()
         .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(images::default_bin_dir);
+        .unwrap_or_else(longconn_e2e::tools::default_bin_dir);
     assert!(
         bin_dir.join("longconn-operator").is_file(),
         "{} missing: run `cargo build -p longconn-operator` first",

@@ -149,12 +149,12 @@ pub struct ScenarioOptions {
 }
 
 impl ScenarioOptions {
-    /// The operator from [`crate::podrunner::images::default_bin_dir`], tools from
+    /// The operator from [`crate::tools::default_bin_dir`], tools from
     /// [`crate::tools::default_tools_dir`], images from [`crate::nodes::default_images_dir`],
     /// 3 nodes.
     pub fn new(work_dir: PathBuf) -> Self {
         Self {
-            bin_dir: crate::podrunner::images::default_bin_dir(),
+            bin_dir: crate::tools::default_bin_dir(),
             tools_dir: crate::tools::default_tools_dir(),
             work_dir,
             images_dir: crate::nodes::default_images_dir(),

@@ -1,5 +1,6 @@
-//! The chat example running for real: the cluster, the CRD, the operator as a host process, the
-//! pod runner on its own bridge, and `examples/chat.yaml` applied until its 3 pods are Ready.
+//! The chat example running for real: the cluster with three real nodes, the CRD, the operator as
+//! a host process, and `examples/chat.yaml` applied (in a namespace that enforces the restricted
+//! Pod Security level) until its 3 pods are Ready.
 #![allow(dead_code)] // not every test binary uses every helper
 
 use std::path::{Path, PathBuf};
@@ -10,9 +11,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use longconn_e2e::cluster::Cluster;
-use longconn_e2e::podrunner::images::{self, ImageTable};
-use longconn_e2e::podrunner::network::NetworkOptions;
-use longconn_e2e::podrunner::{PodRunner, PodRunnerOptions};
 
 pub const WAIT: Duration = Duration::from_secs(180);
 
@@ -53,7 +51,6 @@ pub fn ready(pod: &Pod) -> bool {
 /// The running chat example (fields in drop order: the operator goes first).
 pub struct Chat {
     pub operator: Guard,
-    pub runner: PodRunner,
     pub cluster: Cluster,
     pub client: kube::Client,
     pub kubeconfig: PathBuf,
@@ -64,21 +61,18 @@ pub struct Chat {
     pub temp: tempfile::TempDir,
 }
 
-/// Starts everything for the chat example with pods on `bridge` (`prefix`.0.0/16), or `None`
-/// when the test is skipped (no tools).
-pub async fn chat_up(test: &str, bridge: &str, prefix: [u8; 2], echo_bin: &str) -> Option<Chat> {
+/// Starts everything for the chat example, or `None` when the test is skipped (no tools).
+pub async fn chat_up(test: &str) -> Option<Chat> {
     let tools_dir = super::tools_dir_or_skip(test)?;
-    let bin_dir = images::default_bin_dir();
-    for binary in ["longconn-operator", "longconn-gateway"] {
-        assert!(
-            bin_dir.join(binary).is_file(),
-            "{} missing: run `cargo build -p longconn-operator -p longconn-gateway` first",
-            bin_dir.join(binary).display()
-        );
-    }
+    let bin_dir = longconn_e2e::tools::default_bin_dir();
+    assert!(
+        bin_dir.join("longconn-operator").is_file(),
+        "{} missing: run `cargo build -p longconn-operator` first",
+        bin_dir.join("longconn-operator").display()
+    );
     let root = longconn_e2e::tools::repository_root();
     let temp = tempfile::tempdir().expect("tempdir");
-    let cluster = super::cluster_up(temp.path(), tools_dir).await;
+    let cluster = super::cluster_with_nodes(temp.path(), tools_dir).await;
     let client = cluster.client();
     let kubeconfig = cluster.kubeconfig_path();
     let kubectl_bin = cluster.tools().binary("kubectl");
@@ -124,28 +118,21 @@ pub async fn chat_up(test: &str, bridge: &str, prefix: [u8; 2], echo_bin: &str) 
             .expect("start the operator"),
     );
 
-    let images = ImageTable::workspace(&bin_dir).with("ghcr.io/longconn/longconn-echo", echo_bin);
-    let mut options = PodRunnerOptions::new(cluster.server(), temp.path().join("pods"), images);
-    options.network = NetworkOptions {
-        bridge: bridge.into(),
-        prefix,
-        ..NetworkOptions::default()
-    };
-    let runner = PodRunner::start(client.clone(), options)
-        .await
-        .expect("pod runner");
-    assert!(
-        runner.bridge().is_some(),
-        "this test needs network namespaces (root and iproute2)"
-    );
-
-    let example = std::fs::read_to_string(root.join("examples/chat.yaml")).expect("example");
-    let manifest = temp.path().join("chat.yaml");
-    std::fs::write(&manifest, example).expect("write manifest");
     kubectl(
         &kubectl_bin,
         &kubeconfig,
-        &["apply", "-f", &manifest.to_string_lossy()],
+        &[
+            "label",
+            "namespace",
+            "default",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+    );
+    let example = root.join("examples/chat.yaml");
+    kubectl(
+        &kubectl_bin,
+        &kubeconfig,
+        &["apply", "-f", &example.to_string_lossy()],
     );
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -168,7 +155,6 @@ pub async fn chat_up(test: &str, bridge: &str, prefix: [u8; 2], echo_bin: &str) 
 
     Some(Chat {
         operator,
-        runner,
         cluster,
         client,
         kubeconfig,

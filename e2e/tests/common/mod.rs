@@ -4,19 +4,39 @@ use std::path::PathBuf;
 
 pub use longconn_e2e::tools::tools_dir_or_skip;
 
-/// Starts a cluster in `<temp>/cluster` from the tools in `tools_dir`.
+/// Starts a cluster without nodes (the control plane on 127.0.0.1) in `<temp>/cluster` from the
+/// tools in `tools_dir`.
 #[allow(dead_code)] // not every test binary uses every helper
 pub async fn cluster_up(
     temp: &std::path::Path,
     tools_dir: PathBuf,
 ) -> longconn_e2e::cluster::Cluster {
+    start(temp, tools_dir, 0).await
+}
+
+/// Starts a cluster with three real nodes in `<temp>/cluster` from the tools in `tools_dir` and
+/// the images of `make images`.
+#[allow(dead_code)]
+pub async fn cluster_with_nodes(
+    temp: &std::path::Path,
+    tools_dir: PathBuf,
+) -> longconn_e2e::cluster::Cluster {
+    start(temp, tools_dir, 3).await
+}
+
+async fn start(
+    temp: &std::path::Path,
+    tools_dir: PathBuf,
+    nodes: usize,
+) -> longconn_e2e::cluster::Cluster {
     longconn_e2e::cluster::Cluster::up(longconn_e2e::cluster::ClusterOptions {
         dir: temp.join("cluster"),
         tools_dir,
+        nodes,
         ..longconn_e2e::cluster::ClusterOptions::default()
     })
     .await
-    .expect("cluster up")
+    .unwrap_or_else(|err| panic!("cluster up with {nodes} nodes: {err}"))
 }
 
 /// Creates namespace `name`.
