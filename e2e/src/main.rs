@@ -45,9 +45,6 @@ struct ScenarioArgs {
     /// Print the report as one JSON object on stdout (for `all`: {passed, scenarios: [...]}).
     #[arg(long)]
     json: bool,
-    /// Where longconn-operator is (default: beside this executable); the pods run the images.
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
     /// The image archives of `make images`, loaded into every node.
     #[arg(long, env = longconn_e2e::nodes::IMAGES_DIR_ENV, default_value_os_t = longconn_e2e::nodes::default_images_dir())]
     images_dir: PathBuf,
@@ -306,17 +303,6 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
             ))
         })?]
     };
-    let bin_dir = match args.bin_dir {
-        Some(dir) => dir,
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(PathBuf::from))
-            .ok_or_else(|| RunError::Usage("cannot tell this executable's folder".into()))?,
-    };
-    let bin_dir = std::path::absolute(&bin_dir).map_err(longconn_e2e::Error::io(
-        "resolve the binary folder",
-        &bin_dir,
-    ))?;
     let (own_work_dir, work_dir) = match args.work_dir {
         Some(dir) => (false, dir),
         None => (
@@ -325,7 +311,6 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
         ),
     };
     let mut options = ScenarioOptions::new(work_dir.clone());
-    options.bin_dir = bin_dir;
     options.tools_dir = args.tools_dir;
     options.images_dir = args.images_dir;
     options.seed = args.seed;

@@ -1,10 +1,9 @@
 //! The rollout scenarios end to end (see `longconn_e2e::scenario`): every scenario runs in turn
-//! on one cluster with real nodes, the operator, the gateway and echo images, and live load
-//! through the Service's ClusterIP; each must pass. Each scenario's report is printed as one
-//! JSON line, whatever the outcome.
+//! on one cluster with real nodes, the operator installed with its chart, the gateway and echo
+//! images, and live load through the Service's ClusterIP; each must pass. Each scenario's report
+//! is printed as one JSON line, whatever the outcome.
 //!
-//! Needs the operator binary and the images built first:
-//! `cargo build -p longconn-operator && make images && cargo test -p longconn-e2e --test scenarios`.
+//! Needs the images built first: `make images && cargo test -p longconn-e2e --test scenarios`.
 
 use std::io::Write as _;
 
@@ -16,21 +15,9 @@ async fn every_rollout_scenario_passes() {
     let Some(tools_dir) = longconn_e2e::tools::tools_dir_or_skip(test) else {
         return;
     };
-    // Cargo builds this crate's longconn-echo into the folder where `cargo build` puts the
-    // operator.
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_longconn-echo"))
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(longconn_e2e::tools::default_bin_dir);
-    assert!(
-        bin_dir.join("longconn-operator").is_file(),
-        "{} missing: run `cargo build -p longconn-operator` first",
-        bin_dir.join("longconn-operator").display()
-    );
     let temp = tempfile::tempdir().expect("tempdir");
     let mut options = ScenarioOptions::new(temp.path().join("scenarios"));
     options.tools_dir = tools_dir;
-    options.bin_dir = bin_dir;
     let suite = scenario::run(&options, &Scenario::ALL, std::future::pending())
         .await
         .expect("the scenario harness starts");

@@ -1,65 +1,72 @@
 //! What every scenario runs on: the local cluster with real nodes (containerd, kubelet and
-//! kube-proxy each; pods run the images of `make images`), the LongConnService CRD, the operator
-//! as a host process that a scenario may kill and start again, and a runtime on the cluster's
-//! client host for the load clients, which reach Services through their ClusterIP.
-//! [`Harness::shutdown`] stops everything in order; dropping a harness (a panic, an interrupted
-//! run) still kills the operator, and the cluster removes its nodes from the host.
+//! kube-proxy each; pods run the images of `make images`), the operator installed with its Helm
+//! chart (one replica, in a namespace that enforces the restricted Pod Security level; the chart
+//! brings the CRD), which a scenario may kill (SIGKILL to its container's process; the kubelet
+//! starts it again), and a runtime on the cluster's client host for the load clients, which
+//! reach Services through their ClusterIP. [`Harness::shutdown`] stops everything in order;
+//! dropping a harness (a panic, an interrupted run) still removes the cluster and its nodes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-use nix::sys::signal::Signal;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use super::wait::{Check, wait_until};
 use super::{ScenarioError, ScenarioOptions};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::load::{self, LoadOptions, RunningLoad};
-use crate::process::Spawned;
 
 /// The operator's namespace (its leader Lease lives there).
 pub const OPERATOR_NAMESPACE: &str = "longconn-system";
-/// The operator's identity for leader election: the same across restarts, as a restarted
-/// container keeps its pod name, so a restarted operator takes its own Lease back at once.
-const OPERATOR_IDENTITY: &str = "longconn-operator-e2e-0";
-/// The longest any kubectl call may take.
+/// The Helm release of the operator.
+const RELEASE: &str = "longconn";
+/// The operator pods' label.
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=longconn-operator";
+/// The operator's leader Lease.
+const LEASE: &str = "longconn-operator";
+/// The longest any kubectl or helm call may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(240);
 /// The longest one request of the scenarios' own client may take (none of them watches).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Threads of the client host's runtime (the load clients).
 const CLIENT_THREADS: usize = 2;
+/// How long the operator may take to be Ready and lead, at install and after a kill.
+const OPERATOR_WAIT: Duration = Duration::from_secs(120);
 
 /// The running environment of the scenarios.
 pub struct Harness {
-    operator: Option<Spawned>,
-    operator_starts: u32,
+    /// How often the scenarios killed the operator (its container's restarts they expect).
+    operator_kills: u32,
     cluster: Option<Cluster>,
     client: kube::Client,
     kubectl: PathBuf,
+    helm: PathBuf,
     kubeconfig: PathBuf,
-    bin_dir: PathBuf,
     work_dir: PathBuf,
     /// A runtime on the client host: the load clients' sockets live there.
     client_host: Option<tokio::runtime::Runtime>,
 }
 
+/// The operator's pod as the harness watches it.
+#[derive(Debug, Clone)]
+struct OperatorPod {
+    name: String,
+    container_id: Option<String>,
+    restarts: i32,
+    ready: bool,
+}
+
 impl Harness {
-    /// Starts the cluster with its nodes, installs the CRD and starts the operator.
+    /// Starts the cluster with its nodes and installs the operator with its chart.
     pub async fn up(options: &ScenarioOptions) -> Result<Self, ScenarioError> {
-        let operator = options.bin_dir.join("longconn-operator");
-        if !operator.is_file() {
-            return Err(ScenarioError::Setup(format!(
-                "{} missing: build it first (cargo build -p longconn-operator) or pass --bin-dir",
-                operator.display()
-            )));
-        }
         std::fs::create_dir_all(&options.work_dir)
             .map_err(crate::Error::io("create", &options.work_dir))?;
-        tracing::info!(work_dir = %options.work_dir.display(), "starting the control plane");
+        tracing::info!(work_dir = %options.work_dir.display(), "starting the cluster");
         let cluster = Cluster::up(ClusterOptions {
             dir: options.work_dir.join("cluster"),
             tools_dir: options.tools_dir.clone(),
@@ -74,13 +81,12 @@ impl Harness {
             .map(|plan| plan.client.netns.clone())
             .ok_or_else(|| ScenarioError::Setup("the scenarios need nodes".into()))?;
         let mut harness = Harness {
-            operator: None,
-            operator_starts: 0,
+            operator_kills: 0,
             kubectl: cluster.tools().binary("kubectl"),
+            helm: cluster.tools().binary("helm"),
             kubeconfig: cluster.kubeconfig_path(),
             cluster: Some(cluster),
             client: client.clone(),
-            bin_dir: options.bin_dir.clone(),
             work_dir: options.work_dir.clone(),
             client_host: None,
         };
@@ -89,9 +95,8 @@ impl Harness {
             &client_netns,
             CLIENT_THREADS,
         )?);
-        harness.install_crd().await?;
         harness.create_namespace(OPERATOR_NAMESPACE).await?;
-        harness.start_operator()?;
+        harness.install_operator().await?;
         Ok(harness)
     }
 
@@ -120,69 +125,158 @@ impl Harness {
             .map_err(ScenarioError::from)
     }
 
-    /// Where the logs are: the operator's, the control plane's and every pod's.
+    /// Where the logs are: the control plane's and every node's, with its pods' logs.
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
     }
 
-    /// The operator's log file.
-    pub fn operator_log(&self) -> PathBuf {
-        self.work_dir.join("operator.log")
-    }
-
-    /// How often the operator was started.
+    /// How often the operator was started (once at install, once after each kill).
     pub fn operator_starts(&self) -> u32 {
-        self.operator_starts
+        self.operator_kills + 1
     }
 
-    async fn install_crd(&self) -> Result<(), ScenarioError> {
-        let crd = crate::tools::repository_root().join("crds/longconnservices.longconn.dev.yaml");
-        let manifest = if crd.is_file() {
-            crd
-        } else {
-            // Outside the repository: the operator prints the same CRD.
-            let output = Command::new(self.bin_dir.join("longconn-operator"))
-                .arg("crd")
-                .output()
-                .map_err(|e| ScenarioError::Setup(format!("longconn-operator crd: {e}")))?;
-            if !output.status.success() {
-                return Err(ScenarioError::Setup(format!(
-                    "longconn-operator crd: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )));
-            }
-            let path = self.work_dir.join("crd.yaml");
-            std::fs::write(&path, &output.stdout).map_err(crate::Error::io("write", &path))?;
-            path
-        };
-        self.kubectl(&["apply", "--server-side", "-f", &manifest.to_string_lossy()])
-            .await?;
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+    /// `helm install` of the chart in this repository: the CRD, RBAC and one operator replica
+    /// (text logs), then waits until its pod is Ready and holds the leader Lease.
+    async fn install_operator(&self) -> Result<(), ScenarioError> {
+        let chart = crate::tools::repository_root().join("charts/longconn-operator");
+        let chart = chart.to_string_lossy().into_owned();
+        let home = self.work_dir.join("helm");
+        let mut command = tokio::process::Command::new(&self.helm);
+        command
+            .args([
+                "install",
+                RELEASE,
+                &chart,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--set",
+                "replicaCount=1",
+                "--set",
+                "logFormat=text",
+                "--set",
+                "podDisruptionBudget.enabled=false",
+            ])
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        self.run_tool("helm install", command).await?;
+        self.wait_operator_leads(0).await
+    }
+
+    /// The operator's pod (there is one replica).
+    async fn operator_pod(&self) -> Result<Option<OperatorPod>, ScenarioError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let list = pods
+            .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+            .await
+            .map_err(ScenarioError::kube("list the operator's pods"))?;
+        Ok(list
+            .items
+            .iter()
+            .find(|pod| pod.metadata.deletion_timestamp.is_none())
+            .map(|pod| {
+                let status = pod.status.clone().unwrap_or_default();
+                let container = status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == "operator");
+                OperatorPod {
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    container_id: container.and_then(|c| c.container_id.clone()),
+                    restarts: container.map_or(0, |c| c.restart_count),
+                    ready: container.is_some_and(|c| c.ready),
+                }
+            }))
+    }
+
+    /// Waits until the operator's container has been started `restarts` times after the first,
+    /// is Ready, and its pod holds the leader Lease.
+    async fn wait_operator_leads(&self, restarts: u32) -> Result<(), ScenarioError> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let restarts = i32::try_from(restarts).unwrap_or(i32::MAX);
         wait_until(
-            "CRD longconnservices.longconn.dev Established",
-            Duration::from_secs(30),
+            &format!("the operator Ready after {restarts} restarts and leading"),
+            OPERATOR_WAIT,
             || async {
-                let crd = crds
-                    .get_opt("longconnservices.longconn.dev")
+                let Some(pod) = self.operator_pod().await? else {
+                    return Ok(Check::NotYet("no operator pod".into()));
+                };
+                let holder = leases
+                    .get_opt(LEASE)
                     .await
-                    .map_err(ScenarioError::kube("get the CRD"))?;
-                let established = crd
-                    .as_ref()
-                    .and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|conditions| {
-                        conditions
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    });
-                Ok(if established {
+                    .map_err(ScenarioError::kube("get the leader Lease"))?
+                    .and_then(|lease| lease.spec?.holder_identity);
+                let leads = holder.as_deref() == Some(pod.name.as_str());
+                Ok(if pod.ready && leads && pod.restarts >= restarts {
                     Check::Done(())
                 } else {
-                    Check::NotYet("no Established=True condition".into())
+                    Check::NotYet(format!("{pod:?}, Lease holder {holder:?}"))
                 })
             },
         )
         .await
+    }
+
+    /// Kills the operator's process with SIGKILL (no chance to clean up), as a crash would, and
+    /// waits until it is gone; the kubelet starts the container again.
+    pub async fn kill_operator(&mut self) -> Result<(), ScenarioError> {
+        let pod = self
+            .operator_pod()
+            .await?
+            .ok_or_else(|| ScenarioError::Operator("no operator pod".into()))?;
+        let container = pod
+            .container_id
+            .clone()
+            .ok_or_else(|| ScenarioError::Operator(format!("{pod:?} has no container")))?;
+        let pid =
+            crate::nodes::container_process(&container, "longconn-operator").ok_or_else(|| {
+                ScenarioError::Operator(format!("no process for container {container}"))
+            })?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)
+            .map_err(|e| ScenarioError::Operator(format!("kill -9 {pid}: {e}")))?;
+        self.operator_kills += 1;
+        let started = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(ScenarioError::Timeout {
+                    what: "the operator to exit after SIGKILL".into(),
+                    after: Duration::from_secs(10),
+                    last: format!("pid {pid} alive"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(pod = %pod.name, pid, kills = self.operator_kills, "operator killed");
+        Ok(())
+    }
+
+    /// Waits until the kubelet has started the killed operator again and it leads.
+    pub async fn start_operator(&mut self) -> Result<(), ScenarioError> {
+        self.wait_operator_leads(self.operator_kills).await
+    }
+
+    /// After a crash: takes the container's restarts as they are and waits until it leads
+    /// again, so the next scenario judges only its own.
+    pub async fn recover_operator(&mut self) -> Result<(), ScenarioError> {
+        if let Some(pod) = self.operator_pod().await? {
+            self.operator_kills = u32::try_from(pod.restarts).unwrap_or(self.operator_kills);
+        }
+        self.wait_operator_leads(self.operator_kills).await
+    }
+
+    /// Fails when the operator's container has restarted other than by [`Harness::kill_operator`]
+    /// (it crashed) or its pod is gone.
+    pub async fn check_operator(&mut self) -> Result<(), ScenarioError> {
+        let expected = i32::try_from(self.operator_kills).unwrap_or(i32::MAX);
+        match self.operator_pod().await? {
+            Some(pod) if pod.restarts <= expected => Ok(()),
+            Some(pod) => Err(ScenarioError::Operator(format!(
+                "its container restarted {} times, {expected} of them killed by the scenarios",
+                pod.restarts
+            ))),
+            None => Err(ScenarioError::Operator("no operator pod".into())),
+        }
     }
 
     /// Creates namespace `name`, where the API server enforces the restricted Pod Security level.
@@ -232,114 +326,46 @@ impl Harness {
     /// Runs kubectl as the cluster admin (bounded by [`KUBECTL_TIMEOUT`]); its stdout.
     pub async fn kubectl(&self, args: &[&str]) -> Result<String, ScenarioError> {
         let mut command = tokio::process::Command::new(&self.kubectl);
+        command.args(args);
+        self.run_tool(&format!("kubectl {}", args.join(" ")), command)
+            .await
+    }
+
+    /// Runs a client tool (kubectl, helm) as the cluster admin, bounded by [`KUBECTL_TIMEOUT`];
+    /// its stdout.
+    async fn run_tool(
+        &self,
+        what: &str,
+        mut command: tokio::process::Command,
+    ) -> Result<String, ScenarioError> {
         command
-            .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let output = tokio::time::timeout(KUBECTL_TIMEOUT, command.output())
             .await
             .map_err(|_| ScenarioError::Timeout {
-                what: format!("kubectl {}", args.join(" ")),
+                what: what.to_string(),
                 after: KUBECTL_TIMEOUT,
                 last: "still running".into(),
             })?
             .map_err(|e| ScenarioError::Kubectl {
-                args: args.join(" "),
+                args: what.to_string(),
                 stderr: e.to_string(),
             })?;
         if !output.status.success() {
             return Err(ScenarioError::Kubectl {
-                args: args.join(" "),
+                args: what.to_string(),
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             });
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Starts the operator (`longconn-operator run`), its output appended to
-    /// [`Harness::operator_log`].
-    pub fn start_operator(&mut self) -> Result<(), ScenarioError> {
-        if self.operator.is_some() {
-            return Err(ScenarioError::Operator("already running".into()));
-        }
-        let mut command = Command::new(self.bin_dir.join("longconn-operator"));
-        command
-            .args([
-                "run",
-                &format!("--operator-namespace={OPERATOR_NAMESPACE}"),
-                "--log-format=text",
-                "--metrics-listen=127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("POD_NAME", OPERATOR_IDENTITY)
-            .env(
-                "RUST_LOG",
-                std::env::var("LONGCONN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        let spawned = Spawned::start_command("longconn-operator", command, &self.operator_log())?;
-        // Should this process be killed, `cluster down` stops the operator too.
-        if let Some(cluster) = &self.cluster
-            && let Err(err) = crate::cluster::record_process(cluster.dir(), &spawned.record)
-        {
-            tracing::warn!(%err, "the operator is not in the cluster's state file");
-        }
-        self.operator_starts += 1;
-        tracing::info!(
-            pid = spawned.record.pid,
-            start = self.operator_starts,
-            "operator started"
-        );
-        self.operator = Some(spawned);
-        Ok(())
-    }
-
-    /// Kills the operator with SIGKILL (no chance to clean up) and waits until it is gone.
-    pub async fn kill_operator(&mut self) -> Result<(), ScenarioError> {
-        let Some(mut operator) = self.operator.take() else {
-            return Err(ScenarioError::Operator("not running".into()));
-        };
-        operator.signal(Signal::SIGKILL);
-        let started = Instant::now();
-        while operator.group_alive() {
-            if started.elapsed() > Duration::from_secs(10) {
-                return Err(ScenarioError::Timeout {
-                    what: "the operator to exit after SIGKILL".into(),
-                    after: Duration::from_secs(10),
-                    last: format!("pid {} alive", operator.record.pid),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tracing::info!(pid = operator.record.pid, "operator killed");
-        Ok(())
-    }
-
-    /// Fails when the operator has exited.
-    pub fn check_operator(&mut self) -> Result<(), ScenarioError> {
-        match self.operator.as_mut() {
-            Some(operator) => operator
-                .check_running()
-                .map_err(|e| ScenarioError::Operator(e.to_string())),
-            None => Err(ScenarioError::Operator("not running".into())),
-        }
-    }
-
-    /// Stops the operator, the load clients' runtime and the cluster with its nodes, in that
-    /// order; returns what could not be stopped cleanly.
+    /// Stops the load clients' runtime and the cluster with its nodes (the operator's pod goes
+    /// with them); returns what could not be stopped cleanly.
     pub async fn shutdown(mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(operator) = self.operator.take() {
-            let mut processes = [operator];
-            if let Err(err) = tokio::task::spawn_blocking(move || {
-                crate::process::stop_all(&mut processes, Duration::from_secs(5))
-            })
-            .await
-            .unwrap_or_else(|e| Err(crate::Error::Survivors(e.to_string())))
-            {
-                problems.push(format!("operator: {err}"));
-            }
-        }
         if let Some(runtime) = self.client_host.take() {
             runtime.shutdown_background();
         }
@@ -354,9 +380,6 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(operator) = self.operator.take() {
-            operator.signal(Signal::SIGKILL);
-        }
         if let Some(runtime) = self.client_host.take() {
             runtime.shutdown_background();
         }

@@ -132,8 +132,6 @@ impl Scenario {
 /// How scenarios run.
 #[derive(Clone, Debug)]
 pub struct ScenarioOptions {
-    /// Where `longconn-operator` is (it runs on the host; the pods run the images).
-    pub bin_dir: PathBuf,
     /// The control-plane binaries (`make tools`).
     pub tools_dir: PathBuf,
     /// Cluster folder, pod folders and logs.
@@ -149,12 +147,10 @@ pub struct ScenarioOptions {
 }
 
 impl ScenarioOptions {
-    /// The operator from [`crate::tools::default_bin_dir`], tools from
-    /// [`crate::tools::default_tools_dir`], images from [`crate::nodes::default_images_dir`],
-    /// 3 nodes.
+    /// Tools from [`crate::tools::default_tools_dir`], images (the operator's among them) from
+    /// [`crate::nodes::default_images_dir`], 3 nodes.
     pub fn new(work_dir: PathBuf) -> Self {
         Self {
-            bin_dir: crate::tools::default_bin_dir(),
             tools_dir: crate::tools::default_tools_dir(),
             work_dir,
             images_dir: crate::nodes::default_images_dir(),
@@ -401,13 +397,12 @@ async fn finish(harness: &mut Harness, scenario: Scenario, report: &mut Scenario
         report.current_revision = observed.current_revision();
         report.update_revision = observed.update_revision();
     }
-    if let Err(err) = harness.check_operator() {
+    if let Err(err) = harness.check_operator().await {
         report
             .failures
-            .push(format!("the operator exited during the scenario: {err}"));
-        let _ = harness.kill_operator().await;
-        if let Err(err) = harness.start_operator() {
-            tracing::error!(%err, "cannot start the operator again");
+            .push(format!("the operator crashed during the scenario: {err}"));
+        if let Err(err) = harness.recover_operator().await {
+            tracing::error!(%err, "the operator does not lead again");
         }
     }
     if let Err(err) = harness.delete_namespace(scenario.name()).await {

@@ -69,7 +69,7 @@ pub(super) async fn rollout_under_load(
         );
         harness.kill_operator().await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        harness.start_operator()?;
+        harness.start_operator().await?;
     }
     let end = steps::wait_rollout(harness, &spec, &old.revision, &new_revision).await;
     report.detail(

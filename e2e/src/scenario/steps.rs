@@ -351,7 +351,7 @@ pub async fn wait_rollout(
 pub async fn run_for(harness: &mut Harness, duration: Duration) -> Result<(), ScenarioError> {
     let until = tokio::time::Instant::now() + duration;
     while tokio::time::Instant::now() < until {
-        harness.check_operator()?;
+        harness.check_operator().await?;
         tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(1)))
             .await;
     }
