@@ -25,6 +25,7 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
     ) else {
         return;
     };
+    let fixed_before = fixed_paths_present();
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = common::cluster_with_nodes(dir.path(), tools_dir).await;
     let client = cluster.client();
@@ -157,6 +158,27 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
     let cluster_dir = cluster.dir().to_path_buf();
     cluster.down().await.expect("cluster down");
     assert_nothing_left(&cluster_dir);
+    assert_eq!(
+        fixed_paths_present(),
+        fixed_before,
+        "the nodes wrote to the host's fixed paths"
+    );
+}
+
+/// The paths a kubelet and containerd write to whatever their flags say, and whether each is on
+/// the host: the nodes keep them in their own mount namespaces, so the host's stay as they were.
+fn fixed_paths_present() -> Vec<(&'static str, bool)> {
+    [
+        "/run/containerd",
+        "/var/lib/kubelet",
+        "/var/lib/cni",
+        "/var/log/containers",
+        "/var/log/pods",
+        "/usr/libexec/kubernetes",
+    ]
+    .into_iter()
+    .map(|path| (path, Path::new(path).exists()))
+    .collect()
 }
 
 fn echo_image() -> String {
