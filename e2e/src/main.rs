@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // kube's client logs every refused connection while the API server starts; the readiness
     // errors this command reports say the same once, when it matters. Scenarios show their own
-    // steps, not every container the pod runner starts.
+    // steps, not every request of the load clients.
     let default_filter = match cli.command {
         Command::Scenario(_) => "warn,longconn_e2e::scenario=info,kube_client=off",
         _ => "info,kube_client=off",

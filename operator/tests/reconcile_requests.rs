@@ -467,7 +467,7 @@ async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_servic
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
-/// A pod of `revision` as the pod runner or a kubelet would report it. Its IP is in TEST-NET-1
+/// A pod of `revision` as a kubelet would report it. Its IP is in TEST-NET-1
 /// (192.0.2.0/24, never routed), so the gateway report cannot be read.
 fn pod(name: &str, revision: &str, ip: &str) -> Value {
     json!({

@@ -13,8 +13,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One [`harness::Harness`] (control plane, pod runner, operator) serves every scenario of a
-//! run; each scenario works in its own namespace, named after it, deleted when it ends.
+//! One [`harness::Harness`] (cluster with real nodes, operator, client host) serves every
+//! scenario of a run; each scenario works in its own namespace, named after it, deleted when it
+//! ends.
 
 pub mod harness;
 pub mod service;
@@ -44,7 +45,7 @@ use service::{Recorded, Rollout, ServiceSpec};
 /// What can stop a scenario before it reaches its verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    /// The control plane, pod runner or a process could not be started or stopped.
+    /// The cluster, its nodes or the operator could not be started or stopped.
     #[error(transparent)]
     E2e(#[from] crate::Error),
     /// Something the scenarios need is missing.
