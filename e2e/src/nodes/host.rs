@@ -98,25 +98,9 @@ fn plug(netns: &str, veth: &str, address: Ipv4Addr) -> Result<()> {
 /// other node's pods.
 pub fn create_node_network(plan: &Plan, node: &NodePlan) -> Result<()> {
     plug(&node.netns, &node.veth, node.ip)?;
-    ip(&[
-        "-n",
-        &node.netns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &plan.host_ip.to_string(),
-    ])?;
+    route(&node.netns, "default", plan.host_ip)?;
     for (cidr, via) in plan.pod_routes(Some(node.index)) {
-        ip(&[
-            "-n",
-            &node.netns,
-            "route",
-            "add",
-            &cidr,
-            "via",
-            &via.to_string(),
-        ])?;
+        route(&node.netns, &cidr, via)?;
     }
     for setting in [
         "net.ipv4.ip_forward=1",
@@ -136,27 +120,16 @@ pub fn create_node_network(plan: &Plan, node: &NodePlan) -> Result<()> {
 pub fn create_client_network(plan: &Plan) -> Result<()> {
     let client = &plan.client;
     plug(&client.netns, &client.veth, client.ip)?;
-    ip(&[
-        "-n",
-        &client.netns,
-        "route",
-        "add",
-        super::plan::SERVICE_CIDR,
-        "via",
-        &client.gateway.to_string(),
-    ])?;
+    route(&client.netns, super::plan::SERVICE_CIDR, client.gateway)?;
     for (cidr, via) in plan.pod_routes(None) {
-        ip(&[
-            "-n",
-            &client.netns,
-            "route",
-            "add",
-            &cidr,
-            "via",
-            &via.to_string(),
-        ])?;
+        route(&client.netns, &cidr, via)?;
     }
     Ok(())
+}
+
+/// A route in network namespace `netns` to `cidr` through `via`.
+fn route(netns: &str, cidr: &str, via: Ipv4Addr) -> Result<()> {
+    ip(&["-n", netns, "route", "add", cidr, "via", &via.to_string()])
 }
 
 /// The cgroup v1 hierarchies of this host: each `cgroup` mount point.
