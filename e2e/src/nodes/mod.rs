@@ -15,7 +15,6 @@ pub mod config;
 pub mod host;
 pub mod plan;
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -413,12 +412,6 @@ pub fn is_ready(node: &Node) -> bool {
         })
 }
 
-/// The address clients use for the API server when nodes run: the host's on the node network.
-pub fn host_ip() -> Ipv4Addr {
-    let [a, b, c] = plan::NODE_NETWORK;
-    Ipv4Addr::new(a, b, c, 1)
-}
-
 /// Runs `work` to completion on a thread of its own that joined network namespace `netns`
 /// (`/run/netns/<netns>`, a client host's, say), on a runtime of that thread: every socket it
 /// opens belongs to that namespace, as a program started there would.
@@ -428,16 +421,15 @@ where
     Fut: std::future::Future<Output = T>,
     T: Send + 'static,
 {
-    let path = Path::new("/run/netns").join(netns);
-    let file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+    let namespace = NetNs::open(netns)?;
+    let path = namespace.path.clone();
     let (done, result) = tokio::sync::oneshot::channel();
     let thread_path = path.clone();
     std::thread::Builder::new()
         .name(format!("netns-{netns}"))
         .spawn(move || {
-            use std::os::fd::AsFd as _;
-            let outcome = nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|errno| Error::io("join", &thread_path)(errno.into()))
+            let outcome = namespace
+                .join()
                 .and_then(|()| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -459,14 +451,12 @@ where
 /// starts later is started by one of them, so every socket its tasks open belongs to `netns`.
 /// Drop it with [`tokio::runtime::Runtime::shutdown_background`] from async code.
 pub fn runtime_in_netns(netns: &str, threads: usize) -> Result<tokio::runtime::Runtime> {
-    let path = Path::new("/run/netns").join(netns);
-    let file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+    let namespace = NetNs::open(netns)?;
+    let path = namespace.path.clone();
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                use std::os::fd::AsFd as _;
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|errno| Error::io("join", &path)(errno.into()))?;
+                namespace.join()?;
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads.max(1))
                     .thread_name(format!("netns-{netns}"))
@@ -507,4 +497,25 @@ pub fn container_process(container_id: &str, program: &str) -> Option<i32> {
                 .contains(program)
                 .then_some(pid)
         })
+}
+
+/// A network namespace of `ip netns` (`/run/netns/<name>`), opened to be joined.
+struct NetNs {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl NetNs {
+    fn open(name: &str) -> Result<Self> {
+        let path = Path::new("/run/netns").join(name);
+        let file = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+        Ok(Self { path, file })
+    }
+
+    /// Moves the calling thread into the namespace (a namespace is per thread).
+    fn join(&self) -> Result<()> {
+        use std::os::fd::AsFd as _;
+        nix::sched::setns(self.file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|errno| Error::io("join", &self.path)(errno.into()))
+    }
 }
