@@ -76,6 +76,13 @@ pub struct DrainReport {
     pub closed_by_client: u64,
     /// Sessions ended for a server-side reason without a completed close handshake.
     pub dropped: u64,
+    /// Earlier gateway processes in this pod (restarts of the gateway container).
+    #[serde(default)]
+    pub restarts: u64,
+    /// Sessions the earlier processes had open when they ended without a drain (a crash, a
+    /// kill): a running total, kept across restarts in the pod's shared directory.
+    #[serde(default)]
+    pub lost_to_restarts: u64,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -598,6 +598,10 @@ impl Default for ServiceMonitorSpec {
     }
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 fn default_true() -> bool {
     true
 }
@@ -664,6 +668,29 @@ pub struct LongConnServiceStatus {
     /// The serving certificate (modes SelfSigned and CertManager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
+    /// What the session accounting needs to know of each pod's gateway beyond a reconcile: the
+    /// sessions its restarts lost that are already counted, and its open sessions as last
+    /// recorded. Kept here, not in the operator's memory, so a new leader counts exactly what
+    /// the previous one had not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub gateways: Vec<GatewayRecord>,
+}
+
+/// The accounting record of one pod's gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRecord {
+    pub pod: String,
+    /// Sessions lost by restarts of this pod's gateway that are counted as dropped already
+    /// (the gateway reports the running total in `lostToRestarts`).
+    #[serde(default)]
+    pub lost_counted: i64,
+    /// Open sessions as last recorded (refreshed at most every `status.activeSessions`
+    /// refresh); what a pod that vanishes without a report is taken to have lost when no newer
+    /// count is known.
+    #[serde(default)]
+    pub sessions: i64,
 }
 
 /// Where a rollout is.
@@ -726,6 +753,10 @@ pub struct DrainingPod {
     /// Sessions open when the drain started.
     #[serde(default)]
     pub sessions_at_start: i64,
+    /// Restarts of the pod's gateway when this drain started: a report with more means the
+    /// drain's process is gone and what it had left open was lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gateway_restarts: i64,
     /// Sessions still open, as last reported.
     #[serde(default)]
     pub active: i64,

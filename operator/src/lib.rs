@@ -2,14 +2,20 @@
 //! gateway, a Service, a PodDisruptionBudget, TLS and admin Secrets, a NetworkPolicy, a
 //! ServiceMonitor and an autoscaler, and replaces pods without cutting their sessions.
 
+pub mod cache;
 pub mod certs;
 pub mod compare;
 pub mod crd;
 pub mod desired;
+pub mod disruption;
 pub mod duration;
+pub mod fixtures;
+pub mod gateways;
 pub mod kinds;
 pub mod labels;
 pub mod metrics;
+pub mod observe;
+pub mod plan;
 pub mod rbac;
 pub mod reconcile;
 pub mod revision;

@@ -11,22 +11,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, controller, watcher};
-use kube::{Api, Client};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, controller, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
 use longconn_operator::crd::{LongConnService, crd_yaml};
 use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
-use longconn_operator::labels;
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
-use tokio::sync::watch;
+use longconn_operator::{cache, gateways, labels};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -286,28 +281,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leadership = Some((is_leader, task));
     }
 
+    let (caches, writers) = cache::new();
+    let streams = writers.streams(&client, ns);
     let ctx = Arc::new(
-        Context::new(client.clone(), settings, metrics).with_discovery_ttl(args.discovery_refresh),
+        Context::new(client.clone(), settings, metrics, caches)
+            .with_discovery_ttl(args.discovery_refresh),
     );
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let controller = Controller::new(lcs_api, watcher::Config::default().any_semantic())
-        .owns(scoped::<Deployment>(&client, ns), owned.clone())
-        .owns(scoped::<Service>(&client, ns), owned.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(scoped::<Secret>(&client, ns), owned.clone())
-        .owns(scoped::<NetworkPolicy>(&client, ns), owned.clone())
-        .owns(
-            scoped::<HorizontalPodAutoscaler>(&client, ns),
-            owned.clone(),
-        )
+    // The main watch wakes a reconcile only when the spec, labels or annotations change: the
+    // operator's own status writes do not come back as work.
+    let (services, services_writer) = reflector::store::<LongConnService>();
+    let spec_changes = watcher::watcher(lcs_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(services_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::labels)
+                .combine(predicates::annotations),
+            Default::default(),
+        );
+    let (wake, woken) = mpsc::channel(1024);
+    let poller = tokio::spawn(gateways::poll(ctx.clone(), services.clone(), wake));
+    let mut controller = Controller::for_stream(spec_changes, services);
+    for (kind, stream) in streams.owned {
+        controller = controller.owns_stream_with(stream, kind.api_resource());
+    }
+    let controller = controller
         // Pods are not owned directly (their ReplicaSets are), so they are mapped to their
         // LongConnService by label: a pod that starts terminating (an eviction, a node drain)
         // is followed at once, before its drain report can go away with it.
-        .watches(scoped::<Pod>(&client, ns), owned, |pod| {
+        .watches_stream(streams.pods, |pod| {
             let service = pod.metadata.labels.as_ref()?.get(labels::SERVICE)?;
             Some(ObjectRef::new(service).within(pod.metadata.namespace.as_deref()?))
         })
+        // ReplicaSets only fill their cache (which pods are whose); they wake nothing.
+        .watches_stream(streams.replica_sets, |_| None)
+        // A gateway report that changed.
+        .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
+            rx.recv().await.map(|lcs| (lcs, rx))
+        }))
         // Pod status changes come in bursts; one reconcile per burst is enough.
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(async {
@@ -319,6 +332,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 warn!(error = %e, "controller");
             }
         });
+    let _poller = AbortOnDrop(poller);
 
     match leadership {
         Some((mut is_leader, _task)) => {
@@ -335,6 +349,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("shut down");
     shutdown(stop_tx, server).await
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// An API over one namespace, or over all of them.

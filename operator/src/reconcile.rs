@@ -1,20 +1,22 @@
-//! The reconciler: observe, compute what is desired, apply the difference, report status.
+//! The reconciler: observe, plan, record, act.
 //!
-//! One `reconcile(lcs, ctx)` per change of a LongConnService or of anything it owns. It lists
-//! the objects labelled as its own, asks [`crate::desired`] for the full desired set, applies
-//! with server-side apply only the manifests that are not already satisfied, deletes owned
-//! objects no longer desired, and writes status only when it changed. A reconcile that finds
-//! everything as desired therefore makes no write request at all. Garbage collection removes
-//! owned objects when the LongConnService is deleted (owner references), so no finalizer is
-//! needed: deleting a LongConnService never waits for the operator.
+//! One `reconcile(lcs, ctx)` per change of a LongConnService's spec, of anything it owns, of
+//! its pods, or of a gateway's report. It reads in one go from the caches ([`observe`]), asks
+//! the pure [`plan`] what to record and do, records the status first (under an
+//! optimistic-concurrency precondition: a reconcile that saw a stale status does nothing and
+//! looks again), then follows the record with Events and metrics, and only then acts: drains,
+//! deletion costs, server-side applies of what is not already as desired, resizes and deletes.
+//! A reconcile that finds everything as desired makes no request at all. Garbage collection
+//! removes owned objects when the LongConnService is deleted (owner references), so no
+//! finalizer is needed: deleting a LongConnService never waits for the operator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -23,47 +25,28 @@ use longconn_gateway::api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
+use crate::cache::Caches;
 use crate::certs;
 use crate::compare;
-use crate::crd::{LongConnService, TlsMode};
-use crate::desired::{
-    self, CertBundle, Manifest, Observed, ObservedRevision, ServedApis, Settings,
-};
+use crate::crd::{LongConnService, LongConnServiceStatus, TlsMode};
+use crate::desired::{self, CertBundle, Manifest, ServedApis, Settings};
+use crate::gateways::{self, Reports};
 use crate::kinds::Kind;
-use crate::labels::{self, MANAGER, names};
+use crate::labels::{MANAGER, names};
 use crate::metrics::{ErrorReason, KindLabels, Metrics};
-use crate::revision;
-use crate::rollout::{self, DELETION_COST, GatewayLoss, LOWEST_COST, Plan, PodFacts};
-use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
+use crate::observe::{self, Observation, UserSecret};
+use crate::plan::{self, Certificate, Outcome};
+use crate::rollout::{LOWEST_COST, Note, Plan};
+use crate::status::{CertFacts, Problem};
 
 /// How long the answer to "is this optional API served?" is trusted, by default.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
-/// Requeue when nothing else is pending: catches drift the watches cannot see.
-const RESYNC: Duration = Duration::from_secs(300);
-/// Requeue while a rollout or a drain is in motion: drain reports are followed at this pace.
-const ROLLOUT_POLL: Duration = Duration::from_secs(1);
-/// Requeue while gateways run, to keep `status.activeSessions` current (a read per gateway; a
-/// status write only when the count changed).
-const SESSIONS_POLL: Duration = Duration::from_secs(10);
-/// How long one gateway may take to answer `GET /drain` or `POST /drain`.
-const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requeue after a reconcile that saw a stale view or could not act fully.
+const SOON: Duration = Duration::from_secs(1);
 
 /// Everything that can make a reconcile fail; it is then retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("listing {kind:?} objects in namespace {namespace}: {source}")]
-    List {
-        kind: Kind,
-        namespace: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("listing the pods of namespace {namespace}: {source}")]
-    ListPods {
-        namespace: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("reading {kind:?} {namespace}/{name}: {source}")]
     Get {
         kind: Kind,
@@ -117,9 +100,7 @@ pub enum Error {
 impl Error {
     pub fn metric_reason(&self) -> ErrorReason {
         match self {
-            Error::List { .. }
-            | Error::ListPods { .. }
-            | Error::Get { .. }
+            Error::Get { .. }
             | Error::PatchPod { .. }
             | Error::Scale { .. }
             | Error::Delete { .. }
@@ -135,23 +116,22 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// The controller's caches: owned objects, pods, ReplicaSets.
+    pub caches: Caches,
+    /// The gateways' latest reports.
+    pub reports: Reports,
     recorder: Recorder,
     discovery_ttl: Duration,
     discovery: Mutex<Option<(Instant, ServedApis)>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
-    /// Per pod (`namespace/name`): its gateway's restart count and last reported open sessions.
-    gateways: Mutex<HashMap<String, GatewaySeen>>,
-}
-
-/// What was last seen of one pod's gateway.
-#[derive(Clone, Copy, Debug, Default)]
-struct GatewaySeen {
-    restarts: i32,
-    active: i64,
+    /// What the last attempt to apply each LongConnService's manifests refused.
+    problems: Mutex<HashMap<ObjectRef<LongConnService>, Vec<Problem>>>,
+    /// When each LongConnService's open sessions were last recorded.
+    sessions_recorded: Mutex<HashMap<ObjectRef<LongConnService>, Instant>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, caches: Caches) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -161,49 +141,14 @@ impl Context {
             client,
             settings,
             metrics,
+            caches,
+            reports: Reports::default(),
             discovery_ttl: DISCOVERY_TTL,
             discovery: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
-            gateways: Mutex::new(HashMap::new()),
+            problems: Mutex::new(HashMap::new()),
+            sessions_recorded: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Compares what the gateways report now with what they reported last time: a gateway
-    /// whose restart count went up lost the sessions it last reported. Kept in memory only: an
-    /// operator that restarts in the same moment as a gateway misses that loss.
-    fn gateway_losses(&self, ns: &str, pods: &PodsSeen) -> Vec<GatewayLoss> {
-        let Ok(mut seen) = self.gateways.lock() else {
-            return Vec::new();
-        };
-        let prefix = format!("{ns}/");
-        let names: Vec<String> = pods
-            .facts
-            .iter()
-            .map(|p| format!("{ns}/{}", p.name))
-            .collect();
-        seen.retain(|key, _| !key.starts_with(&prefix) || names.contains(key));
-        let mut losses = Vec::new();
-        for pod in &pods.facts {
-            let restarts = pods.restarts.get(&pod.name).copied().unwrap_or(0);
-            let entry = seen
-                .entry(format!("{ns}/{}", pod.name))
-                .or_insert(GatewaySeen {
-                    restarts,
-                    active: 0,
-                });
-            if restarts > entry.restarts && entry.active > 0 {
-                losses.push(GatewayLoss {
-                    pod: pod.name.clone(),
-                    sessions: entry.active,
-                });
-                entry.active = 0;
-            }
-            entry.restarts = restarts;
-            if let Some(report) = &pod.report {
-                entry.active = i64::try_from(report.active).unwrap_or(i64::MAX);
-            }
-        }
-        losses
     }
 
     /// Sets how long discovery answers are trusted (tests use a short one).
@@ -267,10 +212,42 @@ impl Context {
             warn!(error = %e, reason, "could not publish an event");
         }
     }
-}
 
-/// Objects labelled as ours, by kind.
-type OwnedObjects = BTreeMap<Kind, Vec<DynamicObject>>;
+    fn last_problems(&self, key: &ObjectRef<LongConnService>) -> Vec<Problem> {
+        self.problems
+            .lock()
+            .ok()
+            .and_then(|p| p.get(key).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Keeps what an attempt to apply refused; returns whether that changed.
+    fn set_problems(&self, key: ObjectRef<LongConnService>, problems: Vec<Problem>) -> bool {
+        let Ok(mut all) = self.problems.lock() else {
+            return false;
+        };
+        let old = if problems.is_empty() {
+            all.remove(&key)
+        } else {
+            all.insert(key, problems.clone())
+        };
+        old.unwrap_or_default() != problems
+    }
+
+    fn sessions_due(&self, key: &ObjectRef<LongConnService>) -> bool {
+        self.sessions_recorded
+            .lock()
+            .ok()
+            .and_then(|s| s.get(key).copied())
+            .is_none_or(|at| at.elapsed() >= plan::SESSIONS_RECORD)
+    }
+
+    fn sessions_written(&self, key: ObjectRef<LongConnService>) {
+        if let Ok(mut s) = self.sessions_recorded.lock() {
+            s.insert(key, Instant::now());
+        }
+    }
+}
 
 /// Reconciles one LongConnService.
 #[instrument(skip_all, fields(lcs = %format!("{}/{}", lcs.namespace().unwrap_or_default(), lcs.name_any())))]
@@ -306,7 +283,7 @@ pub fn error_policy(lcs: Arc<LongConnService>, error: &Error, ctx: Arc<Context>)
     });
     let delay = Duration::from_secs(5)
         .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
-        .min(RESYNC);
+        .min(plan::RESYNC);
     warn!(
         lcs = %format!("{}/{}", lcs.namespace().unwrap_or_default(), lcs.name_any()),
         error = %error, attempt, retry_in = ?delay, "reconcile failed"
@@ -318,124 +295,108 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     if lcs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let name = lcs
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let ns = lcs
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let uid = lcs
-        .metadata
-        .uid
-        .clone()
-        .ok_or(Error::MissingField("metadata.uid"))?;
-    let now = Timestamp::now();
-    let apis = ctx.served_apis().await;
-    let owned = list_owned(ctx, &ns, &name, apis).await?;
-    let mut problems = Vec::new();
-
-    let admin_token = secret_value(&owned, &names::admin_token(&name), desired::ADMIN_TOKEN_KEY)
-        .map_or_else(new_token, Ok)?;
-    let admin_port = desired::admin_port(lcs);
-    let pods = observe_pods(ctx, &ns, &name, admin_port, &admin_token).await?;
-    let (certificate, cert_facts, renew_at) =
-        certificate(lcs, ctx, &owned, apis, now, &mut problems).await?;
-    let revisions = observed_revisions(&owned);
-    let update_revision = revision::of(lcs, &ctx.settings);
-    let update_stalled = owned
-        .get(&Kind::Deployment)
-        .into_iter()
-        .flatten()
-        .filter(|d| d.labels().get(labels::REVISION) == Some(&update_revision))
-        .any(deployment_stalled);
-
-    let gateway_losses = ctx.gateway_losses(&ns, &pods);
-    let plan = rollout::step(&rollout::Input {
-        lcs,
-        update_revision: &update_revision,
-        revisions: &revisions,
-        pods: &pods.facts,
-        update_stalled,
-        gateway_losses: &gateway_losses,
-        now,
-    });
-    start_drains(lcs, &ns, &pods, admin_port, &admin_token, &plan).await;
-    mark_for_removal(ctx, &ns, &plan).await?;
-
-    let observed = Observed {
-        update_replicas: plan.replicas.get(&update_revision).copied(),
-        admin_token,
-        certificate,
-        apis,
-    };
-    let manifests = desired::desired(lcs, &observed, &ctx.settings);
-    let mut created = Vec::new();
-    for manifest in &manifests {
-        match apply(ctx, &ns, &uid, &owned, manifest).await {
-            Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
-            Applied::Updated | Applied::Unchanged => {}
-            Applied::Refused(problem) => problems.push(problem),
+    for (field, value) in [
+        ("metadata.name", &lcs.metadata.name),
+        ("metadata.namespace", &lcs.metadata.namespace),
+        ("metadata.uid", &lcs.metadata.uid),
+    ] {
+        if value.is_none() {
+            return Err(Error::MissingField(field));
         }
     }
-    if !created.is_empty() {
-        let note = format!("created {}", created.join(", "));
-        ctx.event(lcs, EventType::Normal, "Created", note).await;
+    let key = ObjectRef::from_obj(lcs);
+    let apis = ctx.served_apis().await;
+    if !ctx.caches.ready(apis) {
+        return Ok(Action::requeue(SOON));
     }
-    scale_other_revisions(ctx, &ns, &owned, &update_revision, &plan).await?;
-    let keep: Vec<String> = plan
-        .replicas
-        .keys()
-        .map(|revision| names::deployment(&name, revision))
-        .collect();
-    delete_orphans(lcs, ctx, &ns, &uid, &owned, &manifests, &keep).await?;
 
-    let monitoring = match (
-        lcs.spec.monitoring.service_monitor.enabled,
-        apis.service_monitor,
-    ) {
-        (false, _) => MonitoringFacts::Disabled,
-        (true, true) => MonitoringFacts::Created,
-        (true, false) => MonitoringFacts::ApiMissing,
-    };
-    let new_status = status::compute(
+    // Observe.
+    let observation = observe::observe(ctx, lcs, apis, Timestamp::now()).await?;
+    let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
+    let certificate = certificate(lcs, &ctx.settings, &observation)?;
+    let refresh_sessions = ctx.sessions_due(&key);
+
+    // Plan.
+    let outcome = plan::plan(plan::Input {
         lcs,
-        &Facts {
-            update_revision: &update_revision,
-            revisions: &revisions,
-            update_stalled,
-            problems: &problems,
-            certificate: &cert_facts,
-            monitoring,
-            active_sessions: pods.active,
-            rollout: plan.rollout.as_ref(),
-            progressing: plan.progressing.as_ref(),
-            sessions_preserved: &plan.sessions_preserved,
-            now,
-        },
-    );
-    write_status(lcs, ctx, &ns, &name, new_status).await?;
-    record_rollout(lcs, ctx, &ns, &name, &plan).await;
+        observation: &observation,
+        settings: &ctx.settings,
+        certificate,
+        admin_token,
+        problems: ctx.last_problems(&key),
+        refresh_sessions,
+    });
 
-    let mut next = if plan.active {
-        ROLLOUT_POLL
-    } else if pods.running > 0 {
-        SESSIONS_POLL
-    } else {
-        RESYNC
-    };
-    if let Some(renew_at) = renew_at {
-        let until = renew_at.duration_since(now).unsigned_abs();
-        next = next.min(until.max(Duration::from_secs(1)));
+    // Record first...
+    if let Some(status) = &outcome.status {
+        match write_status(lcs, ctx, status).await {
+            Ok(()) => {}
+            Err(Error::Status {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 409 => {
+                // The status changed since the cache showed it: this plan is stale.
+                return Ok(Action::requeue(SOON));
+            }
+            Err(e) => return Err(e),
+        }
+        if refresh_sessions {
+            ctx.sessions_written(key.clone());
+        }
+        follow_record(lcs, ctx, &outcome).await;
     }
-    Ok(Action::requeue(next))
+
+    // ...then act.
+    let problems = perform(lcs, ctx, &observation, &outcome).await?;
+    if ctx.set_problems(key, problems) {
+        return Ok(Action::requeue(SOON));
+    }
+    Ok(Action::requeue(outcome.requeue))
 }
 
-/// After the status holding them is written: the plan's Events and the rollout metrics.
-async fn record_rollout(lcs: &LongConnService, ctx: &Context, ns: &str, name: &str, plan: &Plan) {
+/// A fresh admin token: 32 random bytes from the operating system, hex-encoded.
+fn new_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes the planned status with server-side apply, on the condition that the object is
+/// still the one the plan was made from (its resourceVersion).
+async fn write_status(
+    lcs: &LongConnService,
+    ctx: &Context,
+    status: &LongConnServiceStatus,
+) -> Result<(), Error> {
+    let ns = lcs.namespace().unwrap_or_default();
+    let name = lcs.name_any();
+    let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut patch = json!({
+        "apiVersion": LongConnService::api_version(&()),
+        "kind": LongConnService::kind(&()),
+        "status": status,
+    });
+    if let Some(rv) = lcs.resource_version() {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        namespace: ns,
+        name,
+        source,
+    })?;
+    Ok(())
+}
+
+/// What follows a recorded status, once: the rollout's Events and metrics, and Warning Events
+/// for conditions that turned bad.
+async fn follow_record(lcs: &LongConnService, ctx: &Context, outcome: &Outcome) {
+    let plan = &outcome.rollout;
     let metrics = &ctx.metrics;
     metrics
         .drains_started
@@ -454,187 +415,81 @@ async fn record_rollout(lcs: &LongConnService, ctx: &Context, ns: &str, name: &s
                 .observe(finished.0.duration_since(started.0).as_secs_f64().max(0.0));
         }
     }
-    metrics.set_phase(ns, name, plan.rollout.as_ref().map(|r| r.phase));
+    if plan
+        .events
+        .iter()
+        .any(|n| n.reason == "CertificateIssued" || n.reason == "CertificateRenewed")
+    {
+        metrics.certificates_issued.inc();
+    }
+    metrics.set_phase(
+        &lcs.namespace().unwrap_or_default(),
+        &lcs.name_any(),
+        plan.rollout.as_ref().map(|r| r.phase),
+    );
     for note in &plan.events {
         let type_ = if note.warning {
             EventType::Warning
         } else {
             EventType::Normal
         };
-        info!(reason = note.reason, message = %note.message, "rollout");
+        info!(reason = note.reason, message = %note.message, "recorded");
         ctx.event(lcs, type_, note.reason, note.message.clone())
             .await;
     }
-}
-
-async fn list_owned(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    apis: ServedApis,
-) -> Result<OwnedObjects, Error> {
-    let params = ListParams::default().labels(&labels::ownership_selector(name));
-    let mut owned = OwnedObjects::new();
-    for kind in Kind::ALL {
-        let served = match kind {
-            Kind::ServiceMonitor => apis.service_monitor,
-            Kind::Certificate => apis.cert_manager,
-            _ => true,
-        };
-        if !served {
-            continue;
-        }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
-        let list = api.list(&params).await.map_err(|source| Error::List {
-            kind,
-            namespace: ns.to_owned(),
-            source,
-        })?;
-        owned.insert(kind, list.items);
-    }
-    Ok(owned)
-}
-
-fn find<'a>(owned: &'a OwnedObjects, kind: Kind, name: &str) -> Option<&'a DynamicObject> {
-    owned
-        .get(&kind)?
-        .iter()
-        .find(|o| o.metadata.name.as_deref() == Some(name))
-}
-
-fn secret_value(owned: &OwnedObjects, secret: &str, key: &str) -> Option<String> {
-    let data = find(owned, Kind::Secret, secret)?
-        .data
-        .get("data")?
-        .get(key)?;
-    let bytes: k8s_openapi::ByteString = serde_json::from_value(data.clone()).ok()?;
-    String::from_utf8(bytes.0).ok()
-}
-
-/// A fresh admin token: 32 random bytes from the operating system, hex-encoded.
-fn new_token() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The pods of a LongConnService, each with its gateway's drain report.
-struct PodsSeen {
-    facts: Vec<PodFacts>,
-    /// Admin address of each running pod's gateway.
-    admin: BTreeMap<String, String>,
-    /// Restart count of each pod's gateway container.
-    restarts: BTreeMap<String, i32>,
-    /// Running pods with an IP.
-    running: usize,
-    /// Open sessions, summed over the gateways that answered.
-    active: i64,
-}
-
-/// Lists the pods and reads every running gateway's report (`GET /drain` on its admin port,
-/// with the admin token), concurrently. A gateway that does not answer within
-/// [`GATEWAY_TIMEOUT`] has no report: its pod is starting or going away.
-async fn observe_pods(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    port: u16,
-    token: &str,
-) -> Result<PodsSeen, Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = labels::selector_string(&labels::pods(name));
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::ListPods {
-            namespace: ns.to_owned(),
-            source,
-        })?;
-    let mut admin = BTreeMap::new();
-    let mut restarts = BTreeMap::new();
-    let mut facts = Vec::new();
-    for pod in &list.items {
-        let status = pod.status.as_ref();
-        let ip = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
-        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running") && ip.is_some();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let pod_name = pod.name_any();
-        let gateway_restarts = status
-            .and_then(|s| s.init_container_statuses.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|c| c.name == desired::GATEWAY_CONTAINER)
-            .map_or(0, |c| c.restart_count);
-        restarts.insert(pod_name.clone(), gateway_restarts);
-        if let (true, Some(ip)) = (running, ip) {
-            admin.insert(
-                pod_name.clone(),
-                std::net::SocketAddr::new(ip, port).to_string(),
-            );
-        }
-        facts.push(PodFacts {
-            name: pod_name,
-            revision: pod
-                .labels()
-                .get(labels::REVISION)
-                .cloned()
-                .unwrap_or_default(),
-            running,
-            ready,
-            terminating: pod.metadata.deletion_timestamp.is_some(),
-            deletion_cost: pod
-                .annotations()
-                .get(DELETION_COST)
-                .and_then(|v| v.parse().ok()),
-            report: None,
-        });
-    }
-    let reports = futures::future::join_all(facts.iter().map(|pod| async {
-        let addr = admin.get(&pod.name)?;
-        tokio::time::timeout(
-            GATEWAY_TIMEOUT,
-            longconn_gateway::client::report(addr, token),
+    for warning in &outcome.warnings {
+        ctx.event(
+            lcs,
+            EventType::Warning,
+            &warning.reason,
+            warning.message.clone(),
         )
-        .await
-        .ok()?
-        .ok()
-    }))
-    .await;
-    for (pod, report) in facts.iter_mut().zip(reports) {
-        pod.report = report;
+        .await;
     }
-    let active = facts
-        .iter()
-        .filter_map(|p| p.report.as_ref())
-        .map(|r| i64::try_from(r.active).unwrap_or(i64::MAX))
-        .fold(0i64, i64::saturating_add);
-    Ok(PodsSeen {
-        running: admin.len(),
-        facts,
-        admin,
-        restarts,
-        active,
-    })
 }
 
-/// Asks the gateways the plan names to drain, with the LongConnService's drain settings. A
-/// gateway that cannot be reached is asked again on the next reconcile: its report then still
-/// says Serving.
+/// Acts on a recorded plan. Returns what the API server refused to apply (reported in the
+/// Degraded condition by the next reconcile).
+async fn perform(
+    lcs: &LongConnService,
+    ctx: &Context,
+    observation: &Observation,
+    outcome: &Outcome,
+) -> Result<Vec<Problem>, Error> {
+    let ns = lcs.namespace().unwrap_or_default();
+    start_drains(lcs, ctx, observation, &outcome.rollout).await;
+    mark_for_removal(ctx, &ns, &outcome.rollout).await?;
+    let uid = lcs.uid().unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut created = Vec::new();
+    for manifest in &outcome.manifests {
+        match apply(ctx, &ns, &uid, observation, manifest).await {
+            Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
+            Applied::Updated | Applied::Unchanged => {}
+            Applied::Refused(problem) => problems.push(problem),
+        }
+    }
+    if !created.is_empty() {
+        let note = format!("created {}", created.join(", "));
+        ctx.event(lcs, EventType::Normal, "Created", note).await;
+    }
+    scale(ctx, &ns, &outcome.scale).await?;
+    delete_orphans(lcs, ctx, &ns, &outcome.orphans).await?;
+    Ok(problems)
+}
+
+/// Asks the gateways the plan names to drain, with the LongConnService's drain settings; each
+/// answer goes into the reports at once. A gateway that cannot be reached is asked again on
+/// the next reconcile: its report then still says Serving.
 async fn start_drains(
     lcs: &LongConnService,
-    ns: &str,
-    pods: &PodsSeen,
-    port: u16,
-    token: &str,
+    ctx: &Context,
+    observation: &Observation,
     plan: &Plan,
 ) {
+    let Some(token) = observation.admin_token.as_deref() else {
+        return;
+    };
     let drain = &lcs.spec.drain;
     let request = DrainRequest {
         strategy: Some(match drain.strategy {
@@ -648,14 +503,17 @@ async fn start_drains(
     let calls = plan.drain.iter().map(|pod| {
         let request = &request;
         async move {
-            let Some(addr) = pods.admin.get(pod) else {
+            let Some((addr, key)) = observation.admin.get(pod) else {
                 warn!(pod = %pod, "cannot drain a pod without an IP yet");
                 return;
             };
-            let call = longconn_gateway::client::start_drain(addr, token, request);
-            match tokio::time::timeout(GATEWAY_TIMEOUT, call).await {
+            let addr = addr.to_string();
+            let call = longconn_gateway::client::start_drain(&addr, token, request);
+            match tokio::time::timeout(gateways::TIMEOUT, call).await {
                 Ok(Ok(report)) => {
-                    info!(pod = %format!("{ns}/{pod}"), port, sessions = report.sessions_at_start, "drain started");
+                    info!(pod = %pod, sessions = report.sessions_at_start, "drain started");
+                    ctx.reports
+                        .record(key.clone(), Some(report), Instant::now());
                 }
                 Ok(Err(e)) => warn!(pod = %pod, error = %e, "drain request failed; retrying"),
                 Err(_) => warn!(pod = %pod, "drain request timed out; retrying"),
@@ -669,7 +527,7 @@ async fn start_drains(
 /// exactly them.
 async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({"metadata": {"annotations": {DELETION_COST: LOWEST_COST.to_string()}}});
+    let patch = json!({"metadata": {"annotations": {crate::rollout::DELETION_COST: LOWEST_COST.to_string()}}});
     for pod in &plan.lowest_cost {
         match api
             .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
@@ -691,31 +549,12 @@ async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Er
 
 /// Sets the replicas of the Deployments of revisions other than the update revision. They keep
 /// the template they were created with; only their size changes, with a merge patch.
-async fn scale_other_revisions(
-    ctx: &Context,
-    ns: &str,
-    owned: &OwnedObjects,
-    update_revision: &str,
-    plan: &Plan,
-) -> Result<(), Error> {
+async fn scale(ctx: &Context, ns: &str, scale: &[(String, i32)]) -> Result<(), Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &Kind::Deployment.api_resource());
-    for deployment in owned.get(&Kind::Deployment).into_iter().flatten() {
-        let Some(revision) = deployment.labels().get(labels::REVISION) else {
-            continue;
-        };
-        let Some(&replicas) = plan.replicas.get(revision) else {
-            continue;
-        };
-        if revision == update_revision
-            || deployment.data["spec"]["replicas"].as_i64() == Some(i64::from(replicas))
-            || deployment.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        let name = deployment.name_any();
+    for (name, replicas) in scale {
         let patch = json!({"spec": {"replicas": replicas}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| Error::Scale {
                 namespace: ns.to_owned(),
@@ -727,67 +566,52 @@ async fn scale_other_revisions(
     Ok(())
 }
 
-fn observed_revisions(owned: &OwnedObjects) -> Vec<ObservedRevision> {
-    owned
-        .get(&Kind::Deployment)
-        .into_iter()
-        .flatten()
-        .filter_map(|d| {
-            let revision = d.labels().get(labels::REVISION)?.clone();
-            let int = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(0);
-            Some(ObservedRevision {
-                revision,
-                replicas: int(&d.data["spec"]["replicas"]),
-                current_replicas: int(&d.data["status"]["replicas"]),
-                ready_replicas: int(&d.data["status"]["readyReplicas"]),
-            })
-        })
-        .collect()
-}
-
-fn deployment_stalled(d: &DynamicObject) -> bool {
-    d.data["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
-}
-
 /// Works out the serving certificate for the TLS mode, issuing self-signed material when
-/// needed. Returns the bundle to store (SelfSigned), the facts for status, and when to renew.
-async fn certificate(
+/// needed: the bundle to store (SelfSigned), the facts for status, when to renew, and an Event
+/// about what was issued.
+fn certificate(
     lcs: &LongConnService,
-    ctx: &Context,
-    owned: &OwnedObjects,
-    apis: ServedApis,
-    now: Timestamp,
-    problems: &mut Vec<Problem>,
-) -> Result<(Option<CertBundle>, CertFacts, Option<Timestamp>), Error> {
+    settings: &Settings,
+    observation: &Observation,
+) -> Result<Certificate, Error> {
     let name = lcs.name_any();
     let ns = lcs.namespace().unwrap_or_default();
+    let owned = &observation.owned;
     let tls = &lcs.spec.tls;
+    let without = |facts: CertFacts| Certificate {
+        bundle: None,
+        facts,
+        renew_at: None,
+        note: None,
+    };
     match tls.mode {
-        TlsMode::Disabled => Ok((None, CertFacts::Disabled, None)),
+        TlsMode::Disabled => Ok(without(CertFacts::Disabled)),
         TlsMode::SelfSigned => {
             let existing = (|| {
                 Some(CertBundle {
-                    ca_cert_pem: secret_value(owned, &names::ca(&name), "ca.crt")?,
-                    ca_key_pem: secret_value(owned, &names::ca(&name), "ca.key")?,
-                    cert_pem: secret_value(owned, &names::serving_cert(&name), "tls.crt")?,
-                    key_pem: secret_value(owned, &names::serving_cert(&name), "tls.key")?,
+                    ca_cert_pem: owned.secret_value(&names::ca(&name), "ca.crt")?,
+                    ca_key_pem: owned.secret_value(&names::ca(&name), "ca.key")?,
+                    cert_pem: owned.secret_value(&names::serving_cert(&name), "tls.crt")?,
+                    key_pem: owned.secret_value(&names::serving_cert(&name), "tls.key")?,
                 })
             })();
-            let dns_names = desired::certificate_dns_names(lcs, &ctx.settings);
+            let dns_names = desired::certificate_dns_names(lcs, settings);
             let validity = tls
                 .validity
                 .to_std()
                 .unwrap_or(Duration::from_secs(90 * 86_400));
-            let ensured = certs::ensure(existing.as_ref(), &name, &dns_names, validity, now)
-                .map_err(|source| Error::Certificate {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    source,
-                })?;
+            let ensured = certs::ensure(
+                existing.as_ref(),
+                &name,
+                &dns_names,
+                validity,
+                observation.now,
+            )
+            .map_err(|source| Error::Certificate {
+                namespace: ns.clone(),
+                name: name.clone(),
+                source,
+            })?;
             let issued: Vec<String> = [
                 ("CA", ensured.ca_issued),
                 ("serving certificate", ensured.serving_issued),
@@ -795,16 +619,15 @@ async fn certificate(
             .into_iter()
             .filter_map(|(what, reason)| Some(format!("a new {what} ({})", reason?.describe())))
             .collect();
-            if !issued.is_empty() {
-                ctx.metrics.certificates_issued.inc_by(issued.len() as u64);
-                let event_reason = if existing.is_some() {
+            let note = (!issued.is_empty()).then(|| Note {
+                warning: false,
+                reason: if existing.is_some() {
                     "CertificateRenewed"
                 } else {
                     "CertificateIssued"
-                };
-                let note = format!("issued {}", issued.join(" and "));
-                ctx.event(lcs, EventType::Normal, event_reason, note).await;
-            }
+                },
+                message: format!("issued {}", issued.join(" and ")),
+            });
             let facts = CertFacts::Ready {
                 secret: names::serving_cert(&name),
                 lifetime: Some(ensured.serving),
@@ -816,40 +639,30 @@ async fn certificate(
                     ensured.serving.renew_at()
                 ),
             };
-            Ok((
-                Some(ensured.bundle),
+            Ok(Certificate {
+                bundle: Some(ensured.bundle),
                 facts,
-                Some(ensured.serving.renew_at()),
-            ))
+                renew_at: Some(ensured.serving.renew_at()),
+                note,
+            })
         }
         TlsMode::Secret => {
             let secret_name = tls.secret_name.clone().unwrap_or_default();
-            let facts = user_secret(ctx, &ns, &secret_name).await?;
-            if let CertFacts::NotReady { reason, message } = &facts {
-                problems.push(Problem {
-                    reason,
-                    message: message.clone(),
-                });
-            }
-            Ok((None, facts, None))
+            Ok(without(user_secret(
+                &ns,
+                &secret_name,
+                &observation.user_secret,
+            )))
         }
         TlsMode::CertManager => {
-            if !apis.cert_manager {
+            if !observation.apis.cert_manager {
                 let message = "tls.mode is CertManager but the cluster does not serve cert-manager.io/v1 Certificate: install cert-manager or choose another tls.mode".to_owned();
-                problems.push(Problem {
+                return Ok(without(CertFacts::NotReady {
                     reason: "CertManagerMissing",
-                    message: message.clone(),
-                });
-                return Ok((
-                    None,
-                    CertFacts::NotReady {
-                        reason: "CertManagerMissing",
-                        message,
-                    },
-                    None,
-                ));
+                    message,
+                }));
             }
-            let cert = find(owned, Kind::Certificate, &names::serving_cert(&name));
+            let cert = owned.find(Kind::Certificate, &names::serving_cert(&name));
             let ready = cert
                 .and_then(|c| c.data["status"]["conditions"].as_array())
                 .into_iter()
@@ -880,50 +693,43 @@ async fn certificate(
                     ),
                 },
             };
-            Ok((None, facts, None))
+            Ok(without(facts))
         }
     }
 }
 
 /// Checks a user-provided TLS Secret (mode Secret).
-async fn user_secret(ctx: &Context, ns: &str, secret_name: &str) -> Result<CertFacts, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = api
-        .get_opt(secret_name)
-        .await
-        .map_err(|source| Error::Get {
-            kind: Kind::Secret,
-            namespace: ns.to_owned(),
-            name: secret_name.to_owned(),
-            source,
-        })?;
-    let Some(secret) = secret else {
-        return Ok(CertFacts::NotReady {
-            reason: "SecretNotFound",
-            message: format!(
-                "tls.secretName {secret_name} does not exist in namespace {ns}: create it (type kubernetes.io/tls) or choose another tls.mode"
-            ),
-        });
+fn user_secret(ns: &str, secret_name: &str, secret: &UserSecret) -> CertFacts {
+    let secret = match secret {
+        UserSecret::Found(secret) => secret,
+        UserSecret::Missing | UserSecret::NotUsed => {
+            return CertFacts::NotReady {
+                reason: "SecretNotFound",
+                message: format!(
+                    "tls.secretName {secret_name} does not exist in namespace {ns}: create it (type kubernetes.io/tls) or choose another tls.mode"
+                ),
+            };
+        }
     };
-    let data = secret.data.unwrap_or_default();
+    let data = secret.data.clone().unwrap_or_default();
     let missing: Vec<&str> = ["tls.crt", "tls.key"]
         .into_iter()
         .filter(|k| !data.contains_key(*k))
         .collect();
     if !missing.is_empty() {
-        return Ok(CertFacts::NotReady {
+        return CertFacts::NotReady {
             reason: "SecretInvalid",
             message: format!("Secret {secret_name} lacks {}", missing.join(" and ")),
-        });
+        };
     }
     let pem = String::from_utf8_lossy(&data["tls.crt"].0).into_owned();
     let Some(inspected) = certs::inspect(&pem) else {
-        return Ok(CertFacts::NotReady {
+        return CertFacts::NotReady {
             reason: "SecretInvalid",
             message: format!("tls.crt in Secret {secret_name} is not a PEM certificate"),
-        });
+        };
     };
-    Ok(CertFacts::Ready {
+    CertFacts::Ready {
         secret: secret_name.to_owned(),
         lifetime: Some(inspected.lifetime),
         reason: "SecretValid",
@@ -931,7 +737,7 @@ async fn user_secret(ctx: &Context, ns: &str, secret_name: &str) -> Result<CertF
             "Secret {secret_name} holds a certificate valid until {}",
             inspected.lifetime.not_after
         ),
-    })
+    }
 }
 
 fn owned_by(object: &DynamicObject, uid: &str) -> bool {
@@ -947,44 +753,28 @@ enum Applied {
     Refused(Problem),
 }
 
-/// Applies one manifest unless it is already satisfied. A manifest that cannot be applied is
-/// reported as a problem (Degraded condition) rather than failing the whole reconcile.
+/// Applies one manifest unless it is already satisfied. An object the cache does not hold is
+/// applied without forcing: if someone else's object of that name exists with other values,
+/// the API server answers with a conflict and the object is left alone. A manifest that
+/// cannot be applied is reported as a problem (Degraded condition) rather than failing the
+/// whole reconcile.
 async fn apply(
     ctx: &Context,
     ns: &str,
     uid: &str,
-    owned: &OwnedObjects,
+    observation: &Observation,
     manifest: &Manifest,
 ) -> Applied {
     let kind = manifest.kind;
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
-    let existing = match find(owned, kind, &manifest.name) {
-        Some(o) => Some(o.clone()),
-        // Not labelled as ours: make sure no one else's object has this name.
-        None => match api.get_opt(&manifest.name).await {
-            Ok(o) => o,
-            Err(e) => {
-                return Applied::Refused(Problem {
-                    reason: "ApplyFailed",
-                    message: format!("reading {kind:?} {}: {e}", manifest.name),
-                });
-            }
-        },
-    };
-    if let Some(existing) = &existing
+    let existing = observation.owned.find(kind, &manifest.name);
+    if let Some(existing) = existing
         && !owned_by(existing, uid)
     {
-        let message = format!(
-            "{kind:?} {} already exists and is not owned by this LongConnService; rename or delete it",
-            manifest.name
-        );
-        return Applied::Refused(Problem {
-            reason: "OwnershipConflict",
-            message,
-        });
+        return Applied::Refused(conflict(kind, &manifest.name));
     }
-    let differs = match &existing {
+    let differs = match existing {
         Some(existing) => {
             let observed = serde_json::to_value(existing).unwrap_or(Value::Null);
             match compare::first_difference(&manifest.object, &observed) {
@@ -994,7 +784,12 @@ async fn apply(
         }
         None => None,
     };
-    let params = PatchParams::apply(MANAGER).force();
+    let params = PatchParams::apply(MANAGER);
+    let params = if existing.is_some() {
+        params.force()
+    } else {
+        params
+    };
     match api
         .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
         .await
@@ -1012,6 +807,9 @@ async fn apply(
                 Applied::Updated
             }
         }
+        Err(kube::Error::Api(s)) if s.code == 409 && existing.is_none() => {
+            Applied::Refused(conflict(kind, &manifest.name))
+        }
         Err(e) => {
             let message = format!("applying {kind:?} {}: {}", manifest.name, api_message(&e));
             Applied::Refused(Problem {
@@ -1022,6 +820,15 @@ async fn apply(
     }
 }
 
+fn conflict(kind: Kind, name: &str) -> Problem {
+    Problem {
+        reason: "OwnershipConflict",
+        message: format!(
+            "{kind:?} {name} already exists and is not owned by this LongConnService; rename or delete it"
+        ),
+    }
+}
+
 fn api_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => status.message.clone(),
@@ -1029,105 +836,41 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
-/// Deletes objects labelled as ours and owned by this LongConnService that are no longer
-/// desired (a Secret of a TLS mode no longer used, ...). Deployments stay while the rollout
-/// keeps their revision (`deployments`); an old revision's goes once its last pod is gone.
+/// Deletes owned objects no longer desired (a Secret of a TLS mode no longer used, the
+/// Deployment of a revision with no pod left, ...).
 async fn delete_orphans(
     lcs: &LongConnService,
     ctx: &Context,
     ns: &str,
-    uid: &str,
-    owned: &OwnedObjects,
-    manifests: &[Manifest],
-    deployments: &[String],
+    orphans: &[(Kind, String)],
 ) -> Result<(), Error> {
-    for (kind, objects) in owned {
-        for object in objects {
-            let name = object.name_any();
-            let wanted = manifests.iter().any(|m| m.kind == *kind && m.name == name)
-                || *kind == Kind::Deployment && deployments.contains(&name);
-            if wanted || !owned_by(object, uid) || object.metadata.deletion_timestamp.is_some() {
-                continue;
+    for (kind, name) in orphans {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: *kind,
+                    namespace: ns.to_owned(),
+                    name: name.clone(),
+                    source,
+                });
             }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => continue,
-                Err(source) => {
-                    return Err(Error::Delete {
-                        kind: *kind,
-                        namespace: ns.to_owned(),
-                        name,
-                        source,
-                    });
-                }
-            }
-            ctx.metrics
-                .objects_deleted
-                .get_or_create(&KindLabels::of(*kind))
-                .inc();
-            info!(kind = ?kind, name = %name, "deleted, no longer desired");
-            ctx.event(
-                lcs,
-                EventType::Normal,
-                "Deleted",
-                format!("deleted {kind:?} {name}: no longer desired"),
-            )
-            .await;
         }
+        ctx.metrics
+            .objects_deleted
+            .get_or_create(&KindLabels::of(*kind))
+            .inc();
+        info!(kind = ?kind, name = %name, "deleted, no longer desired");
+        ctx.event(
+            lcs,
+            EventType::Normal,
+            "Deleted",
+            format!("deleted {kind:?} {name}: no longer desired"),
+        )
+        .await;
     }
-    Ok(())
-}
-
-/// Writes the status when it differs from the current one, and records a Warning Event when
-/// the Degraded, CertificateReady or MonitoringReady condition turns bad or changes its words.
-async fn write_status(
-    lcs: &LongConnService,
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    new: crate::crd::LongConnServiceStatus,
-) -> Result<(), Error> {
-    let old = lcs.status.clone().unwrap_or_default();
-    if old == new {
-        return Ok(());
-    }
-    for type_ in [
-        status::DEGRADED,
-        status::CERTIFICATE_READY,
-        status::MONITORING_READY,
-    ] {
-        let bad = if type_ == status::DEGRADED {
-            "True"
-        } else {
-            "False"
-        };
-        if let Some(c) = status::condition(&new, type_)
-            && c.status == bad
-            && status::condition(&old, type_)
-                .is_none_or(|o| o.status != c.status || o.message != c.message)
-        {
-            ctx.event(lcs, EventType::Warning, &c.reason, c.message.clone())
-                .await;
-        }
-    }
-    let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": LongConnService::api_version(&()),
-        "kind": LongConnService::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Status {
-        namespace: ns.to_owned(),
-        name: name.to_owned(),
-        source,
-    })?;
     Ok(())
 }

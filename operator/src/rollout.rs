@@ -1,38 +1,44 @@
 //! The drain-orchestrated rollout, as a pure state machine.
 //!
 //! [`step`] looks at what the cluster shows (each revision's Deployment, every pod with its
-//! gateway's drain report, the previous `status.rollout`) and returns a [`Plan`]: the replicas
-//! each revision's Deployment should have, the pods whose gateways to drain, the pods to mark
-//! for removal, the new `status.rollout`, conditions and Events. The reconciler performs the
-//! plan. Nothing is remembered between steps except what the cluster and `status.rollout` hold,
-//! so an operator that restarts at any point picks the rollout up where it was.
+//! gateway's drain report, the previous `status.rollout` and `status.gateways`) and returns a
+//! [`Plan`]: the replicas each revision's Deployment should have, the pods whose gateways to
+//! drain, the pods to mark for removal, the new `status.rollout` and `status.gateways`,
+//! conditions and Events. The reconciler records the plan, then performs it. Nothing is
+//! remembered between steps except what the cluster and the status hold, so an operator that
+//! restarts (or a new leader) picks the rollout up where it was, and counts exactly what the
+//! previous one had not.
 //!
-//! One step of a rollout, repeated until no old pod is left:
-//! 1. Surge: the target revision grows to `replicas + maxSurge - (old pods still serving)`, at
-//!    most `replicas`; old pods being drained do not count, as terminating pods do not count
-//!    against a Deployment's `maxSurge`. Its pods must all be Ready before an old pod is drained.
-//! 2. Pick old pods to drain, up to `maxConcurrentDrains` at a time and only while the Ready
+//! A step is a pipeline of pure phases, in this order:
+//! 1. [`restart_losses`]: what each gateway's restarts lost since the status last counted it
+//!    (the gateway reports a running total, kept across its restarts).
+//! 2. [`follow_drains`]: the drains under way; a finished report is added to the totals, a
+//!    drain whose gateway restarted counts what it had left as dropped and starts over, a drain
+//!    whose pod vanished or stopped answering past its deadline counts its last known sessions
+//!    as dropped.
+//! 3. [`adopt_external`]: drains the operator did not start (a terminating pod runs its
+//!    preStop drain: eviction, node drain, `kubectl delete pod`), pods that vanished with
+//!    sessions and no drain, and restarts outside any drain.
+//! 4. [`budget`]: whether more was dropped than `maxDroppedSessions`, and then whether to pause
+//!    or roll back (and to which revision).
+//! 5. [`replicas`]: the size of every revision's Deployment. The target revision grows to
+//!    `replicas + maxSurge - (old pods still serving)`, at most `replicas`; old pods being
+//!    drained do not count, as terminating pods do not count against a Deployment's
+//!    `maxSurge`. A drained pod leaves only once its finished report, its lowest
+//!    `controller.kubernetes.io/pod-deletion-cost` and its not-Ready condition are all visible:
+//!    the ReplicaSet then deletes exactly that pod.
+//! 6. [`pick`]: old pods to drain next, up to `maxConcurrentDrains` and only while the Ready
 //!    pods left serving stay at `replicas` (with `maxSurge: 0`, at `replicas` less what the
-//!    disruption budget allows, and less at least one): not-Ready pods first (they go first
-//!    anyway when a ReplicaSet shrinks), then the fewest sessions.
-//! 3. Ask each gateway to drain; follow its report until it says Drained (no session left, or
-//!    the deadline force-closed the rest).
-//! 4. Add the report to `status.rollout` and give the pod the lowest
-//!    `controller.kubernetes.io/pod-deletion-cost`. Only in a later step, once the finished
-//!    report, the annotation and the pod's not-Ready condition are all visible, shrink the
-//!    Deployment so that the ReplicaSet deletes exactly that pod (it ranks not-Ready pods
-//!    before cost): the accounting is always written before the pod can go.
-//! 5. A Deployment whose replicas and pods are all gone is deleted.
+//!    disruption budget allows, and at least one): not-Ready pods first, then the fewest
+//!    sessions; only once the target revision's pods are all Ready.
+//! 7. [`record`]: the new `status.rollout` (phase, totals), `status.gateways`, the Progressing
+//!    and SessionsPreserved verdicts, and the Events.
 //!
 //! The same path serves a decrease of `spec.replicas` (pods of the current revision above the
-//! new count are drained first; increases are immediate) and follows drains the operator did not
-//! start: a terminating pod (eviction, node drain, `kubectl delete pod`) runs its preStop drain,
-//! and its report is recorded like any other. A pod that disappears before its finished report
-//! was read counts its last known open sessions as dropped.
-//!
-//! When more sessions were dropped than `maxDroppedSessions`, no further pod is drained: the
-//! rollout pauses, or rolls back to `status.currentRevision` (whose Deployment grows back while
-//! the new revision's pods are drained the same way).
+//! new count are drained; increases are immediate). When more sessions were dropped than
+//! `maxDroppedSessions`, no further pod is drained: the rollout pauses, or rolls back to
+//! `status.currentRevision` (whose Deployment grows back while the new revision's pods are
+//! drained the same way).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,9 +46,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_gateway::api::{DrainReport, DrainState};
 
-use crate::crd::{DrainingPod, DropBudgetAction, LongConnService, RolloutPhase, RolloutStatus};
+use crate::crd::{
+    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RolloutPhase, RolloutStatus,
+};
 use crate::desired::ObservedRevision;
-use crate::status;
+use crate::disruption;
 
 /// The annotation a ReplicaSet consults to choose which pods go first when it shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -67,8 +75,10 @@ pub struct PodFacts {
     pub terminating: bool,
     /// The `controller.kubernetes.io/pod-deletion-cost` annotation.
     pub deletion_cost: Option<i32>,
-    /// The gateway's `GET /drain` report, when it answered.
+    /// The gateway's `GET /drain` report, when it answers now.
     pub report: Option<DrainReport>,
+    /// Open sessions in the last report read, even if the gateway no longer answers.
+    pub last_known: Option<i64>,
 }
 
 impl PodFacts {
@@ -78,7 +88,7 @@ impl PodFacts {
 }
 
 /// Sessions lost because a pod's gateway process restarted (crashed, or was killed): the
-/// sessions it last reported open, which its clients lost without a close handshake.
+/// sessions it had open, which its clients lost without a close handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayLoss {
     pub pod: String,
@@ -88,7 +98,7 @@ pub struct GatewayLoss {
 /// Everything [`step`] looks at.
 #[derive(Clone, Debug)]
 pub struct Input<'a> {
-    /// The LongConnService, with the status as last written.
+    /// The LongConnService, with the status as last recorded.
     pub lcs: &'a LongConnService,
     /// The revision the spec asks for.
     pub update_revision: &'a str,
@@ -97,9 +107,42 @@ pub struct Input<'a> {
     pub pods: &'a [PodFacts],
     /// The update revision's Deployment reports ProgressDeadlineExceeded.
     pub update_stalled: bool,
-    /// Gateways that restarted since they were last read.
-    pub gateway_losses: &'a [GatewayLoss],
+    /// Record every gateway's open sessions now (they are refreshed on a coarse schedule, not
+    /// at every change).
+    pub refresh_sessions: bool,
     pub now: Timestamp,
+}
+
+impl Input<'_> {
+    fn previous(&self) -> Option<&RolloutStatus> {
+        self.lcs.status.as_ref().and_then(|s| s.rollout.as_ref())
+    }
+
+    fn records(&self) -> &[GatewayRecord] {
+        self.lcs
+            .status
+            .as_ref()
+            .map_or(&[], |s| s.gateways.as_slice())
+    }
+
+    fn record_of(&self, pod: &str) -> Option<&GatewayRecord> {
+        self.records().iter().find(|r| r.pod == pod)
+    }
+
+    fn pod(&self, name: &str) -> Option<&PodFacts> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// The freshest count of a pod's open sessions: its report, else the last one read, else
+    /// what the status recorded.
+    fn last_known(&self, pod: &PodFacts) -> i64 {
+        pod.report
+            .as_ref()
+            .map(|r| count(r.active))
+            .or(pod.last_known)
+            .or_else(|| self.record_of(&pod.name).map(|r| r.sessions))
+            .unwrap_or(0)
+    }
 }
 
 /// A condition's status, reason and message.
@@ -130,6 +173,10 @@ pub struct Plan {
     pub lowest_cost: Vec<String>,
     /// The new `status.rollout`.
     pub rollout: Option<RolloutStatus>,
+    /// The new `status.gateways`.
+    pub gateways: Vec<GatewayRecord>,
+    /// The new `status.activeSessions`.
+    pub active_sessions: i64,
     /// Replaces the Progressing condition the revisions alone would give.
     pub progressing: Option<Verdict>,
     pub sessions_preserved: Verdict,
@@ -140,221 +187,341 @@ pub struct Plan {
     pub finished: Vec<DrainingPod>,
     /// Something is in motion: look again soon.
     pub active: bool,
+    /// The rollout waits for a person (drop budget spent, progress deadline exceeded).
+    pub paused: bool,
 }
 
 /// Works out the next step. Pure: the same input gives the same plan.
 pub fn step(input: &Input) -> Plan {
-    let lcs = input.lcs;
-    let spec = &lcs.spec;
-    let now = input.now;
-    let update = input.update_revision;
-    let previous = lcs.status.as_ref().and_then(|s| s.rollout.as_ref());
-    let mut events = Vec::new();
-    let mut lowest_cost = Vec::new();
-    let mut drain = Vec::new();
+    let losses = restart_losses(input);
+    let mut book = follow_drains(input, &losses);
+    adopt_external(input, &losses, &mut book);
+    let budget = budget(input, &book);
+    let sizes = replicas(input, &book, &budget);
+    pick(input, &budget, &sizes, &mut book);
+    record(input, book, &budget, &sizes)
+}
 
-    // 1. Follow the drains under way; finish those whose report says Drained.
-    let mut tally = Tally::default();
-    let mut entries = Vec::new();
-    let mut removable = BTreeSet::new();
-    for entry in previous.map_or(&[][..], |r| r.draining.as_slice()) {
-        let pod = input.pods.iter().find(|p| p.name == entry.pod);
+/// Phase 1: what each gateway's restarts lost since the status last counted it. The gateway
+/// reports the running total of sessions its earlier processes had open when they ended; the
+/// status keeps how much of it is counted already.
+pub fn restart_losses(input: &Input) -> Vec<GatewayLoss> {
+    input
+        .pods
+        .iter()
+        .filter_map(|pod| {
+            let report = pod.report.as_ref()?;
+            let counted = input.record_of(&pod.name).map_or(0, |r| r.lost_counted);
+            let sessions = count(report.lost_to_restarts) - counted;
+            (sessions > 0).then(|| GatewayLoss {
+                pod: pod.name.clone(),
+                sessions,
+            })
+        })
+        .collect()
+}
+
+/// The drains as they stand after a phase, and what the phases decided so far.
+#[derive(Default)]
+pub struct Book {
+    /// The drains to list in `status.rollout.draining`.
+    pub entries: Vec<DrainingPod>,
+    pub tally: Tally,
+    /// Pods to ask (again) to drain.
+    pub drain: Vec<String>,
+    pub lowest_cost: Vec<String>,
+    /// Drained pods that may go now.
+    pub removable: BTreeSet<String>,
+    pub events: Vec<Note>,
+    /// Restart losses already counted by a drain.
+    pub losses_counted: BTreeSet<String>,
+}
+
+impl Book {
+    fn tracked(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.pod == name)
+    }
+}
+
+/// Phase 2: follows the drains under way; finishes those whose report says Drained.
+pub fn follow_drains(input: &Input, losses: &[GatewayLoss]) -> Book {
+    let now = input.now;
+    let mut book = Book::default();
+    for entry in input.previous().map_or(&[][..], |r| r.draining.as_slice()) {
+        let pod = input.pod(&entry.pod);
         let mut entry = entry.clone();
-        let serving_again = pod
-            .and_then(|p| p.report.as_ref())
-            .is_some_and(|r| r.state == DrainState::Serving);
+        let report = pod.and_then(|p| p.report.as_ref());
         if entry.finished_at.is_some() {
             let Some(pod) = pod else { continue };
-            if serving_again {
+            if report.is_some_and(|r| r.state == DrainState::Serving) {
                 // Its gateway restarted after the drain and serves again: drain it anew (what
                 // the first drain counted stays counted).
-                restart(&mut entry, now);
-                drain.push(pod.name.clone());
+                restart(&mut entry, report, now);
+                book.drain.push(pod.name.clone());
             } else if pod.deletion_cost != Some(LOWEST_COST) {
-                lowest_cost.push(pod.name.clone());
+                book.lowest_cost.push(pod.name.clone());
             } else if !pod.ready {
                 // Only once it shows not Ready: a shrinking ReplicaSet removes not-Ready pods
                 // before it looks at the cost, so a drained pod still shown Ready could let
                 // another, undrained, not-Ready pod go in its place.
-                removable.insert(pod.name.clone());
+                book.removable.insert(pod.name.clone());
             }
-            entries.push(entry);
+            book.entries.push(entry);
             continue;
         }
-        if let Some(loss) = input.gateway_losses.iter().find(|l| l.pod == entry.pod) {
-            // The gateway restarted mid-drain: what it had not yet moved is lost; the new
-            // process is drained from the start.
-            entry.active = entry.active.max(loss.sessions);
-            events.push(lost_note(
+        if let Some(report) = report.filter(|r| count(r.restarts) > entry.gateway_restarts) {
+            // The gateway restarted mid-drain: what the drain's process had not moved is lost
+            // (the new process's report counts it too: take the larger, never round down), and
+            // the new process is drained from the start.
+            let lost = losses
+                .iter()
+                .find(|l| l.pod == entry.pod)
+                .map_or(0, |l| l.sessions);
+            entry.active = entry.active.max(lost);
+            book.losses_counted.insert(entry.pod.clone());
+            book.events.push(lost_note(
                 &entry,
                 "GatewayRestarted",
                 "restarted its gateway",
             ));
-            tally.migrated += entry.migrated;
-            tally.dropped += entry.dropped + entry.active;
-            if let Some(pod) = pod {
-                restart(&mut entry, now);
-                drain.push(pod.name.clone());
-                entries.push(entry);
-            } else {
-                tally.pods += 1;
-            }
+            book.tally.migrated += entry.migrated;
+            book.tally.dropped += entry.dropped + entry.active;
+            restart(&mut entry, Some(report), now);
+            book.drain.push(entry.pod.clone());
+            book.entries.push(entry);
             continue;
         }
-        match pod {
-            None => {
-                events.push(lost_note(&entry, "DrainReportLost", "disappeared"));
+        match (pod, report) {
+            (None, _) => {
+                book.events
+                    .push(lost_note(&entry, "DrainReportLost", "disappeared"));
                 lose(&mut entry, now);
-                tally.add(&entry);
+                book.tally.add(&entry);
             }
-            Some(pod) => match &pod.report {
-                Some(report) => {
-                    record(&mut entry, report);
-                    if report.is_finished() {
-                        entry.finished_at = Some(Time(now));
-                        events.push(drained_note(&entry, now));
-                        tally.add(&entry);
-                        lowest_cost.push(pod.name.clone());
-                    } else if report.state == DrainState::Serving {
-                        // The request did not arrive, or the gateway restarted: ask again.
-                        drain.push(pod.name.clone());
-                    }
-                    entries.push(entry);
+            (Some(pod), Some(report)) => {
+                copy_report(&mut entry, report);
+                if report.is_finished() {
+                    entry.finished_at = Some(Time(now));
+                    book.events.push(drained_note(&entry, now));
+                    book.tally.add(&entry);
+                    book.lowest_cost.push(pod.name.clone());
+                } else if report.state == DrainState::Serving {
+                    // The request did not arrive: ask again.
+                    book.drain.push(pod.name.clone());
                 }
-                None if overdue(&entry, lcs, now) => {
-                    events.push(lost_note(&entry, "DrainReportLost", "did not answer"));
-                    lose(&mut entry, now);
-                    tally.add(&entry);
-                    lowest_cost.push(pod.name.clone());
-                    entries.push(entry);
-                }
-                None => entries.push(entry),
-            },
+                book.entries.push(entry);
+            }
+            (Some(pod), None) if overdue(&entry, input.lcs, now) => {
+                book.events
+                    .push(lost_note(&entry, "DrainReportLost", "did not answer"));
+                lose(&mut entry, now);
+                book.tally.add(&entry);
+                book.lowest_cost.push(pod.name.clone());
+                book.entries.push(entry);
+            }
+            (Some(_), None) => book.entries.push(entry),
         }
     }
-    let tracked = |name: &str, entries: &[DrainingPod]| entries.iter().any(|e| e.pod == name);
+    book
+}
 
-    // 2. Follow drains someone else started: a terminating pod runs its preStop drain.
+/// Phase 3: drains someone else started (a terminating pod runs its preStop drain), pods that
+/// vanished with sessions and no drain, and gateways that restarted outside any drain.
+pub fn adopt_external(input: &Input, losses: &[GatewayLoss], book: &mut Book) {
+    let now = input.now;
     for pod in input.pods {
         let draining = pod
             .report
             .as_ref()
             .is_some_and(|r| r.state != DrainState::Serving);
-        if tracked(&pod.name, &entries) || !(draining || pod.terminating && pod.running) {
+        // A terminating pod with no report (its node is lost, its hook never ran) is followed
+        // too: when it goes without a report, its last known sessions count as dropped.
+        let going = pod.terminating && (pod.running || input.last_known(pod) > 0);
+        if book.tracked(&pod.name) || !(draining || going) {
             continue;
         }
-        let mut entry = new_entry(pod, now);
+        let mut entry = new_entry(pod, input.last_known(pod), now);
         if let Some(report) = &pod.report {
-            record(&mut entry, report);
+            copy_report(&mut entry, report);
             if report.is_finished() {
                 entry.finished_at = Some(Time(now));
-                events.push(drained_note(&entry, now));
-                tally.add(&entry);
+                book.events.push(drained_note(&entry, now));
+                book.tally.add(&entry);
             }
         }
-        tally.started_elsewhere = true;
-        entries.push(entry);
+        book.tally.started_elsewhere = true;
+        book.entries.push(entry);
     }
 
-    // Gateways that restarted outside any drain lost their sessions.
-    for loss in input.gateway_losses {
-        if previous.is_some_and(|r| r.draining.iter().any(|e| e.pod == loss.pod)) {
+    // A pod the status recorded with open sessions that is gone, with no drain ever seen (the
+    // operator was not running while it went): its sessions were lost.
+    let was_tracked = |name: &str| {
+        input
+            .previous()
+            .is_some_and(|r| r.draining.iter().any(|e| e.pod == name))
+    };
+    for record in input.records() {
+        if record.sessions > 0 && input.pod(&record.pod).is_none() && !was_tracked(&record.pod) {
+            book.tally.dropped += record.sessions;
+            book.tally.vanished += 1;
+            book.events.push(Note {
+                warning: true,
+                reason: "PodVanished",
+                message: format!(
+                    "pod {} went away without a drain report: its {} last recorded open \
+                     sessions count as dropped",
+                    record.pod, record.sessions
+                ),
+            });
+        }
+    }
+
+    for loss in losses {
+        if book.losses_counted.contains(&loss.pod) {
             continue;
         }
-        tally.dropped += loss.sessions;
-        tally.gateway_restarts += 1;
-        events.push(Note {
+        book.tally.dropped += loss.sessions;
+        book.tally.gateway_restarts += 1;
+        book.events.push(Note {
             warning: true,
             reason: "GatewayRestarted",
             message: format!(
-                "the gateway of pod {} restarted: its {} last reported sessions were lost \
+                "the gateway of pod {} restarted: the {} sessions it had open were lost \
                  (counted as dropped)",
                 loss.pod, loss.sessions
             ),
         });
     }
+}
 
-    // Whether the drop budget is spent, and what then.
-    let carried = previous.filter(|r| r.revision == update && r.phase != RolloutPhase::Complete);
-    let dropped_so_far = carried.map_or(0, |r| r.sessions_dropped) + tally.dropped;
-    let over_budget = dropped_so_far > spec.rollout.max_dropped_sessions;
-    let rollback_to = lcs
+/// Phase 4's answer: whether the drop budget is spent, and what then.
+pub struct Budget<'a> {
+    pub over: bool,
+    pub rolling_back: bool,
+    /// The revision a rollback returns to.
+    pub rollback_to: Option<&'a str>,
+    /// The revision the pods converge on: the update revision, or the rollback's.
+    pub target: &'a str,
+    /// The rollout record carried over from the last step (same revision, not complete).
+    pub carried: Option<&'a RolloutStatus>,
+}
+
+/// Phase 4: whether more was dropped than the budget allows, and then whether to pause or
+/// roll back.
+pub fn budget<'a>(input: &'a Input, book: &Book) -> Budget<'a> {
+    let spec = &input.lcs.spec;
+    let update = input.update_revision;
+    let carried = input
+        .previous()
+        .filter(|r| r.revision == update && r.phase != RolloutPhase::Complete);
+    let dropped_so_far = carried.map_or(0, |r| r.sessions_dropped) + book.tally.dropped;
+    let over = dropped_so_far > spec.rollout.max_dropped_sessions;
+    let rollback_to = input
+        .lcs
         .status
         .as_ref()
         .and_then(|s| s.current_revision.as_deref())
         .filter(|r| *r != update && input.revisions.iter().any(|o| o.revision == *r));
     let rolling_back = match (carried, rollback_to) {
         (Some(r), Some(_)) if r.phase == RolloutPhase::RollingBack => true,
-        (_, Some(_)) => {
-            over_budget && spec.rollout.on_drop_budget_exceeded == DropBudgetAction::Rollback
-        }
+        (_, Some(_)) => over && spec.rollout.on_drop_budget_exceeded == DropBudgetAction::Rollback,
         (_, None) => false,
     };
     let target = match rollback_to {
         Some(r) if rolling_back => r,
         _ => update,
     };
+    Budget {
+        over,
+        rolling_back,
+        rollback_to,
+        target,
+        carried,
+    }
+}
 
-    // 3. Replicas per revision.
+/// Phase 5's answer: the size of every revision's Deployment, and what it took.
+pub struct Sizes {
+    pub replicas: BTreeMap<String, i32>,
+    /// Pods the target revision should serve with now.
+    pub target_want: i32,
+    /// Pods of other revisions are left (or their Deployments are).
+    pub old_left: bool,
+    /// Revisions other than the target, sorted.
+    pub others: Vec<String>,
+    /// The floor of Ready serving pods while drains start.
+    pub min_serving: i32,
+}
+
+fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
+    input
+        .pods
+        .iter()
+        .filter(|p| p.revision == revision && !p.terminating)
+        .collect()
+}
+
+/// Pods on their way out: drained and marked, or never started (no gateway to drain).
+fn going(book: &Book, pod: &PodFacts) -> bool {
+    book.removable.contains(&pod.name) || !pod.running
+}
+
+/// Phase 5: the replicas of every revision.
+pub fn replicas(input: &Input, book: &Book, budget: &Budget) -> Sizes {
+    let spec = &input.lcs.spec;
     let want = spec.replicas;
-    let surge = status::scaled(&spec.rollout.max_surge, want, true);
+    let target = budget.target;
+    let surge = disruption::scaled(&spec.rollout.max_surge, want, true);
     // With no surge a pod must go before its replacement starts: as many as the disruption
     // budget allows, and at least one (or a single replica could never be replaced).
     let min_serving = if surge > 0 {
         want
     } else {
-        (want - status::allowed_unavailable(lcs).max(1)).max(0)
+        (want - disruption::allowed_unavailable(input.lcs).max(1)).max(0)
     };
-    let pods = input.pods;
-    let live = |revision: &str| -> Vec<&PodFacts> {
-        pods.iter()
-            .filter(|p| p.revision == revision && !p.terminating)
-            .collect()
-    };
-    // Pods on their way out: drained and marked, or never started (no gateway to drain).
-    let going = |p: &PodFacts| removable.contains(&p.name) || !p.running;
-    let mut replicas = BTreeMap::new();
-    let mut revisions: Vec<&str> = input
+    let mut others: Vec<String> = input
         .revisions
         .iter()
-        .map(|r| r.revision.as_str())
-        .chain(input.pods.iter().map(|p| p.revision.as_str()))
-        .filter(|r| *r != target)
+        .map(|r| r.revision.clone())
+        .chain(input.pods.iter().map(|p| p.revision.clone()))
+        .filter(|r| r != target)
         .collect();
-    revisions.sort_unstable();
-    revisions.dedup();
+    others.sort_unstable();
+    others.dedup();
+    let mut replicas = BTreeMap::new();
     // Old pods still serving: being drained does not count, as a terminating pod does not count
     // against a Deployment's maxSurge; so the next new pod starts while the previous old one
     // drains, and drains follow each other without waiting for a pod to start.
     let mut old_serving = 0;
     let mut old_left = false;
-    for revision in &revisions {
+    for revision in &others {
         let spec_replicas = input
             .revisions
             .iter()
             .find(|r| r.revision == *revision)
             .map_or(0, |r| r.replicas);
-        let keep = i32::try_from(live(revision).iter().filter(|p| !going(p)).count()).unwrap_or(0);
+        let pods = live(input, revision);
+        let keep = i32::try_from(pods.iter().filter(|p| !going(book, p)).count()).unwrap_or(0);
         let keep = keep.min(spec_replicas).max(0);
-        let serving = live(revision)
+        let serving = pods
             .iter()
-            .filter(|p| !going(p) && !tracked(&p.name, &entries))
+            .filter(|p| !going(book, p) && !book.tracked(&p.name))
             .count();
         old_serving += keep.min(i32::try_from(serving).unwrap_or(0));
         let any_pod = input.pods.iter().any(|p| p.revision == *revision);
         if keep > 0 || any_pod {
-            replicas.insert((*revision).to_owned(), keep);
+            replicas.insert(revision.clone(), keep);
             old_left = true;
         }
     }
     let target_want = (want + surge - old_serving).clamp(0, want);
-    let target_live = live(target);
+    let target_live = live(input, target);
     // The target's own drained pods (a scale-down, or what a rollback returns to) must go, and
     // must not hold the slots of the pods that replace them: grow past them first, then shrink
     // to what stays, which removes exactly them.
     let target_removable = target_live
         .iter()
-        .filter(|p| removable.contains(&p.name))
+        .filter(|p| book.removable.contains(&p.name))
         .count();
     let target_staying = i32::try_from(target_live.len() - target_removable).unwrap_or(0);
     let target_replicas = if target_staying >= target_want {
@@ -363,31 +530,55 @@ pub fn step(input: &Input) -> Plan {
         target_want + i32::try_from(target_removable).unwrap_or(0)
     };
     replicas.insert(target.to_owned(), target_replicas);
+    Sizes {
+        replicas,
+        target_want,
+        old_left,
+        others,
+        min_serving,
+    }
+}
 
-    // Over budget, no further pod is drained. A record with nothing left to move (sessions lost
-    // by a restarted gateway outside any rollout) is not paused: there is nothing to stop.
-    let paused = over_budget && !rolling_back && (old_left || !entries.is_empty());
+/// Whether the rollout stops here for a person: over budget with something left to move (a
+/// record with nothing left, such as sessions lost by a restarted gateway outside any rollout,
+/// is not paused: there is nothing to stop).
+fn paused(budget: &Budget, sizes: &Sizes, book: &Book) -> bool {
+    budget.over && !budget.rolling_back && (sizes.old_left || !book.entries.is_empty())
+}
 
-    // 4. Start drains, within the concurrency limit and the serving floor.
-    let unfinished = entries.iter().filter(|e| e.finished_at.is_none()).count();
+/// Phase 6: starts drains, within the concurrency limit and the serving floor, once the target
+/// revision's pods are all Ready.
+pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
+    if paused(budget, sizes, book) {
+        return;
+    }
+    let spec = &input.lcs.spec;
+    let want = spec.replicas;
+    let unfinished = book
+        .entries
+        .iter()
+        .filter(|e| e.finished_at.is_none())
+        .count();
     let mut slots = usize::try_from(spec.rollout.max_concurrent_drains)
         .unwrap_or(1)
         .saturating_sub(unfinished);
     let serving = input
         .pods
         .iter()
-        .filter(|p| p.ready && !p.terminating && !tracked(&p.name, &entries))
+        .filter(|p| p.ready && !p.terminating && !book.tracked(&p.name))
         .count();
-    let mut spare = i64::try_from(serving).unwrap_or(0) - i64::from(min_serving);
-    let settled = |p: &PodFacts| p.running && !going(p) && !tracked(&p.name, &entries);
-    let target_serving: Vec<&PodFacts> =
-        target_live.iter().copied().filter(|p| settled(p)).collect();
+    let mut spare = i64::try_from(serving).unwrap_or(0) - i64::from(sizes.min_serving);
+    let settled = |p: &PodFacts| p.running && !going(book, p) && !book.tracked(&p.name);
+    let target_serving: Vec<&PodFacts> = live(input, budget.target)
+        .into_iter()
+        .filter(|p| settled(p))
+        .collect();
     let target_ready = target_serving.iter().all(|p| p.ready)
-        && i32::try_from(target_serving.len()).unwrap_or(0) >= target_want;
+        && i32::try_from(target_serving.len()).unwrap_or(0) >= sizes.target_want;
     let mut candidates: Vec<&PodFacts> = Vec::new();
     if target_ready {
-        for revision in &revisions {
-            candidates.extend(live(revision).into_iter().filter(|p| settled(p)));
+        for revision in &sizes.others {
+            candidates.extend(live(input, revision).into_iter().filter(|p| settled(p)));
         }
     }
     let excess = target_serving
@@ -397,31 +588,46 @@ pub fn step(input: &Input) -> Plan {
     by_cost.sort_by_key(|p| drain_order(p));
     candidates.extend(by_cost.into_iter().take(excess));
     candidates.sort_by_key(|p| drain_order(p));
-    if !paused {
-        for pod in candidates {
-            if slots == 0 {
-                break;
-            }
-            if pod.ready {
-                if spare <= 0 {
-                    continue;
-                }
-                spare -= 1;
-            }
-            slots -= 1;
-            drain.push(pod.name.clone());
-            entries.push(new_entry(pod, now));
-            tally.started += 1;
+    let mut picked = Vec::new();
+    for pod in candidates {
+        if slots == 0 {
+            break;
         }
+        if pod.ready {
+            if spare <= 0 {
+                continue;
+            }
+            spare -= 1;
+        }
+        slots -= 1;
+        picked.push(new_entry(pod, pod.sessions(), input.now));
     }
+    for entry in picked {
+        book.drain.push(entry.pod.clone());
+        book.entries.push(entry);
+        book.tally.started += 1;
+    }
+}
 
-    // 5. The rollout record.
-    let in_motion =
-        old_left || !entries.is_empty() || tally.started > 0 || tally.gateway_restarts > 0;
-    let mut rollout = match carried {
+/// Phase 7: the rollout record, the gateways' records, the verdicts and the Events.
+pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> Plan {
+    let lcs = input.lcs;
+    let spec = &lcs.spec;
+    let now = input.now;
+    let update = input.update_revision;
+    let want = spec.replicas;
+    let previous = input.previous();
+    let paused = paused(budget, sizes, &book);
+    let in_motion = sizes.old_left
+        || !book.entries.is_empty()
+        || book.tally.started > 0
+        || book.tally.gateway_restarts > 0
+        || book.tally.vanished > 0;
+    let mut rollout = match budget.carried {
         Some(r) => Some(r.clone()),
         None if in_motion => {
-            events.push(started_note(lcs, update, want, &tally));
+            book.events
+                .push(started_note(lcs, update, want, &book.tally));
             Some(RolloutStatus {
                 revision: update.to_owned(),
                 phase: RolloutPhase::Surging,
@@ -431,21 +637,22 @@ pub fn step(input: &Input) -> Plan {
         }
         None => previous.cloned(),
     };
+    let target_live = live(input, budget.target);
     let mut progressing = None;
     if let Some(r) = rollout.as_mut()
-        && (carried.is_some() || in_motion)
+        && (budget.carried.is_some() || in_motion)
     {
-        r.draining = entries;
-        r.pods_drained += tally.pods;
-        r.sessions_migrated += tally.migrated;
-        r.sessions_dropped += tally.dropped;
+        r.draining = std::mem::take(&mut book.entries);
+        r.pods_drained += book.tally.pods;
+        r.sessions_migrated += book.tally.migrated;
+        r.sessions_dropped += book.tally.dropped;
         let was = r.phase;
         let draining = r.draining.iter().any(|e| e.finished_at.is_none());
         let target_done = target_live.len() == usize::try_from(want).unwrap_or(0)
             && target_live.iter().all(|p| p.ready)
-            && !old_left
+            && !sizes.old_left
             && r.draining.is_empty();
-        r.phase = if rolling_back {
+        r.phase = if budget.rolling_back {
             RolloutPhase::RollingBack
         } else if paused || input.update_stalled {
             RolloutPhase::Paused
@@ -458,56 +665,27 @@ pub fn step(input: &Input) -> Plan {
         } else {
             RolloutPhase::Surging
         };
-        let done = target_done && r.draining.is_empty();
-        if done && r.finished_at.is_none() {
+        if target_done && r.finished_at.is_none() {
             r.finished_at = Some(Time(now));
-            if !rolling_back {
-                events.push(Note {
+            if !budget.rolling_back {
+                book.events.push(Note {
                     warning: false,
                     reason: "RolloutComplete",
                     message: preserved_words(r),
                 });
             }
         }
-        if r.phase != RolloutPhase::Complete && !done {
+        if r.phase != RolloutPhase::Complete && !target_done {
             r.finished_at = None;
         }
-        if over_budget && was != r.phase && (paused || rolling_back) {
-            events.push(Note {
+        if budget.over && was != r.phase && (paused || budget.rolling_back) {
+            book.events.push(Note {
                 warning: true,
                 reason: "DropBudgetExceeded",
-                message: budget_words(r, spec.rollout.max_dropped_sessions, rollback_to),
+                message: budget_words(r, spec.rollout.max_dropped_sessions, budget.rollback_to),
             });
         }
-        progressing = if rolling_back {
-            let to = rollback_to.unwrap_or_default();
-            Some(if done {
-                Verdict {
-                    status: false,
-                    reason: "RolledBack",
-                    message: format!(
-                        "revision {update} dropped {} sessions, more than \
-                         spec.rollout.maxDroppedSessions ({}); rolled back to revision {to}. \
-                         Change the spec to try again",
-                        r.sessions_dropped, spec.rollout.max_dropped_sessions
-                    ),
-                }
-            } else {
-                Verdict {
-                    status: true,
-                    reason: "RollingBack",
-                    message: budget_words(r, spec.rollout.max_dropped_sessions, rollback_to),
-                }
-            })
-        } else if paused {
-            Some(Verdict {
-                status: false,
-                reason: "DropBudgetExceeded",
-                message: budget_words(r, spec.rollout.max_dropped_sessions, None),
-            })
-        } else {
-            None
-        };
+        progressing = progressing_verdict(input, budget, paused, target_done, r);
     }
 
     let sessions_preserved = match &rollout {
@@ -547,33 +725,123 @@ pub fn step(input: &Input) -> Plan {
                 .collect()
         })
         .unwrap_or_default();
-    drain.sort_unstable();
-    drain.dedup();
-    lowest_cost.sort_unstable();
-    lowest_cost.dedup();
+    let (gateways, active_sessions) = gateway_records(input);
+    book.drain.sort_unstable();
+    book.drain.dedup();
+    book.lowest_cost.sort_unstable();
+    book.lowest_cost.dedup();
     Plan {
-        replicas,
-        drain,
-        lowest_cost,
+        replicas: sizes.replicas.clone(),
+        drain: book.drain,
+        lowest_cost: book.lowest_cost,
         rollout,
+        gateways,
+        active_sessions,
         progressing,
         sessions_preserved,
-        events,
-        started: tally.started,
+        events: book.events,
+        started: book.tally.started,
         finished,
         active,
+        paused: paused || input.update_stalled,
     }
+}
+
+fn progressing_verdict(
+    input: &Input,
+    budget: &Budget,
+    paused: bool,
+    done: bool,
+    r: &RolloutStatus,
+) -> Option<Verdict> {
+    let update = input.update_revision;
+    let limit = input.lcs.spec.rollout.max_dropped_sessions;
+    if budget.rolling_back {
+        let to = budget.rollback_to.unwrap_or_default();
+        Some(if done {
+            Verdict {
+                status: false,
+                reason: "RolledBack",
+                message: format!(
+                    "revision {update} dropped {} sessions, more than \
+                     spec.rollout.maxDroppedSessions ({limit}); rolled back to revision {to}. \
+                     Change the spec to try again",
+                    r.sessions_dropped
+                ),
+            }
+        } else {
+            Verdict {
+                status: true,
+                reason: "RollingBack",
+                message: budget_words(r, limit, budget.rollback_to),
+            }
+        })
+    } else if paused {
+        Some(Verdict {
+            status: false,
+            reason: "DropBudgetExceeded",
+            message: budget_words(r, limit, None),
+        })
+    } else {
+        None
+    }
+}
+
+/// The new `status.gateways` and `status.activeSessions`. What restarts lost is recorded as
+/// soon as a report shows it (it decides what is counted); open sessions only when
+/// `refresh_sessions` says so, and for pods recorded for the first time.
+fn gateway_records(input: &Input) -> (Vec<GatewayRecord>, i64) {
+    let mut records = Vec::new();
+    for pod in input.pods {
+        let old = input.record_of(&pod.name);
+        let lost_counted = match (&pod.report, old) {
+            (Some(report), _) => count(report.lost_to_restarts),
+            (None, Some(old)) => old.lost_counted,
+            (None, None) => 0,
+        };
+        let known = pod
+            .report
+            .as_ref()
+            .map(|r| count(r.active))
+            .or(pod.last_known);
+        let sessions = match (old, known) {
+            (Some(old), _) if !input.refresh_sessions => old.sessions,
+            (Some(old), None) => old.sessions,
+            (_, known) => known.unwrap_or(0),
+        };
+        if old.is_none() && sessions == 0 && lost_counted == 0 {
+            continue;
+        }
+        records.push(GatewayRecord {
+            pod: pod.name.clone(),
+            lost_counted,
+            sessions,
+        });
+    }
+    records.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let active = if input.refresh_sessions {
+        input
+            .pods
+            .iter()
+            .filter_map(|p| p.report.as_ref())
+            .map(|r| count(r.active))
+            .fold(0, i64::saturating_add)
+    } else {
+        input.lcs.status.as_ref().map_or(0, |s| s.active_sessions)
+    };
+    (records, active)
 }
 
 /// Sums of the drains finished in one step.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     pods: i32,
     migrated: i64,
     dropped: i64,
     started: usize,
     started_elsewhere: bool,
     gateway_restarts: usize,
+    vanished: usize,
 }
 
 impl Tally {
@@ -588,20 +856,22 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn new_entry(pod: &PodFacts, now: Timestamp) -> DrainingPod {
+/// A drain that starts now, of a pod with `sessions` open.
+fn new_entry(pod: &PodFacts, sessions: i64, now: Timestamp) -> DrainingPod {
     DrainingPod {
         pod: pod.name.clone(),
         revision: pod.revision.clone(),
         started_at: Some(Time(now)),
-        sessions_at_start: pod.sessions(),
-        active: pod.sessions(),
+        sessions_at_start: sessions,
+        gateway_restarts: pod.report.as_ref().map_or(0, |r| count(r.restarts)),
+        active: sessions,
         ..DrainingPod::default()
     }
 }
 
 /// Copies a gateway's report into the entry. A report of a drain that has not started yet
 /// (state Serving) only updates the open sessions.
-fn record(entry: &mut DrainingPod, report: &DrainReport) {
+fn copy_report(entry: &mut DrainingPod, report: &DrainReport) {
     entry.active = count(report.active);
     if report.state == DrainState::Serving {
         entry.sessions_at_start = entry.active;
@@ -613,12 +883,14 @@ fn record(entry: &mut DrainingPod, report: &DrainReport) {
     entry.dropped = count(report.dropped);
 }
 
-/// Starts an entry over for a gateway that serves again; its earlier numbers are already counted.
-fn restart(entry: &mut DrainingPod, now: Timestamp) {
+/// Starts an entry over for a gateway that serves again (its process as `report` shows it);
+/// its earlier numbers are already counted.
+fn restart(entry: &mut DrainingPod, report: Option<&DrainReport>, now: Timestamp) {
     *entry = DrainingPod {
         pod: std::mem::take(&mut entry.pod),
         revision: std::mem::take(&mut entry.revision),
         started_at: Some(Time(now)),
+        gateway_restarts: report.map_or(entry.gateway_restarts, |r| count(r.restarts)),
         ..DrainingPod::default()
     };
 }

@@ -5,12 +5,14 @@
 //! when nothing changed (the reconciler then writes nothing).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::certs::Lifetime;
-use crate::crd::{CertificateStatus, LongConnService, LongConnServiceStatus, RolloutStatus};
+use crate::crd::{
+    CertificateStatus, GatewayRecord, LongConnService, LongConnServiceStatus, RolloutStatus,
+};
 use crate::desired::ObservedRevision;
+use crate::disruption::needed_ready;
 use crate::labels;
 use crate::rollout::{self, Verdict};
 
@@ -72,6 +74,8 @@ pub struct Facts<'a> {
     /// The rollout's verdict on Progressing, when it has one (drop budget, rollback).
     pub progressing: Option<&'a Verdict>,
     pub sessions_preserved: &'a Verdict,
+    /// The gateways' accounting records, as the rollout left them.
+    pub gateways: &'a [GatewayRecord],
     pub now: Timestamp,
 }
 
@@ -275,6 +279,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         conditions: all,
         rollout: facts.rollout.cloned(),
         certificate,
+        gateways: facts.gateways.to_vec(),
     }
 }
 
@@ -285,41 +290,6 @@ fn largest_old_revision(facts: &Facts) -> Option<String> {
         .filter(|r| r.revision != facts.update_revision && r.current_replicas > 0)
         .max_by_key(|r| r.current_replicas)
         .map(|r| r.revision.clone())
-}
-
-/// Ready pods needed for Available: `replicas` less what the disruption budget lets go,
-/// and at least one.
-pub fn needed_ready(lcs: &LongConnService) -> i32 {
-    let want = lcs.spec.replicas;
-    (want - allowed_unavailable(lcs)).clamp(want.min(1), want)
-}
-
-/// Pods the disruption budget lets go at once (`maxUnavailable`, or `replicas - minAvailable`).
-pub fn allowed_unavailable(lcs: &LongConnService) -> i32 {
-    let want = lcs.spec.replicas;
-    let d = &lcs.spec.disruption;
-    match (&d.max_unavailable, &d.min_available) {
-        (_, Some(min)) => want - scaled(min, want, true),
-        (Some(max), None) => scaled(max, want, true),
-        (None, None) => 1,
-    }
-}
-
-/// An integer or a percentage of `total`, as Kubernetes scales it.
-pub fn scaled(value: &IntOrString, total: i32, round_up: bool) -> i32 {
-    match value {
-        IntOrString::Int(n) => *n,
-        IntOrString::String(s) => {
-            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            let product = percent * i64::from(total);
-            let v = if round_up {
-                (product + 99) / 100
-            } else {
-                product / 100
-            };
-            i32::try_from(v).unwrap_or(i32::MAX)
-        }
-    }
 }
 
 /// Builds the new condition list, keeping transition times of unchanged statuses.
@@ -357,21 +327,12 @@ pub fn condition<'a>(status: &'a LongConnServiceStatus, type_: &str) -> Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::LongConnServiceSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn lcs(replicas: i32) -> LongConnService {
-        let spec: LongConnServiceSpec =
-            serde_json::from_value(serde_json::json!({"replicas": replicas, "template": {}}))
-                .expect("spec");
-        let mut lcs = LongConnService::new("chat", spec);
-        lcs.metadata = ObjectMeta {
-            name: Some("chat".to_owned()),
-            namespace: Some("default".to_owned()),
-            generation: Some(4),
-            ..ObjectMeta::default()
-        };
-        lcs
+        LongConnService::test()
+            .replicas(replicas)
+            .generation(4)
+            .build()
     }
 
     fn rev(revision: &str, pods: i32, ready: i32) -> ObservedRevision {
@@ -405,6 +366,7 @@ mod tests {
                     reason: "NoDrains",
                     message: "no pod has been drained yet".to_owned(),
                 },
+                gateways: &[],
                 now: now.parse().expect("time"),
             },
         )
@@ -426,18 +388,6 @@ mod tests {
             "2026-01-01T02:00:00Z"
         );
         assert_eq!(available.observed_generation, Some(4));
-    }
-
-    #[test]
-    fn available_needs_replicas_less_the_disruption_budget() {
-        let mut lcs = lcs(3);
-        assert_eq!(needed_ready(&lcs), 2, "maxUnavailable 1 of 3");
-        lcs.spec.disruption.max_unavailable = None;
-        lcs.spec.disruption.min_available = Some(IntOrString::String("50%".to_owned()));
-        lcs.spec.replicas = 5;
-        assert_eq!(needed_ready(&lcs), 3, "50% of 5 rounds up");
-        lcs.spec.disruption.min_available = Some(IntOrString::Int(0));
-        assert_eq!(needed_ready(&lcs), 1, "at least one pod while replicas > 0");
     }
 
     #[test]

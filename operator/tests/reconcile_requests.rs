@@ -1,9 +1,12 @@
 //! Pins the exact API requests a reconcile makes, against an in-memory API server.
 //!
-//! The fake answers lists, gets, server-side applies, deletes and event posts the way the API
-//! server would for this operator's purposes, and logs every request. The real API server is
-//! exercised by the end-to-end tests; here the point is the request sequence, above all that a
-//! reconcile which finds everything as desired makes no write request at all.
+//! The fake answers gets, server-side applies, deletes and event posts the way the API server
+//! would for this operator's purposes, and logs every request. Before each reconcile the
+//! controller's caches are filled from the fake's objects, as the watches would fill them, so
+//! the log shows exactly what a reconcile sends besides its watches. The real API server is
+//! exercised by the end-to-end tests; here the point is the request sequence: the status is
+//! recorded before anything is acted on, nothing is listed or read that the caches hold, and a
+//! reconcile which finds everything as desired sends no request at all.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,14 +14,19 @@ use std::sync::{Arc, Mutex};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use kube::Client;
+use kube::api::DynamicObject;
 use kube::client::Body;
+use longconn_operator::cache::{self, Writers};
 use longconn_operator::crd::LongConnService;
 use longconn_operator::desired::Settings;
+use longconn_operator::kinds::Kind;
 use longconn_operator::metrics::Metrics;
 use longconn_operator::reconcile::{self, Context};
 use serde_json::{Value, json};
 
 const LCS_PATH: &str = "/apis/longconn.dev/v1alpha1/namespaces/default/longconnservices";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const PODS: &str = "/api/v1/namespaces/default/pods";
 
 /// Objects by collection path, then by name.
 #[derive(Default)]
@@ -29,12 +37,8 @@ struct Store {
     /// Discovery answers 503 (a transient failure) instead of its usual answer.
     discovery_failing: bool,
     next_uid: u32,
-}
-
-impl Store {
-    fn writes(&self) -> Vec<&String> {
-        self.log.iter().filter(|l| !l.starts_with("GET ")).collect()
-    }
+    /// The last resourceVersion handed out.
+    version: u64,
 }
 
 fn split(path: &str) -> Option<(String, Option<String>, bool)> {
@@ -66,6 +70,13 @@ fn merge(into: &mut Value, patch: &Value) {
         }
         (slot, v) => *slot = v.clone(),
     }
+}
+
+fn conflict() -> (StatusCode, Value) {
+    (
+        StatusCode::CONFLICT,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
+    )
 }
 
 fn not_found() -> (StatusCode, Value) {
@@ -140,20 +151,43 @@ fn handle(
             Some(o) => (StatusCode::OK, o.clone()),
             None => not_found(),
         },
-        (Method::PATCH, Some(name)) if status => match objects.get_mut(&name) {
-            Some(o) => {
-                o["status"] = body["status"].clone();
-                (StatusCode::OK, o.clone())
+        (Method::PATCH, Some(name)) if status => {
+            store.version += 1;
+            let version = store.version.to_string();
+            let objects = store.collections.entry(collection).or_default();
+            match objects.get_mut(&name) {
+                Some(o) => {
+                    let precondition = &body["metadata"]["resourceVersion"];
+                    if !precondition.is_null() && *precondition != o["metadata"]["resourceVersion"]
+                    {
+                        return conflict();
+                    }
+                    o["status"] = body["status"].clone();
+                    o["metadata"]["resourceVersion"] = json!(version);
+                    (StatusCode::OK, o.clone())
+                }
+                None => not_found(),
             }
-            None => not_found(),
-        },
+        }
         (Method::PATCH, Some(name)) => {
+            // A server-side apply that is not forced conflicts with fields someone else set.
+            let forced = query.split('&').any(|kv| kv == "force=true");
+            let ours = objects.get(&name).is_none_or(|o| {
+                o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "longconn-operator"
+            });
+            if !forced && !ours {
+                return conflict();
+            }
             store.next_uid += 1;
+            store.version += 1;
             let uid = format!("uid-{}", store.next_uid);
+            let version = store.version.to_string();
+            let objects = store.collections.entry(collection).or_default();
             let o = objects
                 .entry(name)
-                .or_insert_with(|| json!({"metadata": {"uid": uid, "resourceVersion": "1"}}));
+                .or_insert_with(|| json!({"metadata": {"uid": uid}}));
             merge(o, &body);
+            o["metadata"]["resourceVersion"] = json!(version);
             (StatusCode::OK, o.clone())
         }
         (Method::DELETE, Some(name)) => match objects.remove(&name) {
@@ -220,13 +254,83 @@ fn condition(store: &Store, kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} condition"))
 }
 
-async fn reconcile_once(store: &Arc<Mutex<Store>>, ctx: &Arc<Context>) -> Vec<String> {
+/// The collection each cache is filled from.
+const CACHED: [(&str, Kind); 8] = [
+    ("/api/v1/namespaces/default/secrets", Kind::Secret),
+    (
+        "/apis/cert-manager.io/v1/namespaces/default/certificates",
+        Kind::Certificate,
+    ),
+    (
+        "/apis/apps/v1/namespaces/default/deployments",
+        Kind::Deployment,
+    ),
+    ("/api/v1/namespaces/default/services", Kind::Service),
+    (
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+        Kind::PodDisruptionBudget,
+    ),
+    (
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+        Kind::NetworkPolicy,
+    ),
+    (
+        "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors",
+        Kind::ServiceMonitor,
+    ),
+    (
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
+        Kind::HorizontalPodAutoscaler,
+    ),
+];
+const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/default/replicasets";
+
+/// Fills the caches from the fake's objects, as the watches (which select the managed-by
+/// label) would.
+fn sync(store: &Store, writers: &Mutex<Writers>) {
+    let mut writers = writers.lock().expect("writers");
+    writers.reset();
+    let managed =
+        |o: &&Value| matches_selector(o, "app.kubernetes.io/managed-by=longconn-operator");
+    let objects = |path: &str| -> Vec<Value> {
+        store
+            .collections
+            .get(path)
+            .into_iter()
+            .flat_map(|c| c.values())
+            .filter(managed)
+            .cloned()
+            .collect()
+    };
+    for (path, kind) in CACHED {
+        let ar = kind.api_resource();
+        for mut o in objects(path) {
+            o["apiVersion"] = json!(ar.api_version);
+            o["kind"] = json!(ar.kind);
+            o["metadata"]["namespace"] = json!("default");
+            let object: DynamicObject = serde_json::from_value(o).expect("object");
+            writers.apply_owned(kind, object);
+        }
+    }
+    for o in objects(PODS) {
+        writers.apply_pod(serde_json::from_value(o).expect("pod"));
+    }
+    for mut o in objects(REPLICA_SETS) {
+        o["apiVersion"] = json!("apps/v1");
+        o["kind"] = json!("ReplicaSet");
+        writers.apply_replica_set(serde_json::from_value(o).expect("replica set"));
+    }
+}
+
+/// One reconcile with caches as fresh as the fake; returns the requests it sent.
+async fn reconcile_once(store: &Arc<Mutex<Store>>, fixture: &Fixture) -> Vec<String> {
     let lcs: LongConnService = {
         let mut s = store.lock().expect("store");
         s.log.clear();
+        sync(&s, &fixture.writers);
         serde_json::from_value(s.collections[LCS_PATH]["chat"].clone()).expect("lcs")
     };
-    reconcile::reconcile(Arc::new(lcs), ctx.clone())
+    reconcile::reconcile(Arc::new(lcs), fixture.ctx.clone())
         .await
         .expect("reconcile succeeds");
     store.lock().expect("store").log.clone()
@@ -249,7 +353,28 @@ fn mark_deployments_ready(store: &Arc<Mutex<Store>>) {
     }
 }
 
-fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Arc<Context>) {
+/// The reconciler's context and the writers of its caches.
+struct Fixture {
+    ctx: Arc<Context>,
+    writers: Mutex<Writers>,
+}
+
+fn fixture(store: &Arc<Mutex<Store>>, discovery_ttl: std::time::Duration) -> Fixture {
+    let (caches, writers) = cache::new();
+    let ctx = Context::new(
+        fake(store.clone()),
+        Settings::default(),
+        Arc::new(Metrics::default()),
+        caches,
+    )
+    .with_discovery_ttl(discovery_ttl);
+    Fixture {
+        ctx: Arc::new(ctx),
+        writers: Mutex::new(writers),
+    }
+}
+
+fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Fixture) {
     let store = Arc::new(Mutex::new(Store {
         served_groups,
         ..Store::default()
@@ -261,63 +386,40 @@ fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Arc<Context>) 
         .entry(LCS_PATH.to_owned())
         .or_default()
         .insert("chat".to_owned(), chat());
-    let client = fake(store.clone());
-    let ctx = Arc::new(Context::new(
-        client,
-        Settings::default(),
-        Arc::new(Metrics::default()),
-    ));
-    (store, ctx)
+    let fixture = fixture(&store, reconcile::DISCOVERY_TTL);
+    (store, fixture)
 }
 
-const LISTS: [&str; 7] = [
-    "GET /api/v1/namespaces/default/secrets",
-    "GET /apis/apps/v1/namespaces/default/deployments",
-    "GET /api/v1/namespaces/default/services",
-    "GET /apis/policy/v1/namespaces/default/poddisruptionbudgets",
-    "GET /apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
-    "GET /apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
-    "GET /api/v1/namespaces/default/pods",
-];
+const LCS_EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/default/events";
 
 #[tokio::test]
-async fn first_reconcile_creates_every_object_then_steady_state_writes_nothing() {
-    let (store, ctx) = setup(vec![]);
+async fn first_reconcile_records_status_then_creates_every_object_then_steady_state_sends_nothing()
+{
+    let (store, fixture) = setup(vec![]);
 
-    let first = reconcile_once(&store, &ctx).await;
+    let first = reconcile_once(&store, &fixture).await;
+    let deployment = first
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("PATCH {DEPLOYMENTS}/")))
+        .expect("a deployment was applied")
+        .to_owned();
+    let secrets = "/api/v1/namespaces/default/secrets";
     let mut expected: Vec<String> = vec![
         "GET /apis/monitoring.coreos.com/v1".into(),
         "GET /apis/cert-manager.io/v1".into(),
+        // Recorded first...
+        format!("PATCH {LCS_PATH}/chat/status"),
+        // ...then the Events that follow the record: the CA and serving certificate issued,
+        // MonitoringReady=False (no ServiceMonitor API)...
+        LCS_EVENTS.into(),
+        LCS_EVENTS.into(),
     ];
-    expected.extend(LISTS.iter().map(|s| (*s).to_owned()));
-    let writes: Vec<String> = first
-        .iter()
-        .filter(|l| !l.starts_with("GET /apis/events"))
-        .cloned()
-        .collect();
-    let secrets = "/api/v1/namespaces/default/secrets";
-    let lcs_events = "POST /apis/events.k8s.io/v1/namespaces/default/events";
-    let created = |kind_path: &str, name: &str| {
-        vec![
-            format!("GET {kind_path}/{name}"),
-            format!("PATCH {kind_path}/{name}"),
-        ]
-    };
-    // One event for the CA and serving certificate issued.
-    expected.push(lcs_events.to_owned());
-    let deployment = first
-        .iter()
-        .find_map(|l| l.strip_prefix("PATCH /apis/apps/v1/namespaces/default/deployments/"))
-        .expect("a deployment was applied")
-        .to_owned();
+    // ...then the objects, each one request, no read: the caches say what exists.
     for (path, name) in [
         (secrets, "chat-admin-token"),
         (secrets, "chat-ca"),
         (secrets, "chat-tls"),
-        (
-            "/apis/apps/v1/namespaces/default/deployments",
-            deployment.as_str(),
-        ),
+        (DEPLOYMENTS, deployment.as_str()),
         ("/api/v1/namespaces/default/services", "chat"),
         (
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
@@ -329,36 +431,60 @@ async fn first_reconcile_creates_every_object_then_steady_state_writes_nothing()
         ),
         ("/api/v1/namespaces/default/services", "chat-metrics"),
     ] {
-        expected.extend(created(path, name));
+        expected.push(format!("PATCH {path}/{name}"));
     }
-    // One event listing what was created, one for MonitoringReady=False (no ServiceMonitor
-    // API), then the status.
-    expected.push(lcs_events.to_owned());
-    expected.push(lcs_events.to_owned());
-    expected.push(format!("PATCH {LCS_PATH}/chat/status"));
-    assert_eq!(writes, expected);
+    // One Event listing what was created.
+    expected.push(LCS_EVENTS.into());
+    assert_eq!(first, expected);
 
     mark_deployments_ready(&store);
-    let second = reconcile_once(&store, &ctx).await;
-    let mut expected_second: Vec<String> = LISTS.iter().map(|s| (*s).to_owned()).collect();
-    expected_second.push(format!("PATCH {LCS_PATH}/chat/status"));
+    let second = reconcile_once(&store, &fixture).await;
     assert_eq!(
-        second, expected_second,
+        second,
+        [format!("PATCH {LCS_PATH}/chat/status")],
         "pods became ready: only the status changes"
     );
 
-    let third = reconcile_once(&store, &ctx).await;
-    assert_eq!(
-        third,
-        LISTS.to_vec(),
-        "steady state: reads only, zero writes"
+    let third = reconcile_once(&store, &fixture).await;
+    assert!(
+        third.is_empty(),
+        "steady state: no request at all: {third:#?}"
     );
-    assert!(store.lock().expect("store").writes().is_empty());
+}
+
+#[tokio::test]
+async fn a_reconcile_that_saw_a_stale_status_records_nothing_and_does_nothing() {
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
+    mark_deployments_ready(&store);
+    // The cache still shows the object as it was before someone else's status write.
+    let stale: LongConnService = {
+        let mut s = store.lock().expect("store");
+        let lcs = s.collections[LCS_PATH]["chat"].clone();
+        s.version += 1;
+        let version = s.version.to_string();
+        s.collections
+            .get_mut(LCS_PATH)
+            .and_then(|c| c.get_mut("chat"))
+            .expect("lcs")["metadata"]["resourceVersion"] = json!(version);
+        s.log.clear();
+        sync(&s, &fixture.writers);
+        serde_json::from_value(lcs).expect("lcs")
+    };
+    reconcile::reconcile(Arc::new(stale), fixture.ctx.clone())
+        .await
+        .expect("a stale view is not an error");
+    let log = store.lock().expect("store").log.clone();
+    assert_eq!(
+        log,
+        [format!("PATCH {LCS_PATH}/chat/status")],
+        "refused by its precondition; no Event, no other write"
+    );
 }
 
 #[tokio::test]
 async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
-    let (store, ctx) = setup(vec![]);
+    let (store, fixture) = setup(vec![]);
     let theirs = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "chat", "namespace": "default", "uid": "theirs", "labels": {"team": "web"}},
         "spec": {"ports": [{"port": 80}]}});
@@ -370,12 +496,13 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
         .or_default()
         .insert("chat".to_owned(), theirs.clone());
 
-    let log = reconcile_once(&store, &ctx).await;
-    assert!(log.contains(&"GET /api/v1/namespaces/default/services/chat".to_owned()));
+    let log = reconcile_once(&store, &fixture).await;
     assert!(
-        !log.contains(&"PATCH /api/v1/namespaces/default/services/chat".to_owned()),
-        "{log:#?}"
+        log.contains(&"PATCH /api/v1/namespaces/default/services/chat".to_owned()),
+        "applied without force: {log:#?}"
     );
+    // The conflict shows in the next status.
+    reconcile_once(&store, &fixture).await;
     let s = store.lock().expect("store");
     assert_eq!(
         s.collections["/api/v1/namespaces/default/services"]["chat"],
@@ -394,11 +521,8 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
 
 #[tokio::test]
 async fn with_the_monitoring_api_served_a_service_monitor_is_applied() {
-    let (store, ctx) = setup(vec!["monitoring.coreos.com"]);
-    let log = reconcile_once(&store, &ctx).await;
-    assert!(log.contains(
-        &"GET /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors".to_owned()
-    ));
+    let (store, fixture) = setup(vec!["monitoring.coreos.com"]);
+    let log = reconcile_once(&store, &fixture).await;
     assert!(log.contains(
         &"PATCH /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/chat".to_owned()
     ));
@@ -409,8 +533,8 @@ async fn with_the_monitoring_api_served_a_service_monitor_is_applied() {
 
 #[tokio::test]
 async fn objects_no_longer_desired_are_deleted() {
-    let (store, ctx) = setup(vec![]);
-    reconcile_once(&store, &ctx).await;
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
     // Turn TLS off: the CA and serving Secrets are no longer desired.
     {
         let mut s = store.lock().expect("store");
@@ -421,7 +545,7 @@ async fn objects_no_longer_desired_are_deleted() {
             .expect("lcs");
         lcs["spec"]["tls"] = json!({"mode": "Disabled"});
     }
-    let log = reconcile_once(&store, &ctx).await;
+    let log = reconcile_once(&store, &fixture).await;
     assert!(
         log.contains(&"DELETE /api/v1/namespaces/default/secrets/chat-ca".to_owned()),
         "{log:#?}"
@@ -436,23 +560,13 @@ async fn objects_no_longer_desired_are_deleted() {
 #[tokio::test]
 async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_service_monitor() {
     let (store, _) = setup(vec!["monitoring.coreos.com"]);
-    let client = fake(store.clone());
-    let ctx = Arc::new(
-        Context::new(client, Settings::default(), Arc::new(Metrics::default()))
-            .with_discovery_ttl(std::time::Duration::ZERO),
-    );
-    reconcile_once(&store, &ctx).await;
+    let fixture = fixture(&store, std::time::Duration::ZERO);
+    reconcile_once(&store, &fixture).await;
     store.lock().expect("store").discovery_failing = true;
-    let log = reconcile_once(&store, &ctx).await;
+    let log = reconcile_once(&store, &fixture).await;
     assert!(
         log.contains(&"GET /apis/monitoring.coreos.com/v1".to_owned()),
         "discovery was asked again"
-    );
-    assert!(
-        log.contains(
-            &"GET /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors".to_owned()
-        ),
-        "the ServiceMonitor API is still taken as served: {log:#?}"
     );
     assert!(!log.iter().any(|l| l.starts_with("DELETE")), "{log:#?}");
     let s = store.lock().expect("store");
@@ -464,20 +578,42 @@ async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_servic
     assert_eq!(monitoring["status"], "True");
 }
 
-const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-
-/// A pod of `revision` as a kubelet would report it. Its IP is in TEST-NET-1
-/// (192.0.2.0/24, never routed), so the gateway report cannot be read.
-fn pod(name: &str, revision: &str, ip: &str) -> Value {
-    json!({
+/// Adds pod `i` of `deployment` as a ReplicaSet of that Deployment would create it and a
+/// kubelet report it. Its IP is in TEST-NET-1 (192.0.2.0/24, never routed), so its gateway's
+/// report cannot be read.
+fn add_pod(s: &mut Store, deployment: &str, i: usize, ip: &str) -> String {
+    let deployment_uid = s.collections[DEPLOYMENTS][deployment]["metadata"]["uid"].clone();
+    let revision = revision_of(deployment);
+    let labels = json!({"longconn.dev/service": "chat", "longconn.dev/revision": revision,
+        "app.kubernetes.io/managed-by": "longconn-operator"});
+    let rs = format!("{deployment}-rs");
+    let rs_uid = format!("uid-{rs}");
+    s.collections
+        .entry(REPLICA_SETS.to_owned())
+        .or_default()
+        .insert(
+            rs.clone(),
+            json!({"metadata": {"name": rs, "namespace": "default", "uid": rs_uid,
+                "labels": labels,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": deployment, "uid": deployment_uid, "controller": true}]}}),
+        );
+    let name = format!("{deployment}-{i}");
+    let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
-            "labels": {"longconn.dev/service": "chat", "longconn.dev/revision": revision}},
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": rs, "uid": rs_uid, "controller": true}]},
         "spec": {"containers": [{"name": "app"}]},
         "status": {"phase": "Running", "podIP": ip,
             "conditions": [{"type": "Ready", "status": "True"}]}
-    })
+    });
+    s.collections
+        .entry(PODS.to_owned())
+        .or_default()
+        .insert(name.clone(), pod);
+    name
 }
 
 fn revision_of(deployment: &str) -> String {
@@ -486,10 +622,10 @@ fn revision_of(deployment: &str) -> String {
 
 #[tokio::test]
 async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recording_its_drain() {
-    let (store, ctx) = setup(vec![]);
-    reconcile_once(&store, &ctx).await;
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
     mark_deployments_ready(&store);
-    reconcile_once(&store, &ctx).await;
+    reconcile_once(&store, &fixture).await;
     let old = {
         let s = store.lock().expect("store");
         s.collections[DEPLOYMENTS]
@@ -498,16 +634,10 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
             .expect("deployment")
             .clone()
     };
-    let old_rev = revision_of(&old);
     {
         let mut s = store.lock().expect("store");
-        let pods = s.collections.entry(PODS.to_owned()).or_default();
         for i in 0..3 {
-            let name = format!("{old}-{i}");
-            pods.insert(
-                name.clone(),
-                pod(&name, &old_rev, &format!("192.0.2.{}", i + 1)),
-            );
+            add_pod(&mut s, &old, i, &format!("192.0.2.{}", i + 1));
         }
         let lcs = s
             .collections
@@ -519,7 +649,7 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     }
 
     // The template changed: the new revision surges by one; the old one is not touched.
-    let log = reconcile_once(&store, &ctx).await;
+    let log = reconcile_once(&store, &fixture).await;
     let new = {
         let s = store.lock().expect("store");
         s.collections[DEPLOYMENTS]
@@ -535,10 +665,10 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     assert_eq!(
         writes,
         [
+            &format!("PATCH {LCS_PATH}/chat/status"),
             &format!("PATCH {DEPLOYMENTS}/{new}"),
-            &format!("PATCH {LCS_PATH}/chat/status")
         ],
-        "{log:#?}"
+        "recorded first, then acted: {log:#?}"
     );
     {
         let s = store.lock().expect("store");
@@ -558,15 +688,10 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     // reached here, so its report stays unread); nothing is removed yet.
     {
         let mut s = store.lock().expect("store");
-        let name = format!("{new}-0");
-        let surge = pod(&name, &revision_of(&new), "192.0.2.10");
-        s.collections
-            .get_mut(PODS)
-            .expect("pods")
-            .insert(name, surge);
+        add_pod(&mut s, &new, 0, "192.0.2.10");
     }
     mark_deployments_ready(&store);
-    let log = reconcile_once(&store, &ctx).await;
+    let log = reconcile_once(&store, &fixture).await;
     assert!(
         !log.iter().any(|l| l.starts_with("PATCH /api/v1")),
         "{log:#?}"
@@ -596,7 +721,7 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
             json!({"controller.kubernetes.io/pod-deletion-cost": "-2147483648"});
         drained["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
     }
-    let log = reconcile_once(&store, &ctx).await;
+    let log = reconcile_once(&store, &fixture).await;
     let writes: Vec<&String> = log
         .iter()
         .filter(|l| !l.starts_with("GET") && !l.contains("/events"))
@@ -604,9 +729,9 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     assert_eq!(
         writes,
         [
+            &format!("PATCH {LCS_PATH}/chat/status"),
             &format!("PATCH {DEPLOYMENTS}/{new}"),
             &format!("PATCH {DEPLOYMENTS}/{old}"),
-            &format!("PATCH {LCS_PATH}/chat/status")
         ],
         "the new revision grows as the old one shrinks: {log:#?}"
     );

@@ -40,9 +40,8 @@ use longconn_operator::crd::{
     DropBudgetAction, LongConnService, LongConnServiceSpec, RolloutPhase, RolloutStatus,
 };
 use longconn_operator::desired::ObservedRevision;
-use longconn_operator::rollout::{
-    self, GatewayLoss, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict,
-};
+use longconn_operator::disruption;
+use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
 use longconn_operator::status::{self, CertFacts, Facts, MonitoringFacts};
 
 /// No scenario may need more ticks than this to reach what it waits for.
@@ -77,6 +76,10 @@ struct Gateway {
     dropped: i64,
     /// Ticks since the drain started.
     ticks: u32,
+    /// Earlier processes of this gateway, and the sessions they had open when they ended: kept
+    /// across restarts in the pod's shared directory.
+    restarts: u64,
+    lost_to_restarts: u64,
 }
 
 impl Gateway {
@@ -89,9 +92,21 @@ impl Gateway {
             migrated: n(self.migrated),
             closed_by_client: 0,
             dropped: n(self.dropped),
+            restarts: self.restarts,
+            lost_to_restarts: self.lost_to_restarts,
             started_at: None,
             finished_at: None,
         }
+    }
+
+    /// The process ends without a drain and a new one starts: what it had open is lost.
+    fn restart(&mut self) {
+        *self = Gateway {
+            restarts: self.restarts + 1,
+            lost_to_restarts: self.lost_to_restarts
+                + u64::try_from(self.active).expect("session counts are not negative"),
+            ..Gateway::default()
+        };
     }
 
     /// `POST /drain`, or the preStop hook: idempotent.
@@ -147,20 +162,26 @@ struct Pod {
     cost: Option<i32>,
     /// Its readiness probe fails for a reason of its own (the app is unwell).
     unwell: bool,
+    /// Its node is lost: its gateway cannot be reached, and the pod object lingers until this
+    /// tick, when it is force-deleted.
+    node_lost_until: Option<u32>,
     /// The Ready condition as the API shows it: the probe's result some observations ago.
     ready: bool,
     /// The latest probe results, oldest first.
     probes: VecDeque<bool>,
     /// Was ever listed as a Ready endpoint.
     served: bool,
-    /// Restart count of the gateway container.
-    restarts: i32,
     gateway: Gateway,
 }
 
 impl Pod {
     fn running(&self) -> bool {
         self.stage != Stage::Pending
+    }
+
+    /// Its gateway answers.
+    fn reachable(&self) -> bool {
+        self.running() && self.node_lost_until.is_none()
     }
 
     /// The readiness probe: a draining gateway fails it.
@@ -173,7 +194,8 @@ impl Pod {
         self.ready && self.probe() && !self.terminating
     }
 
-    fn facts(&self) -> PodFacts {
+    /// The pod as the operator sees it; `last_known` is what its report poller kept.
+    fn facts(&self, last_known: Option<i64>) -> PodFacts {
         PodFacts {
             name: self.name.clone(),
             revision: self.revision.clone(),
@@ -181,7 +203,8 @@ impl Pod {
             ready: self.ready,
             terminating: self.terminating,
             deletion_cost: self.cost,
-            report: self.running().then(|| self.gateway.report()),
+            report: self.reachable().then(|| self.gateway.report()),
+            last_known,
         }
     }
 
@@ -243,6 +266,9 @@ struct Script {
     evict: Option<(u32, String)>,
     /// From this tick on, this pod's readiness probe fails; its sessions stay open.
     unwell: Option<(u32, String)>,
+    /// At this tick this pod's node is lost: its sessions are cut, the pod is deleted but no
+    /// hook runs and no report is read, and the object goes a few ticks later.
+    node_lost: Option<(u32, String)>,
     /// At this tick `spec.replicas` changes to this.
     resize: Option<(u32, i32)>,
 }
@@ -299,9 +325,9 @@ struct Model {
     vanished: Vec<String>,
     /// Gateways that restarted.
     restarted: Vec<String>,
-    /// What the operator remembers of each gateway between reconciles (its restart count and
-    /// last reported open sessions); lost when the operator restarts.
-    gateways_seen: BTreeMap<String, (i32, i64)>,
+    /// What the operator's report poller keeps between reconciles: each gateway's last
+    /// reported open sessions; lost when the operator restarts.
+    gateways_seen: BTreeMap<String, i64>,
     events: Vec<(u32, Note)>,
     progressing: Option<Verdict>,
     violations: Vec<String>,
@@ -411,7 +437,7 @@ impl Model {
     }
 
     fn floor(&self) -> usize {
-        let surge = status::scaled(
+        let surge = disruption::scaled(
             &self.lcs.spec.rollout.max_surge,
             self.lcs.spec.replicas,
             true,
@@ -420,7 +446,7 @@ impl Model {
         let floor = if surge > 0 {
             self.lcs.spec.replicas
         } else {
-            (self.lcs.spec.replicas - status::allowed_unavailable(&self.lcs).max(1)).max(0)
+            (self.lcs.spec.replicas - disruption::allowed_unavailable(&self.lcs).max(1)).max(0)
         };
         usize::try_from(floor).expect("floor")
     }
@@ -436,17 +462,21 @@ impl Model {
             terminating: false,
             cost: None,
             unwell: false,
+            node_lost_until: None,
             ready: false,
             probes: VecDeque::new(),
             served: false,
-            restarts: 0,
             gateway: Gateway::default(),
         });
     }
 
     /// What the operator sees: every pod, and every revision's Deployment.
     fn observe(&self) -> (Vec<PodFacts>, Vec<ObservedRevision>) {
-        let mut pods: Vec<PodFacts> = self.pods.iter().map(Pod::facts).collect();
+        let mut pods: Vec<PodFacts> = self
+            .pods
+            .iter()
+            .map(|p| p.facts(self.gateways_seen.get(&p.name).copied()))
+            .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         let revisions = self
             .deployments
@@ -501,9 +531,9 @@ impl Model {
             self.stalled = true;
         }
         self.kubelet();
+        self.poll_gateways();
         let (pods, revisions) = self.observe();
         self.check_cluster();
-        let gateway_losses = self.gateway_losses();
         let plan = {
             let input = Input {
                 lcs: &self.lcs,
@@ -511,7 +541,7 @@ impl Model {
                 revisions: &revisions,
                 pods: &pods,
                 update_stalled: self.stalled,
-                gateway_losses: &gateway_losses,
+                refresh_sessions: true,
                 now: self.now,
             };
             let plan = rollout::step(&input);
@@ -544,30 +574,17 @@ impl Model {
         self.now += TICK;
     }
 
-    /// Gateways whose restart count went up since the last reconcile lost the sessions they
-    /// last reported, as the reconciler works it out.
-    fn gateway_losses(&mut self) -> Vec<GatewayLoss> {
+    /// The operator's report poller: reads every running gateway, keeps the last count of
+    /// each pod that is still listed.
+    fn poll_gateways(&mut self) {
         let names: BTreeSet<&String> = self.pods.iter().map(|p| &p.name).collect();
         self.gateways_seen.retain(|name, _| names.contains(name));
-        let mut losses = Vec::new();
         for pod in &self.pods {
-            let seen = self
-                .gateways_seen
-                .entry(pod.name.clone())
-                .or_insert((pod.restarts, 0));
-            if pod.restarts > seen.0 && seen.1 > 0 {
-                losses.push(GatewayLoss {
-                    pod: pod.name.clone(),
-                    sessions: seen.1,
-                });
-                seen.1 = 0;
-            }
-            seen.0 = pod.restarts;
-            if pod.running() {
-                seen.1 = pod.gateway.active;
+            if pod.reachable() {
+                self.gateways_seen
+                    .insert(pod.name.clone(), pod.gateway.active);
             }
         }
-        losses
     }
 
     fn send_drains(&mut self, plan: &Plan) {
@@ -596,7 +613,10 @@ impl Model {
     /// Writes the status as the reconciler does: computed from the observed revisions and the
     /// plan; then records the plan's Events, which the reconciler posts after the status.
     fn write_status(&mut self, revisions: &[ObservedRevision], plan: Option<&Plan>) {
-        let active_sessions = self.pods.iter().map(|p| p.gateway.active).sum();
+        let active_sessions = plan.map_or_else(
+            || self.pods.iter().map(|p| p.gateway.active).sum(),
+            |p| p.active_sessions,
+        );
         let no_drains = Verdict {
             status: true,
             reason: "NoDrains",
@@ -615,6 +635,7 @@ impl Model {
                 rollout: plan.and_then(|p| p.rollout.as_ref()),
                 progressing: plan.and_then(|p| p.progressing.as_ref()),
                 sessions_preserved: plan.map_or(&no_drains, |p| &p.sessions_preserved),
+                gateways: plan.map_or(&[], |p| p.gateways.as_slice()),
                 now: self.now,
             },
         );
@@ -634,9 +655,12 @@ impl Model {
     /// starting, ReplicaSets, reconnecting clients.
     fn advance(&mut self) {
         self.disrupt();
-        // A terminating pod goes once its drain's end was visible (or it never ran).
-        self.pods.retain(|p| {
-            !(p.terminating && (!p.running() || p.gateway.state == DrainState::Drained))
+        // A terminating pod goes once its drain's end was visible (or it never ran); one on a
+        // lost node when the pod garbage collector force-deletes it.
+        let tick = self.tick;
+        self.pods.retain(|p| match p.node_lost_until {
+            Some(until) => tick < until,
+            None => !(p.terminating && (!p.running() || p.gateway.state == DrainState::Drained)),
         });
         for pod in &mut self.pods {
             let (migrated, closed) = pod.gateway.advance();
@@ -669,6 +693,16 @@ impl Model {
             pod.terminating = true;
             pod.gateway.drain();
         }
+        if let Some((at, name)) = &self.script.node_lost
+            && *at == self.tick
+            && let Some(pod) = self.pods.iter_mut().find(|p| p.name == *name)
+        {
+            pod.terminating = true;
+            pod.node_lost_until = Some(self.tick + 3);
+            self.lost += pod.gateway.active;
+            self.reconnecting += pod.gateway.active;
+            pod.gateway.active = 0;
+        }
         if let Some((at, name)) = &self.script.unwell
             && *at == self.tick
             && let Some(pod) = self.pods.iter_mut().find(|p| p.name == *name)
@@ -692,8 +726,7 @@ impl Model {
             let pod = &mut self.pods[i];
             self.lost += pod.gateway.active;
             self.reconnecting += pod.gateway.active;
-            pod.gateway = Gateway::default();
-            pod.restarts += 1;
+            pod.gateway.restart();
             self.restarted.push(pod.name.clone());
         }
         if self.script.vanish_mid_drain && self.vanished.is_empty() {
@@ -1115,8 +1148,8 @@ fn rolling_update_keeps_its_guarantees_for_every_surge_and_drain_limit() {
         for surge in &surges {
             for drains in 1..=3 {
                 let lcs = service_with(replicas, surge.clone(), drains);
-                let allows_one_down = status::needed_ready(&lcs) < replicas;
-                if status::scaled(surge, replicas, true) == 0 && !allows_one_down {
+                let allows_one_down = disruption::needed_ready(&lcs) < replicas;
+                if disruption::scaled(surge, replicas, true) == 0 && !allows_one_down {
                     continue;
                 }
                 for readiness_lag in 0..=2 {
@@ -1606,10 +1639,15 @@ fn a_pod_vanishing_mid_drain_counts_its_last_known_sessions_as_dropped() {
     );
 }
 
-#[test]
-fn a_gateway_restart_counts_its_last_reported_sessions_as_dropped() {
+/// A settled service whose gateway `a-1` restarts at tick 2; `crash` makes the operator die in
+/// that same tick before it records anything, so all it knew in memory is gone when the
+/// gateway's new process answers. Checks that the restart's sessions are counted, once.
+fn gateway_restart_is_counted(crash: bool) {
     let mut model = Model::settled(service(3));
     model.script.gateway_restart = Some(GatewayRestart::At(2, "a-1".to_owned()));
+    if crash {
+        model.script.crash = Some((2, vec![Action::Drain, Action::Cost, Action::Replicas]));
+    }
     model.checks.floor = false;
     model.run_for(4);
     model.run_until("the record settles", |m| {
@@ -1637,15 +1675,41 @@ fn a_gateway_restart_counts_its_last_reported_sessions_as_dropped() {
 }
 
 #[test]
-fn a_gateway_restarting_mid_drain_counts_its_sessions_once_and_the_rollout_goes_on() {
+fn a_gateway_restart_counts_its_last_reported_sessions_as_dropped() {
+    gateway_restart_is_counted(false);
+}
+
+#[test]
+fn a_gateway_crash_during_an_operator_restart_is_counted_by_the_next_operator() {
+    gateway_restart_is_counted(true);
+}
+
+/// A rolling update in which a gateway restarts mid-drain; `crash` makes the operator die in
+/// that same tick before it records anything. Checks that its sessions count once and the
+/// rollout goes on.
+fn mid_drain_restart_is_counted(crash: bool) {
     let mut lcs = service(3);
     lcs.spec.rollout.max_dropped_sessions = 1000;
     let mut model = rolling_update(lcs);
     model.script.gateway_restart = Some(GatewayRestart::MidDrain);
     model.checks.floor = false;
+    if crash {
+        model.run_until("a drain is under way", |m| {
+            m.pods.iter().any(|p| {
+                p.gateway.state == DrainState::Draining
+                    && p.gateway.active > 0
+                    && m.drain_asked.contains(&p.name)
+            })
+        });
+        model.script.crash = Some((
+            model.tick,
+            vec![Action::Drain, Action::Cost, Action::Replicas],
+        ));
+    }
     model.run_to_completion();
     let r = model.rollout().expect("status.rollout");
     model.check(model.restarted.len() == 1, "one gateway restarted");
+    model.check(model.lost > 0, "it had sessions open");
     model.check(
         r.sessions_dropped == model.lost,
         &format!(
@@ -1658,6 +1722,44 @@ fn a_gateway_restarting_mid_drain_counts_its_sessions_once_and_the_rollout_goes_
         "migrated sessions counted exactly",
     );
     model.check(model.violations.is_empty(), "no pod deleted undrained");
+}
+
+#[test]
+fn a_gateway_restarting_mid_drain_counts_its_sessions_once_and_the_rollout_goes_on() {
+    mid_drain_restart_is_counted(false);
+}
+
+#[test]
+fn a_gateway_crashing_mid_drain_during_an_operator_restart_counts_its_sessions_once() {
+    mid_drain_restart_is_counted(true);
+}
+
+#[test]
+fn a_terminating_pod_that_never_reports_counts_its_last_known_sessions_as_dropped() {
+    let mut model = Model::settled(service(3));
+    let lost = model.pods[2].name.clone();
+    let sessions = model.pods[2].gateway.active;
+    model.script.node_lost = Some((2, lost.clone()));
+    model.checks.floor = false;
+    model.run_for(3);
+    model.run_to_completion();
+    let r = model.rollout().expect("status.rollout");
+    model.check(
+        sessions > 0 && model.lost == sessions,
+        "the pod held sessions",
+    );
+    model.check(model.recorded.contains(&lost), "its going was recorded");
+    model.check(
+        r.sessions_dropped == sessions,
+        &format!(
+            "status counts {} dropped, the lost node took {sessions}",
+            r.sessions_dropped
+        ),
+    );
+    model.check(
+        warnings(&model, "DrainReportLost") == 1,
+        "one DrainReportLost warning",
+    );
 }
 
 #[test]

@@ -1,0 +1,237 @@
+//! The controller's caches: every object the operator owns, the pods of every LongConnService
+//! and the ReplicaSets that own them, each kept current by one watch.
+//!
+//! A reconcile reads only from here: it lists nothing and GETs nothing from the API server.
+//! The watches that fill the caches are also the controller's triggers ([`Writers::streams`]
+//! hands them to the controller), so what wakes a reconcile is exactly what the cache shows.
+//! `managedFields` are dropped on the way in, and so are pods' specs: no decision reads them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::desired::ServedApis;
+use crate::kinds::Kind;
+use crate::labels::{self, MANAGED_BY, MANAGER};
+
+/// Read side of the caches, held by the reconciler.
+#[derive(Clone)]
+pub struct Caches {
+    owned: BTreeMap<Kind, Store<DynamicObject>>,
+    pods: Store<Pod>,
+    replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
+}
+
+/// Write side of the caches: fed by the watches (or, in tests, by hand).
+pub struct Writers {
+    owned: BTreeMap<Kind, Writer<DynamicObject>>,
+    pods: Writer<Pod>,
+    replica_sets: Writer<PartialObjectMeta<ReplicaSet>>,
+}
+
+/// Empty caches and the writers that fill them.
+pub fn new() -> (Caches, Writers) {
+    let owned: BTreeMap<Kind, Writer<DynamicObject>> = Kind::ALL
+        .into_iter()
+        .map(|kind| (kind, Writer::new(kind.api_resource())))
+        .collect();
+    let (pods, pod_writer) = reflector::store();
+    let (replica_sets, replica_set_writer) = reflector::store();
+    let caches = Caches {
+        owned: owned.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
+        pods,
+        replica_sets,
+    };
+    let writers = Writers {
+        owned,
+        pods: pod_writer,
+        replica_sets: replica_set_writer,
+    };
+    (caches, writers)
+}
+
+/// The selector of everything the operator created (pods carry the labels of their template).
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
+}
+
+type Watched<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
+/// The watches, ready to be handed to the controller as triggers.
+pub struct Streams {
+    pub owned: Vec<(Kind, Watched<DynamicObject>)>,
+    pub pods: Watched<Pod>,
+    pub replica_sets: Watched<PartialObjectMeta<ReplicaSet>>,
+}
+
+impl Writers {
+    /// One watch per cache, over one namespace or all, each reflected into its store.
+    pub fn streams(self, client: &Client, namespace: Option<&str>) -> Streams {
+        let owned = self
+            .owned
+            .into_iter()
+            .map(|(kind, writer)| {
+                let ar = kind.api_resource();
+                let api: Api<DynamicObject> = match namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                let stream = watcher::watcher(api, managed())
+                    .default_backoff()
+                    .modify(|o| o.managed_fields_mut().clear())
+                    .reflect(writer)
+                    .touched_objects()
+                    .boxed();
+                (kind, stream)
+            })
+            .collect();
+        let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
+            .default_backoff()
+            .modify(|p| {
+                p.managed_fields_mut().clear();
+                p.spec = None;
+            })
+            .reflect(self.pods)
+            .touched_objects()
+            .boxed();
+        let replica_sets = watcher::watcher(
+            scoped::<PartialObjectMeta<ReplicaSet>>(client, namespace),
+            managed(),
+        )
+        .default_backoff()
+        .modify(|r| r.managed_fields_mut().clear())
+        .reflect(self.replica_sets)
+        .touched_objects()
+        .boxed();
+        Streams {
+            owned,
+            pods,
+            replica_sets,
+        }
+    }
+
+    /// Puts an object of `kind` in the cache (tests).
+    pub fn apply_owned(&mut self, kind: Kind, object: DynamicObject) {
+        if let Some(writer) = self.owned.get_mut(&kind) {
+            writer.apply_watcher_event(&Event::Apply(object));
+        }
+    }
+
+    /// Puts a pod in the cache (tests).
+    pub fn apply_pod(&mut self, pod: Pod) {
+        self.pods.apply_watcher_event(&Event::Apply(pod));
+    }
+
+    /// Puts a ReplicaSet in the cache (tests).
+    pub fn apply_replica_set(&mut self, replica_set: PartialObjectMeta<ReplicaSet>) {
+        self.replica_sets
+            .apply_watcher_event(&Event::Apply(replica_set));
+    }
+
+    /// Empties every cache and marks it as listed (tests: the start of a fresh view).
+    pub fn reset(&mut self) {
+        for writer in self.owned.values_mut() {
+            writer.apply_watcher_event(&Event::Init);
+            writer.apply_watcher_event(&Event::InitDone);
+        }
+        self.pods.apply_watcher_event(&Event::Init);
+        self.pods.apply_watcher_event(&Event::InitDone);
+        self.replica_sets.apply_watcher_event(&Event::Init);
+        self.replica_sets.apply_watcher_event(&Event::InitDone);
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+impl Caches {
+    /// Whether every cache the reconcile needs has been listed once. The caches of optional
+    /// APIs count only when the cluster serves them.
+    pub fn ready(&self, apis: ServedApis) -> bool {
+        let owned = self.owned.iter().all(|(kind, store)| {
+            let needed = match kind {
+                Kind::ServiceMonitor => apis.service_monitor,
+                Kind::Certificate => apis.cert_manager,
+                _ => true,
+            };
+            !needed || is_ready(store)
+        });
+        owned && is_ready(&self.pods) && is_ready(&self.replica_sets)
+    }
+
+    /// The objects of `kind` in `namespace` labelled as created for the LongConnService `name`.
+    pub fn owned(&self, kind: Kind, namespace: &str, name: &str) -> Vec<Arc<DynamicObject>> {
+        let Some(store) = self.owned.get(&kind) else {
+            return Vec::new();
+        };
+        store.state_filter(|o| {
+            o.metadata.namespace.as_deref() == Some(namespace)
+                && o.labels().get(labels::INSTANCE).map(String::as_str) == Some(name)
+        })
+    }
+
+    /// The object of `kind` called `name` in `namespace`, if the operator's watch holds it
+    /// (that is: it carries the managed-by label).
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let store = self.owned.get(&kind)?;
+        store.get(&ObjectRef::new_with(name, kind.api_resource()).within(namespace))
+    }
+
+    /// The pods of the LongConnService `name` whose controller is a ReplicaSet owned by one of
+    /// `deployments` (uids): pods anyone else created with the same labels are not its pods,
+    /// and never see its admin token.
+    pub fn pods(&self, namespace: &str, name: &str, deployments: &[String]) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|pod| {
+            pod.metadata.namespace.as_deref() == Some(namespace)
+                && pod.labels().get(labels::SERVICE).map(String::as_str) == Some(name)
+                && self.controlled_by(pod, namespace, deployments)
+        })
+    }
+
+    fn controlled_by(&self, pod: &Pod, namespace: &str, deployments: &[String]) -> bool {
+        let Some(owner) = controller_of(pod.meta()) else {
+            return false;
+        };
+        if owner.kind != "ReplicaSet" {
+            return false;
+        }
+        let key = ObjectRef::new(&owner.name).within(namespace);
+        self.replica_sets.get(&key).is_some_and(|rs| {
+            rs.metadata.uid.as_deref() == Some(owner.uid.as_str())
+                && controller_of(&rs.metadata)
+                    .is_some_and(|d| d.kind == "Deployment" && deployments.contains(&d.uid))
+        })
+    }
+}
+
+fn controller_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .as_deref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+}

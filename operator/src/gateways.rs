@@ -1,0 +1,266 @@
+//! The gateways' drain reports, read on their own schedule rather than once per reconcile.
+//!
+//! [`poll`] runs beside the controller. Every [`TICK`] it looks at each LongConnService's pods
+//! (from the caches) and reads `GET /drain` from the gateways that are due: every tick while a
+//! pod drains, terminates or has not answered yet, every [`IDLE_EVERY`] otherwise. Each answer
+//! lands in [`Reports`]; when it differs from the previous one, the LongConnService's reconcile
+//! is woken. A reconcile reads the reports from here and never waits on a gateway.
+//!
+//! A pod whose gateway stops answering keeps its last report here, marked stale: that is the
+//! last known count of its open sessions, which a pod that vanishes without a final report is
+//! taken to have lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use longconn_gateway::api::{DrainReport, DrainState};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::crd::LongConnService;
+use crate::observe;
+use crate::reconcile::Context;
+
+/// How often the poller looks for gateways that are due.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How often a serving gateway with nothing in motion is read.
+pub const IDLE_EVERY: Duration = Duration::from_secs(10);
+/// How long one gateway may take to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Gateways read at once.
+const CONCURRENCY: usize = 32;
+
+/// Identifies one pod: namespace, name and uid (a pod recreated under the same name is another
+/// pod).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// What is known of one pod's gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    /// The last report read.
+    pub report: DrainReport,
+    /// The last read failed (the gateway is gone or not answering): `report` is the last known.
+    pub stale: bool,
+    /// When it was last asked.
+    pub asked: Instant,
+}
+
+/// The latest report of every gateway, shared by the poller and the reconciler.
+#[derive(Default)]
+pub struct Reports {
+    seen: Mutex<HashMap<PodKey, Seen>>,
+}
+
+impl Reports {
+    pub fn get(&self, key: &PodKey) -> Option<Seen> {
+        self.seen.lock().ok()?.get(key).cloned()
+    }
+
+    /// Stores an answer (or a failure, `None`); returns whether a reconcile would see a change.
+    pub fn record(&self, key: PodKey, report: Option<DrainReport>, now: Instant) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        match (seen.get_mut(&key), report) {
+            (Some(old), Some(report)) => {
+                let changed = old.report != report || old.stale;
+                *old = Seen {
+                    report,
+                    stale: false,
+                    asked: now,
+                };
+                changed
+            }
+            (Some(old), None) => {
+                let changed = !old.stale;
+                old.stale = true;
+                old.asked = now;
+                changed
+            }
+            (None, Some(report)) => {
+                seen.insert(
+                    key,
+                    Seen {
+                        report,
+                        stale: false,
+                        asked: now,
+                    },
+                );
+                true
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Forgets the pods of `namespace` that are not in `keep` (they are gone).
+    pub fn retain(&self, keep: impl Fn(&PodKey) -> bool) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|k, _| keep(k));
+        }
+    }
+
+    fn due(&self, key: &PodKey, fast: bool, now: Instant) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return true;
+        };
+        match seen.get(key) {
+            None => true,
+            Some(s) => {
+                let every = if fast || s.stale || s.report.state != DrainState::Serving {
+                    TICK
+                } else {
+                    IDLE_EVERY
+                };
+                now.duration_since(s.asked) + TICK / 2 >= every
+            }
+        }
+    }
+}
+
+/// One gateway to read.
+struct Target {
+    lcs: ObjectRef<LongConnService>,
+    key: PodKey,
+    addr: SocketAddr,
+    token: String,
+}
+
+/// Reads the gateways that are due, forever (until the task is dropped). Changes wake the
+/// LongConnService's reconcile through `wake`.
+pub async fn poll(
+    ctx: Arc<Context>,
+    services: Store<LongConnService>,
+    wake: mpsc::Sender<ObjectRef<LongConnService>>,
+) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let mut targets = Vec::new();
+        let mut live = std::collections::HashSet::new();
+        for lcs in services.state() {
+            let Some(view) = observe::gateways(&ctx, &lcs) else {
+                continue;
+            };
+            for pod in view.pods {
+                live.insert(pod.key.clone());
+                let Some(addr) = pod.admin else { continue };
+                if ctx.reports.due(&pod.key, pod.fast, now) {
+                    targets.push(Target {
+                        lcs: ObjectRef::from_obj(lcs.as_ref()),
+                        key: pod.key,
+                        addr,
+                        token: view.token.clone(),
+                    });
+                }
+            }
+        }
+        ctx.reports.retain(|k| live.contains(k));
+        let reads = futures::stream::iter(targets)
+            .map(|t| async move {
+                let answer = tokio::time::timeout(
+                    TIMEOUT,
+                    longconn_gateway::client::report(&t.addr.to_string(), &t.token),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
+                (t, answer)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut woken = std::collections::HashSet::new();
+        for (target, answer) in reads {
+            if ctx
+                .reports
+                .record(target.key.clone(), answer, Instant::now())
+                && woken.insert(target.lcs.clone())
+            {
+                debug!(pod = %target.key.name, lcs = %target.lcs.name, "gateway report changed");
+                if wake.send(target.lcs).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The key of a pod as [`Reports`] files it.
+pub fn key_of(pod: &k8s_openapi::api::core::v1::Pod) -> PodKey {
+    PodKey {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> PodKey {
+        PodKey {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: "u".into(),
+        }
+    }
+
+    fn report(active: u64, state: DrainState) -> DrainReport {
+        DrainReport {
+            state,
+            active,
+            ..DrainReport::default()
+        }
+    }
+
+    #[test]
+    fn only_a_changed_report_wakes_a_reconcile() {
+        let reports = Reports::default();
+        let t0 = Instant::now();
+        assert!(reports.record(key("a"), Some(report(3, DrainState::Serving)), t0));
+        assert!(!reports.record(key("a"), Some(report(3, DrainState::Serving)), t0));
+        assert!(reports.record(key("a"), Some(report(4, DrainState::Serving)), t0));
+    }
+
+    #[test]
+    fn a_gateway_that_stops_answering_keeps_its_last_count_marked_stale() {
+        let reports = Reports::default();
+        let t0 = Instant::now();
+        reports.record(key("a"), Some(report(7, DrainState::Draining)), t0);
+        assert!(reports.record(key("a"), None, t0));
+        let seen = reports.get(&key("a")).expect("kept");
+        assert!(seen.stale);
+        assert_eq!(seen.report.active, 7);
+        assert!(
+            !reports.record(key("a"), None, t0),
+            "still stale: no change"
+        );
+    }
+
+    #[test]
+    fn serving_gateways_are_read_every_ten_seconds_draining_ones_every_second() {
+        let reports = Reports::default();
+        let t0 = Instant::now();
+        reports.record(key("idle"), Some(report(1, DrainState::Serving)), t0);
+        reports.record(key("draining"), Some(report(1, DrainState::Draining)), t0);
+        let later = t0 + TICK;
+        assert!(!reports.due(&key("idle"), false, later));
+        assert!(reports.due(&key("idle"), true, later), "a fast pod is due");
+        assert!(reports.due(&key("draining"), false, later));
+        assert!(reports.due(&key("idle"), false, t0 + IDLE_EVERY));
+        assert!(reports.due(&key("never-read"), false, t0));
+    }
+}

@@ -1,0 +1,305 @@
+//! Observe: every read a reconcile makes, gathered in one [`Observation`].
+//!
+//! Owned objects, pods and ReplicaSets come from the controller's caches ([`crate::cache`]),
+//! the gateways' reports from the poller's ([`crate::gateways`]). The only request left is the
+//! GET of a user's own TLS Secret (mode Secret), which carries no label of ours to watch by.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+
+use crate::crd::{LongConnService, TlsMode};
+use crate::desired::{self, ObservedRevision, ServedApis};
+use crate::gateways::{self, PodKey};
+use crate::kinds::Kind;
+use crate::labels::{self, names};
+use crate::reconcile::{Context, Error};
+use crate::rollout::{DELETION_COST, PodFacts};
+
+/// The objects labelled as created for one LongConnService, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Owned(BTreeMap<Kind, Vec<Arc<DynamicObject>>>);
+
+impl Owned {
+    pub fn new(objects: BTreeMap<Kind, Vec<Arc<DynamicObject>>>) -> Self {
+        Self(objects)
+    }
+
+    pub fn find(&self, kind: Kind, name: &str) -> Option<&DynamicObject> {
+        self.0
+            .get(&kind)?
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name))
+            .map(AsRef::as_ref)
+    }
+
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &DynamicObject> {
+        self.0.get(&kind).into_iter().flatten().map(AsRef::as_ref)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &DynamicObject)> {
+        self.0
+            .iter()
+            .flat_map(|(kind, objects)| objects.iter().map(move |o| (*kind, o.as_ref())))
+    }
+
+    /// A key of one of the Secrets, as text.
+    pub fn secret_value(&self, secret: &str, key: &str) -> Option<String> {
+        let data = self
+            .find(Kind::Secret, secret)?
+            .data
+            .get("data")?
+            .get(key)?;
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(data.clone()).ok()?;
+        String::from_utf8(bytes.0).ok()
+    }
+}
+
+/// A user's own TLS Secret (mode Secret), as read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UserSecret {
+    /// Not mode Secret.
+    NotUsed,
+    Missing,
+    Found(Box<Secret>),
+}
+
+/// Everything one reconcile reads.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub now: Timestamp,
+    pub apis: ServedApis,
+    pub owned: Owned,
+    /// The admin token in the Secret, if there is one yet.
+    pub admin_token: Option<String>,
+    /// The LongConnService's pods (those its own ReplicaSets control), with their gateways'
+    /// reports.
+    pub pods: Vec<PodFacts>,
+    /// Where each running pod's gateway answers, by pod name.
+    pub admin: BTreeMap<String, (SocketAddr, PodKey)>,
+    pub revisions: Vec<ObservedRevision>,
+    /// Revisions whose Deployment reports ProgressDeadlineExceeded.
+    pub stalled: Vec<String>,
+    pub user_secret: UserSecret,
+}
+
+/// Reads everything a reconcile of `lcs` needs.
+pub async fn observe(
+    ctx: &Context,
+    lcs: &LongConnService,
+    apis: ServedApis,
+    now: Timestamp,
+) -> Result<Observation, Error> {
+    let ns = lcs.namespace().unwrap_or_default();
+    let name = lcs.name_any();
+    let owned = owned(ctx, &ns, &name, apis);
+    let admin_token = owned.secret_value(&names::admin_token(&name), desired::ADMIN_TOKEN_KEY);
+    let pods = service_pods(ctx, lcs, &owned);
+    let port = desired::admin_port(lcs);
+    let mut admin = BTreeMap::new();
+    let mut facts = Vec::new();
+    for pod in &pods {
+        let fact = pod_facts(ctx, pod);
+        if let Some(ip) = pod_ip(pod).filter(|_| fact.running) {
+            admin.insert(
+                fact.name.clone(),
+                (SocketAddr::new(ip, port), gateways::key_of(pod)),
+            );
+        }
+        facts.push(fact);
+    }
+    let user_secret = match lcs.spec.tls.mode {
+        TlsMode::Secret => {
+            let secret_name = lcs.spec.tls.secret_name.clone().unwrap_or_default();
+            user_secret(ctx, &ns, &secret_name).await?
+        }
+        _ => UserSecret::NotUsed,
+    };
+    Ok(Observation {
+        now,
+        apis,
+        revisions: revisions(&owned),
+        stalled: owned
+            .of_kind(Kind::Deployment)
+            .filter(|d| deployment_stalled(d))
+            .filter_map(|d| d.labels().get(labels::REVISION).cloned())
+            .collect(),
+        owned,
+        admin_token,
+        pods: facts,
+        admin,
+        user_secret,
+    })
+}
+
+fn owned(ctx: &Context, ns: &str, name: &str, apis: ServedApis) -> Owned {
+    let objects = Kind::ALL
+        .into_iter()
+        .filter(|kind| match kind {
+            Kind::ServiceMonitor => apis.service_monitor,
+            Kind::Certificate => apis.cert_manager,
+            _ => true,
+        })
+        .map(|kind| (kind, ctx.caches.owned(kind, ns, name)))
+        .collect();
+    Owned(objects)
+}
+
+/// The pods of `lcs`: labelled as its pods and controlled by a ReplicaSet of one of its own
+/// Deployments.
+fn service_pods(ctx: &Context, lcs: &LongConnService, owned: &Owned) -> Vec<Arc<Pod>> {
+    let uid = lcs.uid().unwrap_or_default();
+    let deployments: Vec<String> = owned
+        .of_kind(Kind::Deployment)
+        .filter(|d| d.owner_references().iter().any(|o| o.uid == uid))
+        .filter_map(|d| d.metadata.uid.clone())
+        .collect();
+    ctx.caches.pods(
+        &lcs.namespace().unwrap_or_default(),
+        &lcs.name_any(),
+        &deployments,
+    )
+}
+
+fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
+    let status = pod.status.as_ref();
+    let running =
+        status.and_then(|s| s.phase.as_deref()) == Some("Running") && pod_ip(pod).is_some();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let seen = ctx.reports.get(&gateways::key_of(pod));
+    PodFacts {
+        name: pod.name_any(),
+        revision: pod
+            .labels()
+            .get(labels::REVISION)
+            .cloned()
+            .unwrap_or_default(),
+        running,
+        ready,
+        terminating: pod.meta().deletion_timestamp.is_some(),
+        deletion_cost: pod
+            .annotations()
+            .get(DELETION_COST)
+            .and_then(|v| v.parse().ok()),
+        last_known: seen
+            .as_ref()
+            .map(|s| i64::try_from(s.report.active).unwrap_or(i64::MAX)),
+        report: seen.filter(|s| !s.stale).map(|s| s.report),
+    }
+}
+
+fn revisions(owned: &Owned) -> Vec<ObservedRevision> {
+    owned
+        .of_kind(Kind::Deployment)
+        .filter_map(|d| {
+            let revision = d.labels().get(labels::REVISION)?.clone();
+            let int = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(0);
+            Some(ObservedRevision {
+                revision,
+                replicas: int(&d.data["spec"]["replicas"]),
+                current_replicas: int(&d.data["status"]["replicas"]),
+                ready_replicas: int(&d.data["status"]["readyReplicas"]),
+            })
+        })
+        .collect()
+}
+
+fn deployment_stalled(d: &DynamicObject) -> bool {
+    d.data["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
+}
+
+async fn user_secret(ctx: &Context, ns: &str, secret_name: &str) -> Result<UserSecret, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = api
+        .get_opt(secret_name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: Kind::Secret,
+            namespace: ns.to_owned(),
+            name: secret_name.to_owned(),
+            source,
+        })?;
+    Ok(match secret {
+        Some(s) => UserSecret::Found(Box::new(s)),
+        None => UserSecret::Missing,
+    })
+}
+
+/// The gateways of one LongConnService, as the poller needs them.
+pub struct GatewayView {
+    pub token: String,
+    pub pods: Vec<GatewayPod>,
+}
+
+/// One pod's gateway: where it answers (when running), and whether it is read every tick.
+pub struct GatewayPod {
+    pub key: PodKey,
+    pub admin: Option<SocketAddr>,
+    pub fast: bool,
+}
+
+/// The gateways the poller reads for `lcs`; None until its admin token exists.
+pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
+    let ns = lcs.namespace()?;
+    let name = lcs.name_any();
+    let owned = Owned::new(BTreeMap::from([
+        (
+            Kind::Secret,
+            ctx.caches
+                .get(Kind::Secret, &ns, &names::admin_token(&name))
+                .into_iter()
+                .collect(),
+        ),
+        (
+            Kind::Deployment,
+            ctx.caches.owned(Kind::Deployment, &ns, &name),
+        ),
+    ]));
+    let token = owned.secret_value(&names::admin_token(&name), desired::ADMIN_TOKEN_KEY)?;
+    let port = desired::admin_port(lcs);
+    let followed: Vec<&str> = lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .map(|r| {
+            r.draining
+                .iter()
+                .filter(|e| e.finished_at.is_none())
+                .map(|e| e.pod.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let pods = service_pods(ctx, lcs, &owned)
+        .iter()
+        .map(|pod| {
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            GatewayPod {
+                key: gateways::key_of(pod),
+                admin: pod_ip(pod)
+                    .filter(|_| running)
+                    .map(|ip| SocketAddr::new(ip, port)),
+                fast: pod.meta().deletion_timestamp.is_some()
+                    || followed.contains(&pod.name_any().as_str()),
+            }
+        })
+        .collect();
+    Some(GatewayView { token, pods })
+}

@@ -1,0 +1,219 @@
+//! Plan: from one [`Observation`], everything a reconcile records and does. Pure: it talks to
+//! no API server and reads no clock (the observation carries `now`).
+//!
+//! The [`Outcome`] lists, in the order the reconciler performs them: the status to record
+//! (with the rollout's accounting), the Events and metrics that follow it, the gateways to
+//! drain, the pods to mark for removal, the manifests to apply, the Deployments of other
+//! revisions to resize and the owned objects to delete. The reconciler records first and acts
+//! after, so every side effect follows a recorded decision.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::crd::{LongConnService, LongConnServiceStatus};
+use crate::desired::{self, CertBundle, Manifest, Observed, Settings};
+use crate::kinds::Kind;
+use crate::labels::{self, names};
+use crate::observe::Observation;
+use crate::revision;
+use crate::rollout::{self, Note, Plan};
+use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
+
+/// Requeue when nothing is in motion: catches drift the watches cannot see.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Requeue while a rollout or a drain is in motion. Gateway reports and pod changes wake the
+/// reconcile sooner; this is the floor.
+pub const ROLLOUT_POLL: Duration = Duration::from_secs(5);
+/// Requeue while a rollout waits for a person (drop budget spent, progress deadline): only a
+/// change of the spec or of the pods moves it on, and those wake the reconcile.
+pub const PAUSED_POLL: Duration = Duration::from_secs(60);
+/// How often `status.activeSessions` and the gateways' recorded sessions are refreshed.
+pub const SESSIONS_RECORD: Duration = Duration::from_secs(30);
+
+/// The certificate decisions (mode SelfSigned issues; the others inspect).
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// Mode SelfSigned: the material the Secrets should hold.
+    pub bundle: Option<CertBundle>,
+    pub facts: CertFacts,
+    /// When to look again (renewal).
+    pub renew_at: Option<Timestamp>,
+    /// An Event about what was issued.
+    pub note: Option<Note>,
+}
+
+/// Everything [`plan`] needs besides the observation.
+pub struct Input<'a> {
+    pub lcs: &'a LongConnService,
+    pub observation: &'a Observation,
+    pub settings: &'a Settings,
+    pub certificate: Certificate,
+    /// The admin token to keep (the Secret's, or a fresh one when there is none).
+    pub admin_token: String,
+    /// What the last attempt to apply the manifests refused.
+    pub problems: Vec<Problem>,
+    /// Record the gateways' open sessions now.
+    pub refresh_sessions: bool,
+}
+
+/// A Warning Event about a condition that turned bad: its reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: String,
+    pub message: String,
+}
+
+/// What one reconcile records and does.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The status to record; None when it is already as it should be.
+    pub status: Option<LongConnServiceStatus>,
+    /// The rollout's step: drains, deletion costs, replicas, Events, metrics.
+    pub rollout: Plan,
+    /// Events about conditions that turned bad.
+    pub warnings: Vec<Warning>,
+    pub manifests: Vec<Manifest>,
+    /// Deployments of other revisions to resize: name and replicas.
+    pub scale: Vec<(String, i32)>,
+    /// Owned objects no longer desired.
+    pub orphans: Vec<(Kind, String)>,
+    pub requeue: Duration,
+}
+
+/// Works out what to record and do.
+pub fn plan(input: Input) -> Outcome {
+    let lcs = input.lcs;
+    let observation = input.observation;
+    let now = observation.now;
+    let name = lcs.name_any();
+    let update_revision = revision::of(lcs, input.settings);
+    let update_stalled = observation.stalled.contains(&update_revision);
+    let rollout = rollout::step(&rollout::Input {
+        lcs,
+        update_revision: &update_revision,
+        revisions: &observation.revisions,
+        pods: &observation.pods,
+        update_stalled,
+        refresh_sessions: input.refresh_sessions,
+        now,
+    });
+
+    let observed = Observed {
+        update_replicas: rollout.replicas.get(&update_revision).copied(),
+        admin_token: input.admin_token,
+        certificate: input.certificate.bundle,
+        apis: observation.apis,
+    };
+    let manifests = desired::desired(lcs, &observed, input.settings);
+
+    let scale = observation
+        .owned
+        .of_kind(Kind::Deployment)
+        .filter(|d| d.metadata.deletion_timestamp.is_none())
+        .filter_map(|d| {
+            let revision = d.labels().get(labels::REVISION)?;
+            let replicas = *rollout.replicas.get(revision)?;
+            let current = d.data["spec"]["replicas"].as_i64();
+            (*revision != update_revision && current != Some(i64::from(replicas)))
+                .then(|| (d.name_any(), replicas))
+        })
+        .collect();
+
+    let uid = lcs.uid().unwrap_or_default();
+    let keep: Vec<String> = rollout
+        .replicas
+        .keys()
+        .map(|revision| names::deployment(&name, revision))
+        .collect();
+    let orphans = observation
+        .owned
+        .iter()
+        .filter(|(kind, object)| {
+            let object_name = object.name_any();
+            let wanted = manifests
+                .iter()
+                .any(|m| m.kind == *kind && m.name == object_name)
+                || *kind == Kind::Deployment && keep.contains(&object_name);
+            !wanted
+                && object.owner_references().iter().any(|o| o.uid == uid)
+                && object.metadata.deletion_timestamp.is_none()
+        })
+        .map(|(kind, object)| (kind, object.name_any()))
+        .collect();
+
+    let monitoring = match (
+        lcs.spec.monitoring.service_monitor.enabled,
+        observation.apis.service_monitor,
+    ) {
+        (false, _) => MonitoringFacts::Disabled,
+        (true, true) => MonitoringFacts::Created,
+        (true, false) => MonitoringFacts::ApiMissing,
+    };
+    let new_status = status::compute(
+        lcs,
+        &Facts {
+            update_revision: &update_revision,
+            revisions: &observation.revisions,
+            update_stalled,
+            problems: &input.problems,
+            certificate: &input.certificate.facts,
+            monitoring,
+            active_sessions: rollout.active_sessions,
+            rollout: rollout.rollout.as_ref(),
+            progressing: rollout.progressing.as_ref(),
+            sessions_preserved: &rollout.sessions_preserved,
+            gateways: &rollout.gateways,
+            now,
+        },
+    );
+    let old = lcs.status.clone().unwrap_or_default();
+    let warnings = turned_bad(&old, &new_status);
+    let mut rollout = rollout;
+    rollout.events.splice(0..0, input.certificate.note);
+
+    let mut requeue = if rollout.paused {
+        PAUSED_POLL
+    } else if rollout.active {
+        ROLLOUT_POLL
+    } else if observation.pods.iter().any(|p| p.report.is_some()) {
+        SESSIONS_RECORD
+    } else {
+        RESYNC
+    };
+    if let Some(renew_at) = input.certificate.renew_at {
+        let until = renew_at.duration_since(now).unsigned_abs();
+        requeue = requeue.min(until.max(Duration::from_secs(1)));
+    }
+    Outcome {
+        status: (old != new_status).then_some(new_status),
+        rollout,
+        warnings,
+        manifests,
+        scale,
+        orphans,
+        requeue,
+    }
+}
+
+/// Warning Events for the Degraded, CertificateReady and MonitoringReady conditions that turn
+/// bad or change their words.
+fn turned_bad(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> Vec<Warning> {
+    [
+        (status::DEGRADED, "True"),
+        (status::CERTIFICATE_READY, "False"),
+        (status::MONITORING_READY, "False"),
+    ]
+    .into_iter()
+    .filter_map(|(type_, bad)| {
+        let c = status::condition(new, type_)?;
+        let changed = status::condition(old, type_)
+            .is_none_or(|o| o.status != c.status || o.message != c.message);
+        (c.status == bad && changed).then(|| Warning {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+    })
+    .collect()
+}
