@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// Copy this binary and a local drain token into DIR at start (for the app's preStop hook).
     #[arg(long, env = "LONGCONN_GATEWAY_INSTALL_TO")]
     pub install_to: Option<PathBuf>,
+    /// File that outlives this process in the pod (default: beside the installed binary), so
+    /// the next process can report the sessions this one had open if it ends without a drain.
+    #[arg(long, env = "LONGCONN_GATEWAY_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "LONGCONN_GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -235,6 +239,8 @@ pub struct Config {
     pub limits: Limits,
     pub drain: DrainDefaults,
     pub install_to: Option<PathBuf>,
+    /// Where the state that outlives the process is kept, if anywhere.
+    pub state_file: Option<PathBuf>,
     pub worker_threads: Option<usize>,
     pub log_format: LogFormat,
 }
@@ -345,6 +351,11 @@ impl Config {
                 spread: a.drain_spread,
                 close_code: a.drain_close_code,
             },
+            state_file: a.state_file.or_else(|| {
+                a.install_to
+                    .as_ref()
+                    .map(|dir| dir.join(crate::state::STATE_NAME))
+            }),
             install_to: a.install_to,
             worker_threads: a.worker_threads,
             log_format: a.log_format,

@@ -188,6 +188,18 @@ impl Drain {
         tracing::info!(report = ?inner.report, "drain finished");
     }
 
+    /// Puts what earlier processes of this pod lost into every report.
+    pub fn set_history(&self, history: crate::state::Saved) {
+        let mut inner = self.lock();
+        inner.report.restarts = history.restarts;
+        inner.report.lost_to_restarts = history.lost_to_restarts;
+    }
+
+    /// True once a drain has finished.
+    pub fn is_finished(&self) -> bool {
+        self.lock().report.state == DrainState::Drained
+    }
+
     /// Sessions open now.
     pub fn active(&self) -> u64 {
         self.lock().active
@@ -251,6 +263,8 @@ impl Drain {
             sessions_at_start: total,
             active: total,
             started_at: Some(SystemTime::now()),
+            restarts: inner.report.restarts,
+            lost_to_restarts: inner.report.lost_to_restarts,
             ..DrainReport::default()
         };
         self.metrics.set_drain_state(DrainState::Draining);

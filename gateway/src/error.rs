@@ -31,6 +31,8 @@ pub enum Error {
         key: PathBuf,
         reason: String,
     },
+    #[error("cannot keep the gateway state in {path}: {source}")]
+    State { path: PathBuf, source: io::Error },
     #[error("cannot install the gateway binary into {dir}: {source}")]
     Install { dir: PathBuf, source: io::Error },
     #[error("admin API at {addr}: {reason}")]

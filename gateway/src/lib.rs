@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod session;
+pub mod state;
 pub mod tls;
 
 use std::sync::{Arc, atomic::AtomicU64};
@@ -67,7 +68,10 @@ fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
 /// `local_token` is the drain token written by `--install-to`, if any.
 pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
     let (metrics, registry) = Metrics::new();
+    let ledger = Arc::new(state::Ledger::open(cfg.state_file.as_deref())?);
     let drain = Drain::new(cfg.drain, metrics.clone());
+    drain.set_history(ledger.history());
+    tokio::spawn(Arc::clone(&ledger).keep(Arc::clone(&drain)));
     let admission = Admission::new(cfg.limits.clone(), metrics.clone());
     let ticker = Arc::new(Ticker::default());
     let tls = match &cfg.tls {
@@ -131,6 +135,9 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         _ = int.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
     }
     let report = drain.report();
+    if let Err(e) = ledger.save(report.active, drain.is_finished()) {
+        tracing::warn!(error = %e, "cannot save the gateway state");
+    }
     tracing::info!(
         sessions_at_start = report.sessions_at_start,
         migrated = report.migrated,

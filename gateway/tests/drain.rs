@@ -354,3 +354,42 @@ async fn drain_notify_spreads_close_frames_over_the_window() {
     let report = gw.wait_drained().await;
     assert_eq!(report["migrated"], 10, "{report}");
 }
+
+/// Reads the saved open sessions from a gateway's state file.
+fn saved_active(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["active"].as_u64()
+}
+
+#[tokio::test]
+async fn a_killed_gateway_s_successor_reports_the_sessions_it_lost() {
+    let (up, _) = start_upstream().await;
+    let dir = temp_dir("state");
+    let state = dir.join("longconn-gateway.state");
+    let state_flag = ["--state-file", path_str(&state), "--drain-spread", "0s"];
+    let mut first = Gateway::start(up, &state_flag).await;
+    let _clients = polite_clients(&first, 3).await;
+    eventually("the open sessions are saved", || async {
+        saved_active(&state) == Some(3)
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit();
+
+    let mut second = Gateway::start(up, &state_flag).await;
+    let report = second.drain_report().await;
+    assert_eq!(report["restarts"], 1, "{report}");
+    assert_eq!(report["lostToRestarts"], 3, "{report}");
+    // A drained end loses nothing: the next process adds no loss.
+    let one = polite_clients(&second, 1).await;
+    second.signal("TERM");
+    for client in one {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+    assert_eq!(second.wait_exit(), Some(0));
+    let third = Gateway::start(up, &state_flag).await;
+    let report = third.drain_report().await;
+    assert_eq!(report["restarts"], 2, "{report}");
+    assert_eq!(report["lostToRestarts"], 3, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
