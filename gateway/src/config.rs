@@ -144,6 +144,10 @@ pub struct RunArgs {
     /// the next process can report the sessions this one had open if it ends without a drain.
     #[arg(long, env = "LONGCONN_GATEWAY_STATE_FILE")]
     pub state_file: Option<PathBuf>,
+    /// At exit, write the final drain report (JSON) to this file: Kubernetes keeps a
+    /// container's `/dev/termination-log` in the pod's status after the process is gone.
+    #[arg(long, env = "LONGCONN_GATEWAY_TERMINATION_REPORT")]
+    pub termination_report: Option<PathBuf>,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "LONGCONN_GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -241,6 +245,8 @@ pub struct Config {
     pub install_to: Option<PathBuf>,
     /// Where the state that outlives the process is kept, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Where the final drain report is written at exit, if anywhere.
+    pub termination_report: Option<PathBuf>,
     pub worker_threads: Option<usize>,
     pub log_format: LogFormat,
 }
@@ -356,6 +362,7 @@ impl Config {
                     .as_ref()
                     .map(|dir| dir.join(crate::state::STATE_NAME))
             }),
+            termination_report: a.termination_report,
             install_to: a.install_to,
             worker_threads: a.worker_threads,
             log_format: a.log_format,

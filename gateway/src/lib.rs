@@ -138,6 +138,11 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
     if let Err(e) = ledger.save(report.active, drain.is_finished()) {
         tracing::warn!(error = %e, "cannot save the gateway state");
     }
+    if let Some(path) = &cfg.termination_report
+        && let Err(e) = std::fs::write(path, serde_json::to_vec(&report).unwrap_or_default())
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the final report");
+    }
     tracing::info!(
         sessions_at_start = report.sessions_at_start,
         migrated = report.migrated,

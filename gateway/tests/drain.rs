@@ -393,3 +393,32 @@ async fn a_killed_gateway_s_successor_reports_the_sessions_it_lost() {
     assert_eq!(report["lostToRestarts"], 3, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_final_report_is_left_in_the_termination_file_at_exit() {
+    let (up, _) = start_upstream().await;
+    let dir = temp_dir("termination");
+    let file = dir.join("termination-log");
+    let mut gw = Gateway::start(
+        up,
+        &[
+            "--termination-report",
+            path_str(&file),
+            "--drain-spread",
+            "0s",
+        ],
+    )
+    .await;
+    let clients = polite_clients(&gw, 2).await;
+    gw.signal("TERM");
+    for client in clients {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+    assert_eq!(gw.wait_exit(), Some(0));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(report["state"], "Drained", "{report}");
+    assert_eq!(report["sessionsAtStart"], 2, "{report}");
+    assert_eq!(report["migrated"], 2, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

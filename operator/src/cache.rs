@@ -211,6 +211,23 @@ impl Caches {
         })
     }
 
+    /// Terminating pods that still carry the drain-report finalizer, with its place among
+    /// their finalizers.
+    pub fn held_pods(&self) -> Vec<(Arc<Pod>, usize)> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| p.meta().deletion_timestamp.is_some())
+            .filter_map(|p| {
+                let at = p
+                    .finalizers()
+                    .iter()
+                    .position(|f| f == crate::desired::DRAIN_REPORT_FINALIZER)?;
+                Some((p, at))
+            })
+            .collect()
+    }
+
     fn controlled_by(&self, pod: &Pod, namespace: &str, deployments: &[String]) -> bool {
         let Some(owner) = controller_of(pod.meta()) else {
             return false;
@@ -234,4 +251,70 @@ fn controller_of(
         .as_deref()?
         .iter()
         .find(|o| o.controller == Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn owner(kind: &str, name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }
+    }
+
+    fn pod(name: &str, owner_ref: Option<OwnerReference>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("default".to_owned()),
+                labels: Some(labels::pods("chat")),
+                owner_references: owner_ref.map(|o| vec![o]),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn only_pods_of_the_service_s_own_replica_sets_are_its_pods() {
+        let (caches, mut writers) = new();
+        writers.reset();
+        writers.apply_replica_set(PartialObjectMeta::<ReplicaSet> {
+            metadata: ObjectMeta {
+                name: Some("chat-abc-123".to_owned()),
+                namespace: Some("default".to_owned()),
+                uid: Some("rs-uid".to_owned()),
+                owner_references: Some(vec![owner("Deployment", "chat-abc", "deploy-uid")]),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        });
+        writers.apply_pod(pod(
+            "ours",
+            Some(owner("ReplicaSet", "chat-abc-123", "rs-uid")),
+        ));
+        writers.apply_pod(pod("labelled-only", None));
+        writers.apply_pod(pod(
+            "other-owner",
+            Some(owner("ReplicaSet", "chat-abc-123", "forged-uid")),
+        ));
+        let names: Vec<String> = caches
+            .pods("default", "chat", &["deploy-uid".to_owned()])
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(names, ["ours"]);
+        assert!(
+            caches
+                .pods("default", "chat", &["another-deployment".to_owned()])
+                .is_empty()
+        );
+    }
 }

@@ -46,6 +46,11 @@ pub const TLS_DIR: &str = "/etc/longconn/tls";
 pub const GATEWAY_CONTAINER: &str = "longconn-gateway";
 /// Key of the token in the admin-token Secret.
 pub const ADMIN_TOKEN_KEY: &str = "token";
+/// The finalizer every pod carries until the operator has recorded its gateway's final drain
+/// report (read from the gateway container's termination message) or counted its loss.
+pub const DRAIN_REPORT_FINALIZER: &str = "longconn.dev/drain-report";
+/// Where the gateway leaves its final report: the container's termination message file.
+pub const TERMINATION_REPORT: &str = "/dev/termination-log";
 /// Extra grace on top of `drain.timeout` before the kubelet kills a pod.
 pub const GRACE_MARGIN_SECONDS: i64 = 30;
 
@@ -364,6 +369,10 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     let pod_labels = meta.labels.get_or_insert_with(BTreeMap::new);
     pod_labels.extend(labels::common(&ctx.name));
     pod_labels.extend(labels::revision_pods(&ctx.name, revision));
+    let finalizers = meta.finalizers.get_or_insert_with(Vec::new);
+    if !finalizers.iter().any(|f| f == DRAIN_REPORT_FINALIZER) {
+        finalizers.push(DRAIN_REPORT_FINALIZER.to_owned());
+    }
 
     let mut pod = template.spec.take().unwrap_or_default();
     if let Some(first) = pod.containers.first() {
@@ -503,6 +512,7 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
         format!("--admin-listen=0.0.0.0:{}", g.admin_port),
         format!("--admin-token-file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
         format!("--install-to={GATEWAY_BIN_DIR}"),
+        format!("--termination-report={TERMINATION_REPORT}"),
         format!("--max-connections={}", g.max_connections),
         format!("--heartbeat-interval={}", g.heartbeat.interval),
         format!("--heartbeat-timeout={}", g.heartbeat.timeout),

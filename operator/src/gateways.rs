@@ -142,10 +142,14 @@ pub async fn poll(
     services: Store<LongConnService>,
     wake: mpsc::Sender<ObjectRef<LongConnService>>,
 ) {
+    if services.wait_until_ready().await.is_err() {
+        return;
+    }
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        release_orphans(&ctx, &services).await;
         let now = Instant::now();
         let mut targets = Vec::new();
         let mut live = std::collections::HashSet::new();
@@ -193,6 +197,23 @@ pub async fn poll(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Releases terminating pods whose LongConnService is gone: no one will record their reports,
+/// and the finalizer must not keep them.
+async fn release_orphans(ctx: &Context, services: &Store<LongConnService>) {
+    for (pod, at) in ctx.caches.held_pods() {
+        let Some(ns) = pod.namespace() else { continue };
+        let owner = pod.labels().get(crate::labels::SERVICE).cloned();
+        let alive = owner.is_some_and(|name| {
+            services
+                .get(&ObjectRef::new(&name).within(&ns))
+                .is_some_and(|lcs| lcs.metadata.deletion_timestamp.is_none())
+        });
+        if !alive && let Err(e) = crate::reconcile::release(ctx, &ns, &pod.name_any(), at).await {
+            tracing::warn!(error = %e, "cannot release a pod of a deleted LongConnService");
         }
     }
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::{Resource, ResourceExt};
+use longconn_gateway::api::DrainReport;
 use serde_json::Value;
 
 use crate::crd::{LongConnService, TlsMode};
@@ -83,6 +84,8 @@ pub struct Observation {
     pub pods: Vec<PodFacts>,
     /// Where each running pod's gateway answers, by pod name.
     pub admin: BTreeMap<String, (SocketAddr, PodKey)>,
+    /// Where the drain-report finalizer is in each holding pod's finalizers, by pod name.
+    pub finalizer_at: BTreeMap<String, usize>,
     pub revisions: Vec<ObservedRevision>,
     /// Revisions whose Deployment reports ProgressDeadlineExceeded.
     pub stalled: Vec<String>,
@@ -103,8 +106,16 @@ pub async fn observe(
     let pods = service_pods(ctx, lcs, &owned);
     let port = desired::admin_port(lcs);
     let mut admin = BTreeMap::new();
+    let mut finalizer_at = BTreeMap::new();
     let mut facts = Vec::new();
     for pod in &pods {
+        if let Some(i) = pod
+            .finalizers()
+            .iter()
+            .position(|f| f == desired::DRAIN_REPORT_FINALIZER)
+        {
+            finalizer_at.insert(pod.name_any(), i);
+        }
         let fact = pod_facts(ctx, pod);
         if let Some(ip) = pod_ip(pod).filter(|_| fact.running) {
             admin.insert(
@@ -134,6 +145,7 @@ pub async fn observe(
         admin_token,
         pods: facts,
         admin,
+        finalizer_at,
         user_secret,
     })
 }
@@ -181,6 +193,11 @@ fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     let seen = ctx.reports.get(&gateways::key_of(pod));
+    let terminating = pod.meta().deletion_timestamp.is_some();
+    let report = seen.as_ref().filter(|s| !s.stale).map(|s| s.report.clone());
+    // A terminating pod whose gateway has exited left its final report in its termination
+    // message: that is the last word, whatever was read before.
+    let report = final_report(pod).filter(|_| terminating).or(report);
     PodFacts {
         name: pod.name_any(),
         revision: pod
@@ -190,7 +207,7 @@ fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
             .unwrap_or_default(),
         running,
         ready,
-        terminating: pod.meta().deletion_timestamp.is_some(),
+        terminating,
         deletion_cost: pod
             .annotations()
             .get(DELETION_COST)
@@ -198,8 +215,31 @@ fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
         last_known: seen
             .as_ref()
             .map(|s| i64::try_from(s.report.active).unwrap_or(i64::MAX)),
-        report: seen.filter(|s| !s.stale).map(|s| s.report),
+        report,
+        held: pod
+            .finalizers()
+            .iter()
+            .any(|f| f == desired::DRAIN_REPORT_FINALIZER),
     }
+}
+
+/// The report the gateway container left in its termination message when it exited.
+fn final_report(pod: &Pod) -> Option<DrainReport> {
+    let gateway = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == desired::GATEWAY_CONTAINER)?;
+    let message = gateway
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .as_deref()?;
+    serde_json::from_str(message).ok()
 }
 
 fn revisions(owned: &Owned) -> Vec<ObservedRevision> {

@@ -71,6 +71,12 @@ pub const RULES: &[Rule] = &[
         resources: &["pods"],
         verbs: &["list", "patch", "watch"],
     },
+    // Which pods a LongConnService's own ReplicaSets control (only they see its admin token).
+    Rule {
+        group: "apps",
+        resources: &["replicasets"],
+        verbs: &["list", "watch"],
+    },
     Rule {
         group: "events.k8s.io",
         resources: &["events"],

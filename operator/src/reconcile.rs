@@ -459,6 +459,11 @@ async fn perform(
     let ns = lcs.namespace().unwrap_or_default();
     start_drains(lcs, ctx, observation, &outcome.rollout).await;
     mark_for_removal(ctx, &ns, &outcome.rollout).await?;
+    for pod in &outcome.rollout.release {
+        if let Some(&at) = observation.finalizer_at.get(pod) {
+            release(ctx, &ns, pod, at).await?;
+        }
+    }
     let uid = lcs.uid().unwrap_or_default();
     let mut problems = Vec::new();
     let mut created = Vec::new();
@@ -545,6 +550,34 @@ async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Er
         }
     }
     Ok(())
+}
+
+/// Takes the drain-report finalizer off a pod whose accounting is recorded (`at`: its place in
+/// the pod's finalizers, checked by the patch itself), so the pod can go.
+pub async fn release(ctx: &Context, ns: &str, pod: &str, at: usize) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let path = format!("/metadata/finalizers/{at}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": desired::DRAIN_REPORT_FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .unwrap_or_else(|_| json_patch::Patch(Vec::new()));
+    match api
+        .patch(pod, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            info!(pod = %format!("{ns}/{pod}"), "released: its accounting is recorded");
+            Ok(())
+        }
+        // Gone already, or the finalizers changed under us: the next look decides again.
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+        Err(source) => Err(Error::PatchPod {
+            namespace: ns.to_owned(),
+            name: pod.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Sets the replicas of the Deployments of revisions other than the update revision. They keep

@@ -79,6 +79,8 @@ pub struct PodFacts {
     pub report: Option<DrainReport>,
     /// Open sessions in the last report read, even if the gateway no longer answers.
     pub last_known: Option<i64>,
+    /// Carries the drain-report finalizer: the pod object stays until the operator releases it.
+    pub held: bool,
 }
 
 impl PodFacts {
@@ -171,6 +173,8 @@ pub struct Plan {
     pub drain: Vec<String>,
     /// Pods to annotate with the lowest deletion cost.
     pub lowest_cost: Vec<String>,
+    /// Terminating pods whose accounting is recorded: their drain-report finalizer goes.
+    pub release: Vec<String>,
     /// The new `status.rollout`.
     pub rollout: Option<RolloutStatus>,
     /// The new `status.gateways`.
@@ -726,6 +730,19 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         })
         .unwrap_or_default();
     let (gateways, active_sessions) = gateway_records(input);
+    let unfinished = |name: &str| {
+        rollout.as_ref().is_some_and(|r| {
+            r.draining
+                .iter()
+                .any(|e| e.pod == name && e.finished_at.is_none())
+        })
+    };
+    let release = input
+        .pods
+        .iter()
+        .filter(|p| p.held && p.terminating && !unfinished(&p.name))
+        .map(|p| p.name.clone())
+        .collect();
     book.drain.sort_unstable();
     book.drain.dedup();
     book.lowest_cost.sort_unstable();
@@ -734,6 +751,7 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         replicas: sizes.replicas.clone(),
         drain: book.drain,
         lowest_cost: book.lowest_cost,
+        release,
         rollout,
         gateways,
         active_sessions,
@@ -1001,4 +1019,83 @@ fn budget_words(r: &RolloutStatus, budget: i64, rollback_to: Option<&str>) -> St
         "revision {}: {} sessions dropped, more than spec.rollout.maxDroppedSessions ({budget}); {then}",
         r.revision, r.sessions_dropped
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, state: Option<DrainState>, active: u64) -> PodFacts {
+        PodFacts {
+            name: name.to_owned(),
+            revision: "a".to_owned(),
+            running: true,
+            ready: state.is_none(),
+            report: state.map(|state| DrainReport {
+                state,
+                sessions_at_start: 5,
+                active,
+                migrated: 5 - active,
+                ..DrainReport::default()
+            }),
+            last_known: Some(i64::try_from(active).unwrap_or(0)),
+            ..PodFacts::default()
+        }
+    }
+
+    fn step_with(lcs: &LongConnService, pods: &[PodFacts]) -> Plan {
+        step(&Input {
+            lcs,
+            update_revision: "a",
+            revisions: &[ObservedRevision {
+                revision: "a".to_owned(),
+                replicas: 3,
+                current_replicas: 3,
+                ready_replicas: 3,
+            }],
+            pods,
+            update_stalled: false,
+            refresh_sessions: true,
+            now: "2026-01-01T00:00:00Z".parse().expect("time"),
+        })
+    }
+
+    #[test]
+    fn a_terminating_pod_is_released_only_once_its_final_report_is_recorded() {
+        let lcs = LongConnService::test().replicas(3).build();
+        let mut done = pod("done", Some(DrainState::Drained), 0);
+        let mut draining = pod("draining", Some(DrainState::Draining), 2);
+        for p in [&mut done, &mut draining] {
+            p.terminating = true;
+            p.held = true;
+        }
+        let plan = step_with(&lcs, &[done, draining, pod("serving", None, 0)]);
+        assert_eq!(plan.release, ["done"]);
+        let r = plan.rollout.expect("recorded");
+        assert_eq!(
+            r.sessions_migrated, 5,
+            "the released pod's report is counted"
+        );
+    }
+
+    #[test]
+    fn restart_losses_are_counted_against_the_service_s_own_record() {
+        let mut crashed = pod("b-1", None, 0);
+        crashed.report = Some(DrainReport {
+            restarts: 2,
+            lost_to_restarts: 9,
+            ..DrainReport::default()
+        });
+        let mut status = crate::crd::LongConnServiceStatus::default();
+        status.gateways.push(GatewayRecord {
+            pod: "b-1".to_owned(),
+            lost_counted: 4,
+            sessions: 0,
+        });
+        let lcs = LongConnService::test().replicas(3).status(status).build();
+        let plan = step_with(&lcs, &[crashed]);
+        let r = plan.rollout.expect("recorded");
+        assert_eq!(r.sessions_dropped, 5, "9 lost in all, 4 counted before");
+        assert_eq!(plan.gateways[0].lost_counted, 9);
+    }
 }

@@ -205,6 +205,7 @@ impl Pod {
             deletion_cost: self.cost,
             report: self.reachable().then(|| self.gateway.report()),
             last_known,
+            held: false,
         }
     }
 
