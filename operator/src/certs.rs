@@ -146,6 +146,59 @@ fn same_names(a: &[String], b: &[String]) -> bool {
     a == b
 }
 
+/// What the Secrets of mode SelfSigned hold, key by key; any key may be missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// `ca.crt` of the CA Secret.
+    pub ca_cert: Option<String>,
+    /// `ca.key` of the CA Secret.
+    pub ca_key: Option<String>,
+    /// `tls.crt` of the serving Secret.
+    pub cert: Option<String>,
+    /// `tls.key` of the serving Secret.
+    pub key: Option<String>,
+}
+
+impl Stored {
+    /// Reads the keys through `ca` (the CA Secret) and `serving` (the serving Secret).
+    pub fn read(
+        ca: impl Fn(&str) -> Option<String>,
+        serving: impl Fn(&str) -> Option<String>,
+    ) -> Stored {
+        Stored {
+            ca_cert: ca("ca.crt"),
+            ca_key: ca("ca.key"),
+            cert: serving("tls.crt"),
+            key: serving("tls.key"),
+        }
+    }
+
+    /// Nothing stored yet.
+    pub fn is_empty(&self) -> bool {
+        *self == Stored::default()
+    }
+
+    fn complete(&self) -> Option<CertBundle> {
+        Some(CertBundle {
+            ca_cert_pem: self.ca_cert.clone()?,
+            ca_key_pem: self.ca_key.clone()?,
+            cert_pem: self.cert.clone()?,
+            key_pem: self.key.clone()?,
+        })
+    }
+}
+
+impl From<&CertBundle> for Stored {
+    fn from(bundle: &CertBundle) -> Stored {
+        Stored {
+            ca_cert: Some(bundle.ca_cert_pem.clone()),
+            ca_key: Some(bundle.ca_key_pem.clone()),
+            cert: Some(bundle.cert_pem.clone()),
+            key: Some(bundle.key_pem.clone()),
+        }
+    }
+}
+
 /// The outcome of [`ensure`]: the material to store and what happened.
 #[derive(Clone, Debug)]
 pub struct Ensured {
@@ -159,13 +212,15 @@ pub struct Ensured {
 
 /// Keeps what is still good and issues what is not.
 pub fn ensure(
-    existing: Option<&CertBundle>,
+    stored: &Stored,
     common_name: &str,
     dns_names: &[String],
     validity: std::time::Duration,
     now: Timestamp,
 ) -> Result<Ensured, Error> {
     let validity = SignedDuration::try_from(validity).map_err(|_| Error::Validity(validity))?;
+    let existing = stored.complete();
+    let existing = existing.as_ref();
     let (ca_decision, serving_decision) = plan(existing, dns_names, now);
 
     let (ca_cert_pem, ca_key_pem, ca_issued) = match (ca_decision, existing) {
@@ -293,7 +348,7 @@ mod tests {
     #[test]
     fn first_ensure_issues_ca_and_serving_certificate_for_the_names() {
         let now = at("2026-01-01T00:00:00Z");
-        let e = ensure(None, "chat", &names(), 90 * DAY, now).expect("issued");
+        let e = ensure(&Stored::default(), "chat", &names(), 90 * DAY, now).expect("issued");
         assert_eq!(e.ca_issued, Some(IssueReason::Missing));
         assert_eq!(e.serving_issued, Some(IssueReason::Missing));
         let served = inspect(&e.bundle.cert_pem).expect("parses");
@@ -305,7 +360,7 @@ mod tests {
     #[test]
     fn certificates_are_kept_until_two_thirds_of_their_lifetime() {
         let t0 = at("2026-01-01T00:00:00Z");
-        let first = ensure(None, "chat", &names(), 90 * DAY, t0).expect("issued");
+        let first = ensure(&Stored::default(), "chat", &names(), 90 * DAY, t0).expect("issued");
         let renew_at = first.serving.renew_at();
         // 2/3 of (90 days + 5 minutes of backdating), counted from the backdated start.
         assert_eq!(renew_at, at("2026-03-01T23:58:20Z"));
@@ -313,13 +368,26 @@ mod tests {
         let before = renew_at
             .checked_sub(SignedDuration::from_secs(1))
             .expect("t");
-        let kept = ensure(Some(&first.bundle), "chat", &names(), 90 * DAY, before).expect("kept");
+        let kept = ensure(
+            &Stored::from(&first.bundle),
+            "chat",
+            &names(),
+            90 * DAY,
+            before,
+        )
+        .expect("kept");
         assert_eq!(kept.ca_issued, None);
         assert_eq!(kept.serving_issued, None);
         assert_eq!(kept.bundle, first.bundle);
 
-        let renewed =
-            ensure(Some(&first.bundle), "chat", &names(), 90 * DAY, renew_at).expect("renewed");
+        let renewed = ensure(
+            &Stored::from(&first.bundle),
+            "chat",
+            &names(),
+            90 * DAY,
+            renew_at,
+        )
+        .expect("renewed");
         assert_eq!(renewed.ca_issued, None, "the CA lives ten times longer");
         assert_eq!(renewed.serving_issued, Some(IssueReason::Expiring));
         assert_eq!(renewed.bundle.ca_cert_pem, first.bundle.ca_cert_pem);
@@ -329,10 +397,11 @@ mod tests {
     #[test]
     fn changed_dns_names_reissue_the_serving_certificate_only() {
         let now = at("2026-01-01T00:00:00Z");
-        let first = ensure(None, "chat", &names(), 90 * DAY, now).expect("issued");
+        let first = ensure(&Stored::default(), "chat", &names(), 90 * DAY, now).expect("issued");
         let mut more = names();
         more.push("chat.example.com".to_owned());
-        let e = ensure(Some(&first.bundle), "chat", &more, 90 * DAY, now).expect("reissued");
+        let e =
+            ensure(&Stored::from(&first.bundle), "chat", &more, 90 * DAY, now).expect("reissued");
         assert_eq!(e.ca_issued, None);
         assert_eq!(e.serving_issued, Some(IssueReason::NamesChanged));
         assert_eq!(inspect(&e.bundle.cert_pem).expect("parses").dns_names, more);
@@ -341,10 +410,11 @@ mod tests {
     #[test]
     fn an_expiring_ca_brings_a_new_serving_certificate() {
         let t0 = at("2026-01-01T00:00:00Z");
-        let first = ensure(None, "chat", &names(), DAY, t0).expect("issued");
+        let first = ensure(&Stored::default(), "chat", &names(), DAY, t0).expect("issued");
         let ca = inspect(&first.bundle.ca_cert_pem).expect("ca parses");
         let later = ca.lifetime.renew_at();
-        let e = ensure(Some(&first.bundle), "chat", &names(), DAY, later).expect("renewed");
+        let e =
+            ensure(&Stored::from(&first.bundle), "chat", &names(), DAY, later).expect("renewed");
         assert_eq!(e.ca_issued, Some(IssueReason::Expiring));
         assert_eq!(e.serving_issued, Some(IssueReason::CaRenewed));
         assert_ne!(e.bundle.ca_cert_pem, first.bundle.ca_cert_pem);
@@ -353,12 +423,12 @@ mod tests {
     #[test]
     fn garbage_in_the_secret_is_replaced() {
         let now = at("2026-01-01T00:00:00Z");
-        let first = ensure(None, "chat", &names(), DAY, now).expect("issued");
+        let first = ensure(&Stored::default(), "chat", &names(), DAY, now).expect("issued");
         let broken = CertBundle {
             cert_pem: "not a certificate".to_owned(),
             ..first.bundle.clone()
         };
-        let e = ensure(Some(&broken), "chat", &names(), DAY, now).expect("reissued");
+        let e = ensure(&Stored::from(&broken), "chat", &names(), DAY, now).expect("reissued");
         assert_eq!(e.serving_issued, Some(IssueReason::Unreadable));
         assert!(inspect(&e.bundle.cert_pem).is_some());
     }

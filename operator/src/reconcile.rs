@@ -769,24 +769,22 @@ async fn certificate(
     match tls.mode {
         TlsMode::Disabled => Ok((None, CertFacts::Disabled, None)),
         TlsMode::SelfSigned => {
-            let existing = (|| {
-                Some(CertBundle {
-                    ca_cert_pem: secret_value(owned, &names::ca(&name), "ca.crt")?,
-                    ca_key_pem: secret_value(owned, &names::ca(&name), "ca.key")?,
-                    cert_pem: secret_value(owned, &names::serving_cert(&name), "tls.crt")?,
-                    key_pem: secret_value(owned, &names::serving_cert(&name), "tls.key")?,
-                })
-            })();
+            let stored = certs::Stored::read(
+                |key| secret_value(owned, &names::ca(&name), key),
+                |key| secret_value(owned, &names::serving_cert(&name), key),
+            );
             let dns_names = desired::certificate_dns_names(lcs, &ctx.settings);
             let validity = tls
                 .validity
                 .to_std()
                 .unwrap_or(Duration::from_secs(90 * 86_400));
-            let ensured = certs::ensure(existing.as_ref(), &name, &dns_names, validity, now)
-                .map_err(|source| Error::Certificate {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    source,
+            let ensured =
+                certs::ensure(&stored, &name, &dns_names, validity, now).map_err(|source| {
+                    Error::Certificate {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        source,
+                    }
                 })?;
             let issued: Vec<String> = [
                 ("CA", ensured.ca_issued),
@@ -797,10 +795,10 @@ async fn certificate(
             .collect();
             if !issued.is_empty() {
                 ctx.metrics.certificates_issued.inc_by(issued.len() as u64);
-                let event_reason = if existing.is_some() {
-                    "CertificateRenewed"
-                } else {
+                let event_reason = if stored.is_empty() {
                     "CertificateIssued"
+                } else {
+                    "CertificateRenewed"
                 };
                 let note = format!("issued {}", issued.join(" and "));
                 ctx.event(lcs, EventType::Normal, event_reason, note).await;
