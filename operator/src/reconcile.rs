@@ -786,21 +786,13 @@ async fn certificate(
                         source,
                     }
                 })?;
-            let issued: Vec<String> = [
-                ("CA", ensured.ca_issued),
-                ("serving certificate", ensured.serving_issued),
-            ]
-            .into_iter()
-            .filter_map(|(what, reason)| Some(format!("a new {what} ({})", reason?.describe())))
-            .collect();
-            if !issued.is_empty() {
-                ctx.metrics.certificates_issued.inc_by(issued.len() as u64);
+            if let Some(note) = ensured.describe() {
+                ctx.metrics.certificates_issued.inc_by(ensured.issued());
                 let event_reason = if stored.is_empty() {
                     "CertificateIssued"
                 } else {
                     "CertificateRenewed"
                 };
-                let note = format!("issued {}", issued.join(" and "));
                 ctx.event(lcs, EventType::Normal, event_reason, note).await;
             }
             let facts = CertFacts::Ready {
@@ -814,11 +806,7 @@ async fn certificate(
                     ensured.serving.renew_at()
                 ),
             };
-            Ok((
-                Some(ensured.bundle),
-                facts,
-                Some(ensured.serving.renew_at()),
-            ))
+            Ok((Some(ensured.bundle), facts, Some(ensured.next)))
         }
         TlsMode::Secret => {
             let secret_name = tls.secret_name.clone().unwrap_or_default();
