@@ -31,6 +31,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use crate::certs::CertBundle;
 use crate::crd::{AutoscalingSpec, LongConnService, TlsMode};
 use crate::kinds::Kind;
 use crate::labels::{self, names};
@@ -98,15 +99,6 @@ pub struct ObservedRevision {
     pub ready_replicas: i32,
 }
 
-/// Certificate and key material for mode SelfSigned, chosen by [`crate::certs`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertBundle {
-    pub ca_cert_pem: String,
-    pub ca_key_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
 /// Which optional APIs the cluster serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServedApis {
@@ -122,7 +114,8 @@ pub struct Observed {
     pub update_replicas: Option<i32>,
     /// The admin token: the existing Secret's, or a fresh one.
     pub admin_token: String,
-    /// Mode SelfSigned: the CA and serving certificate to keep in the Secrets.
+    /// Mode SelfSigned: the CA (and, during a rotation, the previous CA) and the serving
+    /// certificate to keep in the Secrets.
     pub certificate: Option<CertBundle>,
     pub apis: ServedApis,
 }
@@ -257,10 +250,7 @@ fn ca_secret(ctx: &Ctx, bundle: &CertBundle) -> Secret {
     Secret {
         metadata: ctx.meta(names::ca(&ctx.name)),
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([
-            ("ca.crt".to_owned(), bytes(&bundle.ca_cert_pem)),
-            ("ca.key".to_owned(), bytes(&bundle.ca_key_pem)),
-        ])),
+        data: Some(secret_data(bundle.ca_secret_data())),
         ..Secret::default()
     }
 }
@@ -269,17 +259,15 @@ fn serving_secret(ctx: &Ctx, bundle: &CertBundle) -> Secret {
     Secret {
         metadata: ctx.meta(names::serving_cert(&ctx.name)),
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
-            ("ca.crt".to_owned(), bytes(&bundle.ca_cert_pem)),
-            ("tls.crt".to_owned(), bytes(&bundle.cert_pem)),
-            ("tls.key".to_owned(), bytes(&bundle.key_pem)),
-        ])),
+        data: Some(secret_data(bundle.serving_secret_data())),
         ..Secret::default()
     }
 }
 
-fn bytes(s: &str) -> ByteString {
-    ByteString(s.as_bytes().to_vec())
+fn secret_data(data: BTreeMap<&'static str, String>) -> BTreeMap<String, ByteString> {
+    data.into_iter()
+        .map(|(key, value)| (key.to_owned(), ByteString(value.into_bytes())))
+        .collect()
 }
 
 /// The DNS names the serving certificate covers: the Service's own names plus `tls.dnsNames`.

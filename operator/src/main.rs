@@ -15,6 +15,7 @@ use kube::api::ListParams;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, controller, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
+use longconn_operator::certs::CertAndKey;
 use longconn_operator::crd::{LongConnService, crd_yaml};
 use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
@@ -179,10 +180,15 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
         update_replicas: Some(lcs.spec.replicas),
         admin_token: placeholder("admin token"),
         certificate: Some(CertBundle {
-            ca_cert_pem: placeholder("CA certificate"),
-            ca_key_pem: placeholder("CA key"),
-            cert_pem: placeholder("serving certificate"),
-            key_pem: placeholder("serving key"),
+            ca: CertAndKey {
+                cert_pem: placeholder("CA certificate"),
+                key_pem: placeholder("CA key"),
+            },
+            previous_ca: None,
+            serving: CertAndKey {
+                cert_pem: placeholder("serving certificate"),
+                key_pem: placeholder("serving key"),
+            },
         }),
         apis: ServedApis {
             service_monitor: true,

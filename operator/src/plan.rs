@@ -38,10 +38,12 @@ pub struct Certificate {
     /// Mode SelfSigned: the material the Secrets should hold.
     pub bundle: Option<CertBundle>,
     pub facts: CertFacts,
-    /// When to look again (renewal).
+    /// When to look again (the next renewal, or the next step of a CA rotation).
     pub renew_at: Option<Timestamp>,
     /// An Event about what was issued.
     pub note: Option<Note>,
+    /// Certificates issued (for the metric).
+    pub issued: u64,
 }
 
 /// Everything [`plan`] needs besides the observation.
@@ -79,6 +81,8 @@ pub struct Outcome {
     pub scale: Vec<(String, i32)>,
     /// Owned objects no longer desired.
     pub orphans: Vec<(Kind, String)>,
+    /// Certificates issued, counted once the status holding them is recorded.
+    pub certificates_issued: u64,
     pub requeue: Duration,
 }
 
@@ -171,6 +175,7 @@ pub fn plan(input: Input) -> Outcome {
     let old = lcs.status.clone().unwrap_or_default();
     let warnings = turned_bad(&old, &new_status);
     let mut rollout = rollout;
+    let certificates_issued = input.certificate.issued;
     rollout.events.splice(0..0, input.certificate.note);
 
     let mut requeue = if rollout.paused {
@@ -193,6 +198,7 @@ pub fn plan(input: Input) -> Outcome {
         manifests,
         scale,
         orphans,
+        certificates_issued,
         requeue,
     }
 }

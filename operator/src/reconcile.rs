@@ -29,7 +29,7 @@ use crate::cache::Caches;
 use crate::certs;
 use crate::compare;
 use crate::crd::{LongConnService, LongConnServiceStatus, TlsMode};
-use crate::desired::{self, CertBundle, Manifest, ServedApis, Settings};
+use crate::desired::{self, Manifest, ServedApis, Settings};
 use crate::gateways::{self, Reports};
 use crate::kinds::Kind;
 use crate::labels::{MANAGER, names};
@@ -600,8 +600,8 @@ async fn scale(ctx: &Context, ns: &str, scale: &[(String, i32)]) -> Result<(), E
 }
 
 /// Works out the serving certificate for the TLS mode, issuing self-signed material when
-/// needed: the bundle to store (SelfSigned), the facts for status, when to renew, and an Event
-/// about what was issued.
+/// needed: the bundle to store (SelfSigned), the facts for status, when to look again (the next
+/// renewal or step of a CA rotation), and an Event about what was issued.
 fn certificate(
     lcs: &LongConnService,
     settings: &Settings,
@@ -616,50 +616,34 @@ fn certificate(
         facts,
         renew_at: None,
         note: None,
+        issued: 0,
     };
     match tls.mode {
         TlsMode::Disabled => Ok(without(CertFacts::Disabled)),
         TlsMode::SelfSigned => {
-            let existing = (|| {
-                Some(CertBundle {
-                    ca_cert_pem: owned.secret_value(&names::ca(&name), "ca.crt")?,
-                    ca_key_pem: owned.secret_value(&names::ca(&name), "ca.key")?,
-                    cert_pem: owned.secret_value(&names::serving_cert(&name), "tls.crt")?,
-                    key_pem: owned.secret_value(&names::serving_cert(&name), "tls.key")?,
-                })
-            })();
+            let stored = certs::Stored::read(
+                |key| owned.secret_value(&names::ca(&name), key),
+                |key| owned.secret_value(&names::serving_cert(&name), key),
+            );
             let dns_names = desired::certificate_dns_names(lcs, settings);
             let validity = tls
                 .validity
                 .to_std()
                 .unwrap_or(Duration::from_secs(90 * 86_400));
-            let ensured = certs::ensure(
-                existing.as_ref(),
-                &name,
-                &dns_names,
-                validity,
-                observation.now,
-            )
-            .map_err(|source| Error::Certificate {
-                namespace: ns.clone(),
-                name: name.clone(),
-                source,
-            })?;
-            let issued: Vec<String> = [
-                ("CA", ensured.ca_issued),
-                ("serving certificate", ensured.serving_issued),
-            ]
-            .into_iter()
-            .filter_map(|(what, reason)| Some(format!("a new {what} ({})", reason?.describe())))
-            .collect();
-            let note = (!issued.is_empty()).then(|| Note {
+            let ensured = certs::ensure(&stored, &name, &dns_names, validity, observation.now)
+                .map_err(|source| Error::Certificate {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+            let note = ensured.describe().map(|message| Note {
                 warning: false,
-                reason: if existing.is_some() {
-                    "CertificateRenewed"
-                } else {
+                reason: if stored.is_empty() {
                     "CertificateIssued"
+                } else {
+                    "CertificateRenewed"
                 },
-                message: format!("issued {}", issued.join(" and ")),
+                message,
             });
             let facts = CertFacts::Ready {
                 secret: names::serving_cert(&name),
@@ -673,9 +657,10 @@ fn certificate(
                 ),
             };
             Ok(Certificate {
+                issued: ensured.issued(),
+                renew_at: Some(ensured.next),
                 bundle: Some(ensured.bundle),
                 facts,
-                renew_at: Some(ensured.serving.renew_at()),
                 note,
             })
         }

@@ -1,6 +1,7 @@
 //! Snapshot tests of every manifest `desired()` builds. A change to any generated object shows
 //! up as a snapshot diff to review (`INSTA_UPDATE=always cargo test` rewrites them).
 
+use longconn_operator::certs::CertAndKey;
 use longconn_operator::crd::LongConnService;
 use longconn_operator::desired::{self, CertBundle, Manifest, Observed, ServedApis, Settings};
 use longconn_operator::revision;
@@ -16,15 +17,21 @@ fn sample(path: &str) -> LongConnService {
     lcs
 }
 
+fn pair(cert: &str, key: &str) -> CertAndKey {
+    CertAndKey {
+        cert_pem: cert.to_owned(),
+        key_pem: key.to_owned(),
+    }
+}
+
 fn observed(apis: ServedApis, update_replicas: Option<i32>) -> Observed {
     Observed {
         update_replicas,
         admin_token: "admin-token".to_owned(),
         certificate: Some(CertBundle {
-            ca_cert_pem: "CA CERT".to_owned(),
-            ca_key_pem: "CA KEY".to_owned(),
-            cert_pem: "CERT".to_owned(),
-            key_pem: "KEY".to_owned(),
+            ca: pair("CA CERT", "CA KEY"),
+            previous_ca: None,
+            serving: pair("CERT", "KEY"),
         }),
         apis,
     }
@@ -158,4 +165,33 @@ fn revision_changes_with_the_pod_template_but_not_with_scaling() {
     let mut drained = lcs;
     drained.spec.drain.close_code = 1001;
     assert_ne!(revision::of(&drained, &settings()), base);
+}
+
+#[test]
+fn during_a_ca_rotation_both_secrets_publish_both_cas_in_ca_crt() {
+    let lcs = sample("../examples/chat.yaml");
+    let mut observed = observed(ALL_APIS, Some(lcs.spec.replicas));
+    if let Some(bundle) = observed.certificate.as_mut() {
+        bundle.previous_ca = Some(pair("OLD CA CERT\n", "OLD CA KEY"));
+    }
+    let secrets: Vec<Manifest> = desired::desired(&lcs, &observed, &settings())
+        .into_iter()
+        .filter(|m| m.name == "chat-ca" || m.name == "chat-tls")
+        .collect();
+    assert_eq!(secrets.len(), 2);
+    let text = |m: &Manifest, key: &str| {
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(m.object["data"][key].clone()).expect("base64");
+        String::from_utf8(bytes.0).expect("utf-8")
+    };
+    for secret in &secrets {
+        assert_eq!(
+            text(secret, "ca.crt"),
+            "CA CERT\nOLD CA CERT\n",
+            "{}",
+            secret.name
+        );
+    }
+    assert_eq!(text(&secrets[0], "ca-previous.key"), "OLD CA KEY");
+    insta::assert_yaml_snapshot!("ca-rotation", yaml(&secrets));
 }
