@@ -128,6 +128,69 @@ pub struct Context {
     problems: Mutex<HashMap<ObjectRef<LongConnService>, Vec<Problem>>>,
     /// When each LongConnService's open sessions were last recorded.
     sessions_recorded: Mutex<HashMap<ObjectRef<LongConnService>, Instant>>,
+    /// Writes whose result the caches do not show yet.
+    pending: Pending,
+}
+
+/// The writes the caches have not caught up with, per LongConnService: for each object written
+/// (`None`: the LongConnService itself), the resourceVersion the cache showed before the write
+/// (`None`: the object was not there) and when. A plan made while the cache still shows an
+/// object as it was before our own write would be made from a stale view (it would, for
+/// example, issue a certificate again because the Secret just written is not in the cache
+/// yet), so a reconcile waits for its own writes first, as the ReplicaSet controller waits
+/// for its expectations. A write the cache never shows is forgotten after [`PENDING_FOR`].
+#[derive(Default)]
+struct Pending(Mutex<HashMap<ObjectRef<LongConnService>, PendingWrites>>);
+
+type PendingWrites = HashMap<(Option<Kind>, String), (Option<String>, Instant)>;
+
+/// How long a write may take to show in the cache before it is no longer waited for.
+const PENDING_FOR: Duration = Duration::from_secs(10);
+
+impl Pending {
+    /// Whether the cache shows every write made for `lcs`; `current` gives the
+    /// resourceVersion the cache shows for an object now. Forgets the writes it shows.
+    fn settled(
+        &self,
+        lcs: &ObjectRef<LongConnService>,
+        current: impl Fn(Option<Kind>, &str) -> Option<String>,
+    ) -> bool {
+        let Ok(mut all) = self.0.lock() else {
+            return true;
+        };
+        let Some(writes) = all.get_mut(lcs) else {
+            return true;
+        };
+        writes.retain(|(kind, name), (before, at)| {
+            at.elapsed() < PENDING_FOR && current(*kind, name) == *before
+        });
+        let settled = writes.is_empty();
+        if settled {
+            all.remove(lcs);
+        }
+        settled
+    }
+
+    /// Notes a write of `name` (`kind`; None: the LongConnService) that changed its
+    /// resourceVersion from `before` to `after`. A write that changed nothing is not waited for.
+    fn wrote(
+        &self,
+        lcs: &ObjectRef<LongConnService>,
+        kind: Option<Kind>,
+        name: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) {
+        if before == after {
+            return;
+        }
+        if let Ok(mut all) = self.0.lock() {
+            all.entry(lcs.clone()).or_default().insert(
+                (kind, name.to_owned()),
+                (before.map(str::to_owned), Instant::now()),
+            );
+        }
+    }
 }
 
 impl Context {
@@ -148,6 +211,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             sessions_recorded: Mutex::new(HashMap::new()),
+            pending: Pending::default(),
         }
     }
 
@@ -312,6 +376,18 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     // Observe.
     let observation = observe::observe(ctx, lcs, apis, Timestamp::now()).await?;
+    let settled = ctx.pending.settled(&key, |kind, name| match kind {
+        None => lcs.resource_version(),
+        Some(kind) => observation
+            .owned
+            .find(kind, name)
+            .and_then(|o| o.metadata.resource_version.clone()),
+    });
+    if !settled {
+        // The caches do not show our own last writes yet: a plan made now would be made from
+        // a stale view.
+        return Ok(Action::requeue(SOON));
+    }
     let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
     let certificate = certificate(lcs, &ctx.settings, &observation)?;
     let refresh_sessions = ctx.sessions_due(&key);
@@ -329,8 +405,22 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     // Record first...
     if let Some(status) = &outcome.status {
+        let old = serde_json::to_value(lcs.status.clone().unwrap_or_default()).unwrap_or_default();
+        let new = serde_json::to_value(status).unwrap_or_default();
+        info!(
+            changed = %compare::first_difference(&new, &old)
+                .or_else(|| compare::first_difference(&old, &new))
+                .unwrap_or_default(),
+            "recording status"
+        );
         match write_status(lcs, ctx, status).await {
-            Ok(()) => {}
+            Ok(written) => ctx.pending.wrote(
+                &key,
+                None,
+                &key.name,
+                lcs.resource_version().as_deref(),
+                written.as_deref(),
+            ),
             Err(Error::Status {
                 source: kube::Error::Api(s),
                 ..
@@ -367,7 +457,7 @@ async fn write_status(
     lcs: &LongConnService,
     ctx: &Context,
     status: &LongConnServiceStatus,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let ns = lcs.namespace().unwrap_or_default();
     let name = lcs.name_any();
     let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), &ns);
@@ -379,18 +469,19 @@ async fn write_status(
     if let Some(rv) = lcs.resource_version() {
         patch["metadata"] = json!({ "resourceVersion": rv });
     }
-    api.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Status {
-        namespace: ns,
-        name,
-        source,
-    })?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            namespace: ns,
+            name,
+            source,
+        })?;
+    Ok(written.resource_version())
 }
 
 /// What follows a recorded status, once: the rollout's Events and metrics, and Warning Events
@@ -468,7 +559,16 @@ async fn perform(
     let mut problems = Vec::new();
     let mut created = Vec::new();
     for manifest in &outcome.manifests {
-        match apply(ctx, &ns, &uid, observation, manifest).await {
+        match apply(
+            ctx,
+            &ObjectRef::from_obj(lcs),
+            &ns,
+            &uid,
+            observation,
+            manifest,
+        )
+        .await
+        {
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
             Applied::Updated | Applied::Unchanged => {}
             Applied::Refused(problem) => problems.push(problem),
@@ -478,7 +578,8 @@ async fn perform(
         let note = format!("created {}", created.join(", "));
         ctx.event(lcs, EventType::Normal, "Created", note).await;
     }
-    scale(ctx, &ns, &outcome.scale).await?;
+    let key = ObjectRef::from_obj(lcs);
+    scale(ctx, &key, &ns, observation, &outcome.scale).await?;
     delete_orphans(lcs, ctx, &ns, &outcome.orphans).await?;
     Ok(problems)
 }
@@ -582,18 +683,36 @@ pub async fn release(ctx: &Context, ns: &str, pod: &str, at: usize) -> Result<()
 
 /// Sets the replicas of the Deployments of revisions other than the update revision. They keep
 /// the template they were created with; only their size changes, with a merge patch.
-async fn scale(ctx: &Context, ns: &str, scale: &[(String, i32)]) -> Result<(), Error> {
+async fn scale(
+    ctx: &Context,
+    lcs: &ObjectRef<LongConnService>,
+    ns: &str,
+    observation: &Observation,
+    scale: &[(String, i32)],
+) -> Result<(), Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &Kind::Deployment.api_resource());
     for (name, replicas) in scale {
+        let seen = observation
+            .owned
+            .find(Kind::Deployment, name)
+            .and_then(|d| d.metadata.resource_version.as_deref());
         let patch = json!({"spec": {"replicas": replicas}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        let written = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| Error::Scale {
                 namespace: ns.to_owned(),
                 name: name.clone(),
                 source,
             })?;
+        ctx.pending.wrote(
+            lcs,
+            Some(Kind::Deployment),
+            name,
+            seen,
+            written.metadata.resource_version.as_deref(),
+        );
         info!(deployment = %name, replicas, "scaled");
     }
     Ok(())
@@ -778,6 +897,7 @@ enum Applied {
 /// whole reconcile.
 async fn apply(
     ctx: &Context,
+    lcs: &ObjectRef<LongConnService>,
     ns: &str,
     uid: &str,
     observation: &Observation,
@@ -792,6 +912,7 @@ async fn apply(
     {
         return Applied::Refused(conflict(kind, &manifest.name));
     }
+    let seen = existing.and_then(|e| e.metadata.resource_version.as_deref());
     let differs = match existing {
         Some(existing) => {
             let observed = serde_json::to_value(existing).unwrap_or(Value::Null);
@@ -812,7 +933,14 @@ async fn apply(
         .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
         .await
     {
-        Ok(_) => {
+        Ok(written) => {
+            ctx.pending.wrote(
+                lcs,
+                Some(kind),
+                &manifest.name,
+                seen,
+                written.metadata.resource_version.as_deref(),
+            );
             ctx.metrics
                 .objects_applied
                 .get_or_create(&KindLabels::of(kind))

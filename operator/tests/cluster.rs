@@ -480,6 +480,15 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
         async move { (deployments.get(&name).await.ok()?.spec?.replicas == Some(5)).then_some(()) }
     })
     .await;
+    // The five pods exist (Pending: no node here) and the status says so.
+    eventually("the status shows the five pods", || {
+        let lcs_api = lcs_api.clone();
+        async move {
+            let lcs = lcs_api.get("chat").await.ok()?;
+            (lcs.data["status"]["replicas"] == 5).then_some(())
+        }
+    })
+    .await;
 
     // Steady state: a reconcile that finds everything as desired writes nothing.
     let settled = owned_resource_versions(&client, &uid).await;
@@ -513,7 +522,8 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
     assert_eq!(
         after.resource_version(),
         touched.resource_version(),
-        "steady-state reconcile wrote status"
+        "steady-state reconcile wrote status; operator log:\n{}",
+        operator.log_tail()
     );
 
     // The ServiceMonitor API appears: the operator discovers it and creates the ServiceMonitor.

@@ -377,6 +377,8 @@ fn fixture(store: &Arc<Mutex<Store>>, discovery_ttl: std::time::Duration) -> Fix
 fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Fixture) {
     let store = Arc::new(Mutex::new(Store {
         served_groups,
+        // The resource starts at resourceVersion 1.
+        version: 1,
         ..Store::default()
     }));
     store
