@@ -374,11 +374,18 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     };
     let manifests = desired::desired(lcs, &observed, &ctx.settings);
     let mut created = Vec::new();
+    let mut update_refused = None;
     for manifest in &manifests {
         match apply(ctx, &ns, &uid, &owned, manifest).await {
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
             Applied::Updated | Applied::Unchanged => {}
-            Applied::Refused(problem) => problems.push(problem),
+            Applied::Refused(problem) => {
+                // The only Deployment desired() builds is the update revision's.
+                if manifest.kind == Kind::Deployment {
+                    update_refused = Some(problem.message.clone());
+                }
+                problems.push(problem);
+            }
         }
     }
     if !created.is_empty() {
@@ -407,6 +414,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             update_revision: &update_revision,
             revisions: &revisions,
             update_stalled,
+            update_refused: update_refused.as_deref(),
             problems: &problems,
             certificate: &cert_facts,
             monitoring,
