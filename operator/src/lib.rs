@@ -9,6 +9,7 @@ pub mod desired;
 pub mod duration;
 pub mod kinds;
 pub mod labels;
+pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
