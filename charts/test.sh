@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Tests of the longconn-operator chart and the images' Dockerfiles: helm lint and helm template
-# with the default and every ci/*.yaml values file, values the schema must refuse (with a message
-# naming the value), the chart's CRD and RBAC rules against the operator's own output, the chart
-# and crate versions, the Grafana dashboard's metric names, the Dockerfiles' essentials, and
-# checkov's Kubernetes checks over the rendered chart (charts/checkov.yaml) and over every kind of
-# object the operator generates, for the LongConnServices in charts/checkov/
-# (charts/checkov-generated.yaml).
+# with the default and every ci/*.yaml values file, values and combinations of values the schema
+# must refuse (helm template and helm lint alike, with a message naming the value), the chart's CRD
+# and RBAC rules against the operator's own output, the chart and crate versions, the Grafana
+# dashboard's metric names, the Dockerfiles' essentials, and checkov's Kubernetes checks over the
+# rendered chart (charts/checkov.yaml) and over every kind of object the operator generates, for
+# the LongConnServices in charts/checkov/ (charts/checkov-generated.yaml).
 #
 # Usage: TOOLS_DIR=.tools bash charts/test.sh   (helm comes from `make tools`; checkov is installed
 # at the pinned version into a virtualenv under TOOLS_DIR, and one that cannot be installed fails)
@@ -50,19 +50,31 @@ check() {
   fi
 }
 
-# refuses NAME EXPECTED_MESSAGE HELM_ARGS...: helm template must fail and print EXPECTED_MESSAGE.
+# refuses NAME EXPECTED_MESSAGE HELM_ARGS...: helm template and helm lint must both fail and print
+# every line of EXPECTED_MESSAGE.
 refuses() {
   local name="$1" message="$2"
   shift 2
-  if "${helm}" template "${release}" "${chart}" -n "${release_ns}" "$@" >"${work}/out" 2>&1; then
-    echo "helm template accepted it"
+  refused_by "helm template" "${message}" "${helm}" template "${release}" "${chart}" -n "${release_ns}" "$@" \
+    && refused_by "helm lint" "${message}" "${helm}" lint --strict "${chart}" "$@"
+}
+
+# refused_by WHAT EXPECTED_MESSAGE COMMAND...: COMMAND must fail and print every line of
+# EXPECTED_MESSAGE.
+refused_by() {
+  local what="$1" message="$2" line
+  shift 2
+  if "$@" >"${work}/refused" 2>&1; then
+    echo "${what} accepted it"
     return 1
   fi
-  if ! grep -qF -- "${message}" "${work}/out"; then
-    echo "the error does not say ${message}:"
-    cat "${work}/out"
-    return 1
-  fi
+  while IFS= read -r line; do
+    if ! grep -qF -- "${line}" "${work}/refused"; then
+      echo "${what}'s error does not say ${line}:"
+      cat "${work}/refused"
+      return 1
+    fi
+  done <<<"${message}"
 }
 
 render() { # render OUT HELM_ARGS...
@@ -151,6 +163,18 @@ check "refuses logFormat: xml" refuses x "at '/logFormat'" --set logFormat=xml
 check "refuses an invalid watchNamespace" refuses x "at '/watchNamespace'" --set watchNamespace=Not_A_Namespace
 check "refuses an invalid image.pullPolicy" refuses x "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
 check "refuses serviceMonitor.interval: thirty" refuses x "at '/serviceMonitor/interval'" --set serviceMonitor.interval=thirty
+# Combinations of values the schema must refuse, each listing the ways out.
+check "refuses leaderElection.enabled=false with 2 replicas (both would reconcile)" refuses x \
+  "at '/replicaCount': maximum: got 2, want 1
+at '/leaderElection/enabled': value must be true" --set leaderElection.enabled=false
+check "refuses one replica with a PodDisruptionBudget of minAvailable 1 (blocks every drain)" refuses x \
+  "at '/replicaCount': minimum: got 1, want 2
+at '/podDisruptionBudget/enabled': value must be false
+at '/podDisruptionBudget/minAvailable': maximum: got 1, want 0" --set replicaCount=1
+check "helm lint accepts one replica without leader election or PodDisruptionBudget" \
+  "${helm}" lint --strict "${chart}" --set replicaCount=1,leaderElection.enabled=false,podDisruptionBudget.enabled=false
+check "helm template accepts one replica without leader election or PodDisruptionBudget" \
+  render "${work}/single-replica.yaml" --set replicaCount=1,leaderElection.enabled=false,podDisruptionBudget.enabled=false
 
 for spec in "operator longconn-operator longconn-operator" \
   "gateway longconn-gateway longconn-gateway" \

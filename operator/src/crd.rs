@@ -102,6 +102,9 @@ pub struct LongConnServiceSpec {
 
     /// The app's pod template. Its containers listen on localhost; the gateway, injected as a
     /// native sidecar, terminates client connections and proxies them to `gateway.upstreamPort`.
+    #[x_kube(validation = Rule::new("has(self.spec) && size(self.spec.containers) > 0")
+        .message("template.spec.containers must hold at least one container: the app the gateway proxies to")
+        .field_path(".spec.containers"))]
     pub template: PodTemplateSpec,
 
     /// The gateway that terminates client connections in every pod.

@@ -674,7 +674,10 @@ fn pdb(ctx: &Ctx) -> PodDisruptionBudget {
             }),
             max_unavailable,
             min_available: d.min_available.clone(),
-            ..PodDisruptionBudgetSpec::default()
+            // A pod that is not Ready (crash-looping, stuck starting) may always be evicted:
+            // otherwise it counts against the budget and blocks every node drain until it
+            // recovers. One that still holds sessions drains through its preStop hook.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
         }),
         status: None,
     }

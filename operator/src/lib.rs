@@ -13,6 +13,7 @@ pub mod fixtures;
 pub mod gateways;
 pub mod kinds;
 pub mod labels;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod plan;

@@ -21,7 +21,7 @@ use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Setting
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
-use longconn_operator::{cache, gateways, labels};
+use longconn_operator::{cache, gateways, labels, leader};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -257,34 +257,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_crd(&lcs_api).await;
     health.ready.store(true, Ordering::Relaxed);
 
-    // Leader election: kube-lease-manager is maintained, built on kube and k8s-openapi's
-    // current versions, and takes the Lease with server-side apply, so two replicas can never
-    // both believe they hold it. A replica that loses the Lease exits (below) rather than trying
-    // to stop reconciles mid-flight; its restart campaigns again.
+    // Leader election (see `leader`): a replica that loses the Lease, or cannot renew it in
+    // time, exits (below) rather than trying to stop reconciles mid-flight; its restart
+    // campaigns again.
     let mut leadership = None;
     if args.leader_elect {
-        let identity = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| format!("longconn-operator-{}", std::process::id()));
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-                .with_namespace(&settings.operator_namespace)
-                .with_identity(&identity)
-                .with_duration(15)
-                .with_grace(5)
-                .build()
-                .await
-                .context("setting up leader election")?;
-        let (mut is_leader, task) = manager.watch().await;
-        info!(%identity, lease = %args.lease_name, "waiting to become the leader");
-        while !*is_leader.borrow_and_update() {
-            tokio::select! {
-                changed = is_leader.changed() => changed.context("leader election stopped")?,
-                _ = shutdown_signal() => return shutdown(stop_tx, server).await,
-            }
+        let (namespace, identity) = (&settings.operator_namespace, leader::identity());
+        tokio::select! {
+            held = leader::Leadership::acquire(&client, &args.lease_name, namespace, &identity) => leadership = Some(held?),
+            _ = shutdown_signal() => return shutdown(stop_tx, server).await,
         }
-        info!(%identity, "became the leader");
-        leadership = Some((is_leader, task));
     }
 
     let (caches, writers) = cache::new();
@@ -341,13 +323,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _poller = AbortOnDrop(poller);
 
     match leadership {
-        Some((mut is_leader, _task)) => {
+        Some(mut leadership) => {
             tokio::select! {
                 _ = controller => {}
-                _ = async { while is_leader.changed().await.is_ok() && *is_leader.borrow() {} } => {
-                    error!("lost the leader Lease; exiting so a restart campaigns again");
+                lost = leadership.lost() => {
+                    error!(%lost, "no longer the leader; exiting so a restart campaigns again");
                     shutdown(stop_tx, server).await?;
-                    anyhow::bail!("lost leadership");
+                    anyhow::bail!("lost leadership: {lost}");
                 }
             }
         }

@@ -46,6 +46,14 @@ pub struct Certificate {
     pub issued: u64,
 }
 
+/// What the API server refused when the manifests were last applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    pub problems: Vec<Problem>,
+    /// The message of the refused update revision's Deployment, if it was.
+    pub update: Option<String>,
+}
+
 /// Everything [`plan`] needs besides the observation.
 pub struct Input<'a> {
     pub lcs: &'a LongConnService,
@@ -55,7 +63,7 @@ pub struct Input<'a> {
     /// The admin token to keep (the Secret's, or a fresh one when there is none).
     pub admin_token: String,
     /// What the last attempt to apply the manifests refused.
-    pub problems: Vec<Problem>,
+    pub refused: Refusals,
     /// Record the gateways' open sessions now.
     pub refresh_sessions: bool,
 }
@@ -161,7 +169,8 @@ pub fn plan(input: Input) -> Outcome {
             update_revision: &update_revision,
             revisions: &observation.revisions,
             update_stalled,
-            problems: &input.problems,
+            update_refused: input.refused.update.as_deref(),
+            problems: &input.refused.problems,
             certificate: &input.certificate.facts,
             monitoring,
             active_sessions: rollout.active_sessions,

@@ -35,7 +35,7 @@ use crate::kinds::Kind;
 use crate::labels::{MANAGER, names};
 use crate::metrics::{ErrorReason, KindLabels, Metrics};
 use crate::observe::{self, Observation, UserSecret};
-use crate::plan::{self, Certificate, Outcome};
+use crate::plan::{self, Certificate, Outcome, Refusals};
 use crate::rollout::{LOWEST_COST, Note, Plan};
 use crate::status::{CertFacts, Problem};
 
@@ -125,7 +125,7 @@ pub struct Context {
     discovery: Mutex<Option<(Instant, ServedApis)>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
     /// What the last attempt to apply each LongConnService's manifests refused.
-    problems: Mutex<HashMap<ObjectRef<LongConnService>, Vec<Problem>>>,
+    problems: Mutex<HashMap<ObjectRef<LongConnService>, Refusals>>,
     /// When each LongConnService's open sessions were last recorded.
     sessions_recorded: Mutex<HashMap<ObjectRef<LongConnService>, Instant>>,
     /// Writes whose result the caches do not show yet.
@@ -277,7 +277,7 @@ impl Context {
         }
     }
 
-    fn last_problems(&self, key: &ObjectRef<LongConnService>) -> Vec<Problem> {
+    fn last_problems(&self, key: &ObjectRef<LongConnService>) -> Refusals {
         self.problems
             .lock()
             .ok()
@@ -286,11 +286,11 @@ impl Context {
     }
 
     /// Keeps what an attempt to apply refused; returns whether that changed.
-    fn set_problems(&self, key: ObjectRef<LongConnService>, problems: Vec<Problem>) -> bool {
+    fn set_problems(&self, key: ObjectRef<LongConnService>, problems: Refusals) -> bool {
         let Ok(mut all) = self.problems.lock() else {
             return false;
         };
-        let old = if problems.is_empty() {
+        let old = if problems == Refusals::default() {
             all.remove(&key)
         } else {
             all.insert(key, problems.clone())
@@ -399,7 +399,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         settings: &ctx.settings,
         certificate,
         admin_token,
-        problems: ctx.last_problems(&key),
+        refused: ctx.last_problems(&key),
         refresh_sessions,
     });
 
@@ -546,7 +546,7 @@ async fn perform(
     ctx: &Context,
     observation: &Observation,
     outcome: &Outcome,
-) -> Result<Vec<Problem>, Error> {
+) -> Result<Refusals, Error> {
     let ns = lcs.namespace().unwrap_or_default();
     start_drains(lcs, ctx, observation, &outcome.rollout).await;
     mark_for_removal(ctx, &ns, &outcome.rollout).await?;
@@ -556,7 +556,7 @@ async fn perform(
         }
     }
     let uid = lcs.uid().unwrap_or_default();
-    let mut problems = Vec::new();
+    let mut refused = Refusals::default();
     let mut created = Vec::new();
     for manifest in &outcome.manifests {
         match apply(
@@ -571,7 +571,13 @@ async fn perform(
         {
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
             Applied::Updated | Applied::Unchanged => {}
-            Applied::Refused(problem) => problems.push(problem),
+            Applied::Refused(problem) => {
+                // The only Deployment desired() builds is the update revision's.
+                if manifest.kind == Kind::Deployment {
+                    refused.update = Some(problem.message.clone());
+                }
+                refused.problems.push(problem);
+            }
         }
     }
     if !created.is_empty() {
@@ -581,7 +587,7 @@ async fn perform(
     let key = ObjectRef::from_obj(lcs);
     scale(ctx, &key, &ns, observation, &outcome.scale).await?;
     delete_orphans(lcs, ctx, &ns, &outcome.orphans).await?;
-    Ok(problems)
+    Ok(refused)
 }
 
 /// Asks the gateways the plan names to drain, with the LongConnService's drain settings; each

@@ -64,6 +64,9 @@ pub struct Facts<'a> {
     pub revisions: &'a [ObservedRevision],
     /// The update revision's Deployment reports ProgressDeadlineExceeded.
     pub update_stalled: bool,
+    /// The update revision's Deployment could not be applied this time (the API server refused
+    /// it, or another object holds its name): the message of the [`Problem`] collected for it.
+    pub update_refused: Option<&'a str>,
     pub problems: &'a [Problem],
     pub certificate: &'a CertFacts,
     pub monitoring: MonitoringFacts,
@@ -143,6 +146,13 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
             verdict.status,
             verdict.reason,
             verdict.message.clone(),
+        );
+    } else if let Some(refusal) = facts.update_refused {
+        conditions.set(
+            PROGRESSING,
+            false,
+            "RevisionRefused",
+            format!("revision {rev} cannot be applied, so none of its pods can start: {refusal}"),
         );
     } else if facts.update_stalled {
         conditions.set(
@@ -326,6 +336,8 @@ pub fn condition<'a>(status: &'a LongConnServiceStatus, type_: &str) -> Option<&
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use super::*;
 
     fn lcs(replicas: i32) -> LongConnService {
@@ -349,27 +361,39 @@ mod tests {
         revisions: &[ObservedRevision],
         now: &str,
     ) -> LongConnServiceStatus {
-        compute(
-            lcs,
-            &Facts {
-                update_revision: "new",
-                revisions,
-                update_stalled: false,
-                problems: &[],
-                certificate: &CertFacts::Disabled,
-                monitoring: MonitoringFacts::Disabled,
-                active_sessions: 0,
-                rollout: None,
-                progressing: None,
-                sessions_preserved: &Verdict {
-                    status: true,
-                    reason: "NoDrains",
-                    message: "no pod has been drained yet".to_owned(),
-                },
-                gateways: &[],
-                now: now.parse().expect("time"),
-            },
-        )
+        compute_with(lcs, revisions, now, |_| {})
+    }
+
+    static NO_DRAINS: LazyLock<Verdict> = LazyLock::new(|| Verdict {
+        status: true,
+        reason: "NoDrains",
+        message: "no pod has been drained yet".to_owned(),
+    });
+
+    /// [`compute`] with plain facts that `change` adjusts.
+    fn compute_with<'a>(
+        lcs: &LongConnService,
+        revisions: &'a [ObservedRevision],
+        now: &str,
+        change: impl FnOnce(&mut Facts<'a>),
+    ) -> LongConnServiceStatus {
+        let mut facts = Facts {
+            update_revision: "new",
+            revisions,
+            update_stalled: false,
+            update_refused: None,
+            problems: &[],
+            certificate: &CertFacts::Disabled,
+            monitoring: MonitoringFacts::Disabled,
+            active_sessions: 0,
+            rollout: None,
+            progressing: None,
+            sessions_preserved: &NO_DRAINS,
+            gateways: &[],
+            now: now.parse().expect("time"),
+        };
+        change(&mut facts);
+        compute(lcs, &facts)
     }
 
     #[test]
@@ -417,5 +441,53 @@ mod tests {
             "NewRevisionAvailable"
         );
         assert_eq!(done.current_revision.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_revision_the_api_server_refuses_is_not_progressing_and_says_why() {
+        let lcs = lcs(3);
+        let refusal = "applying Deployment chat-new: Deployment.apps \"chat-new\" is invalid: \
+                       spec.template.spec.containers: Required value";
+        let problems = [Problem {
+            reason: "ApplyFailed",
+            message: refusal.to_owned(),
+        }];
+        let status = compute_with(&lcs, &[rev("old", 3, 3)], "2026-01-01T00:00:00Z", |f| {
+            f.update_refused = Some(refusal);
+            f.problems = &problems;
+        });
+        let progressing = condition(&status, PROGRESSING).expect("Progressing");
+        assert_eq!(progressing.status, "False");
+        assert_eq!(progressing.reason, "RevisionRefused");
+        assert!(
+            progressing
+                .message
+                .starts_with("revision new cannot be applied")
+                && progressing.message.contains(refusal),
+            "{}",
+            progressing.message
+        );
+        let degraded = condition(&status, DEGRADED).expect("Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ApplyFailed")
+        );
+        assert_eq!(status.current_revision.as_deref(), Some("old"));
+    }
+
+    #[test]
+    fn the_rollout_verdict_outranks_a_refused_revision() {
+        let lcs = lcs(3);
+        let paused = Verdict {
+            status: false,
+            reason: "DropBudgetExceeded",
+            message: "paused".to_owned(),
+        };
+        let status = compute_with(&lcs, &[rev("old", 3, 3)], "2026-01-01T00:00:00Z", |f| {
+            f.update_refused = Some("refused");
+            f.progressing = Some(&paused);
+        });
+        let progressing = condition(&status, PROGRESSING).expect("Progressing");
+        assert_eq!(progressing.reason, "DropBudgetExceeded");
     }
 }

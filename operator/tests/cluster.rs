@@ -3,7 +3,8 @@
 //! process, authenticated as a ServiceAccount that holds exactly the RBAC rules of
 //! `longconn_operator::rbac` and nothing else, reconciles a LongConnService into owned objects, serves the printer columns and the
 //! scale subresource, writes nothing in steady state, reacts to the ServiceMonitor API appearing,
-//! and garbage collection removes everything when the LongConnService goes.
+//! and garbage collection removes everything when the LongConnService goes. A leader cut off
+//! from the API server stops before another replica can take its Lease.
 //!
 //! Skipped (with a printed reason) when `make tools` was never run, unless
 //! `LONGCONN_E2E_REQUIRE_TOOLS` is set, as `make test` does.
@@ -11,9 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -22,6 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use longconn_e2e::cluster::{Cluster, ClusterOptions};
 use longconn_operator::crd::LongConnService;
 use longconn_operator::kinds::Kind;
+use longconn_operator::leader::{Leadership, Lost, TIMING};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -317,13 +322,10 @@ async fn owned_resource_versions(client: &Client, uid: &str) -> BTreeMap<String,
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
-    let Some(tools_dir) = longconn_e2e::tools::tools_dir_or_skip(
-        "operator_reconciles_a_long_conn_service_in_a_real_api_server",
-    ) else {
-        return;
-    };
+/// A local control plane in a temporary folder (returned with it, to keep it until the end), or
+/// None when the tools are missing and `test` is skipped.
+async fn cluster_or_skip(test: &str) -> Option<(tempfile::TempDir, Cluster)> {
+    let tools_dir = longconn_e2e::tools::tools_dir_or_skip(test)?;
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::up(ClusterOptions {
         dir: dir.path().join("cluster"),
@@ -332,6 +334,16 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
     })
     .await
     .expect("cluster up");
+    Some((dir, cluster))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
+    let Some((dir, cluster)) =
+        cluster_or_skip("operator_reconciles_a_long_conn_service_in_a_real_api_server").await
+    else {
+        return;
+    };
     let client = cluster.client();
 
     let crd_yaml = std::fs::read_to_string(repo().join("crds/longconnservices.longconn.dev.yaml"))
@@ -627,5 +639,80 @@ spec:
     for log in [&leader_tail, &tail] {
         assert!(!log.contains("panicked"), "operator log:\n{log}");
     }
+    cluster.down().await.expect("cluster down");
+}
+
+/// A client whose requests hang once `cut` is set, as they do across a network partition.
+fn partitionable(client: &Client, cut: Arc<AtomicBool>) -> Client {
+    let inner = client.clone();
+    let service = tower::service_fn(move |request| {
+        let inner = inner.clone();
+        let cut = cut.clone();
+        async move {
+            if cut.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            inner.send(request).await
+        }
+    });
+    Client::new(service, client.default_namespace())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_before_another_replica_takes_the_lease() {
+    let Some((_dir, cluster)) = cluster_or_skip(
+        "a_leader_cut_off_from_the_api_server_stops_before_another_replica_takes_the_lease",
+    )
+    .await
+    else {
+        return;
+    };
+    let client = cluster.client();
+    const LEASE: &str = "fencing";
+
+    let cut = Arc::new(AtomicBool::new(false));
+    let mut leader = Leadership::acquire(&partitionable(&client, cut.clone()), LEASE, NS, "a")
+        .await
+        .expect("a leads");
+    let standby = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let held = Leadership::acquire(&client, LEASE, NS, "b")
+                .await
+                .expect("b leads");
+            (Instant::now(), held)
+        }
+    });
+
+    cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    let lost = tokio::time::timeout(WAIT, leader.lost())
+        .await
+        .expect("the cut-off leader stops");
+    let stopped_at = Instant::now();
+    assert!(matches!(lost, Lost::NotRenewed { .. }), "{lost}");
+    assert!(
+        stopped_at - cut_at <= TIMING.duration - TIMING.margin + Duration::from_secs(1),
+        "stopped {:?} after the cut",
+        stopped_at - cut_at
+    );
+
+    let (took_over_at, _standby) = tokio::time::timeout(WAIT, standby)
+        .await
+        .expect("the standby takes over")
+        .expect("standby task");
+    assert!(
+        stopped_at < took_over_at,
+        "the standby led {:?} before the cut-off leader stopped",
+        stopped_at - took_over_at
+    );
+    let lease = Api::<Lease>::namespaced(client, NS)
+        .get(LEASE)
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
     cluster.down().await.expect("cluster down");
 }

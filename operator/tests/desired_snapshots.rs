@@ -53,36 +53,33 @@ const ALL_APIS: ServedApis = ServedApis {
     cert_manager: true,
 };
 
+/// What `lcs` becomes at its own replica count with every optional API served.
+fn with_every_api(lcs: &LongConnService) -> Vec<Manifest> {
+    desired::desired(
+        lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    )
+}
+
 #[test]
 fn chat_example_with_every_optional_api() {
     let lcs = sample("../examples/chat.yaml");
-    let out = desired::desired(
-        &lcs,
-        &observed(ALL_APIS, Some(lcs.spec.replicas)),
-        &settings(),
-    );
+    let out = with_every_api(&lcs);
     insta::assert_yaml_snapshot!("chat", yaml(&out));
 }
 
 #[test]
 fn every_field_set() {
     let lcs = sample("tests/samples/good/full.yaml");
-    let out = desired::desired(
-        &lcs,
-        &observed(ALL_APIS, Some(lcs.spec.replicas)),
-        &settings(),
-    );
+    let out = with_every_api(&lcs);
     insta::assert_yaml_snapshot!("full", yaml(&out));
 }
 
 #[test]
 fn cert_manager_mode_creates_a_certificate_and_no_ca() {
     let lcs = sample("tests/samples/good/cert-manager.yaml");
-    let out = desired::desired(
-        &lcs,
-        &observed(ALL_APIS, Some(lcs.spec.replicas)),
-        &settings(),
-    );
+    let out = with_every_api(&lcs);
     insta::assert_yaml_snapshot!("cert-manager", yaml(&out));
 }
 
@@ -194,4 +191,18 @@ fn during_a_ca_rotation_both_secrets_publish_both_cas_in_ca_crt() {
     }
     assert_eq!(text(&secrets[0], "ca-previous.key"), "OLD CA KEY");
     insta::assert_yaml_snapshot!("ca-rotation", yaml(&secrets));
+}
+
+#[test]
+fn pod_disruption_budget_always_allows_evicting_unhealthy_pods() {
+    let lcs = sample("../examples/chat.yaml");
+    let out = with_every_api(&lcs);
+    let pdb = out
+        .iter()
+        .find(|m| m.kind == longconn_operator::kinds::Kind::PodDisruptionBudget)
+        .expect("pdb");
+    assert_eq!(
+        pdb.object["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow",
+        "a crash-looping pod must not block a node drain"
+    );
 }

@@ -36,6 +36,8 @@ struct Store {
     served_groups: Vec<&'static str>,
     /// Discovery answers 503 (a transient failure) instead of its usual answer.
     discovery_failing: bool,
+    /// A collection whose server-side applies are refused as invalid (422), with this message.
+    refused_applies: Option<(&'static str, &'static str)>,
     next_uid: u32,
     /// The last resourceVersion handed out.
     version: u64,
@@ -169,6 +171,13 @@ fn handle(
                 None => not_found(),
             }
         }
+        (Method::PATCH, Some(_)) if store.refused_applies.is_some_and(|(c, _)| c == collection) => {
+            let message = store.refused_applies.map(|(_, m)| m).unwrap_or_default();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message}),
+            )
+        }
         (Method::PATCH, Some(name)) => {
             // A server-side apply that is not forced conflicts with fields someone else set.
             let forced = query.split('&').any(|kv| kv == "force=true");
@@ -252,6 +261,23 @@ fn condition(store: &Store, kind: &str) -> Value {
         .find(|c| c["type"] == kind)
         .cloned()
         .unwrap_or_else(|| panic!("no {kind} condition"))
+}
+
+/// The `chat` resource's condition of type `kind` has this status and reason, and a message
+/// that contains `message_part`.
+fn assert_condition(store: &Store, kind: &str, (status, reason): (&str, &str), message_part: &str) {
+    let c = condition(store, kind);
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!(status), &json!(reason)),
+        "{c}"
+    );
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(message_part)),
+        "{kind} does not say {message_part:?}: {c}"
+    );
 }
 
 /// The collection each cache is filled from.
@@ -510,15 +536,27 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
         s.collections["/api/v1/namespaces/default/services"]["chat"],
         theirs
     );
-    let degraded = condition(&s, "Degraded");
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "OwnershipConflict");
-    assert!(
-        degraded["message"]
-            .as_str()
-            .expect("message")
-            .contains("Service chat already exists")
+    assert_condition(
+        &s,
+        "Degraded",
+        ("True", "OwnershipConflict"),
+        "Service chat already exists",
     );
+}
+
+#[tokio::test]
+async fn a_deployment_the_api_server_refuses_stops_progressing_with_its_message() {
+    let (store, fixture) = setup(vec![]);
+    let refusal = "Deployment.apps is invalid: spec.template.spec.containers: Required value";
+    store.lock().expect("store").refused_applies =
+        Some(("/apis/apps/v1/namespaces/default/deployments", refusal));
+
+    reconcile_once(&store, &fixture).await;
+    // The refusal shows in the status the next reconcile records.
+    reconcile_once(&store, &fixture).await;
+    let s = store.lock().expect("store");
+    assert_condition(&s, "Progressing", ("False", "RevisionRefused"), refusal);
+    assert_condition(&s, "Degraded", ("True", "ApplyFailed"), refusal);
 }
 
 #[tokio::test]

@@ -629,6 +629,7 @@ impl Model {
                 update_revision: &self.update,
                 revisions,
                 update_stalled: self.stalled,
+                update_refused: None,
                 problems: &[],
                 certificate: &CertFacts::Disabled,
                 monitoring: MonitoringFacts::Disabled,
