@@ -9,11 +9,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use longconn_drain_api::DrainStrategy;
 
-use crate::{
-    api::DrainStrategy,
-    error::{Error, Result},
-};
+use crate::error::{Error, Result};
 
 /// The gateway's command line.
 #[derive(Debug, Parser)]

@@ -35,6 +35,8 @@ pub enum Error {
     Install { dir: PathBuf, source: io::Error },
     #[error("admin API at {addr}: {reason}")]
     Admin { addr: String, reason: String },
+    #[error(transparent)]
+    DrainApi(#[from] longconn_drain_api::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
     #[error("cannot install the signal handler: {0}")]

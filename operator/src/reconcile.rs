@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use longconn_gateway::api::{DrainRequest, DrainStrategy};
+use longconn_drain_api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
@@ -598,13 +598,10 @@ async fn observe_pods(
     }
     let reports = futures::future::join_all(facts.iter().map(|pod| async {
         let addr = admin.get(&pod.name)?;
-        tokio::time::timeout(
-            GATEWAY_TIMEOUT,
-            longconn_gateway::client::report(addr, token),
-        )
-        .await
-        .ok()?
-        .ok()
+        tokio::time::timeout(GATEWAY_TIMEOUT, longconn_drain_api::report(addr, token))
+            .await
+            .ok()?
+            .ok()
     }))
     .await;
     for (pod, report) in facts.iter_mut().zip(reports) {
@@ -652,7 +649,7 @@ async fn start_drains(
                 warn!(pod = %pod, "cannot drain a pod without an IP yet");
                 return;
             };
-            let call = longconn_gateway::client::start_drain(addr, token, request);
+            let call = longconn_drain_api::start_drain(addr, token, request);
             match tokio::time::timeout(GATEWAY_TIMEOUT, call).await {
                 Ok(Ok(report)) => {
                     info!(pod = %format!("{ns}/{pod}"), port, sessions = report.sessions_at_start, "drain started");
