@@ -38,7 +38,8 @@ use crate::revision;
 
 /// Where the gateway copies its binary so the app's preStop hook can run `drain --wait`.
 pub const GATEWAY_BIN_DIR: &str = "/longconn/bin";
-/// Where the admin-token Secret is mounted in every container of the pod.
+/// Where the admin-token Secret is mounted in the gateway container (and in no other: the app's
+/// preStop hook drains with the local token the gateway writes beside its installed binary).
 pub const ADMIN_TOKEN_DIR: &str = "/etc/longconn/admin";
 /// Where the serving certificate Secret is mounted in the gateway.
 pub const TLS_DIR: &str = "/etc/longconn/tls";
@@ -448,24 +449,20 @@ fn secret_volume(volume: &str, secret: String) -> Volume {
     }
 }
 
-/// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
-/// pod that goes away for any reason (eviction, node drain) moves its sessions first. A
-/// container that already has a preStop hook keeps it.
 /// How long the preStop hook keeps a pod after the drain it waited for finished: longer than the
 /// operator's 1 s poll while a drain is followed.
 const DRAIN_LINGER: &str = "5s";
 
+/// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
+/// pod that goes away for any reason (eviction, node drain) moves its sessions first. The hook
+/// runs the binary the gateway installed into the shared emptyDir, which finds the local token
+/// the gateway wrote beside it: no token is mounted into the app container or named in its
+/// spec. A container that already has a preStop hook keeps it.
 fn inject_drain_hook(container: &mut Container, admin_port: u16) {
     let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
     mounts.push(VolumeMount {
         name: "longconn-bin".to_owned(),
         mount_path: GATEWAY_BIN_DIR.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    });
-    mounts.push(VolumeMount {
-        name: "longconn-admin".to_owned(),
-        mount_path: ADMIN_TOKEN_DIR.to_owned(),
         read_only: Some(true),
         ..VolumeMount::default()
     });
@@ -483,8 +480,6 @@ fn inject_drain_hook(container: &mut Container, admin_port: u16) {
                     DRAIN_LINGER.to_owned(),
                     "--admin".to_owned(),
                     format!("127.0.0.1:{admin_port}"),
-                    "--admin-token-file".to_owned(),
-                    format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
                 ]),
             }),
             ..LifecycleHandler::default()

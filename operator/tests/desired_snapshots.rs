@@ -159,3 +159,41 @@ fn revision_changes_with_the_pod_template_but_not_with_scaling() {
     drained.spec.drain.close_code = 1001;
     assert_ne!(revision::of(&drained, &settings()), base);
 }
+
+/// The pod template of the (only) Deployment `desired` builds for `lcs`.
+fn pod_spec(lcs: &LongConnService) -> serde_json::Value {
+    desired::desired(
+        lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    )
+    .into_iter()
+    .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+    .expect("deployment")
+    .object["spec"]["template"]["spec"]
+        .clone()
+}
+
+#[test]
+fn only_the_gateway_mounts_the_admin_token_and_the_hook_names_no_token() {
+    let pod = pod_spec(&sample("../examples/chat.yaml"));
+    let mounts = |container: &serde_json::Value| -> Vec<String> {
+        container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .map(|m| m["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let gateway = &pod["initContainers"][0];
+    assert_eq!(gateway["name"], desired::GATEWAY_CONTAINER);
+    assert!(mounts(gateway).contains(&"longconn-admin".to_owned()));
+    let app = &pod["containers"][0];
+    assert_eq!(mounts(app), vec!["longconn-bin"]);
+    let hook = app["lifecycle"]["preStop"]["exec"]["command"].to_string();
+    assert!(hook.contains("drain") && hook.contains("--wait"), "{hook}");
+    assert!(
+        !hook.contains("token") && !hook.contains(desired::ADMIN_TOKEN_DIR),
+        "{hook}"
+    );
+}
