@@ -1,7 +1,10 @@
 //! The `drain` subcommand, which the app container's preStop hook runs: it starts (or joins) a
 //! drain with `POST /drain`, and with `--wait` polls `GET /drain` until the report says Drained,
 //! printing the final report as JSON. The calls themselves are `longconn_drain_api`'s, which
-//! the operator uses too; this module turns the subcommand's flags into them.
+//! the operator uses too; this module turns the subcommand's flags into them. A command given
+//! after `--` (the app's own preStop hook) runs once the drain is over ([`run_then`]).
+
+use std::process::ExitStatus;
 
 use longconn_drain_api::{DrainReport, DrainRequest, report, start_drain};
 
@@ -57,4 +60,19 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         tokio::time::sleep(args.linger).await;
     }
     Ok(last)
+}
+
+/// Runs `command` (program and arguments, no shell) with this process's standard streams and
+/// waits for it. An empty command succeeds at once.
+pub fn run_then(command: &[String]) -> Result<ExitStatus> {
+    let Some((program, args)) = command.split_first() else {
+        return Ok(ExitStatus::default());
+    };
+    std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|source| Error::Hook {
+            program: program.clone(),
+            source,
+        })
 }

@@ -46,6 +46,19 @@ const ALL_APIS: ServedApis = ServedApis {
     cert_manager: true,
 };
 
+/// The (only) Deployment `desired` builds for `lcs`, with every optional API served.
+fn deployment(lcs: &LongConnService) -> serde_json::Value {
+    desired::desired(
+        lcs,
+        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &settings(),
+    )
+    .into_iter()
+    .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+    .expect("deployment")
+    .object
+}
+
 #[test]
 fn chat_example_with_every_optional_api() {
     let lcs = sample("../examples/chat.yaml");
@@ -77,6 +90,17 @@ fn cert_manager_mode_creates_a_certificate_and_no_ca() {
         &settings(),
     );
     insta::assert_yaml_snapshot!("cert-manager", yaml(&out));
+}
+
+#[test]
+fn an_own_exec_pre_stop_hook_runs_after_the_drain_and_another_kind_is_kept() {
+    let lcs = sample("tests/samples/good/own-pre-stop.yaml");
+    insta::assert_yaml_snapshot!("own-pre-stop", deployment(&lcs));
+    let unchained: Vec<String> = desired::unchained_pre_stop_hooks(&lcs)
+        .iter()
+        .map(|u| format!("{}/{}", u.container, u.handler))
+        .collect();
+    assert_eq!(unchained, ["metrics/httpGet"]);
 }
 
 #[test]
@@ -160,23 +184,9 @@ fn revision_changes_with_the_pod_template_but_not_with_scaling() {
     assert_ne!(revision::of(&drained, &settings()), base);
 }
 
-/// The pod template of the (only) Deployment `desired` builds for `lcs`.
-fn pod_spec(lcs: &LongConnService) -> serde_json::Value {
-    desired::desired(
-        lcs,
-        &observed(ALL_APIS, Some(lcs.spec.replicas)),
-        &settings(),
-    )
-    .into_iter()
-    .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
-    .expect("deployment")
-    .object["spec"]["template"]["spec"]
-        .clone()
-}
-
 #[test]
 fn only_the_gateway_mounts_the_admin_token_and_the_hook_names_no_token() {
-    let pod = pod_spec(&sample("../examples/chat.yaml"));
+    let pod = &deployment(&sample("../examples/chat.yaml"))["spec"]["template"]["spec"];
     let mounts = |container: &serde_json::Value| -> Vec<String> {
         container["volumeMounts"]
             .as_array()
