@@ -17,7 +17,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::{api::DrainRequest, drain::Drain, metrics};
+use longconn_drain_api::DrainRequest;
+
+use crate::{drain::Drain, metrics};
 
 /// What the admin handlers need.
 pub struct Admin {

@@ -9,11 +9,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use longconn_drain_api::DrainStrategy;
 
-use crate::{
-    api::DrainStrategy,
-    error::{Error, Result},
-};
+use crate::error::{Error, Result};
 
 /// The gateway's command line.
 #[derive(Debug, Parser)]
@@ -192,6 +190,11 @@ pub struct DrainArgs {
     /// starts returns at once.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub linger: Duration,
+    /// With --wait: a command to run once the drain is over, given after `--` (the app's own
+    /// preStop hook, run without a shell). It runs even when the drain failed, and its exit
+    /// status, when not 0, is the subcommand's.
+    #[arg(last = true, requires = "wait", value_name = "COMMAND")]
+    pub then: Vec<String>,
 }
 
 /// Flags of `longconn-gateway install`.
@@ -457,5 +460,17 @@ mod tests {
         };
         assert!(d.wait);
         assert_eq!(d.admin, "127.0.0.1:1");
+        assert!(d.then.is_empty());
+    }
+
+    #[test]
+    fn drain_takes_a_command_after_the_double_dash_with_wait_only() {
+        let cli = parse(&["drain", "--wait", "--", "/bin/app", "stop", "--now"]).expect("parses");
+        let Some(Command::Drain(d)) = cli.command else {
+            panic!("drain subcommand expected")
+        };
+        assert_eq!(d.then, ["/bin/app", "stop", "--now"]);
+        let err = parse(&["drain", "--", "/bin/app"]).expect_err("a command needs --wait");
+        assert!(err.to_string().contains("--wait"), "{err}");
     }
 }

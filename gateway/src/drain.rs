@@ -18,10 +18,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use longconn_drain_api::{DrainReport, DrainRequest, DrainState, DrainStrategy};
 use tokio::sync::watch;
 
 use crate::{
-    api::{DrainReport, DrainRequest, DrainState, DrainStrategy},
     beacon::{Beacon, Listener},
     config::{DrainDefaults, valid_drain_close_code},
     metrics::{CloseReason, Metrics},

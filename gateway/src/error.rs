@@ -37,6 +37,10 @@ pub enum Error {
     Install { dir: PathBuf, source: io::Error },
     #[error("admin API at {addr}: {reason}")]
     Admin { addr: String, reason: String },
+    #[error(transparent)]
+    DrainApi(#[from] longconn_drain_api::Error),
+    #[error("cannot run {program} after the drain: {source}")]
+    Hook { program: String, source: io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
     #[error("cannot install the signal handler: {0}")]

@@ -6,10 +6,10 @@
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
 //! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
 //! [`admin`] (admin port), [`metrics`], [`install`] and [`client`] (the `install` and `drain`
-//! subcommands), and [`api`], the drain API's wire types that the operator uses.
+//! subcommands). The drain API's wire types and its client live in the crate
+//! `longconn-drain-api`, which the operator shares.
 
 pub mod admin;
-pub mod api;
 pub mod beacon;
 pub mod client;
 pub mod config;
@@ -29,6 +29,7 @@ pub mod tls;
 
 use std::sync::{Arc, atomic::AtomicU64};
 
+use longconn_drain_api::DrainRequest;
 use tokio::{
     net::{TcpListener, TcpSocket},
     signal::unix::{SignalKind, signal},
@@ -38,7 +39,6 @@ pub use error::{Error, Result};
 
 use crate::{
     admin::Admin,
-    api::DrainRequest,
     config::Config,
     drain::Drain,
     limits::{Admission, Ticker},

@@ -1,11 +1,11 @@
 //! The `longconn-gateway` binary: parses the command line and runs `run`, `drain` or `install`.
 
-use std::process::ExitCode;
+use std::{os::unix::process::ExitStatusExt, process::ExitCode};
 
 use clap::Parser;
 use longconn_gateway::{
-    client,
-    config::{Cli, Command, Config, LogFormat},
+    Error, client,
+    config::{Cli, Command, Config, DrainArgs, LogFormat},
     install,
 };
 use tracing_subscriber::EnvFilter;
@@ -36,6 +36,58 @@ fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     b.enable_all().build()
+}
+
+/// Runs `drain`, prints its report, and returns its exit code: 0 done, 1 with --wait when a
+/// session was dropped, 2 on any error.
+fn drain(args: &DrainArgs) -> u8 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("longconn-gateway drain: cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(client::drain(args)) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            if args.wait && report.dropped > 0 {
+                eprintln!(
+                    "longconn-gateway drain: {} session(s) dropped",
+                    report.dropped
+                );
+                1
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("longconn-gateway drain: {e}");
+            2
+        }
+    }
+}
+
+/// Runs the command given after `--` and returns its exit code as a shell would: its own, 128
+/// plus the signal that ended it, 127 when the program does not exist, 126 when it cannot start.
+fn run_then(command: &[String]) -> u8 {
+    match client::run_then(command) {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => u8::try_from(code).unwrap_or(1),
+            (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+            (None, None) => 1,
+        },
+        Err(e) => {
+            eprintln!("longconn-gateway drain: {e}");
+            match e {
+                Error::Hook { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+                _ => 126,
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -74,34 +126,13 @@ fn main() -> ExitCode {
         }
         Command::Drain(args) => {
             init_tracing(LogFormat::Text);
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("longconn-gateway drain: cannot start the runtime: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match rt.block_on(client::drain(&args)) {
-                Ok(report) => {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                    if args.wait && report.dropped > 0 {
-                        eprintln!(
-                            "longconn-gateway drain: {} session(s) dropped",
-                            report.dropped
-                        );
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("longconn-gateway drain: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            let drained = drain(&args);
+            // The command after `--`, the app's own preStop hook, runs after the drain whatever
+            // the drain's outcome; when it fails, its failure is the one reported.
+            ExitCode::from(match run_then(&args.then) {
+                0 => drained,
+                failed => failed,
+            })
         }
         Command::Install(args) => match install::install(&args.dir) {
             Ok(_) => {

@@ -5,13 +5,12 @@
 
 use std::fmt::Write as _;
 
+use longconn_drain_api::DrainState;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-
-use crate::api::DrainState;
 
 /// Why a session ended (label `reason` of `longconn_gateway_sessions_closed_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

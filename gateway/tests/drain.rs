@@ -225,11 +225,12 @@ async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool)
         "--poll-interval",
         "100ms",
     ])
-    .args(args)
     .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE");
     if token_file {
         cmd.args(["--admin-token-file", path_str(&gw.token_file)]);
     }
+    // Last, so that a command after `--` stays last.
+    cmd.args(args);
     let out = tokio::time::timeout(WAIT, cmd.output())
         .await
         .unwrap()
@@ -294,6 +295,60 @@ async fn drain_wait_exits_non_zero_when_a_session_was_dropped() {
     assert_eq!(code, 1, "{out}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["dropped"], 1, "{report}");
+}
+
+#[tokio::test]
+async fn drain_wait_runs_the_command_after_the_drain_and_exits_with_its_status() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, 1).await;
+    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let hook = ["sh", "-c", r#"echo "user hook $*"; exit 7"#, "sh", "a", "b"];
+    let (code, out) = run_drain_cli(
+        exe,
+        &gw,
+        &[&["--spread", "0s", "--"][..], &hook].concat(),
+        true,
+    )
+    .await;
+    assert_eq!(code, 7, "the command's status: {out}");
+    // The report is printed once the drain has finished, and the command's output follows it.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        (report["state"].as_str(), report["migrated"].as_u64()),
+        (Some("Drained"), Some(1))
+    );
+    assert_eq!(lines[1], "user hook a b");
+    for c in clients {
+        assert_eq!(c.await.unwrap(), Some(1012));
+    }
+    // A command that succeeds leaves the drain's status; one that does not exist is 127.
+    let (code, out) = run_drain_cli(exe, &gw, &["--", "true"], true).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_drain_cli(exe, &gw, &["--", "/nonexistent/hook"], true).await;
+    assert_eq!(code, 127, "{out}");
+}
+
+#[tokio::test]
+async fn drain_wait_runs_the_command_even_when_the_drain_failed() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let wrong = gw.dir.join("wrong-token");
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    // The drain fails (401); the command runs all the same. Its failure is the one reported;
+    // when it succeeds, the drain's failure stands.
+    let cases: [(&[&str], i32, &str); 2] = [
+        (&["echo", "user hook"], 2, "user hook"),
+        (&["false"], 1, ""),
+    ];
+    for (command, status, output) in cases {
+        let args = [&["--admin-token-file", path_str(&wrong), "--"][..], command].concat();
+        let (code, out) =
+            run_drain_cli(env!("CARGO_BIN_EXE_longconn-gateway"), &gw, &args, false).await;
+        assert_eq!((code, out.trim()), (status, output), "{command:?}");
+    }
 }
 
 #[tokio::test]

@@ -39,7 +39,8 @@ use crate::revision;
 
 /// Where the gateway copies its binary so the app's preStop hook can run `drain --wait`.
 pub const GATEWAY_BIN_DIR: &str = "/longconn/bin";
-/// Where the admin-token Secret is mounted in every container of the pod.
+/// Where the admin-token Secret is mounted in the gateway container (and in no other: the app's
+/// preStop hook drains with the local token the gateway writes beside its installed binary).
 pub const ADMIN_TOKEN_DIR: &str = "/etc/longconn/admin";
 /// Where the serving certificate Secret is mounted in the gateway.
 pub const TLS_DIR: &str = "/etc/longconn/tls";
@@ -54,6 +55,8 @@ pub const DRAIN_REPORT_FINALIZER: &str = "longconn.dev/drain-report";
 pub const TERMINATION_REPORT: &str = "/dev/termination-log";
 /// Extra grace on top of `drain.timeout` before the kubelet kills a pod.
 pub const GRACE_MARGIN_SECONDS: i64 = 30;
+/// Kubernetes' `terminationGracePeriodSeconds` for a pod that sets none.
+const KUBERNETES_GRACE_SECONDS: i64 = 30;
 
 /// Operator-wide settings that shape the objects (flags of `longconn-operator run`).
 #[derive(Clone, Debug, PartialEq)]
@@ -372,6 +375,10 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
 
     let tls_secret = tls_secret_name(ctx.lcs);
     let admin = admin_port(ctx.lcs);
+    let chains_own_hook = pod
+        .containers
+        .iter()
+        .any(|c| matches!(own_pre_stop(c), OwnPreStop::Exec(_)));
     for container in &mut pod.containers {
         inject_drain_hook(container, admin);
     }
@@ -397,9 +404,17 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     }
 
     let drain_seconds = spec.drain.timeout.to_std().map_or(0, |d| d.as_secs());
+    // A container's own exec hook now runs after the drain: it keeps the time the pod gave it.
+    let own_hook_seconds = if chains_own_hook {
+        pod.termination_grace_period_seconds
+            .unwrap_or(KUBERNETES_GRACE_SECONDS)
+    } else {
+        0
+    };
     let grace = i64::try_from(drain_seconds)
         .unwrap_or(i64::MAX / 2)
-        .saturating_add(GRACE_MARGIN_SECONDS);
+        .saturating_add(GRACE_MARGIN_SECONDS)
+        .saturating_add(own_hook_seconds);
     pod.termination_grace_period_seconds =
         Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
 
@@ -445,13 +460,17 @@ fn secret_volume(volume: &str, secret: String) -> Volume {
     }
 }
 
-/// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
-/// pod that goes away for any reason (eviction, node drain) moves its sessions first. A
-/// container that already has a preStop hook keeps it.
 /// How long the preStop hook keeps a pod after the drain it waited for finished: longer than the
 /// operator's 1 s poll while a drain is followed.
 const DRAIN_LINGER: &str = "5s";
 
+/// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
+/// pod that goes away for any reason (eviction, node drain) moves its sessions first. The hook
+/// runs the binary the gateway installed into the shared emptyDir, which finds the local token
+/// the gateway wrote beside it: no token is mounted into the app container or named in its
+/// spec. A container's own `exec` preStop hook runs after the drain, in the same hook
+/// (`drain --wait ... -- COMMAND`); another kind of hook (httpGet, sleep, tcpSocket) cannot be
+/// chained and is kept instead of the drain ([`unchained_pre_stop_hooks`] names those).
 fn inject_drain_hook(container: &mut Container, admin_port: u16) {
     let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
     mounts.push(VolumeMount {
@@ -460,33 +479,114 @@ fn inject_drain_hook(container: &mut Container, admin_port: u16) {
         read_only: Some(true),
         ..VolumeMount::default()
     });
-    mounts.push(VolumeMount {
-        name: "longconn-admin".to_owned(),
-        mount_path: ADMIN_TOKEN_DIR.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
+    let command = match own_pre_stop(container) {
+        OwnPreStop::None => drain_hook(admin_port, &[]),
+        OwnPreStop::Exec(command) => drain_hook(admin_port, command),
+        OwnPreStop::Unchainable(_) => return,
+    };
+    container
+        .lifecycle
+        .get_or_insert_with(Lifecycle::default)
+        .pre_stop = Some(LifecycleHandler {
+        exec: Some(ExecAction {
+            command: Some(command),
+        }),
+        ..LifecycleHandler::default()
     });
-    let lifecycle = container.lifecycle.get_or_insert_with(Lifecycle::default);
-    if lifecycle.pre_stop.is_none() {
-        lifecycle.pre_stop = Some(LifecycleHandler {
-            exec: Some(ExecAction {
-                command: Some(vec![
-                    format!("{GATEWAY_BIN_DIR}/longconn-gateway"),
-                    "drain".to_owned(),
-                    "--wait".to_owned(),
-                    // The operator reads the final report of a drain it did not start
-                    // (eviction, node drain) before the pod goes.
-                    "--linger".to_owned(),
-                    DRAIN_LINGER.to_owned(),
-                    "--admin".to_owned(),
-                    format!("127.0.0.1:{admin_port}"),
-                    "--admin-token-file".to_owned(),
-                    format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
-                ]),
-            }),
-            ..LifecycleHandler::default()
-        });
+}
+
+/// The drain hook's command, followed by `then` (a container's own preStop command) if any.
+fn drain_hook(admin_port: u16, then: &[String]) -> Vec<String> {
+    let mut command = vec![
+        format!("{GATEWAY_BIN_DIR}/longconn-gateway"),
+        "drain".to_owned(),
+        "--wait".to_owned(),
+        // The operator reads the final report of a drain it did not start (eviction, node
+        // drain) before the pod goes.
+        "--linger".to_owned(),
+        DRAIN_LINGER.to_owned(),
+        "--admin".to_owned(),
+        format!("127.0.0.1:{admin_port}"),
+    ];
+    if !then.is_empty() {
+        command.push("--".to_owned());
+        command.extend_from_slice(then);
     }
+    command
+}
+
+/// A container's own preStop hook, as the drain hook sees it.
+enum OwnPreStop<'a> {
+    None,
+    /// An exec hook: its command runs after the drain.
+    Exec(&'a [String]),
+    /// Any other handler, by its field name: it is kept, and no drain runs.
+    Unchainable(&'static str),
+}
+
+fn own_pre_stop(container: &Container) -> OwnPreStop<'_> {
+    let Some(hook) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    else {
+        return OwnPreStop::None;
+    };
+    if let Some(exec) = &hook.exec {
+        OwnPreStop::Exec(exec.command.as_deref().unwrap_or_default())
+    } else if hook.http_get.is_some() {
+        OwnPreStop::Unchainable("httpGet")
+    } else if hook.sleep.is_some() {
+        OwnPreStop::Unchainable("sleep")
+    } else if hook.tcp_socket.is_some() {
+        OwnPreStop::Unchainable("tcpSocket")
+    } else {
+        // A handler with no action is no hook (the API server refuses one anyway).
+        OwnPreStop::None
+    }
+}
+
+/// An app container whose own preStop hook is kept instead of the drain hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnchainedPreStop {
+    /// The container's name.
+    pub container: String,
+    /// The hook's handler: `httpGet`, `sleep` or `tcpSocket`.
+    pub handler: &'static str,
+}
+
+impl std::fmt::Display for UnchainedPreStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "container {} has a {} preStop hook, which cannot run after the drain; it is kept, so \
+             this container's stop does not drain the gateway (use an exec hook to have both)",
+            self.container, self.handler
+        )
+    }
+}
+
+/// The app containers of `lcs` whose own preStop hook is not an `exec` command, so that the
+/// drain hook cannot run before it: they keep their hook and get no drain hook, and a pod that
+/// goes away without the operator draining it first (an eviction, a node drain) may cut its
+/// sessions. The reconciler reports them (see the operator's README).
+pub fn unchained_pre_stop_hooks(lcs: &LongConnService) -> Vec<UnchainedPreStop> {
+    let containers = lcs
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map_or(&[][..], |pod| &pod.containers[..]);
+    containers
+        .iter()
+        .filter_map(|container| match own_pre_stop(container) {
+            OwnPreStop::Unchainable(handler) => Some(UnchainedPreStop {
+                container: container.name.clone(),
+                handler,
+            }),
+            OwnPreStop::None | OwnPreStop::Exec(_) => None,
+        })
+        .collect()
 }
 
 /// The gateway's command line, one flag per `spec.gateway` / `spec.drain` field.
@@ -797,5 +897,147 @@ fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
             ..HorizontalPodAutoscalerSpec::default()
         },
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::LongConnServiceSpec;
+
+    /// A LongConnService whose pod template has `containers` (JSON) and `grace` seconds, if any.
+    fn lcs(containers: Value, grace: Option<i64>) -> LongConnService {
+        let spec: LongConnServiceSpec = serde_json::from_value(json!({
+            "template": {"spec": {
+                "containers": containers,
+                "terminationGracePeriodSeconds": grace,
+            }},
+            "gateway": {"adminPort": 9901},
+            "drain": {"timeout": "5m"},
+        }))
+        .expect("spec");
+        let mut lcs = LongConnService::new("chat", spec);
+        lcs.metadata.namespace = Some("default".to_owned());
+        lcs
+    }
+
+    fn pod(lcs: &LongConnService) -> k8s_openapi::api::core::v1::PodSpec {
+        pod_template_for(lcs, &Settings::default(), "rev")
+            .spec
+            .expect("pod spec")
+    }
+
+    fn pre_stop(container: &Container) -> Option<&LifecycleHandler> {
+        container.lifecycle.as_ref()?.pre_stop.as_ref()
+    }
+
+    fn hook_command(container: &Container) -> Vec<String> {
+        pre_stop(container)
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .expect("an exec preStop hook")
+    }
+
+    const DRAIN: [&str; 7] = [
+        "/longconn/bin/longconn-gateway",
+        "drain",
+        "--wait",
+        "--linger",
+        "5s",
+        "--admin",
+        "127.0.0.1:9901",
+    ];
+
+    #[test]
+    fn a_container_without_a_pre_stop_hook_gets_the_drain_alone() {
+        let pod = pod(&lcs(json!([{"name": "app", "image": "app:1"}]), None));
+        assert_eq!(hook_command(&pod.containers[0]), DRAIN);
+    }
+
+    #[test]
+    fn a_users_exec_pre_stop_runs_after_the_drain_in_the_same_hook_in_its_order() {
+        let pod = pod(&lcs(
+            json!([{"name": "app", "image": "app:1", "lifecycle": {
+                "preStop": {"exec": {"command": ["/app/stop", "--flush", "-v", "a b"]}},
+                "postStart": {"exec": {"command": ["/app/started"]}},
+            }}]),
+            None,
+        ));
+        let app = &pod.containers[0];
+        let mut chained: Vec<&str> = DRAIN.to_vec();
+        chained.extend(["--", "/app/stop", "--flush", "-v", "a b"]);
+        assert_eq!(hook_command(app), chained);
+        let post_start = app.lifecycle.as_ref().and_then(|l| l.post_start.as_ref());
+        assert!(post_start.is_some(), "the rest of the lifecycle stays");
+    }
+
+    #[test]
+    fn a_pre_stop_hook_other_than_exec_is_kept_and_reported_as_unchained() {
+        let containers = json!([
+            {"name": "web", "image": "app:1", "lifecycle": {"preStop": {"httpGet": {"path": "/stop", "port": 8080}}}},
+            {"name": "plain", "image": "app:1"},
+            {"name": "waits", "image": "app:1", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
+            {"name": "own", "image": "app:1", "lifecycle": {"preStop": {"exec": {"command": ["/stop"]}}}},
+            {"name": "tcp", "image": "app:1", "lifecycle": {"preStop": {"tcpSocket": {"port": 8080}}}},
+        ]);
+        let service = lcs(containers, None);
+        let pod = pod(&service);
+        let by_name = |name: &str| {
+            pod.containers
+                .iter()
+                .find(|c| c.name == name)
+                .expect("container")
+        };
+        let web = pre_stop(by_name("web")).expect("kept");
+        assert!(web.exec.is_none() && web.http_get.is_some());
+        assert!(pre_stop(by_name("waits")).is_some_and(|h| h.sleep.is_some() && h.exec.is_none()));
+        assert!(
+            pre_stop(by_name("tcp")).is_some_and(|h| h.tcp_socket.is_some() && h.exec.is_none())
+        );
+        assert_eq!(hook_command(by_name("plain")), DRAIN);
+        assert_eq!(
+            hook_command(by_name("own")).last().map(String::as_str),
+            Some("/stop")
+        );
+
+        let unchained = unchained_pre_stop_hooks(&service);
+        let named: Vec<(&str, &str)> = unchained
+            .iter()
+            .map(|u| (u.container.as_str(), u.handler))
+            .collect();
+        assert_eq!(
+            named,
+            [("web", "httpGet"), ("waits", "sleep"), ("tcp", "tcpSocket")]
+        );
+        let message = unchained[0].to_string();
+        assert!(
+            message.contains("web") && message.contains("httpGet"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn no_pre_stop_hook_of_its_own_or_an_exec_one_is_not_reported() {
+        let containers = json!([
+            {"name": "plain", "image": "app:1"},
+            {"name": "own", "image": "app:1", "lifecycle": {"preStop": {"exec": {"command": ["/stop"]}}}},
+        ]);
+        assert_eq!(unchained_pre_stop_hooks(&lcs(containers, None)), []);
+    }
+
+    #[test]
+    fn a_chained_hook_keeps_the_pods_own_grace_period_after_the_drains() {
+        let own_hook = json!([{"name": "app", "image": "app:1", "lifecycle": {
+            "preStop": {"exec": {"command": ["/stop"]}}}}]);
+        let no_hook = json!([{"name": "app", "image": "app:1"}]);
+        let grace = |containers: &Value, seconds| {
+            pod(&lcs(containers.clone(), seconds)).termination_grace_period_seconds
+        };
+        // drain.timeout 5m plus the 30 s margin, plus the hook's own time: the pod's grace
+        // period, or Kubernetes' default of 30 s.
+        assert_eq!(grace(&own_hook, None), Some(300 + 30 + 30));
+        assert_eq!(grace(&own_hook, Some(90)), Some(300 + 30 + 90));
+        assert_eq!(grace(&no_hook, None), Some(300 + 30));
+        assert_eq!(grace(&no_hook, Some(600)), Some(600));
     }
 }

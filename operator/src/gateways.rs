@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use longconn_gateway::api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -175,7 +175,7 @@ pub async fn poll(
             .map(|t| async move {
                 let answer = tokio::time::timeout(
                     TIMEOUT,
-                    longconn_gateway::client::report(&t.addr.to_string(), &t.token),
+                    longconn_drain_api::report(&t.addr.to_string(), &t.token),
                 )
                 .await
                 .ok()

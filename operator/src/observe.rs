@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::{Resource, ResourceExt};
-use longconn_gateway::api::DrainReport;
+use longconn_drain_api::DrainReport;
 use serde_json::Value;
 
 use crate::crd::{LongConnService, TlsMode};

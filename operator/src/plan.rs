@@ -155,6 +155,17 @@ pub fn plan(input: Input) -> Outcome {
         .map(|(kind, object)| (kind, object.name_any()))
         .collect();
 
+    // Hooks that keep a pod from draining itself are a problem of the spec, reported with the
+    // API server's refusals.
+    let mut problems = input.refused.problems.clone();
+    problems.extend(
+        desired::unchained_pre_stop_hooks(lcs)
+            .iter()
+            .map(|hook| Problem {
+                reason: "UnchainedPreStopHook",
+                message: hook.to_string(),
+            }),
+    );
     let monitoring = match (
         lcs.spec.monitoring.service_monitor.enabled,
         observation.apis.service_monitor,
@@ -170,7 +181,7 @@ pub fn plan(input: Input) -> Outcome {
             revisions: &observation.revisions,
             update_stalled,
             update_refused: input.refused.update.as_deref(),
-            problems: &input.refused.problems,
+            problems: &problems,
             certificate: &input.certificate.facts,
             monitoring,
             active_sessions: rollout.active_sessions,
@@ -231,4 +242,70 @@ fn turned_bad(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> Vec<W
         })
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::ServedApis;
+    use crate::observe::{Owned, UserSecret};
+    use crate::status::CertFacts;
+
+    fn observation() -> Observation {
+        Observation {
+            now: "2026-01-01T00:00:00Z".parse().expect("time"),
+            apis: ServedApis::default(),
+            owned: Owned::default(),
+            admin_token: None,
+            pods: Vec::new(),
+            admin: Default::default(),
+            finalizer_at: Default::default(),
+            revisions: Vec::new(),
+            stalled: Vec::new(),
+            user_secret: UserSecret::NotUsed,
+        }
+    }
+
+    #[test]
+    fn a_pre_stop_hook_that_cannot_be_chained_shows_as_degraded() {
+        let mut lcs = LongConnService::test().build();
+        lcs.spec.template = serde_json::from_value(serde_json::json!({"spec": {"containers": [{
+            "name": "app", "image": "app",
+            "lifecycle": {"preStop": {"httpGet": {"path": "/bye", "port": 8080}}}
+        }]}}))
+        .expect("template");
+        let observation = observation();
+        let outcome = plan(Input {
+            lcs: &lcs,
+            observation: &observation,
+            settings: &Settings::default(),
+            certificate: Certificate {
+                bundle: None,
+                facts: CertFacts::Disabled,
+                renew_at: None,
+                note: None,
+                issued: 0,
+            },
+            admin_token: "t".to_owned(),
+            refused: Refusals::default(),
+            refresh_sessions: false,
+        });
+        let status = outcome.status.expect("a status to record");
+        let degraded = status::condition(&status, status::DEGRADED).expect("Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "UnchainedPreStopHook");
+        assert!(
+            degraded
+                .message
+                .contains("container app has a httpGet preStop hook")
+        );
+        assert!(
+            outcome
+                .warnings
+                .iter()
+                .any(|w| w.reason == "UnchainedPreStopHook"),
+            "and a Warning Event: {:?}",
+            outcome.warnings
+        );
+    }
 }

@@ -21,7 +21,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use longconn_gateway::api::{DrainRequest, DrainStrategy};
+use longconn_drain_api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
@@ -620,7 +620,7 @@ async fn start_drains(
                 return;
             };
             let addr = addr.to_string();
-            let call = longconn_gateway::client::start_drain(&addr, token, request);
+            let call = longconn_drain_api::start_drain(&addr, token, request);
             match tokio::time::timeout(gateways::TIMEOUT, call).await {
                 Ok(Ok(report)) => {
                     info!(pod = %pod, sessions = report.sessions_at_start, "drain started");

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use longconn_gateway::api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState};
 
 use crate::crd::{
     DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RolloutPhase, RolloutStatus,

@@ -62,6 +62,15 @@ fn with_every_api(lcs: &LongConnService) -> Vec<Manifest> {
     )
 }
 
+/// The (only) Deployment `desired` builds for `lcs`, with every optional API served.
+fn deployment(lcs: &LongConnService) -> serde_json::Value {
+    with_every_api(lcs)
+        .into_iter()
+        .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+        .expect("deployment")
+        .object
+}
+
 #[test]
 fn chat_example_with_every_optional_api() {
     let lcs = sample("../examples/chat.yaml");
@@ -81,6 +90,17 @@ fn cert_manager_mode_creates_a_certificate_and_no_ca() {
     let lcs = sample("tests/samples/good/cert-manager.yaml");
     let out = with_every_api(&lcs);
     insta::assert_yaml_snapshot!("cert-manager", yaml(&out));
+}
+
+#[test]
+fn an_own_exec_pre_stop_hook_runs_after_the_drain_and_another_kind_is_kept() {
+    let lcs = sample("tests/samples/good/own-pre-stop.yaml");
+    insta::assert_yaml_snapshot!("own-pre-stop", deployment(&lcs));
+    let unchained: Vec<String> = desired::unchained_pre_stop_hooks(&lcs)
+        .iter()
+        .map(|u| format!("{}/{}", u.container, u.handler))
+        .collect();
+    assert_eq!(unchained, ["metrics/httpGet"]);
 }
 
 #[test]
@@ -204,5 +224,29 @@ fn pod_disruption_budget_always_allows_evicting_unhealthy_pods() {
     assert_eq!(
         pdb.object["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow",
         "a crash-looping pod must not block a node drain"
+    );
+}
+
+#[test]
+fn only_the_gateway_mounts_the_admin_token_and_the_hook_names_no_token() {
+    let pod = &deployment(&sample("../examples/chat.yaml"))["spec"]["template"]["spec"];
+    let mounts = |container: &serde_json::Value| -> Vec<String> {
+        container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .map(|m| m["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let gateway = &pod["initContainers"][0];
+    assert_eq!(gateway["name"], desired::GATEWAY_CONTAINER);
+    assert!(mounts(gateway).contains(&"longconn-admin".to_owned()));
+    let app = &pod["containers"][0];
+    assert_eq!(mounts(app), vec!["longconn-bin"]);
+    let hook = app["lifecycle"]["preStop"]["exec"]["command"].to_string();
+    assert!(hook.contains("drain") && hook.contains("--wait"), "{hook}");
+    assert!(
+        !hook.contains("token") && !hook.contains(desired::ADMIN_TOKEN_DIR),
+        "{hook}"
     );
 }

@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use longconn_gateway::api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState};
 use longconn_operator::crd::{
     DropBudgetAction, LongConnService, LongConnServiceSpec, RolloutPhase, RolloutStatus,
 };

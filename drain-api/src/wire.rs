@@ -1,8 +1,8 @@
-//! The wire types of the gateway's drain API (`POST /drain`, `GET /drain` on the admin port).
+//! The wire types of the drain API (`POST /drain`, `GET /drain` on the gateway's admin port).
 //!
-//! These types are the contract between the gateway and the operator, which depends on this
-//! module to talk to every gateway it drains. Field names are camelCase on the wire; durations
-//! are strings such as `30s`, `5m` or `1h30m`; instants are RFC 3339.
+//! These types are the contract between the gateway, which serves them, and the operator, which
+//! drains every gateway through them. Field names are camelCase on the wire; durations are
+//! strings such as `30s`, `5m` or `1h30m`; instants are RFC 3339.
 
 use std::time::{Duration, SystemTime};
 
