@@ -52,6 +52,10 @@ images: ## Build the operator, gateway, echo and pause images offline into .imag
 bench-rollout: ## A 6-pod rolling update under live sessions: longconn against a plain Deployment.
 	bash scripts/bench-rollout.sh
 
+.PHONY: bench-operator
+bench-operator: ## The operator's cost on the API server: COUNT (1000) LongConnServices against COUNT plain Deployments, no nodes.
+	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash scripts/bench-operator.sh
+
 .PHONY: bench-gateway
 bench-gateway: ## Gateway against nginx and HAProxy: memory per idle session, throughput, latency, handshakes.
 	bash gateway/bench/run.sh

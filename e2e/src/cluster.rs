@@ -503,7 +503,7 @@ impl Cluster {
 
     async fn wait_etcd(&mut self, port: u16, timeout: Duration) -> Result<()> {
         self.wait_for("etcd /health", timeout, || async move {
-            match http_get_loopback(port, "/health").await {
+            match http_get_loopback(port, "/health", 64 * 1024).await {
                 Ok(body) if body.contains("\"health\":\"true\"") => None,
                 Ok(body) => Some(body),
                 Err(err) => Some(err.to_string()),
@@ -916,14 +916,19 @@ async fn get_ok(client: &kube::Client, path: &str) -> Option<String> {
     }
 }
 
-/// A plain HTTP/1.0 GET on 127.0.0.1 (etcd's client port speaks HTTP without TLS here).
-async fn http_get_loopback(port: u16, path: &str) -> std::io::Result<String> {
+/// A plain HTTP/1.0 GET on 127.0.0.1 (etcd's client port and the operator's metrics port speak
+/// HTTP without TLS here); the body, of at most `limit` bytes with the head.
+pub(crate) async fn http_get_loopback(
+    port: u16,
+    path: &str,
+    limit: u64,
+) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await?;
     let mut response = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut response).await?;
+    stream.take(limit).read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);
     Ok(text
         .split_once("\r\n\r\n")

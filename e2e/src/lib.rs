@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod cluster;
 pub mod error;
 pub mod kubeconfig;

@@ -5,6 +5,7 @@
 //! it and removes the nodes from the host. `load` opens WebSocket sessions to a Service (its
 //! ClusterIP or its Ready endpoints) and reports migrated and dropped sessions and lost messages.
 //! `scenario` runs the end-to-end rollout scenarios on a cluster of its own and judges them.
+//! `bench-operator` measures what the operator costs the API server beside plain Deployments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,36 @@ enum Command {
     /// Run an end-to-end rollout scenario (or `all`) on a cluster of its own, with the operator,
     /// real pods and live load; prints what it measured; exits 1 when it did not pass.
     Scenario(ScenarioArgs),
+    /// Measure the operator's cost on the API server on a control plane of its own (no nodes):
+    /// COUNT LongConnServices against COUNT plain Deployments, requests per service, idle
+    /// requests, memory; prints a table with the targets and one JSON line.
+    BenchOperator(BenchOperatorArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchOperatorArgs {
+    /// Objects of each kind: plain Deployments, then LongConnServices.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Creates in flight at once, in both phases (1: one after the other, as `kubectl create -f`).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// How long the operator is watched doing nothing after the last service converged.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// How long each phase may take to converge before the run fails.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    converge_timeout: Duration,
+    /// The operator binary (default: `longconn-operator` beside this program).
+    #[arg(long)]
+    operator_bin: Option<PathBuf>,
+    /// The folder `make tools` built the control-plane binaries into.
+    #[arg(long, env = tools::TOOLS_DIR_ENV, default_value_os_t = tools::repository_root().join(".tools"))]
+    tools_dir: PathBuf,
+    /// Cluster folder and the operator's log (default: a new folder under the temporary folder,
+    /// removed when the run succeeded).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +195,7 @@ async fn main() -> ExitCode {
     // steps, not every request of the load clients.
     let default_filter = match cli.command {
         Command::Scenario(_) => "warn,longconn_e2e::scenario=info,kube_client=off",
+        Command::BenchOperator(_) => "warn,longconn_e2e::bench=info,kube_client=off",
         _ => "info,kube_client=off",
     };
     tracing_subscriber::fmt()
@@ -203,12 +235,18 @@ enum RunError {
     Usage(String),
     #[error("not passed: {0}")]
     NotPassed(String),
+    #[error("{source} (logs in {})", work_dir.display())]
+    Bench {
+        source: longconn_e2e::scenario::ScenarioError,
+        work_dir: PathBuf,
+    },
 }
 
 async fn run(cli: Cli) -> Result<(), RunError> {
     match cli.command {
         Command::Load(args) => load(args).await,
         Command::Scenario(args) => scenario(args).await,
+        Command::BenchOperator(args) => bench_operator(args).await,
         Command::Cluster(ClusterCommand::Up(args)) => {
             let cluster = Cluster::up(ClusterOptions {
                 dir: args.dir.dir,
@@ -303,34 +341,13 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
             ))
         })?]
     };
-    let (own_work_dir, work_dir) = match args.work_dir {
-        Some(dir) => (false, dir),
-        None => (
-            true,
-            std::env::temp_dir().join(format!("longconn-scenarios-{}", std::process::id())),
-        ),
-    };
+    let (own_work_dir, work_dir) = work_dir(args.work_dir, "longconn-scenarios");
     let mut options = ScenarioOptions::new(work_dir.clone());
     options.tools_dir = args.tools_dir;
     options.images_dir = args.images_dir;
     options.seed = args.seed;
     options.progress = args.progress;
-    let interrupted = async {
-        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        match terminate {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        eprintln!("longconn-e2e: interrupted; tearing everything down");
-    };
-    let suite = scenario::run(&options, &scenarios, interrupted).await?;
+    let suite = scenario::run(&options, &scenarios, interrupted()).await?;
     if args.json {
         let text = if scenarios.len() == 1 && suite.scenarios.len() == 1 {
             to_json(&suite.scenarios[0])
@@ -379,6 +396,73 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
             work_dir.display()
         )))
     }
+}
+
+async fn bench_operator(args: BenchOperatorArgs) -> Result<(), RunError> {
+    use longconn_e2e::bench::operator::{self, Options};
+    use longconn_e2e::scenario::ScenarioError;
+
+    let operator_bin = match args.operator_bin {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .map_err(|e| RunError::Usage(format!("where is this program: {e}")))?
+            .with_file_name("longconn-operator"),
+    };
+    let (own_work_dir, work_dir) = work_dir(args.work_dir, "longconn-bench-operator");
+    let mut options = Options::new(work_dir.clone(), operator_bin);
+    options.count = args.count;
+    options.concurrency = args.concurrency;
+    options.idle = args.idle;
+    options.converge_timeout = args.converge_timeout;
+    options.tools_dir = args.tools_dir;
+    // Stopping on a signal drops the run, which stops the operator and the cluster.
+    let report = tokio::select! {
+        report = operator::run(&options) => report,
+        () = interrupted() => Err(ScenarioError::Interrupted),
+    }
+    .map_err(|source| RunError::Bench {
+        source,
+        work_dir: work_dir.clone(),
+    })?;
+    println!(
+        "operator benchmark: {} of each kind, 1 replica each, no nodes (pods stay Pending), creates {} at a time, idle {:.0} s",
+        report.count, report.concurrency, report.idle_seconds
+    );
+    print!("{}", report.table());
+    println!("{}", to_json(&report));
+    if own_work_dir {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    Ok(())
+}
+
+/// The work folder given, or a new one under the temporary folder named `prefix-PID` (then
+/// `true`: this program removes it after a run that passed).
+fn work_dir(given: Option<PathBuf>, prefix: &str) -> (bool, PathBuf) {
+    match given {
+        Some(dir) => (false, dir),
+        None => (
+            true,
+            std::env::temp_dir().join(format!("{prefix}-{}", std::process::id())),
+        ),
+    }
+}
+
+/// Resolves at SIGINT or SIGTERM, after saying that everything is being torn down.
+async fn interrupted() {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    match terminate {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    eprintln!("longconn-e2e: interrupted; tearing everything down");
 }
 
 /// One line per scenario for the terminal.

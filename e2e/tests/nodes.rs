@@ -333,12 +333,6 @@ fn assert_nothing_left(cluster_dir: &Path) {
         let left = hierarchy.join(plan::CGROUP_ROOT);
         assert!(!left.exists(), "cgroup left: {}", left.display());
     }
-    let mentioning: Vec<String> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(&*cluster_dir.to_string_lossy()))
-        .collect();
+    let mentioning = common::processes_mentioning(cluster_dir);
     assert!(mentioning.is_empty(), "processes left: {mentioning:?}");
 }

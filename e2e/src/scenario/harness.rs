@@ -28,7 +28,7 @@ const RELEASE: &str = "longconn";
 /// The operator pods' label.
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=longconn-operator";
 /// The operator's leader Lease.
-const LEASE: &str = "longconn-operator";
+pub const LEASE: &str = "longconn-operator";
 /// The longest any kubectl or helm call may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(240);
 /// The longest one request of the scenarios' own client may take (none of them watches).
@@ -281,46 +281,12 @@ impl Harness {
 
     /// Creates namespace `name`, where the API server enforces the restricted Pod Security level.
     pub async fn create_namespace(&self, name: &str) -> Result<(), ScenarioError> {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {
-            "name": name,
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-        }}))
-        .map_err(|e| ScenarioError::Setup(format!("namespace {name}: {e}")))?;
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await
-            .map_err(ScenarioError::kube(format!("create namespace {name}")))?;
-        Ok(())
+        create_namespace(&self.client, name).await
     }
 
     /// Deletes namespace `name` and waits (bounded) until it is gone with everything in it.
     pub async fn delete_namespace(&self, name: &str) -> Result<(), ScenarioError> {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        match namespaces.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-            Err(err) => return Err(ScenarioError::kube(format!("delete namespace {name}"))(err)),
-        }
-        wait_until(
-            &format!("namespace {name} and its pods gone"),
-            Duration::from_secs(180),
-            || async {
-                Ok(
-                    match namespaces
-                        .get_opt(name)
-                        .await
-                        .map_err(ScenarioError::kube(format!("get namespace {name}")))?
-                    {
-                        None => Check::Done(()),
-                        Some(ns) => {
-                            Check::NotYet(format!("phase {:?}", ns.status.and_then(|s| s.phase)))
-                        }
-                    },
-                )
-            },
-        )
-        .await
+        delete_namespace(&self.client, name, Duration::from_secs(180)).await
     }
 
     /// Runs kubectl as the cluster admin (bounded by [`KUBECTL_TIMEOUT`]); its stdout.
@@ -388,9 +354,57 @@ impl Drop for Harness {
     }
 }
 
+/// Creates namespace `name`, where the API server enforces the restricted Pod Security level.
+pub async fn create_namespace(client: &kube::Client, name: &str) -> Result<(), ScenarioError> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {
+        "name": name,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+    }}))
+    .map_err(|e| ScenarioError::Setup(format!("namespace {name}: {e}")))?;
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .map_err(ScenarioError::kube(format!("create namespace {name}")))?;
+    Ok(())
+}
+
+/// Deletes namespace `name` and waits up to `timeout` until it is gone with everything in it.
+pub async fn delete_namespace(
+    client: &kube::Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), ScenarioError> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(err) => return Err(ScenarioError::kube(format!("delete namespace {name}"))(err)),
+    }
+    wait_until(
+        &format!("namespace {name} and its pods gone"),
+        timeout,
+        || async {
+            Ok(
+                match namespaces
+                    .get_opt(name)
+                    .await
+                    .map_err(ScenarioError::kube(format!("get namespace {name}")))?
+                {
+                    None => Check::Done(()),
+                    Some(ns) => {
+                        Check::NotYet(format!("phase {:?}", ns.status.and_then(|s| s.phase)))
+                    }
+                },
+            )
+        },
+    )
+    .await
+}
+
 /// An admin client whose every request ends within [`REQUEST_TIMEOUT`], so a hung API server
 /// cannot stall a scenario past its bounded waits.
-async fn bounded_client(kubeconfig: &Path) -> Result<kube::Client, ScenarioError> {
+pub async fn bounded_client(kubeconfig: &Path) -> Result<kube::Client, ScenarioError> {
     let error = |source| crate::Error::Kubeconfig {
         path: kubeconfig.to_path_buf(),
         source,

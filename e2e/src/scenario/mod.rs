@@ -42,7 +42,7 @@ use crate::load::{LoadError, LoadReport};
 use harness::Harness;
 use service::{Recorded, Rollout, ServiceSpec};
 
-/// What can stop a scenario before it reaches its verdict.
+/// What can stop a scenario before it reaches its verdict, or a benchmark before its figures.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The cluster, its nodes or the operator could not be started or stopped.

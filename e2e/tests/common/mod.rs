@@ -53,4 +53,25 @@ pub async fn create_namespace(client: &kube::Client, name: &str) {
         .await
         .expect("create namespace");
 }
+/// The command lines of the processes whose command line or environment mentions `path`.
+#[allow(dead_code)]
+pub fn processes_mentioning(path: &std::path::Path) -> Vec<String> {
+    let path = path.to_string_lossy();
+    let text = |file: PathBuf| {
+        std::fs::read(file)
+            .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|entry| {
+            ["cmdline", "environ"]
+                .iter()
+                .any(|file| text(entry.path().join(file)).contains(&*path))
+        })
+        .map(|entry| text(entry.path().join("cmdline")))
+        .collect()
+}
+
 pub mod chat;
