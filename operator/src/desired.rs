@@ -460,10 +460,6 @@ fn secret_volume(volume: &str, secret: String) -> Volume {
     }
 }
 
-/// How long the preStop hook keeps a pod after the drain it waited for finished: longer than the
-/// operator's 1 s poll while a drain is followed.
-const DRAIN_LINGER: &str = "5s";
-
 /// Adds the drain hook to an app container: its preStop drains the gateway and waits, so a
 /// pod that goes away for any reason (eviction, node drain) moves its sessions first. The hook
 /// runs the binary the gateway installed into the shared emptyDir, which finds the local token
@@ -501,10 +497,6 @@ fn drain_hook(admin_port: u16, then: &[String]) -> Vec<String> {
         format!("{GATEWAY_BIN_DIR}/longconn-gateway"),
         "drain".to_owned(),
         "--wait".to_owned(),
-        // The operator reads the final report of a drain it did not start (eviction, node
-        // drain) before the pod goes.
-        "--linger".to_owned(),
-        DRAIN_LINGER.to_owned(),
         "--admin".to_owned(),
         format!("127.0.0.1:{admin_port}"),
     ];
@@ -938,12 +930,10 @@ mod tests {
             .expect("an exec preStop hook")
     }
 
-    const DRAIN: [&str; 7] = [
+    const DRAIN: [&str; 5] = [
         "/longconn/bin/longconn-gateway",
         "drain",
         "--wait",
-        "--linger",
-        "5s",
         "--admin",
         "127.0.0.1:9901",
     ];

@@ -9,8 +9,6 @@
 //! hook that cannot drain the gateway fails here, without a cluster.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Container;
 use longconn_drain_api::{DrainReport, DrainState};
@@ -146,7 +144,6 @@ async fn an_app_containers_own_exec_pre_stop_runs_after_the_drain_in_the_same_ho
         close_code
     });
 
-    let started = std::time::Instant::now();
     let (report, rest) = run_pre_stop(&pod, &gateway, pod.container("app")).await;
     // First the drain, to its end (the report is printed once it says Drained, the session
     // moved), then the container's own command.
@@ -154,6 +151,4 @@ async fn an_app_containers_own_exec_pre_stop_runs_after_the_drain_in_the_same_ho
     assert_eq!((report.migrated, report.dropped), (1, 0), "{report:?}");
     assert_eq!(rest, ["own hook ran"]);
     assert_eq!(session.await.unwrap(), Some(1012));
-    // The hook lingered after the drain it waited for, as generated, and returned.
-    assert!(started.elapsed() >= Duration::from_secs(5));
 }
