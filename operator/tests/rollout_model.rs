@@ -32,13 +32,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState};
-use longconn_operator::crd::{
-    DropBudgetAction, LongConnService, LongConnServiceSpec, RolloutPhase, RolloutStatus,
-};
+use longconn_operator::crd::{DropBudgetAction, LongConnService, RolloutPhase, RolloutStatus};
 use longconn_operator::desired::ObservedRevision;
 use longconn_operator::disruption;
 use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
@@ -1025,24 +1022,15 @@ impl Model {
 // Scenarios and property helpers
 
 fn service(replicas: i32) -> LongConnService {
-    let spec: LongConnServiceSpec =
-        serde_json::from_value(serde_json::json!({"replicas": replicas, "template": {}}))
-            .expect("spec");
-    let mut lcs = LongConnService::new("chat", spec);
-    lcs.metadata = ObjectMeta {
-        name: Some("chat".to_owned()),
-        namespace: Some("default".to_owned()),
-        generation: Some(1),
-        ..ObjectMeta::default()
-    };
-    lcs
+    LongConnService::test().replicas(replicas).build()
 }
 
 fn service_with(replicas: i32, max_surge: IntOrString, drains: i32) -> LongConnService {
-    let mut lcs = service(replicas);
-    lcs.spec.rollout.max_surge = max_surge;
-    lcs.spec.rollout.max_concurrent_drains = drains;
-    lcs
+    LongConnService::test()
+        .replicas(replicas)
+        .max_surge(max_surge)
+        .max_concurrent_drains(drains)
+        .build()
 }
 
 /// A settled service whose spec now asks for revision `b`.
