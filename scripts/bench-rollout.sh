@@ -130,8 +130,13 @@ wait "$operator_pid" || true
 operator_pid=
 deployment=$(kubectl get deployments -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.name}')
 kubectl delete lcs chat --cascade=orphan >/dev/null
+# A plain Deployment's pods go on their own: without the operator, nothing would release the
+# pods' drain-report finalizer, so it goes from the running pods and from the template.
+for pod in $(kubectl get pods -l longconn.dev/service=chat -o name); do
+  kubectl patch "$pod" --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
+done
 kubectl patch deployment "$deployment" --type merge \
-  -p '{"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}' >/dev/null
+  -p '{"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}},"template":{"metadata":{"finalizers":null}}}}' >/dev/null
 kubectl rollout status deployment "$deployment" --timeout=120s >/dev/null
 "${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
   >"$work/plain-load.json" 2>"$work/plain-load.log" &

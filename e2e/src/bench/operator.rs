@@ -284,7 +284,8 @@ fn service(namespace: &str, index: usize) -> Result<LongConnService, ScenarioErr
 }
 
 /// The Deployment the operator makes for LongConnService number `index`, in the anchor's
-/// namespace, without its owner reference.
+/// namespace, without its owner reference and without the pods' drain-report finalizer (which
+/// only a running operator releases: a plain Deployment's pods must go on their own).
 fn anchor_deployment(index: usize) -> Result<Deployment, ScenarioError> {
     let mut lcs = service(ANCHOR_NAMESPACE, index)?;
     lcs.metadata.uid = Some("anchor".into());
@@ -301,6 +302,13 @@ fn anchor_deployment(index: usize) -> Result<Deployment, ScenarioError> {
     let mut deployment: Deployment = serde_json::from_value(manifest.object)
         .map_err(|e| ScenarioError::Setup(format!("Deployment {}: {e}", manifest.name)))?;
     deployment.metadata.owner_references = None;
+    if let Some(template) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+    {
+        template.finalizers = None;
+    }
     Ok(deployment)
 }
 
@@ -860,6 +868,13 @@ mod tests {
         );
         assert!(deployment.metadata.owner_references.is_none());
         let spec = deployment.spec.expect("spec");
+        assert!(
+            spec.template
+                .metadata
+                .as_ref()
+                .is_none_or(|m| m.finalizers.is_none()),
+            "no operator runs to release the anchor's pods"
+        );
         assert_eq!(spec.replicas, Some(1));
         let pod = spec.template.spec.expect("pod spec");
         let init: Vec<&str> = pod
