@@ -214,8 +214,15 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// How long the API server may take to answer a request (its response head; a watch answers at
+/// once and then streams). A connection that went dead silently would otherwise hold the
+/// request, and the reconcile waiting on it, forever: the client sets no read timeout, since
+/// watches stay open.
+const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client for the configured cluster that counts every request it sends
-/// (`longconn_operator_api_requests_total`).
+/// (`longconn_operator_api_requests_total`) and gives up on one not answered within
+/// [`API_ANSWER_TIMEOUT`].
 async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client, kube::Error> {
     let config = kube::Config::infer()
         .await
@@ -231,6 +238,7 @@ async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client, kube::Error> {
             request
         });
     Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::timeout::TimeoutLayer::new(API_ANSWER_TIMEOUT))
         .with_layer(&count)
         .build())
 }
