@@ -73,7 +73,7 @@ impl Reports {
         };
         match (seen.get_mut(&key), report) {
             (Some(old), Some(report)) => {
-                let changed = old.report != report || old.stale;
+                let changed = old.stale || matters(&old.report, &report);
                 *old = Seen {
                     report,
                     stale: false,
@@ -125,6 +125,17 @@ impl Reports {
             }
         }
     }
+}
+
+/// Whether a new report changes what a reconcile decides: anything while a drain runs, and
+/// otherwise the drain state or the restarts. The open sessions of a serving gateway change
+/// all the time; they are recorded on the reconcile's own schedule, and waking the reconcile
+/// for each change would keep postponing it (the controller debounces triggers).
+fn matters(old: &DrainReport, new: &DrainReport) -> bool {
+    if new.state != DrainState::Serving || old.state != DrainState::Serving {
+        return old != new;
+    }
+    old.restarts != new.restarts || old.lost_to_restarts != new.lost_to_restarts
 }
 
 /// One gateway to read.
@@ -248,12 +259,27 @@ mod tests {
     }
 
     #[test]
-    fn only_a_changed_report_wakes_a_reconcile() {
+    fn only_a_report_that_changes_a_decision_wakes_a_reconcile() {
         let reports = Reports::default();
         let t0 = Instant::now();
         assert!(reports.record(key("a"), Some(report(3, DrainState::Serving)), t0));
         assert!(!reports.record(key("a"), Some(report(3, DrainState::Serving)), t0));
-        assert!(reports.record(key("a"), Some(report(4, DrainState::Serving)), t0));
+        assert!(
+            !reports.record(key("a"), Some(report(4, DrainState::Serving)), t0),
+            "a serving gateway's session count is recorded on the reconcile's schedule"
+        );
+        assert!(reports.record(key("a"), Some(report(4, DrainState::Draining)), t0));
+        assert!(
+            reports.record(key("a"), Some(report(2, DrainState::Draining)), t0),
+            "a drain's progress is followed"
+        );
+        let restarted = DrainReport {
+            restarts: 1,
+            lost_to_restarts: 2,
+            ..report(0, DrainState::Serving)
+        };
+        assert!(reports.record(key("b"), Some(report(2, DrainState::Serving)), t0));
+        assert!(reports.record(key("b"), Some(restarted), t0));
     }
 
     #[test]

@@ -317,8 +317,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
             rx.recv().await.map(|lcs| (lcs, rx))
         }))
-        // Pod status changes come in bursts; one reconcile per burst is enough.
-        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        // Pod status changes come in bursts; one reconcile per burst is enough. Kept short: a
+        // trigger within the window postpones the reconcile again.
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
         .graceful_shutdown_on(async {
             shutdown_signal().await;
         })
