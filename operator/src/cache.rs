@@ -159,6 +159,8 @@ where
     }
 }
 
+/// Whether `store` holds its first list, without waiting. Only for stores no task awaits: a
+/// store's readiness remembers one waker, and this check would replace a waiter's.
 fn is_ready<K>(store: &Store<K>) -> bool
 where
     K: Resource + Clone + 'static,
@@ -315,6 +317,31 @@ mod tests {
             caches
                 .pods("default", "chat", &["another-deployment".to_owned()])
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_owned_object_is_found_by_kind_namespace_and_name() {
+        let (caches, mut writers) = new();
+        writers.reset();
+        let mut secret =
+            DynamicObject::new("chat-admin-token", &Kind::Secret.api_resource()).within("default");
+        secret.metadata.labels = Some(labels::pods("chat"));
+        writers.apply_owned(Kind::Secret, secret);
+        assert!(
+            caches
+                .get(Kind::Secret, "default", "chat-admin-token")
+                .is_some()
+        );
+        assert!(
+            caches
+                .get(Kind::Secret, "other", "chat-admin-token")
+                .is_none()
+        );
+        assert!(
+            caches
+                .get(Kind::Deployment, "default", "chat-admin-token")
+                .is_none()
         );
     }
 }

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use longconn_drain_api::{DrainReport, DrainState};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use crate::crd::LongConnService;
@@ -146,14 +146,19 @@ struct Target {
     token: String,
 }
 
-/// Reads the gateways that are due, forever (until the task is dropped). Changes wake the
-/// LongConnService's reconcile through `wake`.
+/// Reads the gateways that are due, forever (until the task is dropped), once `listed` says
+/// the LongConnServices' store holds its first list. Changes wake the LongConnService's
+/// reconcile through `wake`.
+///
+/// `listed` rather than `services.wait_until_ready()`: a store's readiness wakes only one of
+/// the tasks waiting for it, and the controller waits for the same store.
 pub async fn poll(
     ctx: Arc<Context>,
     services: Store<LongConnService>,
+    mut listed: watch::Receiver<bool>,
     wake: mpsc::Sender<ObjectRef<LongConnService>>,
 ) {
-    if services.wait_until_ready().await.is_err() {
+    if listed.wait_for(|listed| *listed).await.is_err() {
         return;
     }
     let mut ticks = tokio::time::interval(TICK);

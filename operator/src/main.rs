@@ -286,10 +286,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The main watch wakes a reconcile only when the spec, labels or annotations change: the
     // operator's own status writes do not come back as work.
     let (services, services_writer) = reflector::store::<LongConnService>();
+    // Whether the store above holds its first list (the gateway poller waits for it).
+    let (listed_tx, listed) = watch::channel(false);
     let spec_changes = watcher::watcher(lcs_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(services_writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                listed_tx.send_replace(true);
+            }
+        })
         .applied_objects()
         .predicate_filter(
             predicates::generation
@@ -298,7 +305,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Default::default(),
         );
     let (wake, woken) = mpsc::channel(1024);
-    let poller = tokio::spawn(gateways::poll(ctx.clone(), services.clone(), wake));
+    let poller = tokio::spawn(gateways::poll(ctx.clone(), services.clone(), listed, wake));
     let mut controller = Controller::for_stream(spec_changes, services);
     for (kind, stream) in streams.owned {
         controller = controller.owns_stream_with(stream, kind.api_resource());

@@ -92,6 +92,26 @@ pub struct Observation {
     pub user_secret: UserSecret,
 }
 
+impl Observation {
+    /// One line per pod, as the plan sees it (for the debug log).
+    pub fn pod_lines(&self) -> Vec<String> {
+        self.pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} revision={} running={} ready={} terminating={} report={:?}",
+                    p.name,
+                    p.revision,
+                    p.running,
+                    p.ready,
+                    p.terminating,
+                    p.report.as_ref().map(|r| (r.state, r.active))
+                )
+            })
+            .collect()
+    }
+}
+
 /// Reads everything a reconcile of `lcs` needs.
 pub async fn observe(
     ctx: &Context,
@@ -220,6 +240,7 @@ fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
             .finalizers()
             .iter()
             .any(|f| f == desired::DRAIN_REPORT_FINALIZER),
+        created: pod.creation_timestamp().map(|t| t.0),
     }
 }
 

@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use longconn_drain_api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::cache::Caches;
 use crate::certs;
@@ -371,6 +371,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let key = ObjectRef::from_obj(lcs);
     let apis = ctx.served_apis().await;
     if !ctx.caches.ready(apis) {
+        debug!("the caches are not filled yet");
         return Ok(Action::requeue(SOON));
     }
 
@@ -386,8 +387,10 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     if !settled {
         // The caches do not show our own last writes yet: a plan made now would be made from
         // a stale view.
+        debug!("waiting for the caches to show the last writes");
         return Ok(Action::requeue(SOON));
     }
+    debug!(pods = ?observation.pod_lines(), revisions = ?observation.revisions, "observed");
     let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
     let certificate = certificate(lcs, &ctx.settings, &observation)?;
     let refresh_sessions = ctx.sessions_due(&key);
@@ -441,6 +444,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     if ctx.set_problems(key, problems) {
         return Ok(Action::requeue(SOON));
     }
+    debug!(requeue = ?outcome.requeue, "reconciled");
     Ok(Action::requeue(outcome.requeue))
 }
 

@@ -26,7 +26,9 @@
 //!    drained do not count, as terminating pods do not count against a Deployment's
 //!    `maxSurge`. A drained pod leaves only once its finished report, its lowest
 //!    `controller.kubernetes.io/pod-deletion-cost` and its not-Ready condition are all visible:
-//!    the ReplicaSet then deletes exactly that pod.
+//!    the ReplicaSet then deletes exactly that pod. An old pod that never started (not running
+//!    [`START_GRACE`] after its creation) has no gateway to drain and goes at once; a younger one
+//!    is kept, since the cache may not show its start yet.
 //! 6. [`pick`]: old pods to drain next, up to `maxConcurrentDrains` and only while the Ready
 //!    pods left serving stay at `replicas` (with `maxSurge: 0`, at `replicas` less what the
 //!    disruption budget allows, and at least one): not-Ready pods first, then the fewest
@@ -81,13 +83,29 @@ pub struct PodFacts {
     pub last_known: Option<i64>,
     /// Carries the drain-report finalizer: the pod object stays until the operator releases it.
     pub held: bool,
+    /// When the pod was created (unknown: as if just now).
+    pub created: Option<Timestamp>,
 }
 
 impl PodFacts {
     fn sessions(&self) -> i64 {
         self.report.as_ref().map_or(0, |r| count(r.active))
     }
+
+    /// Not running although created more than [`START_GRACE`] ago: it has no gateway to drain
+    /// and may go as it is. A younger pod not seen running yet may be running already (the
+    /// cache shows a pod's start a moment after the ReplicaSet's controller sees it), and one
+    /// that is would go with all its sessions, undrained.
+    fn never_started(&self, now: Timestamp) -> bool {
+        !self.running
+            && self
+                .created
+                .is_some_and(|created| now.duration_since(created) >= START_GRACE)
+    }
 }
+
+/// How long a pod may go unseen as running before it counts as never started.
+pub const START_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
 /// Sessions lost because a pod's gateway process restarted (crashed, or was killed): the
 /// sessions it had open, which its clients lost without a close handshake.
@@ -466,8 +484,8 @@ fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
 }
 
 /// Pods on their way out: drained and marked, or never started (no gateway to drain).
-fn going(book: &Book, pod: &PodFacts) -> bool {
-    book.removable.contains(&pod.name) || !pod.running
+fn going(input: &Input, book: &Book, pod: &PodFacts) -> bool {
+    book.removable.contains(&pod.name) || pod.never_started(input.now)
 }
 
 /// Phase 5: the replicas of every revision.
@@ -505,11 +523,12 @@ pub fn replicas(input: &Input, book: &Book, budget: &Budget) -> Sizes {
             .find(|r| r.revision == *revision)
             .map_or(0, |r| r.replicas);
         let pods = live(input, revision);
-        let keep = i32::try_from(pods.iter().filter(|p| !going(book, p)).count()).unwrap_or(0);
+        let keep =
+            i32::try_from(pods.iter().filter(|p| !going(input, book, p)).count()).unwrap_or(0);
         let keep = keep.min(spec_replicas).max(0);
         let serving = pods
             .iter()
-            .filter(|p| !going(book, p) && !book.tracked(&p.name))
+            .filter(|p| !going(input, book, p) && !book.tracked(&p.name))
             .count();
         old_serving += keep.min(i32::try_from(serving).unwrap_or(0));
         let any_pod = input.pods.iter().any(|p| p.revision == *revision);
@@ -572,7 +591,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .filter(|p| p.ready && !p.terminating && !book.tracked(&p.name))
         .count();
     let mut spare = i64::try_from(serving).unwrap_or(0) - i64::from(sizes.min_serving);
-    let settled = |p: &PodFacts| p.running && !going(book, p) && !book.tracked(&p.name);
+    let settled = |p: &PodFacts| p.running && !going(input, book, p) && !book.tracked(&p.name);
     let target_serving: Vec<&PodFacts> = live(input, budget.target)
         .into_iter()
         .filter(|p| settled(p))
@@ -1044,9 +1063,19 @@ mod tests {
     }
 
     fn step_with(lcs: &LongConnService, pods: &[PodFacts]) -> Plan {
+        step_to(
+            lcs,
+            "a",
+            "2026-01-01T00:00:00Z".parse().expect("time"),
+            pods,
+        )
+    }
+
+    /// A step of three pods of revision `a` towards `update`, at `now`.
+    fn step_to(lcs: &LongConnService, update: &str, now: Timestamp, pods: &[PodFacts]) -> Plan {
         step(&Input {
             lcs,
-            update_revision: "a",
+            update_revision: update,
             revisions: &[ObservedRevision {
                 revision: "a".to_owned(),
                 replicas: 3,
@@ -1056,7 +1085,7 @@ mod tests {
             pods,
             update_stalled: false,
             refresh_sessions: true,
-            now: "2026-01-01T00:00:00Z".parse().expect("time"),
+            now,
         })
     }
 
@@ -1097,5 +1126,41 @@ mod tests {
         let r = plan.rollout.expect("recorded");
         assert_eq!(r.sessions_dropped, 5, "9 lost in all, 4 counted before");
         assert_eq!(plan.gateways[0].lost_counted, 9);
+    }
+
+    #[test]
+    fn an_old_pod_not_seen_running_yet_is_not_scaled_away_until_it_is_overdue() {
+        let lcs = LongConnService::test().replicas(3).build();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let old_pods = |created: Timestamp| -> Vec<PodFacts> {
+            let mut pods = vec![
+                pod("a-1", None, 4),
+                pod("a-2", None, 0),
+                pod("a-3", None, 0),
+            ];
+            for p in &mut pods {
+                p.created = Some(created);
+            }
+            // The cache has not shown these two running yet.
+            for p in &mut pods[1..] {
+                p.running = false;
+                p.ready = false;
+            }
+            pods
+        };
+        let step_at = |pods: &[PodFacts]| step_to(&lcs, "b", now, pods);
+        let young = old_pods(now - SignedDuration::from_secs(5));
+        assert_eq!(
+            step_at(&young).replicas.get("a"),
+            Some(&3),
+            "a pod created 5 s ago may be running already: the ReplicaSet would remove it, \
+             sessions and all"
+        );
+        let stuck = old_pods(now - START_GRACE);
+        assert_eq!(
+            step_at(&stuck).replicas.get("a"),
+            Some(&1),
+            "pods that never started have no sessions and go at once"
+        );
     }
 }

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::{Api, Client, ResourceExt};
+use longconn_drain_api::{DrainReport, DrainState};
 use longconn_e2e::cluster::{Cluster, ClusterOptions};
 use longconn_operator::crd::LongConnService;
 use longconn_operator::kinds::Kind;
@@ -502,6 +503,53 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
     })
     .await;
 
+    // The gateway poller reads a running pod's gateway and the status records what it reports.
+    // No kubelet runs here: one pod is marked Running at a loopback address of its own, where a
+    // stand-in for its gateway's admin port answers every `GET /drain` with 7 open sessions.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod_name = pods
+        .list(&ListParams::default().labels("longconn.dev/service=chat"))
+        .await
+        .expect("list pods")
+        .items
+        .first()
+        .map(ResourceExt::name_any)
+        .expect("a pod");
+    let pod_ip = format!(
+        "127.0.{}.{}",
+        std::process::id() % 250,
+        2 + std::process::id() % 200
+    );
+    let _gateway = answer_drain_reports(&format!("{pod_ip}:9901"), 7).await;
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}}),
+        ),
+    )
+    .await
+    .expect("mark the pod Running");
+    eventually(
+        "the status records the gateway's 7 sessions and the total",
+        || {
+            let lcs_api = lcs_api.clone();
+            let pod_name = pod_name.clone();
+            async move {
+                let lcs = lcs_api.get("chat").await.ok()?;
+                let status = &lcs.data["status"];
+                // The pod's record at once, the service's total on its 30 s schedule.
+                (status["activeSessions"] == 7
+                    && status["gateways"]
+                        .as_array()?
+                        .iter()
+                        .any(|g| g["pod"] == pod_name.as_str() && g["sessions"] == 7))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+
     // Steady state: a reconcile that finds everything as desired writes nothing.
     let settled = owned_resource_versions(&client, &uid).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -640,6 +688,51 @@ spec:
         assert!(!log.contains("panicked"), "operator log:\n{log}");
     }
     cluster.down().await.expect("cluster down");
+}
+
+/// A stand-in for a gateway's admin port at `addr`: answers every request with a serving
+/// gateway's drain report of `active` open sessions, until the returned task is aborted.
+async fn answer_drain_reports(addr: &str, active: u64) -> AbortOnDrop {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let body = serde_json::to_string(&DrainReport {
+        state: DrainState::Serving,
+        active,
+        ..DrainReport::default()
+    })
+    .expect("report");
+    AbortOnDrop(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    }))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A client whose requests hang once `cut` is set, as they do across a network partition.

@@ -154,6 +154,7 @@ struct Pod {
     revision: String,
     /// Creation order: a higher number is a newer pod.
     seq: u32,
+    created: Timestamp,
     stage: Stage,
     terminating: bool,
     cost: Option<i32>,
@@ -203,6 +204,7 @@ impl Pod {
             report: self.reachable().then(|| self.gateway.report()),
             last_known,
             held: false,
+            created: Some(self.created),
         }
     }
 
@@ -456,6 +458,7 @@ impl Model {
             name: format!("{revision}-{seq}"),
             revision: revision.to_owned(),
             seq,
+            created: self.now,
             stage: Stage::Pending,
             terminating: false,
             cost: None,

@@ -154,6 +154,9 @@ impl Harness {
                 "--set",
                 "logFormat=text",
                 "--set",
+                // Each reconcile's view of the pods, for the logs kept after a failure.
+                "logLevel=info\\,kube=warn\\,longconn_operator=debug",
+                "--set",
                 "podDisruptionBudget.enabled=false",
             ])
             .env("HELM_CACHE_HOME", home.join("cache"))
