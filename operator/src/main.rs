@@ -23,7 +23,7 @@ use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
 use longconn_operator::{cache, gateways, labels, leader};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -333,7 +333,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                warn!(error = %e, "controller");
+                log_controller_error(&e);
             }
         });
     let _poller = AbortOnDrop(poller);
@@ -353,6 +353,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("shut down");
     shutdown(stop_tx, server).await
+}
+
+/// Logs what the controller's stream reports. Only the unexpected is a warning: a failed
+/// reconcile is logged by `error_policy`, a trigger for a LongConnService deleted meanwhile is
+/// normal, and the watch of an optional API the cluster does not serve (ServiceMonitor,
+/// cert-manager's Certificate) fails with 404 on every retry until it is installed, which the
+/// MonitoringReady and CertificateReady conditions already say.
+fn log_controller_error(error: &controller::Error<reconcile::Error, watcher::Error>) {
+    match error {
+        controller::Error::ReconcilerFailed(..) | controller::Error::ObjectNotFound(_) => {
+            debug!(error = %error, "controller");
+        }
+        controller::Error::QueueError(watcher::Error::InitialListFailed(kube::Error::Api(
+            status,
+        ))) if status.code == 404 => {
+            debug!(error = %error, "an optional API is not served; its watch retries with backoff");
+        }
+        _ => warn!(error = %error, "controller"),
+    }
 }
 
 /// Aborts a task when dropped.
