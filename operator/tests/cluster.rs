@@ -520,7 +520,11 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
         std::process::id() % 250,
         2 + std::process::id() % 200
     );
-    let _gateway = answer_drain_reports(&format!("{pod_ip}:9901"), 7).await;
+    let admin_port = longconn_operator::desired::admin_port(
+        &serde_json::from_value::<LongConnService>(serde_json::to_value(&applied).expect("json"))
+            .expect("chat as a LongConnService"),
+    );
+    let _gateway = answer_drain_reports(&format!("{pod_ip}:{admin_port}"), 7).await;
     pods.patch_status(
         &pod_name,
         &PatchParams::default(),
@@ -691,48 +695,34 @@ spec:
 }
 
 /// A stand-in for a gateway's admin port at `addr`: answers every request with a serving
-/// gateway's drain report of `active` open sessions, until the returned task is aborted.
-async fn answer_drain_reports(addr: &str, active: u64) -> AbortOnDrop {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// gateway's drain report of `active` open sessions, until the returned set is dropped.
+async fn answer_drain_reports(addr: &str, active: u64) -> tokio::task::JoinSet<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    let body = serde_json::to_string(&DrainReport {
-        state: DrainState::Serving,
-        active,
-        ..DrainReport::default()
-    })
-    .expect("report");
-    AbortOnDrop(tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
+    let body = hyper::body::Bytes::from(
+        serde_json::to_vec(&DrainReport {
+            state: DrainState::Serving,
+            active,
+            ..DrainReport::default()
+        })
+        .expect("report"),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
             let body = body.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.shutdown().await;
+            let service = hyper::service::service_fn(move |_request| {
+                let body = http_body_util::Full::new(body.clone());
+                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
             });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
         }
-    }))
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    });
+    tasks
 }
 
 /// A client whose requests hang once `cut` is set, as they do across a network partition.
