@@ -2,8 +2,8 @@
 //! and the ReplicaSets that own them, each kept current by one watch.
 //!
 //! A reconcile reads only from here: it lists nothing and GETs nothing from the API server.
-//! The watches that fill the caches are also the controller's triggers ([`Writers::streams`]
-//! hands them to the controller), so what wakes a reconcile is exactly what the cache shows.
+//! The watches that fill the caches are also the controller's triggers ([`Writers::spawn`]
+//! sends what each change concerns), so what wakes a reconcile is already in the cache.
 //! `managedFields` are dropped on the way in, and so are pods' specs: no decision reads them.
 
 use std::collections::BTreeMap;
@@ -12,12 +12,17 @@ use std::sync::Arc;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
 
+use crate::crd::LongConnService;
 use crate::desired::ServedApis;
 use crate::kinds::Kind;
 use crate::labels::{self, MANAGED_BY, MANAGER};
@@ -63,59 +68,67 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
 }
 
-type Watched<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
-
-/// The watches, ready to be handed to the controller as triggers.
-pub struct Streams {
-    pub owned: Vec<(Kind, Watched<DynamicObject>)>,
-    pub pods: Watched<Pod>,
-    pub replica_sets: Watched<PartialObjectMeta<ReplicaSet>>,
-}
+/// Where the watches send the LongConnServices whose reconcile a change should wake.
+pub type Triggers = mpsc::UnboundedSender<ObjectRef<LongConnService>>;
 
 impl Writers {
-    /// One watch per cache, over one namespace or all, each reflected into its store.
-    pub fn streams(self, client: &Client, namespace: Option<&str>) -> Streams {
-        let owned = self
-            .owned
-            .into_iter()
-            .map(|(kind, writer)| {
-                let ar = kind.api_resource();
-                let api: Api<DynamicObject> = match namespace {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                    None => Api::all_with(client.clone(), &ar),
-                };
-                let stream = watcher::watcher(api, managed())
-                    .default_backoff()
-                    .modify(|o| o.managed_fields_mut().clear())
-                    .reflect(writer)
-                    .touched_objects()
-                    .boxed();
-                (kind, stream)
-            })
-            .collect();
+    /// Starts one task per cache, over one namespace or all: each watches its kind, reflects
+    /// what it sees into the store and sends the LongConnService a change concerns to
+    /// `triggers` (an owned object: its owner; a pod: the service it is labelled with;
+    /// ReplicaSets only fill their cache). The watches run apart from the controller, so a
+    /// busy reconcile never keeps one from being read: the API server closes a watch whose
+    /// reader falls behind, and catching up then costs a relist while the cache stands still.
+    /// Dropping the set stops them.
+    pub fn spawn(
+        self,
+        client: &Client,
+        namespace: Option<&str>,
+        triggers: &Triggers,
+    ) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for (kind, writer) in self.owned {
+            let ar = kind.api_resource();
+            let api: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let watch = watcher::watcher(api, managed())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(writer);
+            tasks.spawn(forward(
+                kind.api_resource().kind,
+                watch,
+                triggers.clone(),
+                |o| owner_of(o.meta()),
+            ));
+        }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
             .default_backoff()
             .modify(|p| {
                 p.managed_fields_mut().clear();
                 p.spec = None;
             })
-            .reflect(self.pods)
-            .touched_objects()
-            .boxed();
+            .reflect(self.pods);
+        // A pod that starts terminating (an eviction, a node drain) is followed at once,
+        // before its drain report can go away with it.
+        tasks.spawn(forward("Pod".to_owned(), pods, triggers.clone(), |p| {
+            service_of(p.meta())
+        }));
         let replica_sets = watcher::watcher(
             scoped::<PartialObjectMeta<ReplicaSet>>(client, namespace),
             managed(),
         )
         .default_backoff()
         .modify(|r| r.managed_fields_mut().clear())
-        .reflect(self.replica_sets)
-        .touched_objects()
-        .boxed();
-        Streams {
-            owned,
-            pods,
+        .reflect(self.replica_sets);
+        tasks.spawn(forward(
+            "ReplicaSet".to_owned(),
             replica_sets,
-        }
+            triggers.clone(),
+            |_| None,
+        ));
+        tasks
     }
 
     /// Puts an object of `kind` in the cache (tests).
@@ -157,6 +170,58 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Reads `watch` to its end, sending the LongConnService each object touched concerns
+/// (`concerns`) to `triggers`; stops when no one receives them any more.
+async fn forward<K>(
+    kind: String,
+    watch: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    triggers: Triggers,
+    concerns: impl Fn(&K) -> Option<ObjectRef<LongConnService>>,
+) {
+    let mut watch = std::pin::pin!(watch);
+    while let Some(event) = watch.next().await {
+        match event {
+            Ok(Event::Apply(object) | Event::Delete(object) | Event::InitApply(object)) => {
+                if let Some(service) = concerns(&object)
+                    && triggers.send(service).is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(error) => log_watch_error(&kind, &error),
+        }
+    }
+}
+
+/// Logs a failed watch request (the watcher retries with backoff). The watch of an optional
+/// API the cluster does not serve (ServiceMonitor, cert-manager's Certificate) fails with 404
+/// on every retry until it is installed, which the MonitoringReady and CertificateReady
+/// conditions already say: that one is not a warning.
+pub fn log_watch_error(kind: &str, error: &watcher::Error) {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404 => {
+            debug!(kind, %error, "an optional API is not served; its watch retries with backoff");
+        }
+        _ => warn!(kind, %error, "watch failed; retrying with backoff"),
+    }
+}
+
+/// The LongConnService that controls an owned object, from its owner references.
+pub fn owner_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
+    let owner = controller_of(meta)?;
+    let namespace = meta.namespace.as_deref()?;
+    (owner.kind == LongConnService::kind(&())
+        && owner.api_version == LongConnService::api_version(&()))
+    .then(|| ObjectRef::new(&owner.name).within(namespace))
+}
+
+/// The LongConnService a pod is labelled as belonging to.
+fn service_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
+    let service = meta.labels.as_ref()?.get(labels::SERVICE)?;
+    Some(ObjectRef::new(service).within(meta.namespace.as_deref()?))
 }
 
 /// Whether `store` holds its first list, without waiting. Only for stores no task awaits: a
@@ -246,9 +311,7 @@ impl Caches {
     }
 }
 
-fn controller_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references
         .as_deref()?
         .iter()
@@ -258,7 +321,6 @@ fn controller_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn owner(kind: &str, name: &str, uid: &str) -> OwnerReference {
         OwnerReference {
@@ -343,5 +405,66 @@ mod tests {
                 .get(Kind::Deployment, "default", "chat-admin-token")
                 .is_none()
         );
+    }
+
+    fn service_ref() -> OwnerReference {
+        OwnerReference {
+            api_version: LongConnService::api_version(&()).into_owned(),
+            kind: LongConnService::kind(&()).into_owned(),
+            name: "chat".to_owned(),
+            uid: "lcs-uid".to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }
+    }
+
+    fn meta(owner_ref: Option<OwnerReference>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("chat-tls".to_owned()),
+            namespace: Some("default".to_owned()),
+            owner_references: owner_ref.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn an_owned_object_concerns_the_service_that_controls_it() {
+        let chat = ObjectRef::new("chat").within("default");
+        assert_eq!(owner_of(&meta(Some(service_ref()))), Some(chat));
+        let not_controller = OwnerReference {
+            controller: None,
+            ..service_ref()
+        };
+        assert_eq!(owner_of(&meta(Some(not_controller))), None);
+        let other_kind = OwnerReference {
+            kind: "ConfigMap".to_owned(),
+            ..service_ref()
+        };
+        assert_eq!(owner_of(&meta(Some(other_kind))), None);
+        assert_eq!(owner_of(&meta(None)), None);
+    }
+
+    #[tokio::test]
+    async fn a_watch_sends_each_touched_object_s_service_and_goes_on_past_errors() {
+        let (triggers, mut woken) = mpsc::unbounded_channel();
+        let labelled = pod("chat-abc-123-x", None);
+        let mut unlabelled = pod("other", None);
+        unlabelled.metadata.labels = None;
+        let events = futures::stream::iter([
+            Ok(Event::Init),
+            Ok(Event::InitApply(labelled.clone())),
+            Ok(Event::InitDone),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Event::Apply(unlabelled)),
+            Ok(Event::Delete(labelled)),
+        ]);
+        forward("Pod".to_owned(), events, triggers, |p: &Pod| {
+            service_of(p.meta())
+        })
+        .await;
+        let chat = ObjectRef::new("chat").within("default");
+        assert_eq!(woken.recv().await, Some(chat.clone()));
+        assert_eq!(woken.recv().await, Some(chat));
+        assert_eq!(woken.recv().await, None);
     }
 }

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use longconn_drain_api::{DrainReport, DrainState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::crd::LongConnService;
@@ -156,7 +156,7 @@ pub async fn poll(
     ctx: Arc<Context>,
     services: Store<LongConnService>,
     mut listed: watch::Receiver<bool>,
-    wake: mpsc::Sender<ObjectRef<LongConnService>>,
+    wake: crate::cache::Triggers,
 ) {
     if listed.wait_for(|listed| *listed).await.is_err() {
         return;
@@ -209,7 +209,7 @@ pub async fn poll(
                 && woken.insert(target.lcs.clone())
             {
                 debug!(pod = %target.key.name, lcs = %target.lcs.name, "gateway report changed");
-                if wake.send(target.lcs).await.is_err() {
+                if wake.send(target.lcs).is_err() {
                     return;
                 }
             }

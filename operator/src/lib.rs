@@ -9,6 +9,7 @@ pub mod crd;
 pub mod desired;
 pub mod disruption;
 pub mod duration;
+pub mod expectations;
 pub mod fixtures;
 pub mod gateways;
 pub mod kinds;

@@ -21,7 +21,7 @@ use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Setting
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
-use longconn_operator::{cache, gateways, labels, leader};
+use longconn_operator::{cache, gateways, leader};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -278,7 +278,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let (caches, writers) = cache::new();
-    let streams = writers.streams(&client, ns);
+    // Every watch runs in a task of its own and sends what should wake a reconcile here.
+    let (triggers, woken) = mpsc::unbounded_channel();
+    let _watches = writers.spawn(&client, ns, &triggers);
     let ctx = Arc::new(
         Context::new(client.clone(), settings, metrics, caches)
             .with_discovery_ttl(args.discovery_refresh),
@@ -304,38 +306,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .combine(predicates::annotations),
             Default::default(),
         );
-    let (wake, woken) = mpsc::channel(1024);
-    let poller = tokio::spawn(gateways::poll(ctx.clone(), services.clone(), listed, wake));
-    let mut controller = Controller::for_stream(spec_changes, services);
-    for (kind, stream) in streams.owned {
-        controller = controller.owns_stream_with(stream, kind.api_resource());
-    }
-    let controller = controller
-        // Pods are not owned directly (their ReplicaSets are), so they are mapped to their
-        // LongConnService by label: a pod that starts terminating (an eviction, a node drain)
-        // is followed at once, before its drain report can go away with it.
-        .watches_stream(streams.pods, |pod| {
-            let service = pod.metadata.labels.as_ref()?.get(labels::SERVICE)?;
-            Some(ObjectRef::new(service).within(pod.metadata.namespace.as_deref()?))
-        })
-        // ReplicaSets only fill their cache (which pods are whose); they wake nothing.
-        .watches_stream(streams.replica_sets, |_| None)
-        // A gateway report that changed.
-        .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
-            rx.recv().await.map(|lcs| (lcs, rx))
-        }))
-        // Pod status changes come in bursts; one reconcile per burst is enough. Kept short: a
-        // trigger within the window postpones the reconcile again.
-        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
-        .graceful_shutdown_on(async {
-            shutdown_signal().await;
-        })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                log_controller_error(&e);
-            }
-        });
+    let _services_watch = AbortOnDrop(tokio::spawn(follow_services(
+        spec_changes,
+        triggers.clone(),
+    )));
+    // A gateway report that changed.
+    let poller = tokio::spawn(gateways::poll(
+        ctx.clone(),
+        services.clone(),
+        listed,
+        triggers,
+    ));
+    // The controller watches nothing itself: its store is filled, and its triggers sent, by
+    // the tasks above.
+    let controller = Controller::for_stream(
+        futures::stream::pending::<Result<LongConnService, watcher::Error>>(),
+        services,
+    )
+    .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
+        rx.recv().await.map(|lcs| (lcs, rx))
+    }))
+    // Pod status changes come in bursts; one reconcile per burst is enough. Kept short: a
+    // trigger within the window postpones the reconcile again.
+    .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+    .graceful_shutdown_on(async {
+        shutdown_signal().await;
+    })
+    .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            log_controller_error(&e);
+        }
+    });
     let _poller = AbortOnDrop(poller);
 
     match leadership {
@@ -355,20 +357,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown(stop_tx, server).await
 }
 
+/// Sends every LongConnService whose spec, labels or annotations changed to `triggers`.
+async fn follow_services(
+    changes: impl futures::Stream<Item = Result<LongConnService, watcher::Error>>,
+    triggers: cache::Triggers,
+) {
+    let mut changes = std::pin::pin!(changes);
+    while let Some(change) = changes.next().await {
+        match change {
+            Ok(lcs) => {
+                if triggers.send(ObjectRef::from_obj(&lcs)).is_err() {
+                    return;
+                }
+            }
+            Err(error) => cache::log_watch_error("LongConnService", &error),
+        }
+    }
+}
+
 /// Logs what the controller's stream reports. Only the unexpected is a warning: a failed
-/// reconcile is logged by `error_policy`, a trigger for a LongConnService deleted meanwhile is
-/// normal, and the watch of an optional API the cluster does not serve (ServiceMonitor,
-/// cert-manager's Certificate) fails with 404 on every retry until it is installed, which the
-/// MonitoringReady and CertificateReady conditions already say.
+/// reconcile is logged by `error_policy`, and a trigger for a LongConnService deleted
+/// meanwhile is normal.
 fn log_controller_error(error: &controller::Error<reconcile::Error, watcher::Error>) {
     match error {
         controller::Error::ReconcilerFailed(..) | controller::Error::ObjectNotFound(_) => {
             debug!(error = %error, "controller");
-        }
-        controller::Error::QueueError(watcher::Error::InitialListFailed(kube::Error::Api(
-            status,
-        ))) if status.code == 404 => {
-            debug!(error = %error, "an optional API is not served; its watch retries with backoff");
         }
         _ => warn!(error = %error, "controller"),
     }

@@ -30,6 +30,7 @@ use crate::certs;
 use crate::compare;
 use crate::crd::{LongConnService, LongConnServiceStatus, TlsMode};
 use crate::desired::{self, Manifest, ServedApis, Settings};
+use crate::expectations::Expectations;
 use crate::gateways::{self, Reports};
 use crate::kinds::Kind;
 use crate::labels::{MANAGER, names};
@@ -129,68 +130,7 @@ pub struct Context {
     /// When each LongConnService's open sessions were last recorded.
     sessions_recorded: Mutex<HashMap<ObjectRef<LongConnService>, Instant>>,
     /// Writes whose result the caches do not show yet.
-    pending: Pending,
-}
-
-/// The writes the caches have not caught up with, per LongConnService: for each object written
-/// (`None`: the LongConnService itself), the resourceVersion the cache showed before the write
-/// (`None`: the object was not there) and when. A plan made while the cache still shows an
-/// object as it was before our own write would be made from a stale view (it would, for
-/// example, issue a certificate again because the Secret just written is not in the cache
-/// yet), so a reconcile waits for its own writes first, as the ReplicaSet controller waits
-/// for its expectations. A write the cache never shows is forgotten after [`PENDING_FOR`].
-#[derive(Default)]
-struct Pending(Mutex<HashMap<ObjectRef<LongConnService>, PendingWrites>>);
-
-type PendingWrites = HashMap<(Option<Kind>, String), (Option<String>, Instant)>;
-
-/// How long a write may take to show in the cache before it is no longer waited for.
-const PENDING_FOR: Duration = Duration::from_secs(10);
-
-impl Pending {
-    /// Whether the cache shows every write made for `lcs`; `current` gives the
-    /// resourceVersion the cache shows for an object now. Forgets the writes it shows.
-    fn settled(
-        &self,
-        lcs: &ObjectRef<LongConnService>,
-        current: impl Fn(Option<Kind>, &str) -> Option<String>,
-    ) -> bool {
-        let Ok(mut all) = self.0.lock() else {
-            return true;
-        };
-        let Some(writes) = all.get_mut(lcs) else {
-            return true;
-        };
-        writes.retain(|(kind, name), (before, at)| {
-            at.elapsed() < PENDING_FOR && current(*kind, name) == *before
-        });
-        let settled = writes.is_empty();
-        if settled {
-            all.remove(lcs);
-        }
-        settled
-    }
-
-    /// Notes a write of `name` (`kind`; None: the LongConnService) that changed its
-    /// resourceVersion from `before` to `after`. A write that changed nothing is not waited for.
-    fn wrote(
-        &self,
-        lcs: &ObjectRef<LongConnService>,
-        kind: Option<Kind>,
-        name: &str,
-        before: Option<&str>,
-        after: Option<&str>,
-    ) {
-        if before == after {
-            return;
-        }
-        if let Ok(mut all) = self.0.lock() {
-            all.entry(lcs.clone()).or_default().insert(
-                (kind, name.to_owned()),
-                (before.map(str::to_owned), Instant::now()),
-            );
-        }
-    }
+    expectations: Expectations,
 }
 
 impl Context {
@@ -211,7 +151,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             sessions_recorded: Mutex::new(HashMap::new()),
-            pending: Pending::default(),
+            expectations: Expectations::default(),
         }
     }
 
@@ -375,21 +315,27 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         return Ok(Action::requeue(SOON));
     }
 
-    // Observe.
-    let observation = observe::observe(ctx, lcs, apis, Timestamp::now()).await?;
-    let settled = ctx.pending.settled(&key, |kind, name| match kind {
-        None => lcs.resource_version(),
-        Some(kind) => observation
-            .owned
-            .find(kind, name)
-            .and_then(|o| o.metadata.resource_version.clone()),
-    });
+    // Wait until the caches show our own last writes: a plan made before would be made from a
+    // stale view. A cheap look (by name), made before observing; the watch of each owned object
+    // written wakes the reconcile again, the LongConnService's own status (which wakes nothing)
+    // is looked for again soon.
+    let ns = key.namespace.as_deref().unwrap_or_default();
+    let settled = ctx
+        .expectations
+        .settled(&key, Instant::now(), |kind, name| match kind {
+            None => lcs.resource_version(),
+            Some(kind) => ctx
+                .caches
+                .get(kind, ns, name)
+                .and_then(|o| o.metadata.resource_version.clone()),
+        });
     if !settled {
-        // The caches do not show our own last writes yet: a plan made now would be made from
-        // a stale view.
         debug!("waiting for the caches to show the last writes");
         return Ok(Action::requeue(SOON));
     }
+
+    // Observe.
+    let observation = observe::observe(ctx, lcs, apis, Timestamp::now()).await?;
     debug!(pods = ?observation.pod_lines(), revisions = ?observation.revisions, "observed");
     let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
     let certificate = certificate(lcs, &ctx.settings, &observation)?;
@@ -417,18 +363,19 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             "recording status"
         );
         match write_status(lcs, ctx, status).await {
-            Ok(written) => ctx.pending.wrote(
+            Ok(written) => ctx.expectations.wrote(
                 &key,
-                None,
-                &key.name,
+                (None, &key.name),
                 lcs.resource_version().as_deref(),
                 written.as_deref(),
+                Instant::now(),
             ),
             Err(Error::Status {
                 source: kube::Error::Api(s),
                 ..
             }) if s.code == 409 => {
                 // The status changed since the cache showed it: this plan is stale.
+                debug!(seen = ?lcs.resource_version(), "the status changed since the cache showed it");
                 return Ok(Action::requeue(SOON));
             }
             Err(e) => return Err(e),
@@ -716,12 +663,12 @@ async fn scale(
                 name: name.clone(),
                 source,
             })?;
-        ctx.pending.wrote(
+        ctx.expectations.wrote(
             lcs,
-            Some(Kind::Deployment),
-            name,
+            (Some(Kind::Deployment), name),
             seen,
             written.metadata.resource_version.as_deref(),
+            Instant::now(),
         );
         info!(deployment = %name, replicas, "scaled");
     }
@@ -944,12 +891,12 @@ async fn apply(
         .await
     {
         Ok(written) => {
-            ctx.pending.wrote(
+            ctx.expectations.wrote(
                 lcs,
-                Some(kind),
-                &manifest.name,
+                (Some(kind), &manifest.name),
                 seen,
                 written.metadata.resource_version.as_deref(),
+                Instant::now(),
             );
             ctx.metrics
                 .objects_applied

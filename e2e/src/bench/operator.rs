@@ -333,12 +333,11 @@ where
 {
     let count = objects.len();
     let services = K::kind(&()) == LongConnService::kind(&());
-    let deadline = Instant::now() + options.converge_timeout;
     let mut following = tokio::spawn(converged_at(
         watch_client.clone(),
         namespace.to_owned(),
         Convergence::new(count, services),
-        deadline,
+        options.converge_timeout,
     ));
     let started = Instant::now();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
@@ -405,13 +404,15 @@ where
 }
 
 /// Follows the Deployments (and the LongConnServices, if `convergence` tracks them) of
-/// `namespace` with watches until every one has converged; when that happened.
+/// `namespace` with watches until every one has converged, for at most `timeout`; when that
+/// happened.
 async fn converged_at(
     client: kube::Client,
     namespace: String,
     mut convergence: Convergence,
-    deadline: Instant,
+    timeout: Duration,
 ) -> Result<Instant, ScenarioError> {
+    let deadline = Instant::now() + timeout;
     type Watched<K> = Box<Result<watcher::Event<K>, watcher::Error>>;
     enum Seen {
         Deployment(Watched<Deployment>),
@@ -452,7 +453,7 @@ async fn converged_at(
             () = tokio::time::sleep_until(deadline.into()) => {
                 return Err(ScenarioError::Timeout {
                     what: format!("every object in {namespace} to converge"),
-                    after: deadline.saturating_duration_since(Instant::now()),
+                    after: timeout,
                     last: format!("{}; last watch error: {last_error}", convergence.describe()),
                 });
             }
