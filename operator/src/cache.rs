@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -16,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
@@ -68,6 +70,53 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
 }
 
+/// How a watch backs off after a failure: 0.8 s, doubling up to 30 s, starting over only once
+/// two minutes passed since the last failure. A watch reports the start of each list before
+/// the list can fail, and the stream resets its backoff on every report, so kube's own
+/// backoff stays at its first step: a watch of an API the cluster does not serve would ask
+/// for it about once a second.
+pub struct WatchBackoff {
+    next: Duration,
+    failed_at: Option<tokio::time::Instant>,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+    const STARTS_OVER_AFTER: Duration = Duration::from_secs(120);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: Self::FIRST,
+            failed_at: None,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(Self::MAX);
+        self.failed_at = Some(tokio::time::Instant::now());
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        if self
+            .failed_at
+            .is_none_or(|at| at.elapsed() >= Self::STARTS_OVER_AFTER)
+        {
+            *self = Self::default();
+        }
+    }
+}
+
 /// Where the watches send the LongConnServices whose reconcile a change should wake.
 pub type Triggers = mpsc::UnboundedSender<ObjectRef<LongConnService>>;
 
@@ -93,7 +142,7 @@ impl Writers {
                 None => Api::all_with(client.clone(), &ar),
             };
             let watch = watcher::watcher(api, managed())
-                .default_backoff()
+                .backoff(WatchBackoff::default())
                 .modify(|o| o.managed_fields_mut().clear())
                 .reflect(writer);
             tasks.spawn(forward(
@@ -104,7 +153,7 @@ impl Writers {
             ));
         }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .modify(|p| {
                 p.managed_fields_mut().clear();
                 p.spec = None;
@@ -119,7 +168,7 @@ impl Writers {
             scoped::<PartialObjectMeta<ReplicaSet>>(client, namespace),
             managed(),
         )
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(self.replica_sets);
         tasks.spawn(forward(
@@ -466,5 +515,29 @@ mod tests {
         assert_eq!(woken.recv().await, Some(chat.clone()));
         assert_eq!(woken.recv().await, Some(chat));
         assert_eq!(woken.recv().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_keeps_failing_backs_off_to_thirty_seconds_despite_resets() {
+        let mut backoff = WatchBackoff::default();
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let delay = backoff.next().expect("a delay");
+            delays.push(delay.as_millis());
+            tokio::time::advance(delay).await;
+            // The watch reports the start of its next list before that list fails.
+            backoff.reset();
+        }
+        assert_eq!(delays, [800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_ran_two_minutes_without_failing_starts_over() {
+        let mut backoff = WatchBackoff::default();
+        backoff.next();
+        backoff.next();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(800)));
     }
 }

@@ -688,7 +688,10 @@ pub fn ensure(
     })
 }
 
+/// A lifetime from `now`, in whole seconds as a certificate stores it: what is issued reads
+/// back the same, so the status recorded at issuance is the status of every later look.
 fn lifetime(now: Timestamp, validity: SignedDuration) -> Lifetime {
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
     Lifetime {
         not_before,
@@ -783,6 +786,13 @@ mod tests {
 
     const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
     const SECOND: SignedDuration = SignedDuration::from_secs(1);
+
+    #[test]
+    fn an_issued_lifetime_is_what_its_certificate_reads_back() {
+        let issued = issue(90 * DAY, at("2026-01-01T00:00:00.75Z"));
+        let read = inspect(&issued.bundle.serving.cert_pem).expect("serving");
+        assert_eq!(issued.serving, read.lifetime);
+    }
 
     /// The first issue, from empty Secrets.
     fn issue(validity: std::time::Duration, now: Timestamp) -> Ensured {

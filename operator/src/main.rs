@@ -118,6 +118,11 @@ struct RunArgs {
         default_value = "longconn-operator"
     )]
     lease_name: String,
+    /// Requests per second the operator sends to the API server at most (renewals of the
+    /// leader Lease aside): a thousand LongConnServices applied at once are realised at this
+    /// pace instead of crowding out everyone else's requests.
+    #[arg(long, env = "LONGCONN_OPERATOR_KUBE_API_QPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    kube_api_qps: u64,
     /// How long to trust the answer to "is the ServiceMonitor / cert-manager API served?".
     #[arg(long, env = "LONGCONN_OPERATOR_DISCOVERY_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     discovery_refresh: Duration,
@@ -221,9 +226,13 @@ fn init_logs(format: LogFormat) {
 const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client for the configured cluster that counts every request it sends
-/// (`longconn_operator_api_requests_total`) and gives up on one not answered within
-/// [`API_ANSWER_TIMEOUT`].
-async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client, kube::Error> {
+/// (`longconn_operator_api_requests_total`), gives up on one not answered within
+/// [`API_ANSWER_TIMEOUT`] and, given `per_second`, sends at most that many requests in any
+/// second (the others wait their turn, untimed).
+async fn counted_client(
+    metrics: &Arc<Metrics>,
+    per_second: Option<u64>,
+) -> Result<Client, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
@@ -237,7 +246,9 @@ async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client, kube::Error> {
                 .inc();
             request
         });
+    let limit = per_second.map(|n| tower::limit::RateLimitLayer::new(n, Duration::from_secs(1)));
     Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::util::option_layer(limit))
         .with_layer(&tower::timeout::TimeoutLayer::new(API_ANSWER_TIMEOUT))
         .with_layer(&count)
         .build())
@@ -247,7 +258,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let settings = args.settings.settings();
     let metrics = Arc::new(Metrics::default());
-    let client = counted_client(&metrics)
+    let client = counted_client(&metrics, Some(args.kube_api_qps))
+        .await
+        .context("connecting to the Kubernetes API")?;
+    // The leader Lease is renewed past the rate limit: a queue of reconciles' requests must
+    // never delay a renewal until the Lease is lost.
+    let lease_client = counted_client(&metrics, None)
         .await
         .context("connecting to the Kubernetes API")?;
     let health = Arc::new(Health {
@@ -272,7 +288,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_elect {
         let (namespace, identity) = (&settings.operator_namespace, leader::identity());
         tokio::select! {
-            held = leader::Leadership::acquire(&client, &args.lease_name, namespace, &identity) => leadership = Some(held?),
+            held = leader::Leadership::acquire(&lease_client, &args.lease_name, namespace, &identity) => leadership = Some(held?),
             _ = shutdown_signal() => return shutdown(stop_tx, server).await,
         }
     }
@@ -291,7 +307,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Whether the store above holds its first list (the gateway poller waits for it).
     let (listed_tx, listed) = watch::channel(false);
     let spec_changes = watcher::watcher(lcs_api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(cache::WatchBackoff::default())
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(services_writer)
         .inspect(move |event| {

@@ -911,9 +911,11 @@ async fn apply(
             }
         }
         Err(kube::Error::Api(s)) if s.code == 409 && existing.is_none() => {
+            warn!(kind = ?kind, name = %manifest.name, "someone else's object has this name");
             Applied::Refused(conflict(kind, &manifest.name))
         }
         Err(e) => {
+            warn!(kind = ?kind, name = %manifest.name, error = %e, "apply refused");
             let message = format!("applying {kind:?} {}: {}", manifest.name, api_message(&e));
             Applied::Refused(Problem {
                 reason: "ApplyFailed",
