@@ -152,18 +152,14 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", crd_yaml()?);
-            Ok(())
-        }
+        Command::Crd => emit(&crd_yaml()?),
         Command::Rbac => {
             use longconn_operator::rbac;
             let rules = serde_json::json!({
                 "clusterRules": rbac::policy_rules(rbac::RULES),
                 "leaseRules": rbac::policy_rules(&[rbac::LEASE_RULE]),
             });
-            print!("{}", serde_yaml::to_string(&rules)?);
-            Ok(())
+            emit(&serde_yaml::to_string(&rules)?)
         }
         Command::Render { file, settings } => render(&file, &settings.settings()),
         Command::Run(args) => run(*args).await,
@@ -200,13 +196,24 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
             cert_manager: true,
         },
     };
+    let mut text = String::new();
     for manifest in desired::desired(&lcs, &observed, settings) {
-        println!(
-            "---\n{}",
-            serde_yaml::to_string(&manifest.object)?.trim_end()
-        );
+        text.push_str("---\n");
+        text.push_str(serde_yaml::to_string(&manifest.object)?.trim_end());
+        text.push('\n');
     }
-    Ok(())
+    emit(&text)
+}
+
+/// Writes `text` to stdout. A reader that stops early (`| head`) is not an error: the rest is
+/// not wanted.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -224,6 +231,13 @@ fn init_logs(format: LogFormat) {
 /// request, and the reconcile waiting on it, forever: the client sets no read timeout, since
 /// watches stay open.
 const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reconciles run at once. The API requests they send are paced (`--kube-api-qps`): with a
+/// thousand LongConnServices applied at once and every one of them reconciling, each request
+/// would wait behind all the others' and every service would be half done for minutes; a few
+/// at a time, each is finished in a moment, and its Deployment reaches the Deployment
+/// controller at once.
+const RECONCILES_AT_ONCE: u16 = 16;
 
 /// A client for the configured cluster that counts every request it sends
 /// (`longconn_operator_api_requests_total`), gives up on one not answered within
@@ -344,7 +358,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }))
     // Pod status changes come in bursts; one reconcile per burst is enough. Kept short: a
     // trigger within the window postpones the reconcile again.
-    .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+    .with_config(
+        controller::Config::default()
+            .debounce(Duration::from_millis(200))
+            .concurrency(RECONCILES_AT_ONCE),
+    )
     .graceful_shutdown_on(async {
         shutdown_signal().await;
     })

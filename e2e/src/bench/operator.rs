@@ -272,11 +272,14 @@ async fn install_crd(client: &kube::Client) -> Result<(), ScenarioError> {
 }
 
 /// LongConnService number `index` of `namespace`: the scenarios' service (the echo app behind
-/// the gateway, self-signed TLS) with one replica.
+/// the gateway, self-signed TLS) with one replica and the default progress deadline (15
+/// minutes): no pod ever runs here, and the scenarios' 3 minutes would end every rollout, and
+/// write every status, inside the periods measured.
 fn service(namespace: &str, index: usize) -> Result<LongConnService, ScenarioError> {
     let spec = ServiceSpec {
         name: format!("svc-{index:04}"),
         replicas: 1,
+        progress_deadline: "15m".to_owned(),
         ..ServiceSpec::new(namespace)
     };
     serde_json::from_value(spec.manifest())
