@@ -144,13 +144,11 @@ impl Writers {
             let watch = watcher::watcher(api, managed())
                 .backoff(WatchBackoff::default())
                 .modify(|o| o.managed_fields_mut().clear())
-                .reflect(writer);
-            tasks.spawn(forward(
-                kind.api_resource().kind,
-                watch,
-                triggers.clone(),
-                |o| owner_of(o.meta()),
-            ));
+                .reflect(writer)
+                .touched_objects();
+            tasks.spawn(forward(ar.kind, watch, triggers.clone(), |o| {
+                owner_of(o.meta())
+            }));
         }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
             .backoff(WatchBackoff::default())
@@ -158,7 +156,8 @@ impl Writers {
                 p.managed_fields_mut().clear();
                 p.spec = None;
             })
-            .reflect(self.pods);
+            .reflect(self.pods)
+            .touched_objects();
         // A pod that starts terminating (an eviction, a node drain) is followed at once,
         // before its drain report can go away with it.
         tasks.spawn(forward("Pod".to_owned(), pods, triggers.clone(), |p| {
@@ -170,7 +169,8 @@ impl Writers {
         )
         .backoff(WatchBackoff::default())
         .modify(|r| r.managed_fields_mut().clear())
-        .reflect(self.replica_sets);
+        .reflect(self.replica_sets)
+        .touched_objects();
         tasks.spawn(forward(
             "ReplicaSet".to_owned(),
             replica_sets,
@@ -221,25 +221,25 @@ where
     }
 }
 
-/// Reads `watch` to its end, sending the LongConnService each object touched concerns
-/// (`concerns`) to `triggers`; stops when no one receives them any more.
-async fn forward<K>(
+/// Reads `objects` (a watch's touched or applied objects) to its end, sending the
+/// LongConnService each one concerns (`concerns`) to `triggers`; stops when no one receives
+/// them any more.
+pub async fn forward<K>(
     kind: String,
-    watch: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    objects: impl Stream<Item = Result<K, watcher::Error>>,
     triggers: Triggers,
     concerns: impl Fn(&K) -> Option<ObjectRef<LongConnService>>,
 ) {
-    let mut watch = std::pin::pin!(watch);
-    while let Some(event) = watch.next().await {
-        match event {
-            Ok(Event::Apply(object) | Event::Delete(object) | Event::InitApply(object)) => {
+    let mut objects = std::pin::pin!(objects);
+    while let Some(object) = objects.next().await {
+        match object {
+            Ok(object) => {
                 if let Some(service) = concerns(&object)
                     && triggers.send(service).is_err()
                 {
                     return;
                 }
             }
-            Ok(Event::Init | Event::InitDone) => {}
             Err(error) => log_watch_error(&kind, &error),
         }
     }
@@ -499,15 +499,13 @@ mod tests {
         let labelled = pod("chat-abc-123-x", None);
         let mut unlabelled = pod("other", None);
         unlabelled.metadata.labels = None;
-        let events = futures::stream::iter([
-            Ok(Event::Init),
-            Ok(Event::InitApply(labelled.clone())),
-            Ok(Event::InitDone),
+        let touched = futures::stream::iter([
+            Ok(labelled.clone()),
             Err(watcher::Error::NoResourceVersion),
-            Ok(Event::Apply(unlabelled)),
-            Ok(Event::Delete(labelled)),
+            Ok(unlabelled),
+            Ok(labelled),
         ]);
-        forward("Pod".to_owned(), events, triggers, |p: &Pod| {
+        forward("Pod".to_owned(), touched, triggers, |p: &Pod| {
             service_of(p.meta())
         })
         .await;

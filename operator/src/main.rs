@@ -243,13 +243,11 @@ const RECONCILES_AT_ONCE: u16 = 16;
 /// (`longconn_operator_api_requests_total`), gives up on one not answered within
 /// [`API_ANSWER_TIMEOUT`] and, given `per_second`, sends at most that many requests in any
 /// second (the others wait their turn, untimed).
-async fn counted_client(
+fn counted_client(
+    config: kube::Config,
     metrics: &Arc<Metrics>,
     per_second: Option<u64>,
 ) -> Result<Client, kube::Error> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
     let requests = metrics.api_requests.clone();
     let count =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
@@ -272,14 +270,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let settings = args.settings.settings();
     let metrics = Arc::new(Metrics::default());
-    let client = counted_client(&metrics, Some(args.kube_api_qps))
+    let config = kube::Config::infer()
         .await
+        .context("finding the Kubernetes API's configuration")?;
+    let client = counted_client(config.clone(), &metrics, Some(args.kube_api_qps))
         .context("connecting to the Kubernetes API")?;
     // The leader Lease is renewed past the rate limit: a queue of reconciles' requests must
     // never delay a renewal until the Lease is lost.
-    let lease_client = counted_client(&metrics, None)
-        .await
-        .context("connecting to the Kubernetes API")?;
+    let lease_client =
+        counted_client(config, &metrics, None).context("connecting to the Kubernetes API")?;
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: false.into(),
@@ -336,9 +335,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .combine(predicates::annotations),
             Default::default(),
         );
-    let _services_watch = AbortOnDrop(tokio::spawn(follow_services(
+    let _services_watch = AbortOnDrop(tokio::spawn(cache::forward(
+        "LongConnService".to_owned(),
         spec_changes,
         triggers.clone(),
+        |lcs| Some(ObjectRef::from_obj(lcs)),
     )));
     // A gateway report that changed.
     let poller = tokio::spawn(gateways::poll(
@@ -389,24 +390,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("shut down");
     shutdown(stop_tx, server).await
-}
-
-/// Sends every LongConnService whose spec, labels or annotations changed to `triggers`.
-async fn follow_services(
-    changes: impl futures::Stream<Item = Result<LongConnService, watcher::Error>>,
-    triggers: cache::Triggers,
-) {
-    let mut changes = std::pin::pin!(changes);
-    while let Some(change) = changes.next().await {
-        match change {
-            Ok(lcs) => {
-                if triggers.send(ObjectRef::from_obj(&lcs)).is_err() {
-                    return;
-                }
-            }
-            Err(error) => cache::log_watch_error("LongConnService", &error),
-        }
-    }
 }
 
 /// Logs what the controller's stream reports. Only the unexpected is a warning: a failed

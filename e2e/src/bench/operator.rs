@@ -40,7 +40,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use longconn_operator::crd::LongConnService;
+use longconn_operator::crd::{LongConnService, RolloutSpec};
 use longconn_operator::desired::{self, Observed, ServedApis, Settings};
 use longconn_operator::kinds::Kind;
 use longconn_operator::labels;
@@ -279,7 +279,7 @@ fn service(namespace: &str, index: usize) -> Result<LongConnService, ScenarioErr
     let spec = ServiceSpec {
         name: format!("svc-{index:04}"),
         replicas: 1,
-        progress_deadline: "15m".to_owned(),
+        progress_deadline: RolloutSpec::default().progress_deadline.to_string(),
         ..ServiceSpec::new(namespace)
     };
     serde_json::from_value(spec.manifest())
