@@ -7,7 +7,9 @@
 # 1. longconn: a LongConnService with 6 replicas (drain.spread 10s), SESSIONS live WebSocket
 #    sessions, a template change; measured from the change until status.rollout is Complete (every
 #    old pod drained and gone). API requests are the operator's own count
-#    (longconn_operator_api_requests_total) over the rollout. Twice: with the default pacing
+#    (longconn_operator_api_requests_total) over the rollout; its leader election's requests,
+#    which come at a fixed pace whatever it does, are counted apart
+#    (longconn_operator_lease_requests_total) and shown beside. Twice: with the default pacing
 #    (maxConcurrentDrains 1), and with maxConcurrentDrains 6, which lets drains overlap as much as
 #    the plain Deployment does.
 # 2. The anchor, on the same cluster and the same pods: the operator is stopped and the
@@ -79,8 +81,9 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 [ -n "$metrics" ] || { echo "the operator did not report its metrics address" >&2; exit 1; }
-api_requests() {
-  curl -fsS "http://$metrics/metrics" | awk '/^longconn_operator_api_requests_total/ { n += $2 } END { print n + 0 }'
+# requests NAME: the operator's count of its API requests of that name (api, lease).
+requests() {
+  curl -fsS "http://$metrics/metrics" | awk -v m="^longconn_operator_$1_requests_total" '$0 ~ m { n += $2 } END { print n + 0 }'
 }
 
 sed -e "s/replicas: 3/replicas: $REPLICAS/" examples/chat.yaml | kubectl apply --server-side -f - >/dev/null
@@ -90,15 +93,16 @@ load=("$bin/longconn-e2e" load --netns longconn-client --route cluster-ip --serv
 
 # longconn_rollout NAME RELEASE: a template change under load; records wall_time, requests,
 # drained and operator_dropped under NAME and leaves the clients' report in $work/NAME-load.json.
-declare -A wall_time requests drained operator_dropped
+declare -A wall_time api lease drained operator_dropped
 longconn_rollout() {
-  local name=$1 release=$2 before requests_before start started phase
+  local name=$1 release=$2 before api_before lease_before start started phase
   "${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
     >"$work/$name-load.json" 2>"$work/$name-load.log" &
   load_pid=$!
   sleep 10
   before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
-  requests_before=$(api_requests)
+  api_before=$(requests api)
+  lease_before=$(requests lease)
   start=$(now)
   kubectl patch lcs chat --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"bench.longconn.dev/release\":\"$release\"}}}}}" >/dev/null
   for _ in $(seq 1 1200); do
@@ -109,7 +113,8 @@ longconn_rollout() {
   [ "$phase" = Complete ] || { echo "the longconn rollout did not complete within 5 minutes" >&2; exit 1; }
   wall_time[$name]=$(elapsed "$start" "$(now)")
   check_within_load "${wall_time[$name]}"
-  requests[$name]=$(( $(api_requests) - requests_before ))
+  api[$name]=$(( $(requests api) - api_before ))
+  lease[$name]=$(( $(requests lease) - lease_before ))
   drained[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.podsDrained}')
   operator_dropped[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.sessionsDropped}')
   wait "$load_pid" || true
@@ -158,14 +163,14 @@ echo "    ${plain_time}s; clients: $(tail -n 1 "$work/plain-load.log")"
 
 step "Results: $REPLICAS-pod rolling update, $SESSIONS live sessions, drain.spread 10s, one run"
 per_pod() { awk -v r="$1" -v d="$2" 'BEGIN { if (d > 0) printf "%.1f (%d for %d pods)", r / d, r, d; else print "-" }'; }
-row() { printf '    %-34s %10s %18s %19s %30s\n' "$@"; }
-row "" "wall time" "dropped (clients)" "dropped (operator)" "API requests per drained pod"
+row() { printf '    %-34s %10s %18s %19s %30s %15s\n' "$@"; }
+row "" "wall time" "dropped (clients)" "dropped (operator)" "API requests per drained pod" "Lease requests"
 for name in serial parallel; do
   label="longconn, maxConcurrentDrains 1"
   [ "$name" = parallel ] && label="longconn, maxConcurrentDrains $REPLICAS"
   row "$label" "${wall_time[$name]}s" "$(json_field "$work/$name-load.json" dropped)" \
-    "${operator_dropped[$name]}" "$(per_pod "${requests[$name]}" "${drained[$name]}")"
+    "${operator_dropped[$name]}" "$(per_pod "${api[$name]}" "${drained[$name]}")" "${lease[$name]}"
 done
-row "plain Deployment (anchor)" "${plain_time}s" "$(json_field "$work/plain-load.json" dropped)" "-" "- (made by the controllers)"
+row "plain Deployment (anchor)" "${plain_time}s" "$(json_field "$work/plain-load.json" dropped)" "-" "- (made by the controllers)" "-"
 awk -v a="${wall_time[serial]}" -v b="${wall_time[parallel]}" -v p="$plain_time" \
   'BEGIN { printf "    wall time against the anchor: %.2f (maxConcurrentDrains 1), %.2f (maxConcurrentDrains '"$REPLICAS"')\n", a / p, b / p }'

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -133,6 +133,7 @@ impl Writers {
         client: &Client,
         namespace: Option<&str>,
         triggers: &Triggers,
+        apis: &watch::Receiver<Option<ServedApis>>,
     ) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         for (kind, writer) in self.owned {
@@ -141,14 +142,13 @@ impl Writers {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                 None => Api::all_with(client.clone(), &ar),
             };
-            let watch = watcher::watcher(api, managed())
-                .backoff(WatchBackoff::default())
-                .modify(|o| o.managed_fields_mut().clear())
-                .reflect(writer)
-                .touched_objects();
-            tasks.spawn(forward(ar.kind, watch, triggers.clone(), |o| {
-                owner_of(o.meta())
-            }));
+            tasks.spawn(watch_while_served(
+                kind,
+                api,
+                writer,
+                apis.clone(),
+                triggers.clone(),
+            ));
         }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
             .backoff(WatchBackoff::default())
@@ -208,6 +208,44 @@ impl Writers {
         self.pods.apply_watcher_event(&Event::InitDone);
         self.replica_sets.apply_watcher_event(&Event::Init);
         self.replica_sets.apply_watcher_event(&Event::InitDone);
+    }
+}
+
+/// Watches the owned objects of `kind` into `writer` while the cluster serves their API (as
+/// discovery last said; always, for the built-in kinds), sending their owners to `triggers`.
+/// A watch of an API that is not served would only fail again and again; it starts once
+/// discovery finds the API, and stops if it goes away.
+async fn watch_while_served(
+    kind: Kind,
+    api: Api<DynamicObject>,
+    mut writer: Writer<DynamicObject>,
+    mut apis: watch::Receiver<Option<ServedApis>>,
+    triggers: Triggers,
+) {
+    let served = move |apis: &Option<ServedApis>, yes: bool| {
+        apis.is_some_and(|apis| apis.serve(kind) == yes)
+    };
+    while !triggers.is_closed() {
+        if apis.wait_for(|a| served(a, true)).await.is_err() {
+            return;
+        }
+        let mut unserved = apis.clone();
+        let gone = async move {
+            let _ = unserved.wait_for(|a| served(a, false)).await;
+        };
+        let objects = watcher::watcher(api.clone(), managed())
+            .backoff(WatchBackoff::default())
+            .modify(|o| o.managed_fields_mut().clear())
+            .map_ok(|event| {
+                writer.apply_watcher_event(&event);
+                event
+            })
+            .touched_objects()
+            .take_until(gone);
+        forward(format!("{kind:?}"), objects, triggers.clone(), |o| {
+            owner_of(o.meta())
+        })
+        .await;
     }
 }
 

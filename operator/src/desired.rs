@@ -109,6 +109,17 @@ pub struct ServedApis {
     pub cert_manager: bool,
 }
 
+impl ServedApis {
+    /// Whether objects of `kind` can be made: its API is served, or it needs none optional.
+    pub fn serve(self, kind: Kind) -> bool {
+        match kind {
+            Kind::ServiceMonitor => self.service_monitor,
+            Kind::Certificate => self.cert_manager,
+            _ => true,
+        }
+    }
+}
+
 /// What the reconciler found that the desired objects depend on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {

@@ -22,6 +22,8 @@ use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
 use longconn_operator::{cache, gateways, leader};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -123,7 +125,8 @@ struct RunArgs {
     /// pace instead of crowding out everyone else's requests.
     #[arg(long, env = "LONGCONN_OPERATOR_KUBE_API_QPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     kube_api_qps: u64,
-    /// How long to trust the answer to "is the ServiceMonitor / cert-manager API served?".
+    /// How often to ask whether the ServiceMonitor and cert-manager APIs are served (their
+    /// objects are made, and watched, only once they are).
     #[arg(long, env = "LONGCONN_OPERATOR_DISCOVERY_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     discovery_refresh: Duration,
     /// Log format.
@@ -239,25 +242,26 @@ const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// controller at once.
 const RECONCILES_AT_ONCE: u16 = 16;
 
-/// A client for the configured cluster that counts every request it sends
-/// (`longconn_operator_api_requests_total`), gives up on one not answered within
+/// A client for the configured cluster that counts every request it sends in `requests`
+/// (by HTTP method), gives up on one not answered within
 /// [`API_ANSWER_TIMEOUT`] and, given `per_second`, sends at most that many requests in any
 /// second (the others wait their turn, untimed).
 fn counted_client(
     config: kube::Config,
-    metrics: &Arc<Metrics>,
+    requests: Family<MethodLabels, Counter>,
     per_second: Option<u64>,
 ) -> Result<Client, kube::Error> {
-    let requests = metrics.api_requests.clone();
-    let count =
-        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+    let count = tower::util::MapRequestLayer::new(
+        move |request: http::Request<kube::client::Body>| {
             requests
                 .get_or_create(&MethodLabels {
                     method: Method::of(request.method()),
                 })
                 .inc();
+            debug!(target: "longconn_operator::api", method = %request.method(), uri = %request.uri(), "request");
             request
-        });
+        },
+    );
     let limit = per_second.map(|n| tower::limit::RateLimitLayer::new(n, Duration::from_secs(1)));
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&tower::util::option_layer(limit))
@@ -273,12 +277,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API's configuration")?;
-    let client = counted_client(config.clone(), &metrics, Some(args.kube_api_qps))
-        .context("connecting to the Kubernetes API")?;
+    let client = counted_client(
+        config.clone(),
+        metrics.api_requests.clone(),
+        Some(args.kube_api_qps),
+    )
+    .context("connecting to the Kubernetes API")?;
     // The leader Lease is renewed past the rate limit: a queue of reconciles' requests must
-    // never delay a renewal until the Lease is lost.
-    let lease_client =
-        counted_client(config, &metrics, None).context("connecting to the Kubernetes API")?;
+    // never delay a renewal until the Lease is lost. Its requests are counted apart: they
+    // come at a fixed pace, whatever the operator is doing.
+    let lease_client = counted_client(config, metrics.lease_requests.clone(), None)
+        .context("connecting to the Kubernetes API")?;
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: false.into(),
@@ -307,13 +316,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let (caches, writers) = cache::new();
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics, caches));
+    // Which optional APIs are served is asked on a schedule of its own; a changed answer
+    // wakes every LongConnService (a ServiceMonitor can now be made, say).
+    let apis = ctx.served_apis();
+    let _discovery = AbortOnDrop(tokio::spawn(discover(ctx.clone(), args.discovery_refresh)));
+    let apis_changed = futures::stream::unfold(ctx.served_apis(), |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
     // Every watch runs in a task of its own and sends what should wake a reconcile here.
     let (triggers, woken) = mpsc::unbounded_channel();
-    let _watches = writers.spawn(&client, ns, &triggers);
-    let ctx = Arc::new(
-        Context::new(client.clone(), settings, metrics, caches)
-            .with_discovery_ttl(args.discovery_refresh),
-    );
+    let _watches = writers.spawn(&client, ns, &triggers, &apis);
     // The main watch wakes a reconcile only when the spec, labels or annotations change: the
     // operator's own status writes do not come back as work.
     let (services, services_writer) = reflector::store::<LongConnService>();
@@ -357,6 +370,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
         rx.recv().await.map(|lcs| (lcs, rx))
     }))
+    .reconcile_all_on(apis_changed)
     // Pod status changes come in bursts; one reconcile per burst is enough. Kept short: a
     // trigger within the window postpones the reconcile again.
     .with_config(
@@ -390,6 +404,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("shut down");
     shutdown(stop_tx, server).await
+}
+
+/// Asks which optional APIs the cluster serves every `every` (every second until it first
+/// answered).
+async fn discover(ctx: Arc<Context>, every: Duration) {
+    let apis = ctx.served_apis();
+    loop {
+        ctx.discover().await;
+        let pause = if apis.borrow().is_some() {
+            every
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Logs what the controller's stream reports. Only the unexpected is a warning: a failed

@@ -128,6 +128,7 @@ pub struct Metrics {
     pub drain_duration: Histogram,
     pub rollout_phase: Family<PhaseLabels, Gauge>,
     pub api_requests: Family<MethodLabels, Counter>,
+    pub lease_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -207,9 +208,17 @@ impl Default for Metrics {
             "Requests sent to the Kubernetes API server, by HTTP method (a watch counts once)",
             api_requests.clone(),
         );
+        let lease_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "lease_requests",
+            "Requests sent to the Kubernetes API server for leader election (the Lease), by \
+             HTTP method; not counted in api_requests",
+            lease_requests.clone(),
+        );
         Self {
             registry,
             api_requests,
+            lease_requests,
             drains_started,
             drains_finished,
             sessions_migrated,

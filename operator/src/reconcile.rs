@@ -23,6 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use longconn_drain_api::{DrainRequest, DrainStrategy};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
 use crate::cache::Caches;
@@ -40,8 +41,8 @@ use crate::plan::{self, Certificate, Outcome, Refusals};
 use crate::rollout::{LOWEST_COST, Note, Plan};
 use crate::status::{CertFacts, Problem};
 
-/// How long the answer to "is this optional API served?" is trusted, by default.
-pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+/// How often the cluster is asked which optional APIs it serves, by default.
+pub const DISCOVERY_REFRESH: Duration = Duration::from_secs(60);
 /// Requeue after a reconcile that saw a stale view or could not act fully.
 const SOON: Duration = Duration::from_secs(1);
 
@@ -122,8 +123,8 @@ pub struct Context {
     /// The gateways' latest reports.
     pub reports: Reports,
     recorder: Recorder,
-    discovery_ttl: Duration,
-    discovery: Mutex<Option<(Instant, ServedApis)>>,
+    /// Which optional APIs the cluster serves, once asked ([`Context::discover`]).
+    apis: watch::Sender<Option<ServedApis>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
     /// What the last attempt to apply each LongConnService's manifests refused.
     problems: Mutex<HashMap<ObjectRef<LongConnService>, Refusals>>,
@@ -146,8 +147,7 @@ impl Context {
             metrics,
             caches,
             reports: Reports::default(),
-            discovery_ttl: DISCOVERY_TTL,
-            discovery: Mutex::new(None),
+            apis: watch::Sender::new(None),
             failures: Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             sessions_recorded: Mutex::new(HashMap::new()),
@@ -155,36 +155,33 @@ impl Context {
         }
     }
 
-    /// Sets how long discovery answers are trusted (tests use a short one).
-    pub fn with_discovery_ttl(mut self, ttl: Duration) -> Self {
-        self.discovery_ttl = ttl;
-        self
-    }
-
-    /// Which optional APIs are served, asked at most once per discovery TTL. An API whose
-    /// group could not be asked (a transient error, not a 404) keeps its last known answer and
-    /// is asked again on the next reconcile, so a blip never flips MonitoringReady.
-    async fn served_apis(&self) -> ServedApis {
-        let cached = self.discovery.lock().ok().and_then(|cache| *cache);
-        if let Some((at, apis)) = cached
-            && at.elapsed() < self.discovery_ttl
-        {
-            return apis;
-        }
-        let previous = cached.map(|(_, apis)| apis).unwrap_or_default();
+    /// Asks the cluster which optional APIs it serves and publishes the answer (to the
+    /// reconciles and to the watches of those APIs); returns whether it changed. An API whose
+    /// group could not be asked (a transient error, not a 404) keeps its last known answer, so
+    /// a blip never flips MonitoringReady. Runs on its own schedule, never in a reconcile.
+    pub async fn discover(&self) -> bool {
+        let previous = (*self.apis.borrow()).unwrap_or_default();
         let service_monitor = self.serves(Kind::ServiceMonitor).await;
         let cert_manager = self.serves(Kind::Certificate).await;
+        let known = self.apis.borrow().is_some();
+        if !known && (service_monitor.is_none() || cert_manager.is_none()) {
+            // No answer to keep yet: reconciles wait for a complete one.
+            return false;
+        }
         let apis = ServedApis {
             service_monitor: service_monitor.unwrap_or(previous.service_monitor),
             cert_manager: cert_manager.unwrap_or(previous.cert_manager),
         };
-        if service_monitor.is_some()
-            && cert_manager.is_some()
-            && let Ok(mut cache) = self.discovery.lock()
-        {
-            *cache = Some((Instant::now(), apis));
-        }
-        apis
+        self.apis.send_if_modified(|old| {
+            let changed = *old != Some(apis);
+            *old = Some(apis);
+            changed
+        })
+    }
+
+    /// The latest answer of [`Context::discover`]: None until the cluster answered once.
+    pub fn served_apis(&self) -> watch::Receiver<Option<ServedApis>> {
+        self.apis.subscribe()
     }
 
     /// Whether the cluster serves `kind`'s API; None when discovery failed for another reason
@@ -309,7 +306,10 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         }
     }
     let key = ObjectRef::from_obj(lcs);
-    let apis = ctx.served_apis().await;
+    let Some(apis) = *ctx.apis.borrow() else {
+        debug!("the optional APIs are not discovered yet");
+        return Ok(Action::requeue(SOON));
+    };
     if !ctx.caches.ready(apis) {
         debug!("the caches are not filled yet");
         return Ok(Action::requeue(SOON));
@@ -614,12 +614,15 @@ async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Er
 /// the pod's finalizers, checked by the patch itself), so the pod can go.
 pub async fn release(ctx: &Context, ns: &str, pod: &str, at: usize) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let path = format!("/metadata/finalizers/{at}");
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": desired::DRAIN_REPORT_FINALIZER},
-        {"op": "remove", "path": path},
-    ]))
-    .unwrap_or_else(|_| json_patch::Patch(Vec::new()));
+    let path = json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers"])
+        .with_trailing_token(at);
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: path.clone(),
+            value: desired::DRAIN_REPORT_FINALIZER.into(),
+        }),
+        json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+    ]);
     match api
         .patch(pod, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

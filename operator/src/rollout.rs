@@ -321,7 +321,12 @@ pub fn follow_drains(input: &Input, losses: &[GatewayLoss]) -> Book {
                 book.tally.add(&entry);
             }
             (Some(pod), Some(report)) => {
-                copy_report(&mut entry, report);
+                // A drain's progress is recorded with the gateways' open sessions, on their
+                // coarse schedule; its end at once. Between two records the entry's open
+                // sessions can only be too high: a drained gateway takes no new session.
+                if input.refresh_sessions || report.is_finished() {
+                    copy_report(&mut entry, report);
+                }
                 if report.is_finished() {
                     entry.finished_at = Some(Time(now));
                     book.events.push(drained_note(&entry, now));
@@ -1073,6 +1078,17 @@ mod tests {
 
     /// A step of three pods of revision `a` towards `update`, at `now`.
     fn step_to(lcs: &LongConnService, update: &str, now: Timestamp, pods: &[PodFacts]) -> Plan {
+        step_recording(lcs, update, now, pods, true)
+    }
+
+    /// [`step_to`], recording the open sessions or not.
+    fn step_recording(
+        lcs: &LongConnService,
+        update: &str,
+        now: Timestamp,
+        pods: &[PodFacts],
+        refresh_sessions: bool,
+    ) -> Plan {
         step(&Input {
             lcs,
             update_revision: update,
@@ -1084,7 +1100,7 @@ mod tests {
             }],
             pods,
             update_stalled: false,
-            refresh_sessions: true,
+            refresh_sessions,
             now,
         })
     }
@@ -1105,6 +1121,43 @@ mod tests {
             r.sessions_migrated, 5,
             "the released pod's report is counted"
         );
+    }
+
+    #[test]
+    fn a_drain_s_progress_is_recorded_on_the_sessions_schedule_and_its_end_at_once() {
+        let status = crate::crd::LongConnServiceStatus {
+            rollout: Some(RolloutStatus {
+                revision: "a".to_owned(),
+                draining: vec![DrainingPod {
+                    pod: "a-1".to_owned(),
+                    revision: "a".to_owned(),
+                    started_at: Some(Time("2026-01-01T00:00:00Z".parse().expect("time"))),
+                    sessions_at_start: 5,
+                    active: 5,
+                    ..DrainingPod::default()
+                }],
+                ..RolloutStatus::default()
+            }),
+            ..Default::default()
+        };
+        let lcs = LongConnService::test().replicas(3).status(status).build();
+        let now = "2026-01-01T00:00:05Z".parse().expect("time");
+        let entry = |pods: &[PodFacts], refresh_sessions: bool| {
+            let plan = step_recording(&lcs, "a", now, pods, refresh_sessions);
+            plan.rollout.expect("recorded").draining[0].clone()
+        };
+        let draining = [pod("a-1", Some(DrainState::Draining), 2)];
+        let held = entry(&draining, false);
+        assert_eq!(
+            (held.active, held.migrated),
+            (5, 0),
+            "progress alone is not worth a status write"
+        );
+        let refreshed = entry(&draining, true);
+        assert_eq!((refreshed.active, refreshed.migrated), (2, 3));
+        let finished = entry(&[pod("a-1", Some(DrainState::Drained), 0)], false);
+        assert_eq!((finished.active, finished.migrated), (0, 5));
+        assert!(finished.finished_at.is_some());
     }
 
     #[test]

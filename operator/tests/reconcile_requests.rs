@@ -350,6 +350,10 @@ fn sync(store: &Store, writers: &Mutex<Writers>) {
 
 /// One reconcile with caches as fresh as the fake; returns the requests it sent.
 async fn reconcile_once(store: &Arc<Mutex<Store>>, fixture: &Fixture) -> Vec<String> {
+    if fixture.ctx.served_apis().borrow().is_none() {
+        // As the operator does on its own schedule, before any reconcile.
+        fixture.ctx.discover().await;
+    }
     let lcs: LongConnService = {
         let mut s = store.lock().expect("store");
         s.log.clear();
@@ -385,15 +389,14 @@ struct Fixture {
     writers: Mutex<Writers>,
 }
 
-fn fixture(store: &Arc<Mutex<Store>>, discovery_ttl: std::time::Duration) -> Fixture {
+fn fixture(store: &Arc<Mutex<Store>>) -> Fixture {
     let (caches, writers) = cache::new();
     let ctx = Context::new(
         fake(store.clone()),
         Settings::default(),
         Arc::new(Metrics::default()),
         caches,
-    )
-    .with_discovery_ttl(discovery_ttl);
+    );
     Fixture {
         ctx: Arc::new(ctx),
         writers: Mutex::new(writers),
@@ -414,7 +417,7 @@ fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Fixture) {
         .entry(LCS_PATH.to_owned())
         .or_default()
         .insert("chat".to_owned(), chat());
-    let fixture = fixture(&store, reconcile::DISCOVERY_TTL);
+    let fixture = fixture(&store);
     (store, fixture)
 }
 
@@ -433,9 +436,7 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
         .to_owned();
     let secrets = "/api/v1/namespaces/default/secrets";
     let mut expected: Vec<String> = vec![
-        "GET /apis/monitoring.coreos.com/v1".into(),
-        "GET /apis/cert-manager.io/v1".into(),
-        // Recorded first...
+        // Recorded first (discovery ran before, on its own schedule)...
         format!("PATCH {LCS_PATH}/chat/status"),
         // ...then the Events that follow the record: the CA and serving certificate issued,
         // MonitoringReady=False (no ServiceMonitor API)...
@@ -599,15 +600,19 @@ async fn objects_no_longer_desired_are_deleted() {
 
 #[tokio::test]
 async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_service_monitor() {
-    let (store, _) = setup(vec!["monitoring.coreos.com"]);
-    let fixture = fixture(&store, std::time::Duration::ZERO);
+    let (store, fixture) = setup(vec!["monitoring.coreos.com"]);
     reconcile_once(&store, &fixture).await;
     store.lock().expect("store").discovery_failing = true;
-    let log = reconcile_once(&store, &fixture).await;
+    assert!(!fixture.ctx.discover().await, "the answer did not change");
     assert!(
-        log.contains(&"GET /apis/monitoring.coreos.com/v1".to_owned()),
+        store
+            .lock()
+            .expect("store")
+            .log
+            .contains(&"GET /apis/monitoring.coreos.com/v1".to_owned()),
         "discovery was asked again"
     );
+    let log = reconcile_once(&store, &fixture).await;
     assert!(!log.iter().any(|l| l.starts_with("DELETE")), "{log:#?}");
     let s = store.lock().expect("store");
     assert!(
@@ -616,6 +621,46 @@ async fn a_failed_discovery_keeps_the_last_answer_instead_of_dropping_the_servic
     );
     let monitoring = condition(&s, "MonitoringReady");
     assert_eq!(monitoring["status"], "True");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_optional_api_is_watched_only_once_discovery_finds_it() {
+    let (store, fixture) = setup(vec![]);
+    let (_, writers) = cache::new();
+    fixture.ctx.discover().await;
+    let (triggers, _woken) = tokio::sync::mpsc::unbounded_channel();
+    let _watches = writers.spawn(
+        &fake(store.clone()),
+        Some("default"),
+        &triggers,
+        &fixture.ctx.served_apis(),
+    );
+    let monitors = "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors";
+    let asked = |store: &Arc<Mutex<Store>>| {
+        let s = store.lock().expect("store");
+        (
+            s.log.iter().filter(|l| l.ends_with(monitors)).count(),
+            s.log.iter().filter(|l| l.ends_with(DEPLOYMENTS)).count(),
+        )
+    };
+    // Five minutes in which the watch of every built-in kind is asked (and, the fake serving
+    // no watch, fails and is asked again with backoff).
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    let (monitor_requests, deployment_requests) = asked(&store);
+    assert!(deployment_requests > 0, "the built-in kinds are watched");
+    assert_eq!(
+        monitor_requests, 0,
+        "an API the cluster does not serve is not asked for"
+    );
+
+    store
+        .lock()
+        .expect("store")
+        .served_groups
+        .push("monitoring.coreos.com");
+    assert!(fixture.ctx.discover().await, "the answer changed");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(asked(&store).0 > 0, "watched once served");
 }
 
 /// Adds pod `i` of `deployment` as a ReplicaSet of that Deployment would create it and a

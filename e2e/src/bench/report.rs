@@ -9,6 +9,8 @@ use serde::Serialize;
 
 /// The operator's counter of requests to the API server, labelled by HTTP method.
 pub const API_REQUESTS: &str = "longconn_operator_api_requests_total";
+/// The same, for the requests of leader election (counted in the figures here too).
+pub const LEASE_REQUESTS: &str = "longconn_operator_lease_requests_total";
 /// The operator's counter of reconciles.
 pub const RECONCILES: &str = "longconn_operator_reconciles_total";
 
@@ -37,7 +39,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Reads [`API_REQUESTS`] and [`RECONCILES`] from an OpenMetrics text exposition.
+    /// Reads [`API_REQUESTS`] and [`LEASE_REQUESTS`] (added up: every request of the process)
+    /// and [`RECONCILES`] from an OpenMetrics text exposition.
     pub fn parse(text: &str) -> Self {
         let mut counters = Counters::default();
         for line in text.lines().filter(|line| !line.starts_with('#')) {
@@ -50,7 +53,7 @@ impl Counters {
             // Counters are whole numbers; the exposition may still write them as floats.
             let value = value.max(0.0).round() as u64;
             let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            if name == API_REQUESTS {
+            if name == API_REQUESTS || name == LEASE_REQUESTS {
                 let method = label(labels, "method").unwrap_or("?").to_uppercase();
                 *counters.requests.entry(method).or_default() += value;
             } else if name == RECONCILES {
@@ -453,6 +456,7 @@ longconn_operator_reconciles_total 12
 longconn_operator_api_requests_total{method=\"Get\"} 40
 longconn_operator_api_requests_total{method=\"Patch\"} 7
 longconn_operator_api_requests_total{method=\"Post\"} 3.0
+longconn_operator_lease_requests_total{method=\"Patch\"} 2
 longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
 # EOF
 ";
@@ -463,10 +467,11 @@ longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
         assert_eq!(counters.reconciles, 12);
         assert_eq!(
             counters.requests,
-            BTreeMap::from([("GET".into(), 40), ("PATCH".into(), 7), ("POST".into(), 3)])
+            BTreeMap::from([("GET".into(), 40), ("PATCH".into(), 9), ("POST".into(), 3)]),
+            "the leader election's requests are the process's too"
         );
-        assert_eq!(counters.total(), 50);
-        assert_eq!(counters.writes(), 10);
+        assert_eq!(counters.total(), 52);
+        assert_eq!(counters.writes(), 12);
     }
 
     #[test]
