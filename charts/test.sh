@@ -171,6 +171,11 @@ check "refuses one replica with a PodDisruptionBudget of minAvailable 1 (blocks 
   "at '/replicaCount': minimum: got 1, want 2
 at '/podDisruptionBudget/enabled': value must be false
 at '/podDisruptionBudget/minAvailable': maximum: got 1, want 0" --set replicaCount=1
+# A schema cannot compare two values, so the template refuses this one; helm lint reports a
+# template's `fail` only as [INFO], so helm template (and install) are what refuse it.
+check "refuses a PodDisruptionBudget that keeps every one of 3 replicas (blocks every drain)" \
+  refused_by "helm template" "podDisruptionBudget.minAvailable (3) must be below replicaCount (3)" \
+  "${helm}" template x "${chart}" -n "${release_ns}" --set replicaCount=3,podDisruptionBudget.minAvailable=3
 check "helm lint accepts one replica without leader election or PodDisruptionBudget" \
   "${helm}" lint --strict "${chart}" --set replicaCount=1,leaderElection.enabled=false,podDisruptionBudget.enabled=false
 check "helm template accepts one replica without leader election or PodDisruptionBudget" \

@@ -5,7 +5,13 @@
 //! The watches that fill the caches are also the controller's triggers ([`Writers::spawn`]
 //! sends what each change concerns), so what wakes a reconcile is already in the cache.
 //! `managedFields` are dropped on the way in, and so are pods' specs: no decision reads them.
+//!
+//! Owned objects are kept compact ([`Compact`]): their metadata as read, the rest as the JSON
+//! text it came in. A `serde_json::Value` takes eight to ten times the room of its text (every
+//! map is a B-tree with its own nodes), and a thousand LongConnServices own seven thousand
+//! objects; a reconcile expands only the few of its own service.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +20,8 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, TypeMeta};
+use kube::core::DynamicResourceScope;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::utils::Backoff;
@@ -32,21 +39,21 @@ use crate::labels::{self, MANAGED_BY, MANAGER};
 /// Read side of the caches, held by the reconciler.
 #[derive(Clone)]
 pub struct Caches {
-    owned: BTreeMap<Kind, Store<DynamicObject>>,
+    owned: BTreeMap<Kind, Store<Compact>>,
     pods: Store<Pod>,
     replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
 }
 
 /// Write side of the caches: fed by the watches (or, in tests, by hand).
 pub struct Writers {
-    owned: BTreeMap<Kind, Writer<DynamicObject>>,
+    owned: BTreeMap<Kind, Writer<Compact>>,
     pods: Writer<Pod>,
     replica_sets: Writer<PartialObjectMeta<ReplicaSet>>,
 }
 
 /// Empty caches and the writers that fill them.
 pub fn new() -> (Caches, Writers) {
-    let owned: BTreeMap<Kind, Writer<DynamicObject>> = Kind::ALL
+    let owned: BTreeMap<Kind, Writer<Compact>> = Kind::ALL
         .into_iter()
         .map(|kind| (kind, Writer::new(kind.api_resource())))
         .collect();
@@ -66,8 +73,88 @@ pub fn new() -> (Caches, Writers) {
 }
 
 /// The selector of everything the operator created (pods carry the labels of their template).
+/// Lists come in pages of [`PAGE`]: each page is read whole before it is made compact.
 fn managed() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
+    watcher::Config::default()
+        .labels(&format!("{MANAGED_BY}={MANAGER}"))
+        .page_size(PAGE)
+}
+
+/// Objects per page of a watch's list.
+const PAGE: u32 = 100;
+
+/// An owned object as the cache keeps it: its metadata, and everything else as JSON text.
+#[derive(Clone, Debug)]
+pub struct Compact {
+    types: Option<TypeMeta>,
+    metadata: ObjectMeta,
+    /// `spec`, `status`, `data`, ...: the object's other fields, as one JSON object.
+    rest: Box<str>,
+}
+
+impl Compact {
+    /// The object whole again, for a reconcile to read.
+    pub fn expand(&self) -> DynamicObject {
+        DynamicObject {
+            types: self.types.clone(),
+            metadata: self.metadata.clone(),
+            data: serde_json::from_str(&self.rest).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<DynamicObject> for Compact {
+    fn from(object: DynamicObject) -> Self {
+        Compact {
+            types: object.types,
+            metadata: object.metadata,
+            rest: object.data.to_string().into_boxed_str(),
+        }
+    }
+}
+
+impl Resource for Compact {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::group(dt)
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::version(dt)
+    }
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::kind(dt)
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::api_version(dt)
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A watch event, its object made compact.
+fn compact(event: Event<DynamicObject>) -> Event<Compact> {
+    match event {
+        Event::Apply(o) => Event::Apply(o.into()),
+        Event::Delete(o) => Event::Delete(o.into()),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(o.into()),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// How a watch backs off after a failure: 0.8 s, doubling up to 30 s, starting over only once
@@ -183,7 +270,7 @@ impl Writers {
     /// Puts an object of `kind` in the cache (tests).
     pub fn apply_owned(&mut self, kind: Kind, object: DynamicObject) {
         if let Some(writer) = self.owned.get_mut(&kind) {
-            writer.apply_watcher_event(&Event::Apply(object));
+            writer.apply_watcher_event(&Event::Apply(object.into()));
         }
     }
 
@@ -218,7 +305,7 @@ impl Writers {
 async fn watch_while_served(
     kind: Kind,
     api: Api<DynamicObject>,
-    mut writer: Writer<DynamicObject>,
+    mut writer: Writer<Compact>,
     mut apis: watch::Receiver<Option<ServedApis>>,
     triggers: Triggers,
 ) {
@@ -237,6 +324,7 @@ async fn watch_while_served(
             .backoff(WatchBackoff::default())
             .modify(|o| o.managed_fields_mut().clear())
             .map_ok(|event| {
+                let event = compact(event);
                 writer.apply_watcher_event(&event);
                 event
             })
@@ -338,6 +426,21 @@ impl Caches {
 
     /// The objects of `kind` in `namespace` labelled as created for the LongConnService `name`.
     pub fn owned(&self, kind: Kind, namespace: &str, name: &str) -> Vec<Arc<DynamicObject>> {
+        self.owned_compact(kind, namespace, name)
+            .iter()
+            .map(|o| Arc::new(o.expand()))
+            .collect()
+    }
+
+    /// The metadata of the objects [`Caches::owned`] returns, without expanding them.
+    pub fn owned_metadata(&self, kind: Kind, namespace: &str, name: &str) -> Vec<ObjectMeta> {
+        self.owned_compact(kind, namespace, name)
+            .iter()
+            .map(|o| o.metadata.clone())
+            .collect()
+    }
+
+    fn owned_compact(&self, kind: Kind, namespace: &str, name: &str) -> Vec<Arc<Compact>> {
         let Some(store) = self.owned.get(&kind) else {
             return Vec::new();
         };
@@ -349,7 +452,19 @@ impl Caches {
 
     /// The object of `kind` called `name` in `namespace`, if the operator's watch holds it
     /// (that is: it carries the managed-by label).
-    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<DynamicObject> {
+        self.get_compact(kind, namespace, name).map(|o| o.expand())
+    }
+
+    /// The resourceVersion of [`Caches::get`]'s object, without expanding it.
+    pub fn resource_version(&self, kind: Kind, namespace: &str, name: &str) -> Option<String> {
+        self.get_compact(kind, namespace, name)?
+            .metadata
+            .resource_version
+            .clone()
+    }
+
+    fn get_compact(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Compact>> {
         let store = self.owned.get(&kind)?;
         store.get(&ObjectRef::new_with(name, kind.api_resource()).within(namespace))
     }
@@ -431,6 +546,22 @@ mod tests {
             },
             ..Pod::default()
         }
+    }
+
+    #[test]
+    fn a_compact_object_expands_to_the_object_it_was_made_from() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "chat-abc", "namespace": "default", "resourceVersion": "7",
+                         "labels": {"app.kubernetes.io/instance": "chat"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app"}]}}},
+            "status": {"readyReplicas": 2},
+        }))
+        .expect("object");
+        let compact = Compact::from(object.clone());
+        assert_eq!(compact.metadata, object.metadata);
+        assert_eq!(compact.expand(), object);
     }
 
     #[test]

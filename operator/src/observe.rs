@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::{Resource, ResourceExt};
@@ -28,10 +29,6 @@ use crate::rollout::{DELETION_COST, PodFacts};
 pub struct Owned(BTreeMap<Kind, Vec<Arc<DynamicObject>>>);
 
 impl Owned {
-    pub fn new(objects: BTreeMap<Kind, Vec<Arc<DynamicObject>>>) -> Self {
-        Self(objects)
-    }
-
     pub fn find(&self, kind: Kind, name: &str) -> Option<&DynamicObject> {
         self.0
             .get(&kind)?
@@ -52,14 +49,15 @@ impl Owned {
 
     /// A key of one of the Secrets, as text.
     pub fn secret_value(&self, secret: &str, key: &str) -> Option<String> {
-        let data = self
-            .find(Kind::Secret, secret)?
-            .data
-            .get("data")?
-            .get(key)?;
-        let bytes: k8s_openapi::ByteString = serde_json::from_value(data.clone()).ok()?;
-        String::from_utf8(bytes.0).ok()
+        secret_value(self.find(Kind::Secret, secret)?, key)
     }
+}
+
+/// A key of a Secret, as text.
+fn secret_value(secret: &DynamicObject, key: &str) -> Option<String> {
+    let data = secret.data.get("data")?.get(key)?;
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(data.clone()).ok()?;
+    String::from_utf8(bytes.0).ok()
 }
 
 /// A user's own TLS Secret (mode Secret), as read.
@@ -123,7 +121,11 @@ pub async fn observe(
     let name = lcs.name_any();
     let owned = owned(ctx, &ns, &name, apis);
     let admin_token = owned.secret_value(&names::admin_token(&name), desired::ADMIN_TOKEN_KEY);
-    let pods = service_pods(ctx, lcs, &owned);
+    let pods = service_pods(
+        ctx,
+        lcs,
+        owned.of_kind(Kind::Deployment).map(|d| &d.metadata),
+    );
     let port = desired::admin_port(lcs);
     let mut admin = BTreeMap::new();
     let mut finalizer_at = BTreeMap::new();
@@ -184,13 +186,16 @@ fn owned(ctx: &Context, ns: &str, name: &str, apis: ServedApis) -> Owned {
 }
 
 /// The pods of `lcs`: labelled as its pods and controlled by a ReplicaSet of one of its own
-/// Deployments.
-fn service_pods(ctx: &Context, lcs: &LongConnService, owned: &Owned) -> Vec<Arc<Pod>> {
+/// Deployments (`deployments`: the metadata of those labelled as its own).
+fn service_pods<'a>(
+    ctx: &Context,
+    lcs: &LongConnService,
+    deployments: impl Iterator<Item = &'a ObjectMeta>,
+) -> Vec<Arc<Pod>> {
     let uid = lcs.uid().unwrap_or_default();
-    let deployments: Vec<String> = owned
-        .of_kind(Kind::Deployment)
-        .filter(|d| d.owner_references().iter().any(|o| o.uid == uid))
-        .filter_map(|d| d.metadata.uid.clone())
+    let deployments: Vec<String> = deployments
+        .filter(|d| d.owner_references.iter().flatten().any(|o| o.uid == uid))
+        .filter_map(|d| d.uid.clone())
         .collect();
     ctx.caches.pods(
         &lcs.namespace().unwrap_or_default(),
@@ -321,20 +326,11 @@ pub struct GatewayPod {
 pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
     let ns = lcs.namespace()?;
     let name = lcs.name_any();
-    let owned = Owned::new(BTreeMap::from([
-        (
-            Kind::Secret,
-            ctx.caches
-                .get(Kind::Secret, &ns, &names::admin_token(&name))
-                .into_iter()
-                .collect(),
-        ),
-        (
-            Kind::Deployment,
-            ctx.caches.owned(Kind::Deployment, &ns, &name),
-        ),
-    ]));
-    let token = owned.secret_value(&names::admin_token(&name), desired::ADMIN_TOKEN_KEY)?;
+    let token = secret_value(
+        &ctx.caches
+            .get(Kind::Secret, &ns, &names::admin_token(&name))?,
+        desired::ADMIN_TOKEN_KEY,
+    )?;
     let port = desired::admin_port(lcs);
     let followed: Vec<&str> = lcs
         .status
@@ -348,7 +344,8 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 .collect()
         })
         .unwrap_or_default();
-    let pods = service_pods(ctx, lcs, &owned)
+    let deployments = ctx.caches.owned_metadata(Kind::Deployment, &ns, &name);
+    let pods = service_pods(ctx, lcs, deployments.iter())
         .iter()
         .map(|pod| {
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");

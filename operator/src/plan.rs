@@ -31,6 +31,34 @@ pub const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 pub const PAUSED_POLL: Duration = Duration::from_secs(60);
 /// How often `status.activeSessions` and the gateways' recorded sessions are refreshed.
 pub const SESSIONS_RECORD: Duration = Duration::from_secs(30);
+/// How long a status change that is only counts and words (see [`must_record_now`]) may wait
+/// after the last status write, so that the changes of a burst go out in one write.
+pub const COUNTS_RECORD: Duration = Duration::from_secs(5);
+
+/// Whether a status change must be recorded at once: anything but the live counts (pods,
+/// ready pods, open sessions), the words of conditions and the gateways recorded with nothing
+/// counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
+/// certificate, revisions and restart losses go out at once; counts may wait
+/// [`COUNTS_RECORD`] to be written with the next change. A rollout's step never waits for
+/// them: every action is planned from the caches and from what is recorded at once.
+pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> bool {
+    fn verdicts(status: &LongConnServiceStatus) -> LongConnServiceStatus {
+        let mut status = status.clone();
+        status.replicas = 0;
+        status.ready_replicas = 0;
+        status.updated_replicas = 0;
+        status.active_sessions = 0;
+        for condition in &mut status.conditions {
+            condition.message.clear();
+        }
+        status.gateways.retain(|g| g.lost_counted > 0);
+        for gateway in &mut status.gateways {
+            gateway.sessions = 0;
+        }
+        status
+    }
+    verdicts(old) != verdicts(new)
+}
 
 /// The certificate decisions (mode SelfSigned issues; the others inspect).
 #[derive(Clone, Debug)]
@@ -264,6 +292,56 @@ mod tests {
             stalled: Vec::new(),
             user_secret: UserSecret::NotUsed,
         }
+    }
+
+    #[test]
+    fn counts_and_words_may_wait_but_verdicts_and_accounting_may_not() {
+        use crate::crd::{GatewayRecord, RolloutStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let available = |status: &str, message: &str| Condition {
+            type_: status::AVAILABLE.to_owned(),
+            status: status.to_owned(),
+            reason: "MinimumReplicasAvailable".to_owned(),
+            message: message.to_owned(),
+            observed_generation: Some(1),
+            last_transition_time: Time("2026-01-01T00:00:00Z".parse().expect("time")),
+        };
+        let old = LongConnServiceStatus {
+            replicas: 3,
+            ready_replicas: 3,
+            active_sessions: 40,
+            conditions: vec![available("True", "3 of 3 pods ready")],
+            gateways: vec![GatewayRecord {
+                pod: "a-1".to_owned(),
+                lost_counted: 0,
+                sessions: 40,
+            }],
+            ..LongConnServiceStatus::default()
+        };
+        let changed = |f: &dyn Fn(&mut LongConnServiceStatus)| {
+            let mut new = old.clone();
+            f(&mut new);
+            must_record_now(&old, &new)
+        };
+        assert!(!changed(&|s| {
+            s.replicas = 4;
+            s.ready_replicas = 2;
+            s.active_sessions = 50;
+            s.conditions[0].message = "2 of 4 pods ready".to_owned();
+            s.gateways[0].sessions = 50;
+            s.gateways.push(GatewayRecord {
+                pod: "b-1".to_owned(),
+                lost_counted: 0,
+                sessions: 3,
+            });
+        }));
+        assert!(changed(&|s| s.conditions[0].status = "False".to_owned()));
+        assert!(
+            changed(&|s| s.gateways[0].lost_counted = 2),
+            "a restart loss"
+        );
+        assert!(changed(&|s| s.rollout = Some(RolloutStatus::default())));
+        assert!(changed(&|s| s.update_revision = Some("b".to_owned())));
     }
 
     #[test]

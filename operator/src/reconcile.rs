@@ -130,6 +130,8 @@ pub struct Context {
     problems: Mutex<HashMap<ObjectRef<LongConnService>, Refusals>>,
     /// When each LongConnService's open sessions were last recorded.
     sessions_recorded: Mutex<HashMap<ObjectRef<LongConnService>, Instant>>,
+    /// When each LongConnService's status was last written.
+    status_recorded: Mutex<HashMap<ObjectRef<LongConnService>, tokio::time::Instant>>,
     /// Writes whose result the caches do not show yet.
     expectations: Expectations,
 }
@@ -151,6 +153,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             sessions_recorded: Mutex::new(HashMap::new()),
+            status_recorded: Mutex::new(HashMap::new()),
             expectations: Expectations::default(),
         }
     }
@@ -209,8 +212,13 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &lcs.object_ref(&())).await {
-            warn!(error = %e, reason, "could not publish an event");
+        match self.recorder.publish(&event, &lcs.object_ref(&())).await {
+            Ok(()) => {}
+            // Its namespace is being deleted, and the LongConnService with it.
+            Err(e) if namespace_terminating(&e) => {
+                debug!(error = %e, reason, "no event: the namespace is being deleted");
+            }
+            Err(e) => warn!(error = %e, reason, "could not publish an event"),
         }
     }
 
@@ -243,11 +251,37 @@ impl Context {
             .is_none_or(|at| at.elapsed() >= plan::SESSIONS_RECORD)
     }
 
-    fn sessions_written(&self, key: ObjectRef<LongConnService>) {
-        if let Ok(mut s) = self.sessions_recorded.lock() {
-            s.insert(key, Instant::now());
+    /// How long a change of counts alone must wait before it is written (zero: not at all).
+    fn counts_wait(&self, key: &ObjectRef<LongConnService>) -> Duration {
+        self.status_recorded
+            .lock()
+            .ok()
+            .and_then(|s| s.get(key).copied())
+            .map_or(Duration::ZERO, |at| {
+                plan::COUNTS_RECORD.saturating_sub(at.elapsed())
+            })
+    }
+
+    /// Notes a status write, with the open sessions refreshed in it or not.
+    fn status_written(&self, key: &ObjectRef<LongConnService>, sessions: bool) {
+        if let Ok(mut s) = self.status_recorded.lock() {
+            s.insert(key.clone(), tokio::time::Instant::now());
+        }
+        if sessions && let Ok(mut s) = self.sessions_recorded.lock() {
+            s.insert(key.clone(), Instant::now());
         }
     }
+}
+
+/// Whether the API server refused a request because its namespace is being deleted (nothing
+/// new may be created there then).
+pub fn namespace_terminating(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 403
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
 /// Reconciles one LongConnService.
@@ -324,10 +358,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         .expectations
         .settled(&key, Instant::now(), |kind, name| match kind {
             None => lcs.resource_version(),
-            Some(kind) => ctx
-                .caches
-                .get(kind, ns, name)
-                .and_then(|o| o.metadata.resource_version.clone()),
+            Some(kind) => ctx.caches.resource_version(kind, ns, name),
         });
     if !settled {
         debug!("waiting for the caches to show the last writes");
@@ -352,9 +383,20 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         refresh_sessions,
     });
 
-    // Record first...
-    if let Some(status) = &outcome.status {
-        let old = serde_json::to_value(lcs.status.clone().unwrap_or_default()).unwrap_or_default();
+    // Record first (a change of counts alone waits to go out with the next)...
+    let old_status = lcs.status.clone().unwrap_or_default();
+    let counts_wait = ctx.counts_wait(&key);
+    let status = outcome
+        .status
+        .as_ref()
+        .filter(|new| counts_wait.is_zero() || plan::must_record_now(&old_status, new));
+    let mut requeue = outcome.requeue;
+    if outcome.status.is_some() && status.is_none() {
+        debug!(wait = ?counts_wait, "counts changed; recorded with the next write");
+        requeue = requeue.min(counts_wait);
+    }
+    if let Some(status) = status {
+        let old = serde_json::to_value(&old_status).unwrap_or_default();
         let new = serde_json::to_value(status).unwrap_or_default();
         info!(
             changed = %compare::first_difference(&new, &old)
@@ -380,9 +422,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             }
             Err(e) => return Err(e),
         }
-        if refresh_sessions {
-            ctx.sessions_written(key.clone());
-        }
+        ctx.status_written(&key, refresh_sessions);
         follow_record(lcs, ctx, &outcome).await;
     }
 
@@ -391,8 +431,8 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     if ctx.set_problems(key, problems) {
         return Ok(Action::requeue(SOON));
     }
-    debug!(requeue = ?outcome.requeue, "reconciled");
-    Ok(Action::requeue(outcome.requeue))
+    debug!(?requeue, "reconciled");
+    Ok(Action::requeue(requeue))
 }
 
 /// A fresh admin token: 32 random bytes from the operating system, hex-encoded.
@@ -981,4 +1021,29 @@ async fn delete_orphans(
         .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API server's answer to an Event created in a namespace being deleted.
+    const TERMINATING: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+        "message":"events.events.k8s.io \"chat.1\" is forbidden: unable to create new content in namespace demo because it is being terminated",
+        "reason":"Forbidden","details":{"name":"chat.1","group":"events.k8s.io","kind":"events",
+        "causes":[{"reason":"NamespaceTerminating","message":"namespace demo is being terminated","field":"metadata.namespace"}]},
+        "code":403}"#;
+
+    fn api_error(json: &str) -> kube::Error {
+        kube::Error::Api(Box::new(serde_json::from_str(json).expect("a Status")))
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_told_from_other_refusals() {
+        assert!(namespace_terminating(&api_error(TERMINATING)));
+        let forbidden = TERMINATING.replace("NamespaceTerminating", "FieldValueForbidden");
+        assert!(!namespace_terminating(&api_error(&forbidden)));
+        let not_found = TERMINATING.replace("\"code\":403", "\"code\":404");
+        assert!(!namespace_terminating(&api_error(&not_found)));
+    }
 }

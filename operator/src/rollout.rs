@@ -263,6 +263,13 @@ impl Book {
     fn tracked(&self, name: &str) -> bool {
         self.entries.iter().any(|e| e.pod == name)
     }
+
+    /// Ends a drain whose gateway reports it finished: counted, with its Event.
+    fn finish(&mut self, entry: &mut DrainingPod, now: Timestamp) {
+        entry.finished_at = Some(Time(now));
+        self.events.push(drained_note(entry, now));
+        self.tally.add(entry);
+    }
 }
 
 /// Phase 2: follows the drains under way; finishes those whose report says Drained.
@@ -328,9 +335,7 @@ pub fn follow_drains(input: &Input, losses: &[GatewayLoss]) -> Book {
                     copy_report(&mut entry, report);
                 }
                 if report.is_finished() {
-                    entry.finished_at = Some(Time(now));
-                    book.events.push(drained_note(&entry, now));
-                    book.tally.add(&entry);
+                    book.finish(&mut entry, now);
                     book.lowest_cost.push(pod.name.clone());
                 } else if report.state == DrainState::Serving {
                     // The request did not arrive: ask again.
@@ -371,9 +376,7 @@ pub fn adopt_external(input: &Input, losses: &[GatewayLoss], book: &mut Book) {
         if let Some(report) = &pod.report {
             copy_report(&mut entry, report);
             if report.is_finished() {
-                entry.finished_at = Some(Time(now));
-                book.events.push(drained_note(&entry, now));
-                book.tally.add(&entry);
+                book.finish(&mut entry, now);
             }
         }
         book.tally.started_elsewhere = true;

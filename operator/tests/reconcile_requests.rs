@@ -481,6 +481,38 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_change_of_counts_alone_waits_to_be_recorded_with_the_next_write() {
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
+    mark_deployments_ready(&store);
+    reconcile_once(&store, &fixture).await;
+    let set_status = |field: &str, n: i64| {
+        let mut s = store.lock().expect("store");
+        for d in s
+            .collections
+            .get_mut(DEPLOYMENTS)
+            .expect("deployments")
+            .values_mut()
+        {
+            d["status"][field] = json!(n);
+        }
+    };
+    // One pod of three not ready: Progressing says so at once.
+    set_status("readyReplicas", 2);
+    let now = reconcile_once(&store, &fixture).await;
+    assert_eq!(now, [format!("PATCH {LCS_PATH}/chat/status")]);
+    // A fourth pod, not ready either: only counts change.
+    set_status("replicas", 4);
+    let soon = reconcile_once(&store, &fixture).await;
+    assert!(soon.is_empty(), "written with the next change: {soon:#?}");
+    tokio::time::advance(longconn_operator::plan::COUNTS_RECORD).await;
+    let later = reconcile_once(&store, &fixture).await;
+    assert_eq!(later, [format!("PATCH {LCS_PATH}/chat/status")]);
+    let s = store.lock().expect("store");
+    assert_eq!(s.collections[LCS_PATH]["chat"]["status"]["replicas"], 4);
+}
+
 #[tokio::test]
 async fn a_reconcile_that_saw_a_stale_status_records_nothing_and_does_nothing() {
     let (store, fixture) = setup(vec![]);
