@@ -6,8 +6,8 @@
 //! sends what each change concerns), so what wakes a reconcile is already in the cache.
 //! `managedFields` are dropped on the way in, and so are pods' specs: no decision reads them.
 //!
-//! Owned objects are kept compact ([`Compact`]): their metadata as read, the rest as the JSON
-//! text it came in. A `serde_json::Value` takes eight to ten times the room of its text (every
+//! Owned objects are kept compact ([`Compact`]): as JSON text, with only what they are looked
+//! up by beside it. A `serde_json::Value` takes eight to ten times the room of its text (every
 //! map is a B-tree with its own nodes), and a thousand LongConnServices own seven thousand
 //! objects; a reconcile expands only the few of its own service.
 
@@ -20,13 +20,14 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, TypeMeta};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::core::DynamicResourceScope;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -83,32 +84,49 @@ fn managed() -> watcher::Config {
 /// Objects per page of a watch's list.
 const PAGE: u32 = 100;
 
-/// An owned object as the cache keeps it: its metadata, and everything else as JSON text.
+/// An owned object as the cache keeps it: the whole object as JSON text, and beside it only the
+/// metadata the caches look objects up by (name, namespace, uid, resourceVersion, owner
+/// references and the instance label).
 #[derive(Clone, Debug)]
 pub struct Compact {
-    types: Option<TypeMeta>,
     metadata: ObjectMeta,
-    /// `spec`, `status`, `data`, ...: the object's other fields, as one JSON object.
-    rest: Box<str>,
+    json: Box<str>,
 }
 
 impl Compact {
     /// The object whole again, for a reconcile to read.
     pub fn expand(&self) -> DynamicObject {
-        DynamicObject {
-            types: self.types.clone(),
-            metadata: self.metadata.clone(),
-            data: serde_json::from_str(&self.rest).unwrap_or_default(),
-        }
+        serde_json::from_str(&self.json).unwrap_or_else(|e| {
+            // Written by `From<DynamicObject>` just before: cannot happen.
+            warn!(error = %e, "a cached object does not read back");
+            DynamicObject {
+                types: None,
+                metadata: self.metadata.clone(),
+                data: Value::Null,
+            }
+        })
     }
 }
 
 impl From<DynamicObject> for Compact {
     fn from(object: DynamicObject) -> Self {
+        let json = serde_json::to_string(&object).unwrap_or_default();
+        let meta = object.metadata;
+        let instance = meta
+            .labels
+            .and_then(|mut labels| labels.remove_entry(labels::INSTANCE))
+            .map(|label| BTreeMap::from([label]));
         Compact {
-            types: object.types,
-            metadata: object.metadata,
-            rest: object.data.to_string().into_boxed_str(),
+            metadata: ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                resource_version: meta.resource_version,
+                owner_references: meta.owner_references,
+                labels: instance,
+                ..ObjectMeta::default()
+            },
+            json: json.into_boxed_str(),
         }
     }
 }
@@ -432,7 +450,8 @@ impl Caches {
             .collect()
     }
 
-    /// The metadata of the objects [`Caches::owned`] returns, without expanding them.
+    /// What [`Compact`] keeps of the metadata of the objects [`Caches::owned`] returns (name,
+    /// namespace, uid, resourceVersion, owner references), without expanding them.
     pub fn owned_metadata(&self, kind: Kind, namespace: &str, name: &str) -> Vec<ObjectMeta> {
         self.owned_compact(kind, namespace, name)
             .iter()
@@ -560,8 +579,14 @@ mod tests {
         }))
         .expect("object");
         let compact = Compact::from(object.clone());
-        assert_eq!(compact.metadata, object.metadata);
         assert_eq!(compact.expand(), object);
+        assert_eq!(compact.metadata.name, object.metadata.name);
+        assert_eq!(compact.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            compact.labels().get(labels::INSTANCE).map(String::as_str),
+            Some("chat"),
+            "what the caches look objects up by is kept beside the text"
+        );
     }
 
     #[test]

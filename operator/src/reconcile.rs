@@ -122,7 +122,8 @@ pub struct Context {
     pub caches: Caches,
     /// The gateways' latest reports.
     pub reports: Reports,
-    recorder: Recorder,
+    /// Who the Events say reported them.
+    reporter: Reporter,
     /// Which optional APIs the cluster serves, once asked ([`Context::discover`]).
     apis: watch::Sender<Option<ServedApis>>,
     failures: Mutex<HashMap<ObjectRef<LongConnService>, u32>>,
@@ -138,12 +139,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, caches: Caches) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter: Reporter {
+                controller: MANAGER.to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
             client,
             settings,
             metrics,
@@ -204,7 +204,13 @@ impl Context {
         }
     }
 
-    async fn event(&self, lcs: &LongConnService, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event about `lcs`. Every one is an Event object of its own: a recorder that
+    /// outlives one publish would fold an Event into the last one of the same reason (its note
+    /// replaced, a count raised), so of six pods drained in a rollout only the last one's words
+    /// would be left, and it keeps every Event it sent for six minutes to do so (3,000 after
+    /// creating a thousand services, each some kilobytes). The Events the operator publishes
+    /// follow what it records, once, so there is nothing to fold.
+    pub async fn event(&self, lcs: &LongConnService, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -212,7 +218,8 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        match self.recorder.publish(&event, &lcs.object_ref(&())).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        match recorder.publish(&event, &lcs.object_ref(&())).await {
             Ok(()) => {}
             // Its namespace is being deleted, and the LongConnService with it.
             Err(e) if namespace_terminating(&e) => {

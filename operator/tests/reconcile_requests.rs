@@ -481,6 +481,31 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
     );
 }
 
+#[tokio::test]
+async fn every_event_is_an_event_of_its_own_even_with_the_reason_of_the_last() {
+    let (store, fixture) = setup(vec![]);
+    let lcs: LongConnService =
+        serde_json::from_value(store.lock().expect("store").collections[LCS_PATH]["chat"].clone())
+            .expect("lcs");
+    for pod in ["chat-a-1", "chat-a-2"] {
+        fixture
+            .ctx
+            .event(
+                &lcs,
+                kube::runtime::events::EventType::Normal,
+                "PodDrained",
+                format!("pod {pod} drained"),
+            )
+            .await;
+    }
+    let s = store.lock().expect("store");
+    assert_eq!(
+        s.log,
+        [LCS_EVENTS, LCS_EVENTS],
+        "two POSTs, no PATCH of the first"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_change_of_counts_alone_waits_to_be_recorded_with_the_next_write() {
     let (store, fixture) = setup(vec![]);
