@@ -104,7 +104,7 @@ wait_port "$UP_PROXY_CPU"
 start relay "${ON_PROXY_CPU[@]}" "$LOADGEN" relay --listen "127.0.0.1:$RELAY" --upstream "127.0.0.1:$UP"
 RELAY_PID=$LAST
 
-GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections 30000
+GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections $((SESSIONS + 1000))
     --rate-limit-connections-per-second-per-ip 0 --heartbeat-interval 10m --idle-timeout 1h)
 start gateway "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
     --admin-listen 127.0.0.1:19091 "${GW_COMMON[@]}"

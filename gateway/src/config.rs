@@ -204,6 +204,10 @@ pub struct InstallArgs {
     pub dir: PathBuf,
 }
 
+/// The longest a drain may last or spread its close frames over (a week): longer ones are
+/// refused, by the flags and by the drain API, as the LongConnService's schema refuses them.
+pub const MAX_DRAIN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Drain parameters used when a drain request leaves them out (and on SIGTERM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainDefaults {
@@ -290,6 +294,13 @@ impl Config {
         }
         if a.rate_limit_connections_per_second_per_ip > 0.0 && a.rate_limit_burst == 0 {
             bad.push("--rate-limit-burst: must be at least 1 when the rate limit is on".to_owned());
+        }
+        if a.drain_timeout > MAX_DRAIN {
+            bad.push(format!(
+                "--drain-timeout: {} is longer than the longest drain, {}",
+                humantime::format_duration(a.drain_timeout),
+                humantime::format_duration(MAX_DRAIN)
+            ));
         }
         if a.drain_spread > a.drain_timeout {
             bad.push(format!(
@@ -450,6 +461,17 @@ mod tests {
             assert!(msg.contains(needle), "missing {needle:?} in {msg}");
         }
         assert!(msg.lines().count() >= 5, "{msg}");
+    }
+
+    #[test]
+    fn a_drain_longer_than_a_week_is_refused_at_start() {
+        let cli = parse(&["--drain-timeout", "8days"]).expect("parses");
+        let err = Config::from_args(cli.run).expect_err("too long");
+        assert!(
+            err.to_string()
+                .contains("--drain-timeout: 8days is longer than the longest drain, 7days"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::{
     beacon::{Beacon, Listener},
-    config::{DrainDefaults, valid_drain_close_code},
+    config::{DrainDefaults, MAX_DRAIN, valid_drain_close_code},
     metrics::{CloseReason, Metrics},
 };
 
@@ -63,6 +63,7 @@ impl CloseReason {
             | CloseReason::UpstreamClose
             | CloseReason::ClientDisconnect
             | CloseReason::HeartbeatTimeout
+            | CloseReason::WriteStalled
             | CloseReason::IdleTimeout
             | CloseReason::ProtocolError
             | CloseReason::MessageTooBig => Outcome::ClosedByClient,
@@ -250,8 +251,7 @@ impl Drain {
                 "closeCode {close_code} is not a drain close code (use 1012, 1001, 1000 or 3000-4999)"
             )));
         }
-        let deadline = req.deadline.unwrap_or(self.defaults.timeout);
-        let spread = req.spread.unwrap_or(self.defaults.spread).min(deadline);
+        let (deadline, spread) = self.window(req)?;
         let strategy = req.strategy.unwrap_or(self.defaults.strategy);
         let mut inner = self.lock();
         if inner.report.state != DrainState::Serving {
@@ -296,6 +296,39 @@ impl Drain {
         };
         self.set_phase(phase);
         Ok(inner.report.clone())
+    }
+
+    /// The deadline and spread of `req`, missing ones from the defaults. A spread the request
+    /// leaves out is cut to the deadline; one it names must fit in it. Both are bounded by
+    /// [`MAX_DRAIN`], so no instant computed from them can overflow.
+    fn window(&self, req: &DrainRequest) -> Result<(Duration, Duration), BadRequest> {
+        let deadline = req.deadline.unwrap_or(self.defaults.timeout);
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if deadline.is_zero() {
+            return Err(BadRequest(
+                "deadline 0s would force-close every session at once: give a deadline longer than 0s"
+                    .to_owned(),
+            ));
+        }
+        if deadline > MAX_DRAIN {
+            return Err(BadRequest(format!(
+                "deadline {} is longer than the longest drain, {}",
+                show(deadline),
+                show(MAX_DRAIN)
+            )));
+        }
+        let spread = match req.spread {
+            None => self.defaults.spread.min(deadline),
+            Some(spread) if spread > deadline => {
+                return Err(BadRequest(format!(
+                    "spread {} is longer than the deadline {}: close frames would be sent after it",
+                    show(spread),
+                    show(deadline)
+                )));
+            }
+            Some(spread) => spread,
+        };
+        Ok((deadline, spread))
     }
 
     /// Resolves once a drain has finished.
@@ -368,6 +401,52 @@ mod tests {
             })
             .expect("joins");
         assert_eq!(a.started_at, b.started_at);
+    }
+
+    #[test]
+    fn a_deadline_of_zero_or_an_absurd_spread_is_refused_and_starts_nothing() {
+        let d = drain();
+        let cases = [
+            (Some(Duration::ZERO), None, "deadline 0s"),
+            (None, Some(Duration::from_secs(u64::MAX)), "spread"),
+            (Some(Duration::from_secs(u64::MAX)), None, "longest drain"),
+            (
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_secs(11)),
+                "longer than the deadline 10s",
+            ),
+        ];
+        for (deadline, spread, says) in cases {
+            let err = d
+                .start(&DrainRequest {
+                    deadline,
+                    spread,
+                    ..DrainRequest::default()
+                })
+                .expect_err("refused");
+            assert!(err.0.contains(says), "{:?} does not say {says:?}", err.0);
+            assert!(!d.is_draining());
+        }
+    }
+
+    #[test]
+    fn a_spread_left_out_is_cut_to_a_short_deadline() {
+        let d = drain();
+        let req = DrainRequest {
+            deadline: Some(Duration::from_millis(10)),
+            ..DrainRequest::default()
+        };
+        let defaults = Drain::new(
+            DrainDefaults {
+                spread: Duration::from_secs(30),
+                ..d.defaults
+            },
+            Metrics::new().0,
+        );
+        assert_eq!(
+            defaults.window(&req).expect("fits"),
+            (Duration::from_millis(10), Duration::from_millis(10))
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! (request and response heads), [`frame`] (WebSocket frame scanner), [`session`] (one relayed
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
 //! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
-//! [`admin`] (admin port), [`metrics`], [`install`] and [`client`] (the `install` and `drain`
+//! [`admin`] (admin port), [`metrics`] (with [`fds`]: the open-file limit and process figures),
+//! [`install`] and [`client`] (the `install` and `drain`
 //! subcommands). The drain API's wire types and its client live in the crate
 //! `longconn-drain-api`, which the operator shares.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod fds;
 pub mod frame;
 pub mod http;
 pub mod http_proxy;

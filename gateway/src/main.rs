@@ -6,7 +6,7 @@ use clap::Parser;
 use longconn_gateway::{
     Error, client,
     config::{Cli, Command, Config, DrainArgs, LogFormat},
-    install,
+    fds, install,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -102,6 +102,19 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(cfg.log_format);
+            match fds::raise_nofile(cfg.limits.max_connections) {
+                Ok(nofile) => tracing::info!(
+                    soft = nofile.soft,
+                    hard = nofile.hard,
+                    at_start = nofile.was,
+                    needed = fds::needed(cfg.limits.max_connections),
+                    "open-file limit"
+                ),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
             let local_token = match cfg.install_to.as_deref().map(install::install).transpose() {
                 Ok(t) => t,
                 Err(e) => {

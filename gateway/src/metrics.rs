@@ -23,6 +23,8 @@ pub enum CloseReason {
     ClientDisconnect,
     /// The client did not answer pings in time.
     HeartbeatTimeout,
+    /// The client took none of the bytes sent to it for the heartbeat interval plus timeout.
+    WriteStalled,
     /// No data message for the idle timeout.
     IdleTimeout,
     /// The client broke the protocol (close 1002).
@@ -39,11 +41,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for pre-creating series.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::ClientClose,
         CloseReason::UpstreamClose,
         CloseReason::ClientDisconnect,
         CloseReason::HeartbeatTimeout,
+        CloseReason::WriteStalled,
         CloseReason::IdleTimeout,
         CloseReason::ProtocolError,
         CloseReason::MessageTooBig,
@@ -58,6 +61,7 @@ impl CloseReason {
             CloseReason::UpstreamClose => "upstream_close",
             CloseReason::ClientDisconnect => "client_disconnect",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::WriteStalled => "write_stalled",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::MessageTooBig => "message_too_big",
@@ -321,6 +325,7 @@ impl Metrics {
             "Certificate reload attempts, by result",
             m.tls_reloads.clone(),
         );
+        reg.register_collector(Box::new(crate::fds::ProcessCollector));
         (m, reg)
     }
 
@@ -369,14 +374,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_series_is_named_after_the_gateway() {
+    fn every_series_is_named_after_the_gateway_but_the_standard_process_ones() {
         let (m, reg) = Metrics::new();
         m.closed(CloseReason::Migrated, 2.0);
         m.reject(RejectReason::RateLimited);
         let text = render(&reg);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("longconn_gateway_"), "{line}");
+            assert!(
+                line.starts_with("longconn_gateway_")
+                    || [
+                        "process_open_fds ",
+                        "process_max_fds ",
+                        "process_resident_memory_bytes "
+                    ]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                "{line}"
+            );
         }
+        assert!(text.contains("process_open_fds "), "{text}");
         assert!(
             text.contains(r#"longconn_gateway_sessions_closed_total{reason="migrated"} 1"#),
             "{text}"

@@ -83,6 +83,8 @@ struct Pump {
     scanner: FrameScanner,
     pending: Vec<u8>,
     need_flush: bool,
+    /// Bytes were written to the destination since the session loop last looked.
+    wrote: bool,
     /// The source has ended or failed: stop reading it.
     src_done: bool,
     /// Drop what the source sends instead of forwarding it.
@@ -97,6 +99,7 @@ impl Pump {
             scanner: FrameScanner::new(role, max),
             pending: Vec::new(),
             need_flush: false,
+            wrote: false,
             src_done: false,
             discard: false,
             close_reported: false,
@@ -132,6 +135,7 @@ impl Pump {
                     Poll::Ready(Ok(n)) => {
                         self.pending.drain(..n);
                         self.need_flush = true;
+                        self.wrote = true;
                     }
                     Poll::Pending => return ready_or_pending(total),
                 }
@@ -176,7 +180,10 @@ impl Pump {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Err(LegEnd::WriteError));
                 }
-                Poll::Ready(Ok(w)) => self.pending.extend_from_slice(&data[w..]),
+                Poll::Ready(Ok(w)) => {
+                    self.pending.extend_from_slice(&data[w..]);
+                    self.wrote = true;
+                }
                 Poll::Pending => self.pending.extend_from_slice(data),
             }
             self.need_flush = true;
@@ -236,6 +243,8 @@ struct Relay {
     message_active: bool,
     /// The session loop waits for a frame boundary towards the client.
     want_inject: bool,
+    /// Since when, as of a tick, bytes for the client have waited with none taken.
+    stalled_since: Option<Instant>,
 }
 
 impl Relay {
@@ -294,6 +303,18 @@ impl Relay {
         if std::mem::take(&mut self.message_active) {
             self.last_message = now;
         }
+    }
+
+    /// How long, as of this tick, bytes for the client have waited without the client taking
+    /// any. A client that stops reading while the app sends would otherwise be held forever:
+    /// with bytes waiting no ping can be sent, and nothing times out.
+    fn client_stalled_for(&mut self, now: Instant) -> Duration {
+        let wrote = std::mem::take(&mut self.u2c.wrote);
+        if wrote || self.u2c.pending.is_empty() {
+            self.stalled_since = None;
+            return Duration::ZERO;
+        }
+        now.duration_since(*self.stalled_since.get_or_insert(now))
     }
 
     /// Queues a frame to the client if a frame boundary allows it now.
@@ -376,6 +397,7 @@ pub fn start(
         client_active: false,
         message_active: false,
         want_inject: false,
+        stalled_since: None,
     };
     let primed = prime(&mut relay, leftovers);
     async move {
@@ -539,6 +561,11 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             () = ticks.as_mut().fired() => {
                 let now = Instant::now();
                 relay.stamp_activity(now);
+                if relay.client_stalled_for(now) >= limits.heartbeat_interval + limits.heartbeat_timeout {
+                    // Its buffers are full: no close frame can reach it.
+                    debug!("client took no bytes for the heartbeat interval plus timeout");
+                    return CloseReason::WriteStalled;
+                }
                 if closing == Closing::Open {
                     if let Some(sent) = ping_sent {
                         if relay.last_client_rx >= sent {

@@ -199,6 +199,38 @@ async fn drain_api_refuses_a_bad_token_and_follows_rotation() {
 }
 
 #[tokio::test]
+async fn a_drain_with_no_time_or_an_absurd_time_is_a_400_and_cuts_no_session() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    for (body, says) in [
+        (r#"{"deadline":"0s"}"#, "deadline 0s"),
+        (r#"{"spread":"500000000000y"}"#, "spread"),
+        (
+            r#"{"deadline":"500000000000y","spread":"500000000000y"}"#,
+            "longest drain",
+        ),
+        (
+            r#"{"deadline":"10s","spread":"1m"}"#,
+            "longer than the deadline 10s",
+        ),
+    ] {
+        let (status, text) = gw
+            .admin_request("POST", "/drain", Some(TOKEN), body)
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    assert_eq!(gw.drain_report().await["state"], "Serving");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+}
+
+#[tokio::test]
 async fn sigterm_drains_sessions_and_exits_when_none_is_left() {
     let (up, _) = start_upstream().await;
     let mut gw = Gateway::start(up, &["--drain-spread", "0s", "--drain-timeout", "1m"]).await;

@@ -289,3 +289,81 @@ async fn bad_flag_values_stop_the_gateway_with_one_line_each() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_while_the_app_sends_is_ended_within_the_heartbeat_bound() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(
+        up,
+        &[
+            "--heartbeat-interval",
+            "300ms",
+            "--heartbeat-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    let mut tcp = raw_session(gw.addr).await;
+    tcp.write_all(&client_frame(0x1, b"flood")).await.unwrap();
+    let asked = std::time::Instant::now();
+    // The client reads nothing from here on; it only watches for the gateway ending it.
+    eventually("write_stalled counted", || async {
+        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="write_stalled"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+    let held = asked.elapsed();
+    // The bound: the heartbeat interval plus timeout (600 ms) from the stall, plus up to two
+    // ticks, plus the time the app needs to fill the buffers.
+    assert!(held < Duration::from_secs(5), "held {held:?}");
+    assert_eq!(gw.metric("longconn_gateway_sessions_active").await, 0.0);
+    drop(tcp);
+}
+
+/// The hard open-file limit of this test process, which a child inherits.
+fn hard_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let hard = line.split_whitespace().nth(4).unwrap();
+    hard.parse().unwrap_or(u64::MAX)
+}
+
+#[tokio::test]
+async fn an_open_file_limit_that_cannot_hold_max_connections_is_refused_at_start() {
+    let (up, _) = start_upstream().await;
+    let mut gw = Gateway::spawn_with_nofile(up, &["--max-connections", "1000"], (256, 256));
+    assert_eq!(gw.wait_exit(), Some(2), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains(
+            "the open-file limit is 256 but --max-connections 1000 needs 2064 descriptors"
+        ) && log.contains("to 96 or less"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_exported() {
+    let hard = hard_nofile().min(4096);
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::spawn_with_nofile(up, &["--max-connections", "100"], (128, hard))
+        .wait_healthy()
+        .await;
+    assert!(
+        gw.log()
+            .contains(&format!("soft={hard} hard={hard} at_start=128")),
+        "{}",
+        gw.log()
+    );
+    let _session = ws_connect(&gw.ws_url()).await;
+    assert_eq!(gw.metric("process_max_fds").await, hard as f64);
+    // Listeners, the runtime's, a session's two sockets, the admin connection of this scrape.
+    let open = gw.metric("process_open_fds").await;
+    assert!((5.0..128.0).contains(&open), "{open} open descriptors");
+    assert!(gw.metric("process_resident_memory_bytes").await > 1e6);
+    assert!(gw.metric("longconn_gateway_tasks").await >= 1.0);
+}

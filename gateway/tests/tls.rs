@@ -150,6 +150,7 @@ async fn missing_tls_files_stop_the_gateway_with_a_clear_error() {
             "/nonexistent/tls.key",
         ])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--max-connections", "100"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -45,7 +45,8 @@ pub struct UpstreamLog {
 }
 
 /// Starts the upstream on 127.0.0.1:0. WebSocket: echoes every message; a text `close:<code>`
-/// makes it close with that code, `die` makes it drop the connection. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
+/// makes it close with that code, `die` makes it drop the connection, `flood` makes it send
+/// until the write fails. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
 /// a second one after `sse_go`, then the end).
 pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,6 +96,16 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
                 Message::Close(frame) => end = Some(frame.map_or(1005, |f| u16::from(f.code))),
                 // The app fails: its connection ends without a close frame.
                 Message::Text(t) if t.as_str() == "die" => return,
+                // The app keeps sending (64 KiB messages, 64 MiB at most) until the client's
+                // side stops taking them and the write fails.
+                Message::Text(t) if t.as_str() == "flood" => {
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..1024 {
+                        if ws.send(Message::binary(chunk.clone())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 Message::Text(t) if t.starts_with("close:") => {
                     let code: u16 = t[6..].parse().unwrap();
                     let _ = ws
@@ -186,12 +197,32 @@ fn rand_u64() -> u128 {
 impl Gateway {
     /// Starts the gateway in front of `upstream` with extra flags; waits for /healthz.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Gateway {
+        Gateway::spawn(upstream, extra, None).wait_healthy().await
+    }
+
+    /// Starts the gateway with its open-file limit set to `(soft, hard)` first, as a container
+    /// runtime would; does not wait for it.
+    pub fn spawn_with_nofile(upstream: SocketAddr, extra: &[&str], nofile: (u64, u64)) -> Gateway {
+        Gateway::spawn(upstream, extra, Some(nofile))
+    }
+
+    fn spawn(upstream: SocketAddr, extra: &[&str], nofile: Option<(u64, u64)>) -> Gateway {
         let dir = temp_dir("gw");
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_longconn-gateway"))
+        let gateway = env!("CARGO_BIN_EXE_longconn-gateway");
+        // util-linux's prlimit sets the limits and then runs the gateway in its place.
+        let mut command = match nofile {
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}")).arg(gateway);
+                c
+            }
+            None => Command::new(gateway),
+        };
+        command
             .args([
                 "run",
                 "--listen",
@@ -202,33 +233,42 @@ impl Gateway {
             .args(["--upstream", &upstream.to_string()])
             .args(["--admin-token-file", token_file.to_str().unwrap()])
             .args(extra)
+            // The default of 10,000 connections needs more descriptors than some machines allow
+            // (the gateway refuses to start then); the tests need far fewer.
+            .args(if extra.contains(&"--max-connections") {
+                &[][..]
+            } else {
+                &["--max-connections", "1000"][..]
+            })
             .env("LONGCONN_GATEWAY_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let gw = Gateway {
+            ));
+        let child = command.spawn().unwrap();
+        Gateway {
             child,
             addr,
             admin,
             token_file,
             dir,
-        };
+        }
+    }
+
+    /// Waits for /healthz.
+    pub async fn wait_healthy(self) -> Gateway {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok((200, _)) = gw.admin_request("GET", "/healthz", None, "").await {
-                break;
+            if let Ok((200, _)) = self.admin_request("GET", "/healthz", None, "").await {
+                return self;
             }
             assert!(
                 Instant::now() < deadline,
                 "gateway did not come up: {}",
-                gw.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        gw
     }
 
     pub fn log(&self) -> String {
