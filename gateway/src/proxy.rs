@@ -311,16 +311,25 @@ async fn respond(
 
 /// Reads until a complete head (`parse` is [`http::parse_request`] or [`http::parse_response`]);
 /// returns it with the bytes read past it.
+///
+/// The head is parsed at most three times, however it arrives: once its first line is complete
+/// (a malformed start is refused at once), once a blank line ends it, and once it reaches
+/// [`http::MAX_HEAD_BYTES`]. Between those only the new bytes are searched for the blank line, so
+/// a head sent a byte at a time costs linear time, not a parse per byte.
 pub async fn read_head<R: AsyncRead + Unpin>(
     src: &mut R,
     parse: fn(&[u8]) -> Result<Option<Head>, HeadError>,
 ) -> Result<(Head, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(1024);
+    let mut scan = HeadScan::default();
     loop {
         // Bounded: each round adds at least one byte and the head is capped at MAX_HEAD_BYTES.
         let n = src.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed before the head was complete".into());
+        }
+        if !scan.worth_parsing(&buf) {
+            continue;
         }
         match parse(&buf) {
             Ok(Some(head)) => {
@@ -338,6 +347,55 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// Where [`read_head`] stands in the bytes of a head it has read so far.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// The first byte of the start line (blank lines before it are allowed and skipped).
+    start: Option<usize>,
+    /// The start line was complete at the last parse.
+    line_parsed: bool,
+    /// Bytes searched so far.
+    searched: usize,
+}
+
+impl HeadScan {
+    /// True when `buf`, grown since the last call, should be parsed: its start line has just
+    /// become complete, a blank line ends it, or it is as long as a head may be.
+    fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        let from = self.searched;
+        self.searched = buf.len();
+        if buf.len() >= http::MAX_HEAD_BYTES {
+            return true;
+        }
+        let start = match self.start {
+            Some(start) => start,
+            None => match buf[from..].iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                Some(i) => *self.start.insert(from + i),
+                None => return false,
+            },
+        };
+        // A line end at `i` followed by an empty line (LF, or CR LF) ends the head; a line end
+        // already searched may pair with the new bytes, so look back two.
+        let look = from.saturating_sub(2).max(start);
+        let ends = (look..buf.len()).any(|i| {
+            buf[i] == b'\n'
+                && match buf.get(i + 1) {
+                    Some(b'\n') => true,
+                    Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
+                    _ => false,
+                }
+        });
+        if ends {
+            return true;
+        }
+        if !self.line_parsed && buf[look..].contains(&b'\n') {
+            self.line_parsed = true;
+            return true;
+        }
+        false
+    }
+}
+
 async fn read_request(conn: &mut ClientConn) -> Result<(Head, Vec<u8>), String> {
     read_head(conn, http::parse_request).await
 }
@@ -345,4 +403,85 @@ async fn read_request(conn: &mut ClientConn) -> Result<(Head, Vec<u8>), String> 
 /// Reads the upstream's response head.
 pub async fn read_response<R: AsyncRead + Unpin>(src: &mut R) -> Result<(Head, Vec<u8>), String> {
     read_head(src, http::parse_response).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Hands out its bytes one per read, as a slow client would.
+    struct ByteByByte {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl AsyncRead for ByteByByte {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(&b) = self.data.get(self.at) {
+                buf.put_slice(&[b]);
+                self.at += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn byte_by_byte(data: impl Into<Vec<u8>>) -> ByteByByte {
+        ByteByByte {
+            data: data.into(),
+            at: 0,
+        }
+    }
+
+    static PARSES: AtomicUsize = AtomicUsize::new(0);
+
+    fn counted(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+        PARSES.fetch_add(1, Ordering::Relaxed);
+        http::parse_request(buf)
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_parsed_three_times_at_most() {
+        let pad = "a".repeat(http::MAX_HEAD_BYTES - 200);
+        let head = format!("\r\nGET /chat HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\nbody");
+        PARSES.store(0, Ordering::Relaxed);
+        let (parsed, rest) = read_head(&mut byte_by_byte(head), counted)
+            .await
+            .expect("a valid head");
+        assert_eq!(parsed.header("host"), Some(&b"x"[..]));
+        // The bytes are read one at a time: nothing past the head was read yet.
+        assert!(rest.is_empty(), "{rest:?}");
+        let parses = PARSES.load(Ordering::Relaxed);
+        assert!(parses <= 3, "{parses} parses of a {}-byte head", parsed.len);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_start_line_is_refused_before_the_head_ends() {
+        let err = read_head(
+            &mut byte_by_byte(&b"\x01\x02 garbage HTTP/1.1\r\nHost: x\r\n"[..]),
+            http::parse_request,
+        )
+        .await
+        .expect_err("malformed");
+        assert_eq!(err, "malformed HTTP head");
+    }
+
+    #[tokio::test]
+    async fn heads_ending_in_bare_line_feeds_or_split_anywhere_are_found() {
+        for head in [
+            &b"GET / HTTP/1.1\nHost: x\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let (parsed, _) = read_head(&mut byte_by_byte(head), http::parse_request)
+                .await
+                .expect("complete");
+            assert_eq!(parsed.len, head.len());
+        }
+    }
 }
