@@ -89,9 +89,23 @@ pub struct Drain {
     phase: Mutex<Phase>,
     phase_changed: Beacon,
     finished: watch::Sender<bool>,
+    /// Plain HTTP requests being relayed (streamed responses included).
+    streams: watch::Sender<u64>,
     slots: AtomicU64,
     defaults: DrainDefaults,
     metrics: Metrics,
+}
+
+/// A plain HTTP request being relayed, from [`Drain::open_stream`]; dropping it ends it.
+#[derive(Debug)]
+pub struct StreamTicket {
+    drain: Arc<Drain>,
+}
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        self.drain.streams.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Proof that a session is registered; report its end with [`SessionTicket::finish`]. Dropping it
@@ -130,6 +144,7 @@ impl Drain {
             phase: Mutex::new(Phase::Serving),
             phase_changed: Beacon::default(),
             finished: watch::channel(false).0,
+            streams: watch::channel(0).0,
             slots: AtomicU64::new(0),
             defaults,
             metrics,
@@ -160,6 +175,23 @@ impl Drain {
             opened: Instant::now(),
             done: false,
         })
+    }
+
+    /// Counts a plain HTTP request as relayed until the ticket is dropped. Plain requests are
+    /// not sessions and not in the report; they only keep the process until they end, or the
+    /// drain's deadline ends them ([`Drain::streams_ended`]).
+    pub fn open_stream(self: &Arc<Self>) -> StreamTicket {
+        self.streams.send_modify(|n| *n += 1);
+        StreamTicket {
+            drain: Arc::clone(self),
+        }
+    }
+
+    /// Resolves once no plain HTTP request is being relayed.
+    pub async fn streams_ended(&self) {
+        let mut rx = self.streams.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     fn session_ended(&self, reason: CloseReason, opened: Instant) {

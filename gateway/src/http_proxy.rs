@@ -3,7 +3,8 @@
 //! long polls work), and the client told `Connection: close` too.
 //!
 //! Plain requests are not WebSocket sessions: they are not counted in the drain report. A drain
-//! refuses new ones with 503 and cuts the ones still streaming when its deadline passes.
+//! refuses new ones with 503 and cuts the ones still streaming when its deadline passes; until
+//! then they keep the process at SIGTERM as sessions do.
 
 use std::{pin::pin, sync::Arc};
 
@@ -27,6 +28,7 @@ pub async fn serve(
     body_start: Vec<u8>,
     drain: &Arc<Drain>,
 ) {
+    let _stream = drain.open_stream();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = upstream.into_split();
     let up = async {

@@ -66,7 +66,8 @@ fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
     listen().map_err(|source| Error::Bind { what, addr, source })
 }
 
-/// Runs the gateway until SIGTERM or SIGINT has started a drain and the drain has finished.
+/// Runs the gateway until SIGTERM or SIGINT has started a drain and the drain has finished, plain
+/// HTTP responses still streaming included.
 /// `local_token` is the drain token written by `--install-to`, if any.
 pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
     let (metrics, registry) = Metrics::new();
@@ -131,8 +132,13 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
     if let Err(e) = drain.start(&DrainRequest::default()) {
         tracing::error!(error = %e.0, "cannot start the drain");
     }
+    // Streamed HTTP responses get the same drain: they end by themselves, or at the deadline.
+    let drained = async {
+        drain.finished().await;
+        drain.streams_ended().await;
+    };
     tokio::select! {
-        _ = drain.finished() => {}
+        () = drained => {}
         _ = term.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),
         _ = int.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
     }

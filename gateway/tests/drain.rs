@@ -152,6 +152,29 @@ async fn drain_deadline_cuts_a_streamed_http_response() {
 }
 
 #[tokio::test]
+async fn sigterm_lets_a_streamed_http_response_finish_before_exiting() {
+    use tokio::io::AsyncReadExt;
+    let (up, log) = start_upstream().await;
+    let mut gw = Gateway::start(up, &["--drain-timeout", "1m"]).await;
+    let (mut tcp, mut seen) = open_event_stream(gw.addr).await;
+    gw.signal("TERM");
+    // No session is open, yet the process waits for the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.child.try_wait().unwrap(), None, "{}", gw.log());
+    log.sse_go.notify_one();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut seen))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&seen).contains("data: two"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert_eq!(gw.wait_exit(), Some(0));
+}
+
+#[tokio::test]
 async fn drain_api_refuses_a_bad_token_and_follows_rotation() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
