@@ -96,7 +96,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         tls = cfg.tls.is_some(),
         "gateway started"
     );
-    tokio::spawn(Arc::clone(&ticker).run(Ticker::period(&cfg.limits), Arc::clone(&admission)));
+    tokio::spawn(Arc::clone(&ticker).run(Ticker::period(&cfg.limits)));
     let admin = Arc::new(Admin {
         drain: Arc::clone(&drain),
         registry,

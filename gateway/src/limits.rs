@@ -18,20 +18,73 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Per-IP token buckets (`rate` tokens per second up to `burst`).
+/// The most clients the rate limiter remembers at once (two generations of half as many).
+pub const RATE_TABLE_KEYS: usize = 1 << 16;
+
+/// Per-client token buckets (`rate` tokens per second up to `burst`).
+///
+/// A client is an IPv4 address or an IPv6 /64 (one host gets a whole /64, so counting single IPv6
+/// addresses would give it endless buckets). The buckets live in two generations: lookups move a
+/// bucket into the current one, and the current one becomes the previous (the previous one
+/// forgotten) when it holds half of [`RATE_TABLE_KEYS`] or when a bucket's refill time has
+/// passed since the last turn. A bucket untouched for two turns has refilled completely, so
+/// forgetting it changes nothing; only under a flood of new clients (half the table within one
+/// refill time) is a bucket forgotten early, and that client gets its burst again. Memory stays
+/// bounded and no request scans the table.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// How long an empty bucket takes to refill: the longest a generation lasts.
+    refill: Duration,
+    tables: Mutex<Tables>,
+}
+
+/// A client as the rate limiter counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    V4(u32),
+    /// The upper 64 bits.
+    V6(u64),
+}
+
+impl Client {
+    fn of(ip: IpAddr) -> Client {
+        match ip {
+            IpAddr::V4(v4) => Client::V4(v4.to_bits()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client::V4(v4.to_bits()),
+                None => Client::V6((v6.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+type Bucket = (f64, Instant);
+
+#[derive(Debug)]
+struct Tables {
+    current: HashMap<Client, Bucket>,
+    previous: HashMap<Client, Bucket>,
+    turned: Instant,
 }
 
 impl RateLimiter {
     pub fn new(rate: f64, burst: u32) -> Self {
+        let refill = if rate > 0.0 {
+            Duration::try_from_secs_f64(f64::from(burst) / rate).unwrap_or(Duration::MAX)
+        } else {
+            Duration::MAX
+        };
         RateLimiter {
             rate,
             burst: f64::from(burst),
-            buckets: Mutex::new(HashMap::new()),
+            refill,
+            tables: Mutex::new(Tables {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                turned: Instant::now(),
+            }),
         }
     }
 
@@ -40,8 +93,20 @@ impl RateLimiter {
         if self.rate <= 0.0 {
             return Ok(());
         }
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, last) = map.entry(ip).or_insert((self.burst, now));
+        let client = Client::of(ip);
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if t.current.len() >= RATE_TABLE_KEYS / 2
+            || now.saturating_duration_since(t.turned) >= self.refill
+        {
+            // Dropping a map of plain values frees its memory without visiting its entries.
+            t.previous = std::mem::take(&mut t.current);
+            t.turned = now;
+        }
+        let kept = t.previous.remove(&client);
+        let (tokens, last) = t
+            .current
+            .entry(client)
+            .or_insert_with(|| kept.unwrap_or((self.burst, now)));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;
@@ -54,18 +119,10 @@ impl RateLimiter {
         }
     }
 
-    /// Forgets buckets that have refilled completely, so the map only holds recent clients.
-    pub fn prune(&self, now: Instant) {
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (rate, burst) = (self.rate, self.burst);
-        map.retain(|_, (tokens, last)| {
-            *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
-        });
-    }
-
-    /// Number of IPs tracked.
+    /// Number of clients remembered.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.current.len() + t.previous.len()
     }
 }
 
@@ -155,18 +212,13 @@ impl Ticker {
         self.beacon.listen()
     }
 
-    /// Runs the clock forever; also prunes the rate limiter every minute.
-    pub async fn run(self: Arc<Self>, period: Duration, admission: Arc<Admission>) {
+    /// Runs the clock forever.
+    pub async fn run(self: Arc<Self>, period: Duration) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune = Instant::now();
         loop {
             interval.tick().await;
             self.beacon.fire();
-            if last_prune.elapsed() > Duration::from_secs(60) {
-                admission.rate.prune(Instant::now());
-                last_prune = Instant::now();
-            }
         }
     }
 }
@@ -188,8 +240,60 @@ mod tests {
             .expect("refilled one token");
         let other: IpAddr = "10.0.0.2".parse().expect("ip");
         rl.check(other, t0).expect("buckets are per IP");
-        rl.prune(t0 + Duration::from_secs(10));
-        assert_eq!(rl.tracked(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_a_mapped_ipv4_is_its_ipv4() {
+        let rl = RateLimiter::new(1.0, 2);
+        let t0 = Instant::now();
+        for ip in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+            rl.check(ip.parse().expect("ip"), t0).expect("burst of two");
+        }
+        assert!(
+            rl.check("2001:db8:1:2::77".parse().expect("ip"), t0)
+                .is_err()
+        );
+        rl.check("2001:db8:1:3::1".parse().expect("ip"), t0)
+            .expect("another /64");
+        rl.check("192.0.2.1".parse().expect("ip"), t0).expect("v4");
+        rl.check("::ffff:192.0.2.1".parse().expect("ip"), t0)
+            .expect("v4 mapped");
+        assert!(rl.check("192.0.2.1".parse().expect("ip"), t0).is_err());
+        assert_eq!(rl.tracked(), 3);
+    }
+
+    #[test]
+    fn a_flood_of_new_clients_keeps_the_table_bounded() {
+        let rl = RateLimiter::new(1.0, 100);
+        let t0 = Instant::now();
+        // Three tables' worth of /64s, all within one refill time (100 s).
+        for i in 0..(3 * RATE_TABLE_KEYS as u64) {
+            let ip = std::net::Ipv6Addr::from_bits(u128::from(i) << 64);
+            rl.check(IpAddr::V6(ip), t0)
+                .expect("a new client has its burst");
+            assert!(rl.tracked() <= RATE_TABLE_KEYS);
+        }
+        assert!(rl.tracked() >= RATE_TABLE_KEYS / 2);
+    }
+
+    #[test]
+    fn clients_gone_for_two_refill_times_are_forgotten_and_the_others_kept() {
+        let rl = RateLimiter::new(10.0, 10);
+        let t0 = Instant::now();
+        let (gone, staying): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        rl.check(gone, t0).expect("burst");
+        for _ in 0..10 {
+            rl.check(staying, t0).expect("burst");
+        }
+        // One refill time (1 s) later the table turns; `staying` is moved along, drained.
+        let t1 = t0 + Duration::from_millis(1000);
+        rl.check(staying, t1).expect("refilled");
+        let t2 = t1 + Duration::from_millis(1000);
+        rl.check(staying, t2).expect("refilled");
+        assert_eq!(rl.tracked(), 1, "only the client seen in the last turn");
     }
 
     #[test]
