@@ -122,6 +122,19 @@ impl FrameScanner {
     /// Scans `data`, the bytes that follow everything scanned before, adding what it saw to `out`.
     /// After an error the stream is not scanned further by the caller.
     pub fn scan(&mut self, data: &[u8], out: &mut Scanned) -> Result<(), FrameError> {
+        self.scan_to_error(data, out).map_err(|(e, _)| e)
+    }
+
+    /// [`FrameScanner::scan`], which on an error also says how many bytes of `data` came before
+    /// the frame that broke the rules: whole frames (and the start of one split before `data`)
+    /// that may still be relayed ahead of the close frame.
+    pub fn scan_to_error(
+        &mut self,
+        data: &[u8],
+        out: &mut Scanned,
+    ) -> Result<(), (FrameError, usize)> {
+        // Where the frame being read began in `data` (0: before it).
+        let mut frame_start = 0;
         let mut i = 0;
         while i < data.len() {
             if self.remaining > 0 {
@@ -139,11 +152,12 @@ impl FrameScanner {
                 // The most usual case: whole small data messages, passed over in a few steps.
                 i += self.pass_whole_messages(&data[i..], out);
                 // The usual case: any other frame whose whole header is in `data`, read in place.
+                frame_start = i;
                 if let Some(&b1) = data.get(i + 1)
                     && let Some(h) = data.get(i..i + header_size(b1))
                 {
                     i += h.len();
-                    self.start_frame(h, out)?;
+                    self.start_frame(h, out).map_err(|e| (e, frame_start))?;
                     continue;
                 }
                 if i == data.len() {
@@ -157,7 +171,8 @@ impl FrameScanner {
             let n = usize::from(self.header_len);
             if n >= 2 && n == header_size(self.header[1]) {
                 let h = self.header;
-                self.start_frame(&h[..n], out)?;
+                self.start_frame(&h[..n], out)
+                    .map_err(|e| (e, frame_start))?;
             }
         }
         Ok(())

@@ -169,7 +169,11 @@ impl Pump {
             }
             total += n as u64;
             let data = &buf[..n];
-            if let Err(e) = self.scanner.scan(data, seen) {
+            if let Err((e, valid)) = self.scanner.scan_to_error(data, seen) {
+                // The whole frames before the bad one are relayed, ahead of the close frame.
+                if !self.discard {
+                    self.pending.extend_from_slice(&data[..valid]);
+                }
                 self.src_done = true;
                 return Poll::Ready(Err(LegEnd::Frame(e)));
             }
@@ -245,6 +249,8 @@ struct Relay {
     want_inject: bool,
     /// Since when, as of a tick, bytes for the client have waited with none taken.
     stalled_since: Option<Instant>,
+    /// The gateway queued a close frame of its own to the client.
+    client_close_sent: bool,
 }
 
 impl Relay {
@@ -315,6 +321,21 @@ impl Relay {
             return Duration::ZERO;
         }
         now.duration_since(*self.stalled_since.get_or_insert(now))
+    }
+
+    /// Queues a close frame to the client if a frame boundary allows it now, unless one went to
+    /// it already (the gateway's own, or the app's, relayed): RFC 6455 allows one per side. Unlike
+    /// other frames it may queue behind bytes still waiting for the client: they end where the
+    /// scanner is, so at a frame boundary too, and nothing but the close follows them.
+    fn close_client(&mut self, code: u16) -> bool {
+        if self.client_close_sent || self.u2c.scanner.closed() || !self.u2c.scanner.at_boundary() {
+            return false;
+        }
+        self.u2c
+            .pending
+            .extend_from_slice(ControlFrame::close(code, None).as_bytes());
+        self.client_close_sent = true;
+        true
     }
 
     /// Queues a frame to the client if a frame boundary allows it now.
@@ -398,13 +419,14 @@ pub fn start(
         message_active: false,
         want_inject: false,
         stalled_since: None,
+        client_close_sent: false,
     };
     let primed = prime(&mut relay, leftovers);
     async move {
         let reason = match primed {
             Err(e) => {
                 relay.u2c.pending.clear();
-                relay.try_send_client(ControlFrame::close(e.close_code(), None));
+                relay.close_client(e.close_code());
                 frame_error_reason(e)
             }
             Ok(()) => drive(&mut relay, &ctx).await,
@@ -492,7 +514,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                     if closing == Closing::ByClient {
                         return CloseReason::ClientClose;
                     }
-                    relay.try_send_client(ControlFrame::close(close_code, None));
+                    relay.close_client(close_code);
                     return CloseReason::DrainDeadline;
                 }
                 Phase::Notify {
@@ -515,7 +537,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
         }
         if let Some((code, reason)) = want_close
             && closing == Closing::Open
-            && relay.try_send_client(ControlFrame::close(code, None))
+            && relay.close_client(code)
         {
             want_close = None;
             closing = Closing::ByGateway(reason);
@@ -549,7 +571,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                 if let Some(at) = close_by && at <= now {
                     return match closing {
                         Closing::ByClient => {
-                            relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
+                            relay.close_client(CLOSE_NORMAL);
                             CloseReason::ClientClose
                         }
                         Closing::ByGateway(reason) => reason,
@@ -571,7 +593,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                         if relay.last_client_rx >= sent {
                             ping_sent = None;
                         } else if now.duration_since(sent) >= limits.heartbeat_timeout {
-                            relay.try_send_client(ControlFrame::close(CLOSE_GOING_AWAY, None));
+                            relay.close_client(CLOSE_GOING_AWAY);
                             return CloseReason::HeartbeatTimeout;
                         }
                     }
@@ -614,7 +636,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                 }
             }
             Event::ClientLeg(LegEnd::Frame(e)) => {
-                relay.try_send_client(ControlFrame::close(e.close_code(), None));
+                relay.close_client(e.close_code());
                 debug!(error = ?e, "client broke the protocol");
                 return frame_error_reason(e);
             }
@@ -637,11 +659,11 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                         relay.c2u.pending = Vec::new();
                     }
                     (Closing::ByClient, _) => {
-                        relay.try_send_client(ControlFrame::close(CLOSE_NORMAL, None));
+                        relay.close_client(CLOSE_NORMAL);
                         return CloseReason::ClientClose;
                     }
                     _ => {
-                        relay.try_send_client(ControlFrame::close(CLOSE_INTERNAL_ERROR, None));
+                        relay.close_client(CLOSE_INTERNAL_ERROR);
                         debug!(?end, "upstream leg failed");
                         return CloseReason::UpstreamError;
                     }

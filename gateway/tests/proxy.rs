@@ -403,3 +403,46 @@ async fn drain_refuses_new_http_requests_and_cuts_streams_at_the_deadline() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&rest).contains("data: two"));
 }
+
+#[tokio::test]
+async fn a_close_frame_relayed_from_the_app_is_the_only_one_the_client_gets() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut tcp = raw_session(gw.addr).await;
+    tcp.write_all(&client_frame(0x1, b"close:4000"))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut tcp).await, Some(4000));
+    // The client does not answer; the drain's deadline ends the session meanwhile.
+    gw.post_drain(r#"{"strategy":"Wait","deadline":"1s"}"#)
+        .await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert_eq!(rest, b"", "nothing after the app's close frame");
+}
+
+#[tokio::test]
+async fn whole_frames_before_a_bad_one_reach_the_app() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut tcp = raw_session(gw.addr).await;
+    // One write: a valid masked frame, then an unmasked one, which a client may not send.
+    let mut bytes = client_frame(0x1, b"first");
+    bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    tcp.write_all(&bytes).await.unwrap();
+    let mut code = None;
+    while let Some((op, payload)) = read_server_frame(&mut tcp).await {
+        if op == 0x8 {
+            code = Some(u16::from_be_bytes([payload[0], payload[1]]));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1002));
+    eventually("the app got the frame before the bad one", || async {
+        log.echoed.lock().unwrap().as_slice() == ["first"]
+    })
+    .await;
+}

@@ -42,6 +42,8 @@ pub struct UpstreamLog {
     pub ws_ends: Mutex<Vec<Option<u16>>>,
     /// Released by tests to let `/sse` send its second event.
     pub sse_go: Notify,
+    /// The text messages it echoed, in order.
+    pub echoed: Mutex<Vec<String>>,
 }
 
 /// Starts the upstream on 127.0.0.1:0. WebSocket: echoes every message; a text `close:<code>`
@@ -116,6 +118,9 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
                         .await;
                 }
                 Message::Text(_) | Message::Binary(_) => {
+                    if let Message::Text(t) = &msg {
+                        log.echoed.lock().unwrap().push(t.to_string());
+                    }
                     let Ok(()) = ws.send(msg).await else { return };
                 }
                 _ => {}
