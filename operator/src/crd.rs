@@ -179,7 +179,8 @@ pub struct GatewaySpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Most concurrent client connections per pod; above it new connections get HTTP 503 with
-    /// Retry-After before the WebSocket upgrade.
+    /// Retry-After before the WebSocket upgrade. Each takes two file descriptors: the gateway
+    /// refuses to start when the container's open-file limit is below 2 x maxConnections + 64.
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: i32,
@@ -285,9 +286,10 @@ fn default_heartbeat_timeout() -> Duration {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
-    /// Tokens added per second.
+    /// Tokens added per second; 0 turns the limit off (behind a proxy that limits already, or
+    /// when many clients share one address). An IPv6 client is counted by its /64.
     #[serde(default = "default_rate", rename = "connectionsPerSecondPerIP")]
-    #[schemars(range(min = 1, max = 100000))]
+    #[schemars(range(min = 0, max = 100000))]
     pub connections_per_second_per_ip: i32,
     /// Bucket size: connections one IP may open at once.
     #[serde(default = "default_burst")]
@@ -409,13 +411,16 @@ pub enum DrainStrategy {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.spread) < duration(self.timeout)")
     .message("drain.spread must be shorter than drain.timeout").field_path(".spread"))]
+#[x_kube(validation = Rule::new("duration(self.timeout) <= duration('168h')")
+    .message("drain.timeout must be at most 168h (a week), the longest drain a gateway accepts").field_path(".timeout"))]
 #[x_kube(validation = Rule::new("self.closeCode == 1001 || self.closeCode == 1012 || (self.closeCode >= 4000 && self.closeCode <= 4999)")
     .message("drain.closeCode must be 1001, 1012 or an application code 4000-4999").field_path(".closeCode"))]
 pub struct DrainSpec {
     /// Notify (default): ask clients to reconnect; Wait: let sessions end on their own.
     #[serde(default)]
     pub strategy: DrainStrategy,
-    /// Deadline per pod; sessions still open then are force-closed and counted as dropped.
+    /// Deadline per pod; sessions still open then are force-closed and counted as dropped. At
+    /// most 168h.
     #[serde(default = "default_drain_timeout")]
     pub timeout: Duration,
     /// Notify: close frames are spread evenly over this window, so clients do not all

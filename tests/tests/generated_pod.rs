@@ -119,6 +119,9 @@ async fn an_app_containers_own_exec_pre_stop_runs_after_the_drain_in_the_same_ho
         "-c".to_owned(),
         "echo own hook ran".to_owned(),
     ]);
+    // The gateway runs as a process of this test, under this machine's open-file limit, which
+    // the default of 10,000 connections may exceed (the gateway would refuse to start).
+    lcs.spec.gateway.max_connections = 1000;
     let pod = Pod::new(&lcs, start_echo().await);
     let gateway = pod.start_gateway().await;
 

@@ -83,6 +83,9 @@ impl ServiceSpec {
                 }},
                 "gateway": {
                     "upstreamPort": APP_PORT,
+                    // Two descriptors per connection: the nodes give containers their own limit
+                    // (the host's, 20,000 here), below what the default of 10,000 needs.
+                    "maxConnections": 5000,
                     "rateLimit": {"connectionsPerSecondPerIP": 100_000, "burst": 100_000},
                 },
                 "tls": {"mode": "SelfSigned"},
