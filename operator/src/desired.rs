@@ -592,6 +592,32 @@ pub fn unchained_pre_stop_hooks(lcs: &LongConnService) -> Vec<UnchainedPreStop> 
         .collect()
 }
 
+/// The gateway container's resources: `spec.gateway.resources`, or requests of 50m CPU and 64Mi.
+fn gateway_resources(g: &crate::crd::GatewaySpec) -> ResourceRequirements {
+    g.resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        ..ResourceRequirements::default()
+    })
+}
+
+/// The gateway's runtime threads: its CPU limit, or else its CPU request, rounded up to whole
+/// CPUs (1 runs the single-threaded scheduler). Without either, or with a quantity written in a
+/// form other than cores (`2`, `1.5`) or millicores (`1500m`), none is passed and the gateway
+/// starts one per CPU of the node, which a container held to a fraction of one would only spend
+/// in the scheduler's throttling.
+pub fn worker_threads(resources: &ResourceRequirements) -> Option<u64> {
+    let cpu = |list: &Option<BTreeMap<String, Quantity>>| list.as_ref()?.get("cpu").cloned();
+    let Quantity(cpu) = cpu(&resources.limits).or_else(|| cpu(&resources.requests))?;
+    let millis = match cpu.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => cpu.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis > 0.0).then(|| ((millis / 1000.0).ceil() as u64).max(1))
+}
+
 /// The gateway's command line, one flag per `spec.gateway` / `spec.drain` field.
 pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
     let g = &lcs.spec.gateway;
@@ -620,6 +646,9 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
         format!("--drain-spread={}", d.spread),
         format!("--drain-close-code={}", d.close_code),
     ];
+    if let Some(threads) = worker_threads(&gateway_resources(g)) {
+        args.push(format!("--worker-threads={threads}"));
+    }
     if !g.allowed_origins.is_empty() {
         args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
     }
@@ -686,13 +715,7 @@ fn gateway_container(ctx: &Ctx, settings: &Settings, tls: bool) -> Container {
         startup_probe: Some(http_probe("/healthz", 1, 60)),
         readiness_probe: Some(http_probe("/readyz", 2, 1)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        resources: Some(g.resources.clone().unwrap_or_else(|| ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity("50m".to_owned())),
-                ("memory".to_owned(), Quantity("64Mi".to_owned())),
-            ])),
-            ..ResourceRequirements::default()
-        })),
+        resources: Some(gateway_resources(&ctx.lcs.spec.gateway)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(65532),
@@ -907,6 +930,37 @@ fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
 mod tests {
     use super::*;
     use crate::crd::LongConnServiceSpec;
+
+    #[test]
+    fn worker_threads_follow_the_cpu_limit_else_the_request_rounded_up() {
+        let resources = |limit: Option<&str>, request: Option<&str>| {
+            let list = |cpu: Option<&str>| {
+                cpu.map(|c| BTreeMap::from([("cpu".to_owned(), Quantity(c.to_owned()))]))
+            };
+            ResourceRequirements {
+                limits: list(limit),
+                requests: list(request),
+                ..ResourceRequirements::default()
+            }
+        };
+        for (limit, request, threads) in [
+            (Some("1500m"), Some("100m"), Some(2)),
+            (Some("2"), None, Some(2)),
+            (Some("0.5"), None, Some(1)),
+            (None, Some("50m"), Some(1)),
+            (None, Some("3"), Some(3)),
+            (None, None, None),
+            (Some("1e3m"), None, Some(1)),
+            (Some("2k"), None, None),
+            (Some("0"), None, None),
+        ] {
+            assert_eq!(
+                worker_threads(&resources(limit, request)),
+                threads,
+                "limit {limit:?}, request {request:?}"
+            );
+        }
+    }
 
     /// A LongConnService whose pod template has `containers` (JSON) and `grace` seconds, if any.
     fn lcs(containers: Value, grace: Option<i64>) -> LongConnService {
