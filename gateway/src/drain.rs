@@ -463,20 +463,21 @@ mod tests {
 
     #[test]
     fn a_spread_left_out_is_cut_to_a_short_deadline() {
-        let d = drain();
+        let d = Drain::new(
+            DrainDefaults {
+                strategy: DrainStrategy::Notify,
+                timeout: Duration::from_secs(60),
+                spread: Duration::from_secs(30),
+                close_code: 1012,
+            },
+            Metrics::new().0,
+        );
         let req = DrainRequest {
             deadline: Some(Duration::from_millis(10)),
             ..DrainRequest::default()
         };
-        let defaults = Drain::new(
-            DrainDefaults {
-                spread: Duration::from_secs(30),
-                ..d.defaults
-            },
-            Metrics::new().0,
-        );
         assert_eq!(
-            defaults.window(&req).expect("fits"),
+            d.window(&req).expect("fits"),
             (Duration::from_millis(10), Duration::from_millis(10))
         );
     }

@@ -102,11 +102,12 @@ impl RateLimiter {
             t.previous = std::mem::take(&mut t.current);
             t.turned = now;
         }
-        let kept = t.previous.remove(&client);
-        let (tokens, last) = t
-            .current
+        let Tables {
+            current, previous, ..
+        } = &mut *t;
+        let (tokens, last) = current
             .entry(client)
-            .or_insert_with(|| kept.unwrap_or((self.burst, now)));
+            .or_insert_with(|| previous.remove(&client).unwrap_or((self.burst, now)));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;

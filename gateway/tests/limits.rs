@@ -11,19 +11,18 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Heartbeats short enough for a test: a silent client is pinged after 300 ms and given 300 ms.
+const FAST_HEARTBEATS: [&str; 4] = [
+    "--heartbeat-interval",
+    "300ms",
+    "--heartbeat-timeout",
+    "300ms",
+];
+
 #[tokio::test]
 async fn heartbeat_timeout_closes_a_client_that_never_answers_pings() {
     let (up, log) = start_upstream().await;
-    let gw = Gateway::start(
-        up,
-        &[
-            "--heartbeat-interval",
-            "300ms",
-            "--heartbeat-timeout",
-            "300ms",
-        ],
-    )
-    .await;
+    let gw = Gateway::start(up, &FAST_HEARTBEATS).await;
     let mut tcp = raw_session(gw.addr).await;
     // The test never answers: first a ping arrives, then a close 1001, then the end.
     let (op, _) = read_server_frame(&mut tcp).await.unwrap();
@@ -293,16 +292,7 @@ async fn bad_flag_values_stop_the_gateway_with_one_line_each() {
 #[tokio::test]
 async fn a_client_that_stops_reading_while_the_app_sends_is_ended_within_the_heartbeat_bound() {
     let (up, _) = start_upstream().await;
-    let gw = Gateway::start(
-        up,
-        &[
-            "--heartbeat-interval",
-            "300ms",
-            "--heartbeat-timeout",
-            "300ms",
-        ],
-    )
-    .await;
+    let gw = Gateway::start(up, &FAST_HEARTBEATS).await;
     let mut tcp = raw_session(gw.addr).await;
     tcp.write_all(&client_frame(0x1, b"flood")).await.unwrap();
     let asked = std::time::Instant::now();

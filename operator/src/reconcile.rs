@@ -205,10 +205,10 @@ impl Context {
     }
 
     /// Publishes an Event about `lcs`. Every one is an Event object of its own: a recorder that
-    /// outlives one publish would fold an Event into the last one of the same reason (its note
-    /// replaced, a count raised), so of six pods drained in a rollout only the last one's words
-    /// would be left, and it keeps every Event it sent for six minutes to do so (3,000 after
-    /// creating a thousand services, each some kilobytes). The Events the operator publishes
+    /// outlives one publish would fold an Event into the first one of the same reason (a count
+    /// raised, the first one's note kept), so of six pods drained in a rollout only the first
+    /// one's words would be left, and it keeps every Event it sent for six minutes to do so
+    /// (3,000 after creating a thousand services). The Events the operator publishes
     /// follow what it records, once, so there is nothing to fold.
     pub async fn event(&self, lcs: &LongConnService, type_: EventType, reason: &str, note: String) {
         let event = Event {
