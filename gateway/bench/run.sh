@@ -106,10 +106,10 @@ RELAY_PID=$LAST
 
 GW_COMMON=(--upstream "127.0.0.1:$UP" --worker-threads 1 --max-connections $((SESSIONS + 1000))
     --rate-limit-connections-per-second-per-ip 0 --heartbeat-interval 10m --idle-timeout 1h)
-start gateway "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
+start gateway "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG_LEVEL=warn "$GW" run --listen "127.0.0.1:$GW_PLAIN" \
     --admin-listen 127.0.0.1:19091 "${GW_COMMON[@]}"
 GW_PID=$LAST
-start gateway-tls "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG=warn "$GW" run --listen "127.0.0.1:$GW_TLS" \
+start gateway-tls "${ON_PROXY_CPU[@]}" env LONGCONN_GATEWAY_LOG_LEVEL=warn "$GW" run --listen "127.0.0.1:$GW_TLS" \
     --admin-listen 127.0.0.1:19092 "${GW_COMMON[@]}" \
     --tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem"
 GW_TLS_PID=$LAST

@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LONGCONN_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level: a level (error, warn, info, debug, trace, off) or `tracing` filter directives
+    /// such as `info,longconn_gateway::access_log=off`.
+    #[arg(long, env = "LONGCONN_GATEWAY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 }
 
 /// Flags of `longconn-gateway drain`.
@@ -256,6 +260,8 @@ pub struct Config {
     pub termination_report: Option<PathBuf>,
     pub worker_threads: Option<usize>,
     pub log_format: LogFormat,
+    /// Checked by [`crate::logging::parse_filter`].
+    pub log_level: String,
 }
 
 /// True for the close codes a drain may send: 1000, 1001, 1012, or an application code.
@@ -325,6 +331,9 @@ impl Config {
         if a.worker_threads == Some(0) {
             bad.push("--worker-threads: must be at least 1".to_owned());
         }
+        if let Err(e) = crate::logging::parse_filter(&a.log_level) {
+            bad.push(format!("--log-level: {e}"));
+        }
         let tls = match (a.tls_cert, a.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -380,6 +389,7 @@ impl Config {
             install_to: a.install_to,
             worker_threads: a.worker_threads,
             log_format: a.log_format,
+            log_level: a.log_level,
         })
     }
 }
@@ -461,6 +471,24 @@ mod tests {
             assert!(msg.contains(needle), "missing {needle:?} in {msg}");
         }
         assert!(msg.lines().count() >= 5, "{msg}");
+    }
+
+    #[test]
+    fn a_bad_log_level_is_refused_naming_the_flag() {
+        let cfg = Config::from_args(parse(&[]).expect("parses").run).expect("valid");
+        assert_eq!(cfg.log_level, "info");
+        let cli = parse(&["--log-level", "infoo"]).expect("parses");
+        let err = Config::from_args(cli.run).expect_err("misspelt");
+        assert!(
+            err.to_string()
+                .lines()
+                .any(|l| l.starts_with("--log-level: \"infoo\" is not a level")),
+            "{err}"
+        );
+        let cli =
+            parse(&["--log-level", "warn,longconn_gateway::access_log=info"]).expect("parses");
+        let cfg = Config::from_args(cli.run).expect("valid directives");
+        assert_eq!(cfg.log_level, "warn,longconn_gateway::access_log=info");
     }
 
     #[test]

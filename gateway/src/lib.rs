@@ -6,7 +6,7 @@
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
 //! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
 //! [`admin`] (admin port), [`metrics`] (with [`fds`]: the open-file limit and process figures),
-//! [`install`] and [`client`] (the `install` and `drain`
+//! [`logging`] (level and format), [`install`] and [`client`] (the `install` and `drain`
 //! subcommands). The drain API's wire types and its client live in the crate
 //! `longconn-drain-api`, which the operator shares.
 
@@ -23,6 +23,7 @@ pub mod http;
 pub mod http_proxy;
 pub mod install;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod session;

@@ -6,22 +6,8 @@ use clap::Parser;
 use longconn_gateway::{
     Error, client,
     config::{Cli, Command, Config, DrainArgs, LogFormat},
-    fds, install,
+    fds, install, logging,
 };
-use tracing_subscriber::EnvFilter;
-
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("LONGCONN_GATEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 /// One worker thread means the current-thread scheduler: no work stealing, no cross-thread
 /// wake-ups.
@@ -101,7 +87,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(cfg.log_format);
+            logging::init(cfg.log_format, &cfg.log_level);
             match fds::raise_nofile(cfg.limits.max_connections) {
                 Ok(nofile) => tracing::info!(
                     soft = nofile.soft,
@@ -138,7 +124,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Drain(args) => {
-            init_tracing(LogFormat::Text);
+            let level = std::env::var("LONGCONN_GATEWAY_LOG_LEVEL").unwrap_or_default();
+            logging::init(LogFormat::Text, &level);
             let drained = drain(&args);
             // The command after `--`, the app's own preStop hook, runs after the drain whatever
             // the drain's outcome; when it fails, its failure is the one reported.

@@ -242,7 +242,7 @@ impl Gateway {
             // (the gateway refuses to start then); the tests need far fewer. A flag in `extra`
             // wins over the variable.
             .env("LONGCONN_GATEWAY_MAX_CONNECTIONS", "1000")
-            .env("LONGCONN_GATEWAY_LOG", "debug")
+            .env("LONGCONN_GATEWAY_LOG_LEVEL", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("stderr.log")).unwrap(),
