@@ -40,6 +40,10 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: internal error (the upstream failed).
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+/// Close code reported, never sent, for a close frame without a code (RFC 6455 7.4.1).
+pub const CLOSE_NO_STATUS: u16 = 1005;
+/// Close code reported, never sent, for a connection that ended without a close frame.
+pub const CLOSE_ABNORMAL: u16 = 1006;
 
 /// Why a stream is not acceptable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +95,10 @@ pub struct FrameScanner {
     message_len: u64,
     max_message: u64,
     closed: bool,
+    /// The code of the close frame that passed ([`CLOSE_NO_STATUS`] for one without); 0 before.
+    /// While a close frame's payload passes, `header` (free between headers) holds its mask key
+    /// in bytes 0-3, the payload bytes seen in byte 4, and the code's two bytes in 5 and 6.
+    close_code: u16,
 }
 
 impl FrameScanner {
@@ -106,6 +114,7 @@ impl FrameScanner {
             message_len: 0,
             max_message,
             closed: false,
+            close_code: 0,
         }
     }
 
@@ -117,6 +126,12 @@ impl FrameScanner {
     /// True once a complete close frame has passed.
     pub fn closed(&self) -> bool {
         self.closed
+    }
+
+    /// The code of the close frame that passed, once it has: [`CLOSE_NO_STATUS`] when it had no
+    /// code.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed.then_some(self.close_code)
     }
 
     /// Scans `data`, the bytes that follow everything scanned before, adding what it saw to `out`.
@@ -140,6 +155,10 @@ impl FrameScanner {
             if self.remaining > 0 {
                 let left = (data.len() - i) as u64;
                 let take = self.remaining.min(left);
+                if self.opcode == OP_CLOSE {
+                    // `take <= left`, which came from a usize.
+                    self.read_close_code(&data[i..i + take as usize]);
+                }
                 self.remaining -= take;
                 // `take <= left`, which came from a usize.
                 i += take as usize;
@@ -292,6 +311,16 @@ impl FrameScanner {
                 out.messages += 1;
             }
         }
+        if opcode == OP_CLOSE {
+            // A control frame's header is 2 bytes, then the mask key if any.
+            let key = if masked {
+                [h[2], h[3], h[4], h[5]]
+            } else {
+                [0; 4]
+            };
+            self.header[..4].copy_from_slice(&key);
+            self.header[4] = 0;
+        }
         self.opcode = opcode;
         self.remaining = len;
         self.header_len = 0;
@@ -301,10 +330,29 @@ impl FrameScanner {
         Ok(())
     }
 
+    /// Keeps the first two bytes of a close frame's payload, `payload` being its next part.
+    fn read_close_code(&mut self, payload: &[u8]) {
+        for &b in payload {
+            let seen = usize::from(self.header[4]);
+            if seen >= 2 {
+                return;
+            }
+            self.header[5 + seen] = b ^ self.header[seen];
+            self.header[4] += 1;
+        }
+    }
+
     fn end_frame(&mut self, out: &mut Scanned) {
         match self.opcode {
             OP_CLOSE => {
                 out.close = true;
+                if !self.closed {
+                    self.close_code = if self.header[4] >= 2 {
+                        u16::from_be_bytes([self.header[5], self.header[6]])
+                    } else {
+                        CLOSE_NO_STATUS
+                    };
+                }
                 self.closed = true;
             }
             OP_PONG => out.pong = true,
@@ -424,6 +472,29 @@ mod tests {
             s.scan(&stream[split..], &mut out).expect("valid rest");
             assert_eq!(out.messages, 2, "split at {split}");
             assert!(out.close && s.closed() && s.at_boundary());
+        }
+    }
+
+    #[test]
+    fn the_close_code_is_read_masked_or_not_and_split_anywhere() {
+        for (role, mask) in [(Role::Client, K), (Role::Server, None)] {
+            let mut stream = frame(true, OP_TEXT, b"hello", mask);
+            stream.extend(frame(true, OP_CLOSE, b"\x0f\xa1bye", mask));
+            for split in 0..stream.len() {
+                let mut s = FrameScanner::new(role, 1 << 20);
+                let mut out = Scanned::default();
+                s.scan(&stream[..split], &mut out).expect("valid prefix");
+                assert_eq!(s.close_code(), None, "not closed yet at {split}");
+                for byte in &stream[split..] {
+                    s.scan(std::slice::from_ref(byte), &mut out)
+                        .expect("valid rest");
+                }
+                assert_eq!(s.close_code(), Some(4001), "{role:?} split at {split}");
+            }
+            let empty = frame(true, OP_CLOSE, b"", mask);
+            let mut s = FrameScanner::new(role, 100);
+            s.scan(&empty, &mut Scanned::default()).expect("valid");
+            assert_eq!(s.close_code(), Some(CLOSE_NO_STATUS));
         }
     }
 

@@ -7,6 +7,8 @@
 
 use std::io::Write as _;
 
+use crate::reqid::RequestIds;
+
 /// Largest request or response head accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -172,6 +174,23 @@ impl Head {
             .map(|(_, v)| v)
     }
 
+    /// Every value of header `name` (case-insensitive), in the order received.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The request's method (empty for responses).
+    pub fn method(&self) -> &[u8] {
+        self.get(self.method)
+    }
+
+    /// The request target, query string included (empty for responses).
+    pub fn target(&self) -> &[u8] {
+        self.get(self.path)
+    }
+
     /// True if any `name` header lists `token`.
     fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers()
@@ -216,9 +235,10 @@ impl Head {
     /// Encodes a request head for the upstream. Hop-by-hop headers are dropped;
     /// `Sec-WebSocket-Extensions` is dropped too (the gateway never negotiates compression); a
     /// WebSocket upgrade keeps `Connection: Upgrade`, a plain request gets `Connection: close`.
-    pub fn encode_request(&self, peer: std::net::IpAddr, tls: bool) -> Vec<u8> {
+    /// The request's `X-Request-Id` and `traceparent` are `ids` (see [`crate::reqid`]).
+    pub fn encode_request(&self, peer: std::net::IpAddr, tls: bool, ids: &RequestIds) -> Vec<u8> {
         let websocket = self.wants_websocket();
-        let mut out = Vec::with_capacity(self.len + 96);
+        let mut out = Vec::with_capacity(self.len + 192);
         out.extend_from_slice(self.get(self.method));
         out.push(b' ');
         out.extend_from_slice(self.get(self.path));
@@ -242,10 +262,11 @@ impl Head {
                 "x-forwarded-proto",
             ])
             .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
-            if !drop {
+            if !drop && !ids.replaces(name) {
                 push_header(&mut out, name, value);
             }
         }
+        ids.write_headers(&mut out);
         if websocket {
             out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
         } else {
@@ -317,6 +338,20 @@ pub fn simple_response(status: u16, reason: &str, extra: &[(&str, String)], body
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reqid::{RequestId, TraceParent};
+
+    /// Fixed ids, so that heads can be compared byte for byte.
+    fn ids() -> RequestIds {
+        RequestIds {
+            request_id: RequestId::Given("r-1".into()),
+            trace: TraceParent {
+                trace_id: std::array::from_fn(|i| i as u8 + 1),
+                parent_id: std::array::from_fn(|i| i as u8 + 1),
+                flags: 1,
+            },
+            trace_kept: false,
+        }
+    }
 
     const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: https://App.example.com\r\n\r\nrest";
 
@@ -327,8 +362,9 @@ mod tests {
         head.check_websocket().expect("valid upgrade");
         assert_eq!(&UPGRADE[head.len..], b"rest");
         assert_eq!(head.origin().as_deref(), Some("https://app.example.com"));
-        let up = String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false))
-            .expect("utf8");
+        let up =
+            String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false, &ids()))
+                .expect("utf8");
         assert!(!up.to_ascii_lowercase().contains("extensions"), "{up}");
         assert!(up.contains("Connection: Upgrade\r\n"), "{up}");
         assert!(up.contains("X-Forwarded-For: 10.0.0.1\r\n"), "{up}");
@@ -341,9 +377,11 @@ mod tests {
         let head = parse_request(req).expect("valid").expect("complete");
         assert_eq!(head.header("HOST"), Some(&b"x"[..]));
         assert_eq!(
-            String::from_utf8(head.encode_request("::1".parse().expect("ip"), true)).expect("utf8"),
-            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nConnection: close\r\n\
-             X-Forwarded-For: 1.2.3.4, ::1\r\nX-Forwarded-Proto: https\r\n\r\n"
+            String::from_utf8(head.encode_request("::1".parse().expect("ip"), true, &ids()))
+                .expect("utf8"),
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\
+             X-Request-Id: r-1\r\ntraceparent: 00-0102030405060708090a0b0c0d0e0f10-0102030405060708-01\r\n\
+             Connection: close\r\nX-Forwarded-For: 1.2.3.4, ::1\r\nX-Forwarded-Proto: https\r\n\r\n"
         );
         let res = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
         let head = parse_response(res).expect("valid").expect("complete");
@@ -353,6 +391,29 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: abc\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_request_carries_one_request_id_and_traceparent_and_tracestate_only_with_its_trace() {
+        let req =
+            b"GET / HTTP/1.1\r\nX-Request-Id: a b\r\ntraceparent: junk\r\nX-REQUEST-ID: c\r\n\
+            tracestate: k=v\r\nTraceparent: more\r\n\r\n";
+        let head = parse_request(req).expect("valid").expect("complete");
+        let encode = |ids: &RequestIds| {
+            String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false, ids))
+                .expect("utf8")
+                .to_ascii_lowercase()
+        };
+        let replaced = encode(&ids());
+        assert_eq!(replaced.matches("x-request-id:").count(), 1, "{replaced}");
+        assert_eq!(replaced.matches("traceparent:").count(), 1, "{replaced}");
+        assert!(replaced.contains("x-request-id: r-1\r\n"), "{replaced}");
+        assert!(!replaced.contains("tracestate"), "{replaced}");
+        let kept = encode(&RequestIds {
+            trace_kept: true,
+            ..ids()
+        });
+        assert!(kept.contains("tracestate: k=v\r\n"), "{kept}");
     }
 
     #[test]
@@ -427,7 +488,7 @@ mod tests {
         fn parsing_arbitrary_heads_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
             if let Ok(Some(h)) = parse_request(&bytes) {
                 let _ = h.check_websocket();
-                let _ = h.encode_request("127.0.0.1".parse().expect("ip"), true);
+                let _ = h.encode_request("127.0.0.1".parse().expect("ip"), true, &RequestIds::for_request(&h));
             }
             if let Ok(Some(h)) = parse_response(&bytes) {
                 let _ = h.encode_response();
@@ -455,7 +516,7 @@ mod tests {
             proptest::prop_assert_eq!(head.len, req.len());
             proptest::prop_assert_eq!(head.get(head.method), method.as_bytes());
             proptest::prop_assert_eq!(head.get(head.path), path.as_bytes());
-            let encoded = head.encode_request("10.1.2.3".parse().expect("ip"), false);
+            let encoded = head.encode_request("10.1.2.3".parse().expect("ip"), false, &ids());
             let again = parse_request(&encoded).expect("valid").expect("complete");
             proptest::prop_assert_eq!(again.get(again.path), path.as_bytes());
             for (name, _) in &headers {

@@ -15,18 +15,20 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    access_log::Tally,
     conn::ClientConn,
     drain::{Drain, Phase},
     proxy::read_response,
 };
 
-/// Relays one request and its response.
+/// Relays one request and its response, counting in `tally` what it moved.
 pub async fn serve(
     client: ClientConn,
     upstream: TcpStream,
     request: Vec<u8>,
     body_start: Vec<u8>,
     drain: &Arc<Drain>,
+    tally: &Tally,
 ) {
     let _stream = drain.open_stream();
     let (mut cr, mut cw) = tokio::io::split(client);
@@ -34,7 +36,8 @@ pub async fn serve(
     let up = async {
         uw.write_all(&request).await?;
         uw.write_all(&body_start).await?;
-        copy(&mut cr, &mut uw).await?;
+        tally.add_from_client(body_start.len());
+        copy(&mut tally.count_from_client(&mut cr), &mut uw).await?;
         uw.shutdown().await?;
         std::io::Result::Ok(())
     };
@@ -45,8 +48,10 @@ pub async fn serve(
             .await
             .map_err(std::io::Error::other)?;
         cw.write_all(&head.encode_response()).await?;
+        tally.set_status(head.status);
         cw.write_all(&rest).await?;
-        copy(&mut ur, &mut cw).await?;
+        tally.add_to_client(rest.len());
+        copy(&mut tally.count_to_client(&mut ur), &mut cw).await?;
         cw.shutdown().await?;
         std::io::Result::Ok(())
     };

@@ -6,10 +6,12 @@
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
 //! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
 //! [`admin`] (admin port), [`metrics`] (with [`fds`]: the open-file limit and process figures),
-//! [`logging`] (level and format), [`install`] and [`client`] (the `install` and `drain`
-//! subcommands). The drain API's wire types and its client live in the crate
+//! [`logging`] (level and format), [`access_log`] (one line per session and per request) with
+//! [`reqid`] (request ids and trace context), [`install`] and [`client`] (the `install` and
+//! `drain` subcommands). The drain API's wire types and its client live in the crate
 //! `longconn-drain-api`, which the operator shares.
 
+pub mod access_log;
 pub mod admin;
 pub mod beacon;
 pub mod client;
@@ -26,6 +28,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reqid;
 pub mod session;
 pub mod state;
 pub mod tls;

@@ -20,13 +20,15 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::{
+    access_log::{Entry, Tally},
     conn::ClientConn,
     drain::Drain,
     http::{self, Head, HeadError},
     http_proxy,
     limits::{Admission, ConnectionSlot},
     metrics::{Metrics, RejectReason},
-    session::{self, Leftovers, SessionContext, mask_key},
+    reqid::RequestIds,
+    session::{self, Leftovers, SessionContext},
 };
 
 /// Everything the proxy shares between connections.
@@ -175,30 +177,35 @@ impl Proxy {
                 }
             };
         let _ = upstream.set_nodelay(true);
-        let request = head.encode_request(peer.ip(), conn.is_tls());
+        let ids = RequestIds::for_request(&head);
+        let request = head.encode_request(peer.ip(), conn.is_tls(), &ids);
+        let log = Entry::new(id, peer, started.into_std(), &head, ids);
         // Nothing of the handshake may stay allocated for the life of the session.
         drop(head);
         if websocket {
-            self.websocket(id, slot, conn, upstream, request, leftover, deadline)
+            self.websocket(log, slot, conn, upstream, request, leftover, deadline)
                 .await;
         } else {
             self.metrics().http_requests.inc();
+            let tally = Tally::default();
             Box::pin(http_proxy::serve(
                 conn,
                 upstream,
                 request,
                 leftover,
                 self.drain(),
+                &tally,
             ))
             .await;
             drop(slot);
+            log.request_ended(&tally);
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn websocket(
         &self,
-        id: u64,
+        log: Box<Entry>,
         slot: Option<ConnectionSlot>,
         mut conn: ClientConn,
         mut upstream: TcpStream,
@@ -233,6 +240,7 @@ impl Proxy {
             self.metrics().reject(RejectReason::UpstreamRefused);
             debug!(status = res.status, "upstream refused the upgrade");
             let mut out = res.encode_response();
+            let head_len = out.len();
             let body_len = res
                 .header("content-length")
                 .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
@@ -250,6 +258,10 @@ impl Proxy {
             out.extend_from_slice(&from_upstream[..from_upstream.len().min(body_len)]);
             let _ = conn.write_all(&out).await;
             let _ = conn.shutdown().await;
+            let tally = Tally::default();
+            tally.set_status(res.status);
+            tally.add_to_client(out.len() - head_len);
+            log.request_ended(&tally);
             return;
         }
         let Some(ticket) = self.drain().open_session() else {
@@ -278,15 +290,16 @@ impl Proxy {
         };
         // The session runs as a task of its own, so that nothing of the handshake phase stays
         // allocated while it lasts; it holds the connection slot until it ends.
+        let first = log.id() == 1;
         let task = session::start(
             Arc::clone(&self.session),
             ticket,
             slot,
             (conn, upstream),
             leftovers,
-            mask_key(id),
+            log,
         );
-        if id == 1 {
+        if first {
             debug!(bytes = std::mem::size_of_val(&task), "session task size");
         }
         tokio::spawn(task.instrument(tracing::Span::current()));

@@ -13,7 +13,9 @@
 //! # Accounting
 //!
 //! Each session ends with exactly one [`CloseReason`], reported through its [`SessionTicket`];
-//! [`CloseReason::outcome`] maps it to migrated, closedByClient or dropped.
+//! [`CloseReason::outcome`] maps it to migrated, closedByClient or dropped. It also ends with one
+//! line of the [`access_log`](crate::access_log): the bytes it relayed each way (counted by the
+//! pumps as they read) and the code of its first close frame.
 
 use std::{
     cell::RefCell,
@@ -32,11 +34,12 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    access_log::{Entry, SessionEnd},
     conn::ClientConn,
     drain::{Drain, Phase, SessionTicket},
     frame::{
-        CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame, FrameError,
-        FrameScanner, Role, Scanned,
+        CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame,
+        FrameError, FrameScanner, Role, Scanned,
     },
     limits::{ConnectionSlot, Ticker},
     metrics::{CloseReason, Metrics},
@@ -91,6 +94,8 @@ struct Pump {
     discard: bool,
     /// Close already reported to the session loop.
     close_reported: bool,
+    /// Bytes read from the source, for the access log.
+    relayed: u64,
 }
 
 impl Pump {
@@ -103,6 +108,7 @@ impl Pump {
             src_done: false,
             discard: false,
             close_reported: false,
+            relayed: 0,
         }
     }
 
@@ -168,6 +174,7 @@ impl Pump {
                 return Poll::Ready(Err(LegEnd::Eof));
             }
             total += n as u64;
+            self.relayed += n as u64;
             let data = &buf[..n];
             if let Err((e, valid)) = self.scanner.scan_to_error(data, seen) {
                 // The whole frames before the bad one are relayed, ahead of the close frame.
@@ -251,6 +258,9 @@ struct Relay {
     stalled_since: Option<Instant>,
     /// The gateway queued a close frame of its own to the client.
     client_close_sent: bool,
+    /// The code of the first close frame on the client's connection, either way (the client's,
+    /// the app's relayed, or the gateway's own); 0 before.
+    first_close: u16,
 }
 
 impl Relay {
@@ -335,7 +345,37 @@ impl Relay {
             .pending
             .extend_from_slice(ControlFrame::close(code, None).as_bytes());
         self.client_close_sent = true;
+        self.note_close(Some(code));
         true
+    }
+
+    /// Notes a close frame sent or seen; only the session's first counts.
+    fn note_close(&mut self, code: Option<u16>) {
+        if self.first_close == 0
+            && let Some(code) = code
+        {
+            self.first_close = code;
+        }
+    }
+
+    /// How the session ended, for the access log: the first close frame's code, else that of a
+    /// close frame the loop had not yet noted, else 1006 (none).
+    fn end(&self, reason: CloseReason) -> SessionEnd {
+        let close_code = [
+            Some(self.first_close).filter(|&c| c != 0),
+            self.c2u.scanner.close_code(),
+            self.u2c.scanner.close_code(),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or(CLOSE_ABNORMAL);
+        SessionEnd {
+            reason,
+            close_code,
+            from_client: self.c2u.relayed,
+            to_client: self.u2c.relayed,
+        }
     }
 
     /// Queues a frame to the client if a frame boundary allows it now.
@@ -363,7 +403,10 @@ impl Relay {
     /// Writes what is pending on both legs (bounded in time), then closes them. A TLS client gets
     /// its close_notify; a plain TCP leg is simply closed, and the kernel sends FIN after the
     /// data (a `shutdown` first would cost a system call per leg and change nothing).
-    async fn shutdown(mut self) {
+    ///
+    /// It borrows the relay: a future that took it by value would lay out a second `Relay` in
+    /// the session's task beside the first, about 500 bytes held for the session's whole life.
+    async fn shutdown(&mut self) {
         let flush = async {
             if !self.u2c.pending.is_empty() {
                 self.client.write_all(&self.u2c.pending).await?;
@@ -396,16 +439,17 @@ pub struct Leftovers {
 }
 
 /// Builds a session from the moment the client got its `101`; the returned future runs it to
-/// its end and reports it. It is a plain function returning an `async move` block so that the
-/// future stores each leg once (an `async fn` would also keep its arguments).
+/// its end, reports it and logs it to `log`. It is a plain function returning an `async move`
+/// block so that the future stores each leg once (an `async fn` would also keep its arguments).
 pub fn start(
     ctx: Arc<SessionContext>,
     ticket: SessionTicket,
     slot: Option<ConnectionSlot>,
     (client, upstream): (ClientConn, TcpStream),
     leftovers: Leftovers,
-    mask: [u8; 4],
+    log: Box<Entry>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let mask = mask_key(log.id());
     let now = Instant::now();
     let mut relay = Relay {
         client,
@@ -420,6 +464,7 @@ pub fn start(
         want_inject: false,
         stalled_since: None,
         client_close_sent: false,
+        first_close: 0,
     };
     let primed = prime(&mut relay, leftovers);
     async move {
@@ -442,8 +487,10 @@ pub fn start(
         {
             relay.try_close_upstream(CLOSE_GOING_AWAY, mask);
         }
-        debug!(reason = reason.as_str(), "session ended");
+        log.session_ended(relay.end(reason));
         relay.shutdown().await;
+        // The legs are closed before the session is reported ended.
+        drop(relay);
         ticket.finish(reason);
         drop(slot);
     }
@@ -453,6 +500,8 @@ pub fn start(
 /// protocol already is answered with its close code; an upstream that did is reported as 1011.
 fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), FrameError> {
     let mut seen = Scanned::default();
+    relay.c2u.relayed = leftovers.from_client.len() as u64;
+    relay.u2c.relayed = leftovers.from_upstream.len() as u64;
     relay.c2u.scanner.scan(&leftovers.from_client, &mut seen)?;
     relay.c2u.pending = leftovers.from_client;
     if relay
@@ -613,6 +662,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             Event::Progress => {
                 if relay.c2u.scanner.closed() && !relay.c2u.close_reported {
                     relay.c2u.close_reported = true;
+                    relay.note_close(relay.c2u.scanner.close_code());
                     match closing {
                         Closing::Open => {
                             closing = Closing::ByClient;
@@ -625,6 +675,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                 }
                 if relay.u2c.scanner.closed() && !relay.u2c.close_reported {
                     relay.u2c.close_reported = true;
+                    relay.note_close(relay.u2c.scanner.close_code());
                     match closing {
                         Closing::Open => {
                             closing = Closing::ByUpstream;

@@ -4,13 +4,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use longconn_gateway::http::{HeadError, parse_request, parse_response};
+use longconn_gateway::{
+    http::{HeadError, parse_request, parse_response},
+    reqid::RequestIds,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(head)) = parse_request(data) {
         let _ = head.check_websocket();
         let _ = head.origin();
-        let encoded = head.encode_request("127.0.0.1".parse().expect("ip"), false);
+        let ids = RequestIds::for_request(&head);
+        let encoded = head.encode_request("127.0.0.1".parse().expect("ip"), false, &ids);
         // The gateway adds a few headers, so a head at the limits may become too large.
         assert!(
             matches!(parse_request(&encoded), Ok(Some(_)) | Err(HeadError::TooLarge)),

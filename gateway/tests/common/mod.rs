@@ -46,7 +46,8 @@ pub struct UpstreamLog {
     pub echoed: Mutex<Vec<String>>,
 }
 
-/// Starts the upstream on 127.0.0.1:0. WebSocket: echoes every message; a text `close:<code>`
+/// Starts the upstream on 127.0.0.1:0. `GET /refuse` (an upgrade or not) gets a `403` with a
+/// 4-byte body. WebSocket: echoes every message; a text `close:<code>`
 /// makes it close with that code, `die` makes it drop the connection, `flood` makes it send
 /// until the write fails. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
 /// a second one after `sse_go`, then the end).
@@ -85,6 +86,12 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
         .unwrap_or_default()
         .to_string();
     log.heads.lock().unwrap().push(head_only.clone());
+    if head_only.starts_with("GET /refuse ") {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+            .await;
+        return;
+    }
     if head_only
         .to_ascii_lowercase()
         .contains("upgrade: websocket")
@@ -203,6 +210,20 @@ impl Gateway {
     /// Starts the gateway in front of `upstream` with extra flags; waits for /healthz.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Gateway {
         Gateway::spawn(upstream, extra, None).wait_healthy().await
+    }
+
+    /// Starts the gateway without waiting for it (one that should refuse to start).
+    pub fn spawn_only(upstream: SocketAddr, extra: &[&str]) -> Gateway {
+        Gateway::spawn(upstream, extra, None)
+    }
+
+    /// The gateway's log lines that are JSON objects with `message` (`--log-format json`).
+    pub fn json_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
     }
 
     /// Starts the gateway with its open-file limit set to `(soft, hard)` first, as a container
