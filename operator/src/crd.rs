@@ -26,6 +26,11 @@ use crate::duration::Duration;
 /// What an int-or-string field accepts as a string: a percentage.
 const PERCENT: &str = r"^[0-9]{1,3}%$";
 
+/// What `gateway.logging.level` accepts: comma-separated levels or `target=level` directives.
+/// Each is what the gateway's `--log-level` accepts too (a target begins with a letter, digit or
+/// `_`, as `tracing`'s filter needs).
+const LOG_LEVEL: &str = r"^([A-Za-z0-9_][A-Za-z0-9_:.-]*=)?(error|warn|info|debug|trace|off)(,([A-Za-z0-9_][A-Za-z0-9_:.-]*=)?(error|warn|info|debug|trace|off))*$";
+
 /// API group of every longconn resource.
 pub const GROUP: &str = "longconn.dev";
 
@@ -211,6 +216,10 @@ pub struct GatewaySpec {
     /// New connections allowed per client IP (token bucket); above it HTTP 429.
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
+
+    /// The gateway's log lines, among them one per session and per plain HTTP request.
+    #[serde(default)]
+    pub logging: LoggingSpec,
 }
 
 impl Default for GatewaySpec {
@@ -228,6 +237,7 @@ impl Default for GatewaySpec {
             max_message_bytes: default_max_message_bytes(),
             allowed_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
+            logging: LoggingSpec::default(),
         }
     }
 }
@@ -311,6 +321,46 @@ fn default_rate() -> i32 {
 }
 fn default_burst() -> i32 {
     100
+}
+
+/// How the gateway writes its log lines.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, the event's fields at the top level: for log collectors.
+    #[default]
+    Json,
+    /// Plain text lines: for people reading `kubectl logs`.
+    Text,
+}
+
+/// The gateway's log lines: every WebSocket session and every plain HTTP request ends with one
+/// `info` line carrying its id, peer, path, request id, trace id, duration, bytes each way and,
+/// for sessions, close code and reason.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// Json (default) or Text.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A level, `error`, `warn`, `info` (default), `debug`, `trace` or `off`, or comma-separated
+    /// `target=level` directives: `info,longconn_gateway::access_log=off` keeps every line but
+    /// the per-session and per-request ones.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = LOG_LEVEL))]
+    pub level: String,
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
 }
 
 /// Where the serving certificate comes from.

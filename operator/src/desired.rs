@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use crate::certs::CertBundle;
-use crate::crd::{AutoscalingSpec, LongConnService, TlsMode};
+use crate::crd::{AutoscalingSpec, LogFormat, LongConnService, TlsMode};
 use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::revision;
@@ -652,6 +652,14 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
     if !g.allowed_origins.is_empty() {
         args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
     }
+    args.push(format!(
+        "--log-format={}",
+        match g.logging.format {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    ));
+    args.push(format!("--log-level={}", g.logging.level));
     if tls {
         args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
         args.push(format!("--tls-key={TLS_DIR}/tls.key"));
@@ -930,6 +938,27 @@ fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
 mod tests {
     use super::*;
     use crate::crd::LongConnServiceSpec;
+
+    #[test]
+    fn the_gateway_logs_json_at_info_unless_the_spec_says_otherwise() {
+        let mut lcs = LongConnService::test().build();
+        let logging = |lcs: &LongConnService| -> Vec<String> {
+            gateway_args(lcs, false)
+                .into_iter()
+                .filter(|a| a.starts_with("--log-"))
+                .collect()
+        };
+        assert_eq!(logging(&lcs), ["--log-format=json", "--log-level=info"]);
+        lcs.spec.gateway.logging.format = LogFormat::Text;
+        lcs.spec.gateway.logging.level = "warn,longconn_gateway::access_log=info".to_owned();
+        assert_eq!(
+            logging(&lcs),
+            [
+                "--log-format=text",
+                "--log-level=warn,longconn_gateway::access_log=info"
+            ]
+        );
+    }
 
     #[test]
     fn worker_threads_follow_the_cpu_limit_else_the_request_rounded_up() {
