@@ -569,7 +569,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_scan_the_same_at_once_split_or_byte_by_byte(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
             for role in [Role::Client, Role::Server] {
-                let state = |s: &FrameScanner| (s.at_boundary(), s.closed());
+                let state = |s: &FrameScanner| (s.at_boundary(), s.closed(), s.close_code());
                 let mut whole = FrameScanner::new(role, 1000);
                 let mut whole_out = Scanned::default();
                 let whole_result = whole.scan(&bytes, &mut whole_out);

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             for other in [&parts, &bytewise] {
                 assert_eq!(whole.at_boundary(), other.at_boundary());
                 assert_eq!(whole.closed(), other.closed());
+                assert_eq!(whole.close_code(), other.close_code());
             }
         }
     }
