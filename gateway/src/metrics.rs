@@ -325,7 +325,7 @@ impl Metrics {
             "Certificate reload attempts, by result",
             m.tls_reloads.clone(),
         );
-        reg.register_collector(Box::new(crate::fds::ProcessCollector));
+        reg.register_collector(Box::new(crate::fds::ProcessCollector::started_now()));
         (m, reg)
     }
 
@@ -385,7 +385,8 @@ mod tests {
                     || [
                         "process_open_fds ",
                         "process_max_fds ",
-                        "process_resident_memory_bytes "
+                        "process_resident_memory_bytes ",
+                        "process_start_time_seconds ",
                     ]
                     .iter()
                     .any(|p| line.starts_with(p)),
@@ -402,5 +403,31 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_start_time_is_when_the_metrics_were_made_and_holds_across_scrapes() {
+        let unix_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs_f64()
+        };
+        let start_time = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no process_start_time_seconds in {text}"))
+        };
+        let before = unix_now();
+        let (_, reg) = Metrics::new();
+        let after = unix_now();
+        let first = start_time(&render(&reg));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(start_time(&render(&reg)), first);
+        assert!(
+            before <= first && first <= after,
+            "{before} <= {first} <= {after}"
+        );
     }
 }
