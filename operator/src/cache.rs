@@ -431,14 +431,10 @@ impl Caches {
     /// Whether every cache the reconcile needs has been listed once. The caches of optional
     /// APIs count only when the cluster serves them.
     pub fn ready(&self, apis: ServedApis) -> bool {
-        let owned = self.owned.iter().all(|(kind, store)| {
-            let needed = match kind {
-                Kind::ServiceMonitor => apis.service_monitor,
-                Kind::Certificate => apis.cert_manager,
-                _ => true,
-            };
-            !needed || is_ready(store)
-        });
+        let owned = self
+            .owned
+            .iter()
+            .all(|(kind, store)| !apis.serve(*kind) || is_ready(store));
         owned && is_ready(&self.pods) && is_ready(&self.replica_sets)
     }
 

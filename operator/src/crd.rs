@@ -33,7 +33,8 @@ pub const GROUP: &str = "longconn.dev";
 ///
 /// The operator turns it into one Deployment per revision whose pods carry the longconn gateway
 /// as a native sidecar, a Service, a PodDisruptionBudget, TLS Secrets that renew themselves, an
-/// admin-token Secret, a NetworkPolicy, a ServiceMonitor and, when asked, a HorizontalPodAutoscaler.
+/// admin-token Secret, a NetworkPolicy, a ServiceMonitor with a PrometheusRule of alerts and, when
+/// asked, a HorizontalPodAutoscaler.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "longconn.dev",
@@ -579,6 +580,9 @@ pub struct MonitoringSpec {
     /// A Prometheus Operator ServiceMonitor for the gateways' `/metrics`.
     #[serde(default)]
     pub service_monitor: ServiceMonitorSpec,
+    /// A Prometheus Operator PrometheusRule with alerts on the gateways' metrics.
+    #[serde(default)]
+    pub prometheus_rule: PrometheusRuleSpec,
 }
 
 /// The ServiceMonitor (monitoring.coreos.com/v1), created when that API is served.
@@ -601,6 +605,31 @@ impl Default for ServiceMonitorSpec {
         Self {
             enabled: true,
             interval: default_scrape_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The PrometheusRule (monitoring.coreos.com/v1), created beside the ServiceMonitor when that
+/// API is served: alerts on this service's gateways (sessions dropped, drain deadline reached,
+/// certificate expiring, rejections, connections near `gateway.maxConnections`, restarts,
+/// descriptors near the limit). Its expressions select the ServiceMonitor's targets, so it is
+/// made only while `serviceMonitor.enabled` is true.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusRuleSpec {
+    /// Create the PrometheusRule.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Extra labels on the PrometheusRule, for Prometheus' `ruleSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for PrometheusRuleSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
             labels: BTreeMap::new(),
         }
     }

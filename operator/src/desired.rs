@@ -31,6 +31,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::alerts;
 pub use crate::certs::CertBundle;
 use crate::crd::{AutoscalingSpec, LongConnService, TlsMode};
 use crate::kinds::Kind;
@@ -106,6 +107,7 @@ pub struct ObservedRevision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServedApis {
     pub service_monitor: bool,
+    pub prometheus_rule: bool,
     pub cert_manager: bool,
 }
 
@@ -114,6 +116,7 @@ impl ServedApis {
     pub fn serve(self, kind: Kind) -> bool {
         match kind {
             Kind::ServiceMonitor => self.service_monitor,
+            Kind::PrometheusRule => self.prometheus_rule,
             Kind::Certificate => self.cert_manager,
             _ => true,
         }
@@ -181,6 +184,9 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
         out.push(ctx.manifest(Kind::Service, metrics_service(&ctx)));
         if observed.apis.service_monitor {
             out.push(ctx.manifest(Kind::ServiceMonitor, service_monitor(&ctx)));
+        }
+        if lcs.spec.monitoring.prometheus_rule.enabled && observed.apis.prometheus_rule {
+            out.push(ctx.manifest(Kind::PrometheusRule, prometheus_rule(&ctx)));
         }
     }
     if let Some(autoscaling) = &lcs.spec.autoscaling {
@@ -873,6 +879,15 @@ fn service_monitor(ctx: &Ctx) -> Value {
             "namespaceSelector": {"matchNames": [ctx.namespace]},
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": m.interval.as_str()}],
         }
+    })
+}
+
+/// The alerts of [`alerts::rules`], in one group.
+fn prometheus_rule(ctx: &Ctx) -> Value {
+    let r = &ctx.lcs.spec.monitoring.prometheus_rule;
+    json!({
+        "metadata": ctx.meta_with(ctx.name.clone(), r.labels.clone()),
+        "spec": {"groups": [{"name": alerts::GROUP, "rules": alerts::rules(ctx.lcs)}]},
     })
 }
 

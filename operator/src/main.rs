@@ -125,8 +125,8 @@ struct RunArgs {
     /// pace instead of crowding out everyone else's requests.
     #[arg(long, env = "LONGCONN_OPERATOR_KUBE_API_QPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     kube_api_qps: u64,
-    /// How often to ask whether the ServiceMonitor and cert-manager APIs are served (their
-    /// objects are made, and watched, only once they are).
+    /// How often to ask whether the ServiceMonitor, PrometheusRule and cert-manager APIs are
+    /// served (their objects are made, and watched, only once they are).
     #[arg(long, env = "LONGCONN_OPERATOR_DISCOVERY_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     discovery_refresh: Duration,
     /// Log format.
@@ -196,6 +196,7 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
         }),
         apis: ServedApis {
             service_monitor: true,
+            prometheus_rule: true,
             cert_manager: true,
         },
     };
