@@ -274,7 +274,12 @@ fn counted_client(
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let settings = args.settings.settings();
-    let metrics = Arc::new(Metrics::default());
+    // The LongConnServices the controller reconciles from, filled by the main watch below once
+    // this replica leads; the metrics read their recorded conditions from it.
+    let (services, services_writer) = reflector::store::<LongConnService>();
+    let mut metrics = Metrics::default();
+    metrics.watch_rollouts(services.clone());
+    let metrics = Arc::new(metrics);
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API's configuration")?;
@@ -330,7 +335,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _watches = writers.spawn(&client, ns, &triggers, &apis);
     // The main watch wakes a reconcile only when the spec, labels or annotations change: the
     // operator's own status writes do not come back as work.
-    let (services, services_writer) = reflector::store::<LongConnService>();
     // Whether the store above holds its first list (the gateway poller waits for it).
     let (listed_tx, listed) = watch::channel(false);
     let spec_changes = watcher::watcher(lcs_api, watcher::Config::default().any_semantic())
