@@ -154,7 +154,8 @@ pub fn rules(lcs: &LongConnService) -> Vec<Rule> {
             "warning",
             format!("the gateway of {service} pod {{{{ $labels.pod }}}} restarted"),
             "The gateway process started again within the last 15 minutes without its pod \
-             being replaced: every session it held was lost, uncounted. Look at the \
+             being replaced: the sessions it held were lost (the operator counts them as \
+             dropped, Warning Event GatewayRestarted). Look at the \
              longconn-gateway container's last state (`kubectl describe pod`): OOMKilled means \
              its memory limit is too low for its sessions; otherwise its previous logs \
              (`kubectl logs --previous -c longconn-gateway`).",

@@ -129,7 +129,8 @@ impl PhaseLabel {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum HaltReason {
     /// The rollout dropped more sessions than `rollout.maxDroppedSessions`: it is paused
-    /// (Progressing=False) or rolling back (Progressing=True, reason RollingBack).
+    /// (Progressing=False), rolling back (Progressing=True, reason RollingBack) or rolled back
+    /// (Progressing=False, reason RolledBack) until the spec changes.
     DropBudgetExceeded,
     /// The new revision's pods did not become ready within `rollout.progressDeadline`.
     ProgressDeadlineExceeded,
@@ -151,7 +152,7 @@ impl HaltReason {
             .iter()
             .find(|c| c.type_ == PROGRESSING)?;
         match (progressing.status.as_str(), progressing.reason.as_str()) {
-            ("False", "DropBudgetExceeded") | ("True", "RollingBack") => {
+            ("False", "DropBudgetExceeded") | ("True", "RollingBack") | ("False", "RolledBack") => {
                 Some(HaltReason::DropBudgetExceeded)
             }
             ("False", "ProgressDeadlineExceeded") => Some(HaltReason::ProgressDeadlineExceeded),
@@ -388,6 +389,7 @@ mod tests {
                 Some(HaltReason::DropBudgetExceeded),
             ),
             ("True", "RollingBack", Some(HaltReason::DropBudgetExceeded)),
+            ("False", "RolledBack", Some(HaltReason::DropBudgetExceeded)),
             (
                 "False",
                 "ProgressDeadlineExceeded",
