@@ -265,7 +265,11 @@ def check_dashboard(rendered, operator_src, gateway_src, process_src):
             fail(f"the dashboard uses {name}, which neither the operator nor the gateway exports")
     titles = {p["title"] for p in dash["panels"]}
     for title in ("Sessions", "Drains", "Migrated vs dropped", "Rollout phase",
-                  "Reconcile errors", "Reconcile duration"):
+                  "Reconcile errors", "Reconcile duration",
+                  # One panel per alert of the chart's and the operator's PrometheusRules.
+                  "Rollouts halted", "Dropped sessions by reason", "Handshake rejections by reason",
+                  "Connections per pod", "Certificate expires in", "Gateway restarts",
+                  "Open files of the limit"):
         if title not in titles:
             fail(f"the dashboard has no panel {title!r}")
     for name in ("longconn_gateway_sessions_active", "longconn_operator_reconcile_errors_total",
