@@ -126,7 +126,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "LONGCONN_GATEWAY_MAX_HANDSHAKES_PER_IP",
-        default_value_t = 128
+        default_value_t = 512
     )]
     pub max_handshakes_per_ip: u32,
     /// Plain HTTP connections at once (within --max-connections); more get 503.

@@ -292,7 +292,7 @@ fn default_heartbeat_timeout() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Tokens added per second; 0 turns the limit off (behind a proxy that limits already, or
-    /// when many clients share one address), and with it the cap of 128 handshakes in progress
+    /// when many clients share one address), and with it the cap of 512 handshakes in progress
     /// per client IP. An IPv6 client is counted by its /64.
     #[serde(default = "default_rate", rename = "connectionsPerSecondPerIP")]
     #[schemars(range(min = 0, max = 100000))]
