@@ -17,7 +17,9 @@ use prometheus_client::{
 };
 
 /// Descriptors the gateway keeps besides its connections: listeners, the admin port's
-/// connections, certificate and token files, the runtime's own, standard streams.
+/// connections, certificate and token files, the runtime's own, standard streams, and the
+/// refused connections being answered (at most
+/// [`MAX_ANSWERED_REFUSALS`](crate::proxy::MAX_ANSWERED_REFUSALS)).
 pub const RESERVED: u64 = 64;
 
 /// The descriptors `max_connections` relayed connections need.

@@ -212,6 +212,10 @@ pub struct GatewaySpec {
     /// New connections allowed per client IP (token bucket); above it HTTP 429.
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
+
+    /// Plain HTTP requests (everything that is not a WebSocket upgrade).
+    #[serde(default)]
+    pub http: HttpSpec,
 }
 
 impl Default for GatewaySpec {
@@ -229,6 +233,7 @@ impl Default for GatewaySpec {
             max_message_bytes: default_max_message_bytes(),
             allowed_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
+            http: HttpSpec::default(),
         }
     }
 }
@@ -288,7 +293,8 @@ fn default_heartbeat_timeout() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Tokens added per second; 0 turns the limit off (behind a proxy that limits already, or
-    /// when many clients share one address). An IPv6 client is counted by its /64.
+    /// when many clients share one address), and with it the cap of 512 handshakes in progress
+    /// per client IP. An IPv6 client is counted by its /64.
     #[serde(default = "default_rate", rename = "connectionsPerSecondPerIP")]
     #[schemars(range(min = 0, max = 100000))]
     pub connections_per_second_per_ip: i32,
@@ -305,6 +311,45 @@ impl Default for RateLimitSpec {
             burst: default_burst(),
         }
     }
+}
+
+/// Limits of plain HTTP requests, which share the pod's `maxConnections` with the sessions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.idleTimeout) > duration('0s')")
+    .message("gateway.http.idleTimeout must be longer than 0s").field_path(".idleTimeout"))]
+pub struct HttpSpec {
+    /// Most plain HTTP connections at once per pod (within `maxConnections`), so that they cannot
+    /// take the slots of WebSocket sessions; above it HTTP 503.
+    #[serde(default = "default_http_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: i32,
+    /// An exchange with no byte moving either way for this long is ended: 408 when the announced
+    /// request body does not come, 504 when the app does not start its response, a cut when the
+    /// client does not read it. A server-sent event stream lives while events come more often.
+    #[serde(default = "default_http_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Largest request body in bytes (HTTP 413 above it); 0: no limit.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1099511627776_i64))]
+    pub max_body_bytes: i64,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: default_http_max_connections(),
+            idle_timeout: default_http_idle_timeout(),
+            max_body_bytes: 0,
+        }
+    }
+}
+
+fn default_http_max_connections() -> i32 {
+    1000
+}
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_static("60s")
 }
 
 fn default_rate() -> i32 {

@@ -647,6 +647,9 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
             g.rate_limit.connections_per_second_per_ip
         ),
         format!("--rate-limit-burst={}", g.rate_limit.burst),
+        format!("--max-http-connections={}", g.http.max_connections),
+        format!("--http-idle-timeout={}", g.http.idle_timeout),
+        format!("--http-max-body-bytes={}", g.http.max_body_bytes),
         format!("--drain-strategy={:?}", d.strategy),
         format!("--drain-timeout={}", d.timeout),
         format!("--drain-spread={}", d.spread),
@@ -654,6 +657,10 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
     ];
     if let Some(threads) = worker_threads(&gateway_resources(g)) {
         args.push(format!("--worker-threads={threads}"));
+    }
+    if g.rate_limit.connections_per_second_per_ip == 0 {
+        // Per-IP limits are off: many clients share one address.
+        args.push("--max-handshakes-per-ip=0".to_owned());
     }
     if !g.allowed_origins.is_empty() {
         args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
@@ -1017,6 +1024,19 @@ mod tests {
         "--admin",
         "127.0.0.1:9901",
     ];
+
+    #[test]
+    fn per_ip_handshakes_are_capped_only_while_the_per_ip_rate_limit_is_on() {
+        let mut service = lcs(json!([{"name": "app", "image": "app:1"}]), None);
+        let off = "--max-handshakes-per-ip=0".to_owned();
+        assert!(!gateway_args(&service, false).contains(&off));
+        service
+            .spec
+            .gateway
+            .rate_limit
+            .connections_per_second_per_ip = 0;
+        assert!(gateway_args(&service, false).contains(&off));
+    }
 
     #[test]
     fn a_container_without_a_pre_stop_hook_gets_the_drain_alone() {
