@@ -15,9 +15,13 @@ test: lint fuzz tools images chart-test ## Run every test: formatting, lints, fu
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings denied.
+lint: deny ## cargo fmt --check, clippy with warnings denied, cargo-deny.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: deny
+deny: ## cargo-deny: licenses, bans, sources, and advisories where their database can be fetched.
+	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash scripts/deny.sh
 
 .PHONY: unit
 unit: ## Every crate's tests; the end-to-end ones skip (and say so) without `make tools`.

@@ -212,13 +212,24 @@ def check_network_policy(rendered, metrics_namespace=""):
         fail(f"ingress {spec.get('ingress')}, want [{want}]")
 
 
-def metric_names_in_source(operator_src, gateway_src):
+def metric_names_in_source(operator_src, gateway_src, process_src=None):
+    """The metric names the operator and the gateway register (with the registry's prefix), and
+    the process figures the gateway's collector in process_src encodes."""
     names = set()
-    for name in re.findall(r'register\(\s*"([a-z_]+)"', open(operator_src).read()):
+    for name in re.findall(r'(?:register|encode_descriptor)\(\s*"([a-z_]+)"', open(operator_src).read()):
         names.add("longconn_operator_" + name)
     for name in re.findall(r'format!\("\{g\}_([a-z_]+)"\)', open(gateway_src).read()):
         names.add("longconn_gateway_" + name)
+    if process_src:
+        names |= set(re.findall(r'"((?:process|longconn_gateway)_[a-z_]+)"', open(process_src).read()))
     return names
+
+
+def unknown_metrics(expr, known):
+    """The metric names expr uses that are not in known (a counter's _total and a histogram's
+    series named by their base)."""
+    used = set(re.findall(r"\b(?:longconn|process)_[a-z_]+", expr))
+    return sorted(n for n in used if re.sub(r"_(total|bucket|sum|count)$", "", n) not in known)
 
 
 # The rollout metrics the drain-orchestrated rollouts add to the operator; the dashboard uses them
@@ -231,20 +242,20 @@ FUTURE_METRICS = {
 }
 
 
-def check_dashboard(rendered, operator_src, gateway_src):
+def check_dashboard(rendered, operator_src, gateway_src, process_src):
     objs = docs(rendered)
     cm = [o for o in find(objs, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
     if len(cm) != 1:
         fail(f"expected one ConfigMap labelled grafana_dashboard: \"1\", found {len(cm)}")
     (json_text,) = cm[0]["data"].values()
     dash = json.loads(json_text)
-    known = metric_names_in_source(operator_src, gateway_src)
+    known = metric_names_in_source(operator_src, gateway_src, process_src)
     if len(known) < 10:
         fail(f"found only {sorted(known)} in the metrics sources; has the registration code changed?")
     used = set()
     for panel in dash["panels"]:
         for target in panel["targets"]:
-            used |= set(re.findall(r"\blongconn_[a-z_]+", target["expr"]))
+            used |= set(re.findall(r"\b(?:longconn|process)_[a-z_]+", target["expr"]))
     for name in sorted(used):
         base = re.sub(r"_(total|bucket|sum|count)$", "", name)
         if name in FUTURE_METRICS:
@@ -254,13 +265,40 @@ def check_dashboard(rendered, operator_src, gateway_src):
             fail(f"the dashboard uses {name}, which neither the operator nor the gateway exports")
     titles = {p["title"] for p in dash["panels"]}
     for title in ("Sessions", "Drains", "Migrated vs dropped", "Rollout phase",
-                  "Reconcile errors", "Reconcile duration"):
+                  "Reconcile errors", "Reconcile duration",
+                  # One panel per alert of the chart's and the operator's PrometheusRules.
+                  "Rollouts halted", "Dropped sessions by reason", "Handshake rejections by reason",
+                  "Connections per pod", "Certificate expires in", "Gateway restarts",
+                  "Open files of the limit"):
         if title not in titles:
             fail(f"the dashboard has no panel {title!r}")
     for name in ("longconn_gateway_sessions_active", "longconn_operator_reconcile_errors_total",
                  "longconn_operator_reconcile_duration_seconds_bucket", *FUTURE_METRICS):
         if name not in used:
             fail(f"the dashboard does not show {name}")
+
+
+def check_prometheus_rule(rendered, release_ns, operator_src, *alerts):
+    """One PrometheusRule in the release namespace whose alerts are exactly the given ones, each
+    with a severity, a summary and a description, each expression on the operator's metrics
+    Service's series and naming only metrics the operator exports."""
+    rule = one(docs(rendered), "PrometheusRule", namespace=release_ns)
+    known = metric_names_in_source(operator_src, operator_src)
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    if sorted(r["alert"] for r in rules) != sorted(alerts):
+        fail(f"alerts {[r['alert'] for r in rules]}, want {list(alerts)}")
+    for r in rules:
+        if r["labels"].get("severity") not in ("warning", "critical"):
+            fail(f"{r['alert']}: severity {r['labels'].get('severity')!r}")
+        if not r["annotations"].get("summary") or not r["annotations"].get("description"):
+            fail(f"{r['alert']}: no summary or description")
+        unknown = unknown_metrics(r["expr"], known)
+        if unknown:
+            fail(f"{r['alert']} uses {unknown}, which the operator does not export")
+        selectors = re.findall(r"\{([^}]*)\}", r["expr"])
+        want = f'namespace="{release_ns}", job="'
+        if not selectors or not all(sel.startswith(want) and '-metrics"' in sel for sel in selectors):
+            fail(f"{r['alert']}: not every series is the operator's metrics Service's: {r['expr']}")
 
 
 def check_dockerfile(path, package, binary):

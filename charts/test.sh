@@ -3,7 +3,8 @@
 # with the default and every ci/*.yaml values file, values and combinations of values the schema
 # must refuse (helm template and helm lint alike, with a message naming the value), the chart's CRD
 # and RBAC rules against the operator's own output, the chart and crate versions, the Grafana
-# dashboard's metric names, the Dockerfiles' essentials, and checkov's Kubernetes checks over the
+# dashboard's metric names, the PrometheusRule's alerts and metric names, the Dockerfiles'
+# essentials, and checkov's Kubernetes checks over the
 # rendered chart (charts/checkov.yaml) and over every kind of object the operator generates, for
 # the LongConnServices in charts/checkov/ (charts/checkov-generated.yaml).
 #
@@ -105,13 +106,14 @@ check "files/rbac.yaml equals longconn-operator rbac" \
 # Lint and render with the defaults and with every ci/ values file.
 check "helm lint (defaults)" "${helm}" lint --strict "${chart}"
 check "helm template (defaults)" render "${work}/default.yaml"
-check "helm template (defaults, ServiceMonitor API served)" \
-  render "${work}/default-monitoring.yaml" --api-versions monitoring.coreos.com/v1/ServiceMonitor
+monitoring_apis=(--api-versions monitoring.coreos.com/v1/ServiceMonitor
+  --api-versions monitoring.coreos.com/v1/PrometheusRule)
+check "helm template (defaults, ServiceMonitor and PrometheusRule APIs served)" \
+  render "${work}/default-monitoring.yaml" "${monitoring_apis[@]}"
 for values in "${chart}"/ci/*.yaml; do
   base="$(basename "${values}" .yaml)"
   check "helm lint (${base})" "${helm}" lint --strict "${chart}" -f "${values}"
-  check "helm template (${base})" render "${work}/${base}.yaml" -f "${values}" \
-    --api-versions monitoring.coreos.com/v1/ServiceMonitor
+  check "helm template (${base})" render "${work}/${base}.yaml" -f "${values}" "${monitoring_apis[@]}"
 done
 
 operator_image="ghcr.io/longconn/longconn-operator:0.1.0"
@@ -148,10 +150,20 @@ check "no ServiceMonitor without the monitoring API" \
   "${checks[@]}" absent "${work}/default.yaml" ServiceMonitor
 check "ServiceMonitor when the monitoring API is served" \
   "${checks[@]}" present "${work}/default-monitoring.yaml" ServiceMonitor "${release_ns}"
+check "no PrometheusRule without the monitoring API" \
+  "${checks[@]}" absent "${work}/default.yaml" PrometheusRule
+check "PrometheusRule: the operator's alerts, on metrics it exports, when the API is served" \
+  "${checks[@]}" prometheus-rule "${work}/default-monitoring.yaml" "${release_ns}" operator/src/metrics.rs \
+  LongConnDropBudgetExceeded LongConnProgressDeadlineExceeded
+check "helm template (serviceMonitor.enabled=false, monitoring APIs served)" \
+  render "${work}/no-service-monitor.yaml" "${monitoring_apis[@]}" --set serviceMonitor.enabled=false
+check "no PrometheusRule without the operator's ServiceMonitor" \
+  "${checks[@]}" absent "${work}/no-service-monitor.yaml" PrometheusRule
 check "dashboard ConfigMap in the values' namespace (monitoring)" \
   "${checks[@]}" present "${work}/monitoring.yaml" ConfigMap monitoring
 check "dashboard: panels and metric names that exist" \
-  "${checks[@]}" dashboard "${work}/default.yaml" operator/src/metrics.rs gateway/src/metrics.rs
+  "${checks[@]}" dashboard "${work}/default.yaml" operator/src/metrics.rs gateway/src/metrics.rs \
+  gateway/src/fds.rs
 
 # Values the schema must refuse, each with a message that names the value.
 check "refuses replicaCount: -1" refuses x "at '/replicaCount': minimum: got -1" --set replicaCount=-1

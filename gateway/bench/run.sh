@@ -6,7 +6,8 @@
 #
 #   make bench-gateway            (or: bash gateway/bench/run.sh)
 #
-# Environment: SESSIONS (idle sessions, default 8000), SECONDS_PER_RUN (default 3), ROUNDS
+# Environment: SESSIONS (idle sessions, default 8000), STALLED (connections that never finish a
+# handshake, default 10000), SECONDS_PER_RUN (default 3), ROUNDS
 # (default 5: every rate and latency is measured ROUNDS times, interleaved, and the median shown).
 # With two or more CPUs the proxy under test runs alone on CPU 1 and the load generator and the echo
 # upstream on CPU 0, so "one proxy thread at saturation" is what the rates measure.
@@ -15,6 +16,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SESSIONS="${SESSIONS:-8000}"
+STALLED="${STALLED:-10000}"
 SECS="${SECONDS_PER_RUN:-3}"
 ROUNDS="${ROUNDS:-5}"
 WORK="$(mktemp -d /tmp/longconn-bench.XXXXXX)"
@@ -212,6 +214,23 @@ for n in "${names[@]}"; do
     sleep 2
 done
 
+# Connections that never finish a handshake: STALLED of them at once, plain ones that send the
+# start of a request head and TLS ones that send nothing. What each proxy holds for them 3 s later
+# (RSS growth, descriptors, connections neither answered nor closed). The gateway admits 1,024
+# handshakes in progress (its default --max-handshakes) and refuses the rest at accept.
+declare -A STALL
+for n in "${names[@]}"; do
+    for kind in plain tls; do
+        if [ "$kind" = tls ]; then port=${TLSP[$n]} pids=${TLSPIDS[$n]} tls=(--tls); else port=${PLAIN[$n]} pids=${PROXYPIDS[$n]} tls=(); fi
+        log "$n: $STALLED $kind connections that never finish their handshake"
+        out=$(load stalled --target "127.0.0.1:$port" --connections "$STALLED" --pids "$pids" "${tls[@]}")
+        log "   $out"
+        STALL["$kind $n"]="$(echo "$out" | field stalled_rss_kib) / $(echo "$out" | field fds) / $(echo "$out" | field held)"
+        # The load generator's sockets are closed; let the proxy free what it held.
+        sleep 3
+    done
+done
+
 for r in $(seq 1 "$ROUNDS"); do
     for n in $(rotated "$r" "${names[@]}" relay); do
         log "round $r/$ROUNDS, $n: echo throughput (8 and 1 in flight per connection), handshakes (not the relay's)"
@@ -384,6 +403,17 @@ row "---" "---:" "---:" "---:" "---:" "---:" "---:"
 for n in "${names[@]}" relay; do
     row "$(label "$n")" "${MEM[$n]:--}" "$(spread "tput8 $n")" "$(median "cpu8 $n")" \
         "$(median "share8 $n")" "$(spread "tput1 $n")" "$(median "cpu1 $n")"
+done
+echo
+echo "idle session memory, longconn-gateway against HAProxy: ${MEM[gateway]} against ${MEM[haproxy]} KiB per session ($(awk -v g="${MEM[gateway]}" -v h="${MEM[haproxy]}" 'BEGIN { print (g < h) ? "ahead" : "NOT ahead" }'))"
+echo
+echo "$STALLED connections that never finish a handshake, held for 3 s: the proxy's RSS growth (KiB) / descriptors / connections held"
+echo
+row() { printf '| %-17s | %28s | %28s |\n' "$@"; }
+row proxy "plain (start of a head)" "TLS (no ClientHello)"
+row "---" "---:" "---:"
+for n in "${names[@]}"; do
+    row "$(label "$n")" "${STALL[plain $n]}" "${STALL[tls $n]}"
 done
 echo
 echo "latency: p50/p99 of the round trips (median over rounds); added: the proxy's p50 and p99 minus those"

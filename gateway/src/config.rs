@@ -119,6 +119,34 @@ pub struct RunArgs {
     /// Token bucket size: connections one IP may open at once.
     #[arg(long, env = "LONGCONN_GATEWAY_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// Connections in their handshake (TLS, request head) at once; more are refused at accept.
+    #[arg(long, env = "LONGCONN_GATEWAY_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: u64,
+    /// Connections in their handshake at once from one client IP (an IPv6 /64); 0 turns it off.
+    #[arg(
+        long,
+        env = "LONGCONN_GATEWAY_MAX_HANDSHAKES_PER_IP",
+        default_value_t = 512
+    )]
+    pub max_handshakes_per_ip: u32,
+    /// Plain HTTP connections at once (within --max-connections); more get 503.
+    #[arg(
+        long,
+        env = "LONGCONN_GATEWAY_MAX_HTTP_CONNECTIONS",
+        default_value_t = 1000
+    )]
+    pub max_http_connections: u64,
+    /// A plain HTTP exchange with no byte moving either way for this long is ended (408 or 504
+    /// when no response has started). Server-sent event streams keep it alive with each event.
+    #[arg(long, env = "LONGCONN_GATEWAY_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Largest plain HTTP request body; larger ones get 413. 0: no limit.
+    #[arg(
+        long,
+        env = "LONGCONN_GATEWAY_HTTP_MAX_BODY_BYTES",
+        default_value_t = 0
+    )]
+    pub http_max_body_bytes: u64,
     /// Default drain strategy: Notify (close frames spread over --drain-spread) or Wait.
     #[arg(long, env = "LONGCONN_GATEWAY_DRAIN_STRATEGY", default_value = "Notify", value_parser = parse_strategy)]
     pub drain_strategy: DrainStrategy,
@@ -233,6 +261,19 @@ pub struct Limits {
     pub allowed_origins: Vec<String>,
     pub rate_per_second: f64,
     pub rate_burst: u32,
+    pub max_handshakes: u64,
+    /// 0: no per-IP cap.
+    pub max_handshakes_per_ip: u32,
+    pub http: HttpLimits,
+}
+
+/// Limits of plain HTTP connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: u64,
+    pub idle_timeout: Duration,
+    /// 0: no limit.
+    pub max_body_bytes: u64,
 }
 
 /// TLS certificate and key files.
@@ -284,8 +325,15 @@ impl Config {
         nonzero("handshake-timeout", a.handshake_timeout);
         nonzero("drain-timeout", a.drain_timeout);
         nonzero("tls-reload-interval", a.tls_reload_interval);
-        if a.max_connections == 0 {
-            bad.push("--max-connections: must be at least 1".to_owned());
+        nonzero("http-idle-timeout", a.http_idle_timeout);
+        for (flag, n) in [
+            ("max-connections", a.max_connections),
+            ("max-handshakes", a.max_handshakes),
+            ("max-http-connections", a.max_http_connections),
+        ] {
+            if n == 0 {
+                bad.push(format!("--{flag}: must be at least 1"));
+            }
         }
         if a.max_message_bytes == 0 {
             bad.push("--max-message-bytes: must be at least 1".to_owned());
@@ -373,6 +421,13 @@ impl Config {
                     .collect(),
                 rate_per_second: a.rate_limit_connections_per_second_per_ip,
                 rate_burst: a.rate_limit_burst,
+                max_handshakes: a.max_handshakes,
+                max_handshakes_per_ip: a.max_handshakes_per_ip,
+                http: HttpLimits {
+                    max_connections: a.max_http_connections,
+                    idle_timeout: a.http_idle_timeout,
+                    max_body_bytes: a.http_max_body_bytes,
+                },
             },
             drain: DrainDefaults {
                 strategy: a.drain_strategy,

@@ -17,7 +17,9 @@ use prometheus_client::{
 };
 
 /// Descriptors the gateway keeps besides its connections: listeners, the admin port's
-/// connections, certificate and token files, the runtime's own, standard streams.
+/// connections, certificate and token files, the runtime's own, standard streams, and the
+/// refused connections being answered (at most
+/// [`MAX_ANSWERED_REFUSALS`](crate::proxy::MAX_ANSWERED_REFUSALS)).
 pub const RESERVED: u64 = 64;
 
 /// The descriptors `max_connections` relayed connections need.
@@ -83,11 +85,26 @@ fn check(limit: u64, max_connections: u64) -> Result<(), NofileError> {
 /// The process figures, read from `/proc/self` at each scrape: `process_open_fds`,
 /// `process_max_fds`, `process_resident_memory_bytes` (the names every Prometheus client library
 /// uses, so existing dashboards and alerts apply), and `longconn_gateway_tasks` (the runtime's
-/// live tasks). A figure that cannot be read is left out of that scrape.
-#[derive(Debug, Default)]
-pub struct ProcessCollector;
+/// live tasks); and `process_start_time_seconds`, the time the collector was made, at start,
+/// which changes when the gateway restarts. A figure that cannot be read is left out of that
+/// scrape.
+#[derive(Debug)]
+pub struct ProcessCollector {
+    /// When the process started, in Unix seconds.
+    started: f64,
+}
 
 impl ProcessCollector {
+    /// The collector of a process that started now.
+    pub fn started_now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            started: since_epoch.as_secs_f64(),
+        }
+    }
+
     fn open_fds() -> Option<u64> {
         let dir = std::fs::read_dir("/proc/self/fd").ok()?;
         // The directory's own descriptor, open while it is read, is not one of the process's.
@@ -149,7 +166,13 @@ impl Collector for ProcessCollector {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             gauge.encode(metric)?;
         }
-        Ok(())
+        let metric = encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "When the gateway started, Unix seconds",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.started).encode(metric)
     }
 }
 

@@ -191,6 +191,27 @@ impl Head {
         self.get(self.path)
     }
 
+    /// The body length a `Content-Length` header announces: `Ok(None)` without one, an error
+    /// for a value that is not a number or for two headers that disagree.
+    pub fn content_length(&self) -> Result<Option<u64>, &'static str> {
+        let mut found = None;
+        for (_, v) in self
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+        {
+            let n = std::str::from_utf8(v.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or("malformed Content-Length")?;
+            if found.is_some_and(|f| f != n) {
+                return Err("conflicting Content-Length headers");
+            }
+            found = Some(n);
+        }
+        Ok(found)
+    }
+
     /// True if any `name` header lists `token`.
     fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers()
@@ -354,6 +375,26 @@ mod tests {
     }
 
     const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: https://App.example.com\r\n\r\nrest";
+
+    #[test]
+    fn content_length_is_read_and_bad_or_conflicting_ones_are_errors() {
+        let length = |headers: &str| {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+            parse_request(raw.as_bytes())
+                .expect("valid")
+                .expect("complete")
+                .content_length()
+        };
+        assert_eq!(length(""), Ok(None));
+        assert_eq!(length("Content-Length: 42\r\n"), Ok(Some(42)));
+        assert_eq!(
+            length("Content-Length: 7\r\ncontent-length: 7\r\n"),
+            Ok(Some(7))
+        );
+        assert!(length("Content-Length: 7\r\nContent-Length: 8\r\n").is_err());
+        assert!(length("Content-Length: -1\r\n").is_err());
+        assert!(length("Content-Length: 99999999999999999999999\r\n").is_err());
+    }
 
     #[test]
     fn upgrade_request_is_recognised_and_extensions_are_stripped() {

@@ -33,7 +33,10 @@ pub mod session;
 pub mod state;
 pub mod tls;
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, AtomicUsize},
+};
 
 use longconn_drain_api::DrainRequest;
 use tokio::{
@@ -126,6 +129,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
             },
         }),
         next_id: AtomicU64::new(1),
+        refusals: AtomicUsize::new(0),
     });
     tokio::spawn(proxy.serve(listener));
 

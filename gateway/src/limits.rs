@@ -1,6 +1,7 @@
-//! Admission limits checked before a connection may become a session: the per-process connection
-//! cap, the per-IP token bucket and the origin allow-list. Also the shared heartbeat clock that
-//! wakes sessions to check their timers.
+//! Admission limits checked before a connection may become a session: at accept, the
+//! per-process connection cap, the per-IP token bucket and the handshakes in progress (in total
+//! and per IP); after the request head, the plain HTTP cap and the origin allow-list. Also the
+//! shared heartbeat clock that wakes sessions to check their timers.
 
 use std::{
     collections::HashMap,
@@ -127,13 +128,47 @@ impl RateLimiter {
     }
 }
 
-/// The connection cap and origin list.
+/// The connection caps, rate limiter, handshake bounds and origin list.
 #[derive(Debug)]
 pub struct Admission {
     pub limits: Limits,
     pub rate: RateLimiter,
     connections: AtomicU64,
+    http_connections: AtomicU64,
+    handshakes: Mutex<Handshakes>,
     metrics: Metrics,
+}
+
+/// Connections in their handshake phase, in total and per client. A client's entry lives only
+/// while it has a handshake in progress, so the map holds at most `max_handshakes` entries.
+#[derive(Debug, Default)]
+struct Handshakes {
+    total: u64,
+    per_client: HashMap<Client, u32>,
+}
+
+/// Why a connection is refused at accept, before any byte of it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    /// With the seconds until the client's next token.
+    RateLimited(u64),
+    Handshakes,
+}
+
+/// What a connection holds from accept on: its connection slot, and its place among the
+/// handshakes in progress until [`Admitted::handshake_done`].
+#[derive(Debug)]
+pub struct Admitted {
+    pub slot: ConnectionSlot,
+    handshake: Option<HandshakePermit>,
+}
+
+impl Admitted {
+    /// The TLS handshake and the request head are done: the place is given back.
+    pub fn handshake_done(&mut self) {
+        self.handshake = None;
+    }
 }
 
 /// A held connection slot, released on drop.
@@ -147,26 +182,105 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// A held plain HTTP slot, released on drop.
+#[derive(Debug)]
+pub struct HttpSlot(Arc<Admission>);
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.0.http_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place among the handshakes in progress, given back on drop.
+#[derive(Debug)]
+struct HandshakePermit {
+    admission: Arc<Admission>,
+    client: Client,
+}
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        let mut h = self.admission.handshakes();
+        h.total -= 1;
+        if let Some(n) = h.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                h.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Adds one to `counter` unless it is at `max`.
+fn take(counter: &AtomicU64, max: u64) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl Admission {
     pub fn new(limits: Limits, metrics: Metrics) -> Arc<Self> {
         Arc::new(Admission {
             rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
             limits,
             connections: AtomicU64::new(0),
+            http_connections: AtomicU64::new(0),
+            handshakes: Mutex::new(Handshakes::default()),
             metrics,
         })
     }
 
+    fn handshakes(&self) -> std::sync::MutexGuard<'_, Handshakes> {
+        self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection just accepted from `ip`, or says why not: at `--max-connections`,
+    /// over the client's rate, or with too many handshakes in progress (in total or from the
+    /// client). Constant time: nothing here reads from the connection or scans a table.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let slot = self.try_connect().ok_or(Refusal::MaxConnections)?;
+        self.rate.check(ip, now).map_err(Refusal::RateLimited)?;
+        let client = Client::of(ip);
+        let mut h = self.handshakes();
+        let per_ip = self.limits.max_handshakes_per_ip;
+        let from_client = h.per_client.get(&client).copied().unwrap_or(0);
+        if h.total >= self.limits.max_handshakes || (per_ip > 0 && from_client >= per_ip) {
+            return Err(Refusal::Handshakes);
+        }
+        h.total += 1;
+        *h.per_client.entry(client).or_insert(0) += 1;
+        drop(h);
+        Ok(Admitted {
+            slot,
+            handshake: Some(HandshakePermit {
+                admission: Arc::clone(self),
+                client,
+            }),
+        })
+    }
+
+    /// Handshakes in progress now, and the clients they come from.
+    pub fn handshakes_in_progress(&self) -> (u64, usize) {
+        let h = self.handshakes();
+        (h.total, h.per_client.len())
+    }
+
     /// Takes a connection slot, or `None` at `--max-connections`.
     pub fn try_connect(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let max = self.limits.max_connections;
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
+        if !take(&self.connections, self.limits.max_connections) {
+            return None;
+        }
         self.metrics.connections_active.inc();
         Some(ConnectionSlot(Arc::clone(self)))
+    }
+
+    /// Takes a plain HTTP slot, or `None` at `--max-http-connections`.
+    pub fn try_http(self: &Arc<Self>) -> Option<HttpSlot> {
+        take(&self.http_connections, self.limits.http.max_connections)
+            .then(|| HttpSlot(Arc::clone(self)))
     }
 
     /// True if `origin` may open a session. An empty list allows any; a request without an
@@ -317,6 +431,13 @@ mod tests {
             allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
             rate_per_second: 0.0,
             rate_burst: 0,
+            max_handshakes: 3,
+            max_handshakes_per_ip: 2,
+            http: crate::config::HttpLimits {
+                max_connections: 1,
+                idle_timeout: Duration::from_secs(1),
+                max_body_bytes: 0,
+            },
         };
         Admission::new(limits, Metrics::new().0)
     }
@@ -340,5 +461,65 @@ mod tests {
         assert!(a.try_connect().is_none());
         drop(s1);
         assert!(a.try_connect().is_some());
+        let h = a.try_http().expect("http slot");
+        assert!(a.try_http().is_none());
+        drop(h);
+        assert!(a.try_http().is_some());
+    }
+
+    #[test]
+    fn handshakes_are_bounded_in_total_and_per_client_and_given_back() {
+        let a = admission(&[], 100);
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut first = a.admit(ip("10.0.0.1"), t0).expect("first");
+        let _second = a.admit(ip("10.0.0.1"), t0).expect("second");
+        assert_eq!(
+            a.admit(ip("10.0.0.1"), t0).err(),
+            Some(Refusal::Handshakes),
+            "two per client"
+        );
+        // One /64 is one client.
+        let _v6 = a.admit(ip("2001:db8::1"), t0).expect("v6");
+        assert_eq!(
+            a.admit(ip("2001:db8::2"), t0).err(),
+            Some(Refusal::Handshakes),
+            "three in total"
+        );
+        assert_eq!(a.handshakes_in_progress(), (3, 2));
+        first.handshake_done();
+        assert_eq!(a.handshakes_in_progress(), (2, 2));
+        let admitted = a.admit(ip("10.0.0.9"), t0).expect("a place is free");
+        drop(admitted);
+        drop(_second);
+        drop(_v6);
+        assert_eq!(
+            a.handshakes_in_progress(),
+            (0, 0),
+            "no entry outlives its handshakes"
+        );
+        // Refusals give their connection slot back.
+        assert_eq!(
+            a.connections.load(Ordering::Acquire),
+            1,
+            "only `first` holds one"
+        );
+    }
+
+    #[test]
+    fn a_refusal_at_the_connection_cap_takes_no_rate_token() {
+        let limits = Limits {
+            rate_per_second: 1.0,
+            rate_burst: 1,
+            ..admission(&[], 1).limits.clone()
+        };
+        let a = Admission::new(limits, Metrics::new().0);
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let held = a.try_connect().expect("the only slot");
+        assert_eq!(a.admit(ip, t0).err(), Some(Refusal::MaxConnections));
+        drop(held);
+        drop(a.admit(ip, t0).expect("the token is still there"));
+        assert_eq!(a.admit(ip, t0).err(), Some(Refusal::RateLimited(1)));
     }
 }

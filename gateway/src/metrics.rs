@@ -84,10 +84,16 @@ pub enum RejectReason {
     TlsError,
     UpstreamUnavailable,
     UpstreamRefused,
+    /// Too many handshakes in progress, in total or from the client's address.
+    HandshakeLimit,
+    /// A plain HTTP request over `--max-http-connections`.
+    HttpMaxConnections,
+    /// A plain HTTP request body over `--http-max-body-bytes`.
+    BodyTooLarge,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Draining,
         RejectReason::MaxConnections,
         RejectReason::RateLimited,
@@ -97,6 +103,9 @@ impl RejectReason {
         RejectReason::TlsError,
         RejectReason::UpstreamUnavailable,
         RejectReason::UpstreamRefused,
+        RejectReason::HandshakeLimit,
+        RejectReason::HttpMaxConnections,
+        RejectReason::BodyTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +119,9 @@ impl RejectReason {
             RejectReason::TlsError => "tls_error",
             RejectReason::UpstreamUnavailable => "upstream_unavailable",
             RejectReason::UpstreamRefused => "upstream_refused",
+            RejectReason::HandshakeLimit => "handshake_limit",
+            RejectReason::HttpMaxConnections => "http_max_connections",
+            RejectReason::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -220,6 +232,75 @@ pub struct Metrics {
     pub drain_state: Family<StateLabel, Gauge>,
     pub cert_expiry: Gauge,
     pub tls_reloads: Family<ResultLabel, Counter>,
+    pub latency: Latency,
+    pub http_idle_timeouts: Counter,
+}
+
+/// Latency histograms, in seconds.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// From accept to the 101 sent, TLS included, for each session opened.
+    pub handshake: Histogram,
+    /// Connecting to the app.
+    pub upstream_connect: Histogram,
+    /// From the upgrade request sent to the app until its response head.
+    pub upstream_upgrade: Histogram,
+    /// From a heartbeat ping sent until its pong.
+    pub ping_rtt: Histogram,
+    /// Plain HTTP: from the request head read until the app's response head.
+    pub http_first_byte: Histogram,
+}
+
+/// Bucket bounds of the latency histograms: 0.5 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Latency {
+    fn new() -> Latency {
+        let h = || Histogram::new(LATENCY_BUCKETS);
+        Latency {
+            handshake: h(),
+            upstream_connect: h(),
+            upstream_upgrade: h(),
+            ping_rtt: h(),
+            http_first_byte: h(),
+        }
+    }
+
+    fn register(&self, reg: &mut Registry) {
+        let g = "longconn_gateway";
+        for (name, help, h) in [
+            (
+                "handshake_duration_seconds",
+                "From accept to the 101 sent (TLS handshake included), per session opened",
+                &self.handshake,
+            ),
+            (
+                "upstream_connect_duration_seconds",
+                "Time to connect to the app",
+                &self.upstream_connect,
+            ),
+            (
+                "upstream_upgrade_duration_seconds",
+                "From the upgrade request sent to the app until its response head",
+                &self.upstream_upgrade,
+            ),
+            (
+                "ping_rtt_seconds",
+                "From a heartbeat ping sent to a client until its pong",
+                &self.ping_rtt,
+            ),
+            (
+                "http_first_byte_seconds",
+                "Plain HTTP: from the request head read until the app's response head",
+                &self.http_first_byte,
+            ),
+        ] {
+            reg.register(format!("{g}_{name}"), help, h.clone());
+        }
+    }
 }
 
 impl Metrics {
@@ -254,6 +335,8 @@ impl Metrics {
             drain_state: Family::default(),
             cert_expiry: Gauge::default(),
             tls_reloads: Family::default(),
+            latency: Latency::new(),
+            http_idle_timeouts: Counter::default(),
         };
         for reason in CloseReason::ALL {
             let _ = m.sessions_closed.get_or_create(&ReasonLabel { reason });
@@ -325,7 +408,13 @@ impl Metrics {
             "Certificate reload attempts, by result",
             m.tls_reloads.clone(),
         );
-        reg.register_collector(Box::new(crate::fds::ProcessCollector));
+        reg.register(
+            format!("{g}_http_idle_timeouts"),
+            "Plain HTTP exchanges ended by --http-idle-timeout",
+            m.http_idle_timeouts.clone(),
+        );
+        m.latency.register(&mut reg);
+        reg.register_collector(Box::new(crate::fds::ProcessCollector::started_now()));
         (m, reg)
     }
 
@@ -385,7 +474,8 @@ mod tests {
                     || [
                         "process_open_fds ",
                         "process_max_fds ",
-                        "process_resident_memory_bytes "
+                        "process_resident_memory_bytes ",
+                        "process_start_time_seconds ",
                     ]
                     .iter()
                     .any(|p| line.starts_with(p)),
@@ -402,5 +492,31 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_start_time_is_when_the_metrics_were_made_and_holds_across_scrapes() {
+        let unix_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs_f64()
+        };
+        let start_time = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no process_start_time_seconds in {text}"))
+        };
+        let before = unix_now();
+        let (_, reg) = Metrics::new();
+        let after = unix_now();
+        let first = start_time(&render(&reg));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(start_time(&render(&reg)), first);
+        assert!(
+            before <= first && first <= after,
+            "{before} <= {first} <= {after}"
+        );
     }
 }

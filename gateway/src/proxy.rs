@@ -1,19 +1,20 @@
-//! The client listener: accepts connections, runs the handshake phase under the handshake
-//! timeout (TLS, request head), applies admission (drain, connection cap, rate limit, origin),
-//! and hands each connection to a WebSocket [`session`](crate::session) or to the plain
-//! [`http_proxy`](crate::http_proxy).
+//! The client listener: admits each connection at accept (connection cap, rate limit,
+//! handshakes in progress) before reading any of it, runs the handshake phase under the
+//! handshake timeout (TLS, request head), applies the rest of admission (drain, origin, the
+//! plain HTTP cap and body limit), and hands each connection to a WebSocket
+//! [`session`](crate::session) or to the plain [`http_proxy`](crate::http_proxy).
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::TlsAcceptor;
@@ -25,11 +26,24 @@ use crate::{
     drain::Drain,
     http::{self, Head, HeadError},
     http_proxy,
-    limits::{Admission, ConnectionSlot},
+    limits::{Admission, Admitted, ConnectionSlot, Refusal},
     metrics::{Metrics, RejectReason},
     reqid::RequestIds,
     session::{self, Leftovers, SessionContext},
 };
+
+/// The most refusals answered at once; past it a refused connection is closed unanswered. Their
+/// descriptors are part of [`fds::RESERVED`](crate::fds::RESERVED).
+pub const MAX_ANSWERED_REFUSALS: usize = 32;
+
+/// How long a connection refused at accept is kept to deliver its answer: the request the client
+/// sent meanwhile is read and discarded, so that closing does not reset the connection and lose
+/// the answer.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a short answer (an error, a 101) may take to be written: a client that does not read
+/// it gets no longer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything the proxy shares between connections.
 pub struct Proxy {
@@ -38,6 +52,25 @@ pub struct Proxy {
     pub admission: Arc<Admission>,
     pub session: Arc<SessionContext>,
     pub next_id: AtomicU64,
+    /// Refusals being answered now (at most [`MAX_ANSWERED_REFUSALS`]).
+    pub refusals: AtomicUsize,
+}
+
+/// A refusal: reason, status, status text, Retry-After seconds, body.
+type Refuse = (RejectReason, u16, &'static str, Option<u64>, String);
+
+fn unavailable(reason: RejectReason, body: &str) -> Refuse {
+    (reason, 503, "Service Unavailable", Some(1), body.to_owned())
+}
+
+fn bad_request(why: &str) -> Refuse {
+    (
+        RejectReason::BadRequest,
+        400,
+        "Bad Request",
+        None,
+        why.to_owned(),
+    )
 }
 
 impl Proxy {
@@ -54,13 +87,20 @@ impl Proxy {
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
+                    let admitted = match self.admission.admit(peer.ip(), Instant::now()) {
+                        Ok(admitted) => admitted,
+                        Err(refusal) => {
+                            self.refuse_at_accept(tcp, refusal);
+                            continue;
+                        }
+                    };
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let me = Arc::clone(&self);
                     // Every line a connection logs carries its id and peer. The lines are at
                     // debug level, and so is the span: at the default level a connection's task
                     // then enters no span on each of its many polls.
                     let span = debug_span!("session", id = %format_args!("{id:x}"), %peer);
-                    tokio::spawn(me.connection(tcp, peer, id).instrument(span));
+                    tokio::spawn(me.connection(tcp, peer, id, admitted).instrument(span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -71,12 +111,62 @@ impl Proxy {
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+    /// Refuses a connection before reading any of it. A plain connection is answered (503 or
+    /// 429 with Retry-After) by a small task that lasts [`REFUSAL_LINGER`] at most, while fewer
+    /// than [`MAX_ANSWERED_REFUSALS`] are; a TLS connection is closed at once, since answering it
+    /// would take the handshake the refusal is there to save.
+    fn refuse_at_accept(self: &Arc<Self>, mut tcp: TcpStream, refusal: Refusal) {
+        let (reason, status, text, retry, body) = match refusal {
+            Refusal::MaxConnections => {
+                unavailable(RejectReason::MaxConnections, "too many connections")
+            }
+            Refusal::Handshakes => unavailable(
+                RejectReason::HandshakeLimit,
+                "too many handshakes in progress",
+            ),
+            Refusal::RateLimited(retry) => (
+                RejectReason::RateLimited,
+                429,
+                "Too Many Requests",
+                Some(retry),
+                "connection rate limit".to_owned(),
+            ),
+        };
+        self.metrics().reject(reason);
+        if self.tls.is_some()
+            || self.refusals.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERED_REFUSALS
+        {
+            if self.tls.is_none() {
+                self.refusals.fetch_sub(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let extra = retry.map(|s| ("Retry-After", s.to_string()));
+            let answer = http::simple_response(status, text, extra.as_slice(), &body);
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                tcp.write_all(&answer).await?;
+                tcp.shutdown().await?;
+                let mut sink = [0u8; 512];
+                while tcp.read(&mut sink).await? > 0 {}
+                std::io::Result::Ok(())
+            })
+            .await;
+            me.refusals.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        mut admitted: Admitted,
+    ) {
         // Linux: inherited from the listener (see `bind`).
         #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
-        let slot = self.admission.try_connect();
-        let rate = self.admission.rate.check(peer.ip(), Instant::now());
         let limits = &self.admission.limits;
         let started = tokio::time::Instant::now();
         let deadline = started + limits.handshake_timeout;
@@ -112,39 +202,15 @@ impl Proxy {
             }
             Ok(Ok(x)) => x,
         };
+        admitted.handshake_done();
+        let head_read = tokio::time::Instant::now();
         let websocket = head.wants_websocket();
-        let refuse = if self.drain().is_draining() {
-            Some((
-                RejectReason::Draining,
-                503,
-                "Service Unavailable",
-                Some(1),
-                "draining".to_owned(),
-            ))
-        } else if slot.is_none() {
-            Some((
-                RejectReason::MaxConnections,
-                503,
-                "Service Unavailable",
-                Some(1),
-                "too many connections".to_owned(),
-            ))
-        } else if let Err(retry) = rate {
-            Some((
-                RejectReason::RateLimited,
-                429,
-                "Too Many Requests",
-                Some(retry),
-                "connection rate limit".to_owned(),
-            ))
+        let http = &limits.http;
+        let mut http_slot = None;
+        let refuse: Option<Refuse> = if self.drain().is_draining() {
+            Some(unavailable(RejectReason::Draining, "draining"))
         } else if websocket && let Err(why) = head.check_websocket() {
-            Some((
-                RejectReason::BadRequest,
-                400,
-                "Bad Request",
-                None,
-                why.to_owned(),
-            ))
+            Some(bad_request(why))
         } else if websocket && !self.admission.origin_allowed(head.origin().as_deref()) {
             Some((
                 RejectReason::OriginForbidden,
@@ -153,8 +219,30 @@ impl Proxy {
                 None,
                 "origin not allowed".to_owned(),
             ))
-        } else {
+        } else if websocket {
             None
+        } else if let Err(why) = head.content_length() {
+            Some(bad_request(why))
+        } else if http.max_body_bytes > 0
+            && head
+                .content_length()
+                .is_ok_and(|n| n.is_some_and(|n| n > http.max_body_bytes))
+        {
+            Some((
+                RejectReason::BodyTooLarge,
+                413,
+                "Content Too Large",
+                None,
+                format!("request body over {} bytes", http.max_body_bytes),
+            ))
+        } else {
+            http_slot = self.admission.try_http();
+            http_slot.is_none().then(|| {
+                unavailable(
+                    RejectReason::HttpMaxConnections,
+                    "too many plain HTTP connections",
+                )
+            })
         };
         if let Some((reason, status, text, retry, body)) = refuse {
             self.metrics().reject(reason);
@@ -167,6 +255,7 @@ impl Proxy {
             respond(&mut conn, status, text, &extra, &body).await;
             return;
         }
+        let connecting = tokio::time::Instant::now();
         let upstream =
             match tokio::time::timeout_at(deadline, TcpStream::connect(self.upstream)).await {
                 Ok(Ok(s)) => s,
@@ -176,43 +265,56 @@ impl Proxy {
                     return;
                 }
             };
+        let latency = &self.metrics().latency;
+        latency
+            .upstream_connect
+            .observe(connecting.elapsed().as_secs_f64());
         let _ = upstream.set_nodelay(true);
         let ids = RequestIds::for_request(&head);
         let request = head.encode_request(peer.ip(), conn.is_tls(), &ids);
+        let body = head.content_length().ok().flatten();
         let log = Entry::new(id, peer, started.into_std(), &head, ids);
         // Nothing of the handshake may stay allocated for the life of the session.
         drop(head);
         if websocket {
-            self.websocket(log, slot, conn, upstream, request, leftover, deadline)
+            let times = (started, deadline);
+            self.websocket(log, admitted.slot, conn, upstream, request, leftover, times)
                 .await;
         } else {
             self.metrics().http_requests.inc();
             let tally = Tally::default();
-            Box::pin(http_proxy::serve(
-                conn,
-                upstream,
+            let exchange = http_proxy::Exchange {
                 request,
-                leftover,
-                self.drain(),
-                &tally,
-            ))
-            .await;
-            drop(slot);
+                body_start: leftover,
+                body,
+                head_read,
+            };
+            let context = http_proxy::Context {
+                drain: self.drain(),
+                metrics: self.metrics(),
+                limits: http,
+                tally: &tally,
+            };
+            Box::pin(http_proxy::serve(conn, upstream, exchange, context)).await;
+            drop((admitted, http_slot));
             log.request_ended(&tally);
         }
     }
 
+    /// The upgrade exchange with the app, then the session. `times` are the accept time and the
+    /// handshake deadline.
     #[allow(clippy::too_many_arguments)]
     async fn websocket(
         &self,
         log: Box<Entry>,
-        slot: Option<ConnectionSlot>,
+        slot: ConnectionSlot,
         mut conn: ClientConn,
         mut upstream: TcpStream,
         request: Vec<u8>,
         from_client: Vec<u8>,
-        deadline: tokio::time::Instant,
+        (accepted, deadline): (tokio::time::Instant, tokio::time::Instant),
     ) {
+        let asked = tokio::time::Instant::now();
         let exchange = async {
             upstream
                 .write_all(&request)
@@ -236,6 +338,10 @@ impl Proxy {
                 return;
             }
         };
+        let latency = &self.metrics().latency;
+        latency
+            .upstream_upgrade
+            .observe(asked.elapsed().as_secs_f64());
         if res.status != 101 {
             self.metrics().reject(RejectReason::UpstreamRefused);
             debug!(status = res.status, "upstream refused the upgrade");
@@ -256,8 +362,7 @@ impl Proxy {
                 }
             }
             out.extend_from_slice(&from_upstream[..from_upstream.len().min(body_len)]);
-            let _ = conn.write_all(&out).await;
-            let _ = conn.shutdown().await;
+            answer(&mut conn, &out).await;
             let tally = Tally::default();
             tally.set_status(res.status);
             tally.add_to_client(out.len() - head_len);
@@ -278,11 +383,13 @@ impl Proxy {
         };
         let response = res.encode_response();
         drop(res);
-        if conn.write_all(&response).await.is_err() {
-            ticket.finish(crate::metrics::CloseReason::ClientDisconnect);
-            return;
+        match write_bounded(&mut conn, &response).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return ticket.finish(crate::metrics::CloseReason::ClientDisconnect),
+            Err(_) => return ticket.finish(crate::metrics::CloseReason::WriteStalled),
         }
         drop(response);
+        latency.handshake.observe(accepted.elapsed().as_secs_f64());
         debug!("session open");
         let leftovers = Leftovers {
             from_client,
@@ -294,7 +401,7 @@ impl Proxy {
         let task = session::start(
             Arc::clone(&self.session),
             ticket,
-            slot,
+            Some(slot),
             (conn, upstream),
             leftovers,
             log,
@@ -314,12 +421,22 @@ async fn respond(
     extra: &[(&str, String)],
     body: &str,
 ) {
-    let bytes = http::simple_response(status, text, extra, body);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        conn.write_all(&bytes).await?;
-        conn.shutdown().await
-    })
-    .await;
+    answer(conn, &http::simple_response(status, text, extra, body)).await;
+}
+
+/// Writes `bytes` and closes the connection, in [`ANSWER_TIMEOUT`] at most.
+async fn answer<W: AsyncWrite + Unpin>(conn: &mut W, bytes: &[u8]) {
+    if let Ok(Ok(())) = write_bounded(conn, bytes).await {
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, conn.shutdown()).await;
+    }
+}
+
+/// Writes `bytes`, giving up after [`ANSWER_TIMEOUT`] (the outer error).
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    conn: &mut W,
+    bytes: &[u8],
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(ANSWER_TIMEOUT, conn.write_all(bytes)).await
 }
 
 /// Reads until a complete head (`parse` is [`http::parse_request`] or [`http::parse_response`]);
@@ -471,6 +588,43 @@ mod tests {
         assert!(rest.is_empty(), "{rest:?}");
         let parses = PARSES.load(Ordering::Relaxed);
         assert!(parses <= 3, "{parses} parses of a {}-byte head", parsed.len);
+    }
+
+    /// Takes no byte, ever: a client whose receive window stays closed.
+    struct NeverWritable;
+
+    impl AsyncWrite for NeverWritable {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_the_101_to_a_client_that_takes_nothing_give_up_in_bounded_time() {
+        let started = tokio::time::Instant::now();
+        answer(&mut NeverWritable, b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        assert_eq!(started.elapsed(), ANSWER_TIMEOUT);
+        let written = write_bounded(&mut NeverWritable, b"HTTP/1.1 101\r\n\r\n").await;
+        assert!(written.is_err(), "timed out");
+        assert_eq!(started.elapsed(), 2 * ANSWER_TIMEOUT);
     }
 
     #[tokio::test]

@@ -261,6 +261,8 @@ struct Relay {
     /// The code of the first close frame on the client's connection, either way (the client's,
     /// the app's relayed, or the gateway's own); 0 before.
     first_close: u16,
+    /// When the heartbeat ping now unanswered was sent.
+    ping_sent: Option<Instant>,
 }
 
 impl Relay {
@@ -276,6 +278,12 @@ impl Relay {
                 Poll::Ready(Ok(n)) => {
                     self.client_active = true;
                     self.message_active |= seen.data_frames > 0;
+                    if seen.pong
+                        && let Some(sent) = self.ping_sent.take()
+                    {
+                        let rtt = sent.elapsed().as_secs_f64();
+                        self.metrics.latency.ping_rtt.observe(rtt);
+                    }
                     self.metrics.bytes_c2u.inc_by(n);
                     self.metrics.messages_c2u.inc_by(seen.messages);
                 }
@@ -465,6 +473,7 @@ pub fn start(
         stalled_since: None,
         client_close_sent: false,
         first_close: 0,
+        ping_sent: None,
     };
     let primed = prime(&mut relay, leftovers);
     async move {
@@ -549,7 +558,6 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     let mut closing = Closing::Open;
     let mut close_by: Option<Instant> = None;
     let mut notify_at: Option<(Instant, u16)> = None;
-    let mut ping_sent: Option<Instant> = None;
     // A close frame the gateway wants to send the client, with how the session ends if answered.
     let mut want_close: Option<(u16, CloseReason)> = None;
     let mut want_ping = false;
@@ -582,7 +590,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
         }
         if want_ping && closing == Closing::Open && relay.try_send_client(ControlFrame::ping(b"")) {
             want_ping = false;
-            ping_sent = Some(Instant::now());
+            relay.ping_sent = Some(Instant::now());
         }
         if let Some((code, reason)) = want_close
             && closing == Closing::Open
@@ -638,15 +646,15 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                     return CloseReason::WriteStalled;
                 }
                 if closing == Closing::Open {
-                    if let Some(sent) = ping_sent {
+                    if let Some(sent) = relay.ping_sent {
                         if relay.last_client_rx >= sent {
-                            ping_sent = None;
+                            relay.ping_sent = None;
                         } else if now.duration_since(sent) >= limits.heartbeat_timeout {
                             relay.close_client(CLOSE_GOING_AWAY);
                             return CloseReason::HeartbeatTimeout;
                         }
                     }
-                    if ping_sent.is_none() && !want_ping
+                    if relay.ping_sent.is_none() && !want_ping
                         && now.duration_since(relay.last_client_rx) >= limits.heartbeat_interval {
                         want_ping = true;
                     }

@@ -96,36 +96,53 @@ pub struct Compact {
 impl Compact {
     /// The object whole again, for a reconcile to read.
     pub fn expand(&self) -> DynamicObject {
-        serde_json::from_str(&self.json).unwrap_or_else(|e| {
+        let mut object = serde_json::from_str::<DynamicObject>(&self.json).unwrap_or_else(|e| {
             // Written by `From<DynamicObject>` just before: cannot happen.
             warn!(error = %e, "a cached object does not read back");
             DynamicObject {
                 types: None,
-                metadata: self.metadata.clone(),
+                metadata: ObjectMeta::default(),
                 data: Value::Null,
             }
-        })
+        });
+        let kept = self.metadata.clone();
+        let meta = &mut object.metadata;
+        meta.name = kept.name;
+        meta.namespace = kept.namespace;
+        meta.uid = kept.uid;
+        meta.resource_version = kept.resource_version;
+        meta.owner_references = kept.owner_references;
+        if let Some(instance) = kept.labels {
+            meta.labels.get_or_insert_default().extend(instance);
+        }
+        object
     }
 }
 
 impl From<DynamicObject> for Compact {
-    fn from(object: DynamicObject) -> Self {
-        let json = serde_json::to_string(&object).unwrap_or_default();
-        let meta = object.metadata;
+    /// The metadata kept beside the text is taken out of it: the text holds each part once.
+    fn from(mut object: DynamicObject) -> Self {
+        let meta = &mut object.metadata;
         let instance = meta
             .labels
-            .and_then(|mut labels| labels.remove_entry(labels::INSTANCE))
+            .as_mut()
+            .and_then(|labels| labels.remove_entry(labels::INSTANCE))
             .map(|label| BTreeMap::from([label]));
+        if instance.is_some() && meta.labels.as_ref().is_some_and(BTreeMap::is_empty) {
+            meta.labels = None;
+        }
+        let metadata = ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            uid: meta.uid.take(),
+            resource_version: meta.resource_version.take(),
+            owner_references: meta.owner_references.take(),
+            labels: instance,
+            ..ObjectMeta::default()
+        };
+        let json = serde_json::to_string(&object).unwrap_or_default();
         Compact {
-            metadata: ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                uid: meta.uid,
-                resource_version: meta.resource_version,
-                owner_references: meta.owner_references,
-                labels: instance,
-                ..ObjectMeta::default()
-            },
+            metadata,
             json: json.into_boxed_str(),
         }
     }
@@ -431,14 +448,10 @@ impl Caches {
     /// Whether every cache the reconcile needs has been listed once. The caches of optional
     /// APIs count only when the cluster serves them.
     pub fn ready(&self, apis: ServedApis) -> bool {
-        let owned = self.owned.iter().all(|(kind, store)| {
-            let needed = match kind {
-                Kind::ServiceMonitor => apis.service_monitor,
-                Kind::Certificate => apis.cert_manager,
-                _ => true,
-            };
-            !needed || is_ready(store)
-        });
+        let owned = self
+            .owned
+            .iter()
+            .all(|(kind, store)| !apis.serve(*kind) || is_ready(store));
         owned && is_ready(&self.pods) && is_ready(&self.replica_sets)
     }
 
@@ -573,13 +586,30 @@ mod tests {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": "chat-abc", "namespace": "default", "resourceVersion": "7",
-                         "labels": {"app.kubernetes.io/instance": "chat"}},
+                         "uid": "u-1", "labels": {"app.kubernetes.io/instance": "chat", "x": "y"},
+                         "ownerReferences": [{"apiVersion": "longconn.dev/v1alpha1",
+                             "kind": "LongConnService", "name": "chat", "uid": "u-0"}]},
             "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app"}]}}},
             "status": {"readyReplicas": 2},
         }))
         .expect("object");
         let compact = Compact::from(object.clone());
         assert_eq!(compact.expand(), object);
+        assert!(
+            !compact.json.contains("u-0") && !compact.json.contains("chat-abc"),
+            "each part once: {}",
+            compact.json
+        );
+        let only_instance = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "labels": {"app.kubernetes.io/instance": "chat"}},
+        });
+        let unlabelled =
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        for object in [only_instance, unlabelled] {
+            let object: DynamicObject = serde_json::from_value(object).expect("object");
+            assert_eq!(Compact::from(object.clone()).expand(), object);
+        }
         assert_eq!(compact.metadata.name, object.metadata.name);
         assert_eq!(compact.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(

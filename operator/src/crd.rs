@@ -38,7 +38,8 @@ pub const GROUP: &str = "longconn.dev";
 ///
 /// The operator turns it into one Deployment per revision whose pods carry the longconn gateway
 /// as a native sidecar, a Service, a PodDisruptionBudget, TLS Secrets that renew themselves, an
-/// admin-token Secret, a NetworkPolicy, a ServiceMonitor and, when asked, a HorizontalPodAutoscaler.
+/// admin-token Secret, a NetworkPolicy, a ServiceMonitor with a PrometheusRule of alerts and, when
+/// asked, a HorizontalPodAutoscaler.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "longconn.dev",
@@ -217,6 +218,10 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
 
+    /// Plain HTTP requests (everything that is not a WebSocket upgrade).
+    #[serde(default)]
+    pub http: HttpSpec,
+
     /// The gateway's log lines, among them one per session and per plain HTTP request.
     #[serde(default)]
     pub logging: LoggingSpec,
@@ -237,6 +242,7 @@ impl Default for GatewaySpec {
             max_message_bytes: default_max_message_bytes(),
             allowed_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
+            http: HttpSpec::default(),
             logging: LoggingSpec::default(),
         }
     }
@@ -297,7 +303,8 @@ fn default_heartbeat_timeout() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Tokens added per second; 0 turns the limit off (behind a proxy that limits already, or
-    /// when many clients share one address). An IPv6 client is counted by its /64.
+    /// when many clients share one address), and with it the cap of 512 handshakes in progress
+    /// per client IP. An IPv6 client is counted by its /64.
     #[serde(default = "default_rate", rename = "connectionsPerSecondPerIP")]
     #[schemars(range(min = 0, max = 100000))]
     pub connections_per_second_per_ip: i32,
@@ -314,6 +321,45 @@ impl Default for RateLimitSpec {
             burst: default_burst(),
         }
     }
+}
+
+/// Limits of plain HTTP requests, which share the pod's `maxConnections` with the sessions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.idleTimeout) > duration('0s')")
+    .message("gateway.http.idleTimeout must be longer than 0s").field_path(".idleTimeout"))]
+pub struct HttpSpec {
+    /// Most plain HTTP connections at once per pod (within `maxConnections`), so that they cannot
+    /// take the slots of WebSocket sessions; above it HTTP 503.
+    #[serde(default = "default_http_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: i32,
+    /// An exchange with no byte moving either way for this long is ended: 408 when the announced
+    /// request body does not come, 504 when the app does not start its response, a cut when the
+    /// client does not read it. A server-sent event stream lives while events come more often.
+    #[serde(default = "default_http_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Largest request body in bytes (HTTP 413 above it); 0: no limit.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1099511627776_i64))]
+    pub max_body_bytes: i64,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: default_http_max_connections(),
+            idle_timeout: default_http_idle_timeout(),
+            max_body_bytes: 0,
+        }
+    }
+}
+
+fn default_http_max_connections() -> i32 {
+    1000
+}
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_static("60s")
 }
 
 fn default_rate() -> i32 {
@@ -629,6 +675,9 @@ pub struct MonitoringSpec {
     /// A Prometheus Operator ServiceMonitor for the gateways' `/metrics`.
     #[serde(default)]
     pub service_monitor: ServiceMonitorSpec,
+    /// A Prometheus Operator PrometheusRule with alerts on the gateways' metrics.
+    #[serde(default)]
+    pub prometheus_rule: PrometheusRuleSpec,
 }
 
 /// The ServiceMonitor (monitoring.coreos.com/v1), created when that API is served.
@@ -651,6 +700,31 @@ impl Default for ServiceMonitorSpec {
         Self {
             enabled: true,
             interval: default_scrape_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The PrometheusRule (monitoring.coreos.com/v1), created beside the ServiceMonitor when that
+/// API is served: alerts on this service's gateways (sessions dropped, drain deadline reached,
+/// certificate expiring, rejections, connections near `gateway.maxConnections`, restarts,
+/// descriptors near the limit). Its expressions select the ServiceMonitor's targets, so it is
+/// made only while `serviceMonitor.enabled` is true.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusRuleSpec {
+    /// Create the PrometheusRule.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Extra labels on the PrometheusRule, for Prometheus' `ruleSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for PrometheusRuleSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
             labels: BTreeMap::new(),
         }
     }

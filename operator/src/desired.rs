@@ -31,6 +31,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::alerts;
 pub use crate::certs::CertBundle;
 use crate::crd::{AutoscalingSpec, LogFormat, LongConnService, TlsMode};
 use crate::kinds::Kind;
@@ -106,6 +107,7 @@ pub struct ObservedRevision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServedApis {
     pub service_monitor: bool,
+    pub prometheus_rule: bool,
     pub cert_manager: bool,
 }
 
@@ -114,6 +116,7 @@ impl ServedApis {
     pub fn serve(self, kind: Kind) -> bool {
         match kind {
             Kind::ServiceMonitor => self.service_monitor,
+            Kind::PrometheusRule => self.prometheus_rule,
             Kind::Certificate => self.cert_manager,
             _ => true,
         }
@@ -181,6 +184,9 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
         out.push(ctx.manifest(Kind::Service, metrics_service(&ctx)));
         if observed.apis.service_monitor {
             out.push(ctx.manifest(Kind::ServiceMonitor, service_monitor(&ctx)));
+        }
+        if lcs.spec.monitoring.prometheus_rule.enabled && observed.apis.prometheus_rule {
+            out.push(ctx.manifest(Kind::PrometheusRule, prometheus_rule(&ctx)));
         }
     }
     if let Some(autoscaling) = &lcs.spec.autoscaling {
@@ -641,6 +647,9 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
             g.rate_limit.connections_per_second_per_ip
         ),
         format!("--rate-limit-burst={}", g.rate_limit.burst),
+        format!("--max-http-connections={}", g.http.max_connections),
+        format!("--http-idle-timeout={}", g.http.idle_timeout),
+        format!("--http-max-body-bytes={}", g.http.max_body_bytes),
         format!("--drain-strategy={:?}", d.strategy),
         format!("--drain-timeout={}", d.timeout),
         format!("--drain-spread={}", d.spread),
@@ -648,6 +657,10 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
     ];
     if let Some(threads) = worker_threads(&gateway_resources(g)) {
         args.push(format!("--worker-threads={threads}"));
+    }
+    if g.rate_limit.connections_per_second_per_ip == 0 {
+        // Per-IP limits are off: many clients share one address.
+        args.push("--max-handshakes-per-ip=0".to_owned());
     }
     if !g.allowed_origins.is_empty() {
         args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
@@ -884,6 +897,15 @@ fn service_monitor(ctx: &Ctx) -> Value {
     })
 }
 
+/// The alerts of [`alerts::rules`], in one group.
+fn prometheus_rule(ctx: &Ctx) -> Value {
+    let r = &ctx.lcs.spec.monitoring.prometheus_rule;
+    json!({
+        "metadata": ctx.meta_with(ctx.name.clone(), r.labels.clone()),
+        "spec": {"groups": [{"name": alerts::GROUP, "rules": alerts::rules(ctx.lcs)}]},
+    })
+}
+
 fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
     let mut metrics = Vec::new();
     if let Some(cpu) = a.target_cpu_utilization {
@@ -1031,6 +1053,19 @@ mod tests {
         "--admin",
         "127.0.0.1:9901",
     ];
+
+    #[test]
+    fn per_ip_handshakes_are_capped_only_while_the_per_ip_rate_limit_is_on() {
+        let mut service = lcs(json!([{"name": "app", "image": "app:1"}]), None);
+        let off = "--max-handshakes-per-ip=0".to_owned();
+        assert!(!gateway_args(&service, false).contains(&off));
+        service
+            .spec
+            .gateway
+            .rate_limit
+            .connections_per_second_per_ip = 0;
+        assert!(gateway_args(&service, false).contains(&off));
+    }
 
     #[test]
     fn a_container_without_a_pre_stop_hook_gets_the_drain_alone() {

@@ -17,12 +17,13 @@ pub enum Kind {
     PodDisruptionBudget,
     NetworkPolicy,
     ServiceMonitor,
+    PrometheusRule,
     HorizontalPodAutoscaler,
 }
 
 impl Kind {
     /// Every kind, in the order orphans are looked for.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Secret,
         Kind::Certificate,
         Kind::Deployment,
@@ -30,6 +31,7 @@ impl Kind {
         Kind::PodDisruptionBudget,
         Kind::NetworkPolicy,
         Kind::ServiceMonitor,
+        Kind::PrometheusRule,
         Kind::HorizontalPodAutoscaler,
     ];
 
@@ -45,6 +47,10 @@ impl Kind {
                 &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
                 "servicemonitors",
             ),
+            Kind::PrometheusRule => ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
+                "prometheusrules",
+            ),
             Kind::Certificate => ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
                 "certificates",
@@ -55,7 +61,7 @@ impl Kind {
     /// The group/version a kind needs, when the cluster may not serve it.
     pub fn optional_api(self) -> Option<&'static str> {
         match self {
-            Kind::ServiceMonitor => Some("monitoring.coreos.com/v1"),
+            Kind::ServiceMonitor | Kind::PrometheusRule => Some("monitoring.coreos.com/v1"),
             Kind::Certificate => Some("cert-manager.io/v1"),
             _ => None,
         }

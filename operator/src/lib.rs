@@ -1,7 +1,9 @@
 //! longconn-operator: keeps every `LongConnService` realised as Deployments with an embedded
 //! gateway, a Service, a PodDisruptionBudget, TLS and admin Secrets, a NetworkPolicy, a
-//! ServiceMonitor and an autoscaler, and replaces pods without cutting their sessions.
+//! ServiceMonitor with a PrometheusRule of alerts and an autoscaler, and replaces pods without
+//! cutting their sessions.
 
+pub mod alerts;
 pub mod cache;
 pub mod certs;
 pub mod compare;

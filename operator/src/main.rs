@@ -125,8 +125,8 @@ struct RunArgs {
     /// pace instead of crowding out everyone else's requests.
     #[arg(long, env = "LONGCONN_OPERATOR_KUBE_API_QPS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     kube_api_qps: u64,
-    /// How often to ask whether the ServiceMonitor and cert-manager APIs are served (their
-    /// objects are made, and watched, only once they are).
+    /// How often to ask whether the ServiceMonitor, PrometheusRule and cert-manager APIs are
+    /// served (their objects are made, and watched, only once they are).
     #[arg(long, env = "LONGCONN_OPERATOR_DISCOVERY_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     discovery_refresh: Duration,
     /// Log format.
@@ -196,6 +196,7 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
         }),
         apis: ServedApis {
             service_monitor: true,
+            prometheus_rule: true,
             cert_manager: true,
         },
     };
@@ -273,7 +274,12 @@ fn counted_client(
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let settings = args.settings.settings();
-    let metrics = Arc::new(Metrics::default());
+    // The LongConnServices the controller reconciles from, filled by the main watch below once
+    // this replica leads; the metrics read their recorded conditions from it.
+    let (services, services_writer) = reflector::store::<LongConnService>();
+    let mut metrics = Metrics::default();
+    metrics.watch_rollouts(services.clone());
+    let metrics = Arc::new(metrics);
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API's configuration")?;
@@ -329,7 +335,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _watches = writers.spawn(&client, ns, &triggers, &apis);
     // The main watch wakes a reconcile only when the spec, labels or annotations change: the
     // operator's own status writes do not come back as work.
-    let (services, services_writer) = reflector::store::<LongConnService>();
     // Whether the store above holds its first list (the gateway poller waits for it).
     let (listed_tx, listed) = watch::channel(false);
     let spec_changes = watcher::watcher(lcs_api, watcher::Config::default().any_semantic())

@@ -1,14 +1,27 @@
 //! The operator's Prometheus metrics (OpenMetrics text on `/metrics`).
+//!
+//! Counters and the rollout phase are set as the reconciler records; `rollout_halted` is read
+//! at each scrape from the LongConnServices' recorded status, so it holds the recorded
+//! conditions after a restart and forgets a LongConnService once it is deleted.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::RolloutPhase;
+use crate::crd::{LongConnService, RolloutPhase};
 use crate::kinds::Kind;
+use crate::status::PROGRESSING;
 
 /// Why a reconcile failed: a closed set, one value per error variant.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -109,6 +122,81 @@ impl PhaseLabel {
             Some(RolloutPhase::RollingBack) => PhaseLabel::RollingBack,
             Some(RolloutPhase::Complete) => PhaseLabel::Complete,
         }
+    }
+}
+
+/// Why a LongConnService's rollout is halted, from its Progressing condition: a closed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum HaltReason {
+    /// The rollout dropped more sessions than `rollout.maxDroppedSessions`: it is paused
+    /// (Progressing=False), rolling back (Progressing=True, reason RollingBack) or rolled back
+    /// (Progressing=False, reason RolledBack) until the spec changes.
+    DropBudgetExceeded,
+    /// The new revision's pods did not become ready within `rollout.progressDeadline`.
+    ProgressDeadlineExceeded,
+}
+
+impl HaltReason {
+    pub const ALL: [HaltReason; 2] = [
+        HaltReason::DropBudgetExceeded,
+        HaltReason::ProgressDeadlineExceeded,
+    ];
+
+    /// Why the rollout of `lcs` is halted, by its recorded Progressing condition; None when it
+    /// is not.
+    pub fn of(lcs: &LongConnService) -> Option<Self> {
+        let progressing = lcs
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)?;
+        match (progressing.status.as_str(), progressing.reason.as_str()) {
+            ("False", "DropBudgetExceeded") | ("True", "RollingBack") | ("False", "RolledBack") => {
+                Some(HaltReason::DropBudgetExceeded)
+            }
+            ("False", "ProgressDeadlineExceeded") => Some(HaltReason::ProgressDeadlineExceeded),
+            _ => None,
+        }
+    }
+}
+
+/// One LongConnService halted for one reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HaltLabels {
+    pub namespace: String,
+    pub name: String,
+    pub reason: HaltReason,
+}
+
+/// `rollout_halted`: for every LongConnService in the store, 1 for the reason its rollout is
+/// halted for and 0 for the others, read at each scrape.
+#[derive(Debug)]
+struct RolloutsHalted(Store<LongConnService>);
+
+impl Collector for RolloutsHalted {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let halted = Family::<HaltLabels, Gauge>::default();
+        for lcs in self.0.state() {
+            let why = HaltReason::of(&lcs);
+            for reason in HaltReason::ALL {
+                halted
+                    .get_or_create(&HaltLabels {
+                        namespace: lcs.namespace().unwrap_or_default(),
+                        name: lcs.name_any(),
+                        reason,
+                    })
+                    .set(i64::from(why == Some(reason)));
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "rollout_halted",
+            "1 while a LongConnService's rollout is halted for this reason (its Progressing \
+             condition), 0 otherwise",
+            None,
+            MetricType::Gauge,
+        )?;
+        halted.encode(metric)
     }
 }
 
@@ -250,11 +338,118 @@ impl Metrics {
         }
     }
 
+    /// Exports `rollout_halted` for the LongConnServices in `services` (the store the
+    /// controller reconciles from).
+    pub fn watch_rollouts(&mut self, services: Store<LongConnService>) {
+        self.registry
+            .register_collector(Box::new(RolloutsHalted(services)));
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+    use crate::crd::LongConnServiceStatus;
+
+    fn progressing(name: &str, status: &str, reason: &str) -> LongConnService {
+        let mut lcs = LongConnService::test().build();
+        lcs.metadata.name = Some(name.to_owned());
+        lcs.status = Some(LongConnServiceStatus {
+            conditions: vec![Condition {
+                type_: PROGRESSING.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..LongConnServiceStatus::default()
+        });
+        lcs
+    }
+
+    #[test]
+    fn a_rollout_is_halted_by_its_progressing_condition() {
+        for (status, reason, halted) in [
+            (
+                "False",
+                "DropBudgetExceeded",
+                Some(HaltReason::DropBudgetExceeded),
+            ),
+            ("True", "RollingBack", Some(HaltReason::DropBudgetExceeded)),
+            ("False", "RolledBack", Some(HaltReason::DropBudgetExceeded)),
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                Some(HaltReason::ProgressDeadlineExceeded),
+            ),
+            ("False", "RevisionRefused", None),
+            ("True", "RolloutInProgress", None),
+            ("True", "NewRevisionAvailable", None),
+        ] {
+            assert_eq!(
+                HaltReason::of(&progressing("chat", status, reason)),
+                halted,
+                "{status} {reason}"
+            );
+        }
+        assert_eq!(HaltReason::of(&LongConnService::test().build()), None);
+    }
+
+    #[test]
+    fn halted_rollouts_are_read_from_the_store_at_each_scrape() {
+        let (store, mut writer) = reflector::store::<LongConnService>();
+        let mut metrics = Metrics::default();
+        metrics.watch_rollouts(store);
+        let halted = |text: &str, name: &str, reason: &str| {
+            let series = format!(
+                r#"longconn_operator_rollout_halted{{namespace="default",name="{name}",reason="{reason}"}} "#
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(str::to_owned)
+        };
+
+        let paused = progressing("paused", "False", "DropBudgetExceeded");
+        writer.apply_watcher_event(&watcher::Event::Apply(paused.clone()));
+        writer.apply_watcher_event(&watcher::Event::Apply(progressing(
+            "fine",
+            "True",
+            "NewRevisionAvailable",
+        )));
+        let text = metrics.encode();
+        assert_eq!(
+            halted(&text, "paused", "DropBudgetExceeded").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            halted(&text, "paused", "ProgressDeadlineExceeded").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            halted(&text, "fine", "DropBudgetExceeded").as_deref(),
+            Some("0")
+        );
+
+        // Deleted: no series left for it.
+        writer.apply_watcher_event(&watcher::Event::Delete(paused));
+        let text = metrics.encode();
+        assert_eq!(halted(&text, "paused", "DropBudgetExceeded"), None);
+        assert_eq!(
+            halted(&text, "fine", "DropBudgetExceeded").as_deref(),
+            Some("0")
+        );
     }
 }

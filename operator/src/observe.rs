@@ -175,11 +175,7 @@ pub async fn observe(
 fn owned(ctx: &Context, ns: &str, name: &str, apis: ServedApis) -> Owned {
     let objects = Kind::ALL
         .into_iter()
-        .filter(|kind| match kind {
-            Kind::ServiceMonitor => apis.service_monitor,
-            Kind::Certificate => apis.cert_manager,
-            _ => true,
-        })
+        .filter(|kind| apis.serve(*kind))
         .map(|kind| (kind, ctx.caches.owned(kind, ns, name)))
         .collect();
     Owned(objects)

@@ -194,13 +194,18 @@ pub fn plan(input: Input) -> Outcome {
                 message: hook.to_string(),
             }),
     );
+    let m = &lcs.spec.monitoring;
+    let apis = observation.apis;
     let monitoring = match (
-        lcs.spec.monitoring.service_monitor.enabled,
-        observation.apis.service_monitor,
+        m.service_monitor.enabled,
+        apis.service_monitor,
+        m.prometheus_rule.enabled,
+        apis.prometheus_rule,
     ) {
-        (false, _) => MonitoringFacts::Disabled,
-        (true, true) => MonitoringFacts::Created,
-        (true, false) => MonitoringFacts::ApiMissing,
+        (false, ..) => MonitoringFacts::Disabled,
+        (true, false, ..) => MonitoringFacts::ApiMissing,
+        (true, true, true, false) => MonitoringFacts::RuleApiMissing,
+        (true, true, rule, _) => MonitoringFacts::Created { rule },
     };
     let new_status = status::compute(
         lcs,

@@ -58,7 +58,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         group: "monitoring.coreos.com",
-        resources: &["servicemonitors"],
+        resources: &["servicemonitors", "prometheusrules"],
         verbs: &OWNED_VERBS,
     },
     Rule {

@@ -164,16 +164,23 @@ impl Context {
     /// a blip never flips MonitoringReady. Runs on its own schedule, never in a reconcile.
     pub async fn discover(&self) -> bool {
         let previous = (*self.apis.borrow()).unwrap_or_default();
-        let service_monitor = self.serves(Kind::ServiceMonitor).await;
-        let cert_manager = self.serves(Kind::Certificate).await;
+        // One request per group/version: the ServiceMonitor and PrometheusRule share theirs.
+        let monitoring = self.served_resources(Kind::ServiceMonitor).await;
+        let cert_manager = self.served_resources(Kind::Certificate).await;
         let known = self.apis.borrow().is_some();
-        if !known && (service_monitor.is_none() || cert_manager.is_none()) {
+        if !known && (monitoring.is_none() || cert_manager.is_none()) {
             // No answer to keep yet: reconciles wait for a complete one.
             return false;
         }
+        let serves = |resources: &Option<Vec<String>>, kind: Kind, last: bool| {
+            resources
+                .as_ref()
+                .map_or(last, |r| r.contains(&kind.api_resource().plural))
+        };
         let apis = ServedApis {
-            service_monitor: service_monitor.unwrap_or(previous.service_monitor),
-            cert_manager: cert_manager.unwrap_or(previous.cert_manager),
+            service_monitor: serves(&monitoring, Kind::ServiceMonitor, previous.service_monitor),
+            prometheus_rule: serves(&monitoring, Kind::PrometheusRule, previous.prometheus_rule),
+            cert_manager: serves(&cert_manager, Kind::Certificate, previous.cert_manager),
         };
         self.apis.send_if_modified(|old| {
             let changed = *old != Some(apis);
@@ -187,16 +194,14 @@ impl Context {
         self.apis.subscribe()
     }
 
-    /// Whether the cluster serves `kind`'s API; None when discovery failed for another reason
-    /// than the group not being there.
-    async fn serves(&self, kind: Kind) -> Option<bool> {
-        let Some(group_version) = kind.optional_api() else {
-            return Some(true);
-        };
-        let plural = kind.api_resource().plural;
+    /// The resources (plural names) the cluster serves in `kind`'s optional group/version:
+    /// none when the group is not there (a 404), None when discovery failed for another
+    /// reason.
+    async fn served_resources(&self, kind: Kind) -> Option<Vec<String>> {
+        let group_version = kind.optional_api()?;
         match self.client.list_api_group_resources(group_version).await {
-            Ok(list) => Some(list.resources.iter().any(|r| r.name == plural)),
-            Err(kube::Error::Api(status)) if status.code == 404 => Some(false),
+            Ok(list) => Some(list.resources.into_iter().map(|r| r.name).collect()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Some(Vec::new()),
             Err(e) => {
                 warn!(error = %e, group_version, "discovery failed; keeping the last answer");
                 None

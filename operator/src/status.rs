@@ -49,11 +49,17 @@ pub enum CertFacts {
     Disabled,
 }
 
-/// The state of the ServiceMonitor.
+/// The state of the ServiceMonitor and the PrometheusRule beside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MonitoringFacts {
-    Created,
+    /// The ServiceMonitor is made, and the PrometheusRule when `rule`.
+    Created {
+        rule: bool,
+    },
+    /// The cluster does not serve the ServiceMonitor API.
     ApiMissing,
+    /// The ServiceMonitor is made; the PrometheusRule is asked for but its API is not served.
+    RuleApiMissing,
     Disabled,
 }
 
@@ -233,11 +239,29 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
     };
 
     match facts.monitoring {
-        MonitoringFacts::Created => conditions.set(
+        MonitoringFacts::Created { rule } => conditions.set(
             MONITORING_READY,
             true,
             "ServiceMonitorReady",
-            format!("ServiceMonitor {name} scrapes the gateways' /metrics"),
+            if rule {
+                format!(
+                    "ServiceMonitor {name} scrapes the gateways' /metrics; PrometheusRule {name} \
+                     alerts on them"
+                )
+            } else {
+                format!("ServiceMonitor {name} scrapes the gateways' /metrics")
+            },
+        ),
+        MonitoringFacts::RuleApiMissing => conditions.set(
+            MONITORING_READY,
+            false,
+            "PrometheusRuleAPIMissing",
+            format!(
+                "ServiceMonitor {name} scrapes the gateways' /metrics, but the cluster does not \
+                 serve monitoring.coreos.com/v1 PrometheusRule, so nothing alerts on them: \
+                 install the Prometheus Operator's PrometheusRule CRD, or set \
+                 spec.monitoring.prometheusRule.enabled=false"
+            ),
         ),
         MonitoringFacts::ApiMissing => conditions.set(
             MONITORING_READY,

@@ -2,7 +2,8 @@
 //! installs, the sample corpus is judged by the API server itself, and the `longconn-operator`
 //! process, authenticated as a ServiceAccount that holds exactly the RBAC rules of
 //! `longconn_operator::rbac` and nothing else, reconciles a LongConnService into owned objects, serves the printer columns and the
-//! scale subresource, writes nothing in steady state, reacts to the ServiceMonitor API appearing,
+//! scale subresource, writes nothing in steady state, reacts to the ServiceMonitor and
+//! PrometheusRule APIs appearing (the second missing while the first is served),
 //! and garbage collection removes everything when the LongConnService goes. A leader cut off
 //! from the API server stops before another replica can take its Lease.
 //!
@@ -622,12 +623,88 @@ spec:
         async move { monitors.get_opt("chat").await.ok().flatten() }
     })
     .await;
-    eventually("MonitoringReady=True", || {
+    // Its group serves no PrometheusRule yet: MonitoringReady says the alerts are missing.
+    let monitoring_ready = |status: &'static str, reason: &'static str| {
         let api = lcs_api.clone();
         async move {
-            (condition(&api.get("chat").await.ok()?, "MonitoringReady")?["status"] == "True")
-                .then_some(())
+            let lcs = api.get("chat").await.ok()?;
+            let c = condition(&lcs, "MonitoringReady")?;
+            (c["status"] == status && c["reason"] == reason).then_some(())
         }
+    };
+    eventually("MonitoringReady=False, PrometheusRuleAPIMissing", || {
+        monitoring_ready("False", "PrometheusRuleAPIMissing")
+    })
+    .await;
+
+    // The PrometheusRule API appears (its CRD with the rule fields' schema of the Prometheus
+    // Operator's, so the API server judges the rule's shape): the operator creates the rule.
+    let rule_crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          required: [spec]
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name, rules]
+                    properties:
+                      name: {type: string, minLength: 1}
+                      interval: {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true}
+                            for: {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
+"#;
+    install_crd(&client, rule_crd).await;
+    let rules: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &Kind::PrometheusRule.api_resource());
+    let rule = eventually("the PrometheusRule", || {
+        let rules = rules.clone();
+        async move { rules.get_opt("chat").await.ok().flatten() }
+    })
+    .await;
+    // Stored as the schema reads it (a field it does not know would have been pruned).
+    let stored = rule.data["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules");
+    assert_eq!(stored.len(), 7, "{stored:#?}");
+    for r in stored {
+        assert!(
+            r["alert"].is_string()
+                && r["expr"].is_string()
+                && r["labels"]["severity"].is_string()
+                && r["annotations"]["description"].is_string(),
+            "{r:#}"
+        );
+    }
+    assert!(stored.iter().any(|r| r["for"] == "10m"), "{stored:#?}");
+    eventually("MonitoringReady=True", || {
+        monitoring_ready("True", "ServiceMonitorReady")
     })
     .await;
 

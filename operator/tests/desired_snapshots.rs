@@ -4,6 +4,7 @@
 use longconn_operator::certs::CertAndKey;
 use longconn_operator::crd::LongConnService;
 use longconn_operator::desired::{self, CertBundle, Manifest, Observed, ServedApis, Settings};
+use longconn_operator::kinds::Kind;
 use longconn_operator::revision;
 
 fn sample(path: &str) -> LongConnService {
@@ -50,6 +51,7 @@ fn yaml(manifests: &[Manifest]) -> Vec<serde_json::Value> {
 
 const ALL_APIS: ServedApis = ServedApis {
     service_monitor: true,
+    prometheus_rule: true,
     cert_manager: true,
 };
 
@@ -66,7 +68,7 @@ fn with_every_api(lcs: &LongConnService) -> Vec<Manifest> {
 fn deployment(lcs: &LongConnService) -> serde_json::Value {
     with_every_api(lcs)
         .into_iter()
-        .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+        .find(|m| m.kind == Kind::Deployment)
         .expect("deployment")
         .object
 }
@@ -117,7 +119,7 @@ fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
     );
     let deployment = out
         .iter()
-        .find(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+        .find(|m| m.kind == Kind::Deployment)
         .expect("deployment");
     let volumes = &deployment.object["spec"]["template"]["spec"]["volumes"];
     assert!(
@@ -127,6 +129,17 @@ fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
             .iter()
             .any(|v| v["secret"]["secretName"] == "my-cert")
     );
+}
+
+/// The kinds `desired` builds for the chat example, with `apis` served and `monitoring` set.
+fn monitoring_kinds(apis: ServedApis, monitoring: serde_json::Value) -> Vec<Kind> {
+    let mut lcs = sample("../examples/chat.yaml");
+    lcs.spec.monitoring = serde_json::from_value(monitoring).expect("a monitoring spec");
+    desired::desired(&lcs, &observed(apis, Some(lcs.spec.replicas)), &settings())
+        .iter()
+        .map(|m| m.kind)
+        .filter(|k| matches!(k, Kind::ServiceMonitor | Kind::PrometheusRule))
+        .collect()
 }
 
 #[test]
@@ -139,11 +152,43 @@ fn without_the_monitoring_api_no_service_monitor_is_desired() {
     );
     assert!(
         out.iter()
-            .all(|m| m.kind != longconn_operator::kinds::Kind::ServiceMonitor)
+            .all(|m| m.kind != Kind::ServiceMonitor && m.kind != Kind::PrometheusRule)
     );
     assert!(
         out.iter().any(|m| m.name == "chat-metrics"),
         "the metrics Service stays"
+    );
+}
+
+#[test]
+fn the_prometheus_rule_goes_beside_the_service_monitor_when_its_api_is_served_and_asked_for() {
+    let defaults = serde_json::json!({});
+    assert_eq!(
+        monitoring_kinds(ALL_APIS, defaults.clone()),
+        [Kind::ServiceMonitor, Kind::PrometheusRule]
+    );
+    let no_rule_api = ServedApis {
+        prometheus_rule: false,
+        ..ALL_APIS
+    };
+    assert_eq!(
+        monitoring_kinds(no_rule_api, defaults),
+        [Kind::ServiceMonitor]
+    );
+    assert_eq!(
+        monitoring_kinds(
+            ALL_APIS,
+            serde_json::json!({"prometheusRule": {"enabled": false}})
+        ),
+        [Kind::ServiceMonitor]
+    );
+    // Its expressions select the ServiceMonitor's targets: without one, no rule either.
+    assert_eq!(
+        monitoring_kinds(
+            ALL_APIS,
+            serde_json::json!({"serviceMonitor": {"enabled": false}})
+        ),
+        []
     );
 }
 
@@ -154,7 +199,7 @@ fn only_the_update_revision_deployment_is_built_and_only_when_planned() {
     let deployments = |replicas| {
         desired::desired(&lcs, &observed(ALL_APIS, replicas), &settings())
             .into_iter()
-            .filter(|m| m.kind == longconn_operator::kinds::Kind::Deployment)
+            .filter(|m| m.kind == Kind::Deployment)
             .map(|m| (m.name, m.object["spec"]["replicas"].clone()))
             .collect::<Vec<_>>()
     };
@@ -219,7 +264,7 @@ fn pod_disruption_budget_always_allows_evicting_unhealthy_pods() {
     let out = with_every_api(&lcs);
     let pdb = out
         .iter()
-        .find(|m| m.kind == longconn_operator::kinds::Kind::PodDisruptionBudget)
+        .find(|m| m.kind == Kind::PodDisruptionBudget)
         .expect("pdb");
     assert_eq!(
         pdb.object["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow",

@@ -34,6 +34,9 @@ struct Store {
     collections: BTreeMap<String, BTreeMap<String, Value>>,
     log: Vec<String>,
     served_groups: Vec<&'static str>,
+    /// Resources of the served groups that discovery leaves out, as a cluster with only some of
+    /// a group's CRDs installed would.
+    unserved_resources: Vec<&'static str>,
     /// Discovery answers 503 (a transient failure) instead of its usual answer.
     discovery_failing: bool,
     /// A collection whose server-side applies are refused as invalid (422), with this message.
@@ -110,15 +113,20 @@ fn handle(
         if !store.served_groups.contains(&group) {
             return not_found();
         }
-        let plural = if group == "monitoring.coreos.com" {
-            "servicemonitors"
+        let plurals: &[&str] = if group == "monitoring.coreos.com" {
+            &["servicemonitors", "prometheusrules"]
         } else {
-            "certificates"
+            &["certificates"]
         };
+        let resources: Vec<Value> = plurals
+            .iter()
+            .filter(|p| !store.unserved_resources.contains(p))
+            .map(|p| json!({"name": p, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}))
+            .collect();
         return (
             StatusCode::OK,
             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-                   "resources": [{"name": plural, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}]}),
+                   "resources": resources}),
         );
     }
     let Some((collection, name, status)) = split(path) else {
@@ -281,7 +289,7 @@ fn assert_condition(store: &Store, kind: &str, (status, reason): (&str, &str), m
 }
 
 /// The collection each cache is filled from.
-const CACHED: [(&str, Kind); 8] = [
+const CACHED: [(&str, Kind); 9] = [
     ("/api/v1/namespaces/default/secrets", Kind::Secret),
     (
         "/apis/cert-manager.io/v1/namespaces/default/certificates",
@@ -303,6 +311,10 @@ const CACHED: [(&str, Kind); 8] = [
     (
         "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors",
         Kind::ServiceMonitor,
+    ),
+    (
+        "/apis/monitoring.coreos.com/v1/namespaces/default/prometheusrules",
+        Kind::PrometheusRule,
     ),
     (
         "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
@@ -618,15 +630,48 @@ async fn a_deployment_the_api_server_refuses_stops_progressing_with_its_message(
 }
 
 #[tokio::test]
-async fn with_the_monitoring_api_served_a_service_monitor_is_applied() {
+async fn with_the_monitoring_api_served_a_service_monitor_and_its_alerts_are_applied() {
     let (store, fixture) = setup(vec!["monitoring.coreos.com"]);
+    let log = reconcile_once(&store, &fixture).await;
+    for path in [
+        "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/chat",
+        "/apis/monitoring.coreos.com/v1/namespaces/default/prometheusrules/chat",
+    ] {
+        assert!(log.contains(&format!("PATCH {path}")), "{log:#?}");
+    }
+    let s = store.lock().expect("store");
+    assert_condition(
+        &s,
+        "MonitoringReady",
+        ("True", "ServiceMonitorReady"),
+        "PrometheusRule chat alerts on them",
+    );
+}
+
+#[tokio::test]
+async fn without_the_prometheus_rule_api_the_service_monitor_is_applied_and_monitoring_is_not_ready()
+ {
+    let (store, fixture) = setup(vec!["monitoring.coreos.com"]);
+    store
+        .lock()
+        .expect("store")
+        .unserved_resources
+        .push("prometheusrules");
     let log = reconcile_once(&store, &fixture).await;
     assert!(log.contains(
         &"PATCH /apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/chat".to_owned()
     ));
+    assert!(
+        !log.iter().any(|l| l.contains("prometheusrules")),
+        "{log:#?}"
+    );
     let s = store.lock().expect("store");
-    let monitoring = condition(&s, "MonitoringReady");
-    assert_eq!(monitoring["status"], "True");
+    assert_condition(
+        &s,
+        "MonitoringReady",
+        ("False", "PrometheusRuleAPIMissing"),
+        "spec.monitoring.prometheusRule.enabled=false",
+    );
 }
 
 #[tokio::test]

@@ -57,6 +57,8 @@ pub fn sample(path: &str) -> LongConnService {
 
 /// A generated pod with its volumes and ports on this machine.
 pub struct Pod {
+    /// Everything `desired` generated for the LongConnService, every optional API served.
+    pub manifests: Vec<desired::Manifest>,
     /// The pod spec of the generated Deployment, exactly as generated.
     pub spec: PodSpec,
     /// Volume name → its directory.
@@ -99,6 +101,7 @@ impl Pod {
         let app_port = u16::try_from(lcs.spec.gateway.upstream_port).expect("a port number");
         ports.insert(app_port, upstream.port());
         Pod {
+            manifests,
             spec,
             volumes,
             ports,
@@ -308,8 +311,8 @@ impl Drop for RunningGateway {
     }
 }
 
-/// What `desired` builds for `lcs`, observed offline with a fresh self-signed certificate and
-/// [`ADMIN_TOKEN`].
+/// What `desired` builds for `lcs`, observed offline with a fresh self-signed certificate,
+/// [`ADMIN_TOKEN`] and every optional API served.
 fn generate(lcs: &LongConnService) -> Vec<desired::Manifest> {
     let settings = Settings::default();
     let name = lcs.metadata.name.clone().expect("a name");
@@ -327,7 +330,11 @@ fn generate(lcs: &LongConnService) -> Vec<desired::Manifest> {
         update_replicas: Some(lcs.spec.replicas),
         admin_token: ADMIN_TOKEN.to_owned(),
         certificate: Some(certificate.bundle),
-        apis: ServedApis::default(),
+        apis: ServedApis {
+            service_monitor: true,
+            prometheus_rule: true,
+            cert_manager: true,
+        },
     };
     desired::desired(lcs, &observed, &settings)
 }

@@ -12,8 +12,9 @@
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Container;
 use longconn_drain_api::{DrainReport, DrainState};
+use longconn_operator::kinds::Kind;
 use longconn_tests::{
-    WAIT,
+    WAIT, http,
     pod::{ADMIN_TOKEN, Pod, RunningGateway, sample},
     upstream::start_echo,
 };
@@ -154,4 +155,55 @@ async fn an_app_containers_own_exec_pre_stop_runs_after_the_drain_in_the_same_ho
     assert_eq!((report.migrated, report.dropped), (1, 0), "{report:?}");
     assert_eq!(rest, ["own hook ran"]);
     assert_eq!(session.await.unwrap(), Some(1012));
+}
+
+/// The metric names `expr` reads: its words that start like the gateway's metrics.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("longconn_") || word.starts_with("process_"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_generated_alerts_read_is_served_where_the_service_monitor_scrapes() {
+    let pod = Pod::new(&sample("examples/chat.yaml"), start_echo().await);
+    let gateway = pod.start_gateway().await;
+    let object = |kind| {
+        &pod.manifests
+            .iter()
+            .find(|m| m.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} generated"))
+            .object
+    };
+    // The ServiceMonitor scrapes the metrics Service's port, which is the gateway's admin port.
+    let endpoint = &object(Kind::ServiceMonitor)["spec"]["endpoints"][0];
+    let (status, text) = http::get(
+        pod.named_port(pod.gateway(), "admin"),
+        endpoint["path"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}\n{}", gateway.log());
+    let served: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+
+    let rules = object(Kind::PrometheusRule)["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rules.len(), 7, "{rules:#?}");
+    for rule in rules {
+        let expr = rule["expr"].as_str().unwrap();
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{expr}");
+        for name in names {
+            assert!(
+                served.contains(&name),
+                "{} reads {name}, which the gateway does not serve:\n{text}",
+                rule["alert"]
+            );
+        }
+    }
 }

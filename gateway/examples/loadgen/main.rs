@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `echo` (WebSocket echo server, the upstream of every proxy), `relay` (a byte
 //! relay without WebSocket awareness, the reference for a proxy on this runtime), `cert` (a
-//! self-signed certificate for 127.0.0.1), `idle` (RSS per idle proxied session), `throughput`
+//! self-signed certificate for 127.0.0.1), `idle` (RSS per idle proxied session), `stalled`
+//! (RSS and descriptors held by connections that never finish a handshake), `throughput`
 //! (echo messages per second at saturation), `latency` (round-trip percentiles at a fixed
 //! rate, beside a direct path probed in the same seconds), `handshakes` (new sessions per second, plain or TLS). Each measurement prints one
 //! `key=value` line. It only ever talks to 127.0.0.1.
@@ -75,6 +76,19 @@ enum Cmd {
         sessions: usize,
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
+    },
+    /// Opens CONNECTIONS to TARGET that never finish their handshake (plain: the start of a
+    /// request head; with --tls: nothing, so the TLS handshake never starts) and reports the RSS
+    /// growth and open descriptors of PIDS, and how many the proxy still holds after a while.
+    Stalled {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        #[arg(long)]
+        tls: bool,
     },
     /// Closed-loop echo at saturation; reports the rate and the CPU time PIDS spent per message.
     Throughput {
@@ -255,6 +269,58 @@ async fn idle(target: SocketAddr, sessions: usize, pids: &[u32]) {
         all.len()
     );
     drop(all);
+}
+
+/// Open descriptors of PIDS.
+fn open_fds(pids: &[u32]) -> usize {
+    pids.iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count())
+        .sum()
+}
+
+async fn stalled(target: SocketAddr, connections: usize, pids: &[u32], tls: bool) {
+    let (rss_before, fds_before) = (total_rss(pids), open_fds(pids));
+    let start: &[u8] = if tls {
+        b""
+    } else {
+        b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    };
+    let mut open = Vec::with_capacity(connections);
+    let mut not_accepted = 0usize;
+    for chunk in 0..connections.div_ceil(500) {
+        let n = 500.min(connections - chunk * 500);
+        let opened = futures_util::future::join_all((0..n).map(|_| async move {
+            let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target));
+            let mut tcp = connect.await.ok()?.ok()?;
+            tcp.write_all(start).await.ok()?;
+            Some(tcp)
+        }))
+        .await;
+        for tcp in opened {
+            match tcp {
+                Some(tcp) => open.push(tcp),
+                None => not_accepted += 1,
+            }
+        }
+    }
+    // Well within every proxy's handshake or header timeout (10 s and more).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss_after, fds_after) = (total_rss(pids), open_fds(pids));
+    // Held: the proxy neither answered nor closed it.
+    let mut buf = [0u8; 64];
+    let held = open
+        .iter()
+        .filter(
+            |tcp| matches!(tcp.try_read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        )
+        .count();
+    println!(
+        "stalled_rss_kib={} rss_kib={rss_after} fds={} held={held} refused={} not_accepted={not_accepted} connections={connections}",
+        rss_after.saturating_sub(rss_before),
+        fds_after.saturating_sub(fds_before),
+        open.len() - held,
+    );
 }
 
 /// The mask of every frame the load generator sends (any key is valid for a server).
@@ -800,6 +866,12 @@ async fn main() {
             sessions,
             pids,
         } => idle(target, sessions, &pids).await,
+        Cmd::Stalled {
+            target,
+            connections,
+            pids,
+            tls,
+        } => stalled(target, connections, &pids, tls).await,
         Cmd::Throughput {
             target,
             pids,

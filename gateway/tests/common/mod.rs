@@ -46,11 +46,16 @@ pub struct UpstreamLog {
     pub echoed: Mutex<Vec<String>>,
 }
 
+/// Events `GET /ticks` sends, one every [`TICK_EVERY`].
+pub const TICKS: usize = 6;
+pub const TICK_EVERY: Duration = Duration::from_millis(400);
+
 /// Starts the upstream on 127.0.0.1:0. `GET /refuse` (an upgrade or not) gets a `403` with a
 /// 4-byte body. WebSocket: echoes every message; a text `close:<code>`
 /// makes it close with that code, `die` makes it drop the connection, `flood` makes it send
 /// until the write fails. HTTP: `GET /hello`, `POST /echo`, `GET /sse` (one event, then
-/// a second one after `sse_go`, then the end).
+/// a second one after `sse_go`, then the end), `GET /big` (64 MiB), `GET /ticks` ([`TICKS`]
+/// events, one every [`TICK_EVERY`]), `POST /sink` (answers once the body has ended).
 pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -163,6 +168,32 @@ async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
         let mut res = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
         res.extend_from_slice(&body);
         let _ = tcp.write_all(&res).await;
+    } else if first.starts_with("GET /big") {
+        // More than any socket buffer holds, until the client stops taking it.
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n")
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            if tcp.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    } else if first.starts_with("GET /ticks") {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            .await;
+        for i in 0..TICKS {
+            tokio::time::sleep(TICK_EVERY).await;
+            let _ = tcp.write_all(format!("data: {i}\n\n").as_bytes()).await;
+        }
+    } else if first.starts_with("POST /sink") {
+        // Reads the body to its end before answering.
+        let mut sink = [0u8; 4096];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await;
     } else if first.starts_with("GET /sse") {
         let _ = tcp
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\ndata: one\n\n")
