@@ -273,32 +273,32 @@ impl Latency {
         let g = "longconn_gateway";
         for (name, help, h) in [
             (
-                "handshake_duration_seconds",
+                format!("{g}_handshake_duration_seconds"),
                 "From accept to the 101 sent (TLS handshake included), per session opened",
                 &self.handshake,
             ),
             (
-                "upstream_connect_duration_seconds",
+                format!("{g}_upstream_connect_duration_seconds"),
                 "Time to connect to the app",
                 &self.upstream_connect,
             ),
             (
-                "upstream_upgrade_duration_seconds",
+                format!("{g}_upstream_upgrade_duration_seconds"),
                 "From the upgrade request sent to the app until its response head",
                 &self.upstream_upgrade,
             ),
             (
-                "ping_rtt_seconds",
+                format!("{g}_ping_rtt_seconds"),
                 "From a heartbeat ping sent to a client until its pong",
                 &self.ping_rtt,
             ),
             (
-                "http_first_byte_seconds",
+                format!("{g}_http_first_byte_seconds"),
                 "Plain HTTP: from the request head read until the app's response head",
                 &self.http_first_byte,
             ),
         ] {
-            reg.register(format!("{g}_{name}"), help, h.clone());
+            reg.register(name, help, h.clone());
         }
     }
 }
