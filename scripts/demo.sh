@@ -88,6 +88,12 @@ sed 's/^/    /' "$work/refusal"
 step "Applying examples/chat.yaml"
 kubectl apply --server-side -f examples/chat.yaml
 kubectl wait lcs/chat --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s
+# The status is recorded before the objects are made, so the pods may not exist yet: `kubectl
+# wait` on a selector that matches nothing fails at once.
+for _ in $(seq 1 120); do
+  [[ -n $(kubectl get pods -l longconn.dev/service=chat -o name) ]] && break
+  sleep 0.5
+done
 kubectl wait pods -l longconn.dev/service=chat --for=condition=Ready --timeout=180s
 kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=3 --timeout=60s
 kubectl get pods -l longconn.dev/service=chat -o wide
