@@ -17,7 +17,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context as TaskContext, Poll},
 };
@@ -113,6 +113,10 @@ impl<'a, T> Watched<'a, T> {
             limit,
         }
     }
+
+    fn over_limit(&self) -> bool {
+        self.limit > 0 && self.read > self.limit
+    }
 }
 
 /// The error a reader returns past its limit.
@@ -133,7 +137,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
         if n > 0 {
             me.activity.touch();
             me.read += n;
-            if me.limit > 0 && me.read > me.limit {
+            if me.over_limit() {
                 return Poll::Ready(Err(over_limit()));
             }
         }
@@ -168,21 +172,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
 pub async fn serve(client: ClientConn, upstream: TcpStream, exchange: Exchange, cx: Context<'_>) {
     let _stream = cx.drain.open_stream();
     let activity = Activity::new();
-    let responded = AtomicBool::new(false);
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = upstream.into_split();
-    // The body bytes already read count against the limit too.
-    let limit = match cx.limits.max_body_bytes {
-        0 => 0,
-        max => max.saturating_sub(exchange.body_start.len() as u64).max(1),
-    };
     let tally = cx.tally;
-    let mut cr = Watched::new(tally.count_from_client(cr), &activity, limit);
+    let mut cr = Watched::new(
+        tally.count_from_client(cr),
+        &activity,
+        cx.limits.max_body_bytes,
+    );
+    // The body bytes read with the head count against the limit too.
+    cr.read = exchange.body_start.len() as u64;
     let mut cw = Watched::new(cw, &activity, 0);
     let mut ur = Watched::new(ur, &activity, 0);
     let mut uw = Watched::new(uw, &activity, 0);
     let cut = {
         let up = async {
+            if cr.over_limit() {
+                return Err(over_limit());
+            }
             uw.write_all(&exchange.request).await?;
             uw.write_all(&exchange.body_start).await?;
             tally.add_from_client(exchange.body_start.len());
@@ -198,9 +205,10 @@ pub async fn serve(client: ClientConn, upstream: TcpStream, exchange: Exchange, 
                 .latency
                 .http_first_byte
                 .observe(exchange.head_read.elapsed().as_secs_f64());
-            responded.store(true, Ordering::Relaxed);
-            cw.write_all(&head.encode_response()).await?;
+            // Set before the head is written: an exchange cut during the write has started its
+            // response, and gets no answer of the gateway's after it.
             tally.set_status(head.status);
+            cw.write_all(&head.encode_response()).await?;
             cw.write_all(&rest).await?;
             tally.add_to_client(rest.len());
             copy(&mut tally.count_to_client(&mut ur), &mut cw).await?;
@@ -246,7 +254,7 @@ pub async fn serve(client: ClientConn, upstream: TcpStream, exchange: Exchange, 
         }
     };
     let Some(cut) = cut else { return };
-    let started = responded.load(Ordering::Relaxed);
+    let started = tally.status().is_some();
     let answer = match cut {
         Cut::DrainDeadline => {
             debug!("drain deadline: cutting the HTTP exchange");
@@ -260,9 +268,7 @@ pub async fn serve(client: ClientConn, upstream: TcpStream, exchange: Exchange, 
         Cut::Idle => {
             cx.metrics.http_idle_timeouts.inc();
             debug!(responded = started, "HTTP exchange idle: ending it");
-            let body_missing = exchange
-                .body
-                .is_some_and(|n| cr.read + (exchange.body_start.len() as u64) < n);
+            let body_missing = exchange.body.is_some_and(|n| cr.read < n);
             Some(if body_missing {
                 (408, "Request Timeout", "request body not received in time")
             } else {

@@ -160,6 +160,8 @@ pub enum Refusal {
 /// handshakes in progress until [`Admitted::handshake_done`].
 #[derive(Debug)]
 pub struct Admitted {
+    /// When it was accepted.
+    pub accepted: Instant,
     pub slot: ConnectionSlot,
     handshake: Option<HandshakePermit>,
 }
@@ -237,7 +239,7 @@ impl Admission {
         self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a connection just accepted from `ip`, or says why not: at `--max-connections`,
+    /// Admits a connection accepted at `now` from `ip`, or says why not: at `--max-connections`,
     /// over the client's rate, or with too many handshakes in progress (in total or from the
     /// client). Constant time: nothing here reads from the connection or scans a table.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
@@ -254,6 +256,7 @@ impl Admission {
         *h.per_client.entry(client).or_insert(0) += 1;
         drop(h);
         Ok(Admitted {
+            accepted: now,
             slot,
             handshake: Some(HandshakePermit {
                 admission: Arc::clone(self),

@@ -133,18 +133,16 @@ impl Proxy {
             ),
         };
         self.metrics().reject(reason);
-        if self.tls.is_some()
-            || self.refusals.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERED_REFUSALS
-        {
-            if self.tls.is_none() {
-                self.refusals.fetch_sub(1, Ordering::AcqRel);
-            }
+        if self.tls.is_some() {
+            return;
+        }
+        if self.refusals.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERED_REFUSALS {
+            self.refusals.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let extra = retry.map(|s| ("Retry-After", s.to_string()));
-            let answer = http::simple_response(status, text, extra.as_slice(), &body);
+            let answer = refusal_answer(status, text, retry, false, &body);
             let _ = tokio::time::timeout(REFUSAL_LINGER, async {
                 tcp.write_all(&answer).await?;
                 tcp.shutdown().await?;
@@ -168,7 +166,7 @@ impl Proxy {
         #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
         let limits = &self.admission.limits;
-        let started = tokio::time::Instant::now();
+        let started = tokio::time::Instant::from_std(admitted.accepted);
         let deadline = started + limits.handshake_timeout;
         let handshake = async {
             let mut conn = match &self.tls {
@@ -206,6 +204,7 @@ impl Proxy {
         let head_read = tokio::time::Instant::now();
         let websocket = head.wants_websocket();
         let http = &limits.http;
+        let content_length = head.content_length();
         let mut http_slot = None;
         let refuse: Option<Refuse> = if self.drain().is_draining() {
             Some(unavailable(RejectReason::Draining, "draining"))
@@ -221,12 +220,10 @@ impl Proxy {
             ))
         } else if websocket {
             None
-        } else if let Err(why) = head.content_length() {
+        } else if let Err(why) = content_length {
             Some(bad_request(why))
         } else if http.max_body_bytes > 0
-            && head
-                .content_length()
-                .is_ok_and(|n| n.is_some_and(|n| n > http.max_body_bytes))
+            && content_length.is_ok_and(|n| n.is_some_and(|n| n > http.max_body_bytes))
         {
             Some((
                 RejectReason::BodyTooLarge,
@@ -247,12 +244,11 @@ impl Proxy {
         if let Some((reason, status, text, retry, body)) = refuse {
             self.metrics().reject(reason);
             debug!(reason = reason.as_str(), "refused");
-            let extra: Vec<(&str, String)> = match (retry, websocket) {
-                (Some(s), _) => vec![("Retry-After", s.to_string())],
-                (None, true) => vec![("Sec-WebSocket-Version", "13".to_owned())],
-                _ => vec![],
-            };
-            respond(&mut conn, status, text, &extra, &body).await;
+            answer(
+                &mut conn,
+                &refusal_answer(status, text, retry, websocket, &body),
+            )
+            .await;
             return;
         }
         let connecting = tokio::time::Instant::now();
@@ -272,7 +268,7 @@ impl Proxy {
         let _ = upstream.set_nodelay(true);
         let ids = RequestIds::for_request(&head);
         let request = head.encode_request(peer.ip(), conn.is_tls(), &ids);
-        let body = head.content_length().ok().flatten();
+        let body = content_length.ok().flatten();
         let log = Entry::new(id, peer, started.into_std(), &head, ids);
         // Nothing of the handshake may stay allocated for the life of the session.
         drop(head);
@@ -401,7 +397,7 @@ impl Proxy {
         let task = session::start(
             Arc::clone(&self.session),
             ticket,
-            Some(slot),
+            slot,
             (conn, upstream),
             leftovers,
             log,
@@ -422,6 +418,23 @@ async fn respond(
     body: &str,
 ) {
     answer(conn, &http::simple_response(status, text, extra, body)).await;
+}
+
+/// A refusal's answer: `Retry-After` when the client may come back, else for a WebSocket
+/// upgrade the version the gateway speaks.
+fn refusal_answer(
+    status: u16,
+    text: &str,
+    retry: Option<u64>,
+    websocket: bool,
+    body: &str,
+) -> Vec<u8> {
+    let extra = match (retry, websocket) {
+        (Some(s), _) => Some(("Retry-After", s.to_string())),
+        (None, true) => Some(("Sec-WebSocket-Version", "13".to_owned())),
+        (None, false) => None,
+    };
+    http::simple_response(status, text, extra.as_slice(), body)
 }
 
 /// Writes `bytes` and closes the connection, in [`ANSWER_TIMEOUT`] at most.

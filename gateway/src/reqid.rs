@@ -14,10 +14,9 @@
 //!   fewer samples them itself). A `tracestate` goes with the `traceparent` it belongs to: kept
 //!   with a kept one, dropped when the trace is replaced.
 //!
-//! The random bytes come from a per-thread generator seeded from the operating system's random
-//! source: unique, not secret, and no system call per request.
+//! The random bytes come from `rand`'s per-thread generator, seeded from the operating system.
 
-use std::{cell::Cell, fmt};
+use std::fmt;
 
 use crate::http::Head;
 
@@ -182,17 +181,7 @@ impl fmt::Display for Hex<'_> {
 }
 
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    for chunk in bytes.chunks(16) {
-        for (i, b) in chunk.iter().enumerate() {
-            buf[2 * i] = DIGITS[usize::from(b >> 4)];
-            buf[2 * i + 1] = DIGITS[usize::from(b & 0xF)];
-        }
-        // Hex digits are ASCII.
-        f.write_str(std::str::from_utf8(&buf[..2 * chunk.len()]).map_err(|_| fmt::Error)?)?;
-    }
-    Ok(())
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
 /// Decodes lowercase hex into `out` (exactly twice its length); `None` for anything else.
@@ -211,38 +200,10 @@ fn hex_decode(hex: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-thread_local! {
-    /// SplitMix64 state, seeded per thread from the operating system's random source (through
-    /// the standard library's hash keys).
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x6c6f_6e67_636f_6e6e);
-    h.finish()
-}
-
-/// The next value of the thread's SplitMix64 generator: every value once per 2^64 calls.
-fn next_u64() -> u64 {
-    RNG.with(|state| {
-        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(s);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
-}
-
-/// `N` random bytes (`N` a multiple of 8).
+/// `N` random bytes, from the thread's generator (seeded from the operating system, no system
+/// call per request).
 fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        chunk.copy_from_slice(&next_u64().to_le_bytes()[..chunk.len()]);
-    }
-    out
+    rand::random()
 }
 
 #[cfg(test)]

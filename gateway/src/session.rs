@@ -452,7 +452,7 @@ pub struct Leftovers {
 pub fn start(
     ctx: Arc<SessionContext>,
     ticket: SessionTicket,
-    slot: Option<ConnectionSlot>,
+    slot: ConnectionSlot,
     (client, upstream): (ClientConn, TcpStream),
     leftovers: Leftovers,
     log: Box<Entry>,

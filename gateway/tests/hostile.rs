@@ -313,6 +313,27 @@ async fn a_request_body_over_the_limit_gets_413_announced_or_not() {
     );
 }
 
+#[tokio::test]
+async fn a_body_over_the_limit_in_the_read_that_brings_the_head_never_reaches_the_app() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &["--http-max-body-bytes", "100"]).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let chunk = format!("12c\r\n{}\r\n", "y".repeat(300));
+    let whole =
+        format!("POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
+    tcp.write_all(whole.as_bytes()).await.unwrap();
+    // The client sends nothing more: the bound is at once, not the idle timeout.
+    let answer = answer_within(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("ended");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let heads = log.heads.lock().unwrap();
+    assert!(
+        !heads.iter().any(|h| h.starts_with("POST /sink")),
+        "{heads:?}"
+    );
+}
+
 /// The answer (64 KiB at most) fits the socket buffers of the loopback, so the write that this
 /// bounds does not block here; the bound itself is proven in the unit test
 /// `answers_and_the_101_to_a_client_that_takes_nothing_give_up_in_bounded_time`.
