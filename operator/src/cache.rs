@@ -12,13 +12,14 @@
 //! objects; a reconcile expands only the few of its own service.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::core::DynamicResourceScope;
@@ -43,6 +44,7 @@ pub struct Caches {
     owned: BTreeMap<Kind, Store<Compact>>,
     pods: Store<Pod>,
     replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
+    endpoint_slices: Store<EndpointSlice>,
 }
 
 /// Write side of the caches: fed by the watches (or, in tests, by hand).
@@ -50,6 +52,7 @@ pub struct Writers {
     owned: BTreeMap<Kind, Writer<Compact>>,
     pods: Writer<Pod>,
     replica_sets: Writer<PartialObjectMeta<ReplicaSet>>,
+    endpoint_slices: Writer<EndpointSlice>,
 }
 
 /// Empty caches and the writers that fill them.
@@ -60,15 +63,18 @@ pub fn new() -> (Caches, Writers) {
         .collect();
     let (pods, pod_writer) = reflector::store();
     let (replica_sets, replica_set_writer) = reflector::store();
+    let (endpoint_slices, endpoint_slice_writer) = reflector::store();
     let caches = Caches {
         owned: owned.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
         pods,
         replica_sets,
+        endpoint_slices,
     };
     let writers = Writers {
         owned,
         pods: pod_writer,
         replica_sets: replica_set_writer,
+        endpoint_slices: endpoint_slice_writer,
     };
     (caches, writers)
 }
@@ -80,6 +86,9 @@ fn managed() -> watcher::Config {
         .labels(&format!("{MANAGED_BY}={MANAGER}"))
         .page_size(PAGE)
 }
+
+/// The label the EndpointSlice controller puts on each slice: the Service it serves.
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// Objects per page of a watch's list.
 const PAGE: u32 = 100;
@@ -299,6 +308,21 @@ impl Writers {
             triggers.clone(),
             |_| None,
         ));
+        // The EndpointSlice controller copies a Service's labels onto its slices, so the slices
+        // of the operator's Services carry its managed-by label. Only which pods each lists as
+        // ready is kept: a drain waits until its pod has left them.
+        let endpoint_slices =
+            watcher::watcher(scoped::<EndpointSlice>(client, namespace), managed())
+                .backoff(WatchBackoff::default())
+                .modify(slim_endpoint_slice)
+                .reflect(self.endpoint_slices)
+                .touched_objects();
+        tasks.spawn(forward(
+            "EndpointSlice".to_owned(),
+            endpoint_slices,
+            triggers.clone(),
+            |s| instance_of(s.meta()),
+        ));
         tasks
     }
 
@@ -312,6 +336,14 @@ impl Writers {
     /// Puts a pod in the cache (tests).
     pub fn apply_pod(&mut self, pod: Pod) {
         self.pods.apply_watcher_event(&Event::Apply(pod));
+    }
+
+    /// Puts an EndpointSlice in the cache (tests).
+    pub fn apply_endpoint_slice(&mut self, slice: EndpointSlice) {
+        let mut slice = slice;
+        slim_endpoint_slice(&mut slice);
+        self.endpoint_slices
+            .apply_watcher_event(&Event::Apply(slice));
     }
 
     /// Puts a ReplicaSet in the cache (tests).
@@ -330,6 +362,8 @@ impl Writers {
         self.pods.apply_watcher_event(&Event::InitDone);
         self.replica_sets.apply_watcher_event(&Event::Init);
         self.replica_sets.apply_watcher_event(&Event::InitDone);
+        self.endpoint_slices.apply_watcher_event(&Event::Init);
+        self.endpoint_slices.apply_watcher_event(&Event::InitDone);
     }
 }
 
@@ -428,6 +462,38 @@ pub fn owner_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
     .then(|| ObjectRef::new(&owner.name).within(namespace))
 }
 
+/// Keeps of an EndpointSlice only its metadata's names and labels and, per endpoint, the pod it
+/// points to and whether it is ready.
+fn slim_endpoint_slice(slice: &mut EndpointSlice) {
+    slice.managed_fields_mut().clear();
+    slice.metadata.annotations = None;
+    slice.ports = None;
+    for endpoint in slice.endpoints.iter_mut().flatten() {
+        endpoint.addresses.clear();
+        endpoint.hints = None;
+        endpoint.hostname = None;
+        endpoint.node_name = None;
+        endpoint.zone = None;
+        endpoint.deprecated_topology = None;
+        if let Some(conditions) = endpoint.conditions.as_mut() {
+            conditions.serving = None;
+            conditions.terminating = None;
+        }
+        if let Some(target) = endpoint.target_ref.as_mut() {
+            *target = k8s_openapi::api::core::v1::ObjectReference {
+                name: target.name.take(),
+                ..Default::default()
+            };
+        }
+    }
+}
+
+/// The LongConnService an object is labelled as created for (the instance label).
+fn instance_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
+    let name = meta.labels.as_ref()?.get(labels::INSTANCE)?;
+    Some(ObjectRef::new(name).within(meta.namespace.as_deref()?))
+}
+
 /// The LongConnService a pod is labelled as belonging to.
 fn service_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
     let service = meta.labels.as_ref()?.get(labels::SERVICE)?;
@@ -452,7 +518,25 @@ impl Caches {
             .owned
             .iter()
             .all(|(kind, store)| !apis.serve(*kind) || is_ready(store));
-        owned && is_ready(&self.pods) && is_ready(&self.replica_sets)
+        owned
+            && is_ready(&self.pods)
+            && is_ready(&self.replica_sets)
+            && is_ready(&self.endpoint_slices)
+    }
+
+    /// The pods the EndpointSlices of Service `service` in `namespace` list as ready: where
+    /// the Service sends new connections (a missing `ready` means ready, as the API says).
+    pub fn routable(&self, namespace: &str, service: &str) -> BTreeSet<String> {
+        self.endpoint_slices
+            .state_filter(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.labels().get(SERVICE_NAME).map(String::as_str) == Some(service)
+            })
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+            .collect()
     }
 
     /// The objects of `kind` in `namespace` labelled as created for the LongConnService `name`.

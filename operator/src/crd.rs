@@ -569,10 +569,11 @@ pub struct RolloutSpec {
     #[serde(default = "default_max_surge")]
     #[schemars(extend("minimum" = 0, "pattern" = PERCENT))]
     pub max_surge: IntOrString,
-    /// Old pods drained at the same time.
-    #[serde(default = "default_max_concurrent_drains")]
+    /// Pods drained at the same time. Unset (the default): as many as the pods that stay have
+    /// room for, each drain starting once its sessions fit them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_concurrent_drains: i32,
+    pub max_concurrent_drains: Option<i32>,
     /// Dropped sessions allowed per rollout; above it the rollout pauses or rolls back.
     #[serde(default)]
     #[schemars(range(min = 0))]
@@ -589,7 +590,7 @@ impl Default for RolloutSpec {
     fn default() -> Self {
         Self {
             max_surge: default_max_surge(),
-            max_concurrent_drains: default_max_concurrent_drains(),
+            max_concurrent_drains: None,
             max_dropped_sessions: 0,
             on_drop_budget_exceeded: DropBudgetAction::default(),
             progress_deadline: default_progress_deadline(),
@@ -599,9 +600,6 @@ impl Default for RolloutSpec {
 
 fn default_max_surge() -> IntOrString {
     IntOrString::Int(1)
-}
-fn default_max_concurrent_drains() -> i32 {
-    1
 }
 fn default_progress_deadline() -> Duration {
     Duration::from_static("15m")

@@ -377,6 +377,7 @@ fn pod_template(ctx: &Ctx, settings: &Settings, revision: &str) -> PodTemplateSp
     let pod_labels = meta.labels.get_or_insert_with(BTreeMap::new);
     pod_labels.extend(labels::common(&ctx.name));
     pod_labels.extend(labels::revision_pods(&ctx.name, revision));
+    pod_labels.insert(labels::ACCEPTING.to_owned(), "true".to_owned());
     let finalizers = meta.finalizers.get_or_insert_with(Vec::new);
     if !finalizers.iter().any(|f| f == DRAIN_REPORT_FINALIZER) {
         finalizers.push(DRAIN_REPORT_FINALIZER.to_owned());
@@ -768,7 +769,7 @@ fn service(ctx: &Ctx) -> Service {
         metadata: meta,
         spec: Some(CoreServiceSpec {
             type_: Some(format!("{:?}", svc.type_)),
-            selector: Some(labels::pods(&ctx.name)),
+            selector: Some(labels::accepting_pods(&ctx.name)),
             ports: Some(vec![ServicePort {
                 name: Some("client".to_owned()),
                 port: ctx.lcs.spec.gateway.port,

@@ -43,7 +43,7 @@ impl TestService {
     }
 
     pub fn max_concurrent_drains(mut self, n: i32) -> Self {
-        self.0.spec.rollout.max_concurrent_drains = n;
+        self.0.spec.rollout.max_concurrent_drains = Some(n);
         self
     }
 

@@ -18,6 +18,13 @@ pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const SERVICE: &str = "longconn.dev/service";
 /// The revision of a pod or Deployment.
 pub const REVISION: &str = "longconn.dev/revision";
+/// On a pod: `"true"` while it takes new sessions (the client Service selects it), `"false"`
+/// once the operator has taken it out of the Service (it keeps the sessions it holds). Pods
+/// start with `"true"` from their template; see [`crate::placement`].
+pub const ACCEPTING: &str = "longconn.dev/accepting";
+/// On a pod: when the operator last set [`ACCEPTING`] (RFC 3339), so that a drain waits until
+/// every node's proxy has followed the change.
+pub const ROUTING_CHANGED_AT: &str = "longconn.dev/routing-changed-at";
 
 /// Labels on every object the operator creates for the LongConnService `name`.
 pub fn common(name: &str) -> BTreeMap<String, String> {
@@ -36,6 +43,14 @@ pub fn ownership_selector(name: &str) -> String {
 /// Selector of every pod of `name`, across revisions (Service, PDB, scale subresource).
 pub fn pods(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(SERVICE.to_owned(), name.to_owned())])
+}
+
+/// Selector of the pods of `name` that take new sessions (the client Service).
+pub fn accepting_pods(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (SERVICE.to_owned(), name.to_owned()),
+        (ACCEPTING.to_owned(), "true".to_owned()),
+    ])
 }
 
 /// Selector of the pods of one revision (its Deployment).

@@ -19,6 +19,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod placement;
 pub mod plan;
 pub mod rbac;
 pub mod reconcile;

@@ -4,7 +4,7 @@
 //! the gateways' reports from the poller's ([`crate::gateways`]). The only request left is the
 //! GET of a user's own TLS Secret (mode Secret), which carries no label of ours to watch by.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -97,12 +97,14 @@ impl Observation {
             .iter()
             .map(|p| {
                 format!(
-                    "{} revision={} running={} ready={} terminating={} report={:?}",
+                    "{} revision={} running={} ready={} terminating={} accepting={:?} routable={} report={:?}",
                     p.name,
                     p.revision,
                     p.running,
                     p.ready,
                     p.terminating,
+                    p.accepting,
+                    p.routable,
                     p.report.as_ref().map(|r| (r.state, r.active))
                 )
             })
@@ -130,6 +132,7 @@ pub async fn observe(
     let mut admin = BTreeMap::new();
     let mut finalizer_at = BTreeMap::new();
     let mut facts = Vec::new();
+    let routable = ctx.caches.routable(&ns, &name);
     for pod in &pods {
         if let Some(i) = pod
             .finalizers()
@@ -138,7 +141,7 @@ pub async fn observe(
         {
             finalizer_at.insert(pod.name_any(), i);
         }
-        let fact = pod_facts(ctx, pod);
+        let fact = pod_facts(ctx, pod, &routable);
         if let Some(ip) = pod_ip(pod).filter(|_| fact.running) {
             admin.insert(
                 fact.name.clone(),
@@ -204,7 +207,7 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
-fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
+fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts {
     let status = pod.status.as_ref();
     let running =
         status.and_then(|s| s.phase.as_deref()) == Some("Running") && pod_ip(pod).is_some();
@@ -242,6 +245,12 @@ fn pod_facts(ctx: &Context, pod: &Pod) -> PodFacts {
             .iter()
             .any(|f| f == desired::DRAIN_REPORT_FINALIZER),
         created: pod.creation_timestamp().map(|t| t.0),
+        accepting: pod.labels().get(labels::ACCEPTING).map(|v| v == "true"),
+        routable: routable.contains(&pod.name_any()),
+        routing_changed_at: pod
+            .annotations()
+            .get(labels::ROUTING_CHANGED_AT)
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -350,8 +359,9 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 admin: pod_ip(pod)
                     .filter(|_| running)
                     .map(|ip| SocketAddr::new(ip, port)),
-                fast: pod.meta().deletion_timestamp.is_some()
-                    || followed.contains(&pod.name_any().as_str()),
+                // While a drain is under way every gateway is read each tick: where the moving
+                // sessions go next depends on how many each receiver holds.
+                fast: pod.meta().deletion_timestamp.is_some() || !followed.is_empty(),
             }
         })
         .collect();

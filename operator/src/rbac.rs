@@ -77,6 +77,12 @@ pub const RULES: &[Rule] = &[
         resources: &["replicasets"],
         verbs: &["list", "watch"],
     },
+    // Which pods the client Service routes to: a drain starts once its pod has left them.
+    Rule {
+        group: "discovery.k8s.io",
+        resources: &["endpointslices"],
+        verbs: &["list", "watch"],
+    },
     Rule {
         group: "events.k8s.io",
         resources: &["events"],
@@ -130,7 +136,7 @@ mod tests {
     #[test]
     fn pods_are_listed_watched_and_patched_only() {
         // list and watch: the gateways to read and pods that start terminating; patch: the
-        // deletion cost of drained pods.
+        // deletion cost of drained pods and the label that routes new sessions.
         assert_eq!(verbs_for("", "pods"), ["list", "patch", "watch"]);
     }
 

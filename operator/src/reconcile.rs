@@ -551,6 +551,7 @@ async fn perform(
     outcome: &Outcome,
 ) -> Result<Refusals, Error> {
     let ns = lcs.namespace().unwrap_or_default();
+    route(ctx, &ns, &outcome.rollout, observation.now).await?;
     start_drains(lcs, ctx, observation, &outcome.rollout).await;
     mark_for_removal(ctx, &ns, &outcome.rollout).await?;
     for pod in &outcome.rollout.release {
@@ -636,6 +637,33 @@ async fn start_drains(
         }
     });
     futures::future::join_all(calls).await;
+}
+
+/// Sets each pod's `longconn.dev/accepting` label as the plan says (the client Service selects
+/// only `"true"`), with the time of the change beside it.
+async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for (pod, accepting) in &plan.routing {
+        let patch = json!({"metadata": {
+            "labels": {crate::labels::ACCEPTING: accepting.to_string()},
+            "annotations": {crate::labels::ROUTING_CHANGED_AT: now.to_string()},
+        }});
+        match api
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(pod = %format!("{ns}/{pod}"), accepting, "routing changed"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::PatchPod {
+                    namespace: ns.to_owned(),
+                    name: pod.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gives drained pods the lowest deletion cost, so that shrinking their ReplicaSet removes

@@ -53,6 +53,7 @@ use crate::crd::{
 };
 use crate::desired::ObservedRevision;
 use crate::disruption;
+use crate::placement;
 
 /// The annotation a ReplicaSet consults to choose which pods go first when it shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -85,6 +86,13 @@ pub struct PodFacts {
     pub held: bool,
     /// When the pod was created (unknown: as if just now).
     pub created: Option<Timestamp>,
+    /// Its `longconn.dev/accepting` label: `Some(true)` while the client Service selects it,
+    /// `None` when the label is missing (a pod made from an older template).
+    pub accepting: Option<bool>,
+    /// The client Service's EndpointSlices list it as ready: new connections reach it.
+    pub routable: bool,
+    /// When the operator last changed its `longconn.dev/accepting` label.
+    pub routing_changed_at: Option<Timestamp>,
 }
 
 impl PodFacts {
@@ -189,6 +197,8 @@ pub struct Plan {
     pub replicas: BTreeMap<String, i32>,
     /// Pods whose gateways are asked to drain (`POST /drain` is idempotent).
     pub drain: Vec<String>,
+    /// Pods whose `longconn.dev/accepting` label changes: (pod, accepting).
+    pub routing: Vec<(String, bool)>,
     /// Pods to annotate with the lowest deletion cost.
     pub lowest_cost: Vec<String>,
     /// Terminating pods whose accounting is recorded: their drain-report finalizer goes.
@@ -257,6 +267,8 @@ pub struct Book {
     pub events: Vec<Note>,
     /// Restart losses already counted by a drain.
     pub losses_counted: BTreeSet<String>,
+    /// Where new sessions go.
+    pub routing: placement::Placement,
 }
 
 impl Book {
@@ -577,21 +589,62 @@ fn paused(budget: &Budget, sizes: &Sizes, book: &Book) -> bool {
     budget.over && !budget.rolling_back && (sizes.old_left || !book.entries.is_empty())
 }
 
-/// Phase 6: starts drains, within the concurrency limit and the serving floor, once the target
-/// revision's pods are all Ready.
+/// Phase 6: where new sessions go ([`placement`]), and the drains to start: within the
+/// concurrency limit and the serving floor, once the target revision's pods are all Ready and
+/// the routing has settled (the pod is out of the Service, and the pods its sessions will land
+/// on, those with the most room, are in it). Drains are paced by the receivers: with a surge,
+/// each new pod that gets Ready lets one more old pod go, and that pod's sessions go to it.
 pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
-    if paused(budget, sizes, book) {
-        return;
-    }
     let spec = &input.lcs.spec;
     let want = spec.replicas;
+    let settled = |p: &PodFacts| p.running && !going(input, book, p) && !book.tracked(&p.name);
+    let target_serving: Vec<&PodFacts> = live(input, budget.target)
+        .into_iter()
+        .filter(|p| settled(p))
+        .collect();
+    let excess = target_serving
+        .len()
+        .saturating_sub(usize::try_from(want).unwrap_or(0));
+    let mut by_cost = target_serving.clone();
+    by_cost.sort_by_key(|p| drain_order(p));
+    let excess: Vec<&PodFacts> = by_cost.into_iter().take(excess).collect();
+    let excess_names: BTreeSet<String> = excess.iter().map(|p| p.name.clone()).collect();
+    let leaving: BTreeSet<String> = input
+        .pods
+        .iter()
+        .filter(|p| book.tracked(&p.name) || going(input, book, p))
+        .map(|p| p.name.clone())
+        .collect();
+    let sessions: BTreeMap<String, i64> = input
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), input.last_known(p)))
+        .collect();
+    let view = placement::View {
+        pods: input.pods,
+        target: budget.target,
+        replicas: want,
+        leaving: &leaving,
+        excess: &excess_names,
+        sessions: &sessions,
+    };
+    // Sessions on their way: what the drains under way have not moved yet.
+    let mut incoming: i64 = book
+        .entries
+        .iter()
+        .filter(|e| e.finished_at.is_none())
+        .map(|e| input.pod(&e.pod).map_or(e.active, |p| input.last_known(p)))
+        .sum();
+    let mut routing = placement::place(&view, incoming);
     let unfinished = book
         .entries
         .iter()
         .filter(|e| e.finished_at.is_none())
         .count();
-    let mut slots = usize::try_from(spec.rollout.max_concurrent_drains)
-        .unwrap_or(1)
+    let mut slots = spec
+        .rollout
+        .max_concurrent_drains
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(1))
         .saturating_sub(unfinished);
     let serving = input
         .pods
@@ -599,11 +652,6 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .filter(|p| p.ready && !p.terminating && !book.tracked(&p.name))
         .count();
     let mut spare = i64::try_from(serving).unwrap_or(0) - i64::from(sizes.min_serving);
-    let settled = |p: &PodFacts| p.running && !going(input, book, p) && !book.tracked(&p.name);
-    let target_serving: Vec<&PodFacts> = live(input, budget.target)
-        .into_iter()
-        .filter(|p| settled(p))
-        .collect();
     let target_ready = target_serving.iter().all(|p| p.ready)
         && i32::try_from(target_serving.len()).unwrap_or(0) >= sizes.target_want;
     let mut candidates: Vec<&PodFacts> = Vec::new();
@@ -612,27 +660,42 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
             candidates.extend(live(input, revision).into_iter().filter(|p| settled(p)));
         }
     }
-    let excess = target_serving
-        .len()
-        .saturating_sub(usize::try_from(want).unwrap_or(0));
-    let mut by_cost = target_serving.clone();
-    by_cost.sort_by_key(|p| drain_order(p));
-    candidates.extend(by_cost.into_iter().take(excess));
+    candidates.extend(excess);
     candidates.sort_by_key(|p| drain_order(p));
+    if paused(budget, sizes, book) {
+        candidates.clear();
+    }
     let mut picked = Vec::new();
     for pod in candidates {
         if slots == 0 {
             break;
         }
+        if pod.ready && spare <= 0 {
+            continue;
+        }
+        let sessions = input.last_known(pod);
+        // The labels move towards what this drain needs, whether it starts now or later: the
+        // pod out of the Service, and receivers with room for its sessions in it.
+        let mut leaving = leaving.clone();
+        leaving.insert(pod.name.clone());
+        let with_pod = placement::View {
+            leaving: &leaving,
+            ..view
+        };
+        let wanted = placement::place(&with_pod, incoming + sessions);
+        let routed = placement::all_settled(input.pods, &wanted, input.now);
+        routing = wanted;
+        if !routed {
+            break;
+        }
         if pod.ready {
-            if spare <= 0 {
-                continue;
-            }
             spare -= 1;
         }
         slots -= 1;
+        incoming += sessions;
         picked.push(new_entry(pod, pod.sessions(), input.now));
     }
+    book.routing = routing;
     for entry in picked {
         book.drain.push(entry.pod.clone());
         book.entries.push(entry);
@@ -774,8 +837,10 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
     book.drain.dedup();
     book.lowest_cost.sort_unstable();
     book.lowest_cost.dedup();
+    let routing = placement::changes(input.pods, &book.routing);
     Plan {
         replicas: sizes.replicas.clone(),
+        routing,
         drain: book.drain,
         lowest_cost: book.lowest_cost,
         release,

@@ -169,6 +169,15 @@ struct Pod {
     probes: VecDeque<bool>,
     /// Was ever listed as a Ready endpoint.
     served: bool,
+    /// Its `longconn.dev/accepting` label.
+    accepting: Option<bool>,
+    /// When the shell last changed the label.
+    routed_at: Option<Timestamp>,
+    /// Listed as a ready endpoint of the client Service, as the EndpointSlices showed it at
+    /// the last tick: the label and readiness one tick late.
+    routable: bool,
+    /// Open sessions that came to it by a move in this run (a drain's close and reconnect).
+    moved_in: i64,
     gateway: Gateway,
 }
 
@@ -205,7 +214,15 @@ impl Pod {
             last_known,
             held: false,
             created: Some(self.created),
+            accepting: self.accepting,
+            routable: self.routable,
+            routing_changed_at: self.routed_at,
         }
+    }
+
+    /// What the endpoints controller lists: selected by the client Service and Ready.
+    fn endpoint(&self) -> bool {
+        self.accepting == Some(true) && self.ready && !self.terminating
     }
 
     /// Where a shrinking ReplicaSet puts the pod: lowest goes first.
@@ -226,18 +243,20 @@ enum Action {
     Cost,
     Replicas,
     Status,
+    Routing,
 }
 
-const ACTIONS: [Action; 4] = [
+const ACTIONS: [Action; 5] = [
     Action::Drain,
     Action::Cost,
     Action::Replicas,
     Action::Status,
+    Action::Routing,
 ];
 
 /// Every subset of the writes: whatever order a shell uses, a crash leaves one of them done.
 fn crash_kinds() -> Vec<Vec<Action>> {
-    (0..15u8)
+    (0..31u8)
         .map(|mask| {
             ACTIONS
                 .iter()
@@ -309,6 +328,12 @@ struct Model {
     checks: Checks,
     /// Clients whose session ended, waiting for a pod to take them.
     reconnecting: i64,
+    /// Of those, clients whose session was moved by a drain.
+    reconnecting_moved: i64,
+    /// Sessions moved a second time in this run (moved onto a pod that was drained later).
+    moved_again: i64,
+    /// Connection attempts that found no pod the client Service routes to.
+    refused: i64,
     /// All clients: open sessions plus those reconnecting, always.
     clients: i64,
     /// Sessions that completed the close handshake, summed over every drain.
@@ -362,6 +387,9 @@ impl Model {
                 concurrency: true,
             },
             reconnecting: 0,
+            reconnecting_moved: 0,
+            moved_again: 0,
+            refused: 0,
             clients: 0,
             migrated: 0,
             force_closed: 0,
@@ -386,6 +414,7 @@ impl Model {
             pod.stage = Stage::Ready;
             pod.ready = true;
             pod.served = true;
+            pod.routable = true;
             pod.probes = VecDeque::from(vec![true; lag]);
             pod.gateway.active = SESSIONS[i % SESSIONS.len()];
             model.clients += pod.gateway.active;
@@ -467,6 +496,10 @@ impl Model {
             ready: false,
             probes: VecDeque::new(),
             served: false,
+            accepting: Some(true),
+            routed_at: None,
+            routable: false,
+            moved_in: 0,
             gateway: Gateway::default(),
         });
     }
@@ -515,6 +548,13 @@ impl Model {
         }
     }
 
+    /// The EndpointSlices follow the labels and the Ready conditions of the last tick.
+    fn endpoints(&mut self) {
+        for pod in &mut self.pods {
+            pod.routable = pod.endpoint();
+        }
+    }
+
     /// One reconcile, then one tick of the cluster.
     fn tick(&mut self) {
         if let Some((at, revision)) = &self.script.new_revision
@@ -531,6 +571,7 @@ impl Model {
         if self.script.stall_from.is_some_and(|at| self.tick >= at) {
             self.stalled = true;
         }
+        self.endpoints();
         self.kubelet();
         self.poll_gateways();
         let (pods, revisions) = self.observe();
@@ -562,6 +603,7 @@ impl Model {
                 Action::Cost => self.patch_costs(&plan),
                 Action::Replicas => self.apply_replicas(&plan),
                 Action::Status => self.write_status(&revisions, Some(&plan)),
+                Action::Routing => self.relabel(&plan),
             }
         }
         if actions.len() < ACTIONS.len() {
@@ -588,10 +630,25 @@ impl Model {
         }
     }
 
+    fn relabel(&mut self, plan: &Plan) {
+        for (name, accepting) in &plan.routing {
+            if let Some(pod) = self.pods.iter_mut().find(|p| p.name == *name) {
+                pod.accepting = Some(*accepting);
+                pod.routed_at = Some(self.now);
+            }
+        }
+    }
+
     fn send_drains(&mut self, plan: &Plan) {
         for name in &plan.drain {
             if let Some(pod) = self.pods.iter_mut().find(|p| p.name == *name) {
                 if pod.running() {
+                    if pod.routable && pod.gateway.state == DrainState::Serving {
+                        self.violations.push(format!(
+                            "tick {}: pod {} asked to drain while the Service still routes to it",
+                            self.tick, pod.name
+                        ));
+                    }
                     pod.gateway.drain();
                 }
                 self.drain_asked.insert(name.clone());
@@ -665,10 +722,18 @@ impl Model {
             None => !(p.terminating && (!p.running() || p.gateway.state == DrainState::Drained)),
         });
         for pod in &mut self.pods {
+            let was = pod.gateway.active;
             let (migrated, closed) = pod.gateway.advance();
             self.migrated += migrated;
             self.force_closed += closed;
             self.reconnecting += migrated + closed;
+            self.reconnecting_moved += migrated;
+            // Which sessions a drain moves is not known: those that came by a move go first,
+            // counting the worst case.
+            let again = migrated.min(pod.moved_in);
+            self.moved_again += again;
+            pod.moved_in = (pod.moved_in - again).min(pod.gateway.active);
+            debug_assert!(pod.gateway.active <= was);
         }
         for pod in &mut self.pods {
             if pod.terminating {
@@ -802,18 +867,38 @@ impl Model {
         }
     }
 
-    /// Each waiting client connects to the serving pod with the fewest sessions.
+    /// Each waiting client connects to a pod the client Service routes to (the one with the
+    /// fewest sessions); finding none, or one that no longer serves, counts as refused and it
+    /// tries the serving pod with the fewest sessions.
     fn reconnect(&mut self) {
         while self.reconnecting > 0 {
-            let Some(pod) = self
+            let routed = self
                 .pods
-                .iter_mut()
-                .filter(|p| p.serving())
+                .iter()
+                .filter(|p| p.routable)
                 .min_by_key(|p| (p.gateway.active, p.seq))
-            else {
+                .map(|p| p.name.clone());
+            let serving = |p: &&mut Pod| p.serving();
+            let target = match routed {
+                Some(name) if self.pods.iter().any(|p| p.name == name && p.serving()) => {
+                    self.pods.iter_mut().find(|p| p.name == name)
+                }
+                _ => {
+                    self.refused += 1;
+                    self.pods
+                        .iter_mut()
+                        .filter(serving)
+                        .min_by_key(|p| (p.gateway.active, p.seq))
+                }
+            };
+            let Some(pod) = target else {
                 break;
             };
             pod.gateway.active += 1;
+            if self.reconnecting_moved > 0 {
+                pod.moved_in += 1;
+                self.reconnecting_moved -= 1;
+            }
             self.reconnecting -= 1;
         }
     }
@@ -854,7 +939,12 @@ impl Model {
             })
             .count();
         self.most_draining = self.most_draining.max(draining);
-        let limit = usize::try_from(self.lcs.spec.rollout.max_concurrent_drains).expect("limit");
+        let limit = self
+            .lcs
+            .spec
+            .rollout
+            .max_concurrent_drains
+            .map_or(usize::MAX, |n| usize::try_from(n).expect("limit"));
         if self.checks.concurrency && draining > limit {
             self.fail(&format!(
                 "{draining} drains under way, more than maxConcurrentDrains {limit}"
@@ -940,7 +1030,7 @@ impl Model {
         let spec = &self.lcs.spec;
         let _ = writeln!(
             out,
-            "spec: replicas {}, maxSurge {:?}, maxConcurrentDrains {}, maxDroppedSessions {}, \
+            "spec: replicas {}, maxSurge {:?}, maxConcurrentDrains {:?}, maxDroppedSessions {}, \
              on exceeded {:?}; update revision {}, current {:?}, stalled {}",
             spec.replicas,
             spec.rollout.max_surge,
@@ -1163,6 +1253,63 @@ fn rolling_update_keeps_its_guarantees_for_every_surge_and_drain_limit() {
     }
 }
 
+/// With a surge, every session moves at most once, no reconnect finds a pod that does not
+/// serve, and the pods end within 1.25 times the mean sessions per pod.
+#[track_caller]
+fn assert_moved_once_and_balanced(model: &Model) {
+    model.check(
+        model.moved_again == 0,
+        &format!("{} sessions moved more than once", model.moved_again),
+    );
+    model.check(
+        model.refused == 0,
+        &format!("{} reconnects found no serving pod", model.refused),
+    );
+    let counts: Vec<i64> = model.pods.iter().map(|p| p.gateway.active).collect();
+    let mean = counts.iter().sum::<i64>() as f64 / counts.len().max(1) as f64;
+    let most = counts.iter().copied().max().unwrap_or(0) as f64;
+    model.check(
+        most <= 1.25 * mean,
+        &format!("sessions per pod {counts:?}: the busiest above 1.25x the mean {mean:.1}"),
+    );
+}
+
+#[test]
+fn with_a_surge_every_session_moves_once_and_lands_where_there_is_room() {
+    for replicas in [2, 3, 6] {
+        for surge in [IntOrString::Int(1), IntOrString::String("50%".to_owned())] {
+            for lag in [0, 1, 3] {
+                let lcs = LongConnService::test()
+                    .replicas(replicas)
+                    .max_surge(surge.clone())
+                    .build();
+                let mut model = rolling_update(lcs)
+                    .with_readiness_lag(lag)
+                    .with_sessions(&[300, 280, 320, 310, 290, 305]);
+                model.label = format!("replicas {replicas}, surge {surge:?}, lag {lag}");
+                let old = pods_of(&model, "a");
+                model.run_to_completion();
+                assert_clean_rollout(&model, &old);
+                assert_moved_once_and_balanced(&model);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_scale_down_moves_each_session_once_onto_the_pods_that_stay() {
+    for (from, to) in [(3, 2), (5, 2), (6, 5)] {
+        let mut model =
+            Model::settled(service(from)).with_sessions(&[300, 280, 320, 310, 290, 305]);
+        model.label = format!("{from} to {to}");
+        let old = pods_of(&model, "a");
+        model.lcs.spec.replicas = to;
+        model.run_to_completion();
+        assert_clean_rollout(&model, &old);
+        assert_moved_once_and_balanced(&model);
+    }
+}
+
 #[test]
 fn a_single_replica_with_max_surge_zero_rolls_out() {
     // maxUnavailable 1 (the default) allows the one pod to go, and the schema accepts the spec.
@@ -1344,9 +1491,15 @@ fn scale_down_drains_every_removed_pod_first() {
         .clone();
     model.lcs.spec.replicas = 2;
     model.tick();
+    let routed = model.last_plan.clone().expect("a plan");
+    model.check(
+        routed.drain.is_empty() && routed.routing.contains(&(fewest.clone(), false)),
+        &format!("{fewest}, the pod with the fewest sessions, first leaves the Service"),
+    );
+    model.tick();
     let first = model.last_plan.clone().expect("a plan");
     model.check(
-        first.drain == [fewest.clone()],
+        first.drain.first() == Some(&fewest),
         &format!("the first drain is of {fewest}, the pod with the fewest sessions"),
     );
     model.run_to_completion();

@@ -1,0 +1,337 @@
+//! Where new sessions go: which pods the client Service sends new connections to.
+//!
+//! The client Service selects only the pods labelled `longconn.dev/accepting: "true"`; pods
+//! start with it from their template, and the operator sets it to `"false"` to take a pod out
+//! of the Service without touching its readiness (its PodDisruptionBudget, its Deployment's
+//! availability and the sessions it holds are unaffected: established connections keep their
+//! path). [`place`] decides the label of every pod, from the same view a rollout step has:
+//! - pods being drained, drained or on their way out never accept;
+//! - the **receivers** are the Ready pods of the target revision that stay. As soon as there is
+//!   one, the pods of every other revision stop accepting (they will all be drained: a session
+//!   that moved onto one of them would move again), and so do the target revision's pods a
+//!   scale-down is about to drain. Until there is one, every other pod accepts as before;
+//! - while sessions are on their way (drains under way, or the one about to start), only the
+//!   receivers with the most room accept: the fewest of them that can take the incoming
+//!   sessions in even shares (a Service spreads new connections evenly over its endpoints, not
+//!   in proportion to room), so that no receiver fills past its share;
+//! - with nothing on its way, every receiver below its share accepts; a receiver at [`FULL`]
+//!   times the mean stops, and starts again once back at the mean, so that new clients fill
+//!   the emptier pods. One receiver always accepts.
+//!
+//! A drain starts only once the routing has [`settled`]: the pod to drain and every other pod
+//! carry the label they should, the EndpointSlices show it, and [`SETTLE`] has passed since the
+//! last label change, so that every node's proxy has followed (kube-proxy applies endpoint
+//! changes at most once a second by default). Its clients then reconnect only to pods that stay
+//! and have room: each session moves once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::rollout::PodFacts;
+
+/// How long after a change of a pod's label the routing counts as settled.
+pub const SETTLE: SignedDuration = SignedDuration::from_secs(2);
+/// A receiver with this many times the mean sessions per pod stops taking new ones.
+pub const FULL: f64 = 1.1;
+
+/// What [`place`] looks at.
+pub struct View<'a> {
+    pub pods: &'a [PodFacts],
+    /// The revision the pods converge on.
+    pub target: &'a str,
+    /// Pods the LongConnService should have (`spec.replicas`).
+    pub replicas: i32,
+    /// Pods being drained, drained, or on their way out.
+    pub leaving: &'a BTreeSet<String>,
+    /// Pods of the target revision a scale-down drains next.
+    pub excess: &'a BTreeSet<String>,
+    /// Open sessions of each pod, as last known.
+    pub sessions: &'a BTreeMap<String, i64>,
+}
+
+/// Where new sessions go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Placement {
+    /// The `longconn.dev/accepting` value each pod not terminating should carry.
+    pub accepting: BTreeMap<String, bool>,
+    /// The receivers exist: the target revision can take sessions.
+    pub has_receivers: bool,
+    /// The incoming sessions fit the accepting receivers in even shares, each below its share.
+    pub fits: bool,
+}
+
+impl View<'_> {
+    fn sessions_of(&self, pod: &str) -> i64 {
+        self.sessions.get(pod).copied().unwrap_or(0)
+    }
+
+    /// Sessions per pod once everything is in place.
+    fn mean(&self) -> f64 {
+        let total: i64 = self.sessions.values().sum();
+        total as f64 / f64::from(self.replicas.max(1))
+    }
+}
+
+/// Decides every pod's label for `incoming` sessions on their way to the receivers.
+pub fn place(view: &View, incoming: i64) -> Placement {
+    let receivers: Vec<&PodFacts> = view
+        .pods
+        .iter()
+        .filter(|p| {
+            p.revision == view.target
+                && p.running
+                && p.ready
+                && !p.terminating
+                && !view.leaving.contains(&p.name)
+                && !view.excess.contains(&p.name)
+        })
+        .collect();
+    let mut accepting = BTreeMap::new();
+    for pod in view.pods.iter().filter(|p| !p.terminating) {
+        let stays = !view.leaving.contains(&pod.name) && !view.excess.contains(&pod.name);
+        // Without a receiver, every pod that stays for now keeps accepting.
+        accepting.insert(pod.name.clone(), receivers.is_empty() && stays);
+    }
+    let mean = view.mean();
+    let full = (mean * FULL).ceil() as i64;
+    let room = |p: &PodFacts| full - view.sessions_of(&p.name);
+    let mut by_room = receivers.clone();
+    by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
+    let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
+        // The fewest receivers with the most room whose even shares take it all.
+        let k = (1..=by_room.len()).find(|&k| {
+            i64::try_from(k).unwrap_or(i64::MAX) * room(by_room[k - 1]).max(0) >= incoming
+        });
+        let n = k.unwrap_or(by_room.len());
+        (by_room[..n].to_vec(), k.is_some())
+    } else {
+        let open: Vec<&PodFacts> = by_room
+            .iter()
+            .copied()
+            .filter(|p| {
+                let sessions = view.sessions_of(&p.name);
+                match p.accepting {
+                    Some(false) => (sessions as f64) < mean.max(1.0),
+                    _ => sessions < full.max(1),
+                }
+            })
+            .collect();
+        let open = if open.is_empty() {
+            by_room.iter().copied().take(1).collect()
+        } else {
+            open
+        };
+        (open, true)
+    };
+    for pod in chosen {
+        accepting.insert(pod.name.clone(), true);
+    }
+    Placement {
+        accepting,
+        has_receivers: !receivers.is_empty(),
+        fits: fits && !receivers.is_empty(),
+    }
+}
+
+/// Whether `pod` carries the label `accepting`, the EndpointSlices agree, and [`SETTLE`] has
+/// passed since the operator last changed it.
+pub fn settled(pod: &PodFacts, accepting: bool, now: Timestamp) -> bool {
+    let labelled = pod.accepting == Some(accepting);
+    // A pod that is not Ready is in no endpoint whatever its label.
+    let routed = pod.routable == accepting || (!accepting && !pod.ready) || !pod.running;
+    let quiet = pod
+        .routing_changed_at
+        .is_none_or(|at| now.duration_since(at) >= SETTLE);
+    labelled && routed && quiet
+}
+
+/// Whether every pod `placement` covers has settled as it says.
+pub fn all_settled(pods: &[PodFacts], placement: &Placement, now: Timestamp) -> bool {
+    pods.iter().all(|pod| {
+        placement
+            .accepting
+            .get(&pod.name)
+            .is_none_or(|&accepting| settled(pod, accepting, now))
+    })
+}
+
+/// The label changes that bring the pods to `placement`: (pod, accepting).
+pub fn changes(pods: &[PodFacts], placement: &Placement) -> Vec<(String, bool)> {
+    pods.iter()
+        .filter_map(|pod| {
+            let want = *placement.accepting.get(&pod.name)?;
+            (pod.accepting != Some(want)).then(|| (pod.name.clone(), want))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::constant(1_800_000_000, 0);
+
+    fn pod(name: &str, revision: &str) -> PodFacts {
+        PodFacts {
+            name: name.to_owned(),
+            revision: revision.to_owned(),
+            running: true,
+            ready: true,
+            accepting: Some(true),
+            routable: true,
+            ..PodFacts::default()
+        }
+    }
+
+    fn sessions(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        pairs.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect()
+    }
+
+    fn accepting(placement: &Placement) -> Vec<&str> {
+        placement
+            .accepting
+            .iter()
+            .filter(|(_, a)| **a)
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn old_pods_keep_accepting_until_the_new_revision_has_a_ready_pod() {
+        let mut new = pod("n1", "new");
+        new.ready = false;
+        let pods = [pod("a", "old"), pod("b", "old"), new];
+        let counts = sessions(&[("a", 100), ("b", 100)]);
+        let none = BTreeSet::new();
+        let view = View {
+            pods: &pods,
+            target: "new",
+            replicas: 2,
+            leaving: &none,
+            excess: &none,
+            sessions: &counts,
+        };
+        let placement = place(&view, 0);
+        // n1 keeps its template's label: it takes sessions once Ready.
+        assert_eq!(accepting(&placement), ["a", "b", "n1"]);
+        assert!(!placement.has_receivers);
+    }
+
+    #[test]
+    fn once_the_new_revision_can_take_sessions_every_old_pod_stops_accepting() {
+        let pods = [pod("a", "old"), pod("b", "old"), pod("n1", "new")];
+        let counts = sessions(&[("a", 100), ("b", 100)]);
+        let none = BTreeSet::new();
+        let view = View {
+            pods: &pods,
+            target: "new",
+            replicas: 2,
+            leaving: &none,
+            excess: &none,
+            sessions: &counts,
+        };
+        let placement = place(&view, 100);
+        assert_eq!(accepting(&placement), ["n1"]);
+        // 100 sessions per pod when done, 110 full: 100 fit n1.
+        assert!(placement.fits);
+    }
+
+    #[test]
+    fn incoming_sessions_go_to_the_fewest_receivers_that_take_them_in_even_shares() {
+        let pods = [pod("n1", "new"), pod("n2", "new"), pod("n3", "new")];
+        // 600 in all: 200 per pod when done, 220 full.
+        let counts = sessions(&[("n1", 210), ("n2", 0), ("n3", 190), ("gone", 200)]);
+        let none = BTreeSet::new();
+        let view = View {
+            pods: &pods,
+            target: "new",
+            replicas: 3,
+            leaving: &none,
+            excess: &none,
+            sessions: &counts,
+        };
+        // 200 on their way: n2 alone has room (220) for them.
+        assert_eq!(accepting(&place(&view, 200)), ["n2"]);
+        // 240: n2 (220) and n3 (30) cannot take 120 each; all three (10 each) neither: the
+        // most room there is, and it does not fit.
+        let placement = place(&view, 240);
+        assert_eq!(accepting(&placement), ["n1", "n2", "n3"]);
+        assert!(!placement.fits);
+    }
+
+    #[test]
+    fn with_nothing_on_its_way_a_full_receiver_stops_until_back_at_the_mean() {
+        let mut n1 = pod("n1", "v");
+        let mut n2 = pod("n2", "v");
+        n2.accepting = Some(false);
+        let pods = [n1.clone(), n2.clone(), pod("n3", "v")];
+        // 300 in all, 100 per pod, full at 110.
+        let counts = sessions(&[("n1", 115), ("n2", 105), ("n3", 80)]);
+        let none = BTreeSet::new();
+        let view = View {
+            pods: &pods,
+            target: "v",
+            replicas: 3,
+            leaving: &none,
+            excess: &none,
+            sessions: &counts,
+        };
+        // n1 is full; n2 is below full but not yet back at the mean.
+        assert_eq!(accepting(&place(&view, 0)), ["n3"]);
+        n1.accepting = Some(false);
+        n2.accepting = Some(true);
+        let pods = [n1, n2, pod("n3", "v")];
+        let view = View {
+            pods: &pods,
+            ..view
+        };
+        assert_eq!(accepting(&place(&view, 0)), ["n2", "n3"]);
+    }
+
+    #[test]
+    fn pods_leaving_or_about_to_be_drained_never_accept() {
+        let pods = [pod("a", "v"), pod("b", "v"), pod("c", "v")];
+        let counts = sessions(&[("a", 50), ("b", 50), ("c", 10)]);
+        let leaving = BTreeSet::from(["a".to_owned()]);
+        let excess = BTreeSet::from(["c".to_owned()]);
+        let view = View {
+            pods: &pods,
+            target: "v",
+            replicas: 1,
+            leaving: &leaving,
+            excess: &excess,
+            sessions: &counts,
+        };
+        assert_eq!(accepting(&place(&view, 60)), ["b"]);
+    }
+
+    #[test]
+    fn routing_settles_when_label_endpoints_and_time_agree() {
+        let mut p = pod("a", "v");
+        p.accepting = Some(false);
+        p.routing_changed_at = Some(NOW - SignedDuration::from_secs(1));
+        // Still in the endpoints.
+        assert!(!settled(&p, false, NOW));
+        p.routable = false;
+        // Out, but the proxies may not have followed yet.
+        assert!(!settled(&p, false, NOW));
+        assert!(settled(&p, false, NOW + SETTLE));
+        // A pod never relabelled, out of the Service: settled.
+        p.routing_changed_at = None;
+        assert!(settled(&p, false, NOW));
+        assert!(!settled(&p, true, NOW));
+    }
+
+    #[test]
+    fn changes_name_only_the_pods_whose_label_differs() {
+        let mut old = pod("a", "old");
+        old.accepting = None;
+        let pods = [old, pod("n1", "new")];
+        let placement = Placement {
+            accepting: BTreeMap::from([("a".to_owned(), false), ("n1".to_owned(), true)]),
+            ..Placement::default()
+        };
+        assert_eq!(changes(&pods, &placement), [("a".to_owned(), false)]);
+    }
+}
