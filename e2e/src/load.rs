@@ -409,7 +409,8 @@ impl Counters {
         let sent = self.sent.load(Ordering::Relaxed);
         let echoed = self.echoed.load(Ordering::Relaxed);
         let abandoned = self.abandoned.load(Ordering::Relaxed);
-        let [never, once, twice, more] = self.by_moves.each_ref().map(|n| n.load(Ordering::Relaxed));
+        let [never, once, twice, more] =
+            self.by_moves.each_ref().map(|n| n.load(Ordering::Relaxed));
         let by_moves = SessionsByMoves {
             never,
             once,
@@ -1429,6 +1430,10 @@ mod tests {
         use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+        #[allow(
+            clippy::result_large_err,
+            reason = "the refusal is tungstenite's own response type"
+        )]
         let record = |request: &Request, response: Response| {
             let header = |name: &str| {
                 request
@@ -1518,14 +1523,33 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
-        let (addr, connector, _) = scripted_server(vec![Serve::Close]).await;
-        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
+    /// Runs session 7 against a server following `script`, sending for `send_for`; it must end
+    /// cleanly. Its report, the server's address and what the server saw.
+    async fn scripted_session(
+        script: Vec<Serve>,
+        send_for: Duration,
+    ) -> (LoadReport, SocketAddr, Arc<ServerSaw>) {
+        let (addr, connector, saw) = scripted_server(script).await;
+        let shared = one_endpoint(addr, connector, send_for);
         session(7, false, &shared)
             .await
             .expect("the session ends cleanly");
-        let report = shared.counters.report();
+        (shared.counters.report(), addr, saw)
+    }
+
+    /// Sessions moved 0, 1, 2, 3+ times.
+    fn by_moves([never, once, twice, more]: [u64; 4]) -> SessionsByMoves {
+        SessionsByMoves {
+            never,
+            once,
+            twice,
+            more,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
+        let (report, addr, _) = scripted_session(vec![Serve::Close], Duration::from_secs(1)).await;
         assert_eq!(report.connections, 2, "{report:?}");
         assert_eq!(report.migrated, 1, "{report:?}");
         assert!(report.messages_resent >= 1, "{report:?}");
@@ -1535,32 +1559,16 @@ mod tests {
         let endpoint = &report.endpoints[&addr.ip().to_string()];
         assert_eq!(endpoint.migrated, 1, "{report:?}");
         assert_eq!(endpoint.connections, 2, "{report:?}");
-        assert_eq!(
-            report.sessions_by_moves,
-            SessionsByMoves {
-                once: 1,
-                ..SessionsByMoves::default()
-            }
-        );
+        assert_eq!(report.sessions_by_moves, by_moves([0, 1, 0, 0]));
         assert_eq!(report.moved_more_than_once, 0, "{report:?}");
     }
 
     #[tokio::test]
     async fn a_session_moved_twice_counts_as_moved_more_than_once() {
-        let (addr, connector, _) = scripted_server(vec![Serve::Close, Serve::Close]).await;
-        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
-        session(7, false, &shared)
-            .await
-            .expect("the session ends cleanly");
-        let report = shared.counters.report();
+        let script = vec![Serve::Close, Serve::Close];
+        let (report, _, _) = scripted_session(script, Duration::from_secs(1)).await;
         assert_eq!(report.migrated, 2, "{report:?}");
-        assert_eq!(
-            report.sessions_by_moves,
-            SessionsByMoves {
-                twice: 1,
-                ..SessionsByMoves::default()
-            }
-        );
+        assert_eq!(report.sessions_by_moves, by_moves([0, 0, 1, 0]));
         assert_eq!(report.moved_more_than_once, 1, "{report:?}");
     }
 
@@ -1573,24 +1581,14 @@ mod tests {
             counters.on_move(before);
         }
         let report = counters.report();
-        assert_eq!(
-            report.sessions_by_moves,
-            SessionsByMoves {
-                never: 1,
-                more: 1,
-                ..SessionsByMoves::default()
-            }
-        );
+        assert_eq!(report.sessions_by_moves, by_moves([1, 0, 0, 1]));
         assert_eq!(report.moved_more_than_once, 1);
     }
 
     #[tokio::test]
     async fn every_upgrade_names_the_session_and_the_moves_it_made_so_far() {
-        let (addr, connector, saw) = scripted_server(vec![Serve::Close, Serve::Close]).await;
-        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
-        session(7, false, &shared)
-            .await
-            .expect("the session ends cleanly");
+        let script = vec![Serve::Close, Serve::Close];
+        let (_, _, saw) = scripted_session(script, Duration::from_secs(1)).await;
         let upgrade = |moves: &str| Upgrade {
             session: Some("test-7".into()),
             moves: Some(moves.into()),
@@ -1600,12 +1598,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_503_answer_counts_as_a_refused_attempt_and_the_session_retries() {
-        let (addr, connector, saw) = scripted_server(vec![Serve::Refuse(503)]).await;
-        let shared = one_endpoint(addr, connector, Duration::from_millis(500));
-        session(2, false, &shared)
-            .await
-            .expect("the session ends cleanly");
-        let report = shared.counters.report();
+        let script = vec![Serve::Refuse(503)];
+        let (report, _, saw) = scripted_session(script, Duration::from_millis(500)).await;
         assert_eq!(
             report.refused_attempts,
             RefusedAttempts {
@@ -1614,7 +1608,11 @@ mod tests {
                 ..RefusedAttempts::default()
             }
         );
-        assert_eq!(report.connect_failures.get("http 503"), Some(&1), "{report:?}");
+        assert_eq!(
+            report.connect_failures.get("http 503"),
+            Some(&1),
+            "{report:?}"
+        );
         assert_eq!(report.connections, 1, "{report:?}");
         assert_eq!(report.migrated, 0, "{report:?}");
         // A refused attempt is no move: the retry still says 0 moves.
@@ -1652,13 +1650,8 @@ mod tests {
     #[tokio::test]
     async fn time_to_serving_runs_from_the_close_frame_to_the_first_echo_on_the_new_connection() {
         let held = Duration::from_millis(300);
-        let (addr, connector, _) =
-            scripted_server(vec![Serve::Close, Serve::Echo { first_after: held }]).await;
-        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
-        session(7, false, &shared)
-            .await
-            .expect("the session ends cleanly");
-        let report = shared.counters.report();
+        let script = vec![Serve::Close, Serve::Echo { first_after: held }];
+        let (report, _, _) = scripted_session(script, Duration::from_secs(1)).await;
         let serving = report.time_to_serving_ms.expect("one sample");
         assert_eq!(serving.samples, 1, "{report:?}");
         assert_eq!((serving.p50, serving.p99), (serving.max, serving.max));
@@ -1680,7 +1673,10 @@ mod tests {
                 max: 100
             }
         );
-        assert_eq!(TimeToServing::of(&[7], 1).map(|s| (s.p50, s.p99)), Some((7, 7)));
+        assert_eq!(
+            TimeToServing::of(&[7], 1).map(|s| (s.p50, s.p99)),
+            Some((7, 7))
+        );
         assert_eq!(TimeToServing::of(&[], 0), None);
     }
 
@@ -1693,7 +1689,11 @@ mod tests {
             .await
             .expect("a force-closed session is not a dropped one");
         let report = shared.counters.report();
-        assert_eq!(saw.frames_after_close.load(Ordering::Relaxed), 0, "{report:?}");
+        assert_eq!(
+            saw.frames_after_close.load(Ordering::Relaxed),
+            0,
+            "{report:?}"
+        );
         assert_eq!(report.connections, 1, "{report:?}");
         assert_eq!(report.migrated, 0, "{report:?}");
         assert_eq!(report.closes_ignored, 1, "{report:?}");
