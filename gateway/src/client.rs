@@ -36,6 +36,7 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         deadline: args.deadline,
         spread: args.spread,
         close_code: args.close_code,
+        reason: args.reason.clone(),
     };
     let mut last = start_drain(&args.admin, token, &request).await?;
     if !args.wait {

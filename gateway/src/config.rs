@@ -210,6 +210,9 @@ pub struct DrainArgs {
     /// Override the gateway's default close code.
     #[arg(long)]
     pub close_code: Option<u16>,
+    /// The reason text of Notify's close frames (at most 123 bytes of UTF-8); none by default.
+    #[arg(long)]
+    pub reason: Option<String>,
     /// How often the report is polled with --wait.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -566,6 +569,7 @@ mod tests {
         assert!(d.wait);
         assert_eq!(d.admin, "127.0.0.1:1");
         assert!(d.then.is_empty());
+        assert_eq!(d.reason, None);
     }
 
     #[test]
