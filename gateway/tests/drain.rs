@@ -1,6 +1,6 @@
 //! The drain protocol end to end: Notify and Wait, the deadline, the report's exact accounting
 //! (sessions moved again and attempts refused included), the close frame's reason, the bearer
-//! token, SIGTERM, and the `drain --wait` and `install` subcommands.
+//! token, SIGTERM, and the `drain --wait` (with its settle time) and `install` subcommands.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -276,7 +276,20 @@ async fn sigterm_drains_sessions_and_exits_when_none_is_left() {
     );
 }
 
+/// Runs `exe drain --wait` against `gw` with `args`; returns its exit status and standard output.
 async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool) -> (i32, String) {
+    let out = drain_cli(exe, gw, args, token_file).await;
+    (out.0, out.1)
+}
+
+/// [`run_drain_cli`], with its standard error (its log) as well. Without `--settle` in `args` it
+/// starts the drain at once.
+async fn drain_cli(
+    exe: &str,
+    gw: &Gateway,
+    args: &[&str],
+    token_file: bool,
+) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args([
         "drain",
@@ -286,7 +299,8 @@ async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool)
         "--poll-interval",
         "100ms",
     ])
-    .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE");
+    .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE")
+    .env("LONGCONN_GATEWAY_DRAIN_SETTLE", "0s");
     if token_file {
         cmd.args(["--admin-token-file", path_str(&gw.token_file)]);
     }
@@ -299,6 +313,7 @@ async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool)
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
 
@@ -655,4 +670,60 @@ async fn notify_close_frames_carry_the_drain_s_reason() {
         assert_eq!(client.await.unwrap(), Some((1012, reason.clone())));
     }
     assert_eq!(gw.wait_drained().await["migrated"], 2);
+}
+
+#[tokio::test]
+async fn drain_settles_before_a_drain_nobody_started_and_the_gateway_accepts_meanwhile() {
+    let (gw, first) = gateway_with_clients(1).await;
+    let started = std::time::Instant::now();
+    let settle = Duration::from_secs(2);
+    let hook = drain_cli(GATEWAY, &gw, &["--settle", "2s", "--spread", "0s"], true);
+    let meanwhile = async {
+        tokio::time::sleep(settle / 4).await;
+        assert_eq!(gw.drain_report().await["state"], "Serving");
+        assert_eq!(gw.readyz().await, 200);
+        polite_clients(&gw, 1).await
+    };
+    let ((code, out, log), late) = tokio::join!(hook, meanwhile);
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(started.elapsed() >= settle, "it settled first");
+    assert!(log.contains("no drain under way: settling"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The client that came during the settle time was taken, and moved with the first.
+    assert_eq!(
+        (&report["sessionsAtStart"], &report["migrated"]),
+        (&2.into(), &2.into()),
+        "{report}"
+    );
+    for client in first.into_iter().chain(late) {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+}
+
+#[tokio::test]
+async fn drain_joins_a_drain_under_way_or_finished_without_settling() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = talking_client(&gw, 0, &[]).await;
+    gw.post_drain(r#"{"strategy":"Wait","deadline":"1m"}"#)
+        .await;
+    // A settle time of a minute would outlast the command's bound (`WAIT`).
+    let hook = drain_cli(GATEWAY, &gw, &["--settle", "60s"], true);
+    let client_leaves = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ws.close(None).await.unwrap();
+        received_close_code(&mut ws).await;
+    };
+    let ((code, out, log), ()) = tokio::join!(hook, client_leaves);
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(
+        log.contains("a drain has started already: joining it without settling"),
+        "{log}"
+    );
+    assert!(log.contains("Draining"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["closedByClient"], 1, "{report}");
+    let (code, out, log) = drain_cli(GATEWAY, &gw, &["--settle", "60s"], true).await;
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(log.contains("Drained"), "{log}");
 }
