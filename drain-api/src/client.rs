@@ -212,6 +212,7 @@ mod tests {
             deadline: Some(Duration::from_secs(90)),
             spread: None,
             close_code: Some(1001),
+            reason: Some("moving: revision 7c9f".to_owned()),
         };
         start_drain(&addr, "t0ken", &request).await.unwrap();
         let seen = served.await.unwrap();
@@ -219,7 +220,12 @@ mod tests {
         let body = seen.split_once("\r\n\r\n").unwrap().1;
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(body).unwrap(),
-            serde_json::json!({"strategy": "Wait", "deadline": "1m 30s", "closeCode": 1001})
+            serde_json::json!({
+                "strategy": "Wait",
+                "deadline": "1m 30s",
+                "closeCode": 1001,
+                "reason": "moving: revision 7c9f"
+            })
         );
     }
 

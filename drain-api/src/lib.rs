@@ -10,4 +10,4 @@ pub mod client;
 pub mod wire;
 
 pub use client::{CALL_TIMEOUT, Error, Result, report, start_drain};
-pub use wire::{DrainReport, DrainRequest, DrainState, DrainStrategy};
+pub use wire::{DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES};

@@ -8,6 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+/// The longest close reason a drain may send, in bytes of UTF-8: a close frame's payload is at
+/// most 125 bytes, two of which hold the code (RFC 6455, section 5.5).
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
 /// How a drain treats the sessions that are open when it starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DrainStrategy {
@@ -44,6 +48,13 @@ pub struct DrainRequest {
     /// Notify only: the WebSocket close code sent to clients (1012 or 1001).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_code: Option<u16>,
+    /// Notify only: the text of the reason in every close frame the drain sends to ask a client
+    /// to move, at most [`MAX_CLOSE_REASON_BYTES`] bytes of UTF-8 (longer is refused with 400).
+    /// Left out, the close frames carry the code alone. Clients should treat it as information
+    /// for people, not as something to parse. Gateways older than this field refuse a request
+    /// that names it (unknown fields are refused), so leave it out for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Where a gateway is in its life as seen by the drain API.
@@ -61,7 +72,9 @@ pub enum DrainState {
 /// The body of `GET /drain` (and of the `POST /drain` response).
 ///
 /// The counts always add up: `sessionsAtStart == active + migrated + closedByClient + dropped`,
-/// where the last three count only sessions that were open when the drain started.
+/// where the last three count only sessions that were open when the drain started. `movedAgain`
+/// is a part of `migrated`, not a bucket of its own; `refused` counts connection attempts, not
+/// sessions, and is outside the sum.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainReport {
@@ -76,6 +89,17 @@ pub struct DrainReport {
     pub closed_by_client: u64,
     /// Sessions ended for a server-side reason without a completed close handshake.
     pub dropped: u64,
+    /// Of `migrated`, the sessions whose client had declared on its WebSocket upgrade that its
+    /// logical session had been moved by a drain before (a `Longconn-Session-Moves` header of 1
+    /// or more): sessions this drain moved again. Clients that declare nothing count in
+    /// `migrated` only.
+    #[serde(default)]
+    pub moved_again: u64,
+    /// Connection attempts answered 503 because this drain had started, from its start on:
+    /// WebSocket upgrades and plain HTTP requests alike. Attempts refused for any other reason
+    /// (a limit, the rate, a bad request) are not counted. Not sessions: outside the sum above.
+    #[serde(default)]
+    pub refused: u64,
     /// Earlier gateway processes in this pod (restarts of the gateway container).
     #[serde(default)]
     pub restarts: u64,
@@ -120,6 +144,24 @@ mod tests {
         let back = serde_json::to_value(&req).expect("serializes");
         assert_eq!(back["deadline"], "5m");
         assert_eq!(back["closeCode"], 1012);
+        assert!(back.get("reason").is_none(), "left out when absent: {back}");
+        let req: DrainRequest =
+            serde_json::from_str(r#"{"reason":"moving: revision 7c9f"}"#).expect("valid request");
+        assert_eq!(req.reason.as_deref(), Some("moving: revision 7c9f"));
+    }
+
+    #[test]
+    fn a_report_without_the_newer_counts_reads_them_as_zero() {
+        let report: DrainReport = serde_json::from_str(
+            r#"{"state":"Drained","sessionsAtStart":2,"active":0,"migrated":2,"closedByClient":0,"dropped":0}"#,
+        )
+        .expect("an older gateway's report");
+        assert_eq!((report.moved_again, report.refused), (0, 0));
+        let back = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(
+            (&back["movedAgain"], &back["refused"]),
+            (&0.into(), &0.into())
+        );
     }
 
     #[test]

@@ -923,9 +923,24 @@ pub(crate) async fn http_get_loopback(
     path: &str,
     limit: u64,
 ) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    http_get(
+        std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        path,
+        limit,
+    )
+    .await
+}
+
+/// A plain HTTP/1.0 GET of `path` on `addr` (a gateway's admin port speaks HTTP without TLS);
+/// the body, of at most `limit` bytes with the head, whatever the status.
+pub(crate) async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    limit: u64,
+) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
     let mut response = Vec::new();
     stream.take(limit).read_to_end(&mut response).await?;

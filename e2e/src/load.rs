@@ -17,6 +17,14 @@
 //! another close code, a missing or reordered echo, a reconnect that fails after bounded retries)
 //! ends the session as **dropped**. A message is **lost** if it was sent and never echoed.
 //!
+//! Every upgrade request names its logical session (`Longconn-Session-Id: <run>-<session>`, the
+//! run a random prefix) and how often it was moved so far (`Longconn-Session-Moves`), so a gateway
+//! can tell a session that moves again. The client counts, per logical session, the **moves**
+//! (close 1012/1001 followed by a reconnect) and reports sessions by moves; **refused attempts**
+//! (upgrades answered HTTP 503 or 429, connections reset during the attempt or refused at TCP
+//! level); and per move the **time to serving**, from the close frame to the echo of the first
+//! message sent on the new connection.
+//!
 //! Some sessions may be set to ignore the server's close frames
 //! ([`LoadOptions::close_ignoring`]), as broken clients do: such a session stops sending, never
 //! answers the close and keeps its socket open until the server cuts it (counted
@@ -67,6 +75,13 @@ const CONNECT_ATTEMPTS: u32 = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnects per session (a bound, far above what drains cause).
 const MAX_RECONNECTS: u64 = 1_000;
+/// Time-to-serving samples kept (one per move at most; 20 moves for each of [`MAX_SESSIONS`]),
+/// 400 KB; the percentiles are of the first ones kept.
+const MAX_SERVING_SAMPLES: usize = 100_000;
+/// The upgrade request header naming the logical session.
+pub const SESSION_ID_HEADER: &str = "longconn-session-id";
+/// The upgrade request header with the moves of the session so far (decimal).
+pub const SESSION_MOVES_HEADER: &str = "longconn-session-moves";
 
 /// Failures setting up a load run (what happens to sessions is in the [`LoadReport`]).
 #[derive(Debug, thiserror::Error)]
@@ -222,8 +237,130 @@ pub struct LoadReport {
     /// Connection attempts that failed (and were retried), by cause: `tcp`, `tls`, `timeout`,
     /// `handshake`, or `http <status>` (a draining gateway answers 503).
     pub connect_failures: BTreeMap<String, u64>,
+    /// Logical sessions by how often they were moved (close 1012/1001, then a reconnect).
+    pub sessions_by_moves: SessionsByMoves,
+    /// Sessions moved twice or more.
+    pub moved_more_than_once: u64,
+    /// Connection attempts refused, by kind (also counted in `connect_failures` by cause).
+    pub refused_attempts: RefusedAttempts,
+    /// From a move's close frame to the echo of the first message sent on the new connection;
+    /// `None` before the first such echo.
+    pub time_to_serving_ms: Option<TimeToServing>,
     /// The same counts per endpoint (pod IP) the connections went to.
     pub endpoints: BTreeMap<String, EndpointReport>,
+}
+
+/// Logical sessions by how often they were moved so far. The JSON keys are `0`, `1`, `2` and `3+`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionsByMoves {
+    #[serde(rename = "0")]
+    pub never: u64,
+    #[serde(rename = "1")]
+    pub once: u64,
+    #[serde(rename = "2")]
+    pub twice: u64,
+    #[serde(rename = "3+")]
+    pub more: u64,
+}
+
+impl SessionsByMoves {
+    /// Sessions moved twice or more.
+    pub fn more_than_once(&self) -> u64 {
+        self.twice + self.more
+    }
+}
+
+/// Connection attempts the other end refused (each retried): the upgrade answered HTTP 503 (a
+/// draining or full gateway) or 429 (a rate limit), the connection reset during the attempt (TCP,
+/// TLS or upgrade), or refused at TCP level (nothing listening, or no endpoint behind a
+/// ClusterIP). Timeouts and other failures are in [`LoadReport::connect_failures`] only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RefusedAttempts {
+    pub total: u64,
+    pub http503: u64,
+    pub http429: u64,
+    pub reset: u64,
+    /// Refused at TCP level (`ECONNREFUSED`).
+    pub refused: u64,
+}
+
+impl RefusedAttempts {
+    fn count(&mut self, refusal: Refusal) {
+        self.total += 1;
+        match refusal {
+            Refusal::Http503 => self.http503 += 1,
+            Refusal::Http429 => self.http429 += 1,
+            Refusal::Reset => self.reset += 1,
+            Refusal::Refused => self.refused += 1,
+        }
+    }
+}
+
+/// How a connection attempt was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Http503,
+    Http429,
+    Reset,
+    Refused,
+}
+
+impl Refusal {
+    /// The refusal an I/O error of an attempt shows, if it is one.
+    fn of_io(err: &std::io::Error) -> Option<Refusal> {
+        use std::io::ErrorKind;
+        match err.kind() {
+            ErrorKind::ConnectionRefused => Some(Refusal::Refused),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+                Some(Refusal::Reset)
+            }
+            _ => None,
+        }
+    }
+
+    /// The refusal a failed WebSocket upgrade shows, if it is one.
+    fn of_upgrade(err: &tokio_tungstenite::tungstenite::Error) -> Option<Refusal> {
+        use tokio_tungstenite::tungstenite::Error;
+        match err {
+            Error::Http(response) => match response.status().as_u16() {
+                503 => Some(Refusal::Http503),
+                429 => Some(Refusal::Http429),
+                _ => None,
+            },
+            Error::Io(err) => Refusal::of_io(err),
+            _ => None,
+        }
+    }
+}
+
+/// Percentiles of the times to serving after a move, in whole milliseconds (nearest rank).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TimeToServing {
+    /// Moves measured (at most one sample per move; a move whose new connection closed again
+    /// before its first echo has none of its own: the next sample counts from its close frame).
+    pub samples: u64,
+    pub p50: u32,
+    pub p99: u32,
+    pub max: u32,
+}
+
+impl TimeToServing {
+    /// The percentiles of `samples_ms` (`None` when empty); `measured` is how many moves were
+    /// measured, kept or not.
+    fn of(samples_ms: &[u32], measured: u64) -> Option<Self> {
+        let mut sorted = samples_ms.to_vec();
+        sorted.sort_unstable();
+        let rank = |p: usize| {
+            let index = (sorted.len() * p).div_ceil(100).saturating_sub(1);
+            sorted.get(index).copied()
+        };
+        Some(TimeToServing {
+            samples: measured,
+            p50: rank(50)?,
+            p99: rank(99)?,
+            max: *sorted.last()?,
+        })
+    }
 }
 
 /// What happened on the connections to one endpoint.
@@ -256,6 +393,13 @@ struct Counters {
     force_closed: AtomicU64,
     slowest_reconnect_ms: AtomicU64,
     connect_failures: Mutex<BTreeMap<String, u64>>,
+    refused: Mutex<RefusedAttempts>,
+    /// Sessions moved 0, 1, 2, 3 or more times so far.
+    by_moves: [AtomicU64; 4],
+    /// Moves whose time to serving was measured.
+    serving_measured: AtomicU64,
+    /// The first [`MAX_SERVING_SAMPLES`] times to serving, in milliseconds.
+    serving_ms: Mutex<Vec<u32>>,
     reasons: Mutex<Vec<String>>,
     endpoints: Mutex<BTreeMap<IpAddr, EndpointReport>>,
 }
@@ -265,6 +409,17 @@ impl Counters {
         let sent = self.sent.load(Ordering::Relaxed);
         let echoed = self.echoed.load(Ordering::Relaxed);
         let abandoned = self.abandoned.load(Ordering::Relaxed);
+        let [never, once, twice, more] =
+            self.by_moves.each_ref().map(|n| n.load(Ordering::Relaxed));
+        let by_moves = SessionsByMoves {
+            never,
+            once,
+            twice,
+            more,
+        };
+        let time_to_serving = self.serving_ms.lock().ok().and_then(|samples| {
+            TimeToServing::of(&samples, self.serving_measured.load(Ordering::Relaxed))
+        });
         LoadReport {
             sessions_opened: self.opened.load(Ordering::Relaxed),
             migrated: self.migrated.load(Ordering::Relaxed),
@@ -288,6 +443,10 @@ impl Counters {
                 .lock()
                 .map(|f| f.clone())
                 .unwrap_or_default(),
+            sessions_by_moves: by_moves,
+            moved_more_than_once: by_moves.more_than_once(),
+            refused_attempts: self.refused.lock().map(|r| *r).unwrap_or_default(),
+            time_to_serving_ms: time_to_serving,
             endpoints: self
                 .endpoints
                 .lock()
@@ -297,6 +456,45 @@ impl Counters {
                         .collect()
                 })
                 .unwrap_or_default(),
+        }
+    }
+
+    /// A logical session started (moved 0 times).
+    fn on_open(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.by_moves[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session moved `before` times moved once more: it changes bucket unless it was already
+    /// in the last one.
+    fn on_move(&self, before: u32) {
+        let bucket = |moves: u32| usize::try_from(moves).map_or(3, |m| m.min(3));
+        let (from, to) = (bucket(before), bucket(before.saturating_add(1)));
+        if from != to {
+            self.by_moves[to].fetch_add(1, Ordering::Relaxed);
+            self.by_moves[from].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection attempt failed: counted by cause, and by kind when it was refused.
+    fn on_failed_attempt(&self, failure: &ConnectFailure) {
+        if let Ok(mut failures) = self.connect_failures.lock() {
+            *failures.entry(failure.category.clone()).or_default() += 1;
+        }
+        if let Some(refusal) = failure.refusal
+            && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.count(refusal);
+        }
+    }
+
+    /// A moved session is served again, `took` after the close frame that moved it.
+    fn on_served(&self, took: Duration) {
+        self.serving_measured.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut samples) = self.serving_ms.lock()
+            && samples.len() < MAX_SERVING_SAMPLES
+        {
+            samples.push(u32::try_from(took.as_millis()).unwrap_or(u32::MAX));
         }
     }
 
@@ -320,11 +518,13 @@ impl Counters {
             String::new()
         };
         format!(
-            "load {:>5.1}s  sessions {}  connections {}  migrated {}  dropped {}  sent {}  echoed {}  {} {}{ignoring}",
+            "load {:>5.1}s  sessions {}  connections {}  migrated {}  moved>1 {}  refused {}  dropped {}  sent {}  echoed {}  {} {}{ignoring}",
             elapsed.as_secs_f64(),
             r.sessions_opened,
             r.connections,
             r.migrated,
+            r.moved_more_than_once,
+            r.refused_attempts.total,
             r.dropped,
             r.messages_sent,
             r.messages_echoed,
@@ -593,6 +793,7 @@ pub async fn start(client: kube::Client, options: LoadOptions) -> Result<Running
         server_name,
         interval: Duration::from_secs_f64(1.0 / options.rate),
         window: window.clone(),
+        run: run_prefix(),
     });
     let task = tokio::spawn(drive(shared, (slices, services), options, start));
     Ok(RunningLoad {
@@ -705,33 +906,54 @@ struct Shared {
     server_name: ServerName<'static>,
     interval: Duration,
     window: Arc<SendWindow>,
+    /// The run's random prefix of session ids.
+    run: String,
+}
+
+/// A random prefix for the session ids of one run (the standard library's per-process random
+/// hash keys, mixed with the clock), 8 hex digits.
+fn run_prefix() -> String {
+    use std::hash::BuildHasher as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let hash = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    format!("{:08x}", hash >> 32)
 }
 
 type Socket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Why a connection attempt failed: a short category for the report, and the whole message.
+/// Why a connection attempt failed: a short category for the report, whether the other end
+/// refused it, and the whole message.
 struct ConnectFailure {
     category: String,
+    refusal: Option<Refusal>,
     message: String,
 }
 
-async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, ConnectFailure> {
-    let fail = |category: &str, message: String| ConnectFailure {
+async fn connect_once(
+    shared: &Shared,
+    addr: SocketAddr,
+    state: &SessionState,
+) -> Result<Socket, ConnectFailure> {
+    let fail = |category: &str, refusal: Option<Refusal>, message: String| ConnectFailure {
         category: category.to_owned(),
+        refusal,
         message,
     };
     let attempt = async {
+        let request = upgrade_request(shared, state)
+            .map_err(|e| fail("handshake", None, format!("upgrade request: {e}")))?;
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| fail("tcp", format!("connect {addr}: {e}")))?;
+            .map_err(|e| fail("tcp", Refusal::of_io(&e), format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let tls = shared
             .connector
             .connect(shared.server_name.clone(), tcp)
             .await
-            .map_err(|e| fail("tls", format!("TLS to {addr}: {e}")))?;
-        let url = format!("wss://{}/", server_host(&shared.server_name));
-        let (socket, _) = tokio_tungstenite::client_async(url, tls)
+            .map_err(|e| fail("tls", Refusal::of_io(&e), format!("TLS to {addr}: {e}")))?;
+        let (socket, _) = tokio_tungstenite::client_async(request, tls)
             .await
             .map_err(|e| {
                 let category = match &e {
@@ -740,13 +962,45 @@ async fn connect_once(shared: &Shared, addr: SocketAddr) -> Result<Socket, Conne
                     }
                     _ => "handshake".to_owned(),
                 };
-                fail(&category, format!("WebSocket handshake with {addr}: {e}"))
+                let refusal = Refusal::of_upgrade(&e);
+                fail(
+                    &category,
+                    refusal,
+                    format!("WebSocket handshake with {addr}: {e}"),
+                )
             })?;
         Ok(socket)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err(fail("timeout", format!("connect to {addr} timed out"))))
+        .unwrap_or_else(|_| {
+            Err(fail(
+                "timeout",
+                None,
+                format!("connect to {addr} timed out"),
+            ))
+        })
+}
+
+/// The upgrade request of `state`'s session: it names the session and its moves so far.
+fn upgrade_request(
+    shared: &Shared,
+    state: &SessionState,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let url = format!("wss://{}/", server_host(&shared.server_name));
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let id = format!("{}-{}", shared.run, state.id);
+    let headers = request.headers_mut();
+    for (name, value) in [
+        (SESSION_ID_HEADER, id),
+        (SESSION_MOVES_HEADER, state.moves.to_string()),
+    ] {
+        let value = http::HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        headers.insert(http::HeaderName::from_static(name), value);
+    }
+    Ok(request)
 }
 
 fn server_host(name: &ServerName<'_>) -> String {
@@ -756,22 +1010,21 @@ fn server_host(name: &ServerName<'_>) -> String {
     }
 }
 
-/// Connects to a Ready endpoint, retrying up to [`CONNECT_ATTEMPTS`] times with backoff.
-async fn connect(shared: &Shared) -> Result<(Socket, SocketAddr), String> {
+/// Connects `state`'s session to a Ready endpoint, retrying up to [`CONNECT_ATTEMPTS`] times
+/// with backoff.
+async fn connect(shared: &Shared, state: &SessionState) -> Result<(Socket, SocketAddr), String> {
     let mut backoff = Duration::from_millis(100);
     let mut last = String::from("no Ready endpoint");
     for _ in 0..CONNECT_ATTEMPTS {
         if let Some(addr) = shared.endpoints.pick() {
-            match connect_once(shared, addr).await {
+            match connect_once(shared, addr, state).await {
                 Ok(socket) => {
                     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
                     shared.counters.on_endpoint(addr, |e| e.connections += 1);
                     return Ok((socket, addr));
                 }
                 Err(failure) => {
-                    if let Ok(mut failures) = shared.counters.connect_failures.lock() {
-                        *failures.entry(failure.category).or_default() += 1;
-                    }
+                    shared.counters.on_failed_attempt(&failure);
                     last = failure.message;
                 }
             }
@@ -788,24 +1041,27 @@ async fn connect(shared: &Shared) -> Result<(Socket, SocketAddr), String> {
 enum ConnectionEnd {
     /// The client closed at the end of the run (or gave up waiting on an ignored close).
     Done,
-    /// The server asked the client to reconnect (1012/1001), handshake completed.
-    Migrate,
+    /// The server asked the client to reconnect (1012/1001; its close frame arrived at
+    /// `close_seen`), handshake completed.
+    Migrate { close_seen: Instant },
     /// A close-ignoring session's socket was cut by the server.
     ForceClosed,
 }
 
 /// One logical session: connects, sends, checks echoes, reconnects on 1012/1001.
 async fn session(id: u64, ignores_close: bool, shared: &Shared) -> Result<(), String> {
-    shared.counters.opened.fetch_add(1, Ordering::Relaxed);
+    shared.counters.on_open();
     let mut state = SessionState {
         id,
         ignores_close,
         next_seq: 0,
         unacked: VecDeque::new(),
+        moves: 0,
+        serving_since: None,
     };
     let mut reconnecting: Option<Instant> = None;
     for _ in 0..MAX_RECONNECTS {
-        let (mut socket, addr) = connect(shared).await?;
+        let (mut socket, addr) = connect(shared, &state).await?;
         if let Some(since) = reconnecting.take() {
             let took = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
@@ -820,9 +1076,12 @@ async fn session(id: u64, ignores_close: bool, shared: &Shared) -> Result<(), St
                 shared.counters.on_endpoint(addr, |e| e.force_closed += 1);
                 return Ok(());
             }
-            Ok(ConnectionEnd::Migrate) => {
+            Ok(ConnectionEnd::Migrate { close_seen }) => {
                 shared.counters.migrated.fetch_add(1, Ordering::Relaxed);
                 shared.counters.on_endpoint(addr, |e| e.migrated += 1);
+                shared.counters.on_move(state.moves);
+                state.moves = state.moves.saturating_add(1);
+                state.serving_since.get_or_insert(close_seen);
                 reconnecting = Some(Instant::now());
             }
             Err(reason) => {
@@ -841,6 +1100,10 @@ struct SessionState {
     next_seq: u64,
     /// Sent and not yet echoed: (seq, last sent at).
     unacked: VecDeque<(u64, Instant)>,
+    /// Times the session was moved so far.
+    moves: u32,
+    /// The close frame of a move not yet served again (no echo on a new connection since).
+    serving_since: Option<Instant>,
 }
 
 impl SessionState {
@@ -910,6 +1173,10 @@ async fn connection(
                     }
                     state.unacked.pop_front();
                     shared.counters.echoed.fetch_add(1, Ordering::Relaxed);
+                    // The first echo on this connection is that of the first message sent on it.
+                    if let Some(since) = state.serving_since.take() {
+                        shared.counters.on_served(since.elapsed());
+                    }
                 }
                 Some(Ok(Message::Close(frame))) if state.ignores_close => {
                     return ignore_close(socket, addr, state, shared, frame.map(|f| f.code)).await;
@@ -966,12 +1233,13 @@ async fn ignore_close(
     Ok(ConnectionEnd::Done)
 }
 
-/// The server's close frame arrived: answer it (tungstenite queues the reply; polling flushes it
-/// and ends the stream) and decide.
+/// The server's close frame arrived (just now): answer it (tungstenite queues the reply; polling
+/// flushes it and ends the stream) and decide.
 async fn after_close(
     socket: &mut Socket,
     code: Option<CloseCode>,
 ) -> Result<ConnectionEnd, String> {
+    let close_seen = Instant::now();
     let handshake = async {
         let mut frames = 0;
         while let Some(Ok(_)) = socket.next().await {
@@ -983,7 +1251,7 @@ async fn after_close(
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
     match code {
-        Some(CloseCode::Restart | CloseCode::Away) => Ok(ConnectionEnd::Migrate),
+        Some(CloseCode::Restart | CloseCode::Away) => Ok(ConnectionEnd::Migrate { close_seen }),
         other => Err(format!("closed by the server with {other:?}")),
     }
 }
@@ -1080,65 +1348,152 @@ mod tests {
         )
     }
 
-    /// What the close-ignoring test server saw after its close frame.
-    #[derive(Debug, Default)]
-    struct AfterClose {
-        /// Frames (close replies included) the client sent after the server's close.
-        frames: AtomicU64,
+    /// What a test server does with one connection.
+    #[derive(Clone, Copy, Debug)]
+    enum Serve {
+        /// Answers the upgrade request with this HTTP status.
+        Refuse(u16),
+        /// Reads the TLS ClientHello, then resets the TCP connection.
+        Reset,
+        /// Echoes 3 messages, then answers the 4th with close 1012 instead of its echo.
+        Close,
+        /// As [`Serve::Close`], then counts what the client sends for this long and drops the
+        /// TCP connection (a drain deadline).
+        CloseThenCut(Duration),
+        /// Echoes every message, holding the first echo back this long.
+        Echo { first_after: Duration },
     }
 
-    /// A TLS WebSocket server on 127.0.0.1 whose first connection echoes 3 messages, then
-    /// answers the 4th with close 1012 instead of its echo; later connections echo everything.
-    /// With `cut_after`, the first connection instead waits that long after its close frame,
-    /// counting what the client sends, and then drops the TCP connection (a drain deadline).
-    async fn drain_once_server(
-        cut_after: Option<Duration>,
-    ) -> (SocketAddr, tokio_rustls::TlsConnector, Arc<AfterClose>) {
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    /// An upgrade request as the test server saw it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Upgrade {
+        session: Option<String>,
+        moves: Option<String>,
+    }
 
+    /// What a test server saw.
+    #[derive(Debug, Default)]
+    struct ServerSaw {
+        /// Frames (close replies included) the client sent after a close of
+        /// [`Serve::CloseThenCut`].
+        frames_after_close: AtomicU64,
+        /// Every upgrade request, refused ones included, in order.
+        upgrades: Mutex<Vec<Upgrade>>,
+    }
+
+    impl ServerSaw {
+        fn upgrades(&self) -> Vec<Upgrade> {
+            self.upgrades.lock().expect("upgrades").clone()
+        }
+    }
+
+    /// A TLS WebSocket server on 127.0.0.1 that serves its connections one after the other as
+    /// `script` says, and echoes everything on the connections after those (two more at most).
+    async fn scripted_server(
+        script: Vec<Serve>,
+    ) -> (SocketAddr, tokio_rustls::TlsConnector, Arc<ServerSaw>) {
         let (acceptor, connector) = test_tls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let after_close = Arc::new(AfterClose::default());
-        let seen = after_close.clone();
+        let saw = Arc::new(ServerSaw::default());
+        let seen = saw.clone();
         tokio::spawn(async move {
-            for connection in 0..2 {
-                let Ok((tcp, _)) = listener.accept().await else {
+            let rest = Serve::Echo {
+                first_after: Duration::ZERO,
+            };
+            for n in 0..script.len() + 2 {
+                let Ok((mut tcp, _)) = listener.accept().await else {
                     return;
                 };
+                let serve = script.get(n).copied().unwrap_or(rest);
+                if let Serve::Reset = serve {
+                    let mut hello = [0u8; 512];
+                    let _ = tcp.read(&mut hello).await;
+                    tcp.set_zero_linger().expect("linger");
+                    continue;
+                }
                 let tls = acceptor.accept(tcp).await.expect("tls");
-                let mut ws = tokio_tungstenite::accept_async(tls).await.expect("ws");
-                let mut texts = 0;
-                while let Some(Ok(message)) = ws.next().await {
-                    if !message.is_text() {
-                        continue;
-                    }
-                    texts += 1;
-                    if connection == 0 && texts == 4 {
-                        let frame = CloseFrame {
-                            code: CloseCode::Restart,
-                            reason: "".into(),
+                serve_one(tls, serve, &seen).await;
+            }
+        });
+        (addr, connector, saw)
+    }
+
+    /// Serves one accepted TLS connection as `serve` says (anything but [`Serve::Reset`]).
+    async fn serve_one(
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        serve: Serve,
+        seen: &ServerSaw,
+    ) {
+        use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+        #[allow(
+            clippy::result_large_err,
+            reason = "the refusal is tungstenite's own response type"
+        )]
+        let record = |request: &Request, response: Response| {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            seen.upgrades.lock().expect("upgrades").push(Upgrade {
+                session: header(SESSION_ID_HEADER),
+                moves: header(SESSION_MOVES_HEADER),
+            });
+            match serve {
+                Serve::Refuse(status) => {
+                    let mut refusal = ErrorResponse::new(None);
+                    *refusal.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                    Err(refusal)
+                }
+                _ => Ok(response),
+            }
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, record).await else {
+            return;
+        };
+        let mut texts = 0;
+        while let Some(Ok(message)) = ws.next().await {
+            if !message.is_text() {
+                continue;
+            }
+            texts += 1;
+            match serve {
+                Serve::Close | Serve::CloseThenCut(_) if texts == 4 => {
+                    let frame = CloseFrame {
+                        code: CloseCode::Restart,
+                        reason: "".into(),
+                    };
+                    ws.send(Message::Close(Some(frame))).await.expect("close");
+                    if let Serve::CloseThenCut(wait) = serve {
+                        let count = async {
+                            while let Some(Ok(_)) = ws.next().await {
+                                seen.frames_after_close.fetch_add(1, Ordering::Relaxed);
+                            }
                         };
-                        ws.send(Message::Close(Some(frame))).await.expect("close");
-                        if let Some(wait) = cut_after {
-                            let count = async {
-                                while let Some(Ok(_)) = ws.next().await {
-                                    seen.frames.fetch_add(1, Ordering::Relaxed);
-                                }
-                            };
-                            let _ = tokio::time::timeout(wait, count).await;
-                            drop(ws);
-                            break;
-                        }
-                    } else if ws.send(message).await.is_err() {
-                        break;
+                        let _ = tokio::time::timeout(wait, count).await;
+                        return;
+                    }
+                }
+                Serve::Echo { first_after } if texts == 1 => {
+                    tokio::time::sleep(first_after).await;
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    if ws.send(message).await.is_err() {
+                        return;
                     }
                 }
             }
-        });
-        (addr, connector, after_close)
+        }
     }
 
     fn one_endpoint(
@@ -1146,9 +1501,17 @@ mod tests {
         connector: tokio_rustls::TlsConnector,
         send_for: Duration,
     ) -> Shared {
+        endpoints(vec![addr], connector, send_for)
+    }
+
+    fn endpoints(
+        addrs: Vec<SocketAddr>,
+        connector: tokio_rustls::TlsConnector,
+        send_for: Duration,
+    ) -> Shared {
         Shared {
             endpoints: Arc::new(Endpoints {
-                addrs: RwLock::new(vec![addr]),
+                addrs: RwLock::new(addrs),
                 next: AtomicUsize::new(0),
             }),
             counters: Arc::new(Counters::default()),
@@ -1156,17 +1519,37 @@ mod tests {
             server_name: ServerName::try_from("chat.default.svc").expect("name"),
             interval: Duration::from_millis(50),
             window: Arc::new(SendWindow::new(Instant::now(), send_for)),
+            run: "test".into(),
+        }
+    }
+
+    /// Runs session 7 against a server following `script`, sending for `send_for`; it must end
+    /// cleanly. Its report, the server's address and what the server saw.
+    async fn scripted_session(
+        script: Vec<Serve>,
+        send_for: Duration,
+    ) -> (LoadReport, SocketAddr, Arc<ServerSaw>) {
+        let (addr, connector, saw) = scripted_server(script).await;
+        let shared = one_endpoint(addr, connector, send_for);
+        session(7, false, &shared)
+            .await
+            .expect("the session ends cleanly");
+        (shared.counters.report(), addr, saw)
+    }
+
+    /// Sessions moved 0, 1, 2, 3+ times.
+    fn by_moves([never, once, twice, more]: [u64; 4]) -> SessionsByMoves {
+        SessionsByMoves {
+            never,
+            once,
+            twice,
+            more,
         }
     }
 
     #[tokio::test]
     async fn a_1012_close_migrates_the_session_and_resends_what_was_not_echoed() {
-        let (addr, connector, _) = drain_once_server(None).await;
-        let shared = one_endpoint(addr, connector, Duration::from_secs(1));
-        session(7, false, &shared)
-            .await
-            .expect("the session ends cleanly");
-        let report = shared.counters.report();
+        let (report, addr, _) = scripted_session(vec![Serve::Close], Duration::from_secs(1)).await;
         assert_eq!(report.connections, 2, "{report:?}");
         assert_eq!(report.migrated, 1, "{report:?}");
         assert!(report.messages_resent >= 1, "{report:?}");
@@ -1176,18 +1559,141 @@ mod tests {
         let endpoint = &report.endpoints[&addr.ip().to_string()];
         assert_eq!(endpoint.migrated, 1, "{report:?}");
         assert_eq!(endpoint.connections, 2, "{report:?}");
+        assert_eq!(report.sessions_by_moves, by_moves([0, 1, 0, 0]));
+        assert_eq!(report.moved_more_than_once, 0, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_moved_twice_counts_as_moved_more_than_once() {
+        let script = vec![Serve::Close, Serve::Close];
+        let (report, _, _) = scripted_session(script, Duration::from_secs(1)).await;
+        assert_eq!(report.migrated, 2, "{report:?}");
+        assert_eq!(report.sessions_by_moves, by_moves([0, 0, 1, 0]));
+        assert_eq!(report.moved_more_than_once, 1, "{report:?}");
+    }
+
+    #[test]
+    fn sessions_move_from_bucket_to_bucket_and_stay_in_the_last() {
+        let counters = Counters::default();
+        counters.on_open();
+        counters.on_open();
+        for before in 0..5 {
+            counters.on_move(before);
+        }
+        let report = counters.report();
+        assert_eq!(report.sessions_by_moves, by_moves([1, 0, 0, 1]));
+        assert_eq!(report.moved_more_than_once, 1);
+    }
+
+    #[tokio::test]
+    async fn every_upgrade_names_the_session_and_the_moves_it_made_so_far() {
+        let script = vec![Serve::Close, Serve::Close];
+        let (_, _, saw) = scripted_session(script, Duration::from_secs(1)).await;
+        let upgrade = |moves: &str| Upgrade {
+            session: Some("test-7".into()),
+            moves: Some(moves.into()),
+        };
+        assert_eq!(saw.upgrades(), [upgrade("0"), upgrade("1"), upgrade("2")]);
+    }
+
+    #[tokio::test]
+    async fn a_503_answer_counts_as_a_refused_attempt_and_the_session_retries() {
+        let script = vec![Serve::Refuse(503)];
+        let (report, _, saw) = scripted_session(script, Duration::from_millis(500)).await;
+        assert_eq!(
+            report.refused_attempts,
+            RefusedAttempts {
+                total: 1,
+                http503: 1,
+                ..RefusedAttempts::default()
+            }
+        );
+        assert_eq!(
+            report.connect_failures.get("http 503"),
+            Some(&1),
+            "{report:?}"
+        );
+        assert_eq!(report.connections, 1, "{report:?}");
+        assert_eq!(report.migrated, 0, "{report:?}");
+        // A refused attempt is no move: the retry still says 0 moves.
+        let moves: Vec<Option<String>> = saw.upgrades().into_iter().map(|u| u.moves).collect();
+        assert_eq!(moves, [Some("0".into()), Some("0".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_429_a_reset_and_a_tcp_refusal_count_as_refused_attempts_by_kind() {
+        let (addr, connector, _) = scripted_server(vec![Serve::Refuse(429), Serve::Reset]).await;
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr")
+        };
+        // Round-robin: closed, 429, closed, reset, closed, accepted.
+        let shared = endpoints(vec![closed, addr], connector, Duration::from_millis(500));
+        session(2, false, &shared)
+            .await
+            .expect("the session ends cleanly");
+        let report = shared.counters.report();
+        assert_eq!(
+            report.refused_attempts,
+            RefusedAttempts {
+                total: 5,
+                http503: 0,
+                http429: 1,
+                reset: 1,
+                refused: 3,
+            },
+            "{report:?}"
+        );
+        assert_eq!(report.connections, 1, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn time_to_serving_runs_from_the_close_frame_to_the_first_echo_on_the_new_connection() {
+        let held = Duration::from_millis(300);
+        let script = vec![Serve::Close, Serve::Echo { first_after: held }];
+        let (report, _, _) = scripted_session(script, Duration::from_secs(1)).await;
+        let serving = report.time_to_serving_ms.expect("one sample");
+        assert_eq!(serving.samples, 1, "{report:?}");
+        assert_eq!((serving.p50, serving.p99), (serving.max, serving.max));
+        // At least the held-back echo; far below the echo timeout (a unit mistake would show).
+        assert!(serving.max >= 300, "{report:?}");
+        assert!(serving.max < 5_000, "{report:?}");
+    }
+
+    #[test]
+    fn time_to_serving_percentiles_are_nearest_rank() {
+        let samples: Vec<u32> = (1..=100).rev().collect();
+        let serving = TimeToServing::of(&samples, 120).expect("samples");
+        assert_eq!(
+            serving,
+            TimeToServing {
+                samples: 120,
+                p50: 50,
+                p99: 99,
+                max: 100
+            }
+        );
+        assert_eq!(
+            TimeToServing::of(&[7], 1).map(|s| (s.p50, s.p99)),
+            Some((7, 7))
+        );
+        assert_eq!(TimeToServing::of(&[], 0), None);
     }
 
     #[tokio::test]
     async fn a_close_ignoring_session_never_answers_and_counts_the_cut_as_force_closed() {
-        let (addr, connector, after_close) =
-            drain_once_server(Some(Duration::from_millis(700))).await;
+        let (addr, connector, saw) =
+            scripted_server(vec![Serve::CloseThenCut(Duration::from_millis(700))]).await;
         let shared = one_endpoint(addr, connector, Duration::from_secs(3));
         session(3, true, &shared)
             .await
             .expect("a force-closed session is not a dropped one");
         let report = shared.counters.report();
-        assert_eq!(after_close.frames.load(Ordering::Relaxed), 0, "{report:?}");
+        assert_eq!(
+            saw.frames_after_close.load(Ordering::Relaxed),
+            0,
+            "{report:?}"
+        );
         assert_eq!(report.connections, 1, "{report:?}");
         assert_eq!(report.migrated, 0, "{report:?}");
         assert_eq!(report.closes_ignored, 1, "{report:?}");
@@ -1203,6 +1709,7 @@ mod tests {
         );
         assert_eq!(report.messages_lost, 0, "{report:?}");
         assert_eq!(report.endpoints[&addr.ip().to_string()].force_closed, 1);
+        assert_eq!(report.sessions_by_moves.never, 1, "{report:?}");
     }
 
     #[test]

@@ -358,6 +358,9 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
     } else {
         for report in &suite.scenarios {
             println!("{}", summary_line(report));
+            if let Some(line) = moves_line(report) {
+                println!("    {line}");
+            }
             for failure in &report.failures {
                 println!("    failed: {failure}");
             }
@@ -480,6 +483,30 @@ fn summary_line(report: &longconn_e2e::scenario::ScenarioReport) -> String {
         show(report.pods_drained.map(|n| n.to_string())),
         report.wall_seconds
     )
+}
+
+/// How the sessions moved and where they landed, when the scenario ran load.
+fn moves_line(report: &longconn_e2e::scenario::ScenarioReport) -> Option<String> {
+    let by_moves = report.sessions_by_moves?;
+    let refused = report.refused_attempts.unwrap_or_default();
+    let serving = report.time_to_serving_ms.map_or("-".to_owned(), |t| {
+        format!("{}/{}/{} ms ({} moves)", t.p50, t.p99, t.max, t.samples)
+    });
+    let balance = report.balance.map_or("-".to_owned(), |b| format!("{b:.2}"));
+    Some(format!(
+        "moved 0/1/2/3+ times {}/{}/{}/{}  movedMoreThanOnce {}  refusedAttempts {} (503 {}, 429 {}, reset {}, refused {})  timeToServing p50/p99/max {serving}  balance {balance} {:?}",
+        by_moves.never,
+        by_moves.once,
+        by_moves.twice,
+        by_moves.more,
+        by_moves.more_than_once(),
+        refused.total,
+        refused.http503,
+        refused.http429,
+        refused.reset,
+        refused.refused,
+        report.sessions_per_pod.clone().unwrap_or_default()
+    ))
 }
 
 /// One line of JSON.

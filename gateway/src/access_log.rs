@@ -4,8 +4,10 @@
 //!
 //! What a line needs from the request head is taken when the connection is admitted, into one
 //! [`Entry`] on the heap that the session holds by a pointer: the path (without its query string,
-//! which often carries credentials, and at most [`MAX_PATH`] bytes), the method, the request id
-//! and the trace id. Bytes are counted where the relay reads them anyway.
+//! which often carries credentials, and at most [`MAX_PATH`] bytes), the method, the request id,
+//! the trace id, and what the client declared about its logical session ([`Declared`]: its
+//! `Longconn-Session-Id` and `Longconn-Session-Moves`). Bytes are counted where the relay reads
+//! them anyway.
 //!
 //! The lines' target is this module, `longconn_gateway::access_log`: `--log-level
 //! info,longconn_gateway::access_log=off` keeps the gateway's other lines and drops these.
@@ -22,7 +24,7 @@ use std::{
 use tokio::io::{AsyncRead, ReadBuf};
 use tracing::info;
 
-use crate::{http::Head, metrics::CloseReason, reqid::RequestIds};
+use crate::{http::Head, metrics::CloseReason, moves::Declared, reqid::RequestIds};
 
 /// The longest path a line carries; longer ones are cut (at a character boundary).
 pub const MAX_PATH: usize = 256;
@@ -36,6 +38,7 @@ pub struct Entry {
     /// The method, a space, and the path.
     request_line: Box<str>,
     ids: RequestIds,
+    declared: Declared,
 }
 
 /// How a WebSocket session ended.
@@ -68,12 +71,18 @@ impl Entry {
             started,
             request_line: format!("{method} {path}").into(),
             ids,
+            declared: Declared::from_head(head),
         })
     }
 
     /// The connection's id, as the gateway's debug lines show it (hex).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// What the client declared about its logical session.
+    pub fn declared(&self) -> &Declared {
+        &self.declared
     }
 
     fn method(&self) -> &str {
@@ -98,6 +107,8 @@ impl Entry {
             path = self.path(),
             request_id = %self.ids.request_id,
             trace_id = %self.ids.trace.trace_id(),
+            session_id = self.declared.id.as_deref(),
+            session_moves = self.declared.moves,
             duration_ms = self.duration_ms(),
             bytes_from_client = end.from_client,
             bytes_to_client = end.to_client,
@@ -254,6 +265,7 @@ mod tests {
         );
         assert_eq!((entry.method(), entry.path()), ("POST", "/echo"));
         assert_eq!(entry.id(), 7);
+        assert_eq!(entry.declared(), &Declared::default());
     }
 
     #[tokio::test]

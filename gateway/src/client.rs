@@ -1,12 +1,20 @@
-//! The `drain` subcommand, which the app container's preStop hook runs: it starts (or joins) a
-//! drain with `POST /drain`, and with `--wait` polls `GET /drain` until the report says Drained,
-//! printing the final report as JSON. The calls themselves are `longconn_drain_api`'s, which
-//! the operator uses too; this module turns the subcommand's flags into them. A command given
-//! after `--` (the app's own preStop hook) runs once the drain is over ([`run_then`]).
+//! The `drain` subcommand, which the app container's preStop hook runs: it reads the report with
+//! `GET /drain`, waits `--settle` when no drain has started yet ([`settle_time`]), starts (or
+//! joins) a drain with `POST /drain`, and with `--wait` polls `GET /drain` until the report says
+//! Drained, printing the final report as JSON. The calls themselves are `longconn_drain_api`'s,
+//! which the operator uses too; this module turns the subcommand's flags into them. A command
+//! given after `--` (the app's own preStop hook) runs once the drain is over ([`run_then`]).
+//!
+//! Why the settle: a pod deleted by someone other than the operator (an eviction, a node drain,
+//! `kubectl delete pod`) leaves the Service's endpoints at the moment its hook starts, and
+//! kube-proxy takes up to about a second to stop sending it new connections. Close frames sent
+//! at once would have clients reconnect to this very pod and be refused, so the hook waits first
+//! while the gateway keeps accepting. The operator drains a pod before it deletes it: its drain
+//! is found started, and joined at once.
 
-use std::process::ExitStatus;
+use std::{process::ExitStatus, time::Duration};
 
-use longconn_drain_api::{DrainReport, DrainRequest, report, start_drain};
+use longconn_drain_api::{DrainReport, DrainRequest, DrainState, report, start_drain};
 
 use crate::{
     config::DrainArgs,
@@ -36,8 +44,21 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         deadline: args.deadline,
         spread: args.spread,
         close_code: args.close_code,
+        reason: args.reason.clone(),
     };
+    let before = report(&args.admin, token).await?;
+    let settle = settle_time(&before, args.settle);
+    if before.state != DrainState::Serving {
+        tracing::info!(state = ?before.state, "a drain has started already: joining it without settling");
+    } else if !settle.is_zero() {
+        tracing::info!(
+            settle = %humantime::format_duration(settle),
+            "no drain under way: settling, so that the Service stops sending this pod new connections before clients are told to move; the gateway accepts meanwhile"
+        );
+        tokio::time::sleep(settle).await;
+    }
     let mut last = start_drain(&args.admin, token, &request).await?;
+    tracing::info!(state = ?last.state, sessions_at_start = last.sessions_at_start, "drain started or joined");
     if !args.wait {
         return Ok(last);
     }
@@ -62,6 +83,16 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
     Ok(last)
 }
 
+/// How long to wait before starting a drain, given the report read first: `settle` when no drain
+/// has started, nothing when one has (under way or finished), since then the pod has already
+/// left the Service's endpoints.
+pub fn settle_time(before: &DrainReport, settle: Duration) -> Duration {
+    match before.state {
+        DrainState::Serving => settle,
+        DrainState::Draining | DrainState::Drained => Duration::ZERO,
+    }
+}
+
 /// Runs `command` (program and arguments, no shell) with this process's standard streams and
 /// waits for it. An empty command succeeds at once.
 pub fn run_then(command: &[String]) -> Result<ExitStatus> {
@@ -75,4 +106,24 @@ pub fn run_then(command: &[String]) -> Result<ExitStatus> {
             program: program.clone(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gateway_nobody_drained_yet_is_given_the_settle_time() {
+        let settle = Duration::from_secs(2);
+        let at = |state| {
+            let report = DrainReport {
+                state,
+                ..DrainReport::default()
+            };
+            settle_time(&report, settle)
+        };
+        assert_eq!(at(DrainState::Serving), settle);
+        assert_eq!(at(DrainState::Draining), Duration::ZERO);
+        assert_eq!(at(DrainState::Drained), Duration::ZERO);
+    }
 }

@@ -210,6 +210,16 @@ pub struct DrainArgs {
     /// Override the gateway's default close code.
     #[arg(long)]
     pub close_code: Option<u16>,
+    /// The reason text of Notify's close frames (at most 123 bytes of UTF-8); none by default.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// When no drain is under way yet (the pod was deleted by someone other than the operator:
+    /// an eviction, a node drain, `kubectl delete pod`), wait this long before starting one, so
+    /// that the Service stops sending this pod new connections before clients are told to
+    /// reconnect; the gateway keeps accepting meanwhile. A drain already started or finished
+    /// (the operator's) is joined at once. `0s` turns it off.
+    #[arg(long, env = "LONGCONN_GATEWAY_DRAIN_SETTLE", default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
     /// How often the report is polled with --wait.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -566,6 +576,8 @@ mod tests {
         assert!(d.wait);
         assert_eq!(d.admin, "127.0.0.1:1");
         assert!(d.then.is_empty());
+        assert_eq!(d.settle, Duration::from_secs(2));
+        assert_eq!(d.reason, None);
     }
 
     #[test]

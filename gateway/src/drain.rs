@@ -8,23 +8,30 @@
 //!
 //! Sessions learn about the drain from the [`Phase`], read again whenever its [`Beacon`] fires
 //! ([`Drain::listen`]): `Notify` gives each session a slot in the spread window, `Deadline` tells
-//! every session left to force-close (and count itself dropped).
+//! every session left to force-close (and count itself dropped). A Notify close frame carries the
+//! request's reason text ([`Drain::notify_reason`]).
+//!
+//! Two counts of the report stand beside its sum: `movedAgain`, the migrated sessions whose
+//! client declared an earlier move (see [`crate::moves`]), and `refused`, the connection attempts
+//! answered 503 because of the drain ([`Drain::refused`]).
 
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
-use longconn_drain_api::{DrainReport, DrainRequest, DrainState, DrainStrategy};
+use longconn_drain_api::{
+    DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES,
+};
 use tokio::sync::watch;
 
 use crate::{
     beacon::{Beacon, Listener},
     config::{DrainDefaults, MAX_DRAIN, valid_drain_close_code},
-    metrics::{CloseReason, Metrics},
+    metrics::{CloseReason, DrainSeries, Metrics},
 };
 
 /// What the sessions are told.
@@ -72,6 +79,9 @@ impl CloseReason {
     }
 }
 
+// A reason the API accepts fits a close frame whole: it is never cut.
+const _: () = assert!(MAX_CLOSE_REASON_BYTES == crate::frame::MAX_CLOSE_REASON);
+
 /// A refused drain request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadRequest(pub String);
@@ -92,8 +102,11 @@ pub struct Drain {
     /// Plain HTTP requests being relayed (streamed responses included).
     streams: watch::Sender<u64>,
     slots: AtomicU64,
+    /// The reason text of Notify's close frames, set when the drain starts with one.
+    notify_reason: OnceLock<Box<str>>,
     defaults: DrainDefaults,
     metrics: Metrics,
+    series: DrainSeries,
 }
 
 /// A plain HTTP request being relayed, from [`Drain::open_stream`]; dropping it ends it.
@@ -115,13 +128,16 @@ pub struct SessionTicket {
     drain: Arc<Drain>,
     opened: Instant,
     done: bool,
+    /// The moves the client declared, saturated at 255: a byte beside `done` costs the session
+    /// no room.
+    moves: u8,
 }
 
 impl SessionTicket {
     /// Records how the session ended.
     pub fn finish(mut self, reason: CloseReason) {
         self.done = true;
-        self.drain.session_ended(reason, self.opened);
+        self.drain.session_ended(reason, self.opened, self.moves);
     }
 }
 
@@ -129,13 +145,13 @@ impl Drop for SessionTicket {
     fn drop(&mut self) {
         if !self.done {
             self.drain
-                .session_ended(CloseReason::UpstreamError, self.opened);
+                .session_ended(CloseReason::UpstreamError, self.opened, self.moves);
         }
     }
 }
 
 impl Drain {
-    pub fn new(defaults: DrainDefaults, metrics: Metrics) -> Arc<Drain> {
+    pub fn new(defaults: DrainDefaults, metrics: Metrics, series: DrainSeries) -> Arc<Drain> {
         Arc::new(Drain {
             inner: Mutex::new(Inner {
                 active: 0,
@@ -146,8 +162,10 @@ impl Drain {
             finished: watch::channel(false).0,
             streams: watch::channel(0).0,
             slots: AtomicU64::new(0),
+            notify_reason: OnceLock::new(),
             defaults,
             metrics,
+            series,
         })
     }
 
@@ -161,8 +179,9 @@ impl Drain {
         self.defaults
     }
 
-    /// Registers a new session, or `None` if a drain has started (the caller answers 503).
-    pub fn open_session(self: &Arc<Self>) -> Option<SessionTicket> {
+    /// Registers a new session whose client declared `moves` earlier moves, or `None` if a drain
+    /// has started (the caller answers 503 and counts it with [`Drain::refused`]).
+    pub fn open_session(self: &Arc<Self>, moves: u32) -> Option<SessionTicket> {
         let mut inner = self.lock();
         if inner.report.state != DrainState::Serving {
             return None;
@@ -174,7 +193,17 @@ impl Drain {
             drain: Arc::clone(self),
             opened: Instant::now(),
             done: false,
+            moves: u8::try_from(moves).unwrap_or(u8::MAX),
         })
+    }
+
+    /// Counts a connection attempt answered 503 because a drain has started, in the report of
+    /// that drain.
+    pub fn refused(&self) {
+        let mut inner = self.lock();
+        if inner.report.state != DrainState::Serving {
+            inner.report.refused += 1;
+        }
     }
 
     /// Counts a plain HTTP request as relayed until the ticket is dropped. Plain requests are
@@ -194,13 +223,18 @@ impl Drain {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    fn session_ended(&self, reason: CloseReason, opened: Instant) {
+    fn session_ended(&self, reason: CloseReason, opened: Instant, moves: u8) {
         let mut inner = self.lock();
         inner.active = inner.active.saturating_sub(1);
         self.metrics.sessions_active.dec();
         self.metrics.closed(reason, opened.elapsed().as_secs_f64());
+        let moved_again = reason.outcome() == Outcome::Migrated && moves > 0;
+        if moved_again {
+            self.series.sessions_moved_again.inc();
+        }
         if inner.report.state == DrainState::Draining {
             let r = &mut inner.report;
+            r.moved_again += u64::from(moved_again);
             match reason.outcome() {
                 Outcome::Migrated => r.migrated += 1,
                 Outcome::ClosedByClient => r.closed_by_client += 1,
@@ -269,6 +303,11 @@ impl Drain {
         self.phase_changed.fire();
     }
 
+    /// The reason text of Notify's close frames: the drain request's, empty when it gave none.
+    pub fn notify_reason(&self) -> &str {
+        self.notify_reason.get().map_or("", |r| &**r)
+    }
+
     /// The next Notify slot (0, 1, 2, ...), taken by each session once.
     pub fn take_slot(&self) -> u64 {
         self.slots.fetch_add(1, Ordering::Relaxed)
@@ -284,6 +323,14 @@ impl Drain {
             )));
         }
         let (deadline, spread) = self.window(req)?;
+        if let Some(reason) = &req.reason
+            && reason.len() > MAX_CLOSE_REASON_BYTES
+        {
+            return Err(BadRequest(format!(
+                "reason is {} bytes of UTF-8: a close frame has room for {MAX_CLOSE_REASON_BYTES}",
+                reason.len()
+            )));
+        }
         let strategy = req.strategy.unwrap_or(self.defaults.strategy);
         let mut inner = self.lock();
         if inner.report.state != DrainState::Serving {
@@ -300,7 +347,11 @@ impl Drain {
             ..DrainReport::default()
         };
         self.metrics.set_drain_state(DrainState::Draining);
-        tracing::info!(?strategy, deadline = %humantime::format_duration(deadline), spread = %humantime::format_duration(spread), close_code, sessions = total, "drain started");
+        if let Some(reason) = &req.reason {
+            // Set once: a drain starts once in a process's life.
+            let _ = self.notify_reason.set(reason.as_str().into());
+        }
+        tracing::info!(?strategy, reason = self.notify_reason(), deadline = %humantime::format_duration(deadline), spread = %humantime::format_duration(spread), close_code, sessions = total, "drain started");
         // The deadline ends plain HTTP streams too, so it runs even when no session is open.
         let me = Arc::clone(self);
         tokio::spawn(async move {
@@ -382,21 +433,23 @@ mod tests {
             spread: Duration::ZERO,
             close_code: 1012,
         };
-        Drain::new(defaults, Metrics::new().0)
+        Drain::new(defaults, Metrics::new().0, DrainSeries::default())
     }
 
     #[tokio::test]
     async fn report_adds_up_and_new_sessions_are_refused_during_drain() {
         let d = drain();
-        let t: Vec<_> = (0..4).map(|_| d.open_session().expect("serving")).collect();
-        let before = d.open_session().expect("serving");
+        let t: Vec<_> = (0..4)
+            .map(|_| d.open_session(0).expect("serving"))
+            .collect();
+        let before = d.open_session(0).expect("serving");
         before.finish(CloseReason::ClientClose);
         let r = d.start(&DrainRequest::default()).expect("starts");
         assert_eq!(
             (r.state, r.sessions_at_start, r.active),
             (DrainState::Draining, 4, 4)
         );
-        assert!(d.open_session().is_none());
+        assert!(d.open_session(0).is_none());
         let mut t = t.into_iter();
         t.next().expect("ticket").finish(CloseReason::Migrated);
         t.next()
@@ -424,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn second_start_joins_the_first() {
         let d = drain();
-        let _t = d.open_session().expect("serving");
+        let _t = d.open_session(0).expect("serving");
         let a = d.start(&DrainRequest::default()).expect("starts");
         let b = d
             .start(&DrainRequest {
@@ -471,6 +524,7 @@ mod tests {
                 close_code: 1012,
             },
             Metrics::new().0,
+            DrainSeries::default(),
         );
         let req = DrainRequest {
             deadline: Some(Duration::from_millis(10)),
@@ -480,6 +534,70 @@ mod tests {
             d.window(&req).expect("fits"),
             (Duration::from_millis(10), Duration::from_millis(10))
         );
+    }
+
+    #[tokio::test]
+    async fn moved_again_counts_the_migrated_sessions_that_had_declared_a_move() {
+        let d = drain();
+        let first_move = d.open_session(0).expect("serving");
+        let second_move = d.open_session(1).expect("serving");
+        let many_moves = d.open_session(u32::MAX).expect("serving");
+        let left = d.open_session(2).expect("serving");
+        d.start(&DrainRequest::default()).expect("starts");
+        first_move.finish(CloseReason::Migrated);
+        second_move.finish(CloseReason::Migrated);
+        many_moves.finish(CloseReason::Migrated);
+        left.finish(CloseReason::ClientClose);
+        let r = d.report();
+        assert_eq!((r.migrated, r.moved_again, r.closed_by_client), (3, 2, 1));
+        assert_eq!(d.series.sessions_moved_again.get(), 2);
+        assert_eq!(
+            r.sessions_at_start,
+            r.migrated + r.closed_by_client + r.dropped + r.active
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_counts_the_attempts_from_the_drain_start_on() {
+        let d = drain();
+        d.refused();
+        assert_eq!(
+            d.report().refused,
+            0,
+            "no drain: nothing was refused for one"
+        );
+        let _open = d.open_session(0).expect("serving");
+        d.start(&DrainRequest::default()).expect("starts");
+        d.refused();
+        d.refused();
+        let r = d.report();
+        assert_eq!((r.refused, r.sessions_at_start), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_reason_longer_than_a_close_frame_holds_is_refused_and_starts_nothing() {
+        let d = drain();
+        let too_long = "\u{e9}".repeat(62);
+        let err = d
+            .start(&DrainRequest {
+                reason: Some(too_long),
+                ..DrainRequest::default()
+            })
+            .expect_err("124 bytes");
+        assert!(
+            err.0.contains("reason is 124 bytes") && err.0.contains("123"),
+            "{:?}",
+            err.0
+        );
+        assert!(!d.is_draining());
+        assert_eq!(d.notify_reason(), "");
+        let longest = format!("{}a", "\u{e9}".repeat(61));
+        d.start(&DrainRequest {
+            reason: Some(longest.clone()),
+            ..DrainRequest::default()
+        })
+        .expect("123 bytes fit");
+        assert_eq!(d.notify_reason(), longest);
     }
 
     #[test]

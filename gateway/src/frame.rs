@@ -373,6 +373,10 @@ fn header_size(b1: u8) -> usize {
     2 + ext + mask
 }
 
+/// The longest reason text of a close frame, in bytes: its payload is at most 125 bytes, two of
+/// which hold the code (RFC 6455, section 5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
 /// A control frame of at most 125 payload bytes, built on the stack.
 #[derive(Clone, Copy, Debug)]
 pub struct ControlFrame {
@@ -407,7 +411,20 @@ impl ControlFrame {
 
     /// A close frame with `code` and no reason.
     pub fn close(code: u16, mask: Option<[u8; 4]>) -> Self {
-        Self::new(OP_CLOSE, &code.to_be_bytes(), mask)
+        Self::close_saying(code, "", mask)
+    }
+
+    /// A close frame with `code` and `reason`, cut at a character boundary (so that it stays
+    /// UTF-8) to the [`MAX_CLOSE_REASON`] bytes a close frame has room for.
+    pub fn close_saying(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Self {
+        let mut cut = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut payload = [0u8; 125];
+        payload[..2].copy_from_slice(&code.to_be_bytes());
+        payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
+        Self::new(OP_CLOSE, &payload[..2 + cut], mask)
     }
 
     /// A ping frame with `payload`.
@@ -559,6 +576,14 @@ mod tests {
         let mut out = Scanned::default();
         s.scan(close.as_bytes(), &mut out).expect("valid");
         assert!(out.close);
+        assert_eq!(
+            ControlFrame::close_saying(1012, "moving", None).as_bytes(),
+            b"\x88\x08\x03\xf4moving"
+        );
+        // 62 two-byte characters: cut to 61 (122 bytes), not into the 62nd.
+        let long = ControlFrame::close_saying(1012, &"\u{e9}".repeat(62), None);
+        assert_eq!(long.as_bytes()[1], 2 + 122);
+        assert!(std::str::from_utf8(&long.as_bytes()[4..]).is_ok());
         let ping = ControlFrame::ping(b"hb");
         let mut s = FrameScanner::new(Role::Server, 10);
         s.scan(ping.as_bytes(), &mut out).expect("valid");

@@ -343,6 +343,15 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The head of a `GET /` with the header lines `headers` (each ending in CRLF), for tests.
+#[cfg(test)]
+pub(crate) fn get_with_headers(headers: &str) -> Head {
+    let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    parse_request(raw.as_bytes())
+        .expect("valid")
+        .expect("complete")
+}
+
 /// A short response written by the gateway itself, always with `Connection: close`.
 pub fn simple_response(status: u16, reason: &str, extra: &[(&str, String)], body: &str) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {reason}\r\n");

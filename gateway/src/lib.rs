@@ -7,7 +7,8 @@
 //! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
 //! [`admin`] (admin port), [`metrics`] (with [`fds`]: the open-file limit and process figures),
 //! [`logging`] (level and format), [`access_log`] (one line per session and per request) with
-//! [`reqid`] (request ids and trace context), [`install`] and [`client`] (the `install` and
+//! [`reqid`] (request ids and trace context), [`moves`] (what a client declares about the
+//! logical session it reopens after a drain), [`install`] and [`client`] (the `install` and
 //! `drain` subcommands). The drain API's wire types and its client live in the crate
 //! `longconn-drain-api`, which the operator shares.
 
@@ -27,6 +28,7 @@ pub mod install;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod moves;
 pub mod proxy;
 pub mod reqid;
 pub mod session;
@@ -51,7 +53,7 @@ use crate::{
     config::Config,
     drain::Drain,
     limits::{Admission, Ticker},
-    metrics::Metrics,
+    metrics::{DrainSeries, Metrics},
     proxy::Proxy,
     session::{SessionContext, SessionLimits},
 };
@@ -77,9 +79,13 @@ fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
 /// HTTP responses still streaming included.
 /// `local_token` is the drain token written by `--install-to`, if any.
 pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
-    let (metrics, registry) = Metrics::new();
+    let (metrics, mut registry) = Metrics::new();
     let ledger = Arc::new(state::Ledger::open(cfg.state_file.as_deref())?);
-    let drain = Drain::new(cfg.drain, metrics.clone());
+    let drain = Drain::new(
+        cfg.drain,
+        metrics.clone(),
+        DrainSeries::register(&mut registry),
+    );
     drain.set_history(ledger.history());
     tokio::spawn(Arc::clone(&ledger).keep(Arc::clone(&drain)));
     let admission = Admission::new(cfg.limits.clone(), metrics.clone());
@@ -162,9 +168,11 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
     tracing::info!(
         sessions_at_start = report.sessions_at_start,
         migrated = report.migrated,
+        moved_again = report.moved_again,
         closed_by_client = report.closed_by_client,
         dropped = report.dropped,
         active = report.active,
+        refused = report.refused,
         "exiting"
     );
     Ok(())

@@ -450,6 +450,27 @@ impl Metrics {
     }
 }
 
+/// Series that only the drain coordinator updates, kept out of [`Metrics`]: every session's relay
+/// holds a copy of that, where one more handle would cost every session 8 bytes.
+#[derive(Clone, Debug, Default)]
+pub struct DrainSeries {
+    /// Sessions closed `migrated` whose client had declared an earlier move.
+    pub sessions_moved_again: Counter,
+}
+
+impl DrainSeries {
+    /// Creates the series and registers them in `reg`, beside those of [`Metrics::new`].
+    pub fn register(reg: &mut Registry) -> DrainSeries {
+        let s = DrainSeries::default();
+        reg.register(
+            "longconn_gateway_sessions_moved_again",
+            "WebSocket sessions a drain moved (closed migrated) whose client declared an earlier move (Longconn-Session-Moves of 1 or more)",
+            s.sessions_moved_again.clone(),
+        );
+        s
+    }
+}
+
 /// Renders the registry as OpenMetrics text.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -464,7 +485,8 @@ mod tests {
 
     #[test]
     fn every_series_is_named_after_the_gateway_but_the_standard_process_ones() {
-        let (m, reg) = Metrics::new();
+        let (m, mut reg) = Metrics::new();
+        DrainSeries::register(&mut reg);
         m.closed(CloseReason::Migrated, 2.0);
         m.reject(RejectReason::RateLimited);
         let text = render(&reg);
@@ -485,6 +507,10 @@ mod tests {
         assert!(text.contains("process_open_fds "), "{text}");
         assert!(
             text.contains(r#"longconn_gateway_sessions_closed_total{reason="migrated"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("longconn_gateway_sessions_moved_again_total 0"),
             "{text}"
         );
         assert!(

@@ -82,6 +82,14 @@ impl Proxy {
         &self.session.drain
     }
 
+    /// Counts a refused connection; one refused because of a drain counts in its report too.
+    fn reject(&self, reason: RejectReason) {
+        self.metrics().reject(reason);
+        if reason == RejectReason::Draining {
+            self.drain().refused();
+        }
+    }
+
     /// Accepts connections forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -132,7 +140,7 @@ impl Proxy {
                 "connection rate limit".to_owned(),
             ),
         };
-        self.metrics().reject(reason);
+        self.reject(reason);
         if self.tls.is_some() {
             return;
         }
@@ -186,12 +194,12 @@ impl Proxy {
         let handshake = Box::pin(tokio::time::timeout_at(deadline, handshake));
         let (mut conn, head, leftover) = match handshake.await {
             Err(_) => {
-                self.metrics().reject(RejectReason::HandshakeTimeout);
+                self.reject(RejectReason::HandshakeTimeout);
                 debug!("handshake timeout");
                 return;
             }
             Ok(Err((conn, reason, msg))) => {
-                self.metrics().reject(reason);
+                self.reject(reason);
                 debug!(error = %msg, "handshake failed");
                 if let Some(mut conn) = conn {
                     respond(&mut conn, 400, "Bad Request", &[], &msg).await;
@@ -242,7 +250,7 @@ impl Proxy {
             })
         };
         if let Some((reason, status, text, retry, body)) = refuse {
-            self.metrics().reject(reason);
+            self.reject(reason);
             debug!(reason = reason.as_str(), "refused");
             answer(
                 &mut conn,
@@ -256,7 +264,7 @@ impl Proxy {
             match tokio::time::timeout_at(deadline, TcpStream::connect(self.upstream)).await {
                 Ok(Ok(s)) => s,
                 _ => {
-                    self.metrics().reject(RejectReason::UpstreamUnavailable);
+                    self.reject(RejectReason::UpstreamUnavailable);
                     respond(&mut conn, 502, "Bad Gateway", &[], "upstream unavailable").await;
                     return;
                 }
@@ -322,7 +330,7 @@ impl Proxy {
         let (res, mut from_upstream) = match exchange.await {
             Ok(Ok(x)) => x,
             _ => {
-                self.metrics().reject(RejectReason::UpstreamUnavailable);
+                self.reject(RejectReason::UpstreamUnavailable);
                 respond(
                     &mut conn,
                     502,
@@ -339,7 +347,7 @@ impl Proxy {
             .upstream_upgrade
             .observe(asked.elapsed().as_secs_f64());
         if res.status != 101 {
-            self.metrics().reject(RejectReason::UpstreamRefused);
+            self.reject(RejectReason::UpstreamRefused);
             debug!(status = res.status, "upstream refused the upgrade");
             let mut out = res.encode_response();
             let head_len = out.len();
@@ -365,8 +373,8 @@ impl Proxy {
             log.request_ended(&tally);
             return;
         }
-        let Some(ticket) = self.drain().open_session() else {
-            self.metrics().reject(RejectReason::Draining);
+        let Some(ticket) = self.drain().open_session(log.declared().moves_before()) else {
+            self.reject(RejectReason::Draining);
             respond(
                 &mut conn,
                 503,

@@ -209,16 +209,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::parse_request;
+    use crate::http::get_with_headers;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn ids(headers: &str) -> RequestIds {
-        let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
-        let head = parse_request(req.as_bytes())
-            .expect("valid")
-            .expect("complete");
-        RequestIds::for_request(&head)
+        RequestIds::for_request(&get_with_headers(headers))
     }
 
     #[test]

@@ -346,12 +346,17 @@ impl Relay {
     /// other frames it may queue behind bytes still waiting for the client: they end where the
     /// scanner is, so at a frame boundary too, and nothing but the close follows them.
     fn close_client(&mut self, code: u16) -> bool {
+        self.close_client_saying(code, "")
+    }
+
+    /// [`Relay::close_client`] with a reason text in the close frame.
+    fn close_client_saying(&mut self, code: u16, reason: &str) -> bool {
         if self.client_close_sent || self.u2c.scanner.closed() || !self.u2c.scanner.at_boundary() {
             return false;
         }
         self.u2c
             .pending
-            .extend_from_slice(ControlFrame::close(code, None).as_bytes());
+            .extend_from_slice(ControlFrame::close_saying(code, reason, None).as_bytes());
         self.client_close_sent = true;
         self.note_close(Some(code));
         true
@@ -525,6 +530,14 @@ fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// The reason text of a close frame the gateway sends for `reason`.
+fn close_text(reason: CloseReason, drain: &Drain) -> &str {
+    match reason {
+        CloseReason::Migrated => drain.notify_reason(),
+        _ => "",
+    }
+}
+
 fn frame_error_reason(e: FrameError) -> CloseReason {
     match e {
         FrameError::TooBig => CloseReason::MessageTooBig,
@@ -592,9 +605,11 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             want_ping = false;
             relay.ping_sent = Some(Instant::now());
         }
+        // A drain's request to move carries the drain's reason text; the gateway's other close
+        // frames carry none.
         if let Some((code, reason)) = want_close
             && closing == Closing::Open
-            && relay.close_client(code)
+            && relay.close_client_saying(code, close_text(reason, &ctx.drain))
         {
             want_close = None;
             closing = Closing::ByGateway(reason);

@@ -193,6 +193,47 @@ async fn a_migrated_session_is_logged_with_the_gateways_close_code() {
 }
 
 #[tokio::test]
+async fn a_session_line_carries_the_session_id_and_moves_the_client_declared_if_well_formed() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, JSON_INFO).await;
+    let cases = [
+        (
+            "declared",
+            "Longconn-Session-Id: user-7/tab-2\r\nLongconn-Session-Moves: 2\r\n",
+        ),
+        // Malformed values are left out, and the session opens all the same.
+        (
+            "malformed",
+            "Longconn-Session-Id: two words\r\nLongconn-Session-Moves: many\r\n",
+        ),
+        ("none", ""),
+    ];
+    for (request_id, headers) in cases {
+        let headers = format!("X-Request-Id: {request_id}\r\n{headers}");
+        let mut tcp = open_session(&gw, "/chat", &headers).await;
+        tcp.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        read_to_eof(&mut tcp).await;
+    }
+    let line = line_where(&gw, "session ended", "request_id", "declared").await;
+    assert_eq!(
+        (&line["session_id"], &line["session_moves"]),
+        (&"user-7/tab-2".into(), &2.into()),
+        "{line}"
+    );
+    for request_id in ["malformed", "none"] {
+        let line = line_where(&gw, "session ended", "request_id", request_id).await;
+        assert_eq!(line["reason"], "client_close", "{line}");
+        let fields = line.as_object().unwrap();
+        assert!(
+            !fields.contains_key("session_id") && !fields.contains_key("session_moves"),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_vanishes_is_logged_with_1006() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, JSON_INFO).await;

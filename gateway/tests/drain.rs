@@ -1,5 +1,6 @@
-//! The drain protocol end to end: Notify and Wait, the deadline, the report's exact accounting,
-//! the bearer token, SIGTERM, and the `drain --wait` and `install` subcommands.
+//! The drain protocol end to end: Notify and Wait, the deadline, the report's exact accounting
+//! (sessions moved again and attempts refused included), the close frame's reason, the bearer
+//! token, SIGTERM, and the `drain --wait` (with its settle time) and `install` subcommands.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -11,17 +12,34 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The gateway binary, as the app container's preStop hook runs it.
+const GATEWAY: &str = env!("CARGO_BIN_EXE_longconn-gateway");
+
+/// A gateway in front of a new upstream, with `n` polite clients (see [`polite_clients`]).
+async fn gateway_with_clients(n: usize) -> (Gateway, Vec<JoinHandle<Option<u16>>>) {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, n).await;
+    (gw, clients)
+}
+
+/// Opens a client that sends `headers` with its upgrade and checks that it talks to the app.
+async fn talking_client(gw: &Gateway, i: usize, headers: &[(&'static str, &str)]) -> Ws {
+    let mut ws = ws_connect_with(&gw.ws_url(), headers).await;
+    ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text(format!("hi {i}"))
+    );
+    ws
+}
+
 /// Opens `n` well-behaved clients (they answer a close frame); each task returns the close code
 /// it received.
 async fn polite_clients(gw: &Gateway, n: usize) -> Vec<JoinHandle<Option<u16>>> {
     let mut tasks = Vec::new();
     for i in 0..n {
-        let mut ws = ws_connect(&gw.ws_url()).await;
-        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
-        assert_eq!(
-            ws.next().await.unwrap().unwrap(),
-            Message::text(format!("hi {i}"))
-        );
+        let mut ws = talking_client(gw, i, &[]).await;
         tasks.push(tokio::spawn(
             async move { received_close_code(&mut ws).await },
         ));
@@ -31,22 +49,14 @@ async fn polite_clients(gw: &Gateway, n: usize) -> Vec<JoinHandle<Option<u16>>> 
 
 #[tokio::test]
 async fn drain_notify_migrates_every_live_client() {
-    let (up, _) = start_upstream().await;
-    let gw = Gateway::start(up, &[]).await;
-    let clients = polite_clients(&gw, 20).await;
+    let (gw, clients) = gateway_with_clients(20).await;
     let started = gw
         .post_drain(r#"{"strategy":"Notify","spread":"1s","deadline":"1m"}"#)
         .await;
     assert_eq!(started["state"], "Draining");
     assert_eq!(started["sessionsAtStart"], 20);
     // The pod leaves the endpoints and new clients are refused before the upgrade.
-    assert_eq!(
-        gw.admin_request("GET", "/readyz", None, "")
-            .await
-            .unwrap()
-            .0,
-        503
-    );
+    assert_eq!(gw.readyz().await, 503);
     let (head, _) = raw_head(gw.addr, &upgrade_request(gw.addr, "")).await;
     assert!(
         head.starts_with("HTTP/1.1 503") && head.contains("Retry-After"),
@@ -71,9 +81,7 @@ async fn drain_notify_migrates_every_live_client() {
 
 #[tokio::test]
 async fn drain_deadline_counts_remaining_as_dropped() {
-    let (up, _) = start_upstream().await;
-    let gw = Gateway::start(up, &[]).await;
-    let polite = polite_clients(&gw, 2).await;
+    let (gw, polite) = gateway_with_clients(2).await;
     // These clients never read, so they never answer the close frame.
     let mut deaf = Vec::new();
     for _ in 0..3 {
@@ -187,13 +195,7 @@ async fn drain_api_refuses_a_bad_token_and_follows_rotation() {
         let (status, _) = gw.admin_request("GET", "/drain", token, "").await.unwrap();
         assert_eq!(status, 401, "{token:?}");
     }
-    assert_eq!(
-        gw.admin_request("GET", "/readyz", None, "")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(gw.readyz().await, 200);
     // The Secret rotates: the file is read again on the next request.
     std::fs::write(&gw.token_file, "rotated-token\n").unwrap();
     let (status, _) = gw
@@ -222,7 +224,7 @@ async fn drain_api_refuses_a_bad_token_and_follows_rotation() {
 }
 
 #[tokio::test]
-async fn a_drain_with_no_time_or_an_absurd_time_is_a_400_and_cuts_no_session() {
+async fn a_drain_with_no_time_an_absurd_time_or_a_long_reason_is_a_400_and_cuts_no_session() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
     let mut ws = ws_connect(&gw.ws_url()).await;
@@ -236,6 +238,10 @@ async fn a_drain_with_no_time_or_an_absurd_time_is_a_400_and_cuts_no_session() {
         (
             r#"{"deadline":"10s","spread":"1m"}"#,
             "longer than the deadline 10s",
+        ),
+        (
+            &format!(r#"{{"reason":"{}"}}"#, "x".repeat(124)),
+            "reason is 124 bytes of UTF-8: a close frame has room for 123",
         ),
     ] {
         let (status, text) = gw
@@ -270,7 +276,20 @@ async fn sigterm_drains_sessions_and_exits_when_none_is_left() {
     );
 }
 
+/// Runs `exe drain --wait` against `gw` with `args`; returns its exit status and standard output.
 async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool) -> (i32, String) {
+    let out = drain_cli(exe, gw, args, token_file).await;
+    (out.0, out.1)
+}
+
+/// [`run_drain_cli`], with its standard error (its log) as well. Without `--settle` in `args` it
+/// starts the drain at once.
+async fn drain_cli(
+    exe: &str,
+    gw: &Gateway,
+    args: &[&str],
+    token_file: bool,
+) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args([
         "drain",
@@ -280,7 +299,8 @@ async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool)
         "--poll-interval",
         "100ms",
     ])
-    .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE");
+    .env_remove("LONGCONN_GATEWAY_ADMIN_TOKEN_FILE")
+    .env("LONGCONN_GATEWAY_DRAIN_SETTLE", "0s");
     if token_file {
         cmd.args(["--admin-token-file", path_str(&gw.token_file)]);
     }
@@ -293,16 +313,14 @@ async fn run_drain_cli(exe: &str, gw: &Gateway, args: &[&str], token_file: bool)
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
 
 #[tokio::test]
 async fn drain_wait_exits_zero_when_every_session_migrated() {
-    let (up, _) = start_upstream().await;
-    let gw = Gateway::start(up, &[]).await;
-    let clients = polite_clients(&gw, 2).await;
-    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
-    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s"], true).await;
+    let (gw, clients) = gateway_with_clients(2).await;
+    let (code, out) = run_drain_cli(GATEWAY, &gw, &["--spread", "0s"], true).await;
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
@@ -316,12 +334,10 @@ async fn drain_wait_exits_zero_when_every_session_migrated() {
 
 #[tokio::test]
 async fn drain_wait_lingers_after_a_drain_it_waited_for_and_not_after_a_finished_one() {
-    let (up, _) = start_upstream().await;
-    let gw = Gateway::start(up, &[]).await;
-    let clients = polite_clients(&gw, 1).await;
-    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let (gw, clients) = gateway_with_clients(1).await;
     let started = std::time::Instant::now();
-    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s", "--linger", "2s"], true).await;
+    let (code, out) =
+        run_drain_cli(GATEWAY, &gw, &["--spread", "0s", "--linger", "2s"], true).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         started.elapsed() >= Duration::from_secs(2),
@@ -332,7 +348,7 @@ async fn drain_wait_lingers_after_a_drain_it_waited_for_and_not_after_a_finished
     }
     // The gateway's report is still there: a second hook finds the drain finished and returns
     // without lingering (the 60 s linger would outlast the test's own wait).
-    let (code, out) = run_drain_cli(exe, &gw, &["--linger", "60s"], true).await;
+    let (code, out) = run_drain_cli(GATEWAY, &gw, &["--linger", "60s"], true).await;
     assert_eq!(code, 0, "{out}");
 }
 
@@ -345,8 +361,8 @@ async fn drain_wait_exits_non_zero_when_a_session_was_dropped() {
         gw.metric("longconn_gateway_sessions_active").await == 1.0
     })
     .await;
-    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
-    let (code, out) = run_drain_cli(exe, &gw, &["--spread", "0s", "--deadline", "1s"], true).await;
+    let (code, out) =
+        run_drain_cli(GATEWAY, &gw, &["--spread", "0s", "--deadline", "1s"], true).await;
     assert_eq!(code, 1, "{out}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["dropped"], 1, "{report}");
@@ -354,13 +370,10 @@ async fn drain_wait_exits_non_zero_when_a_session_was_dropped() {
 
 #[tokio::test]
 async fn drain_wait_runs_the_command_after_the_drain_and_exits_with_its_status() {
-    let (up, _) = start_upstream().await;
-    let gw = Gateway::start(up, &[]).await;
-    let clients = polite_clients(&gw, 1).await;
-    let exe = env!("CARGO_BIN_EXE_longconn-gateway");
+    let (gw, clients) = gateway_with_clients(1).await;
     let hook = ["sh", "-c", r#"echo "user hook $*"; exit 7"#, "sh", "a", "b"];
     let (code, out) = run_drain_cli(
-        exe,
+        GATEWAY,
         &gw,
         &[&["--spread", "0s", "--"][..], &hook].concat(),
         true,
@@ -380,9 +393,9 @@ async fn drain_wait_runs_the_command_after_the_drain_and_exits_with_its_status()
         assert_eq!(c.await.unwrap(), Some(1012));
     }
     // A command that succeeds leaves the drain's status; one that does not exist is 127.
-    let (code, out) = run_drain_cli(exe, &gw, &["--", "true"], true).await;
+    let (code, out) = run_drain_cli(GATEWAY, &gw, &["--", "true"], true).await;
     assert_eq!(code, 0, "{out}");
-    let (code, out) = run_drain_cli(exe, &gw, &["--", "/nonexistent/hook"], true).await;
+    let (code, out) = run_drain_cli(GATEWAY, &gw, &["--", "/nonexistent/hook"], true).await;
     assert_eq!(code, 127, "{out}");
 }
 
@@ -400,8 +413,7 @@ async fn drain_wait_runs_the_command_even_when_the_drain_failed() {
     ];
     for (command, status, output) in cases {
         let args = [&["--admin-token-file", path_str(&wrong), "--"][..], command].concat();
-        let (code, out) =
-            run_drain_cli(env!("CARGO_BIN_EXE_longconn-gateway"), &gw, &args, false).await;
+        let (code, out) = run_drain_cli(GATEWAY, &gw, &args, false).await;
         assert_eq!((code, out.trim()), (status, output), "{command:?}");
     }
 }
@@ -422,7 +434,7 @@ async fn installed_binary_drains_with_its_local_token() {
         assert_eq!(c.await.unwrap(), Some(1012));
     }
     // Without any token the drain command fails clearly instead of hanging.
-    let (code, _) = run_drain_cli(env!("CARGO_BIN_EXE_longconn-gateway"), &gw, &[], false).await;
+    let (code, _) = run_drain_cli(GATEWAY, &gw, &[], false).await;
     assert_eq!(code, 2);
     let _ = std::fs::remove_dir_all(dir);
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -531,4 +543,187 @@ async fn the_final_report_is_left_in_the_termination_file_at_exit() {
     assert_eq!(report["sessionsAtStart"], 2, "{report}");
     assert_eq!(report["migrated"], 2, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_drain_counts_the_sessions_it_moves_again_among_the_migrated() {
+    let (up, upstream) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let declared = [
+        ("Longconn-Session-Id", "user-7/tab-2"),
+        ("Longconn-Session-Moves", "1"),
+    ];
+    let clients = [
+        talking_client(&gw, 0, &declared).await,
+        talking_client(&gw, 1, &[]).await,
+    ]
+    .map(|mut ws| tokio::spawn(async move { received_close(&mut ws).await }));
+    gw.post_drain(r#"{"strategy":"Notify","spread":"0s","deadline":"1m"}"#)
+        .await;
+    let report = gw.wait_drained().await;
+    for client in clients {
+        // No reason in the request: the close frame carries the code alone, as it always has.
+        assert_eq!(client.await.unwrap(), Some((1012, String::new())));
+    }
+    assert_eq!(
+        (&report["migrated"], &report["movedAgain"]),
+        (&2.into(), &1.into()),
+        "{report}"
+    );
+    assert_eq!(report["sessionsAtStart"], 2, "{report}");
+    assert_eq!(
+        gw.metric("longconn_gateway_sessions_moved_again_total")
+            .await,
+        1.0
+    );
+    // The app gets the headers as the client sent them.
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert!(
+        heads.iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains("longconn-session-moves: 1\r\n")),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_moves_header_is_ignored_and_the_session_counts_as_a_first_move() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = talking_client(&gw, 0, &[("Longconn-Session-Moves", "-1")]).await;
+    let client = tokio::spawn(async move { received_close_code(&mut ws).await });
+    gw.post_drain(r#"{"strategy":"Notify","spread":"0s","deadline":"1m"}"#)
+        .await;
+    let report = gw.wait_drained().await;
+    assert_eq!(client.await.unwrap(), Some(1012));
+    assert_eq!(
+        (&report["migrated"], &report["movedAgain"]),
+        (&1.into(), &0.into()),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn attempts_during_a_drain_are_counted_refused_and_none_before_it() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let attempt_request = |expected: u16| async move {
+        let answer = http_request(gw.addr, "GET", "/hello", None, "").await;
+        assert_eq!(answer.unwrap().0, expected);
+    };
+    let attempt_upgrade = || async {
+        let (head, _) = raw_head(gw.addr, &upgrade_request(gw.addr, "")).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    };
+    attempt_request(200).await;
+    let mut ws = talking_client(&gw, 0, &[]).await;
+    assert_eq!(gw.drain_report().await["refused"], 0);
+    gw.post_drain(r#"{"strategy":"Wait","deadline":"1m"}"#)
+        .await;
+    attempt_upgrade().await;
+    attempt_request(503).await;
+    let report = gw.drain_report().await;
+    assert_eq!(
+        (&report["state"], &report["refused"]),
+        (&"Draining".into(), &2.into()),
+        "{report}"
+    );
+    // Refusals are not sessions: the sum holds without them.
+    assert_eq!(
+        (&report["sessionsAtStart"], &report["active"]),
+        (&1.into(), &1.into()),
+        "{report}"
+    );
+    ws.close(None).await.unwrap();
+    received_close_code(&mut ws).await;
+    gw.wait_drained().await;
+    // A finished drain still refuses, and still counts.
+    attempt_upgrade().await;
+    let report = gw.drain_report().await;
+    assert_eq!(report["refused"], 3, "{report}");
+    assert_eq!(report["closedByClient"], 1, "{report}");
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="draining"}"#)
+            .await,
+        3.0,
+        "the rejection counter counts them too"
+    );
+}
+
+#[tokio::test]
+async fn notify_close_frames_carry_the_drain_s_reason() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = [
+        talking_client(&gw, 0, &[]).await,
+        talking_client(&gw, 1, &[]).await,
+    ]
+    .map(|mut ws| tokio::spawn(async move { received_close(&mut ws).await }));
+    // The longest a close frame holds, most of it in two-byte characters.
+    let reason = format!("moving: revision 7c9f {}.", "\u{e9}".repeat(50));
+    assert_eq!(reason.len(), 123);
+    let started = gw
+        .post_drain(&serde_json::json!({"spread": "0s", "reason": reason}).to_string())
+        .await;
+    assert_eq!(started["state"], "Draining");
+    for client in clients {
+        assert_eq!(client.await.unwrap(), Some((1012, reason.clone())));
+    }
+    assert_eq!(gw.wait_drained().await["migrated"], 2);
+}
+
+#[tokio::test]
+async fn drain_settles_before_a_drain_nobody_started_and_the_gateway_accepts_meanwhile() {
+    let (gw, first) = gateway_with_clients(1).await;
+    let started = std::time::Instant::now();
+    let settle = Duration::from_secs(2);
+    let hook = drain_cli(GATEWAY, &gw, &["--settle", "2s", "--spread", "0s"], true);
+    let meanwhile = async {
+        tokio::time::sleep(settle / 4).await;
+        assert_eq!(gw.drain_report().await["state"], "Serving");
+        assert_eq!(gw.readyz().await, 200);
+        polite_clients(&gw, 1).await
+    };
+    let ((code, out, log), late) = tokio::join!(hook, meanwhile);
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(started.elapsed() >= settle, "it settled first");
+    assert!(log.contains("no drain under way: settling"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The client that came during the settle time was taken, and moved with the first.
+    assert_eq!(
+        (&report["sessionsAtStart"], &report["migrated"]),
+        (&2.into(), &2.into()),
+        "{report}"
+    );
+    for client in first.into_iter().chain(late) {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+}
+
+#[tokio::test]
+async fn drain_joins_a_drain_under_way_or_finished_without_settling() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut ws = talking_client(&gw, 0, &[]).await;
+    gw.post_drain(r#"{"strategy":"Wait","deadline":"1m"}"#)
+        .await;
+    // A settle time of a minute would outlast the command's bound (`WAIT`).
+    let hook = drain_cli(GATEWAY, &gw, &["--settle", "60s"], true);
+    let client_leaves = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ws.close(None).await.unwrap();
+        received_close_code(&mut ws).await;
+    };
+    let ((code, out, log), ()) = tokio::join!(hook, client_leaves);
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(
+        log.contains("a drain has started already: joining it without settling"),
+        "{log}"
+    );
+    assert!(log.contains("Draining"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["closedByClient"], 1, "{report}");
+    let (code, out, log) = drain_cli(GATEWAY, &gw, &["--settle", "60s"], true).await;
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(log.contains("Drained"), "{log}");
 }

@@ -210,13 +210,7 @@ async fn permessage_deflate_is_refused_not_negotiated() {
 async fn healthz_is_ok_and_readyz_follows_the_upstream() {
     let (up, _) = start_upstream().await;
     let gw = Gateway::start(up, &[]).await;
-    assert_eq!(
-        gw.admin_request("GET", "/readyz", None, "")
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(gw.readyz().await, 200);
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw2 = Gateway::start(dead, &[]).await;
     assert_eq!(

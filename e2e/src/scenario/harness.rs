@@ -6,6 +6,7 @@
 //! reach Services through their ClusterIP. [`Harness::shutdown`] stops everything in order;
 //! dropping a harness (a panic, an interrupted run) still removes the cluster and its nodes.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -114,15 +115,26 @@ impl Harness {
             crate::nodes::plan::pod_network(),
         ];
         let client = self.client.clone();
+        self.on_client_host(load::start(client, options))
+            .await?
+            .map_err(ScenarioError::from)
+    }
+
+    /// Runs `work` on the client host: its sockets live in the client host's network namespace,
+    /// which routes the Service range to a node and every pod network to its node.
+    pub async fn on_client_host<F>(&self, work: F) -> Result<F::Output, ScenarioError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         let runtime = self
             .client_host
             .as_ref()
             .ok_or_else(|| ScenarioError::Setup("no client host runtime".into()))?;
         runtime
-            .spawn(load::start(client, options))
+            .spawn(work)
             .await
-            .map_err(|join| ScenarioError::Setup(format!("the load's start task: {join}")))?
-            .map_err(ScenarioError::from)
+            .map_err(|join| ScenarioError::Setup(format!("a task on the client host: {join}")))
     }
 
     /// Where the logs are: the control plane's and every node's, with its pods' logs.

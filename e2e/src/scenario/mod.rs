@@ -18,6 +18,7 @@
 //! ends.
 
 pub mod harness;
+pub mod landing;
 pub mod service;
 pub mod steps;
 pub mod wait;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::load::{LoadError, LoadReport};
+use crate::load::{LoadError, LoadReport, RefusedAttempts, SessionsByMoves, TimeToServing};
 use harness::Harness;
 use service::{Recorded, Rollout, ServiceSpec};
 
@@ -74,6 +75,9 @@ pub enum ScenarioError {
     /// The operator process is not running as it should.
     #[error("operator: {0}")]
     Operator(String),
+    /// A pod's gateway metrics could not be read.
+    #[error("metrics of pod {pod}: {reason}")]
+    Metrics { pod: String, reason: String },
     /// SIGINT or SIGTERM arrived.
     #[error("interrupted")]
     Interrupted,
@@ -189,6 +193,21 @@ pub struct ScenarioReport {
     pub lost_messages: Option<u64>,
     /// Pods the operator recorded drained (`status.rollout.podsDrained`).
     pub pods_drained: Option<i64>,
+    /// Sessions by how often the clients saw them moved (keys `0`, `1`, `2`, `3+`).
+    pub sessions_by_moves: Option<SessionsByMoves>,
+    /// Sessions the clients saw moved twice or more.
+    pub moved_more_than_once: Option<u64>,
+    /// Connection attempts refused: `total`, `http503`, `http429`, `reset`, `refused` (at TCP
+    /// level).
+    pub refused_attempts: Option<RefusedAttempts>,
+    /// From a move's close frame to the echo of the first message on the new connection:
+    /// `samples`, `p50`, `p99`, `max` (milliseconds).
+    pub time_to_serving_ms: Option<TimeToServing>,
+    /// Sessions each Ready, non-terminating pod's gateway held at the end
+    /// (`longconn_gateway_sessions_active`), by pod name.
+    pub sessions_per_pod: Option<BTreeMap<String, u64>>,
+    /// The busiest of those pods' sessions over the mean per pod.
+    pub balance: Option<f64>,
     pub wall_seconds: f64,
     /// The seed of the scenario's random choices, if it makes any.
     pub seed: Option<u64>,
@@ -236,6 +255,10 @@ impl ScenarioReport {
         self.client_dropped = Some(load.dropped);
         self.migrated = Some(load.migrated);
         self.lost_messages = Some(load.messages_lost);
+        self.sessions_by_moves = Some(load.sessions_by_moves);
+        self.moved_more_than_once = Some(load.moved_more_than_once);
+        self.refused_attempts = Some(load.refused_attempts);
+        self.time_to_serving_ms = load.time_to_serving_ms;
         self.load = Some(load);
     }
 

@@ -1,11 +1,14 @@
 //! node-drain: `kubectl drain` of a node holding one of 3 pods, under 300 live sessions: the
 //! eviction API respects the PodDisruptionBudget, the evicted pod's preStop hook drains its
 //! gateway and its sessions move to the others. Passes when the clients counted no dropped
-//! session and no lost message; reports what the operator recorded (a drain it did not start).
+//! session and no lost message, and every session moved once and landed where there was room
+//! (the bounds of [`super::landing`]; the balance over the pods left); reports what the operator
+//! recorded (a drain it did not start).
 
 use std::time::Duration;
 
 use super::harness::Harness;
+use super::landing;
 use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::{Context, ScenarioError, ScenarioReport};
@@ -72,8 +75,10 @@ pub(super) async fn run(
     if settled.is_ok() {
         steps::run_for(harness, RECORD_GRACE).await?;
     }
+    let landed = landing::sessions_per_pod(harness, &spec).await;
     load.stop();
     report.client(load.finish().await);
+    report.landed(landed);
     let settled = settled?;
     uncordoned?;
     report.detail("podsAfter", &settled.pods);
@@ -83,6 +88,7 @@ pub(super) async fn run(
     report.detail("operatorRecordedTheEviction", recorded.is_some());
 
     report.expect_clean_clients(SESSIONS);
+    report.expect_moved_once_and_landed_with_room();
     report.detail(
         "migrationsAgree",
         report.migrated.map(|n| n as i64) == report.operator_migrated,

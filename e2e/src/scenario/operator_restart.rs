@@ -1,6 +1,7 @@
 //! operator-restart: a rolling update under 300 live sessions during which the operator process
 //! is killed with SIGKILL at a random point (from the run's seed) and started again. Passes when
-//! the rollout still completes with no session dropped and no message lost, as rolling-update.
+//! the rollout still completes with no session dropped and no message lost, as rolling-update;
+//! how the sessions moved and where they landed is reported as there, not judged.
 
 use std::time::Duration;
 

@@ -1,11 +1,13 @@
 //! rolling-update: 3 replicas, 1,000 live sessions, a template change. Passes when no session is
 //! dropped (by the clients' count and by `status.rollout.sessionsDropped`), no message is lost,
-//! every old pod is gone, `status.rollout` says Complete for the new revision, and its
-//! `sessionsMigrated` equals the migrations the clients counted.
+//! every old pod is gone, `status.rollout` says Complete for the new revision, its
+//! `sessionsMigrated` equals the migrations the clients counted, and every session moved once
+//! and landed where there was room (the bounds of [`super::landing`]).
 
 use std::time::Duration;
 
 use super::harness::Harness;
+use super::landing;
 use super::service::{Recorded, ServiceSpec};
 use super::steps::{self, RolloutEnd};
 use super::{Context, ScenarioError, ScenarioReport};
@@ -19,7 +21,9 @@ pub(super) async fn run(
     context: &Context,
     report: &mut ScenarioReport,
 ) -> Result<(), ScenarioError> {
-    rollout_under_load(harness, context, report, SESSIONS, None).await
+    rollout_under_load(harness, context, report, SESSIONS, None).await?;
+    report.expect_moved_once_and_landed_with_room();
+    Ok(())
 }
 
 /// When, after the template change, to kill the operator and start it again.
@@ -28,7 +32,8 @@ pub(super) struct Kill {
 }
 
 /// Deploys 3 replicas, puts `sessions` on them, changes the template (optionally killing the
-/// operator `kill.after` later and starting it again) and judges the rollout.
+/// operator `kill.after` later and starting it again) and judges the rollout; reads the sessions
+/// per pod at the end (judged by the caller).
 pub(super) async fn rollout_under_load(
     harness: &mut Harness,
     context: &Context,
@@ -78,8 +83,10 @@ pub(super) async fn rollout_under_load(
     );
     // Whatever happened, the clients get to finish and count.
     steps::run_for(harness, Duration::from_secs(2)).await?;
+    let landed = landing::sessions_per_pod(harness, &spec).await;
     load.stop();
     report.client(load.finish().await);
+    report.landed(landed);
     let end = end?;
 
     let observed = end.observed().clone();

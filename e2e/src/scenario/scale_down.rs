@@ -1,11 +1,13 @@
 //! scale-down: 5 replicas to 2 through the scale subresource (`kubectl scale lcs`) under 500
 //! live sessions. Passes when no session is dropped (clients' count and operator's), no message
-//! is lost, 2 pods are left, and the operator recorded the 3 drained pods in `status.rollout`
-//! with as many migrated sessions as the clients counted.
+//! is lost, 2 pods are left, the operator recorded the 3 drained pods in `status.rollout` with as
+//! many migrated sessions as the clients counted, and every session moved once and landed where
+//! there was room (the bounds of [`super::landing`]).
 
 use std::time::Duration;
 
 use super::harness::Harness;
+use super::landing;
 use super::service::{Recorded, ServiceSpec};
 use super::steps;
 use super::wait::{Check, wait_until};
@@ -82,8 +84,10 @@ pub(super) async fn run(
         None
     };
     steps::run_for(harness, Duration::from_secs(2)).await?;
+    let landed = landing::sessions_per_pod(harness, &spec).await;
     load.stop();
     report.client(load.finish().await);
+    report.landed(landed);
     let settled = settled?;
     let after = spec.observe(&harness.client()).await?;
     // The verdict takes what is recorded at the very end; the wait above only gave it time.
@@ -99,6 +103,7 @@ pub(super) async fn run(
 
     report.expect_clean_clients(SESSIONS);
     report.expect_migrations_agree();
+    report.expect_moved_once_and_landed_with_room();
     match &recorded {
         None => report.failures.push(
             "the operator recorded no accounting for the scale-down in status.rollout".into(),

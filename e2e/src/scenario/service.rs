@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use longconn_operator::desired::GATEWAY_CONTAINER;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -347,6 +348,9 @@ pub struct PodView {
     pub gateway_container: Option<String>,
     /// Restarts of the gateway container.
     pub gateway_restarts: i32,
+    /// The gateway container's port named `admin` (`/metrics` is served there).
+    #[serde(skip)]
+    pub admin_port: Option<u16>,
 }
 
 impl PodView {
@@ -362,7 +366,15 @@ impl PodView {
             .init_container_statuses
             .iter()
             .flatten()
-            .find(|c| c.name == "longconn-gateway");
+            .find(|c| c.name == GATEWAY_CONTAINER);
+        let admin_port = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| c.name == GATEWAY_CONTAINER)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .and_then(|p| u16::try_from(p.container_port).ok());
         let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
         PodView {
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -376,6 +388,7 @@ impl PodView {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             gateway_container: gateway.and_then(|c| c.container_id.clone()),
             gateway_restarts: gateway.map_or(0, |c| c.restart_count),
+            admin_port,
         }
     }
 }

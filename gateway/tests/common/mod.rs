@@ -344,6 +344,14 @@ impl Gateway {
         http_request(self.admin, method, path, token, body).await
     }
 
+    /// The status of `GET /readyz`.
+    pub async fn readyz(&self) -> u16 {
+        self.admin_request("GET", "/readyz", None, "")
+            .await
+            .unwrap()
+            .0
+    }
+
     pub async fn metrics(&self) -> String {
         self.admin_request("GET", "/metrics", None, "")
             .await
@@ -569,11 +577,24 @@ pub async fn read_close_code(tcp: &mut TcpStream) -> Option<u16> {
     None
 }
 
+/// A tungstenite client over plain TCP.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
 /// Connects a tungstenite client.
-pub async fn ws_connect(
-    url: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+pub async fn ws_connect(url: &str) -> Ws {
+    ws_connect_with(url, &[]).await
+}
+
+/// Connects a tungstenite client that sends `headers` with its upgrade request.
+pub async fn ws_connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+    let mut request = url.into_client_request().unwrap();
+    for &(name, value) in headers {
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(value).unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
         .await
         .expect("connect timeout")
         .expect("connect");
@@ -585,15 +606,28 @@ pub async fn received_close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut code = None;
+    received_close(ws).await.map(|(code, _)| code)
+}
+
+/// Reads a tungstenite client until the end; returns the code and reason text of the close frame
+/// it received, if any.
+pub async fn received_close<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Option<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut close = None;
     for _ in 0..10_000 {
         match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => code = frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
             Ok(Some(Ok(_))) => {}
             _ => break,
         }
     }
-    code
+    close
 }
 
 /// Polls `f` until it returns true (bounded).

@@ -1,0 +1,328 @@
+//! How moved sessions land: "every session moves once, and lands where there is room". This
+//! module owns the bounds of that goal (one place, to tune with evidence), reads where the
+//! sessions are at the end (each Ready, non-terminating pod's `longconn_gateway_sessions_active`
+//! from its gateway's admin port, `/metrics`, from the client host, as the clients cannot see
+//! pods through the ClusterIP), and makes the expectations.
+//!
+//! The clients' figures (sessions by moves, refused attempts, time to serving) come from the load
+//! report ([`crate::load::LoadReport`]); see [`ScenarioReport::client`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::harness::Harness;
+use super::service::ServiceSpec;
+use super::{ScenarioError, ScenarioReport};
+
+/// Sessions that may be moved more than once.
+pub const MOVED_MORE_THAN_ONCE: u64 = 0;
+/// Connection attempts that may be refused (503, 429, reset, refused at TCP level).
+pub const REFUSED_ATTEMPTS: u64 = 0;
+/// The p99 of the time to serving after a move must be below this, in milliseconds.
+pub const TIME_TO_SERVING_P99_MS: u32 = 1_000;
+/// The longest time to serving after a move must be below this, in milliseconds.
+pub const TIME_TO_SERVING_MAX_MS: u32 = 3_000;
+/// The busiest pod's sessions over the mean per pod may be at most this.
+pub const BALANCE: f64 = 1.25;
+
+/// The gauge of the sessions a gateway holds.
+const SESSIONS_ACTIVE: &str = "longconn_gateway_sessions_active";
+/// How long reading one pod's metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest `/metrics` answer read.
+const SCRAPE_LIMIT: u64 = 1024 * 1024;
+/// Where the reason the sessions per pod could not be read goes in the report's details.
+const UNREAD_DETAIL: &str = "sessionsPerPodError";
+
+/// Sessions each pod's gateway holds, by pod name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodSessions(pub BTreeMap<String, u64>);
+
+impl PodSessions {
+    /// The busiest pod's sessions over the mean per pod; `None` with no pod or no session.
+    pub fn balance(&self) -> Option<f64> {
+        let max = self.0.values().max().copied()?;
+        let total: u64 = self.0.values().sum();
+        if total == 0 {
+            return None;
+        }
+        let mean = total as f64 / self.0.len() as f64;
+        Some(max as f64 / mean)
+    }
+}
+
+/// Reads the sessions of every Ready, non-terminating pod of `spec` from its gateway, on the
+/// client host (which routes every pod network).
+pub async fn sessions_per_pod(
+    harness: &Harness,
+    spec: &ServiceSpec,
+) -> Result<PodSessions, ScenarioError> {
+    let pods = spec.pods(&harness.client()).await?;
+    let mut targets = Vec::new();
+    for pod in pods.iter().filter(|p| p.ready && !p.terminating) {
+        let unread = |reason: &str| ScenarioError::Metrics {
+            pod: pod.name.clone(),
+            reason: reason.to_owned(),
+        };
+        let ip: IpAddr = pod
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| unread("no pod IP"))?;
+        let port = pod
+            .admin_port
+            .ok_or_else(|| unread("no gateway port named admin"))?;
+        targets.push((pod.name.clone(), SocketAddr::new(ip, port)));
+    }
+    let read = harness.on_client_host(async move {
+        let mut sessions = BTreeMap::new();
+        for (pod, addr) in targets {
+            let unread = |reason: String| ScenarioError::Metrics {
+                pod: pod.clone(),
+                reason,
+            };
+            let text = tokio::time::timeout(
+                SCRAPE_TIMEOUT,
+                crate::cluster::http_get(addr, "/metrics", SCRAPE_LIMIT),
+            )
+            .await
+            .map_err(|_| unread(format!("GET {addr}/metrics timed out")))?
+            .map_err(|e| unread(format!("GET {addr}/metrics: {e}")))?;
+            let active = gauge(&text, SESSIONS_ACTIVE)
+                .ok_or_else(|| unread(format!("no {SESSIONS_ACTIVE} in {addr}/metrics")))?;
+            sessions.insert(pod, active.max(0.0).round() as u64);
+        }
+        Ok(PodSessions(sessions))
+    });
+    read.await?
+}
+
+/// The value of the unlabelled series `name` in a Prometheus or OpenMetrics text exposition.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next()? != name {
+                return None;
+            }
+            fields.next()?.parse().ok()
+        })
+}
+
+impl ScenarioReport {
+    /// Records the sessions per pod read at the end, and their balance; what kept them from
+    /// being read goes in the details (the expectation then names it).
+    pub fn landed(&mut self, read: Result<PodSessions, ScenarioError>) {
+        match read {
+            Ok(sessions) => {
+                self.balance = sessions.balance().map(|b| (b * 1000.0).round() / 1000.0);
+                self.sessions_per_pod = Some(sessions.0);
+            }
+            Err(err) => self.detail(UNREAD_DETAIL, err.to_string()),
+        }
+    }
+
+    /// "Every session moves once, and lands where there is room": no session moved more than
+    /// [`MOVED_MORE_THAN_ONCE`], no more than [`REFUSED_ATTEMPTS`] refused attempts, time to
+    /// serving p99 below [`TIME_TO_SERVING_P99_MS`] and max below [`TIME_TO_SERVING_MAX_MS`],
+    /// and a balance at the end of at most [`BALANCE`].
+    #[allow(
+        clippy::absurd_extreme_comparisons,
+        reason = "the bounds are tunable; at 0, at most is exactly"
+    )]
+    pub fn expect_moved_once_and_landed_with_room(&mut self) {
+        let moved_more = self.moved_more_than_once.unwrap_or(0);
+        let by_moves = self.sessions_by_moves.unwrap_or_default();
+        self.expect(
+            self.moved_more_than_once.is_some() && moved_more <= MOVED_MORE_THAN_ONCE,
+            format!(
+                "movedMoreThanOnce {moved_more}, bound {MOVED_MORE_THAN_ONCE} (sessions moved 0/1/2/3+ times: {}/{}/{}/{})",
+                by_moves.never, by_moves.once, by_moves.twice, by_moves.more
+            ),
+        );
+        let refused = self.refused_attempts.unwrap_or_default();
+        self.expect(
+            self.refused_attempts.is_some() && refused.total <= REFUSED_ATTEMPTS,
+            format!(
+                "refusedAttempts {}, bound {REFUSED_ATTEMPTS} (HTTP 503 {}, HTTP 429 {}, reset {}, refused at TCP level {})",
+                refused.total, refused.http503, refused.http429, refused.reset, refused.refused
+            ),
+        );
+        match self.time_to_serving_ms {
+            Some(serving) => {
+                self.expect(
+                    serving.p99 < TIME_TO_SERVING_P99_MS,
+                    format!(
+                        "timeToServingMs p99 {} ms, bound < {TIME_TO_SERVING_P99_MS} ms ({} moves measured)",
+                        serving.p99, serving.samples
+                    ),
+                );
+                self.expect(
+                    serving.max < TIME_TO_SERVING_MAX_MS,
+                    format!(
+                        "timeToServingMs max {} ms, bound < {TIME_TO_SERVING_MAX_MS} ms ({} moves measured)",
+                        serving.max, serving.samples
+                    ),
+                );
+            }
+            None => {
+                let moves = self.migrated.unwrap_or(0);
+                self.expect(
+                    moves == 0,
+                    format!(
+                        "timeToServingMs not measured for {moves} moves, bounds p99 < {TIME_TO_SERVING_P99_MS} ms and max < {TIME_TO_SERVING_MAX_MS} ms"
+                    ),
+                );
+            }
+        }
+        match self.balance {
+            Some(balance) => self.expect(
+                balance <= BALANCE,
+                format!(
+                    "balance {balance:.3} (busiest pod over the mean), bound {BALANCE}; sessions per pod {:?}",
+                    self.sessions_per_pod.clone().unwrap_or_default()
+                ),
+            ),
+            None => {
+                let why = match self.details.get(UNREAD_DETAIL) {
+                    Some(err) => format!("not read: {err}"),
+                    None => format!(
+                        "no session on the pods: {:?}",
+                        self.sessions_per_pod.clone().unwrap_or_default()
+                    ),
+                };
+                self.failures
+                    .push(format!("balance not measured ({why}), bound {BALANCE}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{RefusedAttempts, SessionsByMoves, TimeToServing};
+
+    #[test]
+    fn balance_is_the_busiest_pod_over_the_mean() {
+        let sessions = |counts: &[u64]| {
+            PodSessions(
+                counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("chat-{i}"), *n))
+                    .collect(),
+            )
+        };
+        assert_eq!(sessions(&[100, 100, 100]).balance(), Some(1.0));
+        assert_eq!(sessions(&[150, 100, 50]).balance(), Some(1.5));
+        assert_eq!(sessions(&[0, 0]).balance(), None);
+        assert_eq!(sessions(&[]).balance(), None);
+    }
+
+    #[test]
+    fn the_sessions_gauge_is_read_from_the_exposition_and_nothing_else() {
+        let text = "# HELP longconn_gateway_sessions_active WebSocket sessions open now.\n\
+            # TYPE longconn_gateway_sessions_active gauge\n\
+            longconn_gateway_sessions_active 334\n\
+            longconn_gateway_sessions_active_total 9\n\
+            longconn_gateway_sessions_opened_total 1200\n\
+            # EOF\n";
+        assert_eq!(gauge(text, SESSIONS_ACTIVE), Some(334.0));
+        assert_eq!(gauge("# EOF\n", SESSIONS_ACTIVE), None);
+    }
+
+    /// A report whose every figure is within the bounds.
+    fn within_bounds() -> ScenarioReport {
+        ScenarioReport {
+            migrated: Some(300),
+            sessions_by_moves: Some(SessionsByMoves {
+                never: 0,
+                once: 300,
+                twice: 0,
+                more: 0,
+            }),
+            moved_more_than_once: Some(0),
+            refused_attempts: Some(RefusedAttempts::default()),
+            time_to_serving_ms: Some(TimeToServing {
+                samples: 300,
+                p50: 40,
+                p99: 400,
+                max: 900,
+            }),
+            balance: Some(1.1),
+            ..ScenarioReport::default()
+        }
+    }
+
+    #[test]
+    fn figures_within_the_bounds_pass() {
+        let mut report = within_bounds();
+        report.expect_moved_once_and_landed_with_room();
+        assert_eq!(report.failures, Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_failure_states_the_figure_and_the_bound() {
+        let mut report = within_bounds();
+        report.moved_more_than_once = Some(2);
+        report.refused_attempts = Some(RefusedAttempts {
+            total: 7,
+            http503: 7,
+            ..RefusedAttempts::default()
+        });
+        report.time_to_serving_ms = Some(TimeToServing {
+            samples: 300,
+            p50: 40,
+            p99: 1_000,
+            max: 3_000,
+        });
+        report.balance = Some(1.5);
+        report.expect_moved_once_and_landed_with_room();
+        let expected = [
+            "movedMoreThanOnce 2, bound 0",
+            "refusedAttempts 7, bound 0",
+            "timeToServingMs p99 1000 ms, bound < 1000 ms",
+            "timeToServingMs max 3000 ms, bound < 3000 ms",
+            "balance 1.500 (busiest pod over the mean), bound 1.25",
+        ];
+        assert_eq!(
+            report.failures.len(),
+            expected.len(),
+            "{:?}",
+            report.failures
+        );
+        for (failure, start) in report.failures.iter().zip(expected) {
+            assert!(
+                failure.starts_with(start),
+                "{failure:?} should start {start:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unread_balance_fails_with_the_reason() {
+        let mut report = within_bounds();
+        report.balance = None;
+        report.landed(Err(ScenarioError::Metrics {
+            pod: "chat-a".into(),
+            reason: "GET 10.244.1.5:9901/metrics timed out".into(),
+        }));
+        report.expect_moved_once_and_landed_with_room();
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(
+            report.failures[0].contains("timed out"),
+            "{:?}",
+            report.failures
+        );
+        assert!(
+            report.failures[0].contains("bound 1.25"),
+            "{:?}",
+            report.failures
+        );
+    }
+}
