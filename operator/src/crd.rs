@@ -864,6 +864,19 @@ pub struct RolloutStatus {
     /// Sessions ended without a completed close handshake (force-closed, lost with their pod).
     #[serde(default)]
     pub sessions_dropped: i64,
+    /// Of the migrated sessions, those moved by an earlier drain too, as the gateways counted
+    /// them from the `Longconn-Session-Moves` header their clients sent (clients that send none
+    /// are not counted).
+    #[serde(default)]
+    pub sessions_moved_again: i64,
+    /// Connection attempts the drained gateways refused (503) during their drains: clients
+    /// sent to a pod that no longer took sessions.
+    #[serde(default)]
+    pub attempts_refused: i64,
+    /// When complete: the busiest pod's open sessions over the mean per pod, as the gateways
+    /// last reported them (1.00 is perfectly even).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
     /// Pods being drained now.
     #[serde(default)]
     pub draining: Vec<DrainingPod>,
@@ -900,6 +913,12 @@ pub struct DrainingPod {
     /// report is read adds its last known open sessions here.
     #[serde(default)]
     pub dropped: i64,
+    /// Of the migrated sessions, those whose clients said they had been moved before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moved_again: i64,
+    /// Connection attempts the gateway refused (503) during this drain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: i64,
     /// When the drain finished (or its report was lost); then the pod may be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,

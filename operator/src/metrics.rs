@@ -213,6 +213,8 @@ pub struct Metrics {
     pub drains_finished: Counter,
     pub sessions_migrated: Counter,
     pub sessions_dropped: Counter,
+    pub sessions_moved_again: Counter,
+    pub attempts_refused: Counter,
     pub drain_duration: Histogram,
     pub rollout_phase: Family<PhaseLabels, Gauge>,
     pub api_requests: Family<MethodLabels, Counter>,
@@ -258,6 +260,8 @@ impl Default for Metrics {
         let drains_finished = Counter::default();
         let sessions_migrated = Counter::default();
         let sessions_dropped = Counter::default();
+        let sessions_moved_again = Counter::default();
+        let attempts_refused = Counter::default();
         let drain_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
         let rollout_phase = Family::<PhaseLabels, Gauge>::default();
         registry.register(
@@ -279,6 +283,17 @@ impl Default for Metrics {
             "sessions_dropped",
             "Sessions ended without a completed close handshake while their pod was drained",
             sessions_dropped.clone(),
+        );
+        registry.register(
+            "sessions_moved_again",
+            "Of the migrated sessions, those whose clients said (Longconn-Session-Moves) an \
+             earlier drain had moved them too",
+            sessions_moved_again.clone(),
+        );
+        registry.register(
+            "attempts_refused",
+            "Connection attempts drained gateways refused (503) during their drains",
+            attempts_refused.clone(),
         );
         registry.register(
             "drain_duration_seconds",
@@ -311,6 +326,8 @@ impl Default for Metrics {
             drains_finished,
             sessions_migrated,
             sessions_dropped,
+            sessions_moved_again,
+            attempts_refused,
             drain_duration,
             rollout_phase,
             reconciles,

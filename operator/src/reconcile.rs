@@ -503,6 +503,12 @@ async fn follow_record(lcs: &LongConnService, ctx: &Context, outcome: &Outcome) 
         metrics
             .sessions_dropped
             .inc_by(u64::try_from(drained.dropped).unwrap_or(0));
+        metrics
+            .sessions_moved_again
+            .inc_by(u64::try_from(drained.moved_again).unwrap_or(0));
+        metrics
+            .attempts_refused
+            .inc_by(u64::try_from(drained.refused).unwrap_or(0));
         if let (Some(started), Some(finished)) = (&drained.started_at, &drained.finished_at) {
             metrics
                 .drain_duration
@@ -615,6 +621,7 @@ async fn start_drains(
         deadline: drain.timeout.to_std().ok(),
         spread: drain.spread.to_std().ok(),
         close_code: u16::try_from(drain.close_code).ok(),
+        reason: Some(format!("moving: revision {}", plan.target)),
     };
     let calls = plan.drain.iter().map(|pod| {
         let request = &request;
@@ -624,8 +631,23 @@ async fn start_drains(
                 return;
             };
             let addr = addr.to_string();
-            let call = longconn_drain_api::start_drain(&addr, token, request);
-            match tokio::time::timeout(gateways::TIMEOUT, call).await {
+            let call = async {
+                match longconn_drain_api::start_drain(&addr, token, request).await {
+                    // A gateway older than the close frame's reason refuses the field: ask it
+                    // again without one.
+                    Err(longconn_drain_api::Error::Status { status, .. })
+                        if status == hyper::StatusCode::BAD_REQUEST && request.reason.is_some() =>
+                    {
+                        let plain = DrainRequest {
+                            reason: None,
+                            ..request.clone()
+                        };
+                        longconn_drain_api::start_drain(&addr, token, &plain).await
+                    }
+                    answer => answer,
+                }
+            };
+            match tokio::time::timeout(gateways::TIMEOUT * 2, call).await {
                 Ok(Ok(report)) => {
                     info!(pod = %pod, sessions = report.sessions_at_start, "drain started");
                     ctx.reports

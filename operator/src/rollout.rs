@@ -192,6 +192,8 @@ pub struct Note {
 /// What the reconciler should do, and what status should say.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// The revision the pods converge on: the update revision, or a rollback's.
+    pub target: String,
     /// Replicas of each revision's Deployment; a revision left out has no pod left and its
     /// Deployment is deleted.
     pub replicas: BTreeMap<String, i32>,
@@ -740,6 +742,8 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         r.pods_drained += book.tally.pods;
         r.sessions_migrated += book.tally.migrated;
         r.sessions_dropped += book.tally.dropped;
+        r.sessions_moved_again += book.tally.moved_again;
+        r.attempts_refused += book.tally.refused;
         let was = r.phase;
         let draining = r.draining.iter().any(|e| e.finished_at.is_none());
         let target_done = target_live.len() == usize::try_from(want).unwrap_or(0)
@@ -761,6 +765,7 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         };
         if target_done && r.finished_at.is_none() {
             r.finished_at = Some(Time(now));
+            r.balance = balance(input, &target_live);
             if !budget.rolling_back {
                 book.events.push(Note {
                     warning: false,
@@ -839,6 +844,7 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
     book.lowest_cost.dedup();
     let routing = placement::changes(input.pods, &book.routing);
     Plan {
+        target: budget.target.to_owned(),
         replicas: sizes.replicas.clone(),
         routing,
         drain: book.drain,
@@ -948,6 +954,8 @@ pub struct Tally {
     pods: i32,
     migrated: i64,
     dropped: i64,
+    moved_again: i64,
+    refused: i64,
     started: usize,
     started_elsewhere: bool,
     gateway_restarts: usize,
@@ -959,7 +967,21 @@ impl Tally {
         self.pods += 1;
         self.migrated += entry.migrated;
         self.dropped += entry.dropped;
+        self.moved_again += entry.moved_again;
+        self.refused += entry.refused;
     }
+}
+
+/// The busiest pod's open sessions over the mean per pod, with two decimals; none without
+/// sessions.
+fn balance(input: &Input, pods: &[&PodFacts]) -> Option<String> {
+    let counts: Vec<i64> = pods.iter().map(|p| input.last_known(p)).collect();
+    let total: i64 = counts.iter().sum();
+    let most = counts.iter().copied().max()?;
+    (total > 0).then(|| {
+        let mean = total as f64 / counts.len() as f64;
+        format!("{:.2}", most as f64 / mean)
+    })
 }
 
 fn count(n: u64) -> i64 {
@@ -991,6 +1013,8 @@ fn copy_report(entry: &mut DrainingPod, report: &DrainReport) {
     entry.migrated = count(report.migrated);
     entry.closed_by_client = count(report.closed_by_client);
     entry.dropped = count(report.dropped);
+    entry.moved_again = count(report.moved_again);
+    entry.refused = count(report.refused);
 }
 
 /// Starts an entry over for a gateway that serves again (its process as `report` shows it);

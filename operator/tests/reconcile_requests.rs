@@ -8,7 +8,7 @@
 //! recorded before anything is acted on, nothing is listed or read that the caches hold, and a
 //! reconcile which finds everything as desired sends no request at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
@@ -322,6 +322,7 @@ const CACHED: [(&str, Kind); 9] = [
     ),
 ];
 const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/default/replicasets";
+const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 
 /// Fills the caches from the fake's objects, as the watches (which select the managed-by
 /// label) would.
@@ -358,6 +359,33 @@ fn sync(store: &Store, writers: &Mutex<Writers>) {
         o["kind"] = json!("ReplicaSet");
         writers.apply_replica_set(serde_json::from_value(o).expect("replica set"));
     }
+    for o in objects(ENDPOINT_SLICES) {
+        writers.apply_endpoint_slice(serde_json::from_value(o).expect("endpoint slice"));
+    }
+}
+
+/// What the EndpointSlice controller would show for the client Service: `ready` pods, with the
+/// Service's labels copied onto the slice.
+fn set_endpoints(s: &mut Store, ready: &[&str]) {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|pod| {
+            json!({"addresses": ["192.0.2.99"], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}})
+        })
+        .collect();
+    s.collections
+        .entry(ENDPOINT_SLICES.to_owned())
+        .or_default()
+        .insert(
+            "chat-abcde".to_owned(),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "chat-abcde", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "chat",
+                    "app.kubernetes.io/instance": "chat",
+                    "app.kubernetes.io/managed-by": "longconn-operator"}},
+            "addressType": "IPv4", "endpoints": endpoints}),
+        );
 }
 
 /// One reconcile with caches as fresh as the fake; returns the requests it sent.
@@ -772,7 +800,7 @@ fn add_pod(s: &mut Store, deployment: &str, i: usize, ip: &str) -> String {
     let deployment_uid = s.collections[DEPLOYMENTS][deployment]["metadata"]["uid"].clone();
     let revision = revision_of(deployment);
     let labels = json!({"longconn.dev/service": "chat", "longconn.dev/revision": revision,
-        "app.kubernetes.io/managed-by": "longconn-operator"});
+        "longconn.dev/accepting": "true", "app.kubernetes.io/managed-by": "longconn-operator"});
     let rs = format!("{deployment}-rs");
     let rs_uid = format!("uid-{rs}");
     s.collections
@@ -871,13 +899,51 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
         assert_eq!(rollout["revision"], revision_of(&new));
     }
 
-    // The surge pod is Ready: one old pod is chosen and asked to drain (its gateway cannot be
-    // reached here, so its report stays unread); nothing is removed yet.
+    // The surge pod is Ready: the old pods leave the client Service (their label), so that
+    // what they hold moves only to the new revision; no drain starts before that shows.
+    let new_pod = {
+        let mut s = store.lock().expect("store");
+        add_pod(&mut s, &new, 0, "192.0.2.10")
+    };
+    mark_deployments_ready(&store);
+    let log = reconcile_once(&store, &fixture).await;
+    let pod_writes: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("PATCH /api/v1"))
+        .collect();
+    let old_pods: Vec<String> = (0..3).map(|i| format!("PATCH {PODS}/{old}-{i}")).collect();
+    assert_eq!(
+        pod_writes
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<BTreeSet<_>>(),
+        old_pods.iter().map(String::as_str).collect(),
+        "{log:#?}"
+    );
+    {
+        let s = store.lock().expect("store");
+        let pod = &s.collections[PODS][&format!("{old}-0")];
+        assert_eq!(pod["metadata"]["labels"]["longconn.dev/accepting"], "false");
+        let rollout = &s.collections[LCS_PATH]["chat"]["status"]["rollout"];
+        assert!(
+            rollout["draining"].as_array().is_none_or(Vec::is_empty),
+            "{rollout:#}"
+        );
+    }
+
+    // The EndpointSlices show only the new pod, and the proxies have had time to follow: one
+    // old pod is chosen and asked to drain (its gateway cannot be reached here, so its report
+    // stays unread); nothing is removed yet.
     {
         let mut s = store.lock().expect("store");
-        add_pod(&mut s, &new, 0, "192.0.2.10");
+        set_endpoints(&mut s, &[&new_pod]);
+        for pod in s.collections.get_mut(PODS).expect("pods").values_mut() {
+            if pod["metadata"]["labels"]["longconn.dev/accepting"] == "false" {
+                pod["metadata"]["annotations"]["longconn.dev/routing-changed-at"] =
+                    json!("2026-01-01T00:00:00Z");
+            }
+        }
     }
-    mark_deployments_ready(&store);
     let log = reconcile_once(&store, &fixture).await;
     assert!(
         !log.iter().any(|l| l.starts_with("PATCH /api/v1")),
@@ -888,7 +954,7 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
         let rollout = &s.collections[LCS_PATH]["chat"]["status"]["rollout"];
         assert_eq!(rollout["phase"], "Draining", "{rollout:#}");
         let draining = rollout["draining"].as_array().expect("draining").clone();
-        assert_eq!(draining.len(), 1, "maxConcurrentDrains is 1");
+        assert_eq!(draining.len(), 1, "one pod ready to receive, one drain");
         draining[0]["pod"].as_str().expect("pod").to_owned()
     };
 

@@ -91,8 +91,7 @@ impl Gateway {
             dropped: n(self.dropped),
             restarts: self.restarts,
             lost_to_restarts: self.lost_to_restarts,
-            started_at: None,
-            finished_at: None,
+            ..DrainReport::default()
         }
     }
 
