@@ -10,7 +10,9 @@
 //! kube-proxy takes up to about a second to stop sending it new connections. Close frames sent
 //! at once would have clients reconnect to this very pod and be refused, so the hook waits first
 //! while the gateway keeps accepting. The operator drains a pod before it deletes it: its drain
-//! is found started, and joined at once.
+//! is found started, and joined at once. With `--handoff`, the hook also waits (up to that long)
+//! for the operator to start the drain of a pod it did not delete itself, and joins it when it
+//! does: the operator starts it once the sessions have somewhere to go.
 
 use std::{process::ExitStatus, time::Duration};
 
@@ -21,6 +23,9 @@ use crate::{
     error::{Error, Result},
     install,
 };
+
+/// How often a hook waiting for a hand-off looks whether the drain has started.
+const HANDOFF_POLL: Duration = Duration::from_millis(250);
 
 /// Runs `drain`; returns the last report seen.
 pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
@@ -47,15 +52,29 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
         reason: args.reason.clone(),
     };
     let before = report(&args.admin, token).await?;
-    let settle = settle_time(&before, args.settle);
+    let wait = settle_time(&before, args.settle.max(args.handoff));
     if before.state != DrainState::Serving {
         tracing::info!(state = ?before.state, "a drain has started already: joining it without settling");
-    } else if !settle.is_zero() {
+    } else if !wait.is_zero() {
         tracing::info!(
-            settle = %humantime::format_duration(settle),
-            "no drain under way: settling, so that the Service stops sending this pod new connections before clients are told to move; the gateway accepts meanwhile"
+            settle = %humantime::format_duration(args.settle),
+            handoff = %humantime::format_duration(args.handoff),
+            "no drain under way: waiting, so that the Service stops sending this pod new connections (and the operator may start the drain) before clients are told to move; the gateway accepts meanwhile"
         );
-        tokio::time::sleep(settle).await;
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep((until - now).min(HANDOFF_POLL)).await;
+            if !args.handoff.is_zero()
+                && report(&args.admin, token).await?.state != DrainState::Serving
+            {
+                tracing::info!("the drain was started by someone else: joining it");
+                break;
+            }
+        }
     }
     let mut last = start_drain(&args.admin, token, &request).await?;
     tracing::info!(state = ?last.state, sessions_at_start = last.sessions_at_start, "drain started or joined");

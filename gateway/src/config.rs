@@ -220,6 +220,13 @@ pub struct DrainArgs {
     /// (the operator's) is joined at once. `0s` turns it off.
     #[arg(long, env = "LONGCONN_GATEWAY_DRAIN_SETTLE", default_value = "2s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// When no drain is under way yet, give whoever orchestrates the pod's drains (the
+    /// operator) up to this long to start one, checking every 250 ms; the drain it starts is
+    /// joined at once. Only once this (and `--settle`) has passed with no drain does this hook
+    /// start its own. The operator waits, for example, until the pod that replaces an evicted
+    /// one is Ready, so that the sessions move there. `0s` (the default): no hand-off.
+    #[arg(long, env = "LONGCONN_GATEWAY_DRAIN_HANDOFF", default_value = "0s", value_parser = parse_duration)]
+    pub handoff: Duration,
     /// How often the report is polled with --wait.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,

@@ -687,7 +687,7 @@ async fn drain_settles_before_a_drain_nobody_started_and_the_gateway_accepts_mea
     let ((code, out, log), late) = tokio::join!(hook, meanwhile);
     assert_eq!(code, 0, "{out}{log}");
     assert!(started.elapsed() >= settle, "it settled first");
-    assert!(log.contains("no drain under way: settling"), "{log}");
+    assert!(log.contains("no drain under way: waiting"), "{log}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     // The client that came during the settle time was taken, and moved with the first.
     assert_eq!(
@@ -696,6 +696,40 @@ async fn drain_settles_before_a_drain_nobody_started_and_the_gateway_accepts_mea
         "{report}"
     );
     for client in first.into_iter().chain(late) {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+}
+
+#[tokio::test]
+async fn drain_hands_off_to_a_drain_started_while_it_waits_and_joins_it() {
+    let (gw, first) = gateway_with_clients(1).await;
+    let started = std::time::Instant::now();
+    // A hand-off of a minute would outlast the command's bound (`WAIT`): it must end by joining.
+    let hook = drain_cli(
+        GATEWAY,
+        &gw,
+        &["--settle", "0s", "--handoff", "60s", "--spread", "0s"],
+        true,
+    );
+    let operator = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            gw.drain_report().await["state"],
+            "Serving",
+            "the hook waits"
+        );
+        gw.post_drain(r#"{"spread":"0s"}"#).await;
+    };
+    let ((code, out, log), ()) = tokio::join!(hook, operator);
+    assert_eq!(code, 0, "{out}{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "joined, not timed out"
+    );
+    assert!(log.contains("started by someone else: joining it"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["migrated"], 1, "{report}");
+    for client in first {
         assert_eq!(client.await.unwrap(), Some(1012));
     }
 }

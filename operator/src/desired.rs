@@ -509,6 +509,12 @@ fn inject_drain_hook(container: &mut Container, admin_port: u16) {
     });
 }
 
+/// How long the drain hook of a pod deleted by someone else (an eviction, a node drain) waits
+/// for the operator to start its drain, which it does once the sessions have somewhere to go
+/// (the pod replacing it is Ready); after that the hook starts the drain itself. Well within
+/// the grace period's margin over `drain.timeout`.
+pub const HANDOFF: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The drain hook's command, followed by `then` (a container's own preStop command) if any.
 fn drain_hook(admin_port: u16, then: &[String]) -> Vec<String> {
     let mut command = vec![
@@ -517,6 +523,8 @@ fn drain_hook(admin_port: u16, then: &[String]) -> Vec<String> {
         "--wait".to_owned(),
         "--admin".to_owned(),
         format!("127.0.0.1:{admin_port}"),
+        "--handoff".to_owned(),
+        format!("{}s", HANDOFF.as_secs()),
     ];
     if !then.is_empty() {
         command.push("--".to_owned());
@@ -1047,12 +1055,14 @@ mod tests {
             .expect("an exec preStop hook")
     }
 
-    const DRAIN: [&str; 5] = [
+    const DRAIN: [&str; 7] = [
         "/longconn/bin/longconn-gateway",
         "drain",
         "--wait",
         "--admin",
         "127.0.0.1:9901",
+        "--handoff",
+        "20s",
     ];
 
     #[test]

@@ -90,8 +90,14 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let mut accepting = BTreeMap::new();
     for pod in view.pods.iter().filter(|p| !p.terminating) {
         let stays = !view.leaving.contains(&pod.name) && !view.excess.contains(&pod.name);
-        // Without a receiver, every pod that stays for now keeps accepting.
-        accepting.insert(pod.name.clone(), receivers.is_empty() && stays);
+        // Without a receiver, every pod that stays for now keeps accepting; a pod of the
+        // target revision that is not Ready yet keeps its template's label: it receives once
+        // Ready, and an empty pod has room.
+        let starting = pod.revision == view.target && !(pod.running && pod.ready);
+        accepting.insert(
+            pod.name.clone(),
+            stays && (receivers.is_empty() || starting),
+        );
     }
     let mean = view.mean();
     let full = (mean * FULL).ceil() as i64;
@@ -138,8 +144,8 @@ pub fn place(view: &View, incoming: i64) -> Placement {
 /// passed since the operator last changed it.
 pub fn settled(pod: &PodFacts, accepting: bool, now: Timestamp) -> bool {
     let labelled = pod.accepting == Some(accepting);
-    // A pod that is not Ready is in no endpoint whatever its label.
-    let routed = pod.routable == accepting || (!accepting && !pod.ready) || !pod.running;
+    // A pod that is not Ready is in no endpoint whatever its label: nothing to wait for.
+    let routed = pod.routable == accepting || !pod.ready || !pod.running;
     let quiet = pod
         .routing_changed_at
         .is_none_or(|at| now.duration_since(at) >= SETTLE);
@@ -215,6 +221,18 @@ mod tests {
         let placement = place(&view, 0);
         // n1 keeps its template's label: it takes sessions once Ready.
         assert_eq!(accepting(&placement), ["a", "b", "n1"]);
+        // Once another pod of the new revision is Ready, n1 still keeps it.
+        let pods = [
+            pod("a", "old"),
+            pod("b", "old"),
+            pods[2].clone(),
+            pod("n2", "new"),
+        ];
+        let view = View {
+            pods: &pods,
+            ..view
+        };
+        assert_eq!(accepting(&place(&view, 0)), ["n1", "n2"]);
         assert!(!placement.has_receivers);
     }
 

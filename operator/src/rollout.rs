@@ -351,8 +351,9 @@ pub fn follow_drains(input: &Input, losses: &[GatewayLoss]) -> Book {
                 if report.is_finished() {
                     book.finish(&mut entry, now);
                     book.lowest_cost.push(pod.name.clone());
-                } else if report.state == DrainState::Serving {
-                    // The request did not arrive: ask again.
+                } else if report.state == DrainState::Serving && !pod.terminating {
+                    // The request did not arrive: ask again. (A terminating pod whose gateway
+                    // still serves has its hook waiting to hand the drain over: see `pick`.)
                     book.drain.push(pod.name.clone());
                 }
                 book.entries.push(entry);
@@ -638,6 +639,34 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .map(|e| input.pod(&e.pod).map_or(e.active, |p| input.last_known(p)))
         .sum();
     let mut routing = placement::place(&view, incoming);
+    // Pods deleted by someone else (an eviction, a node drain) whose hook waits for the
+    // operator to start their drain: started once their sessions fit the receivers, or once no
+    // other receiver is to come (the hook starts it itself if the wait grows too long).
+    let handoffs: Vec<&str> = book
+        .entries
+        .iter()
+        .filter(|e| e.finished_at.is_none())
+        .filter_map(|e| input.pod(&e.pod))
+        .filter(|p| {
+            p.terminating
+                && p.report
+                    .as_ref()
+                    .is_some_and(|r| r.state == DrainState::Serving)
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut handed_over: Vec<String> = Vec::new();
+    if !handoffs.is_empty() {
+        let receivers = target_serving
+            .iter()
+            .filter(|p| p.ready && !excess_names.contains(&p.name))
+            .count();
+        let more_coming = i32::try_from(receivers).unwrap_or(i32::MAX) < want;
+        if (routing.fits || !more_coming) && placement::all_settled(input.pods, &routing, input.now)
+        {
+            handed_over.extend(handoffs.iter().map(|p| (*p).to_owned()));
+        }
+    }
     let unfinished = book
         .entries
         .iter()
@@ -698,6 +727,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         picked.push(new_entry(pod, pod.sessions(), input.now));
     }
     book.routing = routing;
+    book.drain.extend(handed_over);
     for entry in picked {
         book.drain.push(entry.pod.clone());
         book.entries.push(entry);

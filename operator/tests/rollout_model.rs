@@ -282,6 +282,8 @@ struct Script {
     gateway_restart: Option<GatewayRestart>,
     /// At this tick this pod is evicted: it terminates and its preStop drain runs.
     evict: Option<(u32, String)>,
+    /// The preStop hook hands the drain over: it waits for the operator to start it.
+    handoff: bool,
     /// From this tick on, this pod's readiness probe fails; its sessions stay open.
     unwell: Option<(u32, String)>,
     /// At this tick this pod's node is lost: its sessions are cut, the pod is deleted but no
@@ -757,7 +759,9 @@ impl Model {
                 .find(|p| p.name == *name && !p.terminating)
         {
             pod.terminating = true;
-            pod.gateway.drain();
+            if !self.script.handoff {
+                pod.gateway.drain();
+            }
         }
         if let Some((at, name)) = &self.script.node_lost
             && *at == self.tick
@@ -1931,6 +1935,38 @@ fn evictions_the_operator_did_not_start_are_recorded_without_drops() {
         r.sessions_dropped == 0 && model.force_closed + model.lost == 0,
         "0 dropped",
     );
+}
+
+#[test]
+fn an_evicted_pod_s_drain_waits_for_its_replacement_and_moves_its_sessions_there() {
+    let mut model = Model::settled(service(3)).with_sessions(&[100, 100, 100]);
+    let evicted = model.pods[0].name.clone();
+    model.script.evict = Some((2, evicted.clone()));
+    model.script.handoff = true;
+    model.checks.floor = false;
+    model.run_for(3);
+    model.check(
+        model
+            .pods
+            .iter()
+            .any(|p| p.name == evicted && p.gateway.state == DrainState::Serving),
+        "the evicted pod's drain waits while its replacement starts",
+    );
+    model.run_until("the evicted pod is gone", |m| {
+        m.pods.iter().all(|p| p.name != evicted) && m.reconnecting == 0
+    });
+    model.check(
+        model.drain_asked.contains(&evicted),
+        "the operator started the drain the hook handed over",
+    );
+    let replacement = model.pods.iter().max_by_key(|p| p.seq).expect("pods");
+    model.check(
+        replacement.gateway.active == 100,
+        "the evicted pod's sessions all moved to its replacement",
+    );
+    assert_moved_once_and_balanced(&model);
+    let r = model.rollout().expect("status.rollout");
+    model.check(r.sessions_dropped == 0, "0 dropped");
 }
 
 // ---------------------------------------------------------------------------------------------
