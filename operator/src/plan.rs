@@ -26,6 +26,8 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while a rollout or a drain is in motion. Gateway reports and pod changes wake the
 /// reconcile sooner; this is the floor.
 pub const ROLLOUT_POLL: Duration = Duration::from_secs(5);
+/// How soon to look again while a drain waits for the routing to settle.
+pub const ROUTING_POLL: Duration = Duration::from_secs(1);
 /// Requeue while a rollout waits for a person (drop budget spent, progress deadline): only a
 /// change of the spec or of the pods moves it on, and those wake the reconcile.
 pub const PAUSED_POLL: Duration = Duration::from_secs(60);
@@ -240,6 +242,10 @@ pub fn plan(input: Input) -> Outcome {
     } else {
         RESYNC
     };
+    if rollout.routing_pending {
+        // The proxies follow a label change within about a second.
+        requeue = requeue.min(ROUTING_POLL);
+    }
     if let Some(renew_at) = input.certificate.renew_at {
         let until = renew_at.duration_since(now).unsigned_abs();
         requeue = requeue.min(until.max(Duration::from_secs(1)));

@@ -201,6 +201,8 @@ pub struct Plan {
     pub drain: Vec<String>,
     /// Pods whose `longconn.dev/accepting` label changes: (pod, accepting).
     pub routing: Vec<(String, bool)>,
+    /// A drain waits for the routing to settle: look again within a second.
+    pub routing_pending: bool,
     /// Pods to annotate with the lowest deletion cost.
     pub lowest_cost: Vec<String>,
     /// Terminating pods whose accounting is recorded: their drain-report finalizer goes.
@@ -271,6 +273,8 @@ pub struct Book {
     pub losses_counted: BTreeSet<String>,
     /// Where new sessions go.
     pub routing: placement::Placement,
+    /// A drain waits for the routing to settle (or for a receiver with room): look again soon.
+    pub routing_pending: bool,
 }
 
 impl Book {
@@ -656,6 +660,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .map(|p| p.name.as_str())
         .collect();
     let mut handed_over: Vec<String> = Vec::new();
+    let mut pending = false;
     if !handoffs.is_empty() {
         let receivers = target_serving
             .iter()
@@ -665,6 +670,8 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         if (routing.fits || !more_coming) && placement::all_settled(input.pods, &routing, input.now)
         {
             handed_over.extend(handoffs.iter().map(|p| (*p).to_owned()));
+        } else {
+            pending = true;
         }
     }
     let unfinished = book
@@ -717,6 +724,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         let routed = placement::all_settled(input.pods, &wanted, input.now);
         routing = wanted;
         if !routed {
+            pending = true;
             break;
         }
         if pod.ready {
@@ -727,6 +735,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         picked.push(new_entry(pod, pod.sessions(), input.now));
     }
     book.routing = routing;
+    book.routing_pending = pending;
     book.drain.extend(handed_over);
     for entry in picked {
         book.drain.push(entry.pod.clone());
@@ -877,6 +886,7 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         target: budget.target.to_owned(),
         replicas: sizes.replicas.clone(),
         routing,
+        routing_pending: book.routing_pending,
         drain: book.drain,
         lowest_cost: book.lowest_cost,
         release,

@@ -76,7 +76,10 @@ pub async fn deploy(harness: &Harness, spec: &ServiceSpec) -> Result<Deployed, S
 }
 
 /// Waits until exactly `spec.replicas` pods exist, none terminating, all Ready, all of one
-/// revision (`revision`, when given), and the Service's EndpointSlices list them all as ready.
+/// revision (`revision`, when given), the EndpointSlices of `<name>-metrics` (which selects
+/// every pod) list them all as ready, and the client Service lists some of them: the operator
+/// takes a pod that holds more than its share out of the client Service (label
+/// `longconn.dev/accepting`) without touching its readiness.
 pub async fn wait_settled(
     harness: &Harness,
     spec: &ServiceSpec,
@@ -85,7 +88,7 @@ pub async fn wait_settled(
     let client = harness.client();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &spec.namespace);
     let what = format!(
-        "{} Ready pods of {}/{}{} in its EndpointSlices",
+        "{} Ready pods of {}/{}{} in the EndpointSlices",
         spec.replicas,
         spec.namespace,
         spec.name,
@@ -101,11 +104,12 @@ pub async fn wait_settled(
         if !settled {
             return Ok(Check::NotYet(describe_pods(&pods)));
         }
-        let ready = ready_endpoints(&slices, &spec.name).await?;
+        let ready = ready_endpoints(&slices, &format!("{}-metrics", spec.name)).await?;
+        let accepting = ready_endpoints(&slices, &spec.name).await?;
         let ips: BTreeSet<String> = pods.iter().filter_map(|p| p.ip.clone()).collect();
-        if ready != ips {
+        if ready != ips || accepting.is_empty() || !accepting.is_subset(&ips) {
             return Ok(Check::NotYet(format!(
-                "pods settled; ready endpoints {ready:?}, pod IPs {ips:?}"
+                "pods settled; ready endpoints {ready:?}, accepting {accepting:?}, pod IPs {ips:?}"
             )));
         }
         let revision = pods[0].revision.clone();
