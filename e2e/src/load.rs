@@ -910,15 +910,9 @@ struct Shared {
     run: String,
 }
 
-/// A random prefix for the session ids of one run (the standard library's per-process random
-/// hash keys, mixed with the clock), 8 hex digits.
+/// A random prefix for the session ids of one run, 8 hex digits.
 fn run_prefix() -> String {
-    use std::hash::BuildHasher as _;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let hash = std::collections::hash_map::RandomState::new().hash_one(nanos);
-    format!("{:08x}", hash >> 32)
+    format!("{:08x}", rand::random::<u32>())
 }
 
 type Socket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;

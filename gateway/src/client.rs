@@ -61,18 +61,17 @@ pub async fn drain(args: &DrainArgs) -> Result<DrainReport> {
             handoff = %humantime::format_duration(args.handoff),
             "no drain under way: waiting, so that the Service stops sending this pod new connections (and the operator may start the drain) before clients are told to move; the gateway accepts meanwhile"
         );
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                break;
-            }
-            tokio::time::sleep((until - now).min(HANDOFF_POLL)).await;
-            if !args.handoff.is_zero()
-                && report(&args.admin, token).await?.state != DrainState::Serving
-            {
-                tracing::info!("the drain was started by someone else: joining it");
-                break;
+        if args.handoff.is_zero() {
+            tokio::time::sleep(wait).await;
+        } else {
+            let until = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep_until(until.min(tokio::time::Instant::now() + HANDOFF_POLL))
+                    .await;
+                if report(&args.admin, token).await?.state != DrainState::Serving {
+                    tracing::info!("the drain was started by someone else: joining it");
+                    break;
+                }
             }
         }
     }

@@ -339,8 +339,7 @@ impl Writers {
     }
 
     /// Puts an EndpointSlice in the cache (tests).
-    pub fn apply_endpoint_slice(&mut self, slice: EndpointSlice) {
-        let mut slice = slice;
+    pub fn apply_endpoint_slice(&mut self, mut slice: EndpointSlice) {
         slim_endpoint_slice(&mut slice);
         self.endpoint_slices
             .apply_watcher_event(&Event::Apply(slice));

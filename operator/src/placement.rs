@@ -55,8 +55,8 @@ pub struct View<'a> {
 pub struct Placement {
     /// The `longconn.dev/accepting` value each pod not terminating should carry.
     pub accepting: BTreeMap<String, bool>,
-    /// The receivers exist: the target revision can take sessions.
-    pub has_receivers: bool,
+    /// Receivers there are: Ready pods of the target revision that stay.
+    pub receivers: usize,
     /// The incoming sessions fit the accepting receivers in even shares, each below its share.
     pub fits: bool,
 }
@@ -135,7 +135,7 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     }
     Placement {
         accepting,
-        has_receivers: !receivers.is_empty(),
+        receivers: receivers.len(),
         fits: fits && !receivers.is_empty(),
     }
 }
@@ -190,6 +190,25 @@ mod tests {
         }
     }
 
+    static NONE: BTreeSet<String> = BTreeSet::new();
+
+    /// A view with no pod leaving and none in excess.
+    fn view<'a>(
+        pods: &'a [PodFacts],
+        target: &'a str,
+        replicas: i32,
+        sessions: &'a BTreeMap<String, i64>,
+    ) -> View<'a> {
+        View {
+            pods,
+            target,
+            replicas,
+            leaving: &NONE,
+            excess: &NONE,
+            sessions,
+        }
+    }
+
     fn sessions(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
         pairs.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect()
     }
@@ -209,15 +228,7 @@ mod tests {
         new.ready = false;
         let pods = [pod("a", "old"), pod("b", "old"), new];
         let counts = sessions(&[("a", 100), ("b", 100)]);
-        let none = BTreeSet::new();
-        let view = View {
-            pods: &pods,
-            target: "new",
-            replicas: 2,
-            leaving: &none,
-            excess: &none,
-            sessions: &counts,
-        };
+        let view = view(&pods, "new", 2, &counts);
         let placement = place(&view, 0);
         // n1 keeps its template's label: it takes sessions once Ready.
         assert_eq!(accepting(&placement), ["a", "b", "n1"]);
@@ -233,22 +244,14 @@ mod tests {
             ..view
         };
         assert_eq!(accepting(&place(&view, 0)), ["n1", "n2"]);
-        assert!(!placement.has_receivers);
+        assert_eq!(placement.receivers, 0);
     }
 
     #[test]
     fn once_the_new_revision_can_take_sessions_every_old_pod_stops_accepting() {
         let pods = [pod("a", "old"), pod("b", "old"), pod("n1", "new")];
         let counts = sessions(&[("a", 100), ("b", 100)]);
-        let none = BTreeSet::new();
-        let view = View {
-            pods: &pods,
-            target: "new",
-            replicas: 2,
-            leaving: &none,
-            excess: &none,
-            sessions: &counts,
-        };
+        let view = view(&pods, "new", 2, &counts);
         let placement = place(&view, 100);
         assert_eq!(accepting(&placement), ["n1"]);
         // 100 sessions per pod when done, 110 full: 100 fit n1.
@@ -260,15 +263,7 @@ mod tests {
         let pods = [pod("n1", "new"), pod("n2", "new"), pod("n3", "new")];
         // 600 in all: 200 per pod when done, 220 full.
         let counts = sessions(&[("n1", 210), ("n2", 0), ("n3", 190), ("gone", 200)]);
-        let none = BTreeSet::new();
-        let view = View {
-            pods: &pods,
-            target: "new",
-            replicas: 3,
-            leaving: &none,
-            excess: &none,
-            sessions: &counts,
-        };
+        let view = view(&pods, "new", 3, &counts);
         // 200 on their way: n2 alone has room (220) for them.
         assert_eq!(accepting(&place(&view, 200)), ["n2"]);
         // 240: n2 (220) and n3 (30) cannot take 120 each; all three (10 each) neither: the
@@ -286,15 +281,7 @@ mod tests {
         let pods = [n1.clone(), n2.clone(), pod("n3", "v")];
         // 300 in all, 100 per pod, full at 110.
         let counts = sessions(&[("n1", 115), ("n2", 105), ("n3", 80)]);
-        let none = BTreeSet::new();
-        let view = View {
-            pods: &pods,
-            target: "v",
-            replicas: 3,
-            leaving: &none,
-            excess: &none,
-            sessions: &counts,
-        };
+        let view = view(&pods, "v", 3, &counts);
         // n1 is full; n2 is below full but not yet back at the mean.
         assert_eq!(accepting(&place(&view, 0)), ["n3"]);
         n1.accepting = Some(false);

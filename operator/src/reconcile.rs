@@ -664,25 +664,13 @@ async fn start_drains(
 /// Sets each pod's `longconn.dev/accepting` label as the plan says (the client Service selects
 /// only `"true"`), with the time of the change beside it.
 async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     for (pod, accepting) in &plan.routing {
         let patch = json!({"metadata": {
             "labels": {crate::labels::ACCEPTING: accepting.to_string()},
             "annotations": {crate::labels::ROUTING_CHANGED_AT: now.to_string()},
         }});
-        match api
-            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => info!(pod = %format!("{ns}/{pod}"), accepting, "routing changed"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(Error::PatchPod {
-                    namespace: ns.to_owned(),
-                    name: pod.clone(),
-                    source,
-                });
-            }
+        if patch_pod(ctx, ns, pod, &patch).await? {
+            info!(pod = %format!("{ns}/{pod}"), accepting, "routing changed");
         }
     }
     Ok(())
@@ -691,25 +679,28 @@ async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(
 /// Gives drained pods the lowest deletion cost, so that shrinking their ReplicaSet removes
 /// exactly them.
 async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({"metadata": {"annotations": {crate::rollout::DELETION_COST: LOWEST_COST.to_string()}}});
     for pod in &plan.lowest_cost {
-        match api
-            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(Error::PatchPod {
-                    namespace: ns.to_owned(),
-                    name: pod.clone(),
-                    source,
-                });
-            }
-        }
+        patch_pod(ctx, ns, pod, &patch).await?;
     }
     Ok(())
+}
+
+/// Merge-patches the metadata of a pod; false when the pod is gone.
+async fn patch_pod(ctx: &Context, ns: &str, pod: &str, patch: &Value) -> Result<bool, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(source) => Err(Error::PatchPod {
+            namespace: ns.to_owned(),
+            name: pod.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Takes the drain-report finalizer off a pod whose accounting is recorded (`at`: its place in

@@ -29,10 +29,13 @@
 //!    the ReplicaSet then deletes exactly that pod. An old pod that never started (not running
 //!    [`START_GRACE`] after its creation) has no gateway to drain and goes at once; a younger one
 //!    is kept, since the cache may not show its start yet.
-//! 6. [`pick`]: old pods to drain next, up to `maxConcurrentDrains` and only while the Ready
-//!    pods left serving stay at `replicas` (with `maxSurge: 0`, at `replicas` less what the
-//!    disruption budget allows, and at least one): not-Ready pods first, then the fewest
-//!    sessions; only once the target revision's pods are all Ready.
+//! 6. [`pick`]: where new sessions go ([`placement`]: the `longconn.dev/accepting` label of
+//!    every pod), the drains evicted pods hand over, and old pods to drain next, up to
+//!    `maxConcurrentDrains` when set and only while the Ready pods left serving stay at
+//!    `replicas` (with `maxSurge: 0`, at `replicas` less what the disruption budget allows, and
+//!    at least one): not-Ready pods first, then the fewest sessions; only once the target
+//!    revision's pods are all Ready and the routing has settled (the pod out of the Service,
+//!    the receivers of its sessions in it).
 //! 7. [`record`]: the new `status.rollout` (phase, totals), `status.gateways`, the Progressing
 //!    and SessionsPreserved verdicts, and the Events.
 //!
@@ -596,6 +599,36 @@ fn paused(budget: &Budget, sizes: &Sizes, book: &Book) -> bool {
     budget.over && !budget.rolling_back && (sizes.old_left || !book.entries.is_empty())
 }
 
+/// The drains that pods deleted by someone else (an eviction, a node drain) hand over: their
+/// hook waits for the operator to start them, which it does once their sessions fit the
+/// receivers, or once no other receiver is to come (the hook starts the drain itself if the
+/// wait grows too long). Returns them, and whether some must wait for the routing.
+fn hand_over(input: &Input, book: &Book, routing: &placement::Placement) -> (Vec<String>, bool) {
+    let waiting: Vec<String> = book
+        .entries
+        .iter()
+        .filter(|e| e.finished_at.is_none())
+        .filter_map(|e| input.pod(&e.pod))
+        .filter(|p| {
+            p.terminating
+                && p.report
+                    .as_ref()
+                    .is_some_and(|r| r.state == DrainState::Serving)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    if waiting.is_empty() {
+        return (waiting, false);
+    }
+    let more_coming =
+        i32::try_from(routing.receivers).unwrap_or(i32::MAX) < input.lcs.spec.replicas;
+    if (routing.fits || !more_coming) && placement::all_settled(input.pods, routing, input.now) {
+        (waiting, false)
+    } else {
+        (Vec::new(), true)
+    }
+}
+
 /// Phase 6: where new sessions go ([`placement`]), and the drains to start: within the
 /// concurrency limit and the serving floor, once the target revision's pods are all Ready and
 /// the routing has settled (the pod is out of the Service, and the pods its sessions will land
@@ -643,37 +676,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .map(|e| input.pod(&e.pod).map_or(e.active, |p| input.last_known(p)))
         .sum();
     let mut routing = placement::place(&view, incoming);
-    // Pods deleted by someone else (an eviction, a node drain) whose hook waits for the
-    // operator to start their drain: started once their sessions fit the receivers, or once no
-    // other receiver is to come (the hook starts it itself if the wait grows too long).
-    let handoffs: Vec<&str> = book
-        .entries
-        .iter()
-        .filter(|e| e.finished_at.is_none())
-        .filter_map(|e| input.pod(&e.pod))
-        .filter(|p| {
-            p.terminating
-                && p.report
-                    .as_ref()
-                    .is_some_and(|r| r.state == DrainState::Serving)
-        })
-        .map(|p| p.name.as_str())
-        .collect();
-    let mut handed_over: Vec<String> = Vec::new();
-    let mut pending = false;
-    if !handoffs.is_empty() {
-        let receivers = target_serving
-            .iter()
-            .filter(|p| p.ready && !excess_names.contains(&p.name))
-            .count();
-        let more_coming = i32::try_from(receivers).unwrap_or(i32::MAX) < want;
-        if (routing.fits || !more_coming) && placement::all_settled(input.pods, &routing, input.now)
-        {
-            handed_over.extend(handoffs.iter().map(|p| (*p).to_owned()));
-        } else {
-            pending = true;
-        }
-    }
+    let (handed_over, mut pending) = hand_over(input, book, &routing);
     let unfinished = book
         .entries
         .iter()
