@@ -52,17 +52,30 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     assert!(steady.messages_sent >= 50 * 40, "{steady:?}");
     assert_eq!(steady.messages_echoed, steady.messages_sent, "{steady:?}");
 
-    // Now delete a pod while the load runs: its preStop drains the gateway (Notify, close 1012
-    // spread over 10 s) and its sessions reconnect to Ready endpoints.
-    options.duration = Duration::from_secs(25);
+    // Now delete a pod while the load runs: its preStop waits for the operator to hand its
+    // sessions over (once its replacement takes sessions), drains the gateway (Notify, close 1012
+    // spread over 10 s), and its sessions reconnect to the pods that stay. The load runs until
+    // the pod is gone, however long the hand-over takes, and a little longer.
+    options.duration = Duration::from_secs(120);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let load_netns = netns.clone();
     let load_client = client.clone();
-    let running_load =
-        tokio::spawn(async move { run_from_client_host(&load_netns, load_client, options).await });
+    let running_load = tokio::spawn(async move {
+        nodes::in_netns(&load_netns, move || async move {
+            let running = load::start(load_client, options).await?;
+            let _ = stopped.await;
+            running.stop();
+            Ok::<_, load::LoadError>(running.finish().await)
+        })
+        .await
+        .expect("run on the client host")
+        .expect("load run")
+    });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let name = running[0].metadata.name.clone().expect("name");
     let (kubectl_bin2, kubeconfig2, name2) =
         (kubectl_bin.clone(), kubeconfig.clone(), name.clone());
+    let deleting = std::time::Instant::now();
     tokio::task::spawn_blocking(move || {
         kubectl(
             &kubectl_bin2,
@@ -72,6 +85,9 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
     })
     .await
     .expect("kubectl delete");
+    eprintln!("the pod was gone after {:?}", deleting.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(());
     let during = running_load.await.expect("load task");
     eprintln!("during deletion: {during:?}");
     assert_eq!(during.sessions_opened, 50, "{during:?}");
