@@ -350,7 +350,18 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
         })
         .unwrap_or_default();
     let deployments = ctx.caches.owned_metadata(Kind::Deployment, &ns, &name);
-    let pods = service_pods(ctx, lcs, deployments.iter())
+    let service_pods = service_pods(ctx, lcs, deployments.iter());
+    // A rollout or a scale in motion: the pods to drain next are chosen by their sessions, and
+    // a choice made on counts up to IDLE_EVERY old can be the wrong one.
+    let in_motion =
+        lcs.status.as_ref().is_some_and(|s| {
+            s.update_revision.is_some() && s.update_revision != s.current_revision
+        }) || service_pods
+            .iter()
+            .filter(|pod| pod.meta().deletion_timestamp.is_none())
+            .count()
+            != usize::try_from(lcs.spec.replicas).unwrap_or(0);
+    let pods = service_pods
         .iter()
         .map(|pod| {
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -359,9 +370,10 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 admin: pod_ip(pod)
                     .filter(|_| running)
                     .map(|ip| SocketAddr::new(ip, port)),
-                // While a drain is under way every gateway is read each tick: where the moving
-                // sessions go next depends on how many each receiver holds.
-                fast: pod.meta().deletion_timestamp.is_some() || !followed.is_empty(),
+                // While a drain is under way, or a rollout or scale is, every gateway is read
+                // each tick: where the moving sessions go next depends on how many each
+                // receiver holds.
+                fast: pod.meta().deletion_timestamp.is_some() || !followed.is_empty() || in_motion,
             }
         })
         .collect();

@@ -1095,10 +1095,21 @@ fn overdue(entry: &DrainingPod, lcs: &LongConnService, now: Timestamp) -> bool {
         .is_some_and(|t| now.duration_since(t.0) > timeout + REPORT_GRACE)
 }
 
-/// Not-Ready pods first (a shrinking ReplicaSet removes them first anyway), then the fewest
-/// sessions, then by name so the choice is stable.
-fn drain_order(pod: &PodFacts) -> (bool, i64, String) {
-    (pod.ready, pod.sessions(), pod.name.clone())
+/// Not-Ready pods first (a shrinking ReplicaSet removes them first anyway), then pods already
+/// taken out of the Service, then the fewest sessions, then by name so the choice is stable.
+///
+/// A pod out of the Service was chosen before (as a scale-down's excess, or because it was
+/// full): it has taken no moved session since, so it goes before a pod that may have. Without
+/// this, a choice made on session counts that then change (the gateways are read on a coarse
+/// schedule; moved sessions land) could flip, and a pod that received moved sessions would be
+/// drained next, moving them again.
+fn drain_order(pod: &PodFacts) -> (bool, bool, i64, String) {
+    (
+        pod.ready,
+        pod.accepting != Some(false),
+        pod.sessions(),
+        pod.name.clone(),
+    )
 }
 
 fn drained_note(entry: &DrainingPod, now: Timestamp) -> Note {
@@ -1314,6 +1325,61 @@ mod tests {
         let r = plan.rollout.expect("recorded");
         assert_eq!(r.sessions_dropped, 5, "9 lost in all, 4 counted before");
         assert_eq!(plan.gateways[0].lost_counted, 9);
+    }
+
+    #[test]
+    fn a_scale_down_keeps_draining_the_pods_it_took_out_of_the_service() {
+        // From 5 to 2: a-1, a-3 and a-4 were chosen when every count read 0 and are out of the
+        // Service; a-4 is draining, and its sessions land on a-2 and a-5. Now the counts read
+        // a-1 fullest: still a-1 and a-3 go, not a-2, which holds moved sessions.
+        let lcs = LongConnService::test().replicas(2).build();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let serving = |name: &str, active: u64, accepting: bool| {
+            let mut p = pod(name, None, active);
+            p.report = Some(DrainReport {
+                active,
+                ..DrainReport::default()
+            });
+            p.accepting = Some(accepting);
+            p.routable = accepting;
+            p
+        };
+        let mut draining = pod("a-4", Some(DrainState::Draining), 3);
+        draining.accepting = Some(false);
+        let pods = [
+            serving("a-1", 165, false),
+            serving("a-2", 98, true),
+            serving("a-3", 78, false),
+            draining,
+            serving("a-5", 108, true),
+        ];
+        let plan = step(&Input {
+            lcs: &lcs,
+            update_revision: "a",
+            revisions: &[ObservedRevision {
+                revision: "a".to_owned(),
+                replicas: 5,
+                current_replicas: 5,
+                ready_replicas: 4,
+            }],
+            pods: &pods,
+            update_stalled: false,
+            refresh_sessions: true,
+            now,
+        });
+        // (a-5 may stop accepting: a-2 alone has room for what is on its way.)
+        for flip in [("a-1", true), ("a-3", true), ("a-2", false)] {
+            assert!(
+                !plan.routing.contains(&(flip.0.to_owned(), flip.1)),
+                "the pods out of the Service stay out, the one with most room in: {:?}",
+                plan.routing
+            );
+        }
+        assert!(
+            plan.drain.iter().all(|p| p == "a-1" || p == "a-3"),
+            "{:?}",
+            plan.drain
+        );
     }
 
     #[test]
