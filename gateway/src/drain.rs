@@ -168,21 +168,13 @@ impl SessionTicket {
         }
     }
 
-    /// Runs `f` with the reason text of a close frame that asks this session to move: the
-    /// rebalance's that selected it while it is moving, else the drain's.
-    pub fn with_move_reason<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+    /// The reason text of a close frame that asks this session to move, when the rebalance
+    /// that selected it is moving: the rebalance's. `None` otherwise: the drain's
+    /// ([`Drain::notify_reason`]).
+    pub fn rebalance_reason(&self) -> Option<Arc<str>> {
         let inner = self.drain.lock();
-        let selected = inner
-            .sessions
-            .get(self.index)
-            .and_then(|open| open.slot())
-            .is_some();
-        if selected && inner.rebalance.is_moving() {
-            f(inner.rebalance.reason())
-        } else {
-            drop(inner);
-            f(self.drain.notify_reason())
-        }
+        inner.sessions.get(self.index)?.slot()?;
+        inner.rebalance.reason()
     }
 }
 
@@ -553,7 +545,7 @@ impl Drain {
             spread = %humantime::format_duration(spread),
             deadline = %humantime::format_duration(deadline),
             close_code,
-            reason = inner.rebalance.reason(),
+            reason = inner.rebalance.reason().as_deref().unwrap_or_default(),
             "rebalance started"
         );
         if report.is_finished() {
@@ -848,8 +840,8 @@ mod tests {
         );
         assert_eq!(moved_before.rebalance_order(), None);
         assert_eq!(closing.rebalance_order(), None);
-        newest.with_move_reason(|text| assert_eq!(text, "moving: r1"));
-        moved_before.with_move_reason(|text| assert_eq!(text, "", "the drain's"));
+        assert_eq!(newest.rebalance_reason().as_deref(), Some("moving: r1"));
+        assert_eq!(moved_before.rebalance_reason(), None, "the drain's");
         assert!(!d.is_draining(), "the gateway keeps serving");
         let _later = d.open_session(0).expect("and keeps accepting");
         newest.finish(CloseReason::Migrated);
@@ -917,7 +909,7 @@ mod tests {
         assert_eq!(started.sessions_at_start, 3, "the three left, once");
         for t in tickets {
             assert_eq!(t.rebalance_order(), None, "the drain's now");
-            t.with_move_reason(|text| assert_eq!(text, ""));
+            assert_eq!(t.rebalance_reason(), None);
             t.finish(CloseReason::Migrated);
         }
         let drained = d.report();

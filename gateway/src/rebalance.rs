@@ -21,6 +21,7 @@
 
 use std::{
     cmp::Reverse,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -54,7 +55,7 @@ pub struct Plan {
     /// Selected sessions still open this long after the start are cut and counted dropped.
     pub deadline: Duration,
     pub close_code: u16,
-    pub reason: Box<str>,
+    pub reason: Arc<str>,
 }
 
 /// Checks `req` against the rules of a drain (close code, reason, a spread that fits in the
@@ -142,7 +143,7 @@ struct Notice {
     start: Instant,
     spread: Duration,
     close_code: u16,
-    reason: Box<str>,
+    reason: Arc<str>,
     expired: bool,
 }
 
@@ -167,9 +168,10 @@ impl Rebalance {
         self.report.state == RebalanceState::Moving
     }
 
-    /// The reason text of its close frames.
-    pub fn reason(&self) -> &str {
-        self.notice.as_ref().map_or("", |n| &n.reason)
+    /// The reason text of its close frames, while it is moving.
+    pub fn reason(&self) -> Option<Arc<str>> {
+        let notice = self.notice.as_ref().filter(|_| self.is_moving())?;
+        Some(Arc::clone(&notice.reason))
     }
 
     /// Starts `plan` with `selected` sessions picked, at `start` (`now` on the wall clock);

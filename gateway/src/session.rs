@@ -239,10 +239,13 @@ enum Closing {
     ByGateway(CloseReason),
 }
 
-/// Both legs and their pumps.
+/// Both legs and their pumps, with the session's registration.
 struct Relay {
     client: ClientConn,
     upstream: TcpStream,
+    /// Kept here rather than passed to the session loop beside the relay: one reference less in
+    /// the session's task.
+    ticket: SessionTicket,
     c2u: Pump,
     u2c: Pump,
     metrics: Metrics,
@@ -469,6 +472,7 @@ pub fn start(
     let mut relay = Relay {
         client,
         upstream,
+        ticket,
         c2u: Pump::new(Role::Client, ctx.limits.max_message_bytes),
         u2c: Pump::new(Role::Server, u64::MAX),
         metrics: ctx.metrics.clone(),
@@ -490,7 +494,7 @@ pub fn start(
                 relay.close_client(e.close_code());
                 frame_error_reason(e)
             }
-            Ok(()) => drive(&mut relay, &ctx, &ticket).await,
+            Ok(()) => drive(&mut relay, &ctx).await,
         };
         // When the gateway ended the session (timeouts, limits, drains), it tells the upstream
         // why with a close frame. A client that vanished without a close frame is relayed as it
@@ -506,7 +510,13 @@ pub fn start(
         log.session_ended(relay.end(reason));
         relay.shutdown().await;
         // The legs are closed before the session is reported ended.
-        drop(relay);
+        let Relay {
+            client,
+            upstream,
+            ticket,
+            ..
+        } = relay;
+        drop((client, upstream));
         ticket.finish(reason);
         drop(slot);
     }
@@ -535,10 +545,14 @@ fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), FrameError> {
 /// Queues the gateway's close frame `code` to the client, which ends the session as `reason` if
 /// the client answers (see [`Relay::close_client`]). A request to move carries the reason text of
 /// whoever asks (the rebalance that selected the session, else the drain); the others carry none.
-fn send_close(relay: &mut Relay, ticket: &SessionTicket, code: u16, reason: CloseReason) -> bool {
+fn send_close(relay: &mut Relay, drain: &Drain, code: u16, reason: CloseReason) -> bool {
     match reason {
         CloseReason::Migrated => {
-            ticket.with_move_reason(|text| relay.close_client_saying(code, text))
+            let rebalance = relay.ticket.rebalance_reason();
+            let text = rebalance
+                .as_deref()
+                .unwrap_or_else(|| drain.notify_reason());
+            relay.close_client_saying(code, text)
         }
         _ => relay.close_client(code),
     }
@@ -586,7 +600,7 @@ pub fn mask_key(id: u64) -> [u8; 4] {
 }
 
 /// The session loop; returns why the session ended.
-async fn drive(relay: &mut Relay, ctx: &SessionContext, ticket: &SessionTicket) -> CloseReason {
+async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     let limits = ctx.limits;
     // Both listen from here on; the phase is read after, so no change is missed.
     let mut phase_changes = pin!(ctx.drain.listen());
@@ -619,7 +633,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext, ticket: &SessionTicket) 
                     notify_at = Some((at, close_code, Asker::Drain));
                 }
                 Phase::Wait => notify_at = None,
-                Phase::Serving => match ticket.rebalance_order() {
+                Phase::Serving => match relay.ticket.rebalance_order() {
                     Some(Order::Cut { code }) => {
                         return cut(relay, closing, code, CloseReason::RebalanceDeadline);
                     }
@@ -641,11 +655,11 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext, ticket: &SessionTicket) 
         }
         if let Some((code, reason)) = want_close
             && closing == Closing::Open
-            && send_close(relay, ticket, code, reason)
+            && send_close(relay, &ctx.drain, code, reason)
         {
             want_close = None;
             closing = Closing::ByGateway(reason);
-            ticket.closing();
+            relay.ticket.closing();
             relay.u2c.discard = true;
             if reason != CloseReason::Migrated {
                 close_by = Some(Instant::now() + CLOSE_WAIT);
@@ -723,7 +737,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext, ticket: &SessionTicket) 
                         Closing::Open => {
                             closing = Closing::ByClient;
                             close_by = Some(Instant::now() + CLOSE_WAIT);
-                            ticket.closing();
+                            relay.ticket.closing();
                         }
                         Closing::ByUpstream => return CloseReason::UpstreamClose,
                         Closing::ByGateway(reason) => return reason,
@@ -737,7 +751,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext, ticket: &SessionTicket) 
                         Closing::Open => {
                             closing = Closing::ByUpstream;
                             close_by = Some(Instant::now() + CLOSE_WAIT);
-                            ticket.closing();
+                            relay.ticket.closing();
                         }
                         Closing::ByClient => return CloseReason::ClientClose,
                         Closing::ByUpstream | Closing::ByGateway(_) => {}
