@@ -104,17 +104,12 @@ async fn a_rebalance_moves_exactly_the_sessions_asked_spread_over_its_window_whi
     }
     assert_talks(&mut during, "still here, too").await;
     let _after = talking_client(&gw, 101, &[]).await;
-    assert_eq!(gw.metric("longconn_gateway_sessions_active").await, 7.0);
-    assert_eq!(
-        gw.metric(r#"longconn_gateway_sessions_rebalanced_total{outcome="moved"}"#)
-            .await,
-        3.0
-    );
-    assert_eq!(
-        gw.metric(r#"longconn_gateway_rebalance_state{state="done"}"#)
-            .await,
-        1.0
-    );
+    let metrics = [
+        "longconn_gateway_sessions_active",
+        r#"longconn_gateway_sessions_rebalanced_total{outcome="moved"}"#,
+        r#"longconn_gateway_rebalance_state{state="done"}"#,
+    ];
+    assert_eq!(gw.metrics_of(metrics).await, [7.0, 3.0, 1.0]);
     assert_eq!(gw.drain_report().await["state"], "Serving");
     let started = gw.json_lines("rebalance started");
     assert_eq!(started.len(), 1, "{}", gw.log());
@@ -252,11 +247,8 @@ async fn a_drain_during_a_rebalance_takes_its_sessions_over_and_counts_each_once
         "the drain's sessions are told the drain's reason"
     );
     assert_eq!(gw.rebalance_report().await, taken, "not counted again");
-    assert_eq!(
-        gw.metric(r#"longconn_gateway_sessions_rebalanced_total{outcome="taken_by_drain"}"#)
-            .await,
-        3.0
-    );
+    let metrics = [r#"longconn_gateway_sessions_rebalanced_total{outcome="taken_by_drain"}"#];
+    assert_eq!(gw.metrics_of(metrics).await, [3.0]);
 }
 
 #[tokio::test]
@@ -373,11 +365,8 @@ async fn sessions_that_declared_a_move_are_picked_last_and_counted_moved_again()
         (&1.into(), &1.into()),
         "{report}"
     );
-    assert_eq!(
-        gw.metric("longconn_gateway_sessions_moved_again_total")
-            .await,
-        1.0
-    );
+    let metrics = ["longconn_gateway_sessions_moved_again_total"];
+    assert_eq!(gw.metrics_of(metrics).await, [1.0]);
 }
 
 #[tokio::test]
@@ -408,14 +397,9 @@ async fn a_client_that_ignores_the_move_is_dropped_at_the_rebalance_deadline() {
         (&1.into(), &1.into()),
         "{report}"
     );
-    assert_eq!(
-        gw.metric(r#"longconn_gateway_sessions_closed_total{reason="rebalance_deadline"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric(r#"longconn_gateway_sessions_rebalanced_total{outcome="dropped"}"#)
-            .await,
-        1.0
-    );
+    let metrics = [
+        r#"longconn_gateway_sessions_closed_total{reason="rebalance_deadline"}"#,
+        r#"longconn_gateway_sessions_rebalanced_total{outcome="dropped"}"#,
+    ];
+    assert_eq!(gw.metrics_of(metrics).await, [1.0, 1.0]);
 }

@@ -361,11 +361,19 @@ impl Gateway {
 
     /// The value of a metric series (exact line prefix), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
+        let [value] = self.metrics_of([series]).await;
+        value
+    }
+
+    /// The values of several metric series (exact line prefixes; 0 when absent) from one scrape.
+    pub async fn metrics_of<const N: usize>(&self, series: [&str; N]) -> [f64; N] {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        series.map(|series| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0.0)
+        })
     }
 
     /// `POST /drain` with `body`; asserts 200 and returns the report.
