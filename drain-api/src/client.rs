@@ -1,7 +1,9 @@
 //! The client of the drain API: one HTTP/1.1 request per call to a gateway's admin port, with the
 //! bearer token, bounded by [`CALL_TIMEOUT`]. [`report`] reads the drain report (`GET /drain`);
-//! [`start_drain`] starts a drain or joins the one under way (`POST /drain`). Every failure is an
-//! [`Error`] that names the admin address and what went wrong there.
+//! [`start_drain`] starts a drain or joins the one under way (`POST /drain`);
+//! [`rebalance_report`] and [`start_rebalance`] do the same for a rebalance (`GET` and `POST
+//! /rebalance`). Every failure is an [`Error`] that names the admin address and what went wrong
+//! there.
 
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::wire::{DrainReport, DrainRequest};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::wire::{DrainReport, DrainRequest, RebalanceReport, RebalanceRequest};
 
 /// How long one call may take, from connecting to the last byte of the answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,14 +37,15 @@ pub enum Error {
     Http { addr: String, source: hyper::Error },
     #[error("admin API at {addr}: no answer within {}s", CALL_TIMEOUT.as_secs())]
     Timeout { addr: String },
-    /// The gateway answered, but not with 200: 401 for a wrong token, 400 for a bad request.
+    /// The gateway answered, but not with 200: 401 for a wrong token, 400 for a bad request, 409
+    /// for a rebalance it cannot start now (another one is moving, or the gateway drains).
     #[error("admin API at {addr}: {status}: {body}")]
     Status {
         addr: String,
         status: StatusCode,
         body: String,
     },
-    #[error("admin API at {addr}: cannot encode the drain request: {source}")]
+    #[error("admin API at {addr}: cannot encode the request: {source}")]
     Encode {
         addr: String,
         source: serde_json::Error,
@@ -57,23 +62,61 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Reads the drain report of the gateway whose admin port is `addr` (`GET /drain`).
 pub async fn report(addr: &str, token: &str) -> Result<DrainReport> {
-    let (status, body) = call(addr, Method::GET, token, Bytes::new()).await?;
-    parse_report(addr, status, &body)
+    read(addr, token, "/drain").await
 }
 
 /// Starts or joins a drain of the gateway whose admin port is `addr` (`POST /drain`); returns
 /// the report as the drain began (or as it stands, if one was under way).
 pub async fn start_drain(addr: &str, token: &str, request: &DrainRequest) -> Result<DrainReport> {
+    post(addr, token, "/drain", request).await
+}
+
+/// Reads the report of the last rebalance of the gateway whose admin port is `addr` (`GET
+/// /rebalance`).
+pub async fn rebalance_report(addr: &str, token: &str) -> Result<RebalanceReport> {
+    read(addr, token, "/rebalance").await
+}
+
+/// Starts a rebalance of the gateway whose admin port is `addr` (`POST /rebalance`); returns its
+/// report as it began, or as it stands when `request.id` is that of the gateway's last
+/// rebalance. A gateway that cannot start it now answers 409 ([`Error::Status`]).
+pub async fn start_rebalance(
+    addr: &str,
+    token: &str,
+    request: &RebalanceRequest,
+) -> Result<RebalanceReport> {
+    post(addr, token, "/rebalance", request).await
+}
+
+/// `GET path`, read as a `T`.
+async fn read<T: DeserializeOwned>(addr: &str, token: &str, path: &str) -> Result<T> {
+    let (status, body) = call(addr, Method::GET, path, token, Bytes::new()).await?;
+    parse_answer(addr, status, &body)
+}
+
+/// `POST path` with `request` as JSON, the answer read as a `T`.
+async fn post<T: DeserializeOwned>(
+    addr: &str,
+    token: &str,
+    path: &str,
+    request: &impl Serialize,
+) -> Result<T> {
     let body = serde_json::to_vec(request).map_err(|source| Error::Encode {
         addr: addr.to_owned(),
         source,
     })?;
-    let (status, body) = call(addr, Method::POST, token, Bytes::from(body)).await?;
-    parse_report(addr, status, &body)
+    let (status, body) = call(addr, Method::POST, path, token, Bytes::from(body)).await?;
+    parse_answer(addr, status, &body)
 }
 
-/// Sends one request to `/drain` and returns the status and the whole body.
-async fn call(addr: &str, method: Method, token: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
+/// Sends one request to `path` and returns the status and the whole body.
+async fn call(
+    addr: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes)> {
     let exchange = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -91,7 +134,7 @@ async fn call(addr: &str, method: Method, token: &str, body: Bytes) -> Result<(S
         tokio::spawn(conn);
         let request = Request::builder()
             .method(method)
-            .uri("/drain")
+            .uri(path)
             .header(header::HOST, addr)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/json")
@@ -112,7 +155,7 @@ async fn call(addr: &str, method: Method, token: &str, body: Bytes) -> Result<(S
         })?
 }
 
-fn parse_report(addr: &str, status: StatusCode, body: &Bytes) -> Result<DrainReport> {
+fn parse_answer<T: DeserializeOwned>(addr: &str, status: StatusCode, body: &Bytes) -> Result<T> {
     if status != StatusCode::OK {
         return Err(Error::Status {
             addr: addr.to_owned(),
@@ -131,7 +174,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::wire::{DrainState, DrainStrategy};
+    use crate::wire::{DrainState, DrainStrategy, RebalanceState};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -258,5 +301,41 @@ mod tests {
             .port();
         let err = report(&format!("127.0.0.1:{port}"), "t").await.unwrap_err();
         assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn start_rebalance_posts_to_rebalance_and_reads_its_report() {
+        let answer = r#"{"id":"rebalance 7","state":"Moving","requested":5,"selected":3,"pending":3,"moved":0,"closedByClient":0,"dropped":0,"takenByDrain":0,"movedAgain":0}"#;
+        let (addr, served) = answer_once(response("200 OK", answer)).await;
+        let request = RebalanceRequest {
+            id: "rebalance 7".to_owned(),
+            sessions: 5,
+            spread: Duration::from_secs(30),
+            close_code: None,
+            reason: None,
+        };
+        let report = start_rebalance(&addr, "t0ken", &request).await.unwrap();
+        assert_eq!(
+            (report.state, report.selected, report.id.as_str()),
+            (RebalanceState::Moving, 3, "rebalance 7")
+        );
+        let seen = served.await.unwrap();
+        assert!(seen.starts_with("POST /rebalance HTTP/1.1\r\n"), "{seen}");
+        let body = seen.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap(),
+            serde_json::json!({"id": "rebalance 7", "sessions": 5, "spread": "30s"})
+        );
+    }
+
+    #[tokio::test]
+    async fn rebalance_report_reads_the_report_of_the_last_rebalance() {
+        let answer = r#"{"id":"","state":"Idle","requested":0,"selected":0,"pending":0,"moved":0,"closedByClient":0,"dropped":0,"takenByDrain":0,"movedAgain":0}"#;
+        let (addr, served) = answer_once(response("200 OK", answer)).await;
+        let report = rebalance_report(&addr, "t0ken").await.unwrap();
+        assert_eq!(report.state, RebalanceState::Idle);
+        assert!(report.started_at.is_none());
+        let seen = served.await.unwrap();
+        assert!(seen.starts_with("GET /rebalance HTTP/1.1\r\n"), "{seen}");
     }
 }

@@ -1,5 +1,5 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` (OpenMetrics) and the drain API
-//! (`POST /drain`, `GET /drain`) behind a bearer token.
+//! (`POST /drain`, `GET /drain`, `POST /rebalance`, `GET /rebalance`) behind a bearer token.
 //!
 //! The token is read from `--admin-token-file` on every request, so a rotated Secret takes effect
 //! at once, and compared in constant time. A gateway started with `--install-to` also accepts
@@ -17,9 +17,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use longconn_drain_api::DrainRequest;
+use longconn_drain_api::{DrainRequest, RebalanceRequest};
 
-use crate::{drain::Drain, metrics};
+use crate::{drain::Drain, metrics, rebalance::Refused};
 
 /// What the admin handlers need.
 pub struct Admin {
@@ -100,16 +100,18 @@ impl Admin {
                 );
                 res
             }
-            (m, "/drain") if m == Method::GET || m == Method::POST => {
+            (m, api @ ("/drain" | "/rebalance")) if m == Method::GET || m == Method::POST => {
                 if let Err(res) = self.authorize(&req) {
                     return *res;
                 }
-                if m == Method::GET {
-                    return json(StatusCode::OK, &self.drain.report());
+                match (m == Method::GET, api) {
+                    (true, "/drain") => json(StatusCode::OK, &self.drain.report()),
+                    (true, _) => json(StatusCode::OK, &self.drain.rebalance_report()),
+                    (false, "/drain") => self.start_drain(req).await,
+                    (false, _) => self.start_rebalance(req).await,
                 }
-                self.start_drain(req).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/drain") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/drain" | "/rebalance") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -171,26 +173,57 @@ impl Admin {
     }
 
     async fn start_drain(&self, req: Request<Incoming>) -> Res {
-        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
-        };
-        let request: DrainRequest = if body.trim_ascii().is_empty() {
-            DrainRequest::default()
-        } else {
-            match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid drain request: {e}\n"),
-                    );
-                }
-            }
+        let request: DrainRequest = match read_body(req, "drain").await {
+            Ok(Some(r)) => r,
+            Ok(None) => DrainRequest::default(),
+            Err(res) => return *res,
         };
         match self.drain.start(&request) {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{}\n", e.0)),
         }
     }
+
+    async fn start_rebalance(&self, req: Request<Incoming>) -> Res {
+        let request: RebalanceRequest = match read_body(req, "rebalance").await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "invalid rebalance request: the body must give id, sessions and spread\n",
+                );
+            }
+            Err(res) => return *res,
+        };
+        match self.drain.rebalance(&request) {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(Refused::Invalid(e)) => text(StatusCode::BAD_REQUEST, format!("{}\n", e.0)),
+            Err(Refused::Conflict(why)) => text(StatusCode::CONFLICT, format!("{why}\n")),
+        }
+    }
+}
+
+/// Reads a JSON request body of at most 64 KiB: `None` when it is empty, a `400` naming `what`
+/// and the problem when it is not a `T`.
+async fn read_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<Option<T>, Box<Res>> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let res = text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n"));
+            return Err(Box::new(res));
+        }
+    };
+    if body.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        let res = text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {what} request: {e}\n"),
+        );
+        Box::new(res)
+    })
 }

@@ -14,6 +14,13 @@
 //! Two counts of the report stand beside its sum: `movedAgain`, the migrated sessions whose
 //! client declared an earlier move (see [`crate::moves`]), and `refused`, the connection attempts
 //! answered 503 because of the drain ([`Drain::refused`]).
+//!
+//! The coordinator also keeps an entry per open session ([`crate::registry`]), from which a
+//! [`rebalance`](crate::rebalance) of a gateway that keeps serving selects the sessions it moves
+//! ([`Drain::rebalance`]). Sessions read what a rebalance asks of them when the same beacon fires
+//! ([`SessionTicket::rebalance_order`]). A drain that starts while a rebalance is moving takes
+//! the selected sessions still open over: from then on they are the drain's, counted in its
+//! report and only as `takenByDrain` in the rebalance's.
 
 use std::{
     sync::{
@@ -24,14 +31,17 @@ use std::{
 };
 
 use longconn_drain_api::{
-    DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES,
+    DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES, RebalanceReport,
+    RebalanceRequest,
 };
 use tokio::sync::watch;
 
 use crate::{
     beacon::{Beacon, Listener},
     config::{DrainDefaults, MAX_DRAIN, valid_drain_close_code},
-    metrics::{CloseReason, DrainSeries, Metrics},
+    metrics::{CloseReason, DrainSeries, Metrics, RebalanceOutcome},
+    rebalance::{self, Candidate, Order, Rebalance, Refused},
+    registry::{Index, Registry},
 };
 
 /// What the sessions are told.
@@ -74,7 +84,9 @@ impl CloseReason {
             | CloseReason::IdleTimeout
             | CloseReason::ProtocolError
             | CloseReason::MessageTooBig => Outcome::ClosedByClient,
-            CloseReason::DrainDeadline | CloseReason::UpstreamError => Outcome::Dropped,
+            CloseReason::DrainDeadline
+            | CloseReason::RebalanceDeadline
+            | CloseReason::UpstreamError => Outcome::Dropped,
         }
     }
 }
@@ -90,6 +102,8 @@ pub struct BadRequest(pub String);
 struct Inner {
     active: u64,
     report: DrainReport,
+    sessions: Registry,
+    rebalance: Rebalance,
 }
 
 /// See the module documentation.
@@ -128,16 +142,39 @@ pub struct SessionTicket {
     drain: Arc<Drain>,
     opened: Instant,
     done: bool,
-    /// The moves the client declared, saturated at 255: a byte beside `done` costs the session
-    /// no room.
-    moves: u8,
+    /// Where the session's entry is in the registry (with the moves its client declared): four
+    /// bytes beside `done` cost the session no room.
+    index: Index,
 }
 
 impl SessionTicket {
     /// Records how the session ended.
     pub fn finish(mut self, reason: CloseReason) {
         self.done = true;
-        self.drain.session_ended(reason, self.opened, self.moves);
+        self.drain.session_ended(reason, self.opened, self.index);
+    }
+
+    /// What the rebalance under way asks of this session, if it selected it.
+    pub fn rebalance_order(&self) -> Option<Order> {
+        let inner = self.drain.lock();
+        let slot = inner.sessions.get(self.index)?.slot()?;
+        inner.rebalance.order(slot)
+    }
+
+    /// Notes that the session's close handshake has begun: no rebalance selects it from now on.
+    pub fn closing(&self) {
+        if let Some(open) = self.drain.lock().sessions.get_mut(self.index) {
+            open.closing = true;
+        }
+    }
+
+    /// The reason text of a close frame that asks this session to move, when the rebalance
+    /// that selected it is moving: the rebalance's. `None` otherwise: the drain's
+    /// ([`Drain::notify_reason`]).
+    pub fn rebalance_reason(&self) -> Option<Arc<str>> {
+        let inner = self.drain.lock();
+        inner.sessions.get(self.index)?.slot()?;
+        inner.rebalance.reason()
     }
 }
 
@@ -145,9 +182,71 @@ impl Drop for SessionTicket {
     fn drop(&mut self) {
         if !self.done {
             self.drain
-                .session_ended(CloseReason::UpstreamError, self.opened, self.moves);
+                .session_ended(CloseReason::UpstreamError, self.opened, self.index);
         }
     }
+}
+
+/// When the close frame of `slot` (0, 1, 2, ...) of `total` is due in a window of `spread` from
+/// `start`: spread evenly, the first at the start (a Notify drain's and a rebalance's alike).
+pub fn notice_at(start: Instant, spread: Duration, slot: u64, total: u64) -> Instant {
+    let total = total.max(1);
+    start + spread.mul_f64(slot.min(total - 1) as f64 / total as f64)
+}
+
+/// Checks the close code and reason text of a request that asks sessions to move (a drain's or
+/// a rebalance's).
+pub fn check_notice(close_code: u16, reason: Option<&str>) -> Result<(), BadRequest> {
+    if !valid_drain_close_code(close_code) {
+        return Err(BadRequest(format!(
+            "closeCode {close_code} is not a drain close code (use 1012, 1001, 1000 or 3000-4999)"
+        )));
+    }
+    if let Some(reason) = reason
+        && reason.len() > MAX_CLOSE_REASON_BYTES
+    {
+        return Err(BadRequest(format!(
+            "reason is {} bytes of UTF-8: a close frame has room for {MAX_CLOSE_REASON_BYTES}",
+            reason.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The deadline and spread of `req`, missing ones from `defaults`. A spread the request leaves
+/// out is cut to the deadline; one it names must fit in it. Both are bounded by [`MAX_DRAIN`],
+/// so no instant computed from them can overflow.
+pub fn window(
+    req: &DrainRequest,
+    defaults: &DrainDefaults,
+) -> Result<(Duration, Duration), BadRequest> {
+    let deadline = req.deadline.unwrap_or(defaults.timeout);
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if deadline.is_zero() {
+        return Err(BadRequest(
+            "deadline 0s would force-close every session at once: give a deadline longer than 0s"
+                .to_owned(),
+        ));
+    }
+    if deadline > MAX_DRAIN {
+        return Err(BadRequest(format!(
+            "deadline {} is longer than the longest drain, {}",
+            show(deadline),
+            show(MAX_DRAIN)
+        )));
+    }
+    let spread = match req.spread {
+        None => defaults.spread.min(deadline),
+        Some(spread) if spread > deadline => {
+            return Err(BadRequest(format!(
+                "spread {} is longer than the deadline {}: close frames would be sent after it",
+                show(spread),
+                show(deadline)
+            )));
+        }
+        Some(spread) => spread,
+    };
+    Ok((deadline, spread))
 }
 
 impl Drain {
@@ -156,6 +255,8 @@ impl Drain {
             inner: Mutex::new(Inner {
                 active: 0,
                 report: DrainReport::default(),
+                sessions: Registry::default(),
+                rebalance: Rebalance::default(),
             }),
             phase: Mutex::new(Phase::Serving),
             phase_changed: Beacon::default(),
@@ -186,6 +287,7 @@ impl Drain {
         if inner.report.state != DrainState::Serving {
             return None;
         }
+        let index = inner.sessions.insert(moves)?;
         inner.active += 1;
         self.metrics.sessions_active.inc();
         self.metrics.sessions_opened.inc();
@@ -193,7 +295,7 @@ impl Drain {
             drain: Arc::clone(self),
             opened: Instant::now(),
             done: false,
-            moves: u8::try_from(moves).unwrap_or(u8::MAX),
+            index,
         })
     }
 
@@ -223,14 +325,25 @@ impl Drain {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    fn session_ended(&self, reason: CloseReason, opened: Instant, moves: u8) {
+    fn session_ended(&self, reason: CloseReason, opened: Instant, index: Index) {
         let mut inner = self.lock();
+        let open = inner.sessions.remove(index);
         inner.active = inner.active.saturating_sub(1);
         self.metrics.sessions_active.dec();
         self.metrics.closed(reason, opened.elapsed().as_secs_f64());
+        let moves = open.map_or(0, |o| o.moves);
         let moved_again = reason.outcome() == Outcome::Migrated && moves > 0;
         if moved_again {
             self.series.sessions_moved_again.inc();
+        }
+        if open.and_then(|o| o.slot()).is_some() && inner.rebalance.is_moving() {
+            self.series.rebalanced(reason.outcome().into(), 1);
+            if inner
+                .rebalance
+                .ended(reason.outcome(), moved_again, SystemTime::now())
+            {
+                self.rebalance_finished(inner.rebalance.report());
+            }
         }
         if inner.report.state == DrainState::Draining {
             let r = &mut inner.report;
@@ -317,24 +430,18 @@ impl Drain {
     /// Returns the report.
     pub fn start(self: &Arc<Self>, req: &DrainRequest) -> Result<DrainReport, BadRequest> {
         let close_code = req.close_code.unwrap_or(self.defaults.close_code);
-        if !valid_drain_close_code(close_code) {
-            return Err(BadRequest(format!(
-                "closeCode {close_code} is not a drain close code (use 1012, 1001, 1000 or 3000-4999)"
-            )));
-        }
-        let (deadline, spread) = self.window(req)?;
-        if let Some(reason) = &req.reason
-            && reason.len() > MAX_CLOSE_REASON_BYTES
-        {
-            return Err(BadRequest(format!(
-                "reason is {} bytes of UTF-8: a close frame has room for {MAX_CLOSE_REASON_BYTES}",
-                reason.len()
-            )));
-        }
+        check_notice(close_code, req.reason.as_deref())?;
+        let (deadline, spread) = window(req, &self.defaults)?;
         let strategy = req.strategy.unwrap_or(self.defaults.strategy);
         let mut inner = self.lock();
         if inner.report.state != DrainState::Serving {
             return Ok(inner.report.clone());
+        }
+        // The selected sessions still open are the drain's from here on.
+        if let Some(taken) = inner.rebalance.take_over(SystemTime::now()) {
+            self.series
+                .rebalanced(RebalanceOutcome::TakenByDrain, taken);
+            self.rebalance_finished(inner.rebalance.report());
         }
         let total = inner.active;
         inner.report = DrainReport {
@@ -381,37 +488,115 @@ impl Drain {
         Ok(inner.report.clone())
     }
 
-    /// The deadline and spread of `req`, missing ones from the defaults. A spread the request
-    /// leaves out is cut to the deadline; one it names must fit in it. Both are bounded by
-    /// [`MAX_DRAIN`], so no instant computed from them can overflow.
-    fn window(&self, req: &DrainRequest) -> Result<(Duration, Duration), BadRequest> {
-        let deadline = req.deadline.unwrap_or(self.defaults.timeout);
-        let show = |d: Duration| humantime::format_duration(d).to_string();
-        if deadline.is_zero() {
-            return Err(BadRequest(
-                "deadline 0s would force-close every session at once: give a deadline longer than 0s"
-                    .to_owned(),
-            ));
+    /// Starts a rebalance with `req`: selects up to `req.sessions` sessions (see
+    /// [`rebalance::select`]) and tells them when to move. The gateway keeps serving. Posting the
+    /// id of the last rebalance again returns its report and starts nothing; a new one is refused
+    /// while the last is moving or once a drain has started.
+    pub fn rebalance(self: &Arc<Self>, req: &RebalanceRequest) -> Result<RebalanceReport, Refused> {
+        let plan = rebalance::plan(req, &self.defaults).map_err(Refused::Invalid)?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let last = inner.rebalance.report();
+        if last.id == plan.id {
+            return Ok(last.clone());
         }
-        if deadline > MAX_DRAIN {
-            return Err(BadRequest(format!(
-                "deadline {} is longer than the longest drain, {}",
-                show(deadline),
-                show(MAX_DRAIN)
+        if inner.report.state != DrainState::Serving {
+            return Err(Refused::Conflict(format!(
+                "draining: a gateway that drains moves all its sessions; rebalance {:?} not started",
+                plan.id
             )));
         }
-        let spread = match req.spread {
-            None => self.defaults.spread.min(deadline),
-            Some(spread) if spread > deadline => {
-                return Err(BadRequest(format!(
-                    "spread {} is longer than the deadline {}: close frames would be sent after it",
-                    show(spread),
-                    show(deadline)
-                )));
+        if inner.rebalance.is_moving() {
+            return Err(Refused::Conflict(format!(
+                "rebalance {:?} is still moving sessions ({} of {} open): rebalance {:?} not started; post {:?} again to read its report",
+                last.id, last.pending, last.selected, plan.id, last.id
+            )));
+        }
+        let candidates =
+            inner
+                .sessions
+                .iter()
+                .filter(|(_, open)| !open.closing)
+                .map(|(index, open)| Candidate {
+                    index,
+                    seq: open.seq,
+                    moves: open.moves,
+                });
+        let selected = rebalance::select(candidates, plan.sessions);
+        for (slot, &index) in (0..).zip(&selected) {
+            if let Some(open) = inner.sessions.get_mut(index) {
+                open.select(slot);
             }
-            Some(spread) => spread,
-        };
-        Ok((deadline, spread))
+        }
+        let (deadline, spread, close_code) = (plan.deadline, plan.spread, plan.close_code);
+        let generation = inner.rebalance.begin(
+            plan,
+            selected.len() as u64,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        let report = inner.rebalance.report().clone();
+        self.series.set_rebalance_state(report.state);
+        tracing::info!(
+            id = %report.id,
+            requested = report.requested,
+            selected = report.selected,
+            sessions = inner.active,
+            spread = %humantime::format_duration(spread),
+            deadline = %humantime::format_duration(deadline),
+            close_code,
+            reason = inner.rebalance.reason().as_deref().unwrap_or_default(),
+            "rebalance started"
+        );
+        if report.is_finished() {
+            self.rebalance_finished(&report);
+            return Ok(report);
+        }
+        drop(guard);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            me.expire_rebalance(generation);
+        });
+        self.phase_changed.fire();
+        Ok(report)
+    }
+
+    /// The report of the last rebalance.
+    pub fn rebalance_report(&self) -> RebalanceReport {
+        self.lock().rebalance.report().clone()
+    }
+
+    /// The deadline of rebalance `generation` has passed: the sessions it selected that are
+    /// still open are cut (and counted dropped).
+    fn expire_rebalance(&self, generation: u64) {
+        let mut inner = self.lock();
+        if !inner.rebalance.expire(generation) {
+            return;
+        }
+        tracing::warn!(
+            id = %inner.rebalance.report().id,
+            pending = inner.rebalance.report().pending,
+            "rebalance deadline passed; force-closing the selected sessions left"
+        );
+        drop(inner);
+        self.phase_changed.fire();
+    }
+
+    /// Logs the end of a rebalance with its counts and marks it done.
+    fn rebalance_finished(&self, r: &RebalanceReport) {
+        self.series.set_rebalance_state(r.state);
+        tracing::info!(
+            id = %r.id,
+            requested = r.requested,
+            selected = r.selected,
+            moved = r.moved,
+            moved_again = r.moved_again,
+            closed_by_client = r.closed_by_client,
+            dropped = r.dropped,
+            taken_by_drain = r.taken_by_drain,
+            "rebalance finished"
+        );
     }
 
     /// Resolves once a drain has finished.
@@ -424,6 +609,8 @@ impl Drain {
 
 #[cfg(test)]
 mod tests {
+    use longconn_drain_api::RebalanceState;
+
     use super::*;
 
     fn drain() -> Arc<Drain> {
@@ -531,7 +718,7 @@ mod tests {
             ..DrainRequest::default()
         };
         assert_eq!(
-            d.window(&req).expect("fits"),
+            window(&req, &d.defaults).expect("fits"),
             (Duration::from_millis(10), Duration::from_millis(10))
         );
     }
@@ -611,5 +798,144 @@ mod tests {
             .expect_err("1006 may not be sent");
         assert!(err.0.contains("1006"));
         assert!(!d.is_draining());
+    }
+
+    fn rebalance_request(id: &str, sessions: u64, spread: Duration) -> RebalanceRequest {
+        RebalanceRequest {
+            id: id.to_owned(),
+            sessions,
+            spread,
+            close_code: None,
+            reason: Some(format!("moving: {id}")),
+        }
+    }
+
+    fn move_at(ticket: &SessionTicket) -> Option<Instant> {
+        match ticket.rebalance_order()? {
+            Order::MoveAt { at, .. } => Some(at),
+            Order::Cut { .. } => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebalance_moves_the_newest_never_moved_sessions_that_are_not_closing() {
+        let d = drain();
+        let old = d.open_session(0).expect("serving");
+        let moved_before = d.open_session(1).expect("serving");
+        let closing = d.open_session(0).expect("serving");
+        closing.closing();
+        let newest = d.open_session(0).expect("serving");
+        let r = d
+            .rebalance(&rebalance_request("r1", 2, Duration::from_secs(10)))
+            .expect("starts");
+        assert_eq!(
+            (r.state, r.requested, r.selected, r.pending),
+            (RebalanceState::Moving, 2, 2, 2)
+        );
+        let (first, second) = (move_at(&newest), move_at(&old));
+        assert_eq!(
+            second.zip(first).map(|(b, a)| b - a),
+            Some(Duration::from_secs(5)),
+            "the newest first, the next half the spread later"
+        );
+        assert_eq!(moved_before.rebalance_order(), None);
+        assert_eq!(closing.rebalance_order(), None);
+        assert_eq!(newest.rebalance_reason().as_deref(), Some("moving: r1"));
+        assert_eq!(moved_before.rebalance_reason(), None, "the drain's");
+        assert!(!d.is_draining(), "the gateway keeps serving");
+        let _later = d.open_session(0).expect("and keeps accepting");
+        newest.finish(CloseReason::Migrated);
+        old.finish(CloseReason::ClientClose);
+        let r = d.rebalance_report();
+        assert_eq!(r.state, RebalanceState::Done);
+        assert_eq!(
+            (r.moved, r.closed_by_client, r.dropped, r.pending),
+            (1, 1, 0, 0)
+        );
+        // The next one takes what is left, the session moved before last; the closing one never.
+        let r = d
+            .rebalance(&rebalance_request("r2", 5, Duration::ZERO))
+            .expect("starts");
+        assert_eq!(r.selected, 2, "{r:?}");
+        assert!(move_at(&moved_before).is_some());
+        moved_before.finish(CloseReason::Migrated);
+        assert_eq!(d.rebalance_report().moved_again, 1);
+        assert_eq!(d.series.sessions_moved_again.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_same_id_again_is_its_report_and_a_new_one_waits_for_it() {
+        let d = drain();
+        let _a = d.open_session(0).expect("serving");
+        let first = d
+            .rebalance(&rebalance_request("r1", 1, Duration::from_secs(1)))
+            .expect("starts");
+        let again = d
+            .rebalance(&rebalance_request("r1", 7, Duration::ZERO))
+            .expect("its report");
+        assert_eq!(again, first);
+        let err = d
+            .rebalance(&rebalance_request("r2", 1, Duration::ZERO))
+            .expect_err("r1 is moving");
+        assert!(
+            matches!(&err, Refused::Conflict(why) if why.contains("\"r1\" is still moving")),
+            "{err:?}"
+        );
+        let err = d
+            .rebalance(&rebalance_request("r3", 0, Duration::ZERO))
+            .expect_err("invalid before anything else");
+        assert!(matches!(err, Refused::Invalid(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_drain_takes_over_the_sessions_a_rebalance_has_left_and_counts_each_once() {
+        let d = drain();
+        let tickets: Vec<_> = (0..4)
+            .map(|_| d.open_session(0).expect("serving"))
+            .collect();
+        d.rebalance(&rebalance_request("r1", 3, Duration::from_secs(30)))
+            .expect("starts");
+        let mut tickets = tickets.into_iter().rev();
+        tickets
+            .next()
+            .expect("newest")
+            .finish(CloseReason::Migrated);
+        let started = d.start(&DrainRequest::default()).expect("drains");
+        let r = d.rebalance_report();
+        assert_eq!(
+            (r.state, r.selected, r.moved, r.taken_by_drain, r.pending),
+            (RebalanceState::Done, 3, 1, 2, 0)
+        );
+        assert_eq!(started.sessions_at_start, 3, "the three left, once");
+        for t in tickets {
+            assert_eq!(t.rebalance_order(), None, "the drain's now");
+            assert_eq!(t.rebalance_reason(), None);
+            t.finish(CloseReason::Migrated);
+        }
+        let drained = d.report();
+        assert_eq!((drained.migrated, drained.active), (3, 0));
+        assert_eq!(d.rebalance_report(), r, "not counted again");
+        let err = d
+            .rebalance(&rebalance_request("r2", 1, Duration::ZERO))
+            .expect_err("drained");
+        assert!(
+            matches!(&err, Refused::Conflict(why) if why.starts_with("draining")),
+            "{err:?}"
+        );
+        assert_eq!(
+            d.rebalance(&rebalance_request("r1", 1, Duration::ZERO)),
+            Ok(r),
+            "its own id still reads its report"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rebalance_with_no_session_to_move_is_done_at_once() {
+        let d = drain();
+        let r = d
+            .rebalance(&rebalance_request("r1", 3, Duration::ZERO))
+            .expect("starts");
+        assert_eq!((r.state, r.selected), (RebalanceState::Done, 0));
+        assert!(r.finished_at.is_some());
     }
 }

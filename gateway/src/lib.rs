@@ -4,7 +4,8 @@
 //! Modules, one job each: [`config`] (flags), [`proxy`] (listener and handshakes), [`http`]
 //! (request and response heads), [`frame`] (WebSocket frame scanner), [`session`] (one relayed
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
-//! heartbeat clock), [`drain`] (drain state and report), [`tls`] (rustls with hot reload),
+//! heartbeat clock), [`drain`] (drain state and report) with [`registry`] (the open sessions)
+//! and [`rebalance`] (moving a share of them while serving), [`tls`] (rustls with hot reload),
 //! [`admin`] (admin port), [`metrics`] (with [`fds`]: the open-file limit and process figures),
 //! [`logging`] (level and format), [`access_log`] (one line per session and per request) with
 //! [`reqid`] (request ids and trace context), [`moves`] (what a client declares about the
@@ -30,6 +31,8 @@ pub mod logging;
 pub mod metrics;
 pub mod moves;
 pub mod proxy;
+pub mod rebalance;
+pub mod registry;
 pub mod reqid;
 pub mod session;
 pub mod state;

@@ -1,11 +1,12 @@
 //! The gateway's Prometheus metrics, served as OpenMetrics text on the admin port.
 //!
-//! Names follow `longconn_gateway_<what>_<unit>`; every `reason`, `direction` and `state` label
-//! takes its values from a closed enum in this module, so no series can be created from input.
+//! Names follow `longconn_gateway_<what>_<unit>`; every `reason`, `direction`, `state` and
+//! `outcome` label takes its values from a closed enum in this module, so no series can be
+//! created from input.
 
 use std::fmt::Write as _;
 
-use longconn_drain_api::DrainState;
+use longconn_drain_api::{DrainState, RebalanceState};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -31,17 +32,20 @@ pub enum CloseReason {
     ProtocolError,
     /// The client sent a message over the limit (close 1009).
     MessageTooBig,
-    /// Drain Notify: the client completed the close handshake.
+    /// Asked to move (a drain's Notify or a rebalance): the client completed the close handshake.
     Migrated,
     /// The drain deadline passed with the session still open.
     DrainDeadline,
+    /// The deadline of the rebalance that selected the session passed with the session still
+    /// open.
+    RebalanceDeadline,
     /// The upstream failed or ended without a completed close handshake.
     UpstreamError,
 }
 
 impl CloseReason {
     /// Every reason, for pre-creating series.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClose,
         CloseReason::UpstreamClose,
         CloseReason::ClientDisconnect,
@@ -52,6 +56,7 @@ impl CloseReason {
         CloseReason::MessageTooBig,
         CloseReason::Migrated,
         CloseReason::DrainDeadline,
+        CloseReason::RebalanceDeadline,
         CloseReason::UpstreamError,
     ];
 
@@ -67,6 +72,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::Migrated => "migrated",
             CloseReason::DrainDeadline => "drain_deadline",
+            CloseReason::RebalanceDeadline => "rebalance_deadline",
             CloseReason::UpstreamError => "upstream_error",
         }
     }
@@ -166,6 +172,48 @@ impl StateValue {
     }
 }
 
+/// Rebalance state as a label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RebalanceStateValue(pub RebalanceState);
+
+impl RebalanceStateValue {
+    fn as_str(self) -> &'static str {
+        match self.0 {
+            RebalanceState::Idle => "idle",
+            RebalanceState::Moving => "moving",
+            RebalanceState::Done => "done",
+        }
+    }
+}
+
+/// How a session a rebalance selected left it (label `outcome` of
+/// `longconn_gateway_sessions_rebalanced_total`): the buckets of the rebalance report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RebalanceOutcome {
+    Moved,
+    ClosedByClient,
+    Dropped,
+    TakenByDrain,
+}
+
+impl RebalanceOutcome {
+    pub const ALL: [RebalanceOutcome; 4] = [
+        RebalanceOutcome::Moved,
+        RebalanceOutcome::ClosedByClient,
+        RebalanceOutcome::Dropped,
+        RebalanceOutcome::TakenByDrain,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RebalanceOutcome::Moved => "moved",
+            RebalanceOutcome::ClosedByClient => "closed_by_client",
+            RebalanceOutcome::Dropped => "dropped",
+            RebalanceOutcome::TakenByDrain => "taken_by_drain",
+        }
+    }
+}
+
 /// Result of a TLS reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReloadResult {
@@ -187,6 +235,8 @@ label_value!(
     RejectReason,
     Direction,
     StateValue,
+    RebalanceStateValue,
+    RebalanceOutcome,
     ReloadResult
 );
 
@@ -208,6 +258,16 @@ pub struct DirectionLabel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: StateValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RebalanceStateLabel {
+    pub state: RebalanceStateValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: RebalanceOutcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -435,18 +495,26 @@ impl Metrics {
 
     /// Marks `state` as the current drain state.
     pub fn set_drain_state(&self, state: DrainState) {
-        for s in [
+        let all = [
             DrainState::Serving,
             DrainState::Draining,
             DrainState::Drained,
-        ] {
-            let v = i64::from(s == state);
-            self.drain_state
-                .get_or_create(&StateLabel {
-                    state: StateValue(s),
-                })
-                .set(v);
-        }
+        ];
+        mark_current(&self.drain_state, all, state, |s| StateLabel {
+            state: StateValue(s),
+        });
+    }
+}
+
+/// Sets the series of `current` in `family` to 1 and those of the other states in `all` to 0.
+fn mark_current<S: Copy + PartialEq, L: Clone + Eq + std::hash::Hash>(
+    family: &Family<L, Gauge>,
+    all: impl IntoIterator<Item = S>,
+    current: S,
+    label: impl Fn(S) -> L,
+) {
+    for s in all {
+        family.get_or_create(&label(s)).set(i64::from(s == current));
     }
 }
 
@@ -456,18 +524,57 @@ impl Metrics {
 pub struct DrainSeries {
     /// Sessions closed `migrated` whose client had declared an earlier move.
     pub sessions_moved_again: Counter,
+    /// Sessions a rebalance selected, by how they left it.
+    pub sessions_rebalanced: Family<OutcomeLabel, Counter>,
+    /// 1 for the state of the last rebalance.
+    pub rebalance_state: Family<RebalanceStateLabel, Gauge>,
 }
 
 impl DrainSeries {
     /// Creates the series and registers them in `reg`, beside those of [`Metrics::new`].
     pub fn register(reg: &mut Registry) -> DrainSeries {
         let s = DrainSeries::default();
+        for outcome in RebalanceOutcome::ALL {
+            let _ = s
+                .sessions_rebalanced
+                .get_or_create(&OutcomeLabel { outcome });
+        }
+        s.set_rebalance_state(RebalanceState::Idle);
         reg.register(
             "longconn_gateway_sessions_moved_again",
-            "WebSocket sessions a drain moved (closed migrated) whose client declared an earlier move (Longconn-Session-Moves of 1 or more)",
+            "WebSocket sessions a drain or a rebalance moved (closed migrated) whose client declared an earlier move (Longconn-Session-Moves of 1 or more)",
             s.sessions_moved_again.clone(),
         );
+        reg.register(
+            "longconn_gateway_sessions_rebalanced",
+            "WebSocket sessions a rebalance selected, by how they left it",
+            s.sessions_rebalanced.clone(),
+        );
+        reg.register(
+            "longconn_gateway_rebalance_state",
+            "1 for the state of the last rebalance",
+            s.rebalance_state.clone(),
+        );
         s
+    }
+
+    /// Counts `n` selected sessions that left a rebalance by `outcome`.
+    pub fn rebalanced(&self, outcome: RebalanceOutcome, n: u64) {
+        self.sessions_rebalanced
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n);
+    }
+
+    /// Marks `state` as the state of the last rebalance.
+    pub fn set_rebalance_state(&self, state: RebalanceState) {
+        let all = [
+            RebalanceState::Idle,
+            RebalanceState::Moving,
+            RebalanceState::Done,
+        ];
+        mark_current(&self.rebalance_state, all, state, |s| RebalanceStateLabel {
+            state: RebalanceStateValue(s),
+        });
     }
 }
 
@@ -517,6 +624,14 @@ mod tests {
             text.contains(r#"longconn_gateway_drain_state{state="serving"} 1"#),
             "{text}"
         );
+        for series in [
+            r#"longconn_gateway_sessions_rebalanced_total{outcome="moved"} 0"#,
+            r#"longconn_gateway_sessions_rebalanced_total{outcome="taken_by_drain"} 0"#,
+            r#"longconn_gateway_rebalance_state{state="idle"} 1"#,
+            r#"longconn_gateway_rebalance_state{state="moving"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -1,5 +1,5 @@
 //! One proxied WebSocket session: relaying frames both ways, the close handshake, heartbeats,
-//! the idle timeout, and the session's part in a drain.
+//! the idle timeout, and the session's part in a drain or a rebalance.
 //!
 //! # Memory
 //!
@@ -8,7 +8,8 @@
 //! written straight to the other leg. Only when the other leg cannot take them all at once is
 //! the rest copied into a per-session `Vec`, which is freed as soon as it has been written. Timers
 //! are shared too: the session waits on the process-wide [`Ticker`] instead of owning a timer
-//! per heartbeat (it creates one only while it is closing or has a Notify slot in a drain).
+//! per heartbeat (it creates one only while it is closing or has a slot in a Notify drain or a
+//! rebalance).
 //!
 //! # Accounting
 //!
@@ -36,13 +37,14 @@ use tracing::debug;
 use crate::{
     access_log::{Entry, SessionEnd},
     conn::ClientConn,
-    drain::{Drain, Phase, SessionTicket},
+    drain::{Drain, Phase, SessionTicket, notice_at},
     frame::{
         CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame,
         FrameError, FrameScanner, Role, Scanned,
     },
     limits::{ConnectionSlot, Ticker},
     metrics::{CloseReason, Metrics},
+    rebalance::Order,
 };
 
 /// Size of the per-thread relay buffer.
@@ -237,10 +239,13 @@ enum Closing {
     ByGateway(CloseReason),
 }
 
-/// Both legs and their pumps.
+/// Both legs and their pumps, with the session's registration.
 struct Relay {
     client: ClientConn,
     upstream: TcpStream,
+    /// Kept here rather than passed to the session loop beside the relay: one reference less in
+    /// the session's task.
+    ticket: SessionTicket,
     c2u: Pump,
     u2c: Pump,
     metrics: Metrics,
@@ -467,6 +472,7 @@ pub fn start(
     let mut relay = Relay {
         client,
         upstream,
+        ticket,
         c2u: Pump::new(Role::Client, ctx.limits.max_message_bytes),
         u2c: Pump::new(Role::Server, u64::MAX),
         metrics: ctx.metrics.clone(),
@@ -504,7 +510,13 @@ pub fn start(
         log.session_ended(relay.end(reason));
         relay.shutdown().await;
         // The legs are closed before the session is reported ended.
-        drop(relay);
+        let Relay {
+            client,
+            upstream,
+            ticket,
+            ..
+        } = relay;
+        drop((client, upstream));
         ticket.finish(reason);
         drop(slot);
     }
@@ -530,12 +542,37 @@ fn prime(relay: &mut Relay, leftovers: Leftovers) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// The reason text of a close frame the gateway sends for `reason`.
-fn close_text(reason: CloseReason, drain: &Drain) -> &str {
+/// Queues the gateway's close frame `code` to the client, which ends the session as `reason` if
+/// the client answers (see [`Relay::close_client`]). A request to move carries the reason text of
+/// whoever asks (the rebalance that selected the session, else the drain); the others carry none.
+fn send_close(relay: &mut Relay, drain: &Drain, code: u16, reason: CloseReason) -> bool {
     match reason {
-        CloseReason::Migrated => drain.notify_reason(),
-        _ => "",
+        CloseReason::Migrated => {
+            let rebalance = relay.ticket.rebalance_reason();
+            let text = rebalance
+                .as_deref()
+                .unwrap_or_else(|| drain.notify_reason());
+            relay.close_client_saying(code, text)
+        }
+        _ => relay.close_client(code),
     }
+}
+
+/// Ends a session that a deadline (a drain's or a rebalance's) cuts with `code`, as `reason`;
+/// one whose client has started the close handshake ends as the client's.
+fn cut(relay: &mut Relay, closing: Closing, code: u16, reason: CloseReason) -> CloseReason {
+    if closing == Closing::ByClient {
+        return CloseReason::ClientClose;
+    }
+    relay.close_client(code);
+    reason
+}
+
+/// Who asked a session to move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asker {
+    Drain,
+    Rebalance,
 }
 
 fn frame_error_reason(e: FrameError) -> CloseReason {
@@ -570,7 +607,8 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     let mut ticks = pin!(ctx.ticker.listen());
     let mut closing = Closing::Open;
     let mut close_by: Option<Instant> = None;
-    let mut notify_at: Option<(Instant, u16)> = None;
+    // When to ask the client to move, with which code, for whom.
+    let mut notify_at: Option<(Instant, u16, Asker)> = None;
     // A close frame the gateway wants to send the client, with how the session ends if answered.
     let mut want_close: Option<(u16, CloseReason)> = None;
     let mut want_ping = false;
@@ -581,38 +619,47 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             phase_changed = false;
             match ctx.drain.phase() {
                 Phase::Deadline { close_code } => {
-                    if closing == Closing::ByClient {
-                        return CloseReason::ClientClose;
-                    }
-                    relay.close_client(close_code);
-                    return CloseReason::DrainDeadline;
+                    return cut(relay, closing, close_code, CloseReason::DrainDeadline);
                 }
+                // A drain takes the session over from a rebalance that selected it: the drain's
+                // slot replaces the rebalance's, and a Wait drain asks nothing.
                 Phase::Notify {
                     start,
                     spread,
                     close_code,
                     total,
-                } if notify_at.is_none() => {
-                    let slot = ctx.drain.take_slot();
-                    let total = total.max(1);
-                    let offset = spread.mul_f64((slot.min(total - 1)) as f64 / total as f64);
-                    notify_at = Some((start + offset, close_code));
+                } if !matches!(notify_at, Some((_, _, Asker::Drain))) => {
+                    let at = notice_at(start, spread, ctx.drain.take_slot(), total);
+                    notify_at = Some((at, close_code, Asker::Drain));
                 }
-                _ => {}
+                Phase::Wait => notify_at = None,
+                Phase::Serving => match relay.ticket.rebalance_order() {
+                    Some(Order::Cut { code }) => {
+                        return cut(relay, closing, code, CloseReason::RebalanceDeadline);
+                    }
+                    Some(Order::MoveAt { at, code })
+                        if notify_at.is_none()
+                            && want_close.is_none()
+                            && closing == Closing::Open =>
+                    {
+                        notify_at = Some((at, code, Asker::Rebalance));
+                    }
+                    _ => {}
+                },
+                Phase::Notify { .. } => {}
             }
         }
         if want_ping && closing == Closing::Open && relay.try_send_client(ControlFrame::ping(b"")) {
             want_ping = false;
             relay.ping_sent = Some(Instant::now());
         }
-        // A drain's request to move carries the drain's reason text; the gateway's other close
-        // frames carry none.
         if let Some((code, reason)) = want_close
             && closing == Closing::Open
-            && relay.close_client_saying(code, close_text(reason, &ctx.drain))
+            && send_close(relay, &ctx.drain, code, reason)
         {
             want_close = None;
             closing = Closing::ByGateway(reason);
+            relay.ticket.closing();
             relay.u2c.discard = true;
             if reason != CloseReason::Migrated {
                 close_by = Some(Instant::now() + CLOSE_WAIT);
@@ -621,8 +668,8 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
         relay.want_inject = closing == Closing::Open && (want_ping || want_close.is_some());
         // One timer at most, and only while a drain slot or a close handshake is pending.
         let wake_at = match (notify_at, close_by) {
-            (Some((a, _)), Some(b)) => Some(a.min(b)),
-            (Some((a, _)), None) => Some(a),
+            (Some((a, ..)), Some(b)) => Some(a.min(b)),
+            (Some((a, ..)), None) => Some(a),
             (None, b) => b,
         };
         let event = tokio::select! {
@@ -634,7 +681,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             }
             () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now).into()), if wake_at.is_some() => {
                 let now = Instant::now();
-                if let Some((at, code)) = notify_at && at <= now {
+                if let Some((at, code, _)) = notify_at && at <= now {
                     notify_at = None;
                     if closing == Closing::Open {
                         want_close = Some((code, CloseReason::Migrated));
@@ -690,6 +737,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                         Closing::Open => {
                             closing = Closing::ByClient;
                             close_by = Some(Instant::now() + CLOSE_WAIT);
+                            relay.ticket.closing();
                         }
                         Closing::ByUpstream => return CloseReason::UpstreamClose,
                         Closing::ByGateway(reason) => return reason,
@@ -703,6 +751,7 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                         Closing::Open => {
                             closing = Closing::ByUpstream;
                             close_by = Some(Instant::now() + CLOSE_WAIT);
+                            relay.ticket.closing();
                         }
                         Closing::ByClient => return CloseReason::ClientClose,
                         Closing::ByUpstream | Closing::ByGateway(_) => {}

@@ -23,17 +23,6 @@ async fn gateway_with_clients(n: usize) -> (Gateway, Vec<JoinHandle<Option<u16>>
     (gw, clients)
 }
 
-/// Opens a client that sends `headers` with its upgrade and checks that it talks to the app.
-async fn talking_client(gw: &Gateway, i: usize, headers: &[(&'static str, &str)]) -> Ws {
-    let mut ws = ws_connect_with(&gw.ws_url(), headers).await;
-    ws.send(Message::text(format!("hi {i}"))).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::text(format!("hi {i}"))
-    );
-    ws
-}
-
 /// Opens `n` well-behaved clients (they answer a close frame); each task returns the close code
 /// it received.
 async fn polite_clients(gw: &Gateway, n: usize) -> Vec<JoinHandle<Option<u16>>> {

@@ -361,11 +361,19 @@ impl Gateway {
 
     /// The value of a metric series (exact line prefix), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
+        let [value] = self.metrics_of([series]).await;
+        value
+    }
+
+    /// The values of several metric series (exact line prefixes; 0 when absent) from one scrape.
+    pub async fn metrics_of<const N: usize>(&self, series: [&str; N]) -> [f64; N] {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        series.map(|series| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0.0)
+        })
     }
 
     /// `POST /drain` with `body`; asserts 200 and returns the report.
@@ -379,23 +387,49 @@ impl Gateway {
     }
 
     pub async fn drain_report(&self) -> serde_json::Value {
+        self.report("/drain").await
+    }
+
+    /// Polls the drain report until it says Drained.
+    pub async fn wait_drained(&self) -> serde_json::Value {
+        self.wait_report("/drain", "Drained").await
+    }
+
+    /// `POST /rebalance` with `body`; returns the status and the body, the report when 200.
+    pub async fn post_rebalance(&self, body: &str) -> (u16, String) {
+        self.admin_request("POST", "/rebalance", Some(TOKEN), body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn rebalance_report(&self) -> serde_json::Value {
+        self.report("/rebalance").await
+    }
+
+    /// Polls the rebalance report until it says Done.
+    pub async fn wait_rebalanced(&self) -> serde_json::Value {
+        self.wait_report("/rebalance", "Done").await
+    }
+
+    /// `GET path` with the token: asserts 200 and returns the report.
+    async fn report(&self, path: &str) -> serde_json::Value {
         let (status, body) = self
-            .admin_request("GET", "/drain", Some(TOKEN), "")
+            .admin_request("GET", path, Some(TOKEN), "")
             .await
             .unwrap();
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
-    /// Polls the drain report until it says Drained.
-    pub async fn wait_drained(&self) -> serde_json::Value {
+    /// Polls the report at `path` until its state is `done` (bounded).
+    async fn wait_report(&self, path: &str, done: &str) -> serde_json::Value {
         let deadline = Instant::now() + WAIT;
         loop {
-            let r = self.drain_report().await;
-            if r["state"] == "Drained" {
+            let r = self.report(path).await;
+            if r["state"] == done {
                 return r;
             }
-            assert!(Instant::now() < deadline, "drain did not finish: {r}");
+            assert!(Instant::now() < deadline, "{path} did not finish: {r}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -599,6 +633,23 @@ pub async fn ws_connect_with(url: &str, headers: &[(&'static str, &str)]) -> Ws 
         .expect("connect timeout")
         .expect("connect");
     ws
+}
+
+/// Opens a client that sends `headers` with its upgrade and checks that it talks to the app.
+pub async fn talking_client(gw: &Gateway, i: usize, headers: &[(&'static str, &str)]) -> Ws {
+    let mut ws = ws_connect_with(&gw.ws_url(), headers).await;
+    assert_talks(&mut ws, &format!("hi {i}")).await;
+    ws
+}
+
+/// Sends `text` and checks that the app echoes it (bounded).
+pub async fn assert_talks(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, ws.next()).await;
+    assert_eq!(
+        echo.expect("an echo in time").unwrap().unwrap(),
+        Message::text(text)
+    );
 }
 
 /// Reads a tungstenite client until the end; returns the close code it received, if any.
