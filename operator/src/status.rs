@@ -314,6 +314,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         rollout: facts.rollout.cloned(),
         certificate,
         gateways: facts.gateways.to_vec(),
+        autoscaling: None,
     }
 }
 
