@@ -1102,7 +1102,7 @@ async fn the_session_autoscaling_records_its_decision_then_scales_through_the_sc
     }
     let metrics = fixture.ctx.metrics.encode();
     assert!(
-        metrics.contains(r#"longconn_operator_autoscale_decisions_total{direction="Up"} 1"#),
+        metrics.contains(r#"longconn_operator_autoscale_decisions_total{direction="up"} 1"#),
         "{metrics}"
     );
 
