@@ -93,7 +93,9 @@ impl Field {
     /// The field at `key` inside a field of kind `self`.
     fn child(self, key: &str) -> Field {
         match (self, key) {
-            (Field::Quantities, _) | (_, "sizeLimit" | "averageValue") => Field::Quantity,
+            (Field::Quantities, _) | (_, "sizeLimit" | "averageValue" | "tolerance") => {
+                Field::Quantity
+            }
             (_, "requests" | "limits" | "hard" | "capacity" | "allocatable") => Field::Quantities,
             _ => Field::Other,
         }

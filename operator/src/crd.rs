@@ -39,7 +39,7 @@ pub const GROUP: &str = "longconn.dev";
 /// The operator turns it into one Deployment per revision whose pods carry the longconn gateway
 /// as a native sidecar, a Service, a PodDisruptionBudget, TLS Secrets that renew themselves, an
 /// admin-token Secret, a NetworkPolicy, a ServiceMonitor with a PrometheusRule of alerts and, when
-/// asked, a HorizontalPodAutoscaler.
+/// asked, autoscales it: on open sessions itself, on CPU with a HorizontalPodAutoscaler.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "longconn.dev",
@@ -61,6 +61,12 @@ pub const GROUP: &str = "longconn.dev";
         type_ = "integer",
         json_path = ".spec.replicas",
         description = "Desired pods"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.autoscaling.desiredReplicas",
+        description = "Pods the session autoscaling wants"
     ),
     printcolumn(
         name = "Ready",
@@ -87,6 +93,13 @@ pub const GROUP: &str = "longconn.dev";
         description = "Enough pods are ready"
     ),
     printcolumn(
+        name = "Last Scale",
+        type_ = "string",
+        json_path = ".status.autoscaling.lastDecision.reason",
+        description = "Why the session autoscaling last changed replicas",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -100,8 +113,9 @@ pub const GROUP: &str = "longconn.dev";
     "!has(self.autoscaling) || !has(self.autoscaling.targetSessionsPerPod) || self.gateway.maxConnections >= self.autoscaling.targetSessionsPerPod"
 ).message("autoscaling.targetSessionsPerPod must not exceed gateway.maxConnections").field_path(".autoscaling.targetSessionsPerPod"))]
 pub struct LongConnServiceSpec {
-    /// Number of pods. `kubectl scale` and the HorizontalPodAutoscaler write it through the scale
-    /// subresource; every decrease drains the pods that go away before they are removed.
+    /// Number of pods. `kubectl scale`, the operator's session autoscaling and the
+    /// HorizontalPodAutoscaler write it through the scale subresource; every decrease drains the
+    /// pods that go away before they are removed.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: i32,
@@ -134,7 +148,8 @@ pub struct LongConnServiceSpec {
     #[serde(default)]
     pub disruption: DisruptionSpec,
 
-    /// Autoscale `replicas` with a HorizontalPodAutoscaler. Unset: no autoscaling.
+    /// Autoscale `replicas`: on open sessions by the operator itself, on CPU alone by a
+    /// HorizontalPodAutoscaler. Unset: no autoscaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
 
@@ -630,7 +645,9 @@ impl Default for DisruptionSpec {
     }
 }
 
-/// Autoscaling of `replicas` by a HorizontalPodAutoscaler (autoscaling/v2) that targets this
+/// Autoscaling of `replicas`. On sessions (`targetSessionsPerPod`) the operator itself decides
+/// `replicas` from the open sessions its gateways report: nothing else needs installing. On CPU
+/// alone (`targetCPUUtilization`) a HorizontalPodAutoscaler (autoscaling/v2) targets this
 /// resource's scale subresource. Scale-downs drain the pods that go.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -646,13 +663,15 @@ pub struct AutoscalingSpec {
     /// Most pods.
     #[schemars(range(min = 1, max = 10000))]
     pub max_replicas: i32,
-    /// Average open sessions per pod to aim for (the gateway metric
-    /// `longconn_gateway_sessions_active`, served through a custom-metrics adapter such as
-    /// prometheus-adapter).
+    /// Open sessions per pod to aim for. The operator reads every gateway's open sessions and
+    /// sets `replicas` to the total over this target (rounded up), with the `behavior` below;
+    /// pods being drained and their sessions are left out. No metrics adapter is needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_sessions_per_pod: Option<i64>,
-    /// Average CPU utilization of the pods, in percent of their requests.
+    /// Average CPU utilization of the pods, in percent of their requests. Alone: a
+    /// HorizontalPodAutoscaler scales on it. Beside `targetSessionsPerPod`: ignored (the
+    /// ScalingActive condition and a Warning Event say so), since `replicas` has one writer.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -660,6 +679,132 @@ pub struct AutoscalingSpec {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
+    /// How fast `replicas` follows the target, as a HorizontalPodAutoscaler's `behavior`:
+    /// stabilization windows, rate policies and the tolerance.
+    #[serde(default)]
+    pub behavior: AutoscalingBehavior,
+}
+
+/// How fast `replicas` follows the target (autoscaling/v2's `behavior`, with durations).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingBehavior {
+    /// Growing. Unset: no stabilization window, at most 4 pods or 100% more per 15s (whichever
+    /// is more).
+    #[serde(default = "default_scale_up")]
+    pub scale_up: ScalingRules,
+    /// Shrinking. Unset: a 300s stabilization window, at most 100% fewer per 15s.
+    #[serde(default = "default_scale_down")]
+    pub scale_down: ScalingRules,
+    /// How far (a fraction) the sessions per pod may be from the target before `replicas`
+    /// changes: with 0.1, anything from 90% to 110% of the target keeps the pods as they are.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub tolerance: f64,
+}
+
+impl Default for AutoscalingBehavior {
+    fn default() -> Self {
+        Self {
+            scale_up: default_scale_up(),
+            scale_down: default_scale_down(),
+            tolerance: default_tolerance(),
+        }
+    }
+}
+
+/// How `replicas` changes in one direction.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.stabilizationWindow) || duration(self.stabilizationWindow) <= duration('1h')")
+    .message("the stabilizationWindow of autoscaling.behavior.scaleUp and scaleDown must be at most 1h").field_path(".stabilizationWindow"))]
+pub struct ScalingRules {
+    /// How far back recommendations are remembered: a scale-down goes only as low as the
+    /// highest recommendation of its window, a scale-up only as high as the lowest of its.
+    /// Unset: 0s for scaleUp, 300s for scaleDown. At most 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilization_window: Option<Duration>,
+    /// Which policy applies when several do: Max (default) the one that allows the largest
+    /// change, Min the smallest; Disabled never changes `replicas` in this direction.
+    #[serde(default)]
+    pub select_policy: SelectPolicy,
+    /// How much may change per period, each policy counted from the replicas at the start of
+    /// its period. Unset: for scaleUp 4 pods and 100% per 15s, for scaleDown 100% per 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10))]
+    pub policies: Option<Vec<ScalingPolicy>>,
+}
+
+/// Which of several scaling policies applies.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SelectPolicy {
+    /// The policy that allows the largest change.
+    #[default]
+    Max,
+    /// The policy that allows the smallest change.
+    Min,
+    /// No change in this direction.
+    Disabled,
+}
+
+/// What a scaling policy's value counts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScalingPolicyType {
+    /// A number of pods.
+    Pods,
+    /// A percentage of the replicas at the start of the period.
+    Percent,
+}
+
+/// At most `value` pods (or percent) of change per `period`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.period) > duration('0s') && duration(self.period) <= duration('30m')")
+    .message("the period of an autoscaling.behavior policy must be longer than 0s and at most 30m").field_path(".period"))]
+pub struct ScalingPolicy {
+    /// Pods or Percent.
+    #[serde(rename = "type")]
+    pub type_: ScalingPolicyType,
+    /// Pods, or percent of the replicas at the start of the period.
+    #[schemars(range(min = 1, max = 100000))]
+    pub value: i32,
+    /// The period the value is counted over (longer than 0s, at most 30m).
+    pub period: Duration,
+}
+
+/// The HorizontalPodAutoscaler's scale-up rules: no window, 4 pods or 100% per 15s, the larger.
+pub fn default_scale_up() -> ScalingRules {
+    ScalingRules {
+        stabilization_window: Some(Duration::from_static("0s")),
+        select_policy: SelectPolicy::Max,
+        policies: Some(vec![
+            ScalingPolicy {
+                type_: ScalingPolicyType::Pods,
+                value: 4,
+                period: Duration::from_static("15s"),
+            },
+            ScalingPolicy {
+                type_: ScalingPolicyType::Percent,
+                value: 100,
+                period: Duration::from_static("15s"),
+            },
+        ]),
+    }
+}
+/// The HorizontalPodAutoscaler's scale-down rules: a 300s window, 100% per 15s.
+pub fn default_scale_down() -> ScalingRules {
+    ScalingRules {
+        stabilization_window: Some(Duration::from_static("300s")),
+        select_policy: SelectPolicy::Max,
+        policies: Some(vec![ScalingPolicy {
+            type_: ScalingPolicyType::Percent,
+            value: 100,
+            period: Duration::from_static("15s"),
+        }]),
+    }
+}
+fn default_tolerance() -> f64 {
+    0.1
 }
 
 fn default_min_replicas() -> i32 {
@@ -788,7 +933,8 @@ pub struct LongConnServiceStatus {
     /// The revision the spec asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
-    /// Available, Progressing, Degraded, CertificateReady, MonitoringReady, SessionsPreserved.
+    /// Available, Progressing, Degraded, CertificateReady, MonitoringReady, SessionsPreserved,
+    /// and ScalingActive while `autoscaling.targetSessionsPerPod` is set.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -805,6 +951,47 @@ pub struct LongConnServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
     pub gateways: Vec<GatewayRecord>,
+    /// The operator's autoscaling on `autoscaling.targetSessionsPerPod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// What the session autoscaling sees and decided.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// The replicas the autoscaling wants now, its stabilization windows and rate policies
+    /// applied.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Pods the last recommendation counted: those serving and those starting; pods being
+    /// drained are left out. Refreshed with `activeSessions`.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Mean open sessions per serving pod whose gateway reported. Refreshed with
+    /// `activeSessions`.
+    #[serde(default)]
+    pub sessions_per_pod: i64,
+    /// When the autoscaling last changed `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// The last decision that changed `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<ScaleDecision>,
+}
+
+/// A change of `spec.replicas` the session autoscaling decided.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    /// `spec.replicas` before.
+    pub from: i32,
+    /// `spec.replicas` after.
+    pub replicas: i32,
+    /// Why, in words: the sessions, the target, and the limit that applied, if any.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
 }
 
 /// The accounting record of one pod's gateway.

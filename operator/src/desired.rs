@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+    CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, HTTPGetAction,
@@ -33,7 +34,11 @@ use serde_json::{Value, json};
 
 use crate::alerts;
 pub use crate::certs::CertBundle;
-use crate::crd::{AutoscalingSpec, LogFormat, LongConnService, TlsMode};
+use crate::crd::{
+    AutoscalingSpec, LogFormat, LongConnService, ScalingPolicyType, ScalingRules, SelectPolicy,
+    TlsMode,
+};
+use crate::duration::Duration;
 use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::revision;
@@ -189,8 +194,13 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
             out.push(ctx.manifest(Kind::PrometheusRule, prometheus_rule(&ctx)));
         }
     }
-    if let Some(autoscaling) = &lcs.spec.autoscaling {
-        out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx, autoscaling)));
+    // On sessions the operator scales itself (`autoscale`): a HorizontalPodAutoscaler beside
+    // it would be a second writer of `spec.replicas`.
+    if let Some(autoscaling) = &lcs.spec.autoscaling
+        && autoscaling.target_sessions_per_pod.is_none()
+        && let Some(cpu) = autoscaling.target_cpu_utilization
+    {
+        out.push(ctx.manifest(Kind::HorizontalPodAutoscaler, hpa(&ctx, autoscaling, cpu)));
     }
     out
 }
@@ -915,39 +925,51 @@ fn prometheus_rule(ctx: &Ctx) -> Value {
     })
 }
 
-fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
-    let mut metrics = Vec::new();
-    if let Some(cpu) = a.target_cpu_utilization {
-        metrics.push(MetricSpec {
-            type_: "Resource".to_owned(),
-            resource: Some(ResourceMetricSource {
-                name: "cpu".to_owned(),
-                target: MetricTarget {
-                    type_: "Utilization".to_owned(),
-                    average_utilization: Some(cpu),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        });
-    }
-    if let Some(sessions) = a.target_sessions_per_pod {
-        metrics.push(MetricSpec {
-            type_: "Pods".to_owned(),
-            pods: Some(PodsMetricSource {
-                metric: MetricIdentifier {
-                    name: "longconn_gateway_sessions_active".to_owned(),
-                    selector: None,
-                },
-                target: MetricTarget {
-                    type_: "AverageValue".to_owned(),
-                    average_value: Some(Quantity(sessions.to_string())),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        });
-    }
+/// The HorizontalPodAutoscaler of `targetCPUUtilization` alone, with the spec's behavior.
+fn hpa(ctx: &Ctx, a: &AutoscalingSpec, cpu: i32) -> HorizontalPodAutoscaler {
+    let metric = MetricSpec {
+        type_: "Resource".to_owned(),
+        resource: Some(ResourceMetricSource {
+            name: "cpu".to_owned(),
+            target: MetricTarget {
+                type_: "Utilization".to_owned(),
+                average_utilization: Some(cpu),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    };
+    // The cluster's default tolerance is 10%; another one needs the HPAConfigurableTolerance
+    // feature (beta, on by default since Kubernetes 1.34).
+    let tolerance = a.behavior.tolerance;
+    let tolerance =
+        ((tolerance - 0.1).abs() > f64::EPSILON).then(|| Quantity(format!("{tolerance}")));
+    let rules = |r: &ScalingRules| HPAScalingRules {
+        policies: r.policies.as_ref().map(|policies| {
+            policies
+                .iter()
+                .map(|p| HPAScalingPolicy {
+                    period_seconds: seconds(&p.period).max(1),
+                    type_: match p.type_ {
+                        ScalingPolicyType::Pods => "Pods",
+                        ScalingPolicyType::Percent => "Percent",
+                    }
+                    .to_owned(),
+                    value: p.value,
+                })
+                .collect()
+        }),
+        select_policy: Some(
+            match r.select_policy {
+                SelectPolicy::Max => "Max",
+                SelectPolicy::Min => "Min",
+                SelectPolicy::Disabled => "Disabled",
+            }
+            .to_owned(),
+        ),
+        stabilization_window_seconds: r.stabilization_window.as_ref().map(seconds),
+        tolerance: tolerance.clone(),
+    };
     HorizontalPodAutoscaler {
         metadata: ctx.meta(ctx.name.clone()),
         spec: HorizontalPodAutoscalerSpec {
@@ -958,11 +980,22 @@ fn hpa(ctx: &Ctx, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
             },
             min_replicas: Some(a.min_replicas),
             max_replicas: a.max_replicas,
-            metrics: Some(metrics),
-            ..HorizontalPodAutoscalerSpec::default()
+            metrics: Some(vec![metric]),
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_up: Some(rules(&a.behavior.scale_up)),
+                scale_down: Some(rules(&a.behavior.scale_down)),
+            }),
         },
         status: None,
     }
+}
+
+/// A duration of the spec in whole seconds, rounded up (the HorizontalPodAutoscaler counts in
+/// seconds).
+fn seconds(d: &Duration) -> i32 {
+    let d = d.to_std().unwrap_or_default();
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(whole).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

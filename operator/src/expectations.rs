@@ -6,7 +6,9 @@
 //! reconcile first waits until the caches show every write it made, as the ReplicaSet
 //! controller waits for its expectations. Each write is kept with the resourceVersion the cache
 //! showed before it (`None`: the object was not there); the cache has caught up as soon as it
-//! shows anything else. A write the cache never shows (its watch is broken) is given up on
+//! shows anything else. A second write of the same object before the cache showed the first
+//! (a LongConnService's status, then its scale) adds its own: the cache has caught up once it
+//! shows neither. A write the cache never shows (its watch is broken) is given up on
 //! after [`EXPECT_FOR`], the ReplicaSet controller's expectations timeout: on a busy API
 //! server a watch runs many seconds behind, and giving up sooner brings back exactly the
 //! stale plans this exists to prevent.
@@ -32,7 +34,8 @@ type Written = (Option<Kind>, String);
 pub struct Expectations(Mutex<HashMap<ObjectRef<LongConnService>, HashMap<Written, Expected>>>);
 
 struct Expected {
-    before: Option<String>,
+    /// The versions the writes not shown yet started from.
+    before: Vec<Option<String>>,
     at: Instant,
 }
 
@@ -53,7 +56,7 @@ impl Expectations {
         };
         writes.retain(|(kind, name), expected| {
             now.saturating_duration_since(expected.at) < EXPECT_FOR
-                && current(*kind, name) == expected.before
+                && expected.before.contains(&current(*kind, name))
         });
         let settled = writes.is_empty();
         if settled {
@@ -64,7 +67,7 @@ impl Expectations {
 
     /// Notes a write of `name` (`kind`; None: the LongConnService) made at `at` that changed
     /// its resourceVersion from `before` to `after`. A write that changed nothing is not
-    /// waited for.
+    /// waited for; one that follows a write not shown yet is waited for with it.
     pub fn wrote(
         &self,
         lcs: &ObjectRef<LongConnService>,
@@ -77,13 +80,16 @@ impl Expectations {
             return;
         }
         if let Ok(mut all) = self.0.lock() {
-            all.entry(lcs.clone()).or_default().insert(
-                (kind, name.to_owned()),
-                Expected {
-                    before: before.map(str::to_owned),
+            let expected = all
+                .entry(lcs.clone())
+                .or_default()
+                .entry((kind, name.to_owned()))
+                .or_insert_with(|| Expected {
+                    before: Vec::new(),
                     at,
-                },
-            );
+                });
+            expected.before.push(before.map(str::to_owned));
+            expected.at = at;
         }
     }
 }
@@ -128,6 +134,18 @@ mod tests {
         assert!(!expectations.settled(&service(), t0, secrets(Some("7"))));
         // Someone else wrote after us: the cache is past our write all the same.
         assert!(expectations.settled(&service(), t0, secrets(Some("12"))));
+    }
+
+    /// The status written, then the scale: a cache that shows only the first is still behind.
+    #[test]
+    fn two_writes_of_one_object_are_settled_only_by_a_version_past_both() {
+        let expectations = Expectations::default();
+        let t0 = Instant::now();
+        expectations.wrote(&service(), SECRET, Some("7"), Some("9"), t0);
+        expectations.wrote(&service(), SECRET, Some("9"), Some("11"), t0);
+        assert!(!expectations.settled(&service(), t0, secrets(Some("7"))));
+        assert!(!expectations.settled(&service(), t0, secrets(Some("9"))));
+        assert!(expectations.settled(&service(), t0, secrets(Some("11"))));
     }
 
     #[test]

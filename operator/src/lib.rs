@@ -4,6 +4,7 @@
 //! cutting their sessions.
 
 pub mod alerts;
+pub mod autoscale;
 pub mod cache;
 pub mod certs;
 pub mod compare;

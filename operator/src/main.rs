@@ -278,7 +278,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // this replica leads; the metrics read their recorded conditions from it.
     let (services, services_writer) = reflector::store::<LongConnService>();
     let mut metrics = Metrics::default();
-    metrics.watch_rollouts(services.clone());
+    metrics.watch_services(services.clone());
     let metrics = Arc::new(metrics);
     let config = kube::Config::infer()
         .await

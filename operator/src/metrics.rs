@@ -1,8 +1,9 @@
 //! The operator's Prometheus metrics (OpenMetrics text on `/metrics`).
 //!
-//! Counters and the rollout phase are set as the reconciler records; `rollout_halted` is read
-//! at each scrape from the LongConnServices' recorded status, so it holds the recorded
-//! conditions after a restart and forgets a LongConnService once it is deleted.
+//! Counters and the rollout phase are set as the reconciler records; `rollout_halted` and
+//! `autoscale_desired_replicas` are read at each scrape from the LongConnServices' recorded
+//! status, so they hold what is recorded after a restart and forget a LongConnService once it
+//! is deleted.
 
 use std::fmt;
 
@@ -10,7 +11,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -169,34 +170,78 @@ pub struct HaltLabels {
     pub reason: HaltReason,
 }
 
-/// `rollout_halted`: for every LongConnService in the store, 1 for the reason its rollout is
-/// halted for and 0 for the others, read at each scrape.
-#[derive(Debug)]
-struct RolloutsHalted(Store<LongConnService>);
+/// Which way a scale decision went: a closed set, `up` or `down`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
 
-impl Collector for RolloutsHalted {
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        let value = match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+/// One LongConnService.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What is read at each scrape from the LongConnServices in the store, as their status records
+/// it: `rollout_halted`, 1 for the reason a rollout is halted for and 0 for the others, and
+/// `autoscale_desired_replicas`, the replicas the session autoscaling wants (for those whose
+/// session autoscaling recorded something).
+#[derive(Debug)]
+struct Recorded(Store<LongConnService>);
+
+impl Collector for Recorded {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let halted = Family::<HaltLabels, Gauge>::default();
+        let desired = Family::<ServiceLabels, Gauge>::default();
         for lcs in self.0.state() {
+            let (namespace, name) = (lcs.namespace().unwrap_or_default(), lcs.name_any());
             let why = HaltReason::of(&lcs);
             for reason in HaltReason::ALL {
                 halted
                     .get_or_create(&HaltLabels {
-                        namespace: lcs.namespace().unwrap_or_default(),
-                        name: lcs.name_any(),
+                        namespace: namespace.clone(),
+                        name: name.clone(),
                         reason,
                     })
                     .set(i64::from(why == Some(reason)));
             }
+            if let Some(a) = lcs.status.as_ref().and_then(|s| s.autoscaling.as_ref()) {
+                desired
+                    .get_or_create(&ServiceLabels { namespace, name })
+                    .set(i64::from(a.desired_replicas));
+            }
         }
-        let metric = encoder.encode_descriptor(
+        halted.encode(encoder.encode_descriptor(
             "rollout_halted",
             "1 while a LongConnService's rollout is halted for this reason (its Progressing \
              condition), 0 otherwise",
             None,
             MetricType::Gauge,
-        )?;
-        halted.encode(metric)
+        )?)?;
+        desired.encode(encoder.encode_descriptor(
+            "autoscale_desired_replicas",
+            "The replicas the session autoscaling of a LongConnService wants, as recorded in its \
+             status",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }
 
@@ -219,6 +264,7 @@ pub struct Metrics {
     pub rollout_phase: Family<PhaseLabels, Gauge>,
     pub api_requests: Family<MethodLabels, Counter>,
     pub lease_requests: Family<MethodLabels, Counter>,
+    pub autoscale_decisions: Family<DirectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -318,8 +364,15 @@ impl Default for Metrics {
              HTTP method; not counted in api_requests",
             lease_requests.clone(),
         );
+        let autoscale_decisions = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "autoscale_decisions",
+            "Changes of spec.replicas the session autoscaling decided and recorded, by direction",
+            autoscale_decisions.clone(),
+        );
         Self {
             registry,
+            autoscale_decisions,
             api_requests,
             lease_requests,
             drains_started,
@@ -355,11 +408,11 @@ impl Metrics {
         }
     }
 
-    /// Exports `rollout_halted` for the LongConnServices in `services` (the store the
-    /// controller reconciles from).
-    pub fn watch_rollouts(&mut self, services: Store<LongConnService>) {
+    /// Exports `rollout_halted` and `autoscale_desired_replicas` for the LongConnServices in
+    /// `services` (the store the controller reconciles from).
+    pub fn watch_services(&mut self, services: Store<LongConnService>) {
         self.registry
-            .register_collector(Box::new(RolloutsHalted(services)));
+            .register_collector(Box::new(Recorded(services)));
     }
 
     /// The OpenMetrics text exposition.
@@ -429,7 +482,7 @@ mod tests {
     fn halted_rollouts_are_read_from_the_store_at_each_scrape() {
         let (store, mut writer) = reflector::store::<LongConnService>();
         let mut metrics = Metrics::default();
-        metrics.watch_rollouts(store);
+        metrics.watch_services(store);
         let halted = |text: &str, name: &str, reason: &str| {
             let series = format!(
                 r#"longconn_operator_rollout_halted{{namespace="default",name="{name}",reason="{reason}"}} "#
@@ -458,6 +511,27 @@ mod tests {
         assert_eq!(
             halted(&text, "fine", "DropBudgetExceeded").as_deref(),
             Some("0")
+        );
+
+        // The session autoscaling's desired replicas, as recorded.
+        let mut scaled = progressing("scaled", "True", "NewRevisionAvailable");
+        if let Some(status) = scaled.status.as_mut() {
+            status.autoscaling = Some(crate::crd::AutoscalingStatus {
+                desired_replicas: 7,
+                ..Default::default()
+            });
+        }
+        writer.apply_watcher_event(&watcher::Event::Apply(scaled));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"longconn_operator_autoscale_desired_replicas{namespace="default",name="scaled"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"autoscale_desired_replicas{namespace="default",name="fine"}"#),
+            "only services whose session autoscaling recorded something"
         );
 
         // Deleted: no series left for it.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use crate::autoscale::{self, History, Recorded};
 use crate::crd::{LongConnService, LongConnServiceStatus};
 use crate::desired::{self, CertBundle, Manifest, Observed, Settings};
 use crate::kinds::Kind;
@@ -38,8 +39,8 @@ pub const SESSIONS_RECORD: Duration = Duration::from_secs(30);
 pub const COUNTS_RECORD: Duration = Duration::from_secs(5);
 
 /// Whether a status change must be recorded at once: anything but the live counts (pods,
-/// ready pods, open sessions), the words of conditions and the gateways recorded with nothing
-/// counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
+/// ready pods, open sessions, the session autoscaling's counts), the words of conditions and the
+/// gateways recorded with nothing counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
 /// certificate, revisions and restart losses go out at once; counts may wait
 /// [`COUNTS_RECORD`] to be written with the next change. A rollout's step never waits for
 /// them: every action is planned from the caches and from what is recorded at once.
@@ -56,6 +57,11 @@ pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus)
         status.gateways.retain(|g| g.lost_counted > 0);
         for gateway in &mut status.gateways {
             gateway.sessions = 0;
+        }
+        if let Some(a) = status.autoscaling.as_mut() {
+            a.desired_replicas = 0;
+            a.current_replicas = 0;
+            a.sessions_per_pod = 0;
         }
         status
     }
@@ -96,6 +102,8 @@ pub struct Input<'a> {
     pub refused: Refusals,
     /// Record the gateways' open sessions now.
     pub refresh_sessions: bool,
+    /// The session autoscaling's recent recommendations and scale events.
+    pub history: &'a History,
 }
 
 /// A Warning Event about a condition that turned bad: its reason and message.
@@ -119,6 +127,8 @@ pub struct Outcome {
     pub scale: Vec<(String, i32)>,
     /// Owned objects no longer desired.
     pub orphans: Vec<(Kind, String)>,
+    /// The session autoscaling's decision, while `autoscaling.targetSessionsPerPod` is set.
+    pub autoscale: Option<Recorded>,
     /// Certificates issued, counted once the status holding them is recorded.
     pub certificates_issued: u64,
     pub requeue: Duration,
@@ -196,6 +206,15 @@ pub fn plan(input: Input) -> Outcome {
                 message: hook.to_string(),
             }),
     );
+    let old = lcs.status.clone().unwrap_or_default();
+    let autoscale = scaling(
+        lcs,
+        &old,
+        observation,
+        &rollout,
+        input.history,
+        input.refresh_sessions,
+    );
     let m = &lcs.spec.monitoring;
     let apis = observation.apis;
     let monitoring = match (
@@ -224,14 +243,18 @@ pub fn plan(input: Input) -> Outcome {
             progressing: rollout.progressing.as_ref(),
             sessions_preserved: &rollout.sessions_preserved,
             gateways: &rollout.gateways,
+            autoscaling: autoscale.as_ref().map(|a| (&a.verdict, &a.status)),
             now,
         },
     );
-    let old = lcs.status.clone().unwrap_or_default();
-    let warnings = turned_bad(&old, &new_status);
+    let mut warnings = turned_bad(&old, &new_status);
+    warnings.extend(cpu_ignored(&old, &new_status));
     let mut rollout = rollout;
     let certificates_issued = input.certificate.issued;
     rollout.events.splice(0..0, input.certificate.note);
+    rollout
+        .events
+        .extend(autoscale.as_ref().and_then(Recorded::note));
 
     let mut requeue = if rollout.paused {
         PAUSED_POLL
@@ -246,6 +269,9 @@ pub fn plan(input: Input) -> Outcome {
         // The proxies follow a label change within about a second.
         requeue = requeue.min(ROUTING_POLL);
     }
+    if autoscale.is_some() {
+        requeue = requeue.min(autoscale::PERIOD);
+    }
     if let Some(renew_at) = input.certificate.renew_at {
         let until = renew_at.duration_since(now).unsigned_abs();
         requeue = requeue.min(until.max(Duration::from_secs(1)));
@@ -257,9 +283,63 @@ pub fn plan(input: Input) -> Outcome {
         manifests,
         scale,
         orphans,
+        autoscale,
         certificates_issued,
         requeue,
     }
+}
+
+/// The session autoscaling's decision and its record, while `targetSessionsPerPod` is set.
+/// The pods the rollout drains or removes are left out, with their sessions; a scale-down waits
+/// while the rollout moves pods.
+fn scaling(
+    lcs: &LongConnService,
+    old: &LongConnServiceStatus,
+    observation: &Observation,
+    rollout: &Plan,
+    history: &History,
+    refresh_sessions: bool,
+) -> Option<Recorded> {
+    let spec = lcs
+        .spec
+        .autoscaling
+        .as_ref()
+        .filter(|a| a.target_sessions_per_pod.is_some())?;
+    let leaving = |pod: &rollout::PodFacts| {
+        rollout
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.draining.iter().any(|e| e.pod == pod.name))
+    };
+    let pods = autoscale::Pods::of(&observation.pods, leaving);
+    let scaling = autoscale::Input {
+        now: observation.now,
+        current: lcs.spec.replicas,
+        spec,
+        pods: &pods,
+        rollout_busy: rollout.active || rollout.paused,
+        history,
+    };
+    let decision = autoscale::decide(&scaling);
+    Some(autoscale::record(
+        old,
+        &scaling,
+        &decision,
+        refresh_sessions,
+    ))
+}
+
+/// A Warning Event when the ScalingActive condition first says that `targetCPUUtilization` is
+/// ignored beside the session target.
+fn cpu_ignored(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> Option<Warning> {
+    let says = |status: &LongConnServiceStatus| {
+        status::condition(status, autoscale::SCALING_ACTIVE)
+            .is_some_and(|c| c.message.contains(autoscale::CPU_IGNORED))
+    };
+    (says(new) && !says(old)).then(|| Warning {
+        reason: "CPUTargetIgnored".to_owned(),
+        message: autoscale::CPU_IGNORED.to_owned(),
+    })
 }
 
 /// Warning Events for the Degraded, CertificateReady and MonitoringReady conditions that turn
@@ -355,18 +435,10 @@ mod tests {
         assert!(changed(&|s| s.update_revision = Some("b".to_owned())));
     }
 
-    #[test]
-    fn a_pre_stop_hook_that_cannot_be_chained_shows_as_degraded() {
-        let mut lcs = LongConnService::test().build();
-        lcs.spec.template = serde_json::from_value(serde_json::json!({"spec": {"containers": [{
-            "name": "app", "image": "app",
-            "lifecycle": {"preStop": {"httpGet": {"path": "/bye", "port": 8080}}}
-        }]}}))
-        .expect("template");
-        let observation = observation();
-        let outcome = plan(Input {
-            lcs: &lcs,
-            observation: &observation,
+    fn plan_for(lcs: &LongConnService, observation: &Observation) -> Outcome {
+        plan(Input {
+            lcs,
+            observation,
             settings: &Settings::default(),
             certificate: Certificate {
                 bundle: None,
@@ -377,8 +449,114 @@ mod tests {
             },
             admin_token: "t".to_owned(),
             refused: Refusals::default(),
-            refresh_sessions: false,
+            refresh_sessions: true,
+            history: &History::default(),
+        })
+    }
+
+    #[test]
+    fn a_pod_being_drained_is_left_out_of_the_session_count_and_holds_a_scale_down() {
+        use crate::crd::{DrainingPod, RolloutStatus};
+        use crate::desired::ObservedRevision;
+        use crate::rollout::PodFacts;
+        use longconn_drain_api::DrainReport;
+        let mut lcs = LongConnService::test().replicas(3).build();
+        lcs.spec.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({
+                "minReplicas": 1, "maxReplicas": 10, "targetSessionsPerPod": 100
+            }))
+            .expect("autoscaling"),
+        );
+        let revision = revision::of(&lcs, &Settings::default());
+        let mut observation = observation();
+        let pod = |name: &str, active: u64| PodFacts {
+            name: name.to_owned(),
+            revision: revision.clone(),
+            running: true,
+            ready: true,
+            report: Some(DrainReport {
+                active,
+                ..DrainReport::default()
+            }),
+            ..PodFacts::default()
+        };
+        observation.pods = vec![pod("a-1", 500), pod("a-2", 40), pod("a-3", 40)];
+        observation.revisions = vec![ObservedRevision {
+            revision: revision.clone(),
+            replicas: 3,
+            current_replicas: 3,
+            ready_replicas: 3,
+        }];
+        // a-1's drain was asked for; its gateway has not taken the request yet.
+        lcs.status = Some(LongConnServiceStatus {
+            rollout: Some(RolloutStatus {
+                revision: revision.clone(),
+                draining: vec![DrainingPod {
+                    pod: "a-1".to_owned(),
+                    revision: revision.clone(),
+                    started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        observation.now,
+                    )),
+                    sessions_at_start: 500,
+                    active: 500,
+                    ..DrainingPod::default()
+                }],
+                ..RolloutStatus::default()
+            }),
+            ..LongConnServiceStatus::default()
         });
+        let outcome = plan_for(&lcs, &observation);
+        let scaling = outcome.autoscale.expect("the session autoscaling is on");
+        assert_eq!(scaling.scale_to, None);
+        assert_eq!(scaling.verdict.reason, "ScaleDownHeldDuringRollout");
+        assert!(
+            scaling
+                .verdict
+                .message
+                .starts_with("sessions 80 over 2 pods, target 100 per pod: 1 pod; scale-down held"),
+            "{}",
+            scaling.verdict.message
+        );
+        assert_eq!(scaling.status.current_replicas, 2);
+        assert_eq!(outcome.requeue, crate::plan::ROLLOUT_POLL);
+        let status = outcome.status.expect("a status");
+        let active = status::condition(&status, autoscale::SCALING_ACTIVE).expect("condition");
+        assert_eq!(active.reason, "ScaleDownHeldDuringRollout");
+        assert_eq!(status.autoscaling, Some(scaling.status));
+    }
+
+    #[test]
+    fn without_a_session_target_there_is_no_scaling_active_condition() {
+        let mut lcs = LongConnService::test().build();
+        lcs.status = Some(LongConnServiceStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: autoscale::SCALING_ACTIVE.to_owned(),
+                status: "True".to_owned(),
+                reason: "ValidSessionCount".to_owned(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-01-01T00:00:00Z".parse().expect("time"),
+                ),
+            }],
+            ..LongConnServiceStatus::default()
+        });
+        let outcome = plan_for(&lcs, &observation());
+        assert!(outcome.autoscale.is_none());
+        let status = outcome.status.expect("a status");
+        assert!(status::condition(&status, autoscale::SCALING_ACTIVE).is_none());
+        assert_eq!(outcome.requeue, RESYNC);
+    }
+
+    #[test]
+    fn a_pre_stop_hook_that_cannot_be_chained_shows_as_degraded() {
+        let mut lcs = LongConnService::test().build();
+        lcs.spec.template = serde_json::from_value(serde_json::json!({"spec": {"containers": [{
+            "name": "app", "image": "app",
+            "lifecycle": {"preStop": {"httpGet": {"path": "/bye", "port": 8080}}}
+        }]}}))
+        .expect("template");
+        let outcome = plan_for(&lcs, &observation());
         let status = outcome.status.expect("a status to record");
         let degraded = status::condition(&status, status::DEGRADED).expect("Degraded");
         assert_eq!(degraded.status, "True");

@@ -31,6 +31,12 @@ pub const RULES: &[Rule] = &[
         resources: &["longconnservices/status"],
         verbs: &["get", "patch"],
     },
+    // The session autoscaling sets `spec.replicas` the way `kubectl scale` does.
+    Rule {
+        group: "longconn.dev",
+        resources: &["longconnservices/scale"],
+        verbs: &["patch"],
+    },
     Rule {
         group: "",
         resources: &["secrets", "services"],
@@ -138,6 +144,18 @@ mod tests {
         // list and watch: the gateways to read and pods that start terminating; patch: the
         // deletion cost of drained pods and the label that routes new sessions.
         assert_eq!(verbs_for("", "pods"), ["list", "patch", "watch"]);
+    }
+
+    #[test]
+    fn the_service_itself_is_only_read_and_scaled() {
+        assert_eq!(
+            verbs_for("longconn.dev", "longconnservices"),
+            ["get", "list", "watch"]
+        );
+        assert_eq!(
+            verbs_for("longconn.dev", "longconnservices/scale"),
+            ["patch"]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! the pure [`plan`] what to record and do, records the status first (under an
 //! optimistic-concurrency precondition: a reconcile that saw a stale status does nothing and
 //! looks again), then follows the record with Events and metrics, and only then acts: drains,
-//! deletion costs, server-side applies of what is not already as desired, resizes and deletes.
+//! deletion costs, server-side applies of what is not already as desired, resizes, deletes and,
+//! when the session autoscaling decided so, `spec.replicas` through the scale subresource.
 //! A reconcile that finds everything as desired makes no request at all. Garbage collection
 //! removes owned objects when the LongConnService is deleted (owner references), so no
 //! finalizer is needed: deleting a LongConnService never waits for the operator.
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
+use crate::autoscale::History;
 use crate::cache::Caches;
 use crate::certs;
 use crate::compare;
@@ -35,7 +37,7 @@ use crate::expectations::Expectations;
 use crate::gateways::{self, Reports};
 use crate::kinds::Kind;
 use crate::labels::{MANAGER, names};
-use crate::metrics::{ErrorReason, KindLabels, Metrics};
+use crate::metrics::{Direction, DirectionLabels, ErrorReason, KindLabels, Metrics};
 use crate::observe::{self, Observation, UserSecret};
 use crate::plan::{self, Certificate, Outcome, Refusals};
 use crate::rollout::{LOWEST_COST, Note, Plan};
@@ -68,6 +70,14 @@ pub enum Error {
     Scale {
         namespace: String,
         name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("scaling LongConnService {namespace}/{name} to {replicas} replicas: {source}")]
+    ScaleService {
+        namespace: String,
+        name: String,
+        replicas: i32,
         #[source]
         source: kube::Error,
     },
@@ -105,6 +115,7 @@ impl Error {
             Error::Get { .. }
             | Error::PatchPod { .. }
             | Error::Scale { .. }
+            | Error::ScaleService { .. }
             | Error::Delete { .. }
             | Error::Status { .. } => ErrorReason::Api,
             Error::Certificate { .. } | Error::Random(_) => ErrorReason::Crypto,
@@ -135,6 +146,9 @@ pub struct Context {
     status_recorded: Mutex<HashMap<ObjectRef<LongConnService>, tokio::time::Instant>>,
     /// Writes whose result the caches do not show yet.
     expectations: Expectations,
+    /// Each LongConnService's session autoscaling history: recommendations and scale events
+    /// (in memory: an operator that restarts starts with none, see [`crate::autoscale`]).
+    histories: Mutex<HashMap<ObjectRef<LongConnService>, History>>,
 }
 
 impl Context {
@@ -155,6 +169,7 @@ impl Context {
             sessions_recorded: Mutex::new(HashMap::new()),
             status_recorded: Mutex::new(HashMap::new()),
             expectations: Expectations::default(),
+            histories: Mutex::new(HashMap::new()),
         }
     }
 
@@ -235,11 +250,7 @@ impl Context {
     }
 
     fn last_problems(&self, key: &ObjectRef<LongConnService>) -> Refusals {
-        self.problems
-            .lock()
-            .ok()
-            .and_then(|p| p.get(key).cloned())
-            .unwrap_or_default()
+        kept(&self.problems, key)
     }
 
     /// Keeps what an attempt to apply refused; returns whether that changed.
@@ -274,6 +285,29 @@ impl Context {
             })
     }
 
+    /// The session autoscaling history of a LongConnService (empty when there is none yet).
+    fn history(&self, key: &ObjectRef<LongConnService>) -> History {
+        kept(&self.histories, key)
+    }
+
+    /// Changes the session autoscaling history of a LongConnService; `None` forgets it (the
+    /// session autoscaling is off).
+    fn update_history(
+        &self,
+        key: &ObjectRef<LongConnService>,
+        change: Option<impl FnOnce(&mut History)>,
+    ) {
+        let Ok(mut all) = self.histories.lock() else {
+            return;
+        };
+        match change {
+            Some(change) => change(all.entry(key.clone()).or_default()),
+            None => {
+                all.remove(key);
+            }
+        }
+    }
+
     /// Notes a status write, with the open sessions refreshed in it or not.
     fn status_written(&self, key: &ObjectRef<LongConnService>, sessions: bool) {
         if let Ok(mut s) = self.status_recorded.lock() {
@@ -283,6 +317,17 @@ impl Context {
             s.insert(key.clone(), Instant::now());
         }
     }
+}
+
+/// What `all` keeps for `key`, or the default.
+fn kept<T: Clone + Default>(
+    all: &Mutex<HashMap<ObjectRef<LongConnService>, T>>,
+    key: &ObjectRef<LongConnService>,
+) -> T {
+    all.lock()
+        .ok()
+        .and_then(|all| all.get(key).cloned())
+        .unwrap_or_default()
 }
 
 /// Whether the API server refused a request because its namespace is being deleted (nothing
@@ -383,6 +428,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
     let certificate = certificate(lcs, &ctx.settings, &observation)?;
     let refresh_sessions = ctx.sessions_due(&key);
+    let history = ctx.history(&key);
 
     // Plan.
     let outcome = plan::plan(plan::Input {
@@ -393,7 +439,25 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         admin_token,
         refused: ctx.last_problems(&key),
         refresh_sessions,
+        history: &history,
     });
+    // Every recommendation is remembered, whatever becomes of this plan: it is what the
+    // gateways reported.
+    let autoscaling = lcs.spec.autoscaling.as_ref();
+    ctx.update_history(
+        &key,
+        outcome
+            .autoscale
+            .as_ref()
+            .zip(autoscaling)
+            .map(|(a, spec)| {
+                move |h: &mut History| {
+                    if let Some(recommendation) = a.recommendation {
+                        h.recommended(observation.now, recommendation, spec);
+                    }
+                }
+            }),
+    );
 
     // Record first (a change of counts alone waits to go out with the next)...
     let old_status = lcs.status.clone().unwrap_or_default();
@@ -403,6 +467,8 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         .as_ref()
         .filter(|new| counts_wait.is_zero() || plan::must_record_now(&old_status, new));
     let mut requeue = outcome.requeue;
+    // The LongConnService's resourceVersion as this reconcile last saw or wrote it.
+    let mut version = lcs.resource_version();
     if outcome.status.is_some() && status.is_none() {
         debug!(wait = ?counts_wait, "counts changed; recorded with the next write");
         requeue = requeue.min(counts_wait);
@@ -417,13 +483,16 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
             "recording status"
         );
         match write_status(lcs, ctx, status).await {
-            Ok(written) => ctx.expectations.wrote(
-                &key,
-                (None, &key.name),
-                lcs.resource_version().as_deref(),
-                written.as_deref(),
-                Instant::now(),
-            ),
+            Ok(written) => {
+                ctx.expectations.wrote(
+                    &key,
+                    (None, &key.name),
+                    lcs.resource_version().as_deref(),
+                    written.as_deref(),
+                    Instant::now(),
+                );
+                version = written;
+            }
             Err(Error::Status {
                 source: kube::Error::Api(s),
                 ..
@@ -440,7 +509,11 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     // ...then act.
     let problems = perform(lcs, ctx, &observation, &outcome).await?;
-    if ctx.set_problems(key, problems) {
+    let scaled = match outcome.autoscale.as_ref().and_then(|a| a.scale_to) {
+        Some(replicas) => scale_service(lcs, ctx, version.as_deref(), replicas).await?,
+        None => true,
+    };
+    if ctx.set_problems(key, problems) || !scaled {
         return Ok(Action::requeue(SOON));
     }
     debug!(?requeue, "reconciled");
@@ -492,6 +565,17 @@ async fn write_status(
 async fn follow_record(lcs: &LongConnService, ctx: &Context, outcome: &Outcome) {
     let plan = &outcome.rollout;
     let metrics = &ctx.metrics;
+    if let Some(decision) = outcome.autoscale.as_ref().and_then(|a| a.scaled.as_ref()) {
+        let direction = if decision.replicas > decision.from {
+            Direction::Up
+        } else {
+            Direction::Down
+        };
+        metrics
+            .autoscale_decisions
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
     metrics
         .drains_started
         .inc_by(u64::try_from(plan.started).unwrap_or(0));
@@ -769,6 +853,62 @@ async fn scale(
         info!(deployment = %name, replicas, "scaled");
     }
     Ok(())
+}
+
+/// Sets `spec.replicas` as the session autoscaling decided, through the scale subresource (the
+/// write path of `kubectl scale` and the HorizontalPodAutoscaler), on the condition that the
+/// LongConnService is still at `version`, the one the decision was recorded on. Returns false
+/// when it was not (someone else changed it since: the next reconcile decides again).
+async fn scale_service(
+    lcs: &LongConnService,
+    ctx: &Context,
+    version: Option<&str>,
+    replicas: i32,
+) -> Result<bool, Error> {
+    let ns = lcs.namespace().unwrap_or_default();
+    let name = lcs.name_any();
+    let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut patch = json!({"spec": {"replicas": replicas}});
+    if let Some(version) = version {
+        patch["metadata"] = json!({ "resourceVersion": version });
+    }
+    let written = match api
+        .patch_scale(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(written) => written,
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => {
+            debug!(replicas, "the LongConnService changed since the decision");
+            return Ok(false);
+        }
+        Err(source) => {
+            return Err(Error::ScaleService {
+                namespace: ns,
+                name,
+                replicas,
+                source,
+            });
+        }
+    };
+    let key = ObjectRef::from_obj(lcs);
+    ctx.expectations.wrote(
+        &key,
+        (None, &name),
+        version,
+        written.metadata.resource_version.as_deref(),
+        Instant::now(),
+    );
+    let from = lcs.spec.replicas;
+    let now = Timestamp::now();
+    ctx.update_history(
+        &key,
+        lcs.spec
+            .autoscaling
+            .as_ref()
+            .map(|spec| move |h: &mut History| h.scaled(now, from, replicas, spec)),
+    );
+    info!(from, replicas, "scaled");
+    Ok(true)
 }
 
 /// Works out the serving certificate for the TLS mode, issuing self-signed material when

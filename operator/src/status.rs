@@ -7,9 +7,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::autoscale::SCALING_ACTIVE;
 use crate::certs::Lifetime;
 use crate::crd::{
-    CertificateStatus, GatewayRecord, LongConnService, LongConnServiceStatus, RolloutStatus,
+    AutoscalingStatus, CertificateStatus, GatewayRecord, LongConnService, LongConnServiceStatus,
+    RolloutStatus,
 };
 use crate::desired::ObservedRevision;
 use crate::disruption::needed_ready;
@@ -85,6 +87,8 @@ pub struct Facts<'a> {
     pub sessions_preserved: &'a Verdict,
     /// The gateways' accounting records, as the rollout left them.
     pub gateways: &'a [GatewayRecord],
+    /// The session autoscaling's ScalingActive verdict and status, while it is on.
+    pub autoscaling: Option<(&'a Verdict, &'a AutoscalingStatus)>,
     pub now: Timestamp,
 }
 
@@ -287,10 +291,20 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         preserved.message.clone(),
     );
 
-    // Conditions this computation does not own are carried over.
+    if let Some((verdict, _)) = facts.autoscaling {
+        conditions.set(
+            SCALING_ACTIVE,
+            verdict.status,
+            verdict.reason,
+            verdict.message.clone(),
+        );
+    }
+
+    // Conditions this computation does not own are carried over (ScalingActive it owns: it
+    // goes when the session autoscaling is turned off).
     let mut all = conditions.new;
     for c in &old.conditions {
-        if !all.iter().any(|n| n.type_ == c.type_) {
+        if c.type_ != SCALING_ACTIVE && !all.iter().any(|n| n.type_ == c.type_) {
             all.push(c.clone());
         }
     }
@@ -314,6 +328,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         rollout: facts.rollout.cloned(),
         certificate,
         gateways: facts.gateways.to_vec(),
+        autoscaling: facts.autoscaling.map(|(_, status)| status.clone()),
     }
 }
 
@@ -414,6 +429,7 @@ mod tests {
             progressing: None,
             sessions_preserved: &NO_DRAINS,
             gateways: &[],
+            autoscaling: None,
             now: now.parse().expect("time"),
         };
         change(&mut facts);

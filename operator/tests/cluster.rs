@@ -472,6 +472,7 @@ async fn operator_reconciles_a_long_conn_service_in_a_real_api_server() {
         [
             "NAME",
             "REPLICAS",
+            "DESIRED",
             "READY",
             "SESSIONS",
             "REVISION",
@@ -745,6 +746,50 @@ spec:
         standby.log_tail()
     );
     let operator = standby;
+
+    // The session autoscaling: the pod is Ready with its gateway's 7 sessions, the target is 1
+    // per pod, so the operator (the standby, which has seen no recommendation yet: a scale-up
+    // needs none) scales from 5 to 7 through the scale subresource, with exactly the rights
+    // `rbac` grants.
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .expect("mark the pod Ready");
+    lcs_api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": {
+                "minReplicas": 1, "maxReplicas": 10, "targetSessionsPerPod": 1}}})),
+        )
+        .await
+        .expect("autoscale on sessions");
+    let scaled = eventually("the session autoscaling scales to 7", || {
+        let lcs_api = lcs_api.clone();
+        async move {
+            let lcs = lcs_api.get("chat").await.ok()?;
+            (lcs.data["spec"]["replicas"] == 7).then_some(lcs)
+        }
+    })
+    .await;
+    let decision = &scaled.data["status"]["autoscaling"]["lastDecision"];
+    assert_eq!(
+        (&decision["from"], &decision["replicas"]),
+        (&json!(5), &json!(7))
+    );
+    assert!(
+        decision["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sessions 7 over 1 pod and 4 starting")),
+        "{decision}"
+    );
+    assert_eq!(
+        condition(&scaled, "ScalingActive").expect("ScalingActive")["status"],
+        "True"
+    );
 
     // Deleting the LongConnService removes everything it owned.
     lcs_api

@@ -88,6 +88,24 @@ fn every_field_set() {
 }
 
 #[test]
+fn on_sessions_the_operator_scales_itself_and_makes_no_horizontal_pod_autoscaler() {
+    let lcs = sample("tests/samples/good/full.yaml");
+    assert!(lcs.spec.autoscaling.is_some());
+    let kinds: Vec<Kind> = with_every_api(&lcs).iter().map(|m| m.kind).collect();
+    assert!(!kinds.contains(&Kind::HorizontalPodAutoscaler), "{kinds:?}");
+}
+
+#[test]
+fn on_cpu_alone_a_horizontal_pod_autoscaler_carries_the_behavior() {
+    let lcs = sample("tests/samples/good/cpu-autoscaling.yaml");
+    let hpa: Vec<Manifest> = with_every_api(&lcs)
+        .into_iter()
+        .filter(|m| m.kind == Kind::HorizontalPodAutoscaler)
+        .collect();
+    insta::assert_yaml_snapshot!("cpu-autoscaling", yaml(&hpa));
+}
+
+#[test]
 fn cert_manager_mode_creates_a_certificate_and_no_ca() {
     let lcs = sample("tests/samples/good/cert-manager.yaml");
     let out = with_every_api(&lcs);

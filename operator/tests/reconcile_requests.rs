@@ -46,7 +46,18 @@ struct Store {
     version: u64,
 }
 
-fn split(path: &str) -> Option<(String, Option<String>, bool)> {
+impl Store {
+    /// The `chat` resource as stored.
+    fn chat(&mut self) -> &mut Value {
+        self.collections
+            .get_mut(LCS_PATH)
+            .and_then(|c| c.get_mut("chat"))
+            .expect("lcs")
+    }
+}
+
+/// A request's collection, object name and subresource (`status`, `scale`).
+fn split(path: &str) -> Option<(String, Option<String>, Option<String>)> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ns_at = parts.iter().position(|p| *p == "namespaces")?;
     let collection_end = ns_at + 3;
@@ -55,8 +66,8 @@ fn split(path: &str) -> Option<(String, Option<String>, bool)> {
     }
     let collection = format!("/{}", parts[..collection_end].join("/"));
     let name = parts.get(collection_end).map(|s| (*s).to_owned());
-    let status = parts.get(collection_end + 1) == Some(&"status");
-    Some((collection, name, status))
+    let subresource = parts.get(collection_end + 1).map(|s| (*s).to_owned());
+    Some((collection, name, subresource))
 }
 
 fn matches_selector(object: &Value, selector: &str) -> bool {
@@ -129,9 +140,10 @@ fn handle(
                    "resources": resources}),
         );
     }
-    let Some((collection, name, status)) = split(path) else {
+    let Some((collection, name, subresource)) = split(path) else {
         return not_found();
     };
+    let status = subresource.as_deref() == Some("status");
     if collection.ends_with("/events") && *method == Method::POST {
         return (StatusCode::CREATED, body);
     }
@@ -178,6 +190,31 @@ fn handle(
                 }
                 None => not_found(),
             }
+        }
+        // The scale subresource: a merge patch of `spec.replicas`, conditional on the
+        // resourceVersion it names; the answer is an autoscaling/v1 Scale.
+        (Method::PATCH, Some(name)) if subresource.as_deref() == Some("scale") => {
+            store.version += 1;
+            let version = store.version.to_string();
+            let objects = store.collections.entry(collection).or_default();
+            let Some(o) = objects.get_mut(&name) else {
+                return not_found();
+            };
+            let precondition = &body["metadata"]["resourceVersion"];
+            if !precondition.is_null() && *precondition != o["metadata"]["resourceVersion"] {
+                return conflict();
+            }
+            o["spec"]["replicas"] = body["spec"]["replicas"].clone();
+            o["metadata"]["resourceVersion"] = json!(version);
+            let generation = o["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            o["metadata"]["generation"] = json!(generation);
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                    "metadata": {"name": name, "namespace": "default", "resourceVersion": version},
+                    "spec": {"replicas": o["spec"]["replicas"]},
+                    "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0)}}),
+            )
         }
         (Method::PATCH, Some(_)) if store.refused_applies.is_some_and(|(c, _)| c == collection) => {
             let message = store.refused_applies.map(|(_, m)| m).unwrap_or_default();
@@ -589,10 +626,7 @@ async fn a_reconcile_that_saw_a_stale_status_records_nothing_and_does_nothing() 
         let lcs = s.collections[LCS_PATH]["chat"].clone();
         s.version += 1;
         let version = s.version.to_string();
-        s.collections
-            .get_mut(LCS_PATH)
-            .and_then(|c| c.get_mut("chat"))
-            .expect("lcs")["metadata"]["resourceVersion"] = json!(version);
+        s.chat()["metadata"]["resourceVersion"] = json!(version);
         s.log.clear();
         sync(&s, &fixture.writers);
         serde_json::from_value(lcs).expect("lcs")
@@ -709,12 +743,7 @@ async fn objects_no_longer_desired_are_deleted() {
     // Turn TLS off: the CA and serving Secrets are no longer desired.
     {
         let mut s = store.lock().expect("store");
-        let lcs = s
-            .collections
-            .get_mut(LCS_PATH)
-            .and_then(|c| c.get_mut("chat"))
-            .expect("lcs");
-        lcs["spec"]["tls"] = json!({"mode": "Disabled"});
+        s.chat()["spec"]["tls"] = json!({"mode": "Disabled"});
     }
     let log = reconcile_once(&store, &fixture).await;
     assert!(
@@ -854,11 +883,7 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
         for i in 0..3 {
             add_pod(&mut s, &old, i, &format!("192.0.2.{}", i + 1));
         }
-        let lcs = s
-            .collections
-            .get_mut(LCS_PATH)
-            .and_then(|c| c.get_mut("chat"))
-            .expect("lcs");
+        let lcs = s.chat();
         lcs["spec"]["template"]["metadata"] = json!({"annotations": {"release": "2"}});
         lcs["metadata"]["generation"] = json!(2);
     }
@@ -962,11 +987,7 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     // does the old Deployment shrink, by exactly one, with a merge patch of its size alone.
     {
         let mut s = store.lock().expect("store");
-        let lcs = s
-            .collections
-            .get_mut(LCS_PATH)
-            .and_then(|c| c.get_mut("chat"))
-            .expect("lcs");
+        let lcs = s.chat();
         lcs["status"]["rollout"]["draining"][0]["finishedAt"] = json!("2026-01-01T00:00:00Z");
         let pods = s.collections.get_mut(PODS).expect("pods");
         let drained = pods.get_mut(&draining).expect("drained pod");
@@ -994,5 +1015,129 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     assert!(
         s.collections[DEPLOYMENTS][&old]["spec"]["template"]["metadata"]["annotations"]["release"]
             .is_null()
+    );
+}
+
+/// The `chat` resource with autoscaling on sessions (`autoscaling` merged into its spec).
+fn set_autoscaling(store: &Arc<Mutex<Store>>, autoscaling: Value) {
+    let mut s = store.lock().expect("store");
+    let lcs = s.chat();
+    lcs["spec"]["autoscaling"] = autoscaling;
+    let generation = lcs["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+    lcs["metadata"]["generation"] = json!(generation);
+}
+
+/// Pods of the one Deployment, Ready, whose gateways report `sessions` open sessions each.
+fn pods_with_sessions(store: &Arc<Mutex<Store>>, fixture: &Fixture, sessions: &[u64]) {
+    let mut s = store.lock().expect("store");
+    let deployment = s.collections[DEPLOYMENTS]
+        .keys()
+        .next()
+        .expect("deployment")
+        .clone();
+    for (i, active) in sessions.iter().enumerate() {
+        let pod = add_pod(&mut s, &deployment, i, &format!("192.0.2.{}", i + 1));
+        let report = longconn_drain_api::DrainReport {
+            active: *active,
+            ..longconn_drain_api::DrainReport::default()
+        };
+        let key = longconn_operator::gateways::PodKey {
+            namespace: "default".to_owned(),
+            name: pod.clone(),
+            uid: format!("uid-{pod}"),
+        };
+        fixture
+            .ctx
+            .reports
+            .record(key, Some(report), std::time::Instant::now());
+    }
+}
+
+#[tokio::test]
+async fn the_session_autoscaling_records_its_decision_then_scales_through_the_scale_subresource() {
+    let (store, fixture) = setup(vec![]);
+    set_autoscaling(
+        &store,
+        json!({"minReplicas": 1, "maxReplicas": 10, "targetSessionsPerPod": 100}),
+    );
+    reconcile_once(&store, &fixture).await;
+    mark_deployments_ready(&store);
+    // Three pods at 250 sessions each: 750 over a target of 100 is 8 pods, and the default
+    // scale-up policies allow 3 + 4 within 15 s.
+    pods_with_sessions(&store, &fixture, &[250, 250, 250]);
+    let log = reconcile_once(&store, &fixture).await;
+    let service_writes: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("/longconnservices/") || l.contains("/events"))
+        .collect();
+    assert_eq!(
+        service_writes,
+        [
+            &format!("PATCH {LCS_PATH}/chat/status"),
+            &LCS_EVENTS.to_owned(),
+            &format!("PATCH {LCS_PATH}/chat/scale"),
+        ],
+        "recorded, announced, then scaled: {log:#?}"
+    );
+    {
+        let s = store.lock().expect("store");
+        let lcs = &s.collections[LCS_PATH]["chat"];
+        assert_eq!(lcs["spec"]["replicas"], 7);
+        let autoscaling = &lcs["status"]["autoscaling"];
+        assert_eq!(autoscaling["desiredReplicas"], 7);
+        assert_eq!(autoscaling["sessionsPerPod"], 250);
+        assert_eq!(autoscaling["lastDecision"]["from"], 3);
+        assert_eq!(autoscaling["lastDecision"]["replicas"], 7);
+        assert_eq!(
+            autoscaling["lastDecision"]["reason"],
+            "sessions 750 over 3 pods, target 100 per pod: 8 pods; limited by the scale-up \
+             policy: 4 pods per 15s"
+        );
+        assert_condition(
+            &s,
+            "ScalingActive",
+            ("True", "ScaleUpLimit"),
+            "sessions 750 over 3 pods",
+        );
+    }
+    let metrics = fixture.ctx.metrics.encode();
+    assert!(
+        metrics.contains(r#"longconn_operator_autoscale_decisions_total{direction="up"} 1"#),
+        "{metrics}"
+    );
+
+    // The scale shows: the policy's 15 s are not over, so nothing more is written to the
+    // LongConnService, and the decision is not announced again.
+    let log = reconcile_once(&store, &fixture).await;
+    assert!(
+        !log.iter()
+            .any(|l| l.ends_with("/scale") || l.contains("/events")),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_horizontal_pod_autoscaler_gives_way_when_sessions_become_the_target() {
+    let (store, fixture) = setup(vec![]);
+    let hpas = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    set_autoscaling(
+        &store,
+        json!({"minReplicas": 1, "maxReplicas": 10, "targetCPUUtilization": 70}),
+    );
+    let log = reconcile_once(&store, &fixture).await;
+    assert!(log.contains(&format!("PATCH {hpas}/chat")), "{log:#?}");
+    set_autoscaling(
+        &store,
+        json!({"minReplicas": 1, "maxReplicas": 10, "targetCPUUtilization": 70,
+            "targetSessionsPerPod": 100}),
+    );
+    let log = reconcile_once(&store, &fixture).await;
+    assert!(log.contains(&format!("DELETE {hpas}/chat")), "{log:#?}");
+    let s = store.lock().expect("store");
+    assert_condition(
+        &s,
+        "ScalingActive",
+        ("False", "NoSessionReports"),
+        "targetCPUUtilization is ignored",
     );
 }

@@ -696,6 +696,7 @@ impl Model {
                 progressing: plan.and_then(|p| p.progressing.as_ref()),
                 sessions_preserved: plan.map_or(&no_drains, |p| &p.sessions_preserved),
                 gateways: plan.map_or(&[], |p| p.gateways.as_slice()),
+                autoscaling: None,
                 now: self.now,
             },
         );
