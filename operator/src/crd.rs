@@ -112,6 +112,9 @@ pub const GROUP: &str = "longconn.dev";
 #[x_kube(validation = Rule::new(
     "!has(self.autoscaling) || !has(self.autoscaling.targetSessionsPerPod) || self.gateway.maxConnections >= self.autoscaling.targetSessionsPerPod"
 ).message("autoscaling.targetSessionsPerPod must not exceed gateway.maxConnections").field_path(".autoscaling.targetSessionsPerPod"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoscaling) || !has(self.autoscaling.rebalance) || !has(self.autoscaling.rebalance.spread) || !has(self.drain.timeout) || duration(self.autoscaling.rebalance.spread) <= duration(self.drain.timeout)"
+).message("autoscaling.rebalance.spread must not exceed drain.timeout, which bounds a round of rebalancing on the gateways").field_path(".autoscaling.rebalance.spread"))]
 pub struct LongConnServiceSpec {
     /// Number of pods. `kubectl scale`, the operator's session autoscaling and the
     /// HorizontalPodAutoscaler write it through the scale subresource; every decrease drains the
@@ -683,6 +686,57 @@ pub struct AutoscalingSpec {
     /// stabilization windows, rate policies and the tolerance.
     #[serde(default)]
     pub behavior: AutoscalingBehavior,
+    /// Moving sessions from the busiest pods to the emptiest once the pods are uneven (after a
+    /// scale-up, new pods receive only new sessions). On by default.
+    #[serde(default)]
+    pub rebalance: RebalanceSpec,
+}
+
+/// When and how the busiest gateways hand a share of their sessions to the pods with room.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.spread) <= duration('10m')")
+    .message("autoscaling.rebalance.spread must be at most 10m").field_path(".spread"))]
+#[x_kube(validation = Rule::new("duration(self.cooldown) >= duration(self.spread)")
+    .message("autoscaling.rebalance.cooldown must be at least its spread").field_path(".cooldown"))]
+pub struct RebalanceSpec {
+    /// Rebalance at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A round starts when the busiest pod holds more than this percentage of the mean open
+    /// sessions per pod; each pod above it is asked to move what it holds above the mean.
+    #[serde(default = "default_rebalance_threshold")]
+    #[schemars(range(min = 101, max = 1000))]
+    pub threshold_percent: i32,
+    /// The window over which a round's close frames are spread (at most 10m, and at most the
+    /// gateways' `drain.timeout`, which bounds a round).
+    #[serde(default = "default_rebalance_spread")]
+    pub spread: Duration,
+    /// The least time from the start of one round to the start of the next (at least the
+    /// spread): the rate limit.
+    #[serde(default = "default_rebalance_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl Default for RebalanceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold_percent: default_rebalance_threshold(),
+            spread: default_rebalance_spread(),
+            cooldown: default_rebalance_cooldown(),
+        }
+    }
+}
+
+fn default_rebalance_threshold() -> i32 {
+    120
+}
+fn default_rebalance_spread() -> Duration {
+    Duration::from_static("30s")
+}
+fn default_rebalance_cooldown() -> Duration {
+    Duration::from_static("60s")
 }
 
 /// How fast `replicas` follows the target (autoscaling/v2's `behavior`, with durations).
@@ -954,6 +1008,39 @@ pub struct LongConnServiceStatus {
     /// The operator's autoscaling on `autoscaling.targetSessionsPerPod`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// The rebalancing of sessions between pods (`spec.autoscaling.rebalance`): its last round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
+}
+
+/// The rebalancing's rounds: the last one in full, totals over all.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceStatus {
+    /// Rounds started; the last one's id on the gateways is `rebalance <round>`.
+    #[serde(default)]
+    pub round: u32,
+    /// When the last round started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// The pods the last round asked to move sessions, and how many each.
+    #[serde(default)]
+    pub pods: Vec<RebalancedPod>,
+    /// Sessions all rounds asked to move.
+    #[serde(default)]
+    pub sessions_asked: i64,
+}
+
+/// One pod of a rebalancing round.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalancedPod {
+    pub pod: String,
+    /// Sessions it was asked to move.
+    pub sessions: i64,
+    /// Sessions it held when asked.
+    #[serde(default)]
+    pub held: i64,
 }
 
 /// What the session autoscaling sees and decided.

@@ -23,6 +23,7 @@ pub mod observe;
 pub mod placement;
 pub mod plan;
 pub mod rbac;
+pub mod rebalance;
 pub mod reconcile;
 pub mod revision;
 pub mod rollout;

@@ -265,6 +265,8 @@ pub struct Metrics {
     pub api_requests: Family<MethodLabels, Counter>,
     pub lease_requests: Family<MethodLabels, Counter>,
     pub autoscale_decisions: Family<DirectionLabels, Counter>,
+    pub rebalance_rounds: Counter,
+    pub rebalance_sessions_asked: Counter,
 }
 
 impl Default for Metrics {
@@ -370,9 +372,25 @@ impl Default for Metrics {
             "Changes of spec.replicas the session autoscaling decided and recorded, by direction",
             autoscale_decisions.clone(),
         );
+        let rebalance_rounds = Counter::default();
+        registry.register(
+            "rebalance_rounds",
+            "Rounds of rebalancing recorded: the busiest pods asked to hand sessions to the pods \
+             with room",
+            rebalance_rounds.clone(),
+        );
+        let rebalance_sessions_asked = Counter::default();
+        registry.register(
+            "rebalance_sessions_asked",
+            "Sessions the rounds of rebalancing asked the busiest pods to move (the gateways \
+             count those moved: longconn_gateway_sessions_rebalanced_total)",
+            rebalance_sessions_asked.clone(),
+        );
         Self {
             registry,
             autoscale_decisions,
+            rebalance_rounds,
+            rebalance_sessions_asked,
             api_requests,
             lease_requests,
             drains_started,

@@ -244,6 +244,7 @@ pub fn plan(input: Input) -> Outcome {
             sessions_preserved: &rollout.sessions_preserved,
             gateways: &rollout.gateways,
             autoscaling: autoscale.as_ref().map(|a| (&a.verdict, &a.status)),
+            rebalance: rollout.rebalance.as_ref(),
             now,
         },
     );

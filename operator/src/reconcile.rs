@@ -22,7 +22,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use longconn_drain_api::{DrainRequest, DrainStrategy};
+use longconn_drain_api::{DrainRequest, DrainStrategy, RebalanceRequest};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
@@ -469,6 +469,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     let mut requeue = outcome.requeue;
     // The LongConnService's resourceVersion as this reconcile last saw or wrote it.
     let mut version = lcs.resource_version();
+    let mut recorded = false;
     if outcome.status.is_some() && status.is_none() {
         debug!(wait = ?counts_wait, "counts changed; recorded with the next write");
         requeue = requeue.min(counts_wait);
@@ -492,6 +493,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
                     Instant::now(),
                 );
                 version = written;
+                recorded = true;
             }
             Err(Error::Status {
                 source: kube::Error::Api(s),
@@ -509,6 +511,11 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
 
     // ...then act.
     let problems = perform(lcs, ctx, &observation, &outcome).await?;
+    if recorded {
+        // A round of rebalancing is asked for only once it is recorded: a round that is not
+        // is never sent, and one that is but fails to reach a gateway just moves less.
+        start_rebalance(lcs, &observation, &outcome.rollout).await;
+    }
     let scaled = match outcome.autoscale.as_ref().and_then(|a| a.scale_to) {
         Some(replicas) => scale_service(lcs, ctx, version.as_deref(), replicas).await?,
         None => true,
@@ -579,6 +586,15 @@ async fn follow_record(lcs: &LongConnService, ctx: &Context, outcome: &Outcome) 
     metrics
         .drains_started
         .inc_by(u64::try_from(plan.started).unwrap_or(0));
+    if !plan.rebalance_asks.is_empty() {
+        metrics.rebalance_rounds.inc();
+        metrics.rebalance_sessions_asked.inc_by(
+            plan.rebalance_asks
+                .iter()
+                .map(|a| u64::try_from(a.sessions).unwrap_or(0))
+                .sum(),
+        );
+    }
     for drained in &plan.finished {
         metrics.drains_finished.inc();
         metrics
@@ -739,6 +755,44 @@ async fn start_drains(
                 }
                 Ok(Err(e)) => warn!(pod = %pod, error = %e, "drain request failed; retrying"),
                 Err(_) => warn!(pod = %pod, "drain request timed out; retrying"),
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// Asks the gateways of a round of rebalancing to move their share of sessions (`POST
+/// /rebalance`, idempotent by the round's id).
+async fn start_rebalance(lcs: &LongConnService, observation: &Observation, plan: &Plan) {
+    let (Some(token), Some(round), Some(spec)) = (
+        observation.admin_token.as_deref(),
+        plan.rebalance.as_ref(),
+        lcs.spec.autoscaling.as_ref(),
+    ) else {
+        return;
+    };
+    let calls = plan.rebalance_asks.iter().map(|ask| {
+        let pod = &ask.pod;
+        let request = RebalanceRequest {
+            id: crate::rebalance::round_id(round.round),
+            sessions: u64::try_from(ask.sessions).unwrap_or(0),
+            spread: spec.rebalance.spread.to_std().unwrap_or_default(),
+            close_code: u16::try_from(lcs.spec.drain.close_code).ok(),
+            reason: Some(format!("rebalancing: round {}", round.round)),
+        };
+        async move {
+            let Some((addr, _)) = observation.admin.get(pod) else {
+                warn!(pod = %pod, "cannot rebalance a pod without an IP");
+                return;
+            };
+            let addr = addr.to_string();
+            let call = longconn_drain_api::start_rebalance(&addr, token, &request);
+            match tokio::time::timeout(gateways::TIMEOUT * 2, call).await {
+                Ok(Ok(report)) => {
+                    info!(pod = %pod, asked = request.sessions, selected = report.selected, round = round.round, "rebalance started");
+                }
+                Ok(Err(e)) => warn!(pod = %pod, error = %e, "rebalance request failed"),
+                Err(_) => warn!(pod = %pod, "rebalance request timed out"),
             }
         }
     });

@@ -52,11 +52,13 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState};
 
 use crate::crd::{
-    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RolloutPhase, RolloutStatus,
+    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RebalanceStatus, RolloutPhase,
+    RolloutStatus,
 };
 use crate::desired::ObservedRevision;
 use crate::disruption;
 use crate::placement;
+use crate::rebalance;
 
 /// The annotation a ReplicaSet consults to choose which pods go first when it shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -228,6 +230,11 @@ pub struct Plan {
     pub active: bool,
     /// The rollout waits for a person (drop budget spent, progress deadline exceeded).
     pub paused: bool,
+    /// The new `status.rebalance`.
+    pub rebalance: Option<RebalanceStatus>,
+    /// The round of rebalancing that starts in this step: each pod's gateway is asked to move
+    /// that many sessions (`POST /rebalance`), once the round is recorded.
+    pub rebalance_asks: Vec<rebalance::Ask>,
 }
 
 /// Works out the next step. Pure: the same input gives the same plan.
@@ -278,6 +285,10 @@ pub struct Book {
     pub routing: placement::Placement,
     /// A drain waits for the routing to settle (or for a receiver with room): look again soon.
     pub routing_pending: bool,
+    /// A round of rebalancing starts: what each pod is asked to move.
+    pub rebalance_asks: Vec<rebalance::Ask>,
+    /// A round of rebalancing is under way: look again soon.
+    pub rebalancing: bool,
 }
 
 impl Book {
@@ -737,6 +748,24 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         incoming += sessions;
         picked.push(new_entry(pod, pod.sessions(), input.now));
     }
+    // Once nothing else moves, the sessions of the busiest pods may move to the emptiest.
+    let quiet = picked.is_empty()
+        && !pending
+        && handed_over.is_empty()
+        && unfinished == 0
+        && target_ready
+        && excess_names.is_empty()
+        && !sizes.old_left
+        && !paused(budget, sizes, book);
+    if quiet && let Some(settings) = rebalance_settings(input) {
+        let counted: BTreeMap<String, i64> = target_serving
+            .iter()
+            .map(|p| (p.name.clone(), input.last_known(p)))
+            .collect();
+        (routing, book.rebalance_asks, book.rebalancing) =
+            rebalance_step(input, &view, &settings, &counted, routing);
+        pending |= book.rebalancing && book.rebalance_asks.is_empty();
+    }
     book.routing = routing;
     book.routing_pending = pending;
     book.drain.extend(handed_over);
@@ -744,6 +773,46 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         book.drain.push(entry.pod.clone());
         book.entries.push(entry);
         book.tally.started += 1;
+    }
+}
+
+/// The rebalancing's settings, while it is on (it lives under `spec.autoscaling`).
+fn rebalance_settings(input: &Input) -> Option<rebalance::Settings> {
+    let spec = input.lcs.spec.autoscaling.as_ref()?;
+    rebalance::Settings::of(&spec.rebalance)
+}
+
+/// Phase 6, once nothing else moves: the [`rebalance`] of sessions among the pods `counted`
+/// (the target revision's, all Ready and staying). Returns the routing, the round to start (if
+/// its routing has settled), and whether a round is under way or waits for its routing.
+fn rebalance_step(
+    input: &Input,
+    view: &placement::View,
+    settings: &rebalance::Settings,
+    counted: &BTreeMap<String, i64>,
+    routing: placement::Placement,
+) -> (placement::Placement, Vec<rebalance::Ask>, bool) {
+    let last = input.lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    let flying = rebalance::incoming(last, settings, input.now, |p| {
+        input.pod(p).map(|p| input.last_known(p))
+    });
+    if flying > 0 {
+        // The round under way: its sessions go to the receivers with the most room.
+        return (placement::place(view, flying), Vec::new(), true);
+    }
+    if !rebalance::due(last, settings, input.now) {
+        return (routing, Vec::new(), false);
+    }
+    let asks = rebalance::asks(counted, settings.threshold_percent);
+    if asks.is_empty() {
+        return (routing, Vec::new(), false);
+    }
+    let moving = asks.iter().map(|a| a.sessions).sum();
+    let wanted = placement::place(view, moving);
+    if placement::all_settled(input.pods, &wanted, input.now) {
+        (wanted, asks, true)
+    } else {
+        (wanted, Vec::new(), true)
     }
 }
 
@@ -867,6 +936,14 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         })
         .unwrap_or_default();
     let (gateways, active_sessions) = gateway_records(input);
+    let last_round = lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    let rebalance = if book.rebalance_asks.is_empty() {
+        last_round.cloned()
+    } else {
+        let round = rebalance::start(last_round, &book.rebalance_asks, now);
+        book.events.push(rebalance_note(&round));
+        Some(round)
+    };
     let unfinished = |name: &str| {
         rollout.as_ref().is_some_and(|r| {
             r.draining
@@ -901,8 +978,10 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         events: book.events,
         started: book.tally.started,
         finished,
-        active,
+        active: active || book.rebalancing,
         paused: paused || input.update_stalled,
+        rebalance,
+        rebalance_asks: book.rebalance_asks,
     }
 }
 
@@ -1110,6 +1189,23 @@ fn drain_order(pod: &PodFacts) -> (bool, bool, i64, String) {
         pod.sessions(),
         pod.name.clone(),
     )
+}
+
+fn rebalance_note(round: &RebalanceStatus) -> Note {
+    let pods: Vec<String> = round
+        .pods
+        .iter()
+        .map(|p| format!("{} moves {}", p.pod, p.sessions))
+        .collect();
+    Note {
+        warning: false,
+        reason: "Rebalancing",
+        message: format!(
+            "round {}: the busiest pods hand sessions to the pods with room: {}",
+            round.round,
+            pods.join(", ")
+        ),
+    }
 }
 
 fn drained_note(entry: &DrainingPod, now: Timestamp) -> Note {
@@ -1380,6 +1476,107 @@ mod tests {
             "{:?}",
             plan.drain
         );
+    }
+
+    /// Six Ready pods of revision `a` holding `sessions`, labelled as `accepting` says (and
+    /// routed so, long enough ago to have settled).
+    fn six_pods(sessions: [u64; 6], accepting: impl Fn(usize) -> bool) -> Vec<PodFacts> {
+        (0..6)
+            .map(|i| {
+                let mut p = pod(&format!("a-{i}"), None, sessions[i]);
+                p.report = Some(DrainReport {
+                    active: sessions[i],
+                    ..DrainReport::default()
+                });
+                p.accepting = Some(accepting(i));
+                p.routable = accepting(i);
+                p
+            })
+            .collect()
+    }
+
+    fn rebalancing_step(lcs: &LongConnService, pods: &[PodFacts], now: Timestamp) -> Plan {
+        step(&Input {
+            lcs,
+            update_revision: "a",
+            revisions: &[ObservedRevision {
+                revision: "a".to_owned(),
+                replicas: 6,
+                current_replicas: 6,
+                ready_replicas: 6,
+            }],
+            pods,
+            update_stalled: false,
+            refresh_sessions: true,
+            now,
+        })
+    }
+
+    #[test]
+    fn after_a_scale_up_the_busy_pods_stop_accepting_then_hand_their_share_to_the_new_ones() {
+        let autoscaled = |status: Option<crate::crd::LongConnServiceStatus>| {
+            let mut lcs = LongConnService::test().replicas(6).build();
+            lcs.spec.autoscaling = Some(
+                serde_json::from_value(serde_json::json!({
+                    "minReplicas": 2, "maxReplicas": 6, "targetSessionsPerPod": 150
+                }))
+                .expect("autoscaling"),
+            );
+            lcs.status = status;
+            lcs
+        };
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let lcs = autoscaled(None);
+
+        // Every pod accepts: first the two busy ones leave the Service; nothing is asked yet.
+        let plan = rebalancing_step(&lcs, &six_pods([400, 400, 0, 0, 0, 0], |_| true), now);
+        assert_eq!(
+            plan.routing,
+            [("a-0".to_owned(), false), ("a-1".to_owned(), false)]
+        );
+        assert!(plan.rebalance_asks.is_empty());
+        assert!(plan.routing_pending && plan.active);
+
+        // Out of the Service and settled: the round starts, recorded with its Event.
+        let pods = six_pods([400, 400, 0, 0, 0, 0], |i| i >= 2);
+        let plan = rebalancing_step(&lcs, &pods, now);
+        assert!(plan.routing.is_empty(), "{:?}", plan.routing);
+        let asked: Vec<(&str, i64)> = plan
+            .rebalance_asks
+            .iter()
+            .map(|a| (a.pod.as_str(), a.sessions))
+            .collect();
+        assert_eq!(asked, [("a-0", 266), ("a-1", 266)]);
+        let round = plan.rebalance.clone().expect("recorded");
+        assert_eq!((round.round, round.sessions_asked), (1, 532));
+        assert!(plan.events.iter().any(|e| e.reason == "Rebalancing"));
+
+        // While the round runs, nothing more is asked and the busy pods stay out.
+        let status = crate::crd::LongConnServiceStatus {
+            rebalance: Some(round.clone()),
+            ..Default::default()
+        };
+        let lcs = autoscaled(Some(status));
+        let later = now + SignedDuration::from_secs(10);
+        let plan = rebalancing_step(
+            &lcs,
+            &six_pods([250, 250, 75, 75, 75, 75], |i| i >= 2),
+            later,
+        );
+        assert!(plan.rebalance_asks.is_empty());
+        assert!(plan.routing.is_empty(), "{:?}", plan.routing);
+        assert_eq!(plan.rebalance, Some(round));
+        assert!(plan.active, "looked at again soon");
+
+        // Balanced once it has run: no further round, even after the cooldown.
+        let much_later = now + SignedDuration::from_secs(600);
+        let plan = rebalancing_step(
+            &lcs,
+            &six_pods([134, 134, 133, 133, 133, 133], |_| true),
+            much_later,
+        );
+        assert!(plan.rebalance_asks.is_empty());
+        assert!(!plan.active);
     }
 
     #[test]

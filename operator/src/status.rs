@@ -11,7 +11,7 @@ use crate::autoscale::SCALING_ACTIVE;
 use crate::certs::Lifetime;
 use crate::crd::{
     AutoscalingStatus, CertificateStatus, GatewayRecord, LongConnService, LongConnServiceStatus,
-    RolloutStatus,
+    RebalanceStatus, RolloutStatus,
 };
 use crate::desired::ObservedRevision;
 use crate::disruption::needed_ready;
@@ -89,6 +89,8 @@ pub struct Facts<'a> {
     pub gateways: &'a [GatewayRecord],
     /// The session autoscaling's ScalingActive verdict and status, while it is on.
     pub autoscaling: Option<(&'a Verdict, &'a AutoscalingStatus)>,
+    /// The rebalancing's record, as [`rollout::step`] left it.
+    pub rebalance: Option<&'a RebalanceStatus>,
     pub now: Timestamp,
 }
 
@@ -329,6 +331,7 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         certificate,
         gateways: facts.gateways.to_vec(),
         autoscaling: facts.autoscaling.map(|(_, status)| status.clone()),
+        rebalance: facts.rebalance.cloned(),
     }
 }
 
@@ -430,6 +433,7 @@ mod tests {
             sessions_preserved: &NO_DRAINS,
             gateways: &[],
             autoscaling: None,
+            rebalance: None,
             now: now.parse().expect("time"),
         };
         change(&mut facts);

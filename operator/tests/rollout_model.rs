@@ -697,6 +697,7 @@ impl Model {
                 sessions_preserved: plan.map_or(&no_drains, |p| &p.sessions_preserved),
                 gateways: plan.map_or(&[], |p| p.gateways.as_slice()),
                 autoscaling: None,
+                rebalance: plan.and_then(|p| p.rebalance.as_ref()),
                 now: self.now,
             },
         );

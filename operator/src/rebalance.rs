@@ -1,0 +1,240 @@
+//! Rebalancing: the busiest gateways hand a share of their sessions to the pods with room.
+//!
+//! A scale-up adds empty pods, and new pods receive only new sessions: the busy pods stay busy
+//! for as long as their clients stay. Once nothing else moves (no drain, no rollout, no
+//! scale-down, every pod Ready) and the busiest pod holds more than
+//! `autoscaling.rebalance.thresholdPercent` of the mean, a **round** starts: each pod above the
+//! threshold is asked (`POST /rebalance` on its gateway) to move what it holds above the mean,
+//! its close frames spread over `spread`. While the round runs, the [`placement`] counts those
+//! sessions as on their way, so only the pods with the most room take them (the busy pods stop
+//! accepting), and each moved session lands once. The gateway picks the sessions that have
+//! moved least, then the youngest. Rounds start at most every `cooldown`.
+//!
+//! Everything here is pure: [`plan`] looks at the same view a rollout step has and at
+//! `status.rebalance`, and says whether a round starts, which routing it needs first, and what
+//! to record.
+//!
+//! [`placement`]: crate::placement
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::crd::{RebalanceSpec, RebalanceStatus, RebalancedPod};
+use crate::placement;
+
+/// The rebalancing settings, durations parsed; None when it is off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub threshold_percent: i32,
+    pub spread: SignedDuration,
+    pub cooldown: SignedDuration,
+}
+
+impl Settings {
+    /// The settings of `spec`; None when rebalancing is off or a duration does not parse (the
+    /// schema refuses such a spec).
+    pub fn of(spec: &RebalanceSpec) -> Option<Settings> {
+        let signed = |d: &crate::duration::Duration| {
+            d.to_std()
+                .ok()
+                .and_then(|d| SignedDuration::try_from(d).ok())
+        };
+        spec.enabled.then_some(())?;
+        Some(Settings {
+            threshold_percent: spec.threshold_percent,
+            spread: signed(&spec.spread)?,
+            cooldown: signed(&spec.cooldown)?,
+        })
+    }
+}
+
+/// The id of round `round` on the gateways.
+pub fn round_id(round: u32) -> String {
+    format!("rebalance {round}")
+}
+
+/// What a round asks of one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub pod: String,
+    /// Sessions to move.
+    pub sessions: i64,
+    /// Sessions it holds now.
+    pub held: i64,
+}
+
+/// Sessions to move from each pod of `sessions` (the pods that stay and serve): when the
+/// busiest holds more than `threshold_percent` of the mean, every pod above that share moves
+/// what it holds above the mean (rounded up). Empty otherwise.
+pub fn asks(sessions: &BTreeMap<String, i64>, threshold_percent: i32) -> Vec<Ask> {
+    let pods = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
+    let total: i64 = sessions.values().sum();
+    if pods < 2 || total <= 0 {
+        return Vec::new();
+    }
+    // In whole sessions: a pod is over the threshold when 100 * its sessions * pods exceeds
+    // threshold * total.
+    let over = |n: i64| 100 * n * pods > i64::from(threshold_percent) * total;
+    let mean = (total + pods - 1) / pods;
+    sessions
+        .iter()
+        .filter(|&(_, &n)| over(n) && n > mean)
+        .map(|(pod, &n)| Ask {
+            pod: pod.clone(),
+            sessions: n - mean,
+            held: n,
+        })
+        .collect()
+}
+
+/// Whether round `last` may still be moving sessions at `now`: its spread, and the time the
+/// proxies need to follow a label change, have not passed since it started.
+pub fn in_flight(last: &RebalanceStatus, settings: &Settings, now: Timestamp) -> bool {
+    last.started_at
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0) < settings.spread + placement::SETTLE)
+}
+
+/// Whether a new round may start at `now`: the last one started at least `cooldown` ago.
+pub fn due(last: Option<&RebalanceStatus>, settings: &Settings, now: Timestamp) -> bool {
+    last.and_then(|r| r.started_at.as_ref())
+        .is_none_or(|t| now.duration_since(t.0) >= settings.cooldown)
+}
+
+/// The sessions round `last` still counts as on their way to the receivers, while it is in
+/// flight: what each pod still there holds above what it was asked to keep (`sessions_of` its
+/// open sessions now; None when it is gone).
+pub fn incoming(
+    last: Option<&RebalanceStatus>,
+    settings: &Settings,
+    now: Timestamp,
+    sessions_of: impl Fn(&str) -> Option<i64>,
+) -> i64 {
+    last.filter(|r| in_flight(r, settings, now)).map_or(0, |r| {
+        r.pods
+            .iter()
+            .filter_map(|p| {
+                let now = sessions_of(&p.pod)?;
+                Some((now - (p.held - p.sessions)).clamp(0, p.sessions))
+            })
+            .sum()
+    })
+}
+
+/// The record of a new round after `last`, asking `asks`, started at `now`.
+pub fn start(last: Option<&RebalanceStatus>, asks: &[Ask], now: Timestamp) -> RebalanceStatus {
+    let asked: i64 = asks.iter().map(|a| a.sessions).sum();
+    RebalanceStatus {
+        round: last.map_or(0, |r| r.round) + 1,
+        started_at: Some(Time(now)),
+        pods: asks
+            .iter()
+            .map(|a| RebalancedPod {
+                pod: a.pod.clone(),
+                sessions: a.sessions,
+                held: a.held,
+            })
+            .collect(),
+        sessions_asked: last.map_or(0, |r| r.sessions_asked) + asked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::constant(1_800_000_000, 0);
+
+    fn settings() -> Settings {
+        Settings::of(&RebalanceSpec::default()).expect("on by default")
+    }
+
+    fn sessions(counts: &[i64]) -> BTreeMap<String, i64> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("p{i}"), *n))
+            .collect()
+    }
+
+    #[test]
+    fn after_a_scale_up_the_busy_pods_move_what_they_hold_above_the_mean() {
+        // Two pods of 400, four new empty ones: the mean is 134 (800 / 6, rounded up).
+        let asks = asks(&sessions(&[400, 400, 0, 0, 0, 0]), 120);
+        assert_eq!(asks, [ask("p0", 266, 400), ask("p1", 266, 400)]);
+    }
+
+    #[test]
+    fn pods_within_the_threshold_are_left_alone() {
+        assert!(
+            asks(&sessions(&[119, 100, 81]), 120).is_empty(),
+            "119 of a mean of 100"
+        );
+        assert_eq!(asks(&sessions(&[121, 100, 79]), 120), [ask("p0", 21, 121)]);
+        assert!(
+            asks(&sessions(&[5]), 120).is_empty(),
+            "one pod has no one to give to"
+        );
+        assert!(asks(&sessions(&[0, 0]), 120).is_empty());
+    }
+
+    #[test]
+    fn a_round_is_in_flight_for_its_spread_and_rounds_start_at_most_every_cooldown() {
+        let s = settings();
+        let round = start(None, &[ask("p0", 10, 30)], NOW);
+        assert_eq!(round.round, 1);
+        assert_eq!(round.sessions_asked, 10);
+        assert!(in_flight(&round, &s, NOW + s.spread));
+        assert!(!in_flight(&round, &s, NOW + s.spread + placement::SETTLE));
+        assert!(!due(
+            Some(&round),
+            &s,
+            NOW + s.cooldown - SignedDuration::from_secs(1)
+        ));
+        assert!(due(Some(&round), &s, NOW + s.cooldown));
+        assert!(due(None, &s, NOW));
+        let next = start(Some(&round), &[ask("p1", 5, 20)], NOW + s.cooldown);
+        assert_eq!((next.round, next.sessions_asked), (2, 15));
+        assert_eq!(round_id(next.round), "rebalance 2");
+    }
+
+    #[test]
+    fn the_sessions_on_their_way_are_those_the_pods_still_there_have_not_moved_yet() {
+        let s = settings();
+        let round = start(None, &[ask("p0", 10, 30), ask("p1", 7, 27)], NOW);
+        let at_start = |p: &str| Some(if p == "p0" { 30 } else { 27 });
+        assert_eq!(incoming(Some(&round), &s, NOW, at_start), 17);
+        let p1_only = |p: &str| (p == "p1").then_some(27);
+        assert_eq!(incoming(Some(&round), &s, NOW, p1_only), 7);
+        let halfway = |p: &str| Some(if p == "p0" { 25 } else { 20 });
+        assert_eq!(incoming(Some(&round), &s, NOW, halfway), 5, "p1 is done");
+        let grown = |_: &str| Some(100);
+        assert_eq!(
+            incoming(Some(&round), &s, NOW, grown),
+            17,
+            "at most what was asked"
+        );
+        let over = NOW + s.spread + placement::SETTLE;
+        assert_eq!(incoming(Some(&round), &s, over, at_start), 0);
+        assert_eq!(incoming(None, &s, NOW, at_start), 0);
+    }
+
+    fn ask(pod: &str, sessions: i64, held: i64) -> Ask {
+        Ask {
+            pod: pod.to_owned(),
+            sessions,
+            held,
+        }
+    }
+
+    #[test]
+    fn off_means_no_settings() {
+        let off = RebalanceSpec {
+            enabled: false,
+            ..RebalanceSpec::default()
+        };
+        assert_eq!(Settings::of(&off), None);
+    }
+}
