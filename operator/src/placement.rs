@@ -13,7 +13,10 @@
 //! - while sessions are on their way (drains under way, or the one about to start), only the
 //!   receivers with the most room accept: the fewest of them that can take the incoming
 //!   sessions in even shares (a Service spreads new connections evenly over its endpoints, not
-//!   in proportion to room), so that no receiver fills past its share;
+//!   in proportion to room), so that no receiver fills past its share: below [`FULL`] times
+//!   the mean, failing that below [`LIMIT`]. When even that does not fit, every receiver
+//!   accepts; a rollout step then waits instead, while sessions are still on their way or
+//!   receivers are starting (see `rollout::pick`);
 //! - with nothing on its way, every receiver below its share accepts; a receiver at [`FULL`]
 //!   times the mean stops, and starts again once back at the mean, so that new clients fill
 //!   the emptier pods. One receiver always accepts.
@@ -34,6 +37,9 @@ use crate::rollout::PodFacts;
 pub const SETTLE: SignedDuration = SignedDuration::from_secs(2);
 /// A receiver with this many times the mean sessions per pod stops taking new ones.
 pub const FULL: f64 = 1.1;
+/// Sessions on their way may fill a receiver up to this many times the mean when they would not
+/// fit below [`FULL`]: the balance a rollout or scale-down aims to end within.
+pub const LIMIT: f64 = 1.25;
 
 /// What [`place`] looks at.
 pub struct View<'a> {
@@ -105,10 +111,16 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let mut by_room = receivers.clone();
     by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
     let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
-        // The fewest receivers with the most room whose even shares take it all.
-        let k = (1..=by_room.len()).find(|&k| {
-            i64::try_from(k).unwrap_or(i64::MAX) * room(by_room[k - 1]).max(0) >= incoming
-        });
+        // The fewest receivers with the most room whose even shares take it all below FULL,
+        // failing that below LIMIT.
+        let fewest = |limit: f64| {
+            let top = (mean * limit).ceil() as i64;
+            (1..=by_room.len()).find(|&k| {
+                let room = top - view.sessions_of(&by_room[k - 1].name);
+                i64::try_from(k).unwrap_or(i64::MAX) * room.max(0) >= incoming
+            })
+        };
+        let k = fewest(FULL).or_else(|| fewest(LIMIT));
         let n = k.unwrap_or(by_room.len());
         (by_room[..n].to_vec(), k.is_some())
     } else {
@@ -266,9 +278,14 @@ mod tests {
         let view = view(&pods, "new", 3, &counts);
         // 200 on their way: n2 alone has room (220) for them.
         assert_eq!(accepting(&place(&view, 200)), ["n2"]);
-        // 240: n2 (220) and n3 (30) cannot take 120 each; all three (10 each) neither: the
-        // most room there is, and it does not fit.
+        // 240: n2 (220) and n3 (30) cannot take 120 each below full, all three (10 each)
+        // neither; below the limit (250), n2 alone takes them.
         let placement = place(&view, 240);
+        assert_eq!(accepting(&placement), ["n2"]);
+        assert!(placement.fits);
+        // 300: n2 alone (250), n2 and n3 (60 each), all three (40 each) cannot: the most room
+        // there is, and it does not fit.
+        let placement = place(&view, 300);
         assert_eq!(accepting(&placement), ["n1", "n2", "n3"]);
         assert!(!placement.fits);
     }

@@ -704,6 +704,10 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .filter(|p| p.ready && !p.terminating && !book.tracked(&p.name))
         .count();
     let mut spare = i64::try_from(serving).unwrap_or(0) - i64::from(sizes.min_serving);
+    // Pods of the target revision on their way to Ready: receivers to come.
+    let starting = live(input, budget.target)
+        .iter()
+        .any(|p| !(p.running && p.ready));
     let target_ready = target_serving.iter().all(|p| p.ready)
         && i32::try_from(target_serving.len()).unwrap_or(0) >= sizes.target_want;
     let mut candidates: Vec<&PodFacts> = Vec::new();
@@ -735,6 +739,12 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
             ..view
         };
         let wanted = placement::place(&with_pod, incoming + sessions);
+        if !wanted.fits && (incoming > 0 || starting) {
+            // More than the receivers have room for: wait for the sessions on their way to
+            // land, or for the receivers starting, rather than fill a receiver past its share.
+            pending = true;
+            break;
+        }
         let routed = placement::all_settled(input.pods, &wanted, input.now);
         routing = wanted;
         if !routed {
@@ -1577,6 +1587,92 @@ mod tests {
         );
         assert!(plan.rebalance_asks.is_empty());
         assert!(!plan.active);
+    }
+
+    #[test]
+    fn a_drain_whose_sessions_the_emptiest_receiver_takes_below_the_limit_goes_there_alone() {
+        // A rollout from a to b, 1,000 sessions: a-1 is still moving its last 50 to b-1; b-2 has
+        // just got Ready. a-2's 333 and a-1's 50 exceed b-2's room below full (367) but not
+        // below the limit (417): b-2 alone takes them; b-1 must not take a share.
+        let lcs = LongConnService::test().replicas(3).build();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let serving = |name: &str, active: u64, accepting: bool| {
+            let mut p = pod(name, None, active);
+            p.revision = name[..1].to_owned();
+            p.report = Some(DrainReport {
+                active,
+                ..DrainReport::default()
+            });
+            p.accepting = Some(accepting);
+            p.routable = accepting;
+            p
+        };
+        let mut draining = pod("a-1", Some(DrainState::Draining), 0);
+        draining.report = Some(DrainReport {
+            state: DrainState::Draining,
+            sessions_at_start: 333,
+            active: 50,
+            migrated: 283,
+            ..DrainReport::default()
+        });
+        draining.accepting = Some(false);
+        let status = crate::crd::LongConnServiceStatus {
+            rollout: Some(RolloutStatus {
+                revision: "b".to_owned(),
+                draining: vec![DrainingPod {
+                    pod: "a-1".to_owned(),
+                    revision: "a".to_owned(),
+                    started_at: Some(Time(now - SignedDuration::from_secs(5))),
+                    sessions_at_start: 333,
+                    active: 50,
+                    ..DrainingPod::default()
+                }],
+                ..RolloutStatus::default()
+            }),
+            ..Default::default()
+        };
+        let lcs = LongConnService {
+            status: Some(status),
+            ..lcs
+        };
+        let pods = [
+            draining,
+            serving("a-2", 333, false),
+            serving("a-3", 334, false),
+            serving("b-1", 283, true),
+            serving("b-2", 0, true),
+        ];
+        let plan = step(&Input {
+            lcs: &lcs,
+            update_revision: "b",
+            revisions: &[
+                ObservedRevision {
+                    revision: "a".to_owned(),
+                    replicas: 3,
+                    current_replicas: 3,
+                    ready_replicas: 3,
+                },
+                ObservedRevision {
+                    revision: "b".to_owned(),
+                    replicas: 2,
+                    current_replicas: 2,
+                    ready_replicas: 2,
+                },
+            ],
+            pods: &pods,
+            update_stalled: false,
+            refresh_sessions: true,
+            now,
+        });
+        assert!(
+            plan.routing.contains(&("b-1".to_owned(), false)),
+            "b-1 stops accepting before a-2 drains: {:?}",
+            plan.routing
+        );
+        assert!(
+            !plan.drain.contains(&"a-2".to_owned()),
+            "not before that settles"
+        );
     }
 
     #[test]
