@@ -1029,6 +1029,10 @@ pub struct RebalanceStatus {
     /// Sessions all rounds asked to move.
     #[serde(default)]
     pub sessions_asked: i64,
+    /// Pods serving when the last round started: a round may start before its cooldown once
+    /// their number changes (a scale-up is what calls for one).
+    #[serde(default)]
+    pub pods_serving: i32,
 }
 
 /// One pod of a rebalancing round.

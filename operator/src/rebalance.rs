@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{RebalanceSpec, RebalanceStatus, RebalancedPod};
+use crate::crd::{AutoscalingSpec, RebalanceSpec, RebalanceStatus, RebalancedPod};
 use crate::placement;
 
 /// The rebalancing settings, durations parsed; None when it is off.
@@ -97,10 +97,34 @@ pub fn in_flight(last: &RebalanceStatus, settings: &Settings, now: Timestamp) ->
         .is_some_and(|t| now.duration_since(t.0) < settings.spread + placement::SETTLE)
 }
 
-/// Whether a new round may start at `now`: the last one started at least `cooldown` ago.
-pub fn due(last: Option<&RebalanceStatus>, settings: &Settings, now: Timestamp) -> bool {
-    last.and_then(|r| r.started_at.as_ref())
-        .is_none_or(|t| now.duration_since(t.0) >= settings.cooldown)
+/// Whether a new round may start at `now` with `serving` pods: the last one started at least
+/// `cooldown` ago, or with another number of pods serving (a scale-up just added empty ones).
+pub fn due(
+    last: Option<&RebalanceStatus>,
+    settings: &Settings,
+    now: Timestamp,
+    serving: usize,
+) -> bool {
+    last.is_none_or(|r| {
+        usize::try_from(r.pods_serving).ok() != Some(serving)
+            || r.started_at
+                .as_ref()
+                .is_none_or(|t| now.duration_since(t.0) >= settings.cooldown)
+    })
+}
+
+/// Whether the session autoscaling is about to take pods away: by its arithmetic, `sessions`
+/// call for fewer pods than serve (beyond the tolerance, above `minReplicas`). Sessions moved
+/// now could land on a pod the scale-down then drains, and move twice: no round then.
+pub fn scale_down_ahead(sessions: &BTreeMap<String, i64>, spec: &AutoscalingSpec) -> bool {
+    let Some(target) = spec.target_sessions_per_pod.filter(|t| *t > 0) else {
+        return false;
+    };
+    let pods = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
+    let total: i64 = sessions.values().sum();
+    let ratio = total as f64 / (pods as f64 * target as f64);
+    let wanted = ((total + target - 1) / target).max(i64::from(spec.min_replicas));
+    ratio < 1.0 - spec.behavior.tolerance && wanted < pods
 }
 
 /// The sessions round `last` still counts as on their way to the receivers, while it is in
@@ -124,7 +148,12 @@ pub fn incoming(
 }
 
 /// The record of a new round after `last`, asking `asks`, started at `now`.
-pub fn start(last: Option<&RebalanceStatus>, asks: &[Ask], now: Timestamp) -> RebalanceStatus {
+pub fn start(
+    last: Option<&RebalanceStatus>,
+    asks: &[Ask],
+    serving: usize,
+    now: Timestamp,
+) -> RebalanceStatus {
     let asked: i64 = asks.iter().map(|a| a.sessions).sum();
     RebalanceStatus {
         round: last.map_or(0, |r| r.round) + 1,
@@ -138,6 +167,7 @@ pub fn start(last: Option<&RebalanceStatus>, asks: &[Ask], now: Timestamp) -> Re
             })
             .collect(),
         sessions_asked: last.map_or(0, |r| r.sessions_asked) + asked,
+        pods_serving: i32::try_from(serving).unwrap_or(i32::MAX),
     }
 }
 
@@ -183,19 +213,20 @@ mod tests {
     #[test]
     fn a_round_is_in_flight_for_its_spread_and_rounds_start_at_most_every_cooldown() {
         let s = settings();
-        let round = start(None, &[ask("p0", 10, 30)], NOW);
+        let round = start(None, &[ask("p0", 10, 30)], 3, NOW);
         assert_eq!(round.round, 1);
         assert_eq!(round.sessions_asked, 10);
         assert!(in_flight(&round, &s, NOW + s.spread));
         assert!(!in_flight(&round, &s, NOW + s.spread + placement::SETTLE));
-        assert!(!due(
-            Some(&round),
-            &s,
-            NOW + s.cooldown - SignedDuration::from_secs(1)
-        ));
-        assert!(due(Some(&round), &s, NOW + s.cooldown));
-        assert!(due(None, &s, NOW));
-        let next = start(Some(&round), &[ask("p1", 5, 20)], NOW + s.cooldown);
+        let early = NOW + s.cooldown - SignedDuration::from_secs(1);
+        assert!(!due(Some(&round), &s, early, 3));
+        assert!(
+            due(Some(&round), &s, early, 5),
+            "a scale-up calls for a round at once"
+        );
+        assert!(due(Some(&round), &s, NOW + s.cooldown, 3));
+        assert!(due(None, &s, NOW, 3));
+        let next = start(Some(&round), &[ask("p1", 5, 20)], 3, NOW + s.cooldown);
         assert_eq!((next.round, next.sessions_asked), (2, 15));
         assert_eq!(round_id(next.round), "rebalance 2");
     }
@@ -203,7 +234,7 @@ mod tests {
     #[test]
     fn the_sessions_on_their_way_are_those_the_pods_still_there_have_not_moved_yet() {
         let s = settings();
-        let round = start(None, &[ask("p0", 10, 30), ask("p1", 7, 27)], NOW);
+        let round = start(None, &[ask("p0", 10, 30), ask("p1", 7, 27)], 3, NOW);
         let at_start = |p: &str| Some(if p == "p0" { 30 } else { 27 });
         assert_eq!(incoming(Some(&round), &s, NOW, at_start), 17);
         let p1_only = |p: &str| (p == "p1").then_some(27);
@@ -227,6 +258,22 @@ mod tests {
             sessions,
             held,
         }
+    }
+
+    #[test]
+    fn no_round_while_the_autoscaling_is_about_to_scale_down() {
+        let spec: AutoscalingSpec = serde_json::from_value(serde_json::json!({
+            "minReplicas": 2, "maxReplicas": 6, "targetSessionsPerPod": 150
+        }))
+        .expect("spec");
+        // 100 sessions on 6 pods, far below 150 per pod: down to 2 soon.
+        assert!(scale_down_ahead(&sessions(&[100, 0, 0, 0, 0, 0]), &spec));
+        // 820 on 6 is within the tolerance (at least 810); 760 is not, but still calls for 6.
+        assert!(!scale_down_ahead(&sessions(&[820, 0, 0, 0, 0, 0]), &spec));
+        assert!(!scale_down_ahead(&sessions(&[760, 0, 0, 0, 0, 0]), &spec));
+        assert!(scale_down_ahead(&sessions(&[740, 0, 0, 0, 0, 0]), &spec));
+        // At minReplicas nothing goes.
+        assert!(!scale_down_ahead(&sessions(&[100, 0]), &spec));
     }
 
     #[test]

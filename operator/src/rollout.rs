@@ -803,14 +803,31 @@ fn rebalance_step(
     routing: placement::Placement,
 ) -> (placement::Placement, Vec<rebalance::Ask>, bool) {
     let last = input.lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    // The pods that give sessions take none while they do, whatever room the others have.
+    let giving = |names: &mut dyn Iterator<Item = &String>| {
+        let mut leaving = view.leaving.clone();
+        leaving.extend(names.cloned());
+        leaving
+    };
     let flying = rebalance::incoming(last, settings, input.now, |p| {
         input.pod(p).map(|p| input.last_known(p))
     });
-    if flying > 0 {
+    if let Some(round) = last.filter(|_| flying > 0) {
         // The round under way: its sessions go to the receivers with the most room.
-        return (placement::place(view, flying), Vec::new(), true);
+        let leaving = giving(&mut round.pods.iter().map(|p| &p.pod));
+        let view = placement::View {
+            leaving: &leaving,
+            ..*view
+        };
+        return (placement::place(&view, flying), Vec::new(), true);
     }
-    if !rebalance::due(last, settings, input.now) {
+    let scale_down_ahead = input
+        .lcs
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| rebalance::scale_down_ahead(counted, a));
+    if scale_down_ahead || !rebalance::due(last, settings, input.now, counted.len()) {
         return (routing, Vec::new(), false);
     }
     let asks = rebalance::asks(counted, settings.threshold_percent);
@@ -818,7 +835,12 @@ fn rebalance_step(
         return (routing, Vec::new(), false);
     }
     let moving = asks.iter().map(|a| a.sessions).sum();
-    let wanted = placement::place(view, moving);
+    let leaving = giving(&mut asks.iter().map(|a| &a.pod));
+    let view = placement::View {
+        leaving: &leaving,
+        ..*view
+    };
+    let wanted = placement::place(&view, moving);
     if placement::all_settled(input.pods, &wanted, input.now) {
         (wanted, asks, true)
     } else {
@@ -950,7 +972,12 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
     let rebalance = if book.rebalance_asks.is_empty() {
         last_round.cloned()
     } else {
-        let round = rebalance::start(last_round, &book.rebalance_asks, now);
+        let serving = input
+            .pods
+            .iter()
+            .filter(|p| p.revision == budget.target && p.ready && !p.terminating)
+            .count();
+        let round = rebalance::start(last_round, &book.rebalance_asks, serving, now);
         book.events.push(rebalance_note(&round));
         Some(round)
     };
