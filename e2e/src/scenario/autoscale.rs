@@ -301,7 +301,8 @@ fn replicas(observed: &Observed) -> Option<i64> {
 
 /// After the scale-up: waits (at most [`BALANCE_WITHIN`]) until the busiest pod holds at most
 /// [`landing::BALANCE`] times the mean, and reports how long that took (`null`: it did not),
-/// the balance seen meanwhile and the sessions per pod at the end. Not judged.
+/// the balance seen meanwhile (each change, with the seconds since the scale-up) and the
+/// sessions per pod at the end. Not judged.
 async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioReport) {
     let started = Instant::now();
     let seen: Mutex<Vec<(f64, f64)>> = Mutex::new(Vec::new());
@@ -312,10 +313,10 @@ async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioRepo
             let read = landing::sessions_per_pod(harness, spec).await?;
             let balance = read.balance();
             if let (Some(b), Ok(mut seen)) = (balance, seen.lock()) {
-                seen.push((
-                    round(started.elapsed().as_secs_f64()),
-                    (b * 1000.0).round() / 1000.0,
-                ));
+                let b = (b * 1000.0).round() / 1000.0;
+                if seen.last().is_none_or(|&(_, last)| last != b) {
+                    seen.push((round(started.elapsed().as_secs_f64()), b));
+                }
             }
             Ok(match balance {
                 Some(b) if b <= landing::BALANCE => Check::Done(()),
