@@ -1,8 +1,9 @@
 //! autoscale: the operator's own session autoscaling under a load that rises and falls.
 //! `autoscaling: {minReplicas: 2, maxReplicas: 6, targetSessionsPerPod: 150}`, 2 replicas to
 //! begin with, the scale-down stabilization window shortened to 20s (the default 300s would
-//! hold the scale-down for five minutes) and the tolerance narrowed to 0.05 (with the default
-//! 0.1, 800 sessions over 5 pods, 160 each, would be within it and keep 5). The load starts at
+//! hold the scale-down for five minutes), the rebalancing's spread to 5s (default 30s) and the
+//! tolerance narrowed to 0.05 (with the default 0.1, 800 sessions over 5 pods, 160 each, would
+//! be within it and keep 5). The load starts at
 //! 100 sessions and ramps to 800 in steps of 175, 10 s apart; the operator must scale to
 //! ceil(800 / 150) = 6 pods, and once the ramp's sessions close (100 left), back to 2, draining
 //! every pod it removes.
@@ -16,8 +17,9 @@
 //!
 //! Reported, not judged: how evenly the sessions sit on the pods right after the scale-up and
 //! once they had [`BALANCE_WITHIN`] to even out (`balanceAfterScaleUpWithinTarget`,
-//! `timeToBalanceSeconds`): without the operator handing sessions from hot pods to new ones,
-//! long-lived sessions stay where they are and the new pods get only new sessions. Also in the
+//! `timeToBalanceSeconds`): long-lived sessions stay where they are and new pods get only new
+//! sessions, so this is the operator's rebalancing (hot pods hand a share of their sessions to
+//! the pods with room), whose rounds `rebalance.cooldown` paces. Also in the
 //! details: replicas and pods every second (`replicasOverTime`), the times to scale up and
 //! down, the last decision's reason and the `Scaled` Events.
 
