@@ -250,6 +250,66 @@ pub struct LoadReport {
     pub endpoints: BTreeMap<String, EndpointReport>,
 }
 
+impl LoadReport {
+    /// The reports of several runs against one Service as one: counts added up (per cause, per
+    /// endpoint), the first 10 drop reasons, the slowest reconnect of any run. The times to
+    /// serving cannot be pooled from percentiles, so each percentile is the highest of the
+    /// runs' (an upper bound), with their samples added up.
+    pub fn combined(reports: &[LoadReport]) -> LoadReport {
+        let mut all = LoadReport::default();
+        for report in reports {
+            all.sessions_opened += report.sessions_opened;
+            all.migrated += report.migrated;
+            all.dropped += report.dropped;
+            all.connections += report.connections;
+            all.messages_sent += report.messages_sent;
+            all.messages_echoed += report.messages_echoed;
+            all.messages_resent += report.messages_resent;
+            all.messages_lost += report.messages_lost;
+            all.drop_reasons.extend(report.drop_reasons.iter().cloned());
+            all.close_ignoring += report.close_ignoring;
+            all.closes_ignored += report.closes_ignored;
+            all.force_closed += report.force_closed;
+            all.messages_abandoned += report.messages_abandoned;
+            all.slowest_reconnect_ms = all.slowest_reconnect_ms.max(report.slowest_reconnect_ms);
+            for (cause, n) in &report.connect_failures {
+                *all.connect_failures.entry(cause.clone()).or_default() += n;
+            }
+            let moves = report.sessions_by_moves;
+            all.sessions_by_moves.never += moves.never;
+            all.sessions_by_moves.once += moves.once;
+            all.sessions_by_moves.twice += moves.twice;
+            all.sessions_by_moves.more += moves.more;
+            let refused = report.refused_attempts;
+            all.refused_attempts.total += refused.total;
+            all.refused_attempts.http503 += refused.http503;
+            all.refused_attempts.http429 += refused.http429;
+            all.refused_attempts.reset += refused.reset;
+            all.refused_attempts.refused += refused.refused;
+            all.time_to_serving_ms = match (all.time_to_serving_ms, report.time_to_serving_ms) {
+                (Some(a), Some(b)) => Some(TimeToServing {
+                    samples: a.samples + b.samples,
+                    p50: a.p50.max(b.p50),
+                    p99: a.p99.max(b.p99),
+                    max: a.max.max(b.max),
+                }),
+                (a, b) => a.or(b),
+            };
+            for (endpoint, counts) in &report.endpoints {
+                let sum = all.endpoints.entry(endpoint.clone()).or_default();
+                sum.connections += counts.connections;
+                sum.migrated += counts.migrated;
+                sum.dropped += counts.dropped;
+                sum.closes_ignored += counts.closes_ignored;
+                sum.force_closed += counts.force_closed;
+            }
+        }
+        all.drop_reasons.truncate(10);
+        all.moved_more_than_once = all.sessions_by_moves.more_than_once();
+        all
+    }
+}
+
 /// Logical sessions by how often they were moved so far. The JSON keys are `0`, `1`, `2` and `3+`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SessionsByMoves {
@@ -1717,6 +1777,100 @@ mod tests {
         assert_eq!((0..10).filter(|&id| options.ignores_close(id)).count(), 10);
         options.close_ignoring = 11;
         assert!(options.validate().is_err());
+    }
+
+    #[test]
+    fn combined_reports_add_up_and_bound_the_times_to_serving_from_above() {
+        let one = LoadReport {
+            sessions_opened: 100,
+            migrated: 40,
+            messages_sent: 1_000,
+            messages_echoed: 1_000,
+            connect_failures: BTreeMap::from([("http 503".to_owned(), 2)]),
+            sessions_by_moves: SessionsByMoves {
+                never: 60,
+                once: 40,
+                twice: 0,
+                more: 0,
+            },
+            refused_attempts: RefusedAttempts {
+                total: 2,
+                http503: 2,
+                ..RefusedAttempts::default()
+            },
+            time_to_serving_ms: Some(TimeToServing {
+                samples: 40,
+                p50: 5,
+                p99: 900,
+                max: 1_000,
+            }),
+            endpoints: BTreeMap::from([(
+                "10.244.1.5".to_owned(),
+                EndpointReport {
+                    connections: 100,
+                    migrated: 40,
+                    ..EndpointReport::default()
+                },
+            )]),
+            ..LoadReport::default()
+        };
+        let other = LoadReport {
+            sessions_opened: 50,
+            dropped: 1,
+            messages_sent: 500,
+            messages_echoed: 499,
+            messages_lost: 1,
+            drop_reasons: vec!["session 3: reset".to_owned()],
+            slowest_reconnect_ms: 70,
+            sessions_by_moves: SessionsByMoves {
+                never: 48,
+                once: 0,
+                twice: 2,
+                more: 0,
+            },
+            moved_more_than_once: 2,
+            time_to_serving_ms: Some(TimeToServing {
+                samples: 4,
+                p50: 8,
+                p99: 30,
+                max: 40,
+            }),
+            endpoints: BTreeMap::from([(
+                "10.244.1.5".to_owned(),
+                EndpointReport {
+                    connections: 50,
+                    dropped: 1,
+                    ..EndpointReport::default()
+                },
+            )]),
+            ..LoadReport::default()
+        };
+        let all = LoadReport::combined(&[one.clone(), other]);
+        assert_eq!(all.sessions_opened, 150);
+        assert_eq!((all.migrated, all.dropped, all.messages_lost), (40, 1, 1));
+        assert_eq!((all.messages_sent, all.messages_echoed), (1_500, 1_499));
+        assert_eq!(all.drop_reasons, ["session 3: reset"]);
+        assert_eq!(all.slowest_reconnect_ms, 70);
+        assert_eq!(all.connect_failures.get("http 503"), Some(&2));
+        assert_eq!(all.refused_attempts.total, 2);
+        assert_eq!(
+            (all.sessions_by_moves.never, all.sessions_by_moves.twice),
+            (108, 2)
+        );
+        assert_eq!(all.moved_more_than_once, 2);
+        assert_eq!(
+            all.time_to_serving_ms,
+            Some(TimeToServing {
+                samples: 44,
+                p50: 8,
+                p99: 900,
+                max: 1_000
+            })
+        );
+        let endpoint = &all.endpoints["10.244.1.5"];
+        assert_eq!((endpoint.connections, endpoint.dropped), (150, 1));
+        assert_eq!(LoadReport::combined(std::slice::from_ref(&one)), one);
+        assert_eq!(LoadReport::combined(&[]), LoadReport::default());
     }
 
     #[test]

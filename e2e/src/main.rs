@@ -70,8 +70,8 @@ struct BenchOperatorArgs {
 
 #[derive(Debug, Args)]
 struct ScenarioArgs {
-    /// rolling-update, scale-down, node-drain, operator-restart, gateway-crash, bad-revision,
-    /// drain-deadline, or all (in that order, on one cluster).
+    /// rolling-update, scale-down, autoscale, node-drain, operator-restart, gateway-crash,
+    /// bad-revision, drain-deadline, or all (in that order, on one cluster).
     name: String,
     /// Print the report as one JSON object on stdout (for `all`: {passed, scenarios: [...]}).
     #[arg(long)]

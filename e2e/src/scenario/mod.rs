@@ -1,8 +1,9 @@
 //! The end-to-end rollout scenarios: each runs a LongConnService on the local control plane with
 //! the real operator, gateways and echo apps, puts live WebSocket sessions on it, disturbs it (a
-//! template change, a scale-down, a node drain, a killed operator or gateway, a revision that
-//! never becomes Ready, clients that ignore close frames), and compares what the clients
-//! counted with what the operator recorded in `status.rollout`.
+//! template change, a scale-down, a load that makes the session autoscaling scale up and down, a
+//! node drain, a killed operator or gateway, a revision that never becomes Ready, clients that
+//! ignore close frames), and compares what the clients counted with what the operator recorded
+//! in `status.rollout`.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), longconn_e2e::scenario::ScenarioError> {
@@ -23,6 +24,7 @@ pub mod service;
 pub mod steps;
 pub mod wait;
 
+mod autoscale;
 mod bad_revision;
 mod drain_deadline;
 mod gateway_crash;
@@ -96,6 +98,7 @@ impl ScenarioError {
 pub enum Scenario {
     RollingUpdate,
     ScaleDown,
+    Autoscale,
     NodeDrain,
     OperatorRestart,
     GatewayCrash,
@@ -105,9 +108,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::RollingUpdate,
         Scenario::ScaleDown,
+        Scenario::Autoscale,
         Scenario::NodeDrain,
         Scenario::OperatorRestart,
         Scenario::GatewayCrash,
@@ -120,6 +124,7 @@ impl Scenario {
         match self {
             Scenario::RollingUpdate => "rolling-update",
             Scenario::ScaleDown => "scale-down",
+            Scenario::Autoscale => "autoscale",
             Scenario::NodeDrain => "node-drain",
             Scenario::OperatorRestart => "operator-restart",
             Scenario::GatewayCrash => "gateway-crash",
@@ -392,6 +397,7 @@ async fn run_one(
     match scenario {
         Scenario::RollingUpdate => rolling_update::run(harness, &context, report).await,
         Scenario::ScaleDown => scale_down::run(harness, &context, report).await,
+        Scenario::Autoscale => autoscale::run(harness, &context, report).await,
         Scenario::NodeDrain => node_drain::run(harness, &context, report).await,
         Scenario::OperatorRestart => {
             report.seed = Some(seed);

@@ -37,11 +37,13 @@ pub struct ServiceSpec {
     pub drain_spread: String,
     pub progress_deadline: String,
     pub max_dropped_sessions: i64,
+    /// `spec.autoscaling` as applied; unset: none.
+    pub autoscaling: Option<Value>,
 }
 
 impl ServiceSpec {
     /// `chat` in `namespace`: 3 replicas, drain timeout 20s, spread 2s, progress deadline 3m,
-    /// no dropped session allowed.
+    /// no dropped session allowed, no autoscaling.
     pub fn new(namespace: &str) -> Self {
         Self {
             namespace: namespace.to_owned(),
@@ -53,12 +55,13 @@ impl ServiceSpec {
             drain_spread: "2s".to_owned(),
             progress_deadline: "3m".to_owned(),
             max_dropped_sessions: 0,
+            autoscaling: None,
         }
     }
 
     /// The LongConnService as applied.
     pub fn manifest(&self) -> Value {
-        json!({
+        let mut manifest = json!({
             "apiVersion": "longconn.dev/v1alpha1",
             "kind": "LongConnService",
             "metadata": {"name": self.name, "namespace": self.namespace},
@@ -104,7 +107,11 @@ impl ServiceSpec {
                 },
                 "disruption": {"maxUnavailable": 1},
             },
-        })
+        });
+        if let Some(autoscaling) = &self.autoscaling {
+            manifest["spec"]["autoscaling"] = autoscaling.clone();
+        }
+        manifest
     }
 
     fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
@@ -457,5 +464,16 @@ mod tests {
         let second = spec.manifest();
         assert_ne!(first["spec"]["template"], second["spec"]["template"]);
         assert_eq!(first["spec"]["gateway"], second["spec"]["gateway"]);
+    }
+
+    #[test]
+    fn autoscaling_is_applied_only_when_set() {
+        let mut spec = ServiceSpec::new("ns");
+        assert_eq!(spec.manifest()["spec"].get("autoscaling"), None);
+        spec.autoscaling = Some(json!({"minReplicas": 2, "maxReplicas": 6}));
+        assert_eq!(
+            spec.manifest()["spec"]["autoscaling"],
+            json!({"minReplicas": 2, "maxReplicas": 6})
+        );
     }
 }
