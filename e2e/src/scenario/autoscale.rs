@@ -40,7 +40,7 @@ use super::service::{Observed, PodView, Recorded, ServiceSpec};
 use super::steps::{self, describe_pods};
 use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport, round};
-use crate::load::{LoadReport, Route, RunningLoad};
+use crate::load::{LoadReport, Route, RunningLoad, SessionsByMoves};
 
 const MIN_REPLICAS: i32 = 2;
 const MAX_REPLICAS: i32 = 6;
@@ -119,15 +119,89 @@ pub(super) async fn run(
     let scale_down = outcome?;
 
     report.expect_clean_clients(SESSIONS);
-    report.expect_moved_once_and_landed_with_room();
+    expect_moved_once_per_phase(report, &scale_down);
+    report.expect_landed_with_room();
     expect_drained_first(report, &scale_down);
     Ok(())
+}
+
+/// How long a round of rebalancing moves sessions: its spread, and the time the proxies take to
+/// follow the routing back.
+const ROUND_LASTS: Duration = Duration::from_secs(5 + 3);
+
+/// Waits (at most 30 s) until the last round of rebalancing, if any, has ended, and records
+/// `status.rebalance` in `rebalanceAtFall`.
+async fn rebalanced(
+    harness: &Harness,
+    spec: &ServiceSpec,
+    report: &mut ScenarioReport,
+) -> Result<(), ScenarioError> {
+    let client = harness.client();
+    let status = wait_until(
+        &format!(
+            "the last round of rebalancing of {}/{} over",
+            spec.namespace, spec.name
+        ),
+        Duration::from_secs(30),
+        || async {
+            let observed = spec.observe(&client).await?;
+            let rebalance = observed.at("/status/rebalance").cloned();
+            let started = rebalance
+                .as_ref()
+                .and_then(|r| r.pointer("/startedAt"))
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+            let over = started.is_none_or(|t| {
+                k8s_openapi::jiff::Timestamp::now().duration_since(t)
+                    >= k8s_openapi::jiff::SignedDuration::try_from(ROUND_LASTS).unwrap_or_default()
+            });
+            Ok(if over {
+                Check::Done(rebalance)
+            } else {
+                Check::NotYet(format!("round under way: {rebalance:?}"))
+            })
+        },
+    )
+    .await?;
+    report.detail("rebalanceAtFall", status);
+    Ok(())
+}
+
+/// Each session moved at most once in each phase: the rebalancing of the scale-up (judged when
+/// the load falls, after the last round has ended) and the drains of the scale-down. A session
+/// the rebalancing moved can be moved again by the scale-down that follows (its pod may be one
+/// that goes): once per phase, so at the end no session moved three times or more, and no more
+/// moved twice than had moved once when the load fell.
+fn expect_moved_once_per_phase(report: &mut ScenarioReport, scale_down: &ScaleDown) {
+    let at_fall = scale_down.moves_at_fall;
+    report.expect(
+        at_fall.more_than_once() == 0,
+        format!(
+            "when the load fell, {} sessions had moved more than once (0/1/2/3+ times: {}/{}/{}/{})",
+            at_fall.more_than_once(),
+            at_fall.never,
+            at_fall.once,
+            at_fall.twice,
+            at_fall.more
+        ),
+    );
+    let end = report.sessions_by_moves.unwrap_or_default();
+    report.expect(
+        report.sessions_by_moves.is_some() && end.more == 0 && end.twice <= at_fall.once,
+        format!(
+            "sessions moved 0/1/2/3+ times at the end: {}/{}/{}/{}, of which at most {} (those \
+             the rebalancing had moved once) may have moved twice",
+            end.never, end.once, end.twice, end.more, at_fall.once
+        ),
+    );
 }
 
 /// What the scale-down phase leaves to judge once the clients have finished.
 struct ScaleDown {
     /// The clients' migrations when the load fell.
     migrated_at_fall: u64,
+    /// The clients' sessions by moves when the load fell.
+    moves_at_fall: SessionsByMoves,
     /// What the operator recorded in `status.rollout` since the load fell.
     recorded: Option<Recorded>,
 }
@@ -183,7 +257,9 @@ async fn phases(
         settle(harness, spec, report).await;
     }
 
-    // The load falls back to the first run's 100 sessions.
+    // The load falls back to the first run's 100 sessions, once no round of rebalancing moves
+    // sessions any more: what moves from then on is the scale-down's.
+    rebalanced(harness, spec, report).await?;
     let baseline = spec.observe(&client).await?.rollout();
     let at_fall = loads.so_far();
     report.detail("sessionsByMovesAtFall", at_fall.sessions_by_moves);
@@ -221,6 +297,7 @@ async fn phases(
     report.detail("scaledEvents", scaled_events(&client, spec).await?);
     Ok(ScaleDown {
         migrated_at_fall: at_fall.migrated,
+        moves_at_fall: at_fall.sessions_by_moves,
         recorded,
     })
 }
@@ -697,6 +774,45 @@ mod tests {
     }
 
     #[test]
+    fn each_session_may_move_once_in_each_phase() {
+        let judge = |at_fall: [u64; 4], end: [u64; 4]| {
+            let moves = |[never, once, twice, more]: [u64; 4]| SessionsByMoves {
+                never,
+                once,
+                twice,
+                more,
+            };
+            let mut report = ScenarioReport {
+                sessions_by_moves: Some(moves(end)),
+                ..ScenarioReport::default()
+            };
+            let scale_down = ScaleDown {
+                migrated_at_fall: 0,
+                moves_at_fall: moves(at_fall),
+                recorded: None,
+            };
+            expect_moved_once_per_phase(&mut report, &scale_down);
+            report.failures.len()
+        };
+        assert_eq!(
+            judge([500, 300, 0, 0], [400, 397, 3, 0]),
+            0,
+            "rebalanced, then drained"
+        );
+        assert_eq!(
+            judge([500, 298, 2, 0], [500, 298, 2, 0]),
+            1,
+            "moved twice while scaling up"
+        );
+        assert_eq!(
+            judge([800, 0, 0, 0], [797, 0, 3, 0]),
+            1,
+            "moved twice in the scale-down"
+        );
+        assert_eq!(judge([500, 300, 0, 0], [500, 299, 0, 1]), 1, "three times");
+    }
+
+    #[test]
     fn the_scale_down_is_judged_on_what_moved_after_the_fall() {
         let mut report = ScenarioReport {
             migrated: Some(130),
@@ -713,6 +829,7 @@ mod tests {
             &mut report,
             &ScaleDown {
                 migrated_at_fall: 30,
+                moves_at_fall: SessionsByMoves::default(),
                 recorded: recorded(100, 0, 4),
             },
         );
@@ -723,6 +840,7 @@ mod tests {
             &mut report,
             &ScaleDown {
                 migrated_at_fall: 0,
+                moves_at_fall: SessionsByMoves::default(),
                 recorded: recorded(100, 2, 3),
             },
         );
@@ -738,6 +856,7 @@ mod tests {
             &mut unrecorded,
             &ScaleDown {
                 migrated_at_fall: 0,
+                moves_at_fall: SessionsByMoves::default(),
                 recorded: None,
             },
         );

@@ -135,6 +135,16 @@ impl ScenarioReport {
         reason = "the bounds are tunable; at 0, at most is exactly"
     )]
     pub fn expect_moved_once_and_landed_with_room(&mut self) {
+        self.expect_moved_once();
+        self.expect_landed_with_room();
+    }
+
+    /// No session moved more than [`MOVED_MORE_THAN_ONCE`] over the whole run.
+    #[allow(
+        clippy::absurd_extreme_comparisons,
+        reason = "the bounds are tunable; at 0, at most is exactly"
+    )]
+    pub fn expect_moved_once(&mut self) {
         let moved_more = self.moved_more_than_once.unwrap_or(0);
         let by_moves = self.sessions_by_moves.unwrap_or_default();
         self.expect(
@@ -144,6 +154,14 @@ impl ScenarioReport {
                 by_moves.never, by_moves.once, by_moves.twice, by_moves.more
             ),
         );
+    }
+
+    /// No more than [`REFUSED_ATTEMPTS`] refused attempts; time to serving and balance measured.
+    #[allow(
+        clippy::absurd_extreme_comparisons,
+        reason = "the bounds are tunable; at 0, at most is exactly"
+    )]
+    pub fn expect_landed_with_room(&mut self) {
         let refused = self.refused_attempts.unwrap_or_default();
         self.expect(
             self.refused_attempts.is_some() && refused.total <= REFUSED_ATTEMPTS,
