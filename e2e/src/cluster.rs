@@ -933,7 +933,7 @@ pub(crate) async fn http_get_loopback(
 
 /// A plain HTTP/1.0 GET of `path` on `addr` (a gateway's admin port speaks HTTP without TLS);
 /// the body, of at most `limit` bytes with the head, whatever the status.
-pub(crate) async fn http_get(
+pub async fn http_get(
     addr: std::net::SocketAddr,
     path: &str,
     limit: u64,

@@ -24,6 +24,46 @@ async fn run_from_client_host(
         .expect("load run")
 }
 
+/// The pod among `pods` whose gateway holds the most sessions, read from its admin port's
+/// `/metrics` on the cluster's client host.
+async fn busiest(netns: &str, pods: &[k8s_openapi::api::core::v1::Pod]) -> String {
+    let targets: Vec<(String, std::net::SocketAddr)> = pods
+        .iter()
+        .filter_map(|pod| {
+            let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+            Some((
+                pod.metadata.name.clone()?,
+                std::net::SocketAddr::new(ip, 9901),
+            ))
+        })
+        .collect();
+    let counts = nodes::in_netns(netns, move || async move {
+        let mut counts = Vec::new();
+        for (name, addr) in targets {
+            let text = tokio::time::timeout(
+                Duration::from_secs(5),
+                longconn_e2e::cluster::http_get(addr, "/metrics", 1 << 20),
+            )
+            .await
+            .expect("metrics in time")
+            .expect("metrics");
+            let active: f64 = text
+                .lines()
+                .find_map(|line| line.strip_prefix("longconn_gateway_sessions_active "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("longconn_gateway_sessions_active");
+            counts.push((active as u64, name));
+        }
+        counts
+    })
+    .await
+    .expect("run on the client host");
+    eprintln!("sessions per pod: {counts:?}");
+    let (sessions, name) = counts.into_iter().max().expect("pods");
+    assert!(sessions > 0, "no pod holds sessions");
+    name
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_deleted() {
     let Some(chat) = common::chat::chat_up(
@@ -72,7 +112,9 @@ async fn load_sessions_echo_everything_and_migrate_without_drops_when_a_pod_is_d
         .expect("load run")
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let name = running[0].metadata.name.clone().expect("name");
+    // The pod with the most sessions: where new sessions go follows the gateways' counts, and a
+    // pod can hold none for a while.
+    let name = busiest(&netns, &running).await;
     let (kubectl_bin2, kubeconfig2, name2) =
         (kubectl_bin.clone(), kubeconfig.clone(), name.clone());
     let deleting = std::time::Instant::now();
