@@ -258,7 +258,15 @@ async fn phases(
     }
 
     // The load falls back to the first run's 100 sessions, once no round of rebalancing moves
-    // sessions any more: what moves from then on is the scale-down's.
+    // sessions any more: rebalancing is turned off and its last round waited for, so that what
+    // moves from then on is the scale-down's, and the operator's count of it can be checked
+    // against the clients'. (A round that starts as the load falls, on counts read before,
+    // would move sessions the scale-down then moves again: see e2e/README.md.)
+    spec.merge(
+        &client,
+        json!({"spec": {"autoscaling": {"rebalance": {"enabled": false}}}}),
+    )
+    .await?;
     rebalanced(harness, spec, report).await?;
     let baseline = spec.observe(&client).await?.rollout();
     let at_fall = loads.so_far();

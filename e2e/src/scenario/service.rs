@@ -136,6 +136,18 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// Merge-patches the object with `patch` (fields the manifest owns are left as they are).
+    pub async fn merge(&self, client: &kube::Client, patch: Value) -> Result<(), ScenarioError> {
+        self.api(client)
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(ScenarioError::kube(format!(
+                "patch LongConnService {}/{}",
+                self.namespace, self.name
+            )))?;
+        Ok(())
+    }
+
     /// The object as the API server has it now.
     pub async fn observe(&self, client: &kube::Client) -> Result<Observed, ScenarioError> {
         let object = self
