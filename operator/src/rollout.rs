@@ -289,6 +289,8 @@ pub struct Book {
     pub rebalance_asks: Vec<rebalance::Ask>,
     /// A round of rebalancing is under way: look again soon.
     pub rebalancing: bool,
+    /// Pods the rebalancing counted (serving, staying): what a round it starts records.
+    pub rebalance_serving: usize,
 }
 
 impl Book {
@@ -772,6 +774,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
             .iter()
             .map(|p| (p.name.clone(), input.last_known(p)))
             .collect();
+        book.rebalance_serving = counted.len();
         (routing, book.rebalance_asks, book.rebalancing) =
             rebalance_step(input, &view, &settings, &counted, routing);
         pending |= book.rebalancing && book.rebalance_asks.is_empty();
@@ -804,9 +807,9 @@ fn rebalance_step(
 ) -> (placement::Placement, Vec<rebalance::Ask>, bool) {
     let last = input.lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
     // The pods that give sessions take none while they do, whatever room the others have.
-    let giving = |names: &mut dyn Iterator<Item = &String>| {
+    let giving = |names: Vec<&String>| {
         let mut leaving = view.leaving.clone();
-        leaving.extend(names.cloned());
+        leaving.extend(names.into_iter().cloned());
         leaving
     };
     let flying = rebalance::incoming(last, settings, input.now, |p| {
@@ -814,7 +817,7 @@ fn rebalance_step(
     });
     if let Some(round) = last.filter(|_| flying > 0) {
         // The round under way: its sessions go to the receivers with the most room.
-        let leaving = giving(&mut round.pods.iter().map(|p| &p.pod));
+        let leaving = giving(round.pods.iter().map(|p| &p.pod).collect());
         let view = placement::View {
             leaving: &leaving,
             ..*view
@@ -835,7 +838,7 @@ fn rebalance_step(
         return (routing, Vec::new(), false);
     }
     let moving = asks.iter().map(|a| a.sessions).sum();
-    let leaving = giving(&mut asks.iter().map(|a| &a.pod));
+    let leaving = giving(asks.iter().map(|a| &a.pod).collect());
     let view = placement::View {
         leaving: &leaving,
         ..*view
@@ -972,12 +975,12 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
     let rebalance = if book.rebalance_asks.is_empty() {
         last_round.cloned()
     } else {
-        let serving = input
-            .pods
-            .iter()
-            .filter(|p| p.revision == budget.target && p.ready && !p.terminating)
-            .count();
-        let round = rebalance::start(last_round, &book.rebalance_asks, serving, now);
+        let round = rebalance::start(
+            last_round,
+            &book.rebalance_asks,
+            book.rebalance_serving,
+            now,
+        );
         book.events.push(rebalance_note(&round));
         Some(round)
     };
