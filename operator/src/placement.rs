@@ -174,14 +174,20 @@ pub fn all_settled(pods: &[PodFacts], placement: &Placement, now: Timestamp) -> 
     })
 }
 
-/// The label changes that bring the pods to `placement`: (pod, accepting).
+/// The label changes that bring the pods to `placement`: (pod, accepting), the pods that start
+/// accepting first. Made in that order, the client Service never holds fewer receivers than
+/// before or after the change: one receiver handing over to another would otherwise leave it
+/// with none for a moment, and a client reconnecting then finds no endpoint.
 pub fn changes(pods: &[PodFacts], placement: &Placement) -> Vec<(String, bool)> {
-    pods.iter()
+    let mut changes: Vec<(String, bool)> = pods
+        .iter()
         .filter_map(|pod| {
             let want = *placement.accepting.get(&pod.name)?;
             (pod.accepting != Some(want)).then(|| (pod.name.clone(), want))
         })
-        .collect()
+        .collect();
+    changes.sort_by_key(|(_, accepting)| !accepting);
+    changes
 }
 
 #[cfg(test)]
@@ -355,5 +361,22 @@ mod tests {
             ..Placement::default()
         };
         assert_eq!(changes(&pods, &placement), [("a".to_owned(), false)]);
+    }
+
+    #[test]
+    fn a_receiver_handing_over_to_another_is_added_before_it_is_taken_out() {
+        // The order of a scale-down's log: the only receiver, listed first, left the client
+        // Service before the next one joined it, and reconnects found no endpoint meanwhile.
+        let mut joining = pod("b", "old");
+        joining.accepting = Some(false);
+        let pods = [pod("a", "old"), joining];
+        let placement = Placement {
+            accepting: BTreeMap::from([("a".to_owned(), false), ("b".to_owned(), true)]),
+            ..Placement::default()
+        };
+        assert_eq!(
+            changes(&pods, &placement),
+            [("b".to_owned(), true), ("a".to_owned(), false)]
+        );
     }
 }
