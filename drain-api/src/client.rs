@@ -313,6 +313,7 @@ mod tests {
             spread: Duration::from_secs(30),
             close_code: None,
             reason: None,
+            keep_moved_for: None,
         };
         let report = start_rebalance(&addr, "t0ken", &request).await.unwrap();
         assert_eq!(

@@ -17,5 +17,6 @@ pub use client::{
 };
 pub use wire::{
     DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES,
-    MAX_REBALANCE_ID_BYTES, RebalanceReport, RebalanceRequest, RebalanceState, valid_rebalance_id,
+    MAX_KEEP_MOVED_FOR, MAX_REBALANCE_ID_BYTES, RebalanceReport, RebalanceRequest, RebalanceState,
+    valid_rebalance_id,
 };

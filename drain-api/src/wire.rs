@@ -166,7 +166,20 @@ pub struct RebalanceRequest {
     /// [`MAX_CLOSE_REASON_BYTES`] bytes of UTF-8. Left out, the close frames carry the code alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Leaves out the sessions that came to this gateway by a move (their client declared an
+    /// earlier move) less than this long ago, at most [`MAX_KEEP_MOVED_FOR`]: a session that a
+    /// drain or an earlier rebalance just moved here is not moved again. Left out, every
+    /// session may be chosen.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub keep_moved_for: Option<Duration>,
 }
+
+/// The longest [`RebalanceRequest::keep_moved_for`] a gateway takes.
+pub const MAX_KEEP_MOVED_FOR: Duration = Duration::from_secs(3600);
 
 /// Where a gateway's last rebalance is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,6 +210,10 @@ pub struct RebalanceReport {
     /// Sessions picked: at most `requested` and at most the sessions open (and not closing)
     /// when it started.
     pub selected: u64,
+    /// Open sessions left out because they came by a move within the request's
+    /// `keepMovedFor`.
+    #[serde(default)]
+    pub kept_moved: u64,
     /// Selected sessions still open, not yet ended.
     pub pending: u64,
     /// Selected sessions that were asked to move and completed the close handshake.
@@ -290,6 +307,7 @@ mod tests {
                 spread: Duration::from_secs(30),
                 close_code: Some(1001),
                 reason: Some("r".to_owned()),
+                keep_moved_for: None,
             }
         );
         let back = serde_json::to_value(&req).expect("serializes");

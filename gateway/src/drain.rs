@@ -40,7 +40,7 @@ use crate::{
     beacon::{Beacon, Listener},
     config::{DrainDefaults, MAX_DRAIN, valid_drain_close_code},
     metrics::{CloseReason, DrainSeries, Metrics, RebalanceOutcome},
-    rebalance::{self, Candidate, Order, Rebalance, Refused},
+    rebalance::{self, Candidate, Order, Picked, Rebalance, Refused},
     registry::{Index, Registry},
 };
 
@@ -512,16 +512,25 @@ impl Drain {
                 last.id, last.pending, last.selected, plan.id, last.id
             )));
         }
-        let candidates =
-            inner
-                .sessions
-                .iter()
-                .filter(|(_, open)| !open.closing)
-                .map(|(index, open)| Candidate {
-                    index,
-                    seq: open.seq,
-                    moves: open.moves,
-                });
+        // Sessions that came here by a move since `recent` are left out.
+        let recent = plan.keep_moved_for.map_or(u64::MAX, |within| {
+            inner.sessions.opened_since(Instant::now(), within)
+        });
+        let mut kept_moved = 0;
+        let candidates = inner
+            .sessions
+            .iter()
+            .filter(|(_, open)| !open.closing)
+            .filter(|(_, open)| {
+                let keep = open.moves > 0 && open.seq >= recent;
+                kept_moved += u64::from(keep);
+                !keep
+            })
+            .map(|(index, open)| Candidate {
+                index,
+                seq: open.seq,
+                moves: open.moves,
+            });
         let selected = rebalance::select(candidates, plan.sessions);
         for (slot, &index) in (0..).zip(&selected) {
             if let Some(open) = inner.sessions.get_mut(index) {
@@ -529,18 +538,20 @@ impl Drain {
             }
         }
         let (deadline, spread, close_code) = (plan.deadline, plan.spread, plan.close_code);
-        let generation = inner.rebalance.begin(
-            plan,
-            selected.len() as u64,
-            Instant::now(),
-            SystemTime::now(),
-        );
+        let picked = Picked {
+            selected: selected.len() as u64,
+            kept_moved,
+        };
+        let generation = inner
+            .rebalance
+            .begin(plan, picked, Instant::now(), SystemTime::now());
         let report = inner.rebalance.report().clone();
         self.series.set_rebalance_state(report.state);
         tracing::info!(
             id = %report.id,
             requested = report.requested,
             selected = report.selected,
+            kept_moved = report.kept_moved,
             sessions = inner.active,
             spread = %humantime::format_duration(spread),
             deadline = %humantime::format_duration(deadline),
@@ -807,6 +818,7 @@ mod tests {
             spread,
             close_code: None,
             reason: Some(format!("moving: {id}")),
+            keep_moved_for: None,
         }
     }
 
@@ -885,6 +897,35 @@ mod tests {
             .rebalance(&rebalance_request("r3", 0, Duration::ZERO))
             .expect_err("invalid before anything else");
         assert!(matches!(err, Refused::Invalid(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rebalance_keeping_moved_sessions_leaves_out_those_that_just_came_by_a_move() {
+        let d = drain();
+        let fresh = d.open_session(0).expect("serving");
+        let just_moved = d.open_session(1).expect("serving");
+        let keep = RebalanceRequest {
+            keep_moved_for: Some(Duration::from_secs(600)),
+            ..rebalance_request("r1", 2, Duration::ZERO)
+        };
+        let r = d.rebalance(&keep).expect("starts");
+        assert_eq!(
+            (r.requested, r.selected, r.kept_moved),
+            (2, 1, 1),
+            "only the session that never moved"
+        );
+        assert!(fresh.rebalance_order().is_some());
+        assert_eq!(just_moved.rebalance_order(), None);
+        fresh.finish(CloseReason::Migrated);
+        let r = d
+            .rebalance(&rebalance_request("r2", 2, Duration::ZERO))
+            .expect("starts");
+        assert_eq!(
+            (r.selected, r.kept_moved),
+            (1, 0),
+            "without keepMovedFor, any session"
+        );
+        assert!(just_moved.rebalance_order().is_some());
     }
 
     #[tokio::test]

@@ -26,8 +26,8 @@ use std::{
 };
 
 use longconn_drain_api::{
-    DrainRequest, MAX_REBALANCE_ID_BYTES, RebalanceReport, RebalanceRequest, RebalanceState,
-    valid_rebalance_id,
+    DrainRequest, MAX_KEEP_MOVED_FOR, MAX_REBALANCE_ID_BYTES, RebalanceReport, RebalanceRequest,
+    RebalanceState, valid_rebalance_id,
 };
 
 use crate::{
@@ -56,6 +56,8 @@ pub struct Plan {
     pub deadline: Duration,
     pub close_code: u16,
     pub reason: Arc<str>,
+    /// Sessions that came by a move less than this long ago are left out.
+    pub keep_moved_for: Option<Duration>,
 }
 
 /// Checks `req` against the rules of a drain (close code, reason, a spread that fits in the
@@ -82,9 +84,19 @@ pub fn plan(req: &RebalanceRequest, defaults: &DrainDefaults) -> Result<Plan, Ba
             e.0
         ))
     })?;
+    if let Some(keep) = req.keep_moved_for
+        && keep > MAX_KEEP_MOVED_FOR
+    {
+        return Err(BadRequest(format!(
+            "keepMovedFor {} is over the most a gateway keeps track of, {}",
+            humantime::format_duration(keep),
+            humantime::format_duration(MAX_KEEP_MOVED_FOR)
+        )));
+    }
     let close_code = req.close_code.unwrap_or(defaults.close_code);
     check_notice(close_code, req.reason.as_deref())?;
     Ok(Plan {
+        keep_moved_for: req.keep_moved_for,
         id: req.id.clone(),
         sessions: req.sessions,
         spread,
@@ -117,6 +129,23 @@ pub fn select(candidates: impl IntoIterator<Item = Candidate>, k: u64) -> Vec<In
     }
     all.sort_unstable_by_key(key);
     all.into_iter().map(|c| c.index).collect()
+}
+
+/// How many sessions a rebalance picked, and how many it left out as moved too recently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Picked {
+    pub selected: u64,
+    pub kept_moved: u64,
+}
+
+impl Picked {
+    /// `selected` sessions, none left out.
+    pub fn of(selected: u64) -> Picked {
+        Picked {
+            selected,
+            kept_moved: 0,
+        }
+    }
 }
 
 /// What a session a rebalance selected is asked to do now.
@@ -174,16 +203,18 @@ impl Rebalance {
         Some(Arc::clone(&notice.reason))
     }
 
-    /// Starts `plan` with `selected` sessions picked, at `start` (`now` on the wall clock);
+    /// Starts `plan` with the sessions `picked`, at `start` (`now` on the wall clock);
     /// returns its generation, for [`Rebalance::expire`]. With nothing selected it is done at
     /// once.
-    pub fn begin(&mut self, plan: Plan, selected: u64, start: Instant, now: SystemTime) -> u64 {
+    pub fn begin(&mut self, plan: Plan, picked: Picked, start: Instant, now: SystemTime) -> u64 {
+        let selected = picked.selected;
         self.generation += 1;
         self.report = RebalanceReport {
             id: plan.id,
             state: RebalanceState::Moving,
             requested: plan.sessions,
             selected,
+            kept_moved: picked.kept_moved,
             pending: selected,
             started_at: Some(now),
             ..RebalanceReport::default()
@@ -289,6 +320,7 @@ mod tests {
             spread: humantime::parse_duration(spread).expect("a duration"),
             close_code: None,
             reason: None,
+            keep_moved_for: None,
         }
     }
 
@@ -308,6 +340,7 @@ mod tests {
                 deadline: Duration::from_secs(300),
                 close_code: 1012,
                 reason: "".into(),
+                keep_moved_for: None,
             }
         );
         let with = RebalanceRequest {
@@ -379,7 +412,7 @@ mod tests {
         let now = SystemTime::now();
         r.begin(
             plan(&request("r", 5, "4s"), &defaults()).expect("valid"),
-            4,
+            Picked::of(4),
             start,
             now,
         );
@@ -418,7 +451,7 @@ mod tests {
     fn a_rebalance_with_nothing_to_select_is_done_at_once() {
         let mut r = Rebalance::default();
         let plan = plan(&request("r", 5, "4s"), &defaults()).expect("valid");
-        r.begin(plan, 0, Instant::now(), SystemTime::now());
+        r.begin(plan, Picked::of(0), Instant::now(), SystemTime::now());
         assert_eq!(r.report().state, RebalanceState::Done);
         assert!(r.report().finished_at.is_some());
     }
@@ -427,9 +460,14 @@ mod tests {
     fn the_deadline_cuts_only_its_own_rebalance() {
         let mut r = Rebalance::default();
         let plan = plan(&request("r", 2, "1s"), &defaults()).expect("valid");
-        let first = r.begin(plan.clone(), 1, Instant::now(), SystemTime::now());
+        let first = r.begin(
+            plan.clone(),
+            Picked::of(1),
+            Instant::now(),
+            SystemTime::now(),
+        );
         r.ended(Outcome::Migrated, false, SystemTime::now());
-        let second = r.begin(plan, 2, Instant::now(), SystemTime::now());
+        let second = r.begin(plan, Picked::of(2), Instant::now(), SystemTime::now());
         assert!(!r.expire(first), "an earlier rebalance's deadline");
         assert!(matches!(r.order(0), Some(Order::MoveAt { .. })));
         assert!(r.expire(second));
@@ -440,7 +478,7 @@ mod tests {
     fn a_drain_takes_over_the_sessions_left_and_they_are_not_counted_again() {
         let mut r = Rebalance::default();
         let plan = plan(&request("r", 3, "1s"), &defaults()).expect("valid");
-        r.begin(plan, 3, Instant::now(), SystemTime::now());
+        r.begin(plan, Picked::of(3), Instant::now(), SystemTime::now());
         r.ended(Outcome::Migrated, false, SystemTime::now());
         assert_eq!(r.take_over(SystemTime::now()), Some(2));
         let report = r.report().clone();

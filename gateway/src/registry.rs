@@ -6,6 +6,20 @@
 //! of free places. A session holds the index of its entry ([`Index`], 4 bytes that fit in the
 //! padding of its ticket) and gives it back when it ends. An entry is 16 bytes; the vector keeps
 //! the room of the most sessions open at once.
+//!
+//! When each session opened is kept coarsely, beside the entries rather than in them: a
+//! checkpoint (the time, the next session's number) at most every [`CHECKPOINT_EVERY`], for
+//! [`MAX_KEEP_MOVED_FOR`] (at most 3,600 checkpoints of 24 bytes). That tells a rebalance which
+//! sessions opened recently ([`Registry::opened_since`]), erring towards recent by under
+//! [`CHECKPOINT_EVERY`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use longconn_drain_api::MAX_KEEP_MOVED_FOR;
+
+/// The least time between two checkpoints of the sessions' opening times.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a session's entry is.
 pub type Index = u32;
@@ -43,12 +57,20 @@ pub struct Registry {
     entries: Vec<Option<Open>>,
     free: Vec<Index>,
     next_seq: u64,
+    /// (when, the number of the first session opened from then on), oldest first.
+    checkpoints: VecDeque<(Instant, u64)>,
 }
 
 impl Registry {
     /// Registers a session whose client declared `moves`; `None` when no index is left (more
     /// than `u32::MAX` sessions at once, which no process has the open files for).
     pub fn insert(&mut self, moves: u32) -> Option<Index> {
+        self.insert_at(moves, Instant::now())
+    }
+
+    /// [`Registry::insert`] at `now`.
+    fn insert_at(&mut self, moves: u32, now: Instant) -> Option<Index> {
+        self.checkpoint(now);
         let open = Open {
             seq: self.next_seq,
             moves: u8::try_from(moves).unwrap_or(u8::MAX),
@@ -86,6 +108,49 @@ impl Registry {
         self.entries.get_mut(index as usize)?.as_mut()
     }
 
+    /// The number from which sessions opened less than `within` before `now` (at most
+    /// [`MAX_KEEP_MOVED_FOR`]) are numbered: every such session has this number or a higher
+    /// one, and so may a few opened up to [`CHECKPOINT_EVERY`] earlier.
+    pub fn opened_since(&self, now: Instant, within: Duration) -> u64 {
+        let Some(cutoff) = now.checked_sub(within) else {
+            return 0;
+        };
+        // The last checkpoint at or before the cutoff. With none, every session opened after
+        // the first checkpoint, which is after the cutoff (the oldest one kept is older than
+        // the longest window once any was dropped).
+        let Some(last) = self.checkpoints.iter().rposition(|(at, _)| *at <= cutoff) else {
+            return 0;
+        };
+        let (at, seq) = self.checkpoints[last];
+        // The sessions numbered from `seq` up to the next checkpoint opened within
+        // CHECKPOINT_EVERY of `at`.
+        if at + CHECKPOINT_EVERY > cutoff {
+            return seq;
+        }
+        self.checkpoints
+            .get(last + 1)
+            .map_or(self.next_seq, |(_, next)| *next)
+    }
+
+    /// Adds a checkpoint when the last is [`CHECKPOINT_EVERY`] old, and forgets those no window
+    /// needs (keeping the newest older than the longest window).
+    fn checkpoint(&mut self, now: Instant) {
+        let due = self
+            .checkpoints
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= CHECKPOINT_EVERY);
+        if due {
+            self.checkpoints.push_back((now, self.next_seq));
+        }
+        while self
+            .checkpoints
+            .get(1)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > MAX_KEEP_MOVED_FOR)
+        {
+            self.checkpoints.pop_front();
+        }
+    }
+
     /// Every open session with its index.
     pub fn iter(&self) -> impl Iterator<Item = (Index, &Open)> {
         // Indices fit in `Index`: `insert` hands out no others.
@@ -121,5 +186,44 @@ mod tests {
         r.get_mut(b).expect("open").select(4);
         assert_eq!(r.get(b).expect("open").slot(), Some(4));
         assert_eq!(r.get(7), None);
+    }
+
+    #[test]
+    fn the_sessions_opened_within_a_window_are_those_numbered_from_where_it_starts() {
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut r = Registry::default();
+        assert_eq!(r.opened_since(at(0.0), Duration::from_secs(60)), 0);
+        // Sessions 0..3 in the first second, 3..5 at 10 s, 5 at 100 s.
+        for secs in [0.0, 0.2, 0.9, 10.0, 10.5, 100.0] {
+            r.insert_at(0, at(secs)).expect("room");
+        }
+        let since = |now: f64, within: u64| r.opened_since(at(now), Duration::from_secs(within));
+        assert_eq!(since(100.0, 200), 0, "all of them");
+        assert_eq!(since(100.0, 95), 3, "from 10 s on");
+        assert_eq!(since(100.5, 90), 3, "10.5 s is within");
+        assert_eq!(since(100.0, 50), 5, "only the last");
+        assert_eq!(since(200.0, 50), 6, "none");
+        assert_eq!(
+            since(10.4, 10),
+            0,
+            "at most a checkpoint's second early: 0.4 s falls in the first second"
+        );
+        assert_eq!(since(11.5, 10), 3, "the first second is over by 1.5 s");
+    }
+
+    #[test]
+    fn checkpoints_older_than_the_longest_window_are_forgotten_but_one() {
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        let hour = MAX_KEEP_MOVED_FOR.as_secs();
+        for secs in 0..(2 * hour) {
+            r.insert_at(0, t0 + Duration::from_secs(secs))
+                .expect("room");
+        }
+        let kept = usize::try_from(hour).expect("fits") + 2;
+        assert!(r.checkpoints.len() <= kept, "{} kept", r.checkpoints.len());
+        let now = t0 + Duration::from_secs(2 * hour);
+        assert_eq!(r.opened_since(now, MAX_KEEP_MOVED_FOR), hour);
     }
 }

@@ -8,7 +8,8 @@
 //! its close frames spread over `spread`. While the round runs, the [`placement`] counts those
 //! sessions as on their way, so only the pods with the most room take them (the busy pods stop
 //! accepting), and each moved session lands once. The gateway picks the sessions that have
-//! moved least, then the youngest. Rounds start at most every `cooldown`.
+//! moved least, then the youngest, and leaves out those that came by a move in the last
+//! [`KEEP_MOVED_FOR`]. Rounds start at most every `cooldown`.
 //!
 //! Everything here is pure: [`plan`] looks at the same view a rollout step has and at
 //! `status.rebalance`, and says whether a round starts, which routing it needs first, and what
@@ -23,6 +24,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{AutoscalingSpec, RebalanceSpec, RebalanceStatus, RebalancedPod};
 use crate::placement;
+
+/// A round leaves out the sessions that came to a pod by a move (a drain's or an earlier
+/// round's) less than this long ago, so that no round moves a session twice within it (the
+/// gateway knows a moved session by the moves its client declares, `Longconn-Session-Moves`).
+pub const KEEP_MOVED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The rebalancing settings, durations parsed; None when it is off.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -779,6 +779,7 @@ async fn start_rebalance(lcs: &LongConnService, observation: &Observation, plan:
             spread: spec.rebalance.spread.to_std().unwrap_or_default(),
             close_code: u16::try_from(lcs.spec.drain.close_code).ok(),
             reason: Some(format!("rebalancing: round {}", round.round)),
+            keep_moved_for: Some(crate::rebalance::KEEP_MOVED_FOR),
         };
         async move {
             let Some((addr, _)) = observation.admin.get(pod) else {
@@ -789,7 +790,7 @@ async fn start_rebalance(lcs: &LongConnService, observation: &Observation, plan:
             let call = longconn_drain_api::start_rebalance(&addr, token, &request);
             match tokio::time::timeout(gateways::TIMEOUT * 2, call).await {
                 Ok(Ok(report)) => {
-                    info!(pod = %pod, asked = request.sessions, selected = report.selected, round = round.round, "rebalance started");
+                    info!(pod = %pod, asked = request.sessions, selected = report.selected, kept_moved = report.kept_moved, round = round.round, "rebalance started");
                 }
                 Ok(Err(e)) => warn!(pod = %pod, error = %e, "rebalance request failed"),
                 Err(_) => warn!(pod = %pod, "rebalance request timed out"),
