@@ -69,6 +69,8 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(10);
 /// How long the close handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection attempt that takes this long is logged with the time of each of its steps.
+const SLOW_CONNECT: Duration = Duration::from_millis(500);
 /// Connection attempts per (re)connect before the session counts as dropped.
 const CONNECT_ATTEMPTS: u32 = 20;
 /// One connection attempt (TCP, TLS and WebSocket handshake).
@@ -998,31 +1000,46 @@ async fn connect_once(
     let attempt = async {
         let request = upgrade_request(shared, state)
             .map_err(|e| fail("handshake", None, format!("upgrade request: {e}")))?;
+        let started = Instant::now();
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| fail("tcp", Refusal::of_io(&e), format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let tcp_done = Instant::now();
         let tls = shared
             .connector
             .connect(shared.server_name.clone(), tcp)
             .await
             .map_err(|e| fail("tls", Refusal::of_io(&e), format!("TLS to {addr}: {e}")))?;
-        let (socket, _) = tokio_tungstenite::client_async(request, tls)
-            .await
-            .map_err(|e| {
-                let category = match &e {
-                    tokio_tungstenite::tungstenite::Error::Http(response) => {
-                        format!("http {}", response.status().as_u16())
-                    }
-                    _ => "handshake".to_owned(),
-                };
-                let refusal = Refusal::of_upgrade(&e);
-                fail(
-                    &category,
-                    refusal,
-                    format!("WebSocket handshake with {addr}: {e}"),
-                )
-            })?;
+        let tls_done = Instant::now();
+        let upgraded = tokio_tungstenite::client_async(request, tls).await;
+        if started.elapsed() >= SLOW_CONNECT {
+            // Where a slow connection spent its time, to tell the network from the gateway.
+            tracing::info!(
+                session = state.id,
+                %addr,
+                ?local,
+                tcp_ms = (tcp_done - started).as_millis(),
+                tls_ms = (tls_done - tcp_done).as_millis(),
+                upgrade_ms = tls_done.elapsed().as_millis(),
+                "slow connection"
+            );
+        }
+        let (socket, _) = upgraded.map_err(|e| {
+            let category = match &e {
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    format!("http {}", response.status().as_u16())
+                }
+                _ => "handshake".to_owned(),
+            };
+            let refusal = Refusal::of_upgrade(&e);
+            fail(
+                &category,
+                refusal,
+                format!("WebSocket handshake with {addr}: {e}"),
+            )
+        })?;
         Ok(socket)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)

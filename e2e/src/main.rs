@@ -71,9 +71,10 @@ struct BenchOperatorArgs {
 #[derive(Debug, Args)]
 struct ScenarioArgs {
     /// rolling-update, scale-down, autoscale, node-drain, operator-restart, gateway-crash,
-    /// bad-revision, drain-deadline, or all (in that order, on one cluster).
+    /// bad-revision, drain-deadline, several of them comma-separated (run in the order given), or
+    /// all (in that order); on one cluster.
     name: String,
-    /// Print the report as one JSON object on stdout (for `all`: {passed, scenarios: [...]}).
+    /// Print the report as one JSON object on stdout (for several: {passed, scenarios: [...]}).
     #[arg(long)]
     json: bool,
     /// The image archives of `make images`, loaded into every node.
@@ -332,14 +333,18 @@ async fn scenario(args: ScenarioArgs) -> Result<(), RunError> {
     let scenarios: Vec<Scenario> = if args.name == "all" {
         Scenario::ALL.to_vec()
     } else {
-        vec![Scenario::from_name(&args.name).ok_or_else(|| {
-            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-            RunError::Usage(format!(
-                "no scenario {:?}: choose one of {} or all",
-                args.name,
-                names.join(", ")
-            ))
-        })?]
+        args.name
+            .split(',')
+            .map(|name| {
+                Scenario::from_name(name.trim()).ok_or_else(|| {
+                    let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                    RunError::Usage(format!(
+                        "no scenario {name:?}: choose from {}, or all",
+                        names.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?
     };
     let (own_work_dir, work_dir) = work_dir(args.work_dir, "longconn-scenarios");
     let mut options = ScenarioOptions::new(work_dir.clone());

@@ -36,7 +36,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::harness::Harness;
 use super::landing::{self, PodSessions};
-use super::service::{Observed, PodView, Recorded, ServiceSpec};
+use super::service::{Observed, PodView, Recorded, Rollout, ServiceSpec};
 use super::steps::{self, describe_pods};
 use super::wait::{Check, wait_until};
 use super::{Context, ScenarioError, ScenarioReport, round};
@@ -110,7 +110,10 @@ pub(super) async fn run(
     let clock = Instant::now();
     let mut loads = Loads::default();
     let sampler = Sampler::start(harness.client(), spec.clone(), clock, loads.offered.clone());
-    let outcome = phases(harness, context, report, &mut spec, &mut loads, clock).await;
+    let outcome = phases(
+        harness, context, report, &mut spec, &mut loads, &sampler, clock,
+    )
+    .await;
     // Whatever happened, the clients get to finish and count.
     report.client(loads.finish().await);
     let series = sampler.finish();
@@ -215,6 +218,7 @@ async fn phases(
     report: &mut ScenarioReport,
     spec: &mut ServiceSpec,
     loads: &mut Loads,
+    sampler: &Sampler,
     clock: Instant,
 ) -> Result<ScaleDown, ScenarioError> {
     let client = harness.client();
@@ -269,6 +273,9 @@ async fn phases(
     .await?;
     rebalanced(harness, spec, report).await?;
     let baseline = spec.observe(&client).await?.rollout();
+    // The scale-down may be decided in more than one step, each recorded anew: its accounting
+    // is the records seen from the fall on, the baseline's among them.
+    let records_from = sampler.records().len().saturating_sub(1);
     let at_fall = loads.so_far();
     report.detail("sessionsByMovesAtFall", at_fall.sessions_by_moves);
     let fall = clock.elapsed();
@@ -287,7 +294,8 @@ async fn phases(
         spec.replicas = MIN_REPLICAS;
         let settled = steps::wait_settled(harness, spec, None).await?;
         report.detail("podsAfter", &settled.pods);
-        let recorded_in_time = wait_recorded(harness, spec, baseline.as_ref()).await;
+        let recorded_in_time =
+            wait_recorded(harness, spec, baseline.as_ref(), sampler, records_from).await;
         report.detail("operatorRecordedBeforeTheLoadEnded", recorded_in_time);
     }
     steps::run_for(harness, Duration::from_secs(2)).await?;
@@ -295,7 +303,10 @@ async fn phases(
 
     let end = spec.observe(&client).await?;
     // The verdict takes what is recorded at the very end; the wait above only gave it time.
-    let recorded = Recorded::since(baseline.as_ref(), end.rollout().as_ref());
+    let recorded = Recorded::over(
+        baseline.as_ref(),
+        &records_since(sampler, records_from, end.rollout()),
+    );
     report.operator(recorded.as_ref());
     report.detail("autoscalingStatus", end.at("/status/autoscaling"));
     report.detail(
@@ -458,11 +469,22 @@ fn landing_detail(
     }
 }
 
-/// Gives the operator [`RECORD_GRACE`] to record the scale-down's drains; whether it did.
+/// The records `sampler` saw from the `from`th on, then `now`.
+fn records_since(sampler: &Sampler, from: usize, now: Option<Rollout>) -> Vec<Rollout> {
+    let mut records = sampler.records();
+    let mut since = records.split_off(from.min(records.len()));
+    since.extend(now);
+    since
+}
+
+/// Gives the operator [`RECORD_GRACE`] to record the scale-down's drains (over every record
+/// since the fall); whether it did.
 async fn wait_recorded(
     harness: &Harness,
     spec: &ServiceSpec,
-    baseline: Option<&super::service::Rollout>,
+    baseline: Option<&Rollout>,
+    sampler: &Sampler,
+    from: usize,
 ) -> bool {
     let client = harness.client();
     let drained = i64::from(MAX_REPLICAS - MIN_REPLICAS);
@@ -471,7 +493,8 @@ async fn wait_recorded(
         RECORD_GRACE,
         || async {
             let now = spec.observe(&client).await?.rollout();
-            Ok(match Recorded::since(baseline, now.as_ref()) {
+            let records = records_since(sampler, from, now);
+            Ok(match Recorded::over(baseline, &records) {
                 Some(r) if r.pods_drained >= drained => Check::Done(()),
                 other => Check::NotYet(format!("recorded {other:?}")),
             })
@@ -683,6 +706,8 @@ impl Sample {
 /// dropped; a sample whose reads fail is skipped.
 struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
+    /// Every `status.rollout` record seen, each as last seen, oldest first.
+    records: Arc<Mutex<Vec<Rollout>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -694,7 +719,9 @@ impl Sampler {
         sessions: Arc<AtomicU64>,
     ) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let records = Arc::new(Mutex::new(Vec::<Rollout>::new()));
         let kept = samples.clone();
+        let records_kept = records.clone();
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(SAMPLE_EVERY);
             every.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -710,9 +737,24 @@ impl Sampler {
                 if let Ok(mut kept) = kept.lock() {
                     kept.push(sample);
                 }
+                if let (Some(record), Ok(mut records)) = (observed.rollout(), records_kept.lock()) {
+                    match records.last_mut() {
+                        Some(last) if last.same_record(&record) => *last = record,
+                        _ => records.push(record),
+                    }
+                }
             }
         });
-        Self { samples, task }
+        Self {
+            samples,
+            records,
+            task,
+        }
+    }
+
+    /// The `status.rollout` records seen so far, each as last seen, oldest first.
+    fn records(&self) -> Vec<Rollout> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Stops sampling; the samples taken.

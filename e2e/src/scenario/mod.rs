@@ -35,7 +35,7 @@ mod scale_down;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -427,6 +427,9 @@ async fn finish(harness: &mut Harness, scenario: Scenario, report: &mut Scenario
         report.current_revision = observed.current_revision();
         report.update_revision = observed.update_revision();
     }
+    if !report.failures.is_empty() || report.error.is_some() {
+        keep_pod_logs(harness.work_dir(), scenario.name());
+    }
     if let Err(err) = harness.check_operator().await {
         report
             .failures
@@ -440,6 +443,46 @@ async fn finish(harness: &mut Harness, scenario: Scenario, report: &mut Scenario
             .failures
             .push(format!("cleaning up namespace {}: {err}", scenario.name()));
     }
+}
+
+/// Copies the logs of the operator's pods and of the scenario's own pods to
+/// `<work_dir>/failed/<scenario>/`, before the namespace goes: a kubelet removes a pod's logs with
+/// the pod, and a later scenario (a node drained, the operator killed) may replace the operator's.
+fn keep_pod_logs(work_dir: &Path, scenario: &str) {
+    let kept = work_dir.join("failed").join(scenario);
+    let wanted = |name: &str| {
+        name.starts_with("longconn-system_") || name.starts_with(&format!("{scenario}_"))
+    };
+    let nodes = work_dir.join("cluster").join("nodes");
+    for node in read_dir(&nodes) {
+        for pod in read_dir(&node.join("pod-logs")) {
+            let name = pod.file_name().unwrap_or_default().to_string_lossy();
+            if !wanted(&name) {
+                continue;
+            }
+            for container in read_dir(&pod) {
+                let to = kept
+                    .join(&*name)
+                    .join(container.file_name().unwrap_or_default());
+                for log in read_dir(&container) {
+                    let copied = std::fs::create_dir_all(&to).and_then(|()| {
+                        std::fs::copy(&log, to.join(log.file_name().unwrap_or_default()))
+                    });
+                    if let Err(err) = copied {
+                        tracing::warn!(log = %log.display(), %err, "could not keep a pod's log");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(dir = %kept.display(), "kept the operator's and the scenario's pod logs");
+}
+
+/// The entries of `dir`, none when it cannot be read.
+fn read_dir(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 fn round(seconds: f64) -> f64 {

@@ -350,6 +350,26 @@ impl Recorded {
             _ => Some(counts(now)),
         }
     }
+
+    /// What the operator recorded since `baseline` over `records`, each a record as last seen
+    /// (in order; a record seen several times counts as its last version): the sum of what
+    /// each adds to the one before. A scale-down decided in two steps leaves two records.
+    pub fn over(baseline: Option<&Rollout>, records: &[Rollout]) -> Option<Recorded> {
+        let mut last: Vec<&Rollout> = Vec::new();
+        for record in records {
+            match last.last_mut() {
+                Some(seen) if seen.same_record(record) => *seen = record,
+                _ => last.push(record),
+            }
+        }
+        last.into_iter()
+            .filter_map(|record| Recorded::since(baseline, Some(record)))
+            .reduce(|a, b| Recorded {
+                pods_drained: a.pods_drained + b.pods_drained,
+                sessions_migrated: a.sessions_migrated + b.sessions_migrated,
+                sessions_dropped: a.sessions_dropped + b.sessions_dropped,
+            })
+    }
 }
 
 /// What a scenario needs to know of a pod.
@@ -448,6 +468,37 @@ mod tests {
         );
         assert_eq!(
             Recorded::since(None, Some(&base)).map(|r| r.pods_drained),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn records_seen_over_time_add_up_each_at_its_last_version() {
+        let record = |started: &str, drained: i64, migrated: i64| {
+            rollout(
+                json!({"revision": "a", "startedAt": started, "podsDrained": drained,
+                "sessionsMigrated": migrated, "sessionsDropped": 0}),
+            )
+        };
+        let base = record("t1", 3, 100);
+        // The baseline's record grows by 1 pod, then a second scale-down drains 2, then 3.
+        let seen = [
+            record("t1", 3, 100),
+            record("t1", 4, 130),
+            record("t2", 2, 40),
+            record("t2", 3, 70),
+        ];
+        assert_eq!(
+            Recorded::over(Some(&base), &seen),
+            Some(Recorded {
+                pods_drained: 4,
+                sessions_migrated: 100,
+                sessions_dropped: 0
+            })
+        );
+        assert_eq!(Recorded::over(Some(&base), &seen[..1]), None);
+        assert_eq!(
+            Recorded::over(None, &seen[2..]).map(|r| r.pods_drained),
             Some(3)
         );
     }
