@@ -2327,9 +2327,10 @@ fn assert_evened_once(model: &mut Model) {
 #[test]
 fn after_a_scale_up_rebalancing_evens_the_pods_moving_each_session_once() {
     for (from, to, sessions) in SCALE_UPS {
-        for lag in [0, 1, 2] {
-            let mut model = scaled_up(from, to, sessions, 0).with_readiness_lag(lag);
-            model.label = format!("{from} pods {sessions:?} to {to}, readiness lag {lag}");
+        for (at, lag) in [0, 2, 5].into_iter().zip([0, 1, 2]) {
+            let mut model = scaled_up(from, to, sessions, at).with_readiness_lag(lag);
+            model.label =
+                format!("{from} pods {sessions:?} to {to} at tick {at}, readiness lag {lag}");
             assert_evened_once(&mut model);
             let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
             model.check(
@@ -2343,14 +2344,15 @@ fn after_a_scale_up_rebalancing_evens_the_pods_moving_each_session_once() {
 #[test]
 fn operator_restarts_at_any_point_of_a_rebalancing_ask_each_pod_once_and_keep_the_books() {
     for (from, to, sessions) in SCALE_UPS {
-        let mut steady = scaled_up(from, to, sessions, 0);
+        let mut steady = scaled_up(from, to, sessions, 2);
         steady.run_until("the pods are even", balanced);
         for at in 0..=steady.tick + 1 {
             for kind in crash_kinds() {
-                let mut model = scaled_up(from, to, sessions, 0);
+                let mut model = scaled_up(from, to, sessions, 2);
                 model.script.crash = Some((at, kind.clone()));
                 model.label = format!(
-                    "{from} pods {sessions:?} to {to}, crash at tick {at} doing only {kind:?}"
+                    "{from} pods {sessions:?} to {to} at tick 2, crash at tick {at} doing only \
+                     {kind:?}"
                 );
                 assert_evened_once(&mut model);
                 let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
