@@ -7,7 +7,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::{DropBudgetAction, LongConnService, LongConnServiceSpec, LongConnServiceStatus};
+use crate::crd::{
+    AutoscalingBehavior, AutoscalingSpec, DropBudgetAction, LongConnService, LongConnServiceSpec,
+    LongConnServiceStatus, RebalanceSpec,
+};
 
 /// Builds a LongConnService for a test.
 #[derive(Clone, Debug)]
@@ -54,6 +57,20 @@ impl TestService {
 
     pub fn on_drop_budget_exceeded(mut self, action: DropBudgetAction) -> Self {
         self.0.spec.rollout.on_drop_budget_exceeded = action;
+        self
+    }
+
+    /// Session autoscaling from `min` to `max` pods at `target` sessions per pod, with the
+    /// default behaviour and rebalancing.
+    pub fn autoscaling(mut self, min: i32, max: i32, target: i64) -> Self {
+        self.0.spec.autoscaling = Some(AutoscalingSpec {
+            min_replicas: min,
+            max_replicas: max,
+            target_sessions_per_pod: Some(target),
+            target_cpu_utilization: None,
+            behavior: AutoscalingBehavior::default(),
+            rebalance: RebalanceSpec::default(),
+        });
         self
     }
 

@@ -9,11 +9,13 @@
 //! sessions as on their way, so only the pods with the most room take them (the busy pods stop
 //! accepting), and each moved session lands once. The gateway picks the sessions that have
 //! moved least, then the youngest, and leaves out those that came by a move in the last
-//! [`KEEP_MOVED_FOR`]. Rounds start at most every `cooldown`.
+//! [`KEEP_MOVED_FOR`]. Rounds start at most every `cooldown`, and never while the session
+//! autoscaling's arithmetic calls for another number of pods ([`scale_ahead`]).
 //!
-//! Everything here is pure: [`plan`] looks at the same view a rollout step has and at
-//! `status.rebalance`, and says whether a round starts, which routing it needs first, and what
-//! to record.
+//! Everything here is pure: the rollout step (`rollout::step`) asks it, with the pods' counts
+//! and `status.rebalance`, whether a round is due ([`due`], [`scale_ahead`]), what each pod is
+//! asked ([`asks`]), how many sessions are still on their way ([`incoming`]), and what to
+//! record ([`start`]).
 //!
 //! [`placement`]: crate::placement
 
@@ -22,7 +24,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{AutoscalingSpec, RebalanceSpec, RebalanceStatus, RebalancedPod};
+use crate::crd::{
+    AutoscalingSpec, RebalanceSpec, RebalanceStatus, RebalancedPod, ScalingRules, SelectPolicy,
+};
 use crate::placement;
 
 /// A round leaves out the sessions that came to a pod by a move (a drain's or an earlier
@@ -119,18 +123,25 @@ pub fn due(
     })
 }
 
-/// Whether the session autoscaling is about to take pods away: by its arithmetic, `sessions`
-/// call for fewer pods than serve (beyond the tolerance, above `minReplicas`). Sessions moved
-/// now could land on a pod the scale-down then drains, and move twice: no round then.
-pub fn scale_down_ahead(sessions: &BTreeMap<String, i64>, spec: &AutoscalingSpec) -> bool {
+/// Whether the session autoscaling is about to change the number of pods: by its arithmetic,
+/// `sessions` call for fewer or more pods than serve (beyond the tolerance, within
+/// `minReplicas` and `maxReplicas`, in a direction its `behavior` does not disable). Sessions
+/// moved now could land on a pod a scale-down then drains, or be moved again by the round the
+/// new pods of a scale-up call for: no round then.
+pub fn scale_ahead(sessions: &BTreeMap<String, i64>, spec: &AutoscalingSpec) -> bool {
     let Some(target) = spec.target_sessions_per_pod.filter(|t| *t > 0) else {
         return false;
     };
     let pods = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
     let total: i64 = sessions.values().sum();
     let ratio = total as f64 / (pods as f64 * target as f64);
-    let wanted = ((total + target - 1) / target).max(i64::from(spec.min_replicas));
-    ratio < 1.0 - spec.behavior.tolerance && wanted < pods
+    let wanted = ((total + target - 1) / target)
+        .min(i64::from(spec.max_replicas))
+        .max(i64::from(spec.min_replicas));
+    let tolerance = spec.behavior.tolerance;
+    let may = |rules: &ScalingRules| rules.select_policy != SelectPolicy::Disabled;
+    (ratio < 1.0 - tolerance && wanted < pods && may(&spec.behavior.scale_down))
+        || (ratio > 1.0 + tolerance && wanted > pods && may(&spec.behavior.scale_up))
 }
 
 /// The sessions round `last` still counts as on their way to the receivers, while it is in
@@ -266,20 +277,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn no_round_while_the_autoscaling_is_about_to_scale_down() {
-        let spec: AutoscalingSpec = serde_json::from_value(serde_json::json!({
+    fn autoscaling() -> AutoscalingSpec {
+        serde_json::from_value(serde_json::json!({
             "minReplicas": 2, "maxReplicas": 6, "targetSessionsPerPod": 150
         }))
-        .expect("spec");
+        .expect("spec")
+    }
+
+    #[test]
+    fn no_round_while_the_autoscaling_is_about_to_scale_down() {
+        let spec = autoscaling();
         // 100 sessions on 6 pods, far below 150 per pod: down to 2 soon.
-        assert!(scale_down_ahead(&sessions(&[100, 0, 0, 0, 0, 0]), &spec));
+        assert!(scale_ahead(&sessions(&[100, 0, 0, 0, 0, 0]), &spec));
         // 820 on 6 is within the tolerance (at least 810); 760 is not, but still calls for 6.
-        assert!(!scale_down_ahead(&sessions(&[820, 0, 0, 0, 0, 0]), &spec));
-        assert!(!scale_down_ahead(&sessions(&[760, 0, 0, 0, 0, 0]), &spec));
-        assert!(scale_down_ahead(&sessions(&[740, 0, 0, 0, 0, 0]), &spec));
+        assert!(!scale_ahead(&sessions(&[820, 0, 0, 0, 0, 0]), &spec));
+        assert!(!scale_ahead(&sessions(&[760, 0, 0, 0, 0, 0]), &spec));
+        assert!(scale_ahead(&sessions(&[740, 0, 0, 0, 0, 0]), &spec));
         // At minReplicas nothing goes.
-        assert!(!scale_down_ahead(&sessions(&[100, 0]), &spec));
+        assert!(!scale_ahead(&sessions(&[100, 0]), &spec));
+    }
+
+    #[test]
+    fn no_round_while_the_autoscaling_is_about_to_scale_up() {
+        let mut spec = autoscaling();
+        // 400 sessions on 2 pods, 200 per pod: up to 3 soon, and a round on 3 would move
+        // again what a round on 2 moved.
+        assert!(scale_ahead(&sessions(&[300, 100]), &spec));
+        // 330 on 2 is within the tolerance (at most 330).
+        assert!(!scale_ahead(&sessions(&[250, 80]), &spec));
+        // At maxReplicas, or with scale-ups disabled, no pod comes.
+        assert!(!scale_ahead(&sessions(&[1200, 0, 0, 0, 0, 0]), &spec));
+        spec.behavior.scale_up.select_policy = SelectPolicy::Disabled;
+        assert!(!scale_ahead(&sessions(&[300, 100]), &spec));
     }
 
     #[test]

@@ -824,13 +824,13 @@ fn rebalance_step(
         };
         return (placement::place(&view, flying), Vec::new(), true);
     }
-    let scale_down_ahead = input
+    let scale_ahead = input
         .lcs
         .spec
         .autoscaling
         .as_ref()
-        .is_some_and(|a| rebalance::scale_down_ahead(counted, a));
-    if scale_down_ahead || !rebalance::due(last, settings, input.now, counted.len()) {
+        .is_some_and(|a| rebalance::scale_ahead(counted, a));
+    if scale_ahead || !rebalance::due(last, settings, input.now, counted.len()) {
         return (routing, Vec::new(), false);
     }
     let asks = rebalance::asks(counted, settings.threshold_percent);

@@ -10,14 +10,20 @@
 //!   draining gateway fails the probe);
 //! - a gateway per pod, whose drain moves half of its movable sessions in the first tick and the
 //!   rest in the second, while "stubborn" sessions stay until the drain deadline and are then
-//!   force-closed. A gateway may also restart and lose its sessions. Every client whose session
-//!   ends reconnects to the Ready, serving pod with the fewest sessions, so the number of
-//!   clients is conserved;
+//!   force-closed. A gateway asked to rebalance (`POST /rebalance`, idempotent by its round)
+//!   stays Ready and serving and moves the sessions asked of it over two ticks, those never
+//!   moved first, then the least moved, as the real gateway picks. A gateway may also restart
+//!   and lose its sessions. Every client whose session ends reconnects to a pod the client
+//!   Service routes to (the placement's labels, as the EndpointSlices showed them), the one
+//!   with the fewest sessions, so the number of clients is conserved; each client that moved
+//!   keeps how often it moved, and which rounds of rebalancing moved it;
 //! - a shell that performs the plan: drains, deletion costs, replicas (a revision left out of
-//!   the plan loses its Deployment and its pods) and the status (`status::compute` with
-//!   `plan.rollout` as `status.rollout`). It can die at a chosen tick having performed only some
-//!   of those, as an operator restarting mid-reconcile does; it then forgets what it kept in
-//!   memory.
+//!   the plan loses its Deployment and its pods), the status (`status::compute` with
+//!   `plan.rollout` as `status.rollout` and `plan.rebalance` as `status.rebalance`), the
+//!   routing labels and, only once the status recording a round is written, the round's asks.
+//!   It can die at a chosen tick having performed only some of those (or only the first of a
+//!   round's asks), as an operator restarting mid-reconcile does; it then forgets what it kept
+//!   in memory.
 //!
 //! Scripts add what the operator does not control: evictions, pods that vanish, apps whose
 //! readiness fails, gateway restarts, a new revision or a new `spec.replicas` at a chosen tick.
@@ -25,8 +31,11 @@
 //! Every tick checks the model's own books (drain reports add up, no client is lost), that
 //! `step` gives the same plan twice for the same input, that no pod that served is deleted
 //! before its drain finished, that drains under way stay within `maxConcurrentDrains`, and that
-//! Ready serving pods stay at the floor. Each test then checks the end state and the session
-//! accounting of one behaviour.
+//! Ready serving pods stay at the floor; and of rebalancing: no pod is asked twice for a round,
+//! nor while the Service routes to it, a pod moving a round's sessions does not accept, no
+//! round moves a client twice, `status.rebalance` is never lost and counts every round and
+//! every session asked, and rounds start a cooldown apart unless the number of pods serving
+//! changed. Each test then checks the end state and the session accounting of one behaviour.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -35,9 +44,13 @@ use std::fmt::Write as _;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState};
-use longconn_operator::crd::{DropBudgetAction, LongConnService, RolloutPhase, RolloutStatus};
+use longconn_operator::crd::{
+    DropBudgetAction, LongConnService, RebalanceStatus, RolloutPhase, RolloutStatus,
+};
 use longconn_operator::desired::ObservedRevision;
 use longconn_operator::disruption;
+use longconn_operator::duration::Duration;
+use longconn_operator::rebalance;
 use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
 use longconn_operator::status::{self, CertFacts, Facts, MonitoringFacts};
 
@@ -77,6 +90,18 @@ struct Gateway {
     /// across restarts in the pod's shared directory.
     restarts: u64,
     lost_to_restarts: u64,
+    /// The last rebalance asked of it (`POST /rebalance`); a new process has none.
+    rebalance: Option<Rebalance>,
+}
+
+/// A gateway's rebalance: it keeps serving and moves `left` more of its sessions, half of them
+/// in its first tick and the rest in the second.
+#[derive(Clone, Debug)]
+struct Rebalance {
+    /// The round of rebalancing that asked for it: its id on the gateway.
+    round: u32,
+    left: i64,
+    ticks: u32,
 }
 
 impl Gateway {
@@ -105,13 +130,55 @@ impl Gateway {
         };
     }
 
-    /// `POST /drain`, or the preStop hook: idempotent.
+    /// `POST /drain`, or the preStop hook: idempotent. The drain takes over what a rebalance
+    /// had left to move.
     fn drain(&mut self) {
         if self.state == DrainState::Serving {
             self.state = DrainState::Draining;
             self.sessions_at_start = self.active;
             self.ticks = 0;
+            if let Some(r) = self.rebalance.as_mut() {
+                r.left = 0;
+            }
         }
+    }
+
+    /// `POST /rebalance` for `round`: idempotent by the round; refused (409) while draining or
+    /// while another round's sessions are still moving. Selects at most the sessions that
+    /// answer a close frame (stubborn ones matter to drains only).
+    fn rebalance(&mut self, round: u32, sessions: i64) {
+        let busy = self
+            .rebalance
+            .as_ref()
+            .is_some_and(|r| r.round == round || r.left > 0);
+        if self.state == DrainState::Serving && !busy {
+            self.rebalance = Some(Rebalance {
+                round,
+                left: sessions.min(self.active - self.stubborn),
+                ticks: 0,
+            });
+        }
+    }
+
+    /// Moving a rebalance's sessions.
+    fn rebalancing(&self) -> bool {
+        self.rebalance.as_ref().is_some_and(|r| r.left > 0)
+    }
+
+    /// One tick of a rebalance. Returns its round and the sessions it moved in this tick.
+    fn advance_rebalance(&mut self) -> Option<(u32, i64)> {
+        let r = self.rebalance.as_mut().filter(|r| r.left > 0)?;
+        r.ticks += 1;
+        let movable = self.active - self.stubborn;
+        let moving = if r.ticks == 1 {
+            (r.left + 1) / 2
+        } else {
+            r.left
+        }
+        .min(movable);
+        r.left = (r.left - moving).min(movable - moving);
+        self.active -= moving;
+        Some((r.round, moving))
     }
 
     /// One tick of a drain. Returns the sessions migrated and force-closed in it.
@@ -175,9 +242,19 @@ struct Pod {
     /// Listed as a ready endpoint of the client Service, as the EndpointSlices showed it at
     /// the last tick: the label and readiness one tick late.
     routable: bool,
-    /// Open sessions that came to it by a move in this run (a drain's close and reconnect).
-    moved_in: i64,
+    /// The clients of its open sessions that came to it by a move in this run (a drain's or a
+    /// rebalance's close and reconnect); the others never moved.
+    moved: Vec<Moves>,
     gateway: Gateway,
+}
+
+/// How one client was moved in this run.
+#[derive(Clone, Debug, Default)]
+struct Moves {
+    /// Times moved, by drains and by rebalancing.
+    times: u32,
+    /// The rounds of rebalancing that moved it, in order.
+    rounds: Vec<u32>,
 }
 
 impl Pod {
@@ -224,6 +301,26 @@ impl Pod {
         self.accepting == Some(true) && self.ready && !self.terminating
     }
 
+    /// The clients of `n` of the sessions it had open before this tick (`was`), which moved
+    /// in it. A rebalance picks those never moved first, then the least moved, as the gateway
+    /// does (`rebalance: true`); which sessions a drain moves is not known, so it takes those
+    /// that came by a move first, the most moved first: the worst case.
+    fn clients_moving(&mut self, n: i64, was: i64, rebalance: bool) -> Vec<Moves> {
+        let count = |v: i64| usize::try_from(v).expect("session counts are not negative");
+        self.moved.sort_by_key(|m| m.times);
+        let fresh = count(was).saturating_sub(self.moved.len());
+        let n = count(n);
+        let mut clients: Vec<Moves> = if rebalance {
+            let moved = (n - n.min(fresh)).min(self.moved.len());
+            self.moved.drain(..moved).collect()
+        } else {
+            let start = self.moved.len() - n.min(self.moved.len());
+            self.moved.drain(start..).collect()
+        };
+        clients.resize(n, Moves::default());
+        clients
+    }
+
     /// Where a shrinking ReplicaSet puts the pod: lowest goes first.
     fn deletion_rank(&self) -> (bool, bool, i32, Reverse<u32>) {
         (
@@ -243,27 +340,34 @@ enum Action {
     Replicas,
     Status,
     Routing,
+    /// The asks of a round of rebalancing (`POST /rebalance`), sent only once the status that
+    /// records the round is written. A crash that sends them sends only the first: it falls
+    /// in the middle of the asks.
+    Rebalance,
 }
 
-const ACTIONS: [Action; 5] = [
+const ACTIONS: [Action; 6] = [
     Action::Drain,
     Action::Cost,
     Action::Replicas,
     Action::Status,
     Action::Routing,
+    Action::Rebalance,
 ];
 
-/// Every subset of the writes: whatever order a shell uses, a crash leaves one of them done.
+/// Every subset of the writes a crash can leave done: whatever order the shell uses for the
+/// others, the asks of a round of rebalancing come after the status that records it.
 fn crash_kinds() -> Vec<Vec<Action>> {
-    (0..31u8)
+    (0..(1u8 << ACTIONS.len()) - 1)
         .map(|mask| {
             ACTIONS
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| mask & (1 << i) != 0)
                 .map(|(_, a)| *a)
-                .collect()
+                .collect::<Vec<Action>>()
         })
+        .filter(|done| !done.contains(&Action::Rebalance) || done.contains(&Action::Status))
         .collect()
 }
 
@@ -329,10 +433,19 @@ struct Model {
     checks: Checks,
     /// Clients whose session ended, waiting for a pod to take them.
     reconnecting: i64,
-    /// Of those, clients whose session was moved by a drain.
-    reconnecting_moved: i64,
-    /// Sessions moved a second time in this run (moved onto a pod that was drained later).
+    /// Of those, the clients whose session was moved (by a drain or a rebalance).
+    reconnecting_moved: Vec<Moves>,
+    /// Sessions moved a second time in this run (moved onto a pod that was drained or
+    /// rebalanced later).
     moved_again: i64,
+    /// Sessions moved by rebalancing.
+    rebalanced: i64,
+    /// Of those, sessions a rebalance had moved before.
+    rebalanced_again: i64,
+    /// The rebalances the shell asked for: (round, pod).
+    rebalance_asked: BTreeSet<(u32, String)>,
+    /// The rounds of rebalancing as recorded when each started: (tick, record).
+    rounds: Vec<(u32, RebalanceStatus)>,
     /// Connection attempts that found no pod the client Service routes to.
     refused: i64,
     /// All clients: open sessions plus those reconnecting, always.
@@ -388,8 +501,12 @@ impl Model {
                 concurrency: true,
             },
             reconnecting: 0,
-            reconnecting_moved: 0,
+            reconnecting_moved: Vec::new(),
             moved_again: 0,
+            rebalanced: 0,
+            rebalanced_again: 0,
+            rebalance_asked: BTreeSet::new(),
+            rounds: Vec::new(),
             refused: 0,
             clients: 0,
             migrated: 0,
@@ -500,7 +617,7 @@ impl Model {
             accepting: Some(true),
             routed_at: None,
             routable: false,
-            moved_in: 0,
+            moved: Vec::new(),
             gateway: Gateway::default(),
         });
     }
@@ -598,6 +715,7 @@ impl Model {
             _ => ACTIONS.to_vec(),
         };
         self.note_plan(&plan, &actions);
+        let crash = actions.len() < ACTIONS.len();
         for action in &actions {
             match action {
                 Action::Drain => self.send_drains(&plan),
@@ -605,13 +723,15 @@ impl Model {
                 Action::Replicas => self.apply_replicas(&plan),
                 Action::Status => self.write_status(&revisions, Some(&plan)),
                 Action::Routing => self.relabel(&plan),
+                Action::Rebalance => self.ask_rebalance(&plan, if crash { 1 } else { usize::MAX }),
             }
         }
-        if actions.len() < ACTIONS.len() {
+        if crash {
             // The operator restarts: what it kept in memory is gone.
             self.gateways_seen.clear();
         }
         self.check_drains();
+        self.check_rebalance();
         self.last_plan = Some(plan);
         self.advance();
         self.tick += 1;
@@ -653,6 +773,40 @@ impl Model {
                     pod.gateway.drain();
                 }
                 self.drain_asked.insert(name.clone());
+            }
+        }
+    }
+
+    /// Asks the gateways of the round the plan starts to move their share, at most `asks` of
+    /// them, once the round is recorded (the status written in this tick holds it).
+    fn ask_rebalance(&mut self, plan: &Plan, asks: usize) {
+        let recorded = self.lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
+        let Some(round) = plan.rebalance.as_ref().filter(|r| Some(*r) == recorded) else {
+            if !plan.rebalance_asks.is_empty() {
+                self.violations
+                    .push(format!("tick {}: asks for a round not recorded", self.tick));
+            }
+            return;
+        };
+        let round = round.round;
+        for ask in plan.rebalance_asks.iter().take(asks) {
+            if !self.rebalance_asked.insert((round, ask.pod.clone())) {
+                self.violations.push(format!(
+                    "tick {}: pod {} asked twice for round {round}",
+                    self.tick, ask.pod
+                ));
+            }
+            let Some(pod) = self.pods.iter_mut().find(|p| p.name == ask.pod) else {
+                continue;
+            };
+            if pod.routable {
+                self.violations.push(format!(
+                    "tick {}: pod {} asked to rebalance while the Service still routes to it",
+                    self.tick, pod.name
+                ));
+            }
+            if pod.reachable() {
+                pod.gateway.rebalance(round, ask.sessions);
             }
         }
     }
@@ -701,8 +855,10 @@ impl Model {
                 now: self.now,
             },
         );
+        let last_round = self.lcs.status.as_ref().and_then(|s| s.rebalance.clone());
         self.lcs.status = Some(status);
         if let Some(plan) = plan {
+            self.note_round(last_round.as_ref(), plan);
             self.progressing = plan.progressing.clone();
             let tick = self.tick;
             self.events
@@ -710,6 +866,68 @@ impl Model {
             for entry in plan.rollout.iter().flat_map(|r| &r.draining) {
                 self.recorded.insert(entry.pod.clone());
             }
+        }
+    }
+
+    /// Checks the books of rebalancing as the status written from `plan` keeps them, after
+    /// `last`: a round is never forgotten, each new one follows the last, counts what it asks
+    /// and starts a cooldown after it (or at once when the number of pods serving changed).
+    fn note_round(&mut self, last: Option<&RebalanceStatus>, plan: &Plan) {
+        let Some(round) = plan.rebalance.as_ref().filter(|r| Some(*r) != last) else {
+            if last.is_some() && plan.rebalance.is_none() {
+                self.violations
+                    .push(format!("tick {}: status.rebalance is gone", self.tick));
+            }
+            return;
+        };
+        let asked: i64 = plan.rebalance_asks.iter().map(|a| a.sessions).sum();
+        let (rounds, sessions_asked) = last.map_or((0, 0), |r| (r.round, r.sessions_asked));
+        if round.round != rounds + 1 || round.sessions_asked != sessions_asked + asked {
+            self.violations.push(format!(
+                "tick {}: round {} asking {asked} recorded after round {rounds} with \
+                 sessionsAsked {} after {sessions_asked}",
+                self.tick, round.round, round.sessions_asked
+            ));
+        }
+        let cooldown = self.cooldown();
+        let started = |r: &RebalanceStatus| r.started_at.as_ref().map(|t| t.0);
+        if let Some(last) = last
+            && last.pods_serving == round.pods_serving
+            && let (Some(then), Some(now)) = (started(last), started(round))
+            && now.duration_since(then) < cooldown
+        {
+            self.violations.push(format!(
+                "tick {}: round {} started {} after round {}, within the cooldown",
+                self.tick,
+                round.round,
+                now.duration_since(then),
+                last.round
+            ));
+        }
+        self.rounds.push((self.tick, round.clone()));
+    }
+
+    /// The least time between two rounds' starts (zero while rebalancing is off).
+    fn cooldown(&self) -> SignedDuration {
+        self.lcs
+            .spec
+            .autoscaling
+            .as_ref()
+            .and_then(|a| rebalance::Settings::of(&a.rebalance))
+            .map_or(SignedDuration::ZERO, |s| s.cooldown)
+    }
+
+    /// After the shell acted: a pod whose gateway moves sessions of a round takes none.
+    fn check_rebalance(&mut self) {
+        if let Some(pod) = self
+            .pods
+            .iter()
+            .find(|p| p.gateway.rebalancing() && p.accepting == Some(true))
+        {
+            self.fail(&format!(
+                "pod {} accepts while it moves sessions of a round",
+                pod.name
+            ));
         }
     }
 
@@ -724,19 +942,33 @@ impl Model {
             Some(until) => tick < until,
             None => !(p.terminating && (!p.running() || p.gateway.state == DrainState::Drained)),
         });
+        let mut moving = Vec::new();
         for pod in &mut self.pods {
             let was = pod.gateway.active;
             let (migrated, closed) = pod.gateway.advance();
             self.migrated += migrated;
             self.force_closed += closed;
-            self.reconnecting += migrated + closed;
-            self.reconnecting_moved += migrated;
-            // Which sessions a drain moves is not known: those that came by a move go first,
-            // counting the worst case.
-            let again = migrated.min(pod.moved_in);
-            self.moved_again += again;
-            pod.moved_in = (pod.moved_in - again).min(pod.gateway.active);
+            self.reconnecting += closed;
+            moving.extend(
+                pod.clients_moving(migrated, was, false)
+                    .into_iter()
+                    .map(|c| (c, None)),
+            );
+            if let Some((round, n)) = pod.gateway.advance_rebalance() {
+                self.rebalanced += n;
+                let clients = pod.clients_moving(n, was, true);
+                moving.extend(
+                    clients
+                        .into_iter()
+                        .map(|c| (c, Some((round, pod.name.clone())))),
+                );
+            }
+            pod.moved
+                .truncate(usize::try_from(pod.gateway.active).expect("sessions"));
             debug_assert!(pod.gateway.active <= was);
+        }
+        for (client, rebalance) in moving {
+            self.move_client(client, rebalance);
         }
         for pod in &mut self.pods {
             if pod.terminating {
@@ -872,6 +1104,29 @@ impl Model {
         }
     }
 
+    /// A client whose session moved (by a drain, or by a round of rebalancing from a pod)
+    /// reconnects; its moves are counted.
+    fn move_client(&mut self, mut client: Moves, rebalance: Option<(u32, String)>) {
+        if client.times > 0 {
+            self.moved_again += 1;
+        }
+        if let Some((round, pod)) = rebalance {
+            if client.rounds.contains(&round) {
+                self.violations.push(format!(
+                    "tick {}: round {round} of rebalancing moved a client twice (again from {pod})",
+                    self.tick
+                ));
+            }
+            if !client.rounds.is_empty() {
+                self.rebalanced_again += 1;
+            }
+            client.rounds.push(round);
+        }
+        client.times += 1;
+        self.reconnecting += 1;
+        self.reconnecting_moved.push(client);
+    }
+
     /// Each waiting client connects to a pod the client Service routes to (the one with the
     /// fewest sessions); finding none, or one that no longer serves, counts as refused and it
     /// tries the serving pod with the fewest sessions.
@@ -900,10 +1155,7 @@ impl Model {
                 break;
             };
             pod.gateway.active += 1;
-            if self.reconnecting_moved > 0 {
-                pod.moved_in += 1;
-                self.reconnecting_moved -= 1;
-            }
+            pod.moved.extend(self.reconnecting_moved.pop());
             self.reconnecting -= 1;
         }
     }
@@ -968,6 +1220,12 @@ impl Model {
             plan.started,
             plan.active,
         );
+        for (pod, accepting) in &plan.routing {
+            let _ = write!(line, " {pod} accepting {accepting}");
+        }
+        for ask in &plan.rebalance_asks {
+            let _ = write!(line, " rebalance {} of {}", ask.sessions, ask.pod);
+        }
         for event in &plan.events {
             let _ = write!(line, " event {}", event.reason);
         }
@@ -1067,6 +1325,9 @@ impl Model {
                 g.migrated,
                 g.dropped,
             );
+            if let Some(r) = &g.rebalance {
+                let _ = writeln!(out, "         rebalance round {} left {}", r.round, r.left);
+            }
         }
         let _ = writeln!(
             out,
@@ -1104,6 +1365,21 @@ impl Model {
                     );
                 }
             }
+        }
+        if let Some(r) = self.lcs.status.as_ref().and_then(|s| s.rebalance.as_ref()) {
+            let _ = writeln!(
+                out,
+                "status.rebalance: round {} podsServing {} sessionsAsked {} pods {:?}; model: \
+                 rebalanced {} (again {}), moved again {}, refused {}",
+                r.round,
+                r.pods_serving,
+                r.sessions_asked,
+                r.pods,
+                self.rebalanced,
+                self.rebalanced_again,
+                self.moved_again,
+                self.refused
+            );
         }
         let _ = writeln!(out, "progressing verdict: {:?}", self.progressing);
         let _ = writeln!(out, "violations: {:?}", self.violations);
@@ -1270,13 +1546,20 @@ fn assert_moved_once_and_balanced(model: &Model) {
         model.refused == 0,
         &format!("{} reconnects found no serving pod", model.refused),
     );
+    if let Some((counts, mean)) = uneven(model) {
+        model.fail(&format!(
+            "sessions per pod {counts:?}: the busiest above 1.25x the mean {mean:.1}"
+        ));
+    }
+}
+
+/// The sessions per pod and their mean, when the busiest pod holds more than 1.25 times the
+/// mean.
+fn uneven(model: &Model) -> Option<(Vec<i64>, f64)> {
     let counts: Vec<i64> = model.pods.iter().map(|p| p.gateway.active).collect();
     let mean = counts.iter().sum::<i64>() as f64 / counts.len().max(1) as f64;
     let most = counts.iter().copied().max().unwrap_or(0) as f64;
-    model.check(
-        most <= 1.25 * mean,
-        &format!("sessions per pod {counts:?}: the busiest above 1.25x the mean {mean:.1}"),
-    );
+    (most > 1.25 * mean).then_some((counts, mean))
 }
 
 #[test]
@@ -1969,6 +2252,175 @@ fn an_evicted_pod_s_drain_waits_for_its_replacement_and_moves_its_sessions_there
     assert_moved_once_and_balanced(&model);
     let r = model.rollout().expect("status.rollout");
     model.check(r.sessions_dropped == 0, "0 dropped");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebalancing after a scale-up
+
+/// A settled service of `from` pods holding `sessions`, autoscaled on sessions with
+/// rebalancing on, whose `replicas` the autoscaling raises to `to` at tick `at` (the
+/// autoscaling decides on its own period, and its rate policies may hold a scale-up back). The
+/// target is the mean the `to` pods will hold, so that the autoscaling's arithmetic calls for
+/// them from the start (a higher target would call for fewer pods).
+fn scaled_up(from: i32, to: i32, sessions: &[i64], at: u32) -> Model {
+    let held: i64 = sessions
+        .iter()
+        .take(usize::try_from(from).expect("pods"))
+        .sum();
+    let target = (held + i64::from(to) - 1) / i64::from(to);
+    let lcs = LongConnService::test()
+        .replicas(from)
+        .autoscaling(2, 10, target)
+        .build();
+    let mut model = Model::settled(lcs).with_sessions(sessions);
+    model.script.resize = Some((at, to));
+    model
+}
+
+/// The scale-ups the rebalancing tests run: from, to, the sessions of the first pods.
+const SCALE_UPS: [(i32, i32, &[i64]); 4] = [
+    (2, 5, &[45, 25]),
+    (2, 5, &[40, 10]),
+    (3, 6, &[30, 12, 20]),
+    (2, 4, &[12, 5]),
+];
+
+/// Ticks of a rebalancing's cooldown (rounds may start at most this often).
+fn cooldown_ticks(model: &Model) -> u32 {
+    u32::try_from(model.cooldown().as_secs() / TICK.as_secs()).expect("ticks")
+}
+
+/// Every pod of `spec.replicas` serves (once the scale-up is made), no client waits, no gateway moves sessions, and the
+/// busiest pod holds at most 1.25 times the mean.
+fn balanced(model: &Model) -> bool {
+    model.script.resize.is_none_or(|(at, _)| model.tick > at)
+        && model.pods.len() == usize::try_from(model.lcs.spec.replicas).expect("replicas")
+        && model
+            .pods
+            .iter()
+            .all(|p| p.serving() && !p.gateway.rebalancing())
+        && model.reconnecting == 0
+        && uneven(model).is_none()
+}
+
+/// Runs until the pods are even, then two cooldowns more: they stay even, no round starts
+/// then, nothing was drained or dropped, no session moved twice (nor twice in one round: every
+/// tick checks that) and every reconnect found a pod with room.
+#[track_caller]
+fn assert_evened_once(model: &mut Model) {
+    model.run_until("the pods are even", balanced);
+    let rounds = model.rounds.len();
+    model.run_for(2 * cooldown_ticks(model));
+    model.check(balanced(model), "still even");
+    model.check(model.rounds.len() == rounds, "no round once even");
+    model.check(rounds > 0, "a round of rebalancing");
+    model.check(model.drain_asked.is_empty(), "nothing drained");
+    model.check(
+        model.force_closed == 0 && model.lost == 0,
+        "the model dropped no session",
+    );
+    model.check(model.rebalanced > 0, "sessions moved by rebalancing");
+    model.check(model.rebalanced_again == 0, "no session rebalanced twice");
+    assert_moved_once_and_balanced(model);
+}
+
+#[test]
+fn after_a_scale_up_rebalancing_evens_the_pods_moving_each_session_once() {
+    for (from, to, sessions) in SCALE_UPS {
+        for (at, lag) in [0, 2, 5].into_iter().zip([0, 1, 2]) {
+            let mut model = scaled_up(from, to, sessions, at).with_readiness_lag(lag);
+            model.label =
+                format!("{from} pods {sessions:?} to {to} at tick {at}, readiness lag {lag}");
+            assert_evened_once(&mut model);
+            let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
+            model.check(
+                model.rebalanced == asked,
+                &format!("{asked} sessions asked, {} moved", model.rebalanced),
+            );
+        }
+    }
+}
+
+#[test]
+fn operator_restarts_at_any_point_of_a_rebalancing_ask_each_pod_once_and_keep_the_books() {
+    for (from, to, sessions) in SCALE_UPS {
+        let mut steady = scaled_up(from, to, sessions, 2);
+        steady.run_until("the pods are even", balanced);
+        for at in 0..=steady.tick + 1 {
+            for kind in crash_kinds() {
+                let mut model = scaled_up(from, to, sessions, 2);
+                model.script.crash = Some((at, kind.clone()));
+                model.label = format!(
+                    "{from} pods {sessions:?} to {to} at tick 2, crash at tick {at} doing only \
+                     {kind:?}"
+                );
+                assert_evened_once(&mut model);
+                let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
+                model.check(
+                    model.rebalanced <= asked,
+                    &format!("{asked} sessions asked, {} moved", model.rebalanced),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_scale_up_starts_a_round_at_once_moving_each_session_once_a_round() {
+    let mut model = scaled_up(2, 3, &[45, 25], 0);
+    if let Some(a) = model.lcs.spec.autoscaling.as_mut() {
+        a.rebalance.cooldown = Duration::from_std(std::time::Duration::from_secs(300));
+    }
+    model.run_until("the pods are even", balanced);
+    let (first, _) = model.rounds.first().cloned().expect("a first round");
+    // More sessions per pod would call for 5: the autoscaling raises replicas.
+    if let Some(a) = model.lcs.spec.autoscaling.as_mut() {
+        a.target_sessions_per_pod = Some(14);
+    }
+    model.script.resize = Some((model.tick, 5));
+    model.run_until("the pods are even again", |m| {
+        m.pods.len() == 5 && balanced(m)
+    });
+    model.check(model.rounds.len() == 2, "a second round");
+    let (second, _) = model.rounds[1];
+    model.check(
+        second - first < cooldown_ticks(&model),
+        "the second round started before the cooldown",
+    );
+    model.check(
+        model.force_closed == 0 && model.lost == 0 && model.refused == 0,
+        "nothing dropped or refused",
+    );
+}
+
+#[test]
+fn without_rebalancing_a_scale_up_moves_nothing() {
+    let mut off = scaled_up(2, 5, &[45, 25], 0);
+    if let Some(a) = off.lcs.spec.autoscaling.as_mut() {
+        a.rebalance.enabled = false;
+    }
+    let mut by_hand = Model::settled(service(2)).with_sessions(&[45, 25]);
+    by_hand.lcs.spec.replicas = 5;
+    for mut model in [off, by_hand] {
+        model.run_until("5 pods serve", |m| {
+            m.pods.iter().filter(|p| p.serving()).count() == 5
+        });
+        model.run_for(12);
+        let held: Vec<i64> = model.pods.iter().map(|p| p.gateway.active).collect();
+        model.check(held == [45, 25, 0, 0, 0], "every session where it was");
+        model.check(
+            model.rebalanced == 0 && model.migrated == 0 && model.reconnecting == 0,
+            "nothing moved",
+        );
+        model.check(
+            model
+                .lcs
+                .status
+                .as_ref()
+                .is_some_and(|s| s.rebalance.is_none()),
+            "no round recorded",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
