@@ -9,8 +9,9 @@
 # echo images) to become ready, shows what it became and its status, runs 200 live WebSocket
 # sessions against it from the cluster's client host through the Service's ClusterIP while one
 # pod is deleted (its sessions migrate to the others),
-# performs a drain-orchestrated rolling update under 300 live sessions, scales it up through the
-# scale subresource and back down (the removed pods drained first), deletes it and watches
+# performs a drain-orchestrated rolling update under 300 live sessions, lets the operator autoscale
+# it on sessions from 3 pods to 5 and back (rebalancing the new pods, draining the removed pods
+# first), deletes it and watches
 # garbage collection remove what it owned, uninstalls the chart (only the CRD stays), then tears
 # everything down. Exits non-zero if any step fails, a session is dropped or a message lost.
 set -euo pipefail
@@ -27,10 +28,13 @@ cluster="$work/cluster"
 # Helm keeps its configuration and cache with the demo's files, not in the home folder.
 export HELM_CACHE_HOME="$work/helm/cache" HELM_CONFIG_HOME="$work/helm/config" HELM_DATA_HOME="$work/helm/data"
 load_pid=
+burst_pid=
 
 cleanup() {
   status=$?
-  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
+  for pid in $load_pid $burst_pid; do
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  done
   if [ "$status" -ne 0 ]; then
     # Copied before the nodes go: the kubelets remove the logs of the pods they remove.
     mkdir -p "$work/pod-logs"
@@ -175,24 +179,63 @@ if [ "$load_status" -ne 0 ] || [ "$dropped" != 0 ]; then
   exit 1
 fi
 
-step "Scaling to 5 through the scale subresource, then back to 3 (the two removed pods are drained first)"
-kubectl scale lcs/chat --replicas=5
-kubectl wait lcs/chat --for=jsonpath='{.status.readyReplicas}'=5 --timeout=180s
-kubectl get lcs chat
-"${load[@]}" --sessions 200 --rate 2 --duration 40s --json \
-  >"$work/scale-load.json" 2>"$work/scale-load.log" &
-load_pid=$!
-sleep 6
-before=$(kubectl get lcs chat -o jsonpath='{.status.rollout.startedAt}')
-kubectl scale lcs/chat --replicas=3
-watch_rollout 120 "$before" "$work/scale-load.log"
-load_status=0
-wait "$load_pid" || load_status=$?
+step "Autoscaling on sessions: 300 sessions scale chat from 3 pods to 5, rebalanced; 120 bring it back to 3"
+# The operator is the autoscaler for targetSessionsPerPod (nothing else to install): 300 sessions
+# at 60 a pod want 5 pods; the new pods start empty, so a rebalancing round asks the busiest
+# gateways to move what they hold above the mean (spread over 5 s here, 30 s by default). When
+# the 180-session burst ends, 120 sessions want 2 pods, held at minReplicas 3; after the
+# scale-down stabilization window (15 s here, 300 s by default) the two pods that go are drained
+# first, never cut. One line, rewritten in place, shows it all.
+kubectl patch lcs chat --type merge -p '{"spec":{"autoscaling":{"minReplicas":3,"maxReplicas":5,"targetSessionsPerPod":60,
+  "behavior":{"scaleDown":{"stabilizationWindow":"15s"}},"rebalance":{"spread":"5s","cooldown":"10s"}}}}'
+"${load[@]}" --sessions 120 --rate 2 --duration 140s --json \
+  >"$work/base-load.json" 2>"$work/base-load.log" &
+base_pid=$!
+load_pid=$base_pid
+"${load[@]}" --sessions 180 --rate 2 --duration 45s --json \
+  >"$work/burst-load.json" 2>"$work/burst-load.log" &
+burst_pid=$!
+autoscale_status() {
+  # Fields a status does not have yet print empty: split on "|", which keeps empty fields.
+  kubectl get lcs chat -o jsonpath='{.spec.replicas}{"|"}{.status.autoscaling.desiredReplicas}{"|"}{.status.readyReplicas}{"|"}{.status.activeSessions}{"|"}{.status.rebalance.round}{"|"}{.status.rebalance.sessionsAsked}{"|"}{.status.autoscaling.lastDecision.reason}'
+}
+# watch_autoscaling SECONDS REPLICAS NEED_ROUND: until spec.replicas and the Ready pods are
+# REPLICAS (and, with NEED_ROUND, a rebalancing round has started), showing the autoscaler's view.
+watch_autoscaling() {
+  local limit=$1 want=$2 need_round=$3 replicas desired ready sessions round asked reason
+  for _ in $(seq 1 "$limit"); do
+    IFS='|' read -r replicas desired ready sessions round asked reason <<<"$(autoscale_status)"
+    printf '\r\033[K    replicas %s, desired %s, Ready %s, sessions %s, rebalancing rounds %s (%s sessions asked) | last: %.70s' \
+      "${replicas:--}" "${desired:--}" "${ready:-0}" "${sessions:-0}" "${round:-0}" "${asked:-0}" "${reason:--}"
+    pods=$(kubectl get pods -l longconn.dev/service=chat -o name | wc -l)
+    if [ "$replicas" = "$want" ] && [ "$ready" = "$want" ] && [ "$pods" = "$want" ] &&
+      { [ "$need_round" = no ] || [ "${round:-0}" -ge 1 ]; }; then
+      echo
+      return 0
+    fi
+    sleep 1
+  done
+  echo
+  echo "chat did not reach $want Ready pods within $limit s" >&2
+  return 1
+}
+watch_autoscaling 120 5 yes
+burst_status=0
+wait "$burst_pid" || burst_status=$?
+burst_pid=
+echo "    burst clients: $(cat "$work/burst-load.json")"
+watch_autoscaling 120 3 no
+base_status=0
+wait "$base_pid" || base_status=$?
 load_pid=
-echo "    clients: $(cat "$work/scale-load.json")"
+echo "    base clients: $(cat "$work/base-load.json")"
+kubectl get lcs chat -o wide
+kubectl get events --field-selector involvedObject.name=chat,reason=Scaled \
+  -o jsonpath='{range .items[*]}    {.reason}: {.message}{"\n"}{end}'
+dropped=$(kubectl get lcs chat -o jsonpath='{.status.rollout.sessionsDropped}')
 kubectl get lcs chat -o jsonpath='{range .status.conditions[?(@.type=="SessionsPreserved")]}    {.type}={.status}: {.message}{"\n"}{end}'
-if [ "$load_status" -ne 0 ] || [ "$operator_dropped" != 0 ]; then
-  echo "the scale-down dropped sessions (clients: exit $load_status; operator: $operator_dropped)" >&2
+if [ "$burst_status" -ne 0 ] || [ "$base_status" -ne 0 ] || [ "${dropped:-0}" != 0 ]; then
+  echo "autoscaling dropped sessions (clients: exit $burst_status and $base_status; operator: ${dropped:-0})" >&2
   exit 1
 fi
 
