@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use longconn_drain_api::{DrainReport, DrainState};
@@ -53,6 +54,8 @@ pub struct Seen {
     pub stale: bool,
     /// When it was last asked.
     pub asked: Instant,
+    /// When `report` was read, on the wall clock the reconciles plan with.
+    pub read_at: Timestamp,
 }
 
 /// The latest report of every gateway, shared by the poller and the reconciler.
@@ -78,6 +81,7 @@ impl Reports {
                     report,
                     stale: false,
                     asked: now,
+                    read_at: Timestamp::now(),
                 };
                 changed
             }
@@ -94,6 +98,7 @@ impl Reports {
                         report,
                         stale: false,
                         asked: now,
+                        read_at: Timestamp::now(),
                     },
                 );
                 true

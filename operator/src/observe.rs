@@ -239,6 +239,7 @@ fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts 
         last_known: seen
             .as_ref()
             .map(|s| i64::try_from(s.report.active).unwrap_or(i64::MAX)),
+        read_at: seen.as_ref().filter(|s| !s.stale).map(|s| s.read_at),
         report,
         held: pod
             .finalizers()
@@ -351,8 +352,10 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
         .unwrap_or_default();
     let deployments = ctx.caches.owned_metadata(Kind::Deployment, &ns, &name);
     let service_pods = service_pods(ctx, lcs, deployments.iter());
-    // A rollout or a scale in motion: the pods to drain next are chosen by their sessions, and
-    // a choice made on counts up to IDLE_EVERY old can be the wrong one.
+    // A rollout, a scale or a pod's deletion in motion: the pods to drain next, and those
+    // that take the moving sessions, are chosen by their sessions, and a choice made on counts
+    // up to IDLE_EVERY old can be the wrong one (a drain waits for counts read within
+    // rollout::FRESH).
     let in_motion =
         lcs.status.as_ref().is_some_and(|s| {
             s.update_revision.is_some() && s.update_revision != s.current_revision
@@ -360,7 +363,10 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
             .iter()
             .filter(|pod| pod.meta().deletion_timestamp.is_none())
             .count()
-            != usize::try_from(lcs.spec.replicas).unwrap_or(0);
+            != usize::try_from(lcs.spec.replicas).unwrap_or(0)
+            || service_pods
+                .iter()
+                .any(|pod| pod.meta().deletion_timestamp.is_some());
     let pods = service_pods
         .iter()
         .map(|pod| {

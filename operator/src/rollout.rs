@@ -67,6 +67,10 @@ pub const LOWEST_COST: i32 = i32::MIN;
 /// How long after its drain deadline a drain whose report cannot be read is given up on (its
 /// last known sessions then count as dropped).
 const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
+/// The oldest session counts a drain may start on: the gateways are read every second while
+/// anything moves, but the reconcile that first sees a pod terminating can run before the next
+/// read, on counts up to ten seconds old.
+pub const FRESH: SignedDuration = SignedDuration::from_secs(3);
 
 pub const SESSIONS_PRESERVED: &str = "SessionsPreserved";
 
@@ -87,6 +91,8 @@ pub struct PodFacts {
     pub report: Option<DrainReport>,
     /// Open sessions in the last report read, even if the gateway no longer answers.
     pub last_known: Option<i64>,
+    /// When `report` was read (unknown: as if just now).
+    pub read_at: Option<Timestamp>,
     /// Carries the drain-report finalizer: the pod object stays until the operator releases it.
     pub held: bool,
     /// When the pod was created (unknown: as if just now).
@@ -616,7 +622,12 @@ fn paused(budget: &Budget, sizes: &Sizes, book: &Book) -> bool {
 /// hook waits for the operator to start them, which it does once their sessions fit the
 /// receivers, or once no other receiver is to come (the hook starts the drain itself if the
 /// wait grows too long). Returns them, and whether some must wait for the routing.
-fn hand_over(input: &Input, book: &Book, routing: &placement::Placement) -> (Vec<String>, bool) {
+fn hand_over(
+    input: &Input,
+    book: &Book,
+    routing: &placement::Placement,
+    fresh: bool,
+) -> (Vec<String>, bool) {
     let waiting: Vec<String> = book
         .entries
         .iter()
@@ -635,11 +646,24 @@ fn hand_over(input: &Input, book: &Book, routing: &placement::Placement) -> (Vec
     }
     let more_coming =
         i32::try_from(routing.receivers).unwrap_or(i32::MAX) < input.lcs.spec.replicas;
-    if (routing.fits || !more_coming) && placement::all_settled(input.pods, routing, input.now) {
+    if fresh
+        && (routing.fits || !more_coming)
+        && placement::all_settled(input.pods, routing, input.now)
+    {
         (waiting, false)
     } else {
         (Vec::new(), true)
     }
+}
+
+/// Whether every gateway that answers was read within [`FRESH`]: where a drain's sessions go
+/// is chosen by the counts, and no drain starts on old ones.
+fn counts_fresh(input: &Input) -> bool {
+    input.pods.iter().all(|p| {
+        p.report.is_none()
+            || p.read_at
+                .is_none_or(|at| input.now.duration_since(at) <= FRESH)
+    })
 }
 
 /// Phase 6: where new sessions go ([`placement`]), and the drains to start: within the
@@ -689,7 +713,8 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         .map(|e| input.pod(&e.pod).map_or(e.active, |p| input.last_known(p)))
         .sum();
     let mut routing = placement::place(&view, incoming);
-    let (handed_over, mut pending) = hand_over(input, book, &routing);
+    let fresh = counts_fresh(input);
+    let (handed_over, mut pending) = hand_over(input, book, &routing, fresh);
     let unfinished = book
         .entries
         .iter()
@@ -749,7 +774,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         }
         let routed = placement::all_settled(input.pods, &wanted, input.now);
         routing = wanted;
-        if !routed {
+        if !routed || !fresh {
             pending = true;
             break;
         }
@@ -1385,6 +1410,61 @@ mod tests {
             refresh_sessions,
             now,
         })
+    }
+
+    /// A serving pod with `active` sessions, its gateway read at `read_at`.
+    fn serving(name: &str, active: u64, read_at: Timestamp) -> PodFacts {
+        PodFacts {
+            ready: true,
+            accepting: Some(true),
+            routable: true,
+            read_at: Some(read_at),
+            report: Some(DrainReport {
+                active,
+                ..DrainReport::default()
+            }),
+            ..pod(name, None, active)
+        }
+    }
+
+    #[test]
+    fn an_evicted_pod_s_drain_waits_for_counts_read_since_it_began_terminating() {
+        // The reconcile of a node-drain's log: the eviction was seen 4.8 s after the gateways
+        // were last read, before the load's 300 sessions had shown in any count; on those
+        // zeros the drain was handed over at once, and its 162 sessions went to the two pods
+        // left rather than to the replacement, still starting (137 / 157 / 6 when done).
+        let lcs = LongConnService::test().replicas(3).build();
+        let now: Timestamp = "2026-01-01T00:00:10Z".parse().expect("time");
+        let read = |ago: i64| now - SignedDuration::from_millis(ago);
+        let pods = |ago: i64, counts: [u64; 3]| {
+            let mut evicted = serving("b", counts[0], read(ago));
+            evicted.terminating = true;
+            evicted.held = true;
+            let replacement = PodFacts {
+                name: "r".to_owned(),
+                revision: "a".to_owned(),
+                accepting: Some(true),
+                ..PodFacts::default()
+            };
+            vec![
+                evicted,
+                serving("h", counts[1], read(ago)),
+                serving("p", counts[2], read(ago)),
+                replacement,
+            ]
+        };
+        let stale = step_to(&lcs, "a", now, &pods(4_800, [0, 0, 0]));
+        assert!(
+            !stale.drain.contains(&"b".to_owned()) && stale.routing_pending,
+            "counts 4.8 s old: wait for the next read ({:?})",
+            stale.drain
+        );
+        let fresh = step_to(&lcs, "a", now, &pods(500, [162, 66, 73]));
+        assert!(
+            !fresh.drain.contains(&"b".to_owned()) && fresh.routing_pending,
+            "162 sessions do not fit the two pods left: wait for the replacement ({:?})",
+            fresh.drain
+        );
     }
 
     #[test]

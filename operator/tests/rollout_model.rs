@@ -288,6 +288,8 @@ impl Pod {
             deletion_cost: self.cost,
             report: self.reachable().then(|| self.gateway.report()),
             last_known,
+            // The model reads every gateway at every tick.
+            read_at: None,
             held: false,
             created: Some(self.created),
             accepting: self.accepting,
