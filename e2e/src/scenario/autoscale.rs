@@ -706,7 +706,8 @@ impl Sample {
 /// dropped; a sample whose reads fail is skipped.
 struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
-    /// Every `status.rollout` record seen, each as last seen, oldest first.
+    /// `status.rollout` at every sample, oldest first ([`Recorded::over`] reads each record's
+    /// last version).
     records: Arc<Mutex<Vec<Rollout>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -738,10 +739,7 @@ impl Sampler {
                     kept.push(sample);
                 }
                 if let (Some(record), Ok(mut records)) = (observed.rollout(), records_kept.lock()) {
-                    match records.last_mut() {
-                        Some(last) if last.same_record(&record) => *last = record,
-                        _ => records.push(record),
-                    }
+                    records.push(record);
                 }
             }
         });
@@ -752,7 +750,7 @@ impl Sampler {
         }
     }
 
-    /// The `status.rollout` records seen so far, each as last seen, oldest first.
+    /// `status.rollout` as sampled so far, oldest first.
     fn records(&self) -> Vec<Rollout> {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
