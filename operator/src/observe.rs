@@ -426,6 +426,7 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
             || service_pods
                 .iter()
                 .any(|pod| pod.meta().deletion_timestamp.is_some());
+    let pending = ctx.routing_pending(&ObjectRef::from_obj(lcs));
     let pods = service_pods
         .iter()
         .map(|pod| {
@@ -435,10 +436,13 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 admin: pod_ip(pod)
                     .filter(|_| running)
                     .map(|ip| SocketAddr::new(ip, port)),
-                // While a drain is under way, or a rollout or scale is, every gateway is read
-                // each tick: where the moving sessions go next depends on how many each
-                // receiver holds.
-                fast: pod.meta().deletion_timestamp.is_some() || !followed.is_empty() || in_motion,
+                // While a drain is under way, or a rollout, a scale or a round of rebalancing
+                // is, every gateway is read each tick: where the moving sessions go next
+                // depends on how many each receiver holds.
+                fast: pod.meta().deletion_timestamp.is_some()
+                    || !followed.is_empty()
+                    || in_motion
+                    || pending,
             }
         })
         .collect();

@@ -11,7 +11,7 @@
 //! removes owned objects when the LongConnService is deleted (owner references), so no
 //! finalizer is needed: deleting a LongConnService never waits for the operator.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,9 @@ pub struct Context {
     /// Each LongConnService's session autoscaling history: recommendations and scale events
     /// (in memory: an operator that restarts starts with none, see [`crate::autoscale`]).
     histories: Mutex<HashMap<ObjectRef<LongConnService>, History>>,
+    /// LongConnServices whose next step waits for routing to settle, on counts read within
+    /// [`crate::rollout::FRESH`]: their gateways are read every tick.
+    routing_pending: Mutex<HashSet<ObjectRef<LongConnService>>>,
     /// Each LongConnService's last reading of its pods' CPU, while its autoscaling needs one.
     cpu_reads: Mutex<HashMap<ObjectRef<LongConnService>, (Instant, observe::CpuUsed)>>,
 }
@@ -173,6 +176,7 @@ impl Context {
             expectations: Expectations::default(),
             histories: Mutex::new(HashMap::new()),
             cpu_reads: Mutex::new(HashMap::new()),
+            routing_pending: Mutex::new(HashSet::new()),
         }
     }
 
@@ -306,6 +310,24 @@ impl Context {
         match change {
             Some(change) => change(all.entry(key.clone()).or_default()),
             None => {
+                all.remove(key);
+            }
+        }
+    }
+
+    /// Whether a LongConnService's next step waits for its routing to settle (then its
+    /// gateways are read every tick, so that step starts on fresh counts).
+    pub fn routing_pending(&self, key: &ObjectRef<LongConnService>) -> bool {
+        self.routing_pending
+            .lock()
+            .is_ok_and(|pending| pending.contains(key))
+    }
+
+    fn set_routing_pending(&self, key: &ObjectRef<LongConnService>, pending: bool) {
+        if let Ok(mut all) = self.routing_pending.lock() {
+            if pending {
+                all.insert(key.clone());
+            } else {
                 all.remove(key);
             }
         }
@@ -465,6 +487,7 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         refresh_sessions,
         history: &history,
     });
+    ctx.set_routing_pending(&key, outcome.rollout.routing_pending);
     // Every recommendation is remembered, whatever becomes of this plan: it is what the
     // gateways reported.
     let autoscaling = lcs.spec.autoscaling.as_ref();

@@ -67,8 +67,9 @@ pub const LOWEST_COST: i32 = i32::MIN;
 /// How long after its drain deadline a drain whose report cannot be read is given up on (its
 /// last known sessions then count as dropped).
 const REPORT_GRACE: SignedDuration = SignedDuration::from_secs(30);
-/// The oldest session counts a drain may start on: the gateways are read every second while
-/// anything moves, but the reconcile that first sees a pod terminating can run before the next
+/// The oldest session counts a drain or a round of rebalancing may start on: the gateways are
+/// read every second while anything moves (and while a step waits for its routing to settle),
+/// but the reconcile that first sees a pod terminating, or pods uneven, can run before the next
 /// read, on counts up to ten seconds old.
 pub const FRESH: SignedDuration = SignedDuration::from_secs(3);
 
@@ -871,7 +872,9 @@ fn rebalance_step(
         ..*view
     };
     let wanted = placement::place(&view, moving);
-    if placement::all_settled(input.pods, &wanted, input.now) {
+    // Like a drain, a round starts on counts read within FRESH: what each pod is asked, and
+    // where its sessions land, are chosen by them.
+    if placement::all_settled(input.pods, &wanted, input.now) && counts_fresh(input) {
         (wanted, asks, true)
     } else {
         (wanted, Vec::new(), true)
@@ -1634,19 +1637,45 @@ mod tests {
         })
     }
 
+    /// Six pods autoscaled between 2 and 6 at 150 sessions each, with `status`.
+    fn autoscaled(status: Option<crate::crd::LongConnServiceStatus>) -> LongConnService {
+        let mut lcs = LongConnService::test().replicas(6).build();
+        lcs.spec.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({
+                "minReplicas": 2, "maxReplicas": 6, "targetSessionsPerPod": 150
+            }))
+            .expect("autoscaling"),
+        );
+        lcs.status = status;
+        lcs
+    }
+
+    #[test]
+    fn a_round_waits_for_counts_read_within_fresh() {
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let read = |ago: i64, sessions: [u64; 6]| {
+            let mut pods = six_pods(sessions, |i| i >= 2);
+            for p in &mut pods {
+                p.read_at = Some(now - SignedDuration::from_millis(ago));
+            }
+            pods
+        };
+        let stale = rebalancing_step(&autoscaled(None), &read(4_000, [400, 400, 0, 0, 0, 0]), now);
+        assert!(
+            stale.rebalance_asks.is_empty() && stale.rebalance.is_none(),
+            "counts 4 s old: no round yet ({:?})",
+            stale.rebalance_asks
+        );
+        assert!(
+            stale.routing_pending,
+            "looked at again as soon as they are read"
+        );
+        let fresh = rebalancing_step(&autoscaled(None), &read(500, [400, 400, 0, 0, 0, 0]), now);
+        assert_eq!(fresh.rebalance_asks.len(), 2, "{:?}", fresh.rebalance_asks);
+    }
+
     #[test]
     fn after_a_scale_up_the_busy_pods_stop_accepting_then_hand_their_share_to_the_new_ones() {
-        let autoscaled = |status: Option<crate::crd::LongConnServiceStatus>| {
-            let mut lcs = LongConnService::test().replicas(6).build();
-            lcs.spec.autoscaling = Some(
-                serde_json::from_value(serde_json::json!({
-                    "minReplicas": 2, "maxReplicas": 6, "targetSessionsPerPod": 150
-                }))
-                .expect("autoscaling"),
-            );
-            lcs.status = status;
-            lcs
-        };
         let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
         let lcs = autoscaled(None);
 
