@@ -1037,6 +1037,16 @@ pub struct RebalanceStatus {
     /// their number changes (a scale-up is what calls for one).
     #[serde(default)]
     pub pods_serving: i32,
+    /// Sessions the rounds moved (their clients completed the close handshake), over all
+    /// rounds, as each pod's gateway reported its part of a round finished.
+    #[serde(default)]
+    pub sessions_moved: i64,
+    /// Of `sessionsMoved`, the sessions whose client declared an earlier move.
+    #[serde(default)]
+    pub sessions_moved_again: i64,
+    /// Sessions a round ended without a completed close handshake, over all rounds.
+    #[serde(default)]
+    pub sessions_dropped: i64,
 }
 
 /// One pod of a rebalancing round.
@@ -1049,6 +1059,28 @@ pub struct RebalancedPod {
     /// Sessions it held when asked.
     #[serde(default)]
     pub held: i64,
+    /// How its part of the round ended, once its gateway reports it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RebalanceOutcome>,
+}
+
+/// How one pod's part of a round of rebalancing ended, as its gateway reported it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceOutcome {
+    /// Sessions picked: at most those asked, leaving out those that came by a recent move.
+    pub selected: i64,
+    /// Sessions asked to move that completed the close handshake.
+    pub moved: i64,
+    /// Of `moved`, sessions whose client declared an earlier move.
+    pub moved_again: i64,
+    /// Sessions their clients ended first: not a loss.
+    pub closed_by_client: i64,
+    /// Sessions ended without a completed close handshake.
+    pub dropped: i64,
+    /// Sessions a drain of the pod took over before they moved (counted in the drain's
+    /// report).
+    pub taken_by_drain: i64,
 }
 
 /// What the session autoscaling sees and decided.

@@ -6,6 +6,9 @@
 //! lands in [`Reports`]; when it differs from the previous one, the LongConnService's reconcile
 //! is woken. A reconcile reads the reports from here and never waits on a gateway.
 //!
+//! A pod asked to move sessions by a round of rebalancing is also read at `GET /rebalance`, with
+//! its drain report, until its part of the round is recorded finished.
+//!
 //! A pod whose gateway stops answering keeps its last report here, marked stale: that is the
 //! last known count of its open sessions, which a pod that vanishes without a final report is
 //! taken to have lost.
@@ -19,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use longconn_drain_api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState, RebalanceReport};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -62,11 +65,30 @@ pub struct Seen {
 #[derive(Default)]
 pub struct Reports {
     seen: Mutex<HashMap<PodKey, Seen>>,
+    /// The last rebalance report of the pods a round asked to move sessions.
+    rebalances: Mutex<HashMap<PodKey, RebalanceReport>>,
 }
 
 impl Reports {
     pub fn get(&self, key: &PodKey) -> Option<Seen> {
         self.seen.lock().ok()?.get(key).cloned()
+    }
+
+    /// The last rebalance report read from a pod's gateway.
+    pub fn rebalance(&self, key: &PodKey) -> Option<RebalanceReport> {
+        self.rebalances.lock().ok()?.get(key).cloned()
+    }
+
+    /// Stores a rebalance report; returns whether it says something new has finished.
+    pub fn record_rebalance(&self, key: PodKey, report: RebalanceReport) -> bool {
+        let Ok(mut all) = self.rebalances.lock() else {
+            return false;
+        };
+        let finished = |r: Option<&RebalanceReport>| r.map(|r| (r.id.clone(), r.is_finished()));
+        let changed = finished(all.get(&key)) != finished(Some(&report));
+        let done = report.is_finished();
+        all.insert(key, report);
+        changed && done
     }
 
     /// Stores an answer (or a failure, `None`); returns whether a reconcile would see a change.
@@ -107,10 +129,13 @@ impl Reports {
         }
     }
 
-    /// Forgets the pods of `namespace` that are not in `keep` (they are gone).
+    /// Forgets the pods that are not in `keep` (they are gone).
     pub fn retain(&self, keep: impl Fn(&PodKey) -> bool) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.retain(|k, _| keep(k));
+        }
+        if let Ok(mut rebalances) = self.rebalances.lock() {
+            rebalances.retain(|k, _| keep(k));
         }
     }
 
@@ -149,6 +174,8 @@ struct Target {
     key: PodKey,
     addr: SocketAddr,
     token: String,
+    /// Read its rebalance report too.
+    rebalancing: bool,
 }
 
 /// Reads the gateways that are due, forever (until the task is dropped), once `listed` says
@@ -187,6 +214,7 @@ pub async fn poll(
                         key: pod.key,
                         addr,
                         token: view.token.clone(),
+                        rebalancing: pod.rebalancing,
                     });
                 }
             }
@@ -194,25 +222,35 @@ pub async fn poll(
         ctx.reports.retain(|k| live.contains(k));
         let reads = futures::stream::iter(targets)
             .map(|t| async move {
-                let answer = tokio::time::timeout(
-                    TIMEOUT,
-                    longconn_drain_api::report(&t.addr.to_string(), &t.token),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok);
-                (t, answer)
+                let addr = t.addr.to_string();
+                let answer =
+                    tokio::time::timeout(TIMEOUT, longconn_drain_api::report(&addr, &t.token))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                let rebalance = match t.rebalancing {
+                    true => tokio::time::timeout(
+                        TIMEOUT,
+                        longconn_drain_api::rebalance_report(&addr, &t.token),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                    false => None,
+                };
+                (t, answer, rebalance)
             })
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
         let mut woken = std::collections::HashSet::new();
-        for (target, answer) in reads {
-            if ctx
+        for (target, answer, rebalance) in reads {
+            let finished =
+                rebalance.is_some_and(|r| ctx.reports.record_rebalance(target.key.clone(), r));
+            let changed = ctx
                 .reports
-                .record(target.key.clone(), answer, Instant::now())
-                && woken.insert(target.lcs.clone())
-            {
+                .record(target.key.clone(), answer, Instant::now());
+            if (changed || finished) && woken.insert(target.lcs.clone()) {
                 debug!(pod = %target.key.name, lcs = %target.lcs.name, "gateway report changed");
                 if wake.send(target.lcs).is_err() {
                     return;

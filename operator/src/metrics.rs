@@ -267,6 +267,8 @@ pub struct Metrics {
     pub autoscale_decisions: Family<DirectionLabels, Counter>,
     pub rebalance_rounds: Counter,
     pub rebalance_sessions_asked: Counter,
+    pub rebalance_sessions_moved: Counter,
+    pub rebalance_sessions_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -386,11 +388,26 @@ impl Default for Metrics {
              count those moved: longconn_gateway_sessions_rebalanced_total)",
             rebalance_sessions_asked.clone(),
         );
+        let rebalance_sessions_moved = Counter::default();
+        registry.register(
+            "rebalance_sessions_moved",
+            "Sessions the rounds of rebalancing moved (their clients completed the close \
+             handshake), as each gateway reported its part of a round finished",
+            rebalance_sessions_moved.clone(),
+        );
+        let rebalance_sessions_dropped = Counter::default();
+        registry.register(
+            "rebalance_sessions_dropped",
+            "Sessions the rounds of rebalancing ended without a completed close handshake",
+            rebalance_sessions_dropped.clone(),
+        );
         Self {
             registry,
             autoscale_decisions,
             rebalance_rounds,
             rebalance_sessions_asked,
+            rebalance_sessions_moved,
+            rebalance_sessions_dropped,
             api_requests,
             lease_requests,
             drains_started,

@@ -311,6 +311,7 @@ fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts 
             .get(labels::ROUTING_CHANGED_AT)
             .and_then(|v| v.parse().ok()),
         cpu_requested: pod.spec.as_ref().and_then(cpu::requested),
+        rebalance: ctx.reports.rebalance(&gateways::key_of(pod)),
     }
 }
 
@@ -380,11 +381,14 @@ pub struct GatewayView {
     pub pods: Vec<GatewayPod>,
 }
 
-/// One pod's gateway: where it answers (when running), and whether it is read every tick.
+/// One pod's gateway: where it answers (when running), whether it is read every tick, and
+/// whether its rebalance report is read too (its part of the last round is not recorded
+/// finished yet).
 pub struct GatewayPod {
     pub key: PodKey,
     pub admin: Option<SocketAddr>,
     pub fast: bool,
+    pub rebalancing: bool,
 }
 
 /// The gateways the poller reads for `lcs`; None until its admin token exists.
@@ -427,6 +431,18 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 .iter()
                 .any(|pod| pod.meta().deletion_timestamp.is_some());
     let pending = ctx.routing_pending(&ObjectRef::from_obj(lcs));
+    let rebalancing: Vec<&str> = lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.rebalance.as_ref())
+        .map(|r| {
+            r.pods
+                .iter()
+                .filter(|p| p.outcome.is_none())
+                .map(|p| p.pod.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
     let pods = service_pods
         .iter()
         .map(|pod| {
@@ -443,6 +459,7 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                     || !followed.is_empty()
                     || in_motion
                     || pending,
+                rebalancing: rebalancing.contains(&pod.name_any().as_str()),
             }
         })
         .collect();

@@ -24,8 +24,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use longconn_drain_api::RebalanceReport;
+
 use crate::crd::{
-    AutoscalingSpec, RebalanceSpec, RebalanceStatus, RebalancedPod, ScalingRules, SelectPolicy,
+    AutoscalingSpec, RebalanceOutcome, RebalanceSpec, RebalanceStatus, RebalancedPod, ScalingRules,
+    SelectPolicy,
 };
 use crate::placement;
 
@@ -181,11 +184,45 @@ pub fn start(
                 pod: a.pod.clone(),
                 sessions: a.sessions,
                 held: a.held,
+                outcome: None,
             })
             .collect(),
         sessions_asked: last.map_or(0, |r| r.sessions_asked) + asked,
         pods_serving: i32::try_from(serving).unwrap_or(i32::MAX),
+        ..last.cloned().unwrap_or_default()
     }
+}
+
+/// The last round with the outcome of each pod whose gateway now reports its part finished
+/// (`report`: the gateway's last rebalance report, by pod name), added to the totals once:
+/// the round's record, and the pods whose outcome it newly holds.
+pub fn follow(
+    round: &RebalanceStatus,
+    report: impl Fn(&str) -> Option<RebalanceReport>,
+) -> (RebalanceStatus, Vec<RebalancedPod>) {
+    let id = round_id(round.round);
+    let mut out = round.clone();
+    let mut finished = Vec::new();
+    for pod in out.pods.iter_mut().filter(|p| p.outcome.is_none()) {
+        let Some(r) = report(&pod.pod).filter(|r| r.id == id && r.is_finished()) else {
+            continue;
+        };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let outcome = RebalanceOutcome {
+            selected: n(r.selected),
+            moved: n(r.moved),
+            moved_again: n(r.moved_again),
+            closed_by_client: n(r.closed_by_client),
+            dropped: n(r.dropped),
+            taken_by_drain: n(r.taken_by_drain),
+        };
+        out.sessions_moved += outcome.moved;
+        out.sessions_moved_again += outcome.moved_again;
+        out.sessions_dropped += outcome.dropped;
+        pod.outcome = Some(outcome);
+        finished.push(pod.clone());
+    }
+    (out, finished)
 }
 
 #[cfg(test)]
@@ -318,5 +355,80 @@ mod tests {
             ..RebalanceSpec::default()
         };
         assert_eq!(Settings::of(&off), None);
+    }
+
+    #[test]
+    fn a_round_s_outcome_is_recorded_once_per_pod_as_its_gateway_reports_it_finished() {
+        let asks = [
+            Ask {
+                pod: "p0".to_owned(),
+                sessions: 100,
+                held: 300,
+            },
+            Ask {
+                pod: "p1".to_owned(),
+                sessions: 50,
+                held: 250,
+            },
+        ];
+        let round = start(None, &asks, 4, NOW);
+        let report = |id: &str, state, moved| RebalanceReport {
+            id: id.to_owned(),
+            state,
+            selected: 100,
+            moved,
+            moved_again: 1,
+            dropped: 2,
+            closed_by_client: 100 - moved - 2,
+            ..RebalanceReport::default()
+        };
+        let reports = |pod: &str| match pod {
+            "p0" => Some(report(
+                "rebalance 1",
+                longconn_drain_api::RebalanceState::Done,
+                95,
+            )),
+            // Still moving: nothing recorded yet.
+            _ => Some(report(
+                "rebalance 1",
+                longconn_drain_api::RebalanceState::Moving,
+                10,
+            )),
+        };
+        let (followed, finished) = follow(&round, reports);
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].pod, "p0");
+        let outcome = followed.pods[0].outcome.clone().expect("p0 finished");
+        assert_eq!(
+            (outcome.moved, outcome.moved_again, outcome.dropped),
+            (95, 1, 2)
+        );
+        assert_eq!(followed.pods[1].outcome, None);
+        assert_eq!(
+            (
+                followed.sessions_moved,
+                followed.sessions_moved_again,
+                followed.sessions_dropped
+            ),
+            (95, 1, 2)
+        );
+        // Read again: nothing counted twice.
+        let (again, finished) = follow(&followed, reports);
+        assert!(finished.is_empty());
+        assert_eq!(again, followed);
+        // A report of another round (an older one, or a new gateway's) is not this round's.
+        let (other, finished) = follow(&round, |_| {
+            Some(report(
+                "rebalance 0",
+                longconn_drain_api::RebalanceState::Done,
+                95,
+            ))
+        });
+        assert!(finished.is_empty());
+        assert_eq!(other.sessions_moved, 0);
+        // The next round keeps the totals.
+        let next = start(Some(&followed), &asks[..1], 4, NOW);
+        assert_eq!((next.round, next.sessions_moved), (2, 95));
+        assert_eq!(next.pods[0].outcome, None);
     }
 }

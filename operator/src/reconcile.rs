@@ -642,6 +642,14 @@ async fn follow_record(lcs: &LongConnService, ctx: &Context, outcome: &Outcome) 
                 .sum(),
         );
     }
+    for pod in plan.rebalanced.iter().filter_map(|p| p.outcome.as_ref()) {
+        metrics
+            .rebalance_sessions_moved
+            .inc_by(u64::try_from(pod.moved).unwrap_or(0));
+        metrics
+            .rebalance_sessions_dropped
+            .inc_by(u64::try_from(pod.dropped).unwrap_or(0));
+    }
     for drained in &plan.finished {
         metrics.drains_finished.inc();
         metrics

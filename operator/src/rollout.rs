@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use longconn_drain_api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState, RebalanceReport};
 
 use crate::crd::{
     DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RebalanceStatus, RolloutPhase,
@@ -107,6 +107,9 @@ pub struct PodFacts {
     pub routing_changed_at: Option<Timestamp>,
     /// The CPU its containers and sidecars request, in millicores; None when one requests none.
     pub cpu_requested: Option<f64>,
+    /// Its gateway's last rebalance report, while it is read (its part of the last round of
+    /// rebalancing not yet recorded finished).
+    pub rebalance: Option<RebalanceReport>,
 }
 
 impl PodFacts {
@@ -244,6 +247,8 @@ pub struct Plan {
     /// The round of rebalancing that starts in this step: each pod's gateway is asked to move
     /// that many sessions (`POST /rebalance`), once the round is recorded.
     pub rebalance_asks: Vec<rebalance::Ask>,
+    /// Pods of the last round whose outcome this step records (for the metrics, once).
+    pub rebalanced: Vec<crate::crd::RebalancedPod>,
 }
 
 /// Works out the next step. Pure: the same input gives the same plan.
@@ -1002,11 +1007,21 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         .unwrap_or_default();
     let (gateways, active_sessions) = gateway_records(input);
     let last_round = lcs.status.as_ref().and_then(|s| s.rebalance.as_ref());
+    // The last round's pods that finished are recorded before a new round replaces them.
+    let (followed, rebalanced) = match last_round {
+        Some(round) => {
+            let (round, finished) = rebalance::follow(round, |pod| {
+                input.pod(pod).and_then(|p| p.rebalance.clone())
+            });
+            (Some(round), finished)
+        }
+        None => (None, Vec::new()),
+    };
     let rebalance = if book.rebalance_asks.is_empty() {
-        last_round.cloned()
+        followed
     } else {
         let round = rebalance::start(
-            last_round,
+            followed.as_ref(),
             &book.rebalance_asks,
             book.rebalance_serving,
             now,
@@ -1052,6 +1067,7 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         paused: paused || input.update_stalled,
         rebalance,
         rebalance_asks: book.rebalance_asks,
+        rebalanced,
     }
 }
 

@@ -43,7 +43,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use longconn_drain_api::{DrainReport, DrainState};
+use longconn_drain_api::{DrainReport, DrainState, RebalanceReport, RebalanceState};
 use longconn_operator::crd::{
     DropBudgetAction, LongConnService, RebalanceStatus, RolloutPhase, RolloutStatus,
 };
@@ -102,6 +102,10 @@ struct Rebalance {
     round: u32,
     left: i64,
     ticks: u32,
+    /// Sessions it picked, those that moved, and those a drain took over.
+    selected: i64,
+    moved: i64,
+    taken_by_drain: i64,
 }
 
 impl Gateway {
@@ -138,6 +142,7 @@ impl Gateway {
             self.sessions_at_start = self.active;
             self.ticks = 0;
             if let Some(r) = self.rebalance.as_mut() {
+                r.taken_by_drain = r.left;
                 r.left = 0;
             }
         }
@@ -152,10 +157,14 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.round == round || r.left > 0);
         if self.state == DrainState::Serving && !busy {
+            let selected = sessions.min(self.active - self.stubborn);
             self.rebalance = Some(Rebalance {
                 round,
-                left: sessions.min(self.active - self.stubborn),
+                left: selected,
                 ticks: 0,
+                selected,
+                moved: 0,
+                taken_by_drain: 0,
             });
         }
     }
@@ -177,8 +186,30 @@ impl Gateway {
         }
         .min(movable);
         r.left = (r.left - moving).min(movable - moving);
+        r.moved += moving;
         self.active -= moving;
         Some((r.round, moving))
+    }
+
+    /// `GET /rebalance`: the last rebalance, its counts adding up (sessions it picked that
+    /// ended otherwise are the clients').
+    fn rebalance_report(&self) -> Option<RebalanceReport> {
+        let r = self.rebalance.as_ref()?;
+        let n = |v: i64| u64::try_from(v).expect("session counts are not negative");
+        Some(RebalanceReport {
+            id: rebalance::round_id(r.round),
+            state: if r.left > 0 {
+                RebalanceState::Moving
+            } else {
+                RebalanceState::Done
+            },
+            selected: n(r.selected),
+            pending: n(r.left),
+            moved: n(r.moved),
+            taken_by_drain: n(r.taken_by_drain),
+            closed_by_client: n(r.selected - r.left - r.moved - r.taken_by_drain),
+            ..RebalanceReport::default()
+        })
     }
 
     /// One tick of a drain. Returns the sessions migrated and force-closed in it.
@@ -296,6 +327,10 @@ impl Pod {
             routable: self.routable,
             routing_changed_at: self.routed_at,
             cpu_requested: None,
+            rebalance: self
+                .reachable()
+                .then(|| self.gateway.rebalance_report())
+                .flatten(),
         }
     }
 
@@ -876,7 +911,12 @@ impl Model {
     /// `last`: a round is never forgotten, each new one follows the last, counts what it asks
     /// and starts a cooldown after it (or at once when the number of pods serving changed).
     fn note_round(&mut self, last: Option<&RebalanceStatus>, plan: &Plan) {
-        let Some(round) = plan.rebalance.as_ref().filter(|r| Some(*r) != last) else {
+        // A new round has a new number; the same round changes as its pods' outcomes come in.
+        let Some(round) = plan
+            .rebalance
+            .as_ref()
+            .filter(|r| last.is_none_or(|l| l.round != r.round))
+        else {
             if last.is_some() && plan.rebalance.is_none() {
                 self.violations
                     .push(format!("tick {}: status.rebalance is gone", self.tick));
@@ -2325,6 +2365,17 @@ fn assert_evened_once(model: &mut Model) {
     model.check(model.rebalanced > 0, "sessions moved by rebalancing");
     model.check(model.rebalanced_again == 0, "no session rebalanced twice");
     assert_moved_once_and_balanced(model);
+    let recorded = model.lcs.status.as_ref().and_then(|s| s.rebalance.clone());
+    let recorded = recorded.unwrap_or_default();
+    model.check(
+        recorded.pods.iter().all(|p| p.outcome.is_some())
+            && recorded.sessions_moved == model.rebalanced
+            && recorded.sessions_dropped == 0,
+        &format!(
+            "status.rebalance records the {} sessions the rounds moved: {recorded:?}",
+            model.rebalanced
+        ),
+    );
 }
 
 #[test]
