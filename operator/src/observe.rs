@@ -458,7 +458,8 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                 fast: pod.meta().deletion_timestamp.is_some()
                     || !followed.is_empty()
                     || in_motion
-                    || pending,
+                    || pending
+                    || rebalancing.contains(&pod.name_any().as_str()),
                 rebalancing: rebalancing.contains(&pod.name_any().as_str()),
             }
         })

@@ -132,13 +132,13 @@ pub(super) async fn run(
 /// follow the routing back.
 const ROUND_LASTS: Duration = Duration::from_secs(5 + 3);
 
-/// Waits (at most 30 s) until the last round of rebalancing, if any, has ended, and records
-/// `status.rebalance` in `rebalanceAtFall`.
+/// Waits (at most 30 s) until the last round of rebalancing, if any, has ended and each of its
+/// pods' outcome is recorded, and records `status.rebalance` in `rebalanceAtFall`. Returns it.
 async fn rebalanced(
     harness: &Harness,
     spec: &ServiceSpec,
     report: &mut ScenarioReport,
-) -> Result<(), ScenarioError> {
+) -> Result<Option<Value>, ScenarioError> {
     let client = harness.client();
     let status = wait_until(
         &format!(
@@ -154,10 +154,17 @@ async fn rebalanced(
                 .and_then(|r| r.pointer("/startedAt"))
                 .and_then(Value::as_str)
                 .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
-            let over = started.is_none_or(|t| {
-                k8s_openapi::jiff::Timestamp::now().duration_since(t)
-                    >= k8s_openapi::jiff::SignedDuration::try_from(ROUND_LASTS).unwrap_or_default()
-            });
+            let recorded = rebalance
+                .as_ref()
+                .and_then(|r| r.pointer("/pods"))
+                .and_then(Value::as_array)
+                .is_none_or(|pods| pods.iter().all(|p| p.get("outcome").is_some()));
+            let over = recorded
+                && started.is_none_or(|t| {
+                    k8s_openapi::jiff::Timestamp::now().duration_since(t)
+                        >= k8s_openapi::jiff::SignedDuration::try_from(ROUND_LASTS)
+                            .unwrap_or_default()
+                });
             Ok(if over {
                 Check::Done(rebalance)
             } else {
@@ -166,8 +173,22 @@ async fn rebalanced(
         },
     )
     .await?;
-    report.detail("rebalanceAtFall", status);
-    Ok(())
+    report.detail("rebalanceAtFall", &status);
+    Ok(status)
+}
+
+/// The operator's count of the sessions the rounds of rebalancing moved equals the clients':
+/// until the load falls, rebalancing is all that moves sessions.
+fn expect_rebalance_recorded(report: &mut ScenarioReport, status: Option<&Value>, migrated: u64) {
+    let count = |field: &str| status.and_then(|s| s.get(field)).and_then(Value::as_i64);
+    let (moved, dropped) = (count("sessionsMoved"), count("sessionsDropped"));
+    report.expect(
+        moved == i64::try_from(migrated).ok() && dropped.unwrap_or(0) == 0,
+        format!(
+            "status.rebalance records {moved:?} sessions moved and {dropped:?} dropped by the \
+             rounds; the clients counted {migrated} moved when the load fell"
+        ),
+    );
 }
 
 /// Each session moved at most once in each phase: the rebalancing of the scale-up (judged when
@@ -271,12 +292,13 @@ async fn phases(
         json!({"spec": {"autoscaling": {"rebalance": {"enabled": false}}}}),
     )
     .await?;
-    rebalanced(harness, spec, report).await?;
+    let rounds = rebalanced(harness, spec, report).await?;
     let baseline = spec.observe(&client).await?.rollout();
     // The scale-down may be decided in more than one step, each recorded anew: its accounting
     // is the records seen from the fall on, the baseline's among them.
     let records_from = sampler.records().len().saturating_sub(1);
     let at_fall = loads.so_far();
+    expect_rebalance_recorded(report, rounds.as_ref(), at_fall.migrated);
     report.detail("sessionsByMovesAtFall", at_fall.sessions_by_moves);
     let fall = clock.elapsed();
     report.detail("fallSeconds", round(fall.as_secs_f64()));
