@@ -466,3 +466,40 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
         .collect();
     Some(GatewayView { token, pods })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longconn_drain_api::DrainState;
+
+    /// A pod whose gateway container ended with `message` in its termination message.
+    fn ended(container: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-a-0"},
+            "status": {"initContainerStatuses": [{
+                "name": container, "image": "gateway", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": message}}
+            }]}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn the_final_report_is_read_from_the_gateway_s_termination_message_only() {
+        let report = r#"{"state":"Drained","sessionsAtStart":12,"active":0,"migrated":11,
+            "closedByClient":1,"dropped":0,"refused":0,"restarts":0,"lostToRestarts":0}"#;
+        let read = final_report(&ended(desired::GATEWAY_CONTAINER, report)).expect("read");
+        assert_eq!(
+            (read.state, read.migrated, read.closed_by_client),
+            (DrainState::Drained, 11, 1)
+        );
+        // Another container's message, or one that is not a report, is no report.
+        assert_eq!(final_report(&ended("app", report)), None);
+        assert_eq!(
+            final_report(&ended(desired::GATEWAY_CONTAINER, "exit 137")),
+            None
+        );
+        assert_eq!(final_report(&Pod::default()), None);
+    }
+}
