@@ -41,8 +41,9 @@ use crate::load::{self, LoadOptions, Route};
 const MIN_REPLICAS: i32 = 1;
 const MAX_REPLICAS: i32 = 3;
 const TARGET_CPU_UTILIZATION: i32 = 50;
-/// Phase 2's session target: far above what the load opens, so only CPU asks for pods.
-const SESSIONS_TARGET: i64 = 100_000;
+/// Phase 2's session target: far above what the load opens, so only CPU asks for pods. The
+/// highest allowed: `gateway.maxConnections` (5000 in the scenarios).
+const SESSIONS_TARGET: i64 = 5000;
 /// The CPU requests, small so that a load this machine sustains beside the cluster passes the
 /// target.
 const APP_CPU: &str = "20m";
@@ -52,6 +53,10 @@ const SESSIONS: usize = 40;
 const RATE: f64 = 25.0;
 /// Shortened from the default 300s, so that the scale-down comes within the scenario.
 const SCALE_DOWN_WINDOW: &str = "15s";
+/// The rebalancing's spread, which must not exceed `drain.timeout` (20s; the default is 30s).
+const REBALANCE_SPREAD: &str = "5s";
+/// How long the pods' use before the load is waited for (reported, not judged).
+const IDLE_METRICS_WITHIN: Duration = Duration::from_secs(40);
 /// From the load's start to `spec.replicas` above 1: two scrapes of metrics-server (10 s
 /// apart), the HPA controller's sync (15 s) and slack for a loaded machine.
 const SCALE_UP_WITHIN: Duration = Duration::from_secs(180);
@@ -71,6 +76,7 @@ fn cpu_alone() -> Value {
         "maxReplicas": MAX_REPLICAS,
         "targetCPUUtilization": TARGET_CPU_UTILIZATION,
         "behavior": {"scaleDown": {"stabilizationWindow": SCALE_DOWN_WINDOW}},
+        "rebalance": {"spread": REBALANCE_SPREAD},
     })
 }
 
@@ -99,10 +105,7 @@ pub(super) async fn run(
     );
     let deployed = steps::deploy(harness, &spec).await?;
     report.detail("podsBefore", &deployed.pods);
-    report.detail(
-        "podMetricsIdle",
-        pod_metrics(&harness.client(), &spec.namespace).await,
-    );
+    report.detail("podMetricsIdle", idle_metrics(harness, &spec).await);
 
     let mut options = LoadOptions::new(&spec.namespace, &spec.name);
     options.sessions = SESSIONS;
@@ -303,6 +306,30 @@ async fn pod_metrics(client: &kube::Client, namespace: &str) -> Value {
     match client.request::<Value>(request).await {
         Ok(list) => usage_by_pod(&list),
         Err(err) => json!({"error": err.to_string()}),
+    }
+}
+
+/// The pods' use before the load, once metrics-server serves it (it needs two readings of a new
+/// pod; at most [`IDLE_METRICS_WITHIN`]), or what was served then.
+async fn idle_metrics(harness: &Harness, spec: &ServiceSpec) -> Value {
+    let client = harness.client();
+    let served = wait_until(
+        &format!("PodMetrics of the pods of {}/{}", spec.namespace, spec.name),
+        IDLE_METRICS_WITHIN,
+        || async {
+            let metrics = pod_metrics(&client, &spec.namespace).await;
+            Ok(match metrics.as_object() {
+                Some(pods) if !pods.is_empty() && !pods.contains_key("error") => {
+                    Check::Done(metrics)
+                }
+                _ => Check::NotYet(metrics.to_string()),
+            })
+        },
+    )
+    .await;
+    match served {
+        Ok(metrics) => metrics,
+        Err(_) => pod_metrics(&client, &spec.namespace).await,
     }
 }
 
