@@ -14,7 +14,10 @@
 //! 1. [`bounds`]: `spec.replicas` 0 turns the autoscaling off (someone scaled to zero on
 //!    purpose); outside `minReplicas..maxReplicas` it is brought back at once, before any
 //!    session is looked at.
-//! 2. [`recommend`]: the sessions of the serving pods over the target. Their mean over the
+//! 2. [`recommend`]: the sessions of the serving pods over the target, and beside it, when
+//!    `targetCPUUtilization` is set too, the CPU they use over their requests ([`Cpu`]); the
+//!    larger recommendation wins, as with an HPA's several metrics, and one that cannot be made
+//!    (no CPU reading) lets a scale-up through but holds a scale-down. Sessions: their mean over the
 //!    target within the tolerance keeps `replicas`; otherwise the total over the target, rounded
 //!    up. Pods starting (not Ready yet) count as empty when that would scale up; pods whose
 //!    gateway did not report count as empty for a scale-up and as at the target for a
@@ -28,6 +31,8 @@
 //! 4. [`limit`]: the rate policies, each counted from the replicas at the start of its period
 //!    (the history's scale events), the one `selectPolicy` picks; then `minReplicas` and
 //!    `maxReplicas`.
+
+use std::cmp::Ordering;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -46,12 +51,6 @@ pub const SCALING_ACTIVE: &str = "ScalingActive";
 /// How often recommendations are made while the session autoscaling is on (the HPA's sync
 /// period): the reconcile comes back at least this often.
 pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(15);
-/// What the ScalingActive condition adds while `targetCPUUtilization` is set beside the
-/// session target.
-pub const CPU_IGNORED: &str = "autoscaling.targetCPUUtilization is ignored while \
-     targetSessionsPerPod is set: the operator is the only writer of spec.replicas and scales \
-     on sessions alone; remove targetSessionsPerPod to scale on CPU with a \
-     HorizontalPodAutoscaler";
 
 /// What the pods that count hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,19 +64,22 @@ pub struct Pods {
     pub missing: i32,
 }
 
+/// Whether a pod stays to be counted: not terminating, its gateway not draining, not
+/// `leaving` (being drained or removed by the rollout).
+fn stays(pod: &PodFacts, leaving: &impl Fn(&PodFacts) -> bool) -> bool {
+    let draining = pod
+        .report
+        .as_ref()
+        .is_some_and(|r| r.state != DrainState::Serving);
+    !(pod.terminating || draining || leaving(pod))
+}
+
 impl Pods {
     /// Sorts the pods: `leaving` says which are being drained or removed (they, and their
     /// sessions, are left out, as are terminating pods and gateways that drain).
     pub fn of(pods: &[PodFacts], leaving: impl Fn(&PodFacts) -> bool) -> Self {
         let mut out = Pods::default();
-        for pod in pods {
-            let draining = pod
-                .report
-                .as_ref()
-                .is_some_and(|r| r.state != DrainState::Serving);
-            if pod.terminating || draining || leaving(pod) {
-                continue;
-            }
+        for pod in pods.iter().filter(|p| stays(p, &leaving)) {
             match (&pod.report, pod.ready) {
                 (_, false) => out.starting += 1,
                 (Some(report), true) => out
@@ -108,6 +110,58 @@ impl Pods {
     pub fn mean(&self) -> Option<i64> {
         let n = i64::from(self.serving());
         (n > 0).then(|| (self.total() + n / 2) / n)
+    }
+}
+
+/// The CPU of the pods that count (the same pods as [`Pods`]), in millicores, for
+/// `targetCPUUtilization` beside the session target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cpu {
+    /// Each Ready pod with a reading: what it uses and what it requests.
+    pub measured: Vec<(f64, f64)>,
+    /// What each Ready pod without a reading requests.
+    pub unmeasured: Vec<f64>,
+    /// What each pod not Ready yet requests.
+    pub starting: Vec<f64>,
+}
+
+impl Cpu {
+    /// Sorts the pods as [`Pods::of`] does, with what each uses (`used`, by pod name, from the
+    /// resource metrics API). A pod that requests no CPU makes the reading impossible (Err says
+    /// which).
+    pub fn of(
+        pods: &[PodFacts],
+        leaving: impl Fn(&PodFacts) -> bool,
+        used: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<Self, String> {
+        let mut out = Cpu::default();
+        for pod in pods.iter().filter(|p| stays(p, &leaving)) {
+            let requested = pod.cpu_requested.filter(|r| *r > 0.0).ok_or_else(|| {
+                format!(
+                    "pod {} has a container without a CPU request, so its CPU utilization \
+                     cannot be measured",
+                    pod.name
+                )
+            })?;
+            match (pod.ready, used.get(&pod.name)) {
+                (false, _) => out.starting.push(requested),
+                (true, Some(used)) => out.measured.push((*used, requested)),
+                (true, None) => out.unmeasured.push(requested),
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the measured pods use, in percent of what they request, rounded; None without one.
+    pub fn utilization(&self) -> Option<i32> {
+        let (used, requested) = self.sums();
+        (requested > 0.0).then(|| (used * 100.0 / requested).round() as i32)
+    }
+
+    fn sums(&self) -> (f64, f64) {
+        self.measured
+            .iter()
+            .fold((0.0, 0.0), |(u, r), (used, req)| (u + used, r + req))
     }
 }
 
@@ -252,6 +306,8 @@ pub struct Input<'a> {
     /// A rollout or a drain is under way: scale-downs wait.
     pub rollout_busy: bool,
     pub history: &'a History,
+    /// With `targetCPUUtilization` set: the pods' CPU, or why it could not be read.
+    pub cpu: Option<&'a Result<Cpu, String>>,
 }
 
 impl Input<'_> {
@@ -284,6 +340,8 @@ pub enum Limit {
     ScaleDownAfterStart,
     /// A rollout or a drain is under way.
     ScaleDownDuringRollout,
+    /// One of the two targets could not be measured.
+    ScaleDownWithoutMetric,
 }
 
 impl Limit {
@@ -300,6 +358,7 @@ impl Limit {
             Limit::ScaleDownStabilized => "ScaleDownStabilized",
             Limit::ScaleDownAfterStart => "ScaleDownHeldAfterStart",
             Limit::ScaleDownDuringRollout => "ScaleDownHeldDuringRollout",
+            Limit::ScaleDownWithoutMetric => "ScaleDownHeldWithoutMetric",
         }
     }
 }
@@ -323,9 +382,30 @@ pub fn decide(input: &Input) -> Decision {
     if let Some(decision) = bounds(input) {
         return decision;
     }
-    let recommendation = match recommend(input) {
-        Ok(r) => r,
-        Err(decision) => return decision,
+    let recommendation = match (recommend(input), input.cpu) {
+        (sessions, None) => match sessions {
+            Ok(r) => r,
+            Err(decision) => return decision,
+        },
+        (sessions, Some(cpu)) => {
+            let cpu = cpu
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|cpu| recommend_cpu(input, cpu));
+            match (sessions, cpu) {
+                (Err(decision), Err(why)) => {
+                    return Decision {
+                        reason: format!("{}; CPU: {why}", decision.reason),
+                        ..decision
+                    };
+                }
+                (Ok(sessions), Ok(cpu)) => larger(sessions, cpu),
+                (Ok(known), Err(why)) => hold_down(input, known, &format!("CPU: {why}")),
+                (Err(decision), Ok(known)) => {
+                    hold_down(input, known, &format!("sessions: {}", decision.reason))
+                }
+            }
+        }
     };
     let stable = stabilize(input, &recommendation);
     limit(input, &recommendation, stable)
@@ -373,11 +453,137 @@ pub fn bounds(input: &Input) -> Option<Decision> {
     }
 }
 
-/// Phase 2's answer: the replicas the sessions ask for, unstabilized, and the words for it.
+/// Phase 2's answer: the replicas the sessions (and CPU) ask for, unstabilized, and the words
+/// for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recommendation {
     pub replicas: i32,
     pub words: String,
+    /// A scale-down held back because one target could not be measured.
+    pub held: Option<(Limit, String)>,
+}
+
+impl Recommendation {
+    fn of(replicas: i32, words: String) -> Self {
+        Recommendation {
+            replicas,
+            words,
+            held: None,
+        }
+    }
+}
+
+/// Of two recommendations, the one for more replicas, its words first.
+fn larger(a: Recommendation, b: Recommendation) -> Recommendation {
+    let (first, second) = if b.replicas > a.replicas {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    Recommendation::of(first.replicas, format!("{}; {}", first.words, second.words))
+}
+
+/// The one recommendation that could be made, with a scale-down held back: the other target,
+/// unmeasured (`why`), might not allow it.
+fn hold_down(input: &Input, known: Recommendation, why: &str) -> Recommendation {
+    let mut words = format!("{}; {why}", known.words);
+    let held = (known.replicas < input.current).then(|| {
+        let held = format!(
+            "scale-down to {} held while the other target cannot be measured",
+            count_pods(known.replicas)
+        );
+        words.push_str(&format!("; {held}"));
+        (Limit::ScaleDownWithoutMetric, held)
+    });
+    Recommendation {
+        replicas: known.replicas.max(input.current),
+        words,
+        held,
+    }
+}
+
+/// Phase 2 for `targetCPUUtilization`: the CPU the pods use over what they request (the HPA's
+/// replica calculator for a resource metric). Ready pods without a reading count as using
+/// nothing for a scale-up and their whole request for a scale-down; pods not Ready yet count as
+/// using nothing for a scale-up; a change these assumptions would reverse is not made.
+pub fn recommend_cpu(input: &Input, cpu: &Cpu) -> Result<Recommendation, String> {
+    let target = f64::from(input.spec.target_cpu_utilization.unwrap_or(100).max(1));
+    let tolerance = input.spec.behavior.tolerance;
+    let current = input.current;
+    let Some(utilization) = cpu.utilization() else {
+        return Err("no serving pod's CPU use has been read yet".to_owned());
+    };
+    let (used, requested) = cpu.sums();
+    let ratio = used * 100.0 / (requested * target);
+    let mut words = format!(
+        "CPU {utilization}% of requests over {}",
+        count_pods(cpu.measured.len() as i64)
+    );
+    let (unmeasured, starting) = (cpu.unmeasured.len(), cpu.starting.len());
+    let starting = if ratio > 1.0 { starting } else { 0 };
+    if starting > 0 {
+        words.push_str(&format!(" and {starting} starting (counted as idle)"));
+    }
+    if unmeasured > 0 {
+        let as_ = if ratio < 1.0 { "busy" } else { "idle" };
+        words.push_str(&format!(
+            " and {unmeasured} not measured (counted as {as_})"
+        ));
+    }
+    words.push_str(&format!(", target {target}%: "));
+    let within = |ratio: f64| (1.0 - tolerance..=1.0 + tolerance).contains(&ratio);
+    let mut keep = |why: &str| {
+        words.push_str(&format!("{why}, {}", count_pods(current)));
+        current
+    };
+    let replicas = if starting == 0 && unmeasured == 0 {
+        if within(ratio) {
+            keep(&within_words(tolerance))
+        } else {
+            let n = ceil_pods(ratio * cpu.measured.len() as f64);
+            words.push_str(&count_pods(n));
+            n
+        }
+    } else {
+        let busy = if ratio < 1.0 {
+            cpu.unmeasured.iter().sum::<f64>()
+        } else {
+            0.0
+        };
+        let added: f64 = cpu.unmeasured.iter().sum::<f64>()
+            + if starting > 0 {
+                cpu.starting.iter().sum::<f64>()
+            } else {
+                0.0
+            };
+        let assumed = (used + busy) * 100.0 / ((requested + added) * target);
+        let pods = cpu.measured.len() + unmeasured + starting;
+        let n = ceil_pods(assumed * pods as f64);
+        if within(assumed) {
+            keep(&within_words(tolerance))
+        } else if reversed(ratio.total_cmp(&1.0), assumed.total_cmp(&1.0), n, current) {
+            keep("the pods without a reading would turn it around")
+        } else {
+            words.push_str(&count_pods(n));
+            n
+        }
+    };
+    Ok(Recommendation::of(replicas, words))
+}
+
+/// Whether the pods without a count, counted the HPA's way, reverse the change the counts alone
+/// ask for: `before` and `after` compare the load with the target without and with them, `n`
+/// is the replicas with them.
+fn reversed(before: Ordering, after: Ordering, n: i32, current: i32) -> bool {
+    use Ordering::{Greater, Less};
+    matches!((before, after), (Less, Greater) | (Greater, Less))
+        || (after == Less && n > current)
+        || (after == Greater && n < current)
+}
+
+/// `x` replicas, rounded up.
+fn ceil_pods(x: f64) -> i32 {
+    x.ceil().clamp(0.0, f64::from(i32::MAX)) as i32
 }
 
 /// Phase 2: the replicas the sessions ask for (the HPA's replica calculator for a pods metric).
@@ -432,23 +638,22 @@ pub fn recommend(input: &Input) -> Result<Recommendation, Decision> {
         // What the pods without a count would make of it, the HPA's way.
         let assumed = total.saturating_add(if under { missing * target } else { 0 });
         let pods_assumed = serving + missing + starting;
-        let now_over = assumed > pods_assumed.saturating_mul(target);
-        let now_under = assumed < pods_assumed.saturating_mul(target);
         let n = sessions_over(assumed, target);
         if within(assumed, pods_assumed) {
             keep(&mut words, &within_words(tolerance))
-        } else if (under && now_over)
-            || (over && now_under)
-            || (now_under && n > current)
-            || (now_over && n < current)
-        {
+        } else if reversed(
+            total.cmp(&at_target),
+            assumed.cmp(&pods_assumed.saturating_mul(target)),
+            n,
+            current,
+        ) {
             keep(&mut words, "the pods without a count would turn it around")
         } else {
             words.push_str(&count_pods(n));
             n
         }
     };
-    Ok(Recommendation { replicas, words })
+    Ok(Recommendation::of(replicas, words))
 }
 
 /// "1 pod", "3 pods".
@@ -487,7 +692,7 @@ pub fn stabilize(input: &Input, recommendation: &Recommendation) -> Stable {
     let lowest = history.within(now, up.window).fold(raw, i32::min);
     let highest = history.within(now, down.window).fold(raw, i32::max);
     let replicas = current.max(lowest).min(highest);
-    let mut held = None;
+    let mut held = recommendation.held.clone();
     if replicas < raw {
         held = Some((
             Limit::ScaleUpStabilized,
@@ -731,14 +936,22 @@ pub fn record(
     // What is written at once anyway (a new decision, another verdict) goes out with fresh
     // counts and words.
     let refresh = refresh || scaled.is_some() || kept.is_none();
-    let (current_replicas, sessions_per_pod) = match previous {
-        Some(p) if !refresh => (p.current_replicas, p.sessions_per_pod),
-        _ => (input.pods.counted(), input.pods.mean().unwrap_or_default()),
+    let (current_replicas, sessions_per_pod, cpu_utilization) = match previous {
+        Some(p) if !refresh => (p.current_replicas, p.sessions_per_pod, p.cpu_utilization),
+        _ => (
+            input.pods.counted(),
+            input.pods.mean().unwrap_or_default(),
+            input
+                .cpu
+                .and_then(|c| c.as_ref().ok())
+                .and_then(Cpu::utilization),
+        ),
     };
     let status = AutoscalingStatus {
         desired_replicas: decision.desired,
         current_replicas,
         sessions_per_pod,
+        cpu_utilization,
         last_scale_time: scaled
             .as_ref()
             .and_then(|d| d.at.clone())
@@ -747,9 +960,6 @@ pub fn record(
     };
     let message = match kept {
         Some(kept) if !refresh => kept.message.clone(),
-        _ if input.spec.target_cpu_utilization.is_some() => {
-            format!("{}. {CPU_IGNORED}", decision.reason)
-        }
         _ => decision.reason.clone(),
     };
     Recorded {
@@ -853,6 +1063,7 @@ mod tests {
             pods,
             rollout_busy: false,
             history,
+            cpu: None,
         })
     }
 
@@ -1079,6 +1290,7 @@ mod tests {
             pods: &pods,
             rollout_busy: true,
             history: &settled(),
+            cpu: None,
         };
         let d = decide(&input);
         assert_eq!(
@@ -1198,6 +1410,7 @@ mod tests {
             pods: &pods,
             rollout_busy: false,
             history: &history,
+            cpu: None,
         };
         let decision = decide(&input);
         let first = record(&LongConnServiceStatus::default(), &input, &decision, true);
@@ -1254,6 +1467,7 @@ mod tests {
             pods: &pods,
             rollout_busy: false,
             history: &history,
+            cpu: None,
         };
         let first = record(
             &LongConnServiceStatus::default(),
@@ -1300,20 +1514,175 @@ mod tests {
         );
     }
 
-    #[test]
-    fn beside_a_cpu_target_the_condition_says_cpu_is_ignored() {
-        let spec = AutoscalingSpec {
-            target_cpu_utilization: Some(70),
+    /// min 1, max 20, 100 sessions and 50% CPU per pod, the HPA's default behavior.
+    fn cpu_spec() -> AutoscalingSpec {
+        AutoscalingSpec {
+            target_cpu_utilization: Some(50),
             ..spec()
+        }
+    }
+
+    fn decide_cpu(current: i32, pods: &Pods, cpu: &Result<Cpu, String>) -> Decision {
+        decide(&Input {
+            now: at(0),
+            current,
+            spec: &cpu_spec(),
+            pods,
+            rollout_busy: false,
+            history: &settled(),
+            cpu: Some(cpu),
+        })
+    }
+
+    /// Pods measured (use, request), unmeasured (request) and starting (request).
+    fn readings(
+        measured: &[(f64, f64)],
+        unmeasured: &[f64],
+        starting: &[f64],
+    ) -> Result<Cpu, String> {
+        Ok(Cpu {
+            measured: measured.to_vec(),
+            unmeasured: unmeasured.to_vec(),
+            starting: starting.to_vec(),
+        })
+    }
+
+    /// Every pod measured, each requesting 100m.
+    fn measured(used: &[f64]) -> Result<Cpu, String> {
+        Ok(Cpu {
+            measured: used.iter().map(|u| (*u, 100.0)).collect(),
+            ..Cpu::default()
+        })
+    }
+
+    #[test]
+    fn beside_sessions_cpu_asks_for_more_pods_and_wins() {
+        let pods = serving(&[50; 2]);
+        let d = decide_cpu(2, &pods, &measured(&[150.0, 150.0]));
+        assert_eq!(
+            d.desired, 6,
+            "150% over a 50% target on 2 pods: {}",
+            d.reason
+        );
+        assert!(
+            d.reason.starts_with(
+                "CPU 150% of requests over 2 pods, target 50%: 6 pods; sessions 100 over 2 pods"
+            ),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn beside_cpu_sessions_ask_for_more_pods_and_win() {
+        let pods = serving(&[300; 2]);
+        let d = decide_cpu(2, &pods, &measured(&[10.0, 10.0]));
+        assert_eq!(d.desired, 6, "{}", d.reason);
+        assert!(d.reason.starts_with("sessions 600"), "{}", d.reason);
+        assert!(d.reason.contains("; CPU 10% of requests"), "{}", d.reason);
+    }
+
+    #[test]
+    fn both_low_scale_down_to_the_larger_of_the_two() {
+        let pods = serving(&[10; 6]);
+        let d = decide_cpu(6, &pods, &measured(&[20.0; 6]));
+        assert_eq!(
+            d.desired, 3,
+            "20% x 6 pods / 50% = 2.4: 3 pods; {}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn without_a_cpu_reading_scale_ups_on_sessions_go_on_and_scale_downs_wait() {
+        let unread = Err("the resource metrics API (metrics.k8s.io) is not served".to_owned());
+        let up = decide_cpu(2, &serving(&[300; 2]), &unread);
+        assert_eq!(up.desired, 6, "{}", up.reason);
+        let down = decide_cpu(6, &serving(&[10; 6]), &unread);
+        assert_eq!(down.desired, 6, "{}", down.reason);
+        assert_eq!(down.limited, Some(Limit::ScaleDownWithoutMetric));
+        assert!(
+            down.reason
+                .contains("CPU: the resource metrics API (metrics.k8s.io) is not served"),
+            "{}",
+            down.reason
+        );
+    }
+
+    #[test]
+    fn without_session_reports_cpu_still_scales_up() {
+        let silent = Pods {
+            missing: 2,
+            ..Pods::default()
         };
-        let pods = serving(&[100; 4]);
+        let d = decide_cpu(2, &silent, &measured(&[100.0, 100.0]));
+        assert_eq!(d.desired, 4, "{}", d.reason);
+        assert_eq!(d.inactive, None);
+        let neither = decide_cpu(2, &silent, &Err("not read".to_owned()));
+        assert_eq!(neither.inactive, Some(Inactive::NoSessionReports));
+        assert!(
+            neither.reason.ends_with("; CPU: not read"),
+            "{}",
+            neither.reason
+        );
+    }
+
+    #[test]
+    fn pods_without_a_cpu_reading_count_against_the_change_they_would_reverse() {
+        // Scale-up: the unmeasured pod counts as idle. (150 + 150 + 0) / 300 = 100%, twice
+        // the target: 3 x 2 = 6 pods.
+        let one_missing = readings(&[(150.0, 100.0), (150.0, 100.0)], &[100.0], &[]);
+        let d = decide_cpu(3, &serving(&[10; 3]), &one_missing);
+        assert_eq!(d.desired, 6, "{}", d.reason);
+        // Scale-down: it counts as busy. (20 + 20 + 100) / 300 = 47%, within the tolerance of
+        // 50%.
+        let idle = readings(&[(20.0, 100.0), (20.0, 100.0)], &[100.0], &[]);
+        let d = decide_cpu(3, &serving(&[10; 3]), &idle);
+        assert_eq!(d.desired, 3, "{}", d.reason);
+        // Starting pods count as idle for a scale-up only: 60% over 2 pods and 2 starting is
+        // (60 + 60) / 400 = 30%: below the target, which the 60% reading is not: no change.
+        let starting = readings(&[(60.0, 100.0), (60.0, 100.0)], &[], &[100.0, 100.0]);
+        let d = decide_cpu(4, &serving(&[10; 2]), &starting);
+        assert_eq!(d.desired, 4, "{}", d.reason);
+        assert!(d.reason.contains("would turn it around"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_pod_without_a_cpu_request_makes_the_cpu_unreadable_and_names_the_pod() {
+        let pod = |name: &str, cpu_requested: Option<f64>| PodFacts {
+            name: name.to_owned(),
+            running: true,
+            ready: true,
+            cpu_requested,
+            ..PodFacts::default()
+        };
+        let used = std::collections::BTreeMap::from([("a".to_owned(), 30.0)]);
+        let pods = [pod("a", Some(100.0)), pod("b", Some(100.0))];
+        assert_eq!(
+            Cpu::of(&pods, |_| false, &used),
+            readings(&[(30.0, 100.0)], &[100.0], &[])
+        );
+        let err = Cpu::of(&[pod("a", Some(100.0)), pod("b", None)], |_| false, &used)
+            .expect_err("b requests no CPU");
+        assert!(
+            err.contains("pod b has a container without a CPU request"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_status_shows_the_cpu_utilization_beside_the_sessions() {
+        let spec = cpu_spec();
+        let pods = serving(&[100; 2]);
+        let cpu = measured(&[40.0, 60.0]);
         let input = Input {
             now: at(0),
-            current: 4,
+            current: 2,
             spec: &spec,
             pods: &pods,
             rollout_busy: false,
             history: &settled(),
+            cpu: Some(&cpu),
         };
         let recorded = record(
             &LongConnServiceStatus::default(),
@@ -1321,12 +1690,9 @@ mod tests {
             &decide(&input),
             true,
         );
+        assert_eq!(recorded.status.cpu_utilization, Some(50));
+        assert_eq!(recorded.status.sessions_per_pod, 100);
         assert!(recorded.verdict.status);
-        assert!(
-            recorded.verdict.message.ends_with(CPU_IGNORED),
-            "{}",
-            recorded.verdict.message
-        );
     }
 
     #[test]
@@ -1394,6 +1760,7 @@ mod tests {
                 pods: &pods,
                 rollout_busy: false,
                 history: &history,
+                cpu: None,
             };
             let d = decide(&input);
             assert!(

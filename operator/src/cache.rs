@@ -4,7 +4,8 @@
 //! A reconcile reads only from here: it lists nothing and GETs nothing from the API server.
 //! The watches that fill the caches are also the controller's triggers ([`Writers::spawn`]
 //! sends what each change concerns), so what wakes a reconcile is already in the cache.
-//! `managedFields` are dropped on the way in, and so are pods' specs: no decision reads them.
+//! `managedFields` are dropped on the way in, and so are pods' specs but for each container's
+//! CPU request (what the CPU autoscaling weighs a pod's use against).
 //!
 //! Owned objects are kept compact ([`Compact`]): as JSON text, with only what they are looked
 //! up by beside it. A `serde_json::Value` takes eight to ten times the room of its text (every
@@ -285,7 +286,7 @@ impl Writers {
             .backoff(WatchBackoff::default())
             .modify(|p| {
                 p.managed_fields_mut().clear();
-                p.spec = None;
+                p.spec = p.spec.as_ref().map(crate::cpu::requests_only);
             })
             .reflect(self.pods)
             .touched_objects();

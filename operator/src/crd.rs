@@ -151,8 +151,8 @@ pub struct LongConnServiceSpec {
     #[serde(default)]
     pub disruption: DisruptionSpec,
 
-    /// Autoscale `replicas`: on open sessions by the operator itself, on CPU alone by a
-    /// HorizontalPodAutoscaler. Unset: no autoscaling.
+    /// Autoscale `replicas`: on open sessions (and CPU beside them) by the operator itself, on
+    /// CPU alone by a HorizontalPodAutoscaler. Unset: no autoscaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
 
@@ -649,9 +649,11 @@ impl Default for DisruptionSpec {
 }
 
 /// Autoscaling of `replicas`. On sessions (`targetSessionsPerPod`) the operator itself decides
-/// `replicas` from the open sessions its gateways report: nothing else needs installing. On CPU
-/// alone (`targetCPUUtilization`) a HorizontalPodAutoscaler (autoscaling/v2) targets this
-/// resource's scale subresource. Scale-downs drain the pods that go.
+/// `replicas` from the open sessions its gateways report: nothing else needs installing; with
+/// `targetCPUUtilization` beside it, the operator also reads the pods' CPU from the resource
+/// metrics API and follows the larger of the two. On CPU alone a HorizontalPodAutoscaler
+/// (autoscaling/v2) targets this resource's scale subresource. Either way `replicas` has one
+/// writer, and scale-downs drain the pods that go.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
@@ -672,9 +674,11 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_sessions_per_pod: Option<i64>,
-    /// Average CPU utilization of the pods, in percent of their requests. Alone: a
-    /// HorizontalPodAutoscaler scales on it. Beside `targetSessionsPerPod`: ignored (the
-    /// ScalingActive condition and a Warning Event say so), since `replicas` has one writer.
+    /// Average CPU utilization of the pods, in percent of their requests (every container and
+    /// sidecar must request CPU); read from the resource metrics API (`metrics.k8s.io`, served
+    /// by metrics-server). Alone: a HorizontalPodAutoscaler scales on it. Beside
+    /// `targetSessionsPerPod`: the operator reads it too and follows whichever target asks for
+    /// more pods; while it cannot be read, scale-ups on sessions go on and scale-downs wait.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -1063,6 +1067,15 @@ pub struct AutoscalingStatus {
     /// `activeSessions`.
     #[serde(default)]
     pub sessions_per_pod: i64,
+    /// With `targetCPUUtilization` beside `targetSessionsPerPod`: the CPU the serving pods use,
+    /// in percent of what they request, as last read from the resource metrics API. Refreshed
+    /// with `activeSessions`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "cpuUtilization"
+    )]
+    pub cpu_utilization: Option<i32>,
     /// When the autoscaling last changed `spec.replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,

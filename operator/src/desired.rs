@@ -629,18 +629,14 @@ fn gateway_resources(g: &crate::crd::GatewaySpec) -> ResourceRequirements {
 }
 
 /// The gateway's runtime threads: its CPU limit, or else its CPU request, rounded up to whole
-/// CPUs (1 runs the single-threaded scheduler). Without either, or with a quantity written in a
-/// form other than cores (`2`, `1.5`) or millicores (`1500m`), none is passed and the gateway
+/// CPUs (1 runs the single-threaded scheduler). Without either, or with a quantity
+/// [`crate::cpu::millis`] does not read (`2k`), none is passed and the gateway
 /// starts one per CPU of the node, which a container held to a fraction of one would only spend
 /// in the scheduler's throttling.
 pub fn worker_threads(resources: &ResourceRequirements) -> Option<u64> {
     let cpu = |list: &Option<BTreeMap<String, Quantity>>| list.as_ref()?.get("cpu").cloned();
-    let Quantity(cpu) = cpu(&resources.limits).or_else(|| cpu(&resources.requests))?;
-    let millis = match cpu.strip_suffix('m') {
-        Some(m) => m.parse::<f64>().ok()?,
-        None => cpu.parse::<f64>().ok()? * 1000.0,
-    };
-    (millis.is_finite() && millis > 0.0).then(|| ((millis / 1000.0).ceil() as u64).max(1))
+    let millis = crate::cpu::millis(&cpu(&resources.limits).or_else(|| cpu(&resources.requests))?)?;
+    (millis > 0.0).then(|| ((millis / 1000.0).ceil() as u64).max(1))
 }
 
 /// The gateway's command line, one flag per `spec.gateway` / `spec.drain` field.

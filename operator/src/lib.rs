@@ -8,6 +8,7 @@ pub mod autoscale;
 pub mod cache;
 pub mod certs;
 pub mod compare;
+pub mod cpu;
 pub mod crd;
 pub mod desired;
 pub mod disruption;

@@ -2,7 +2,9 @@
 //!
 //! Owned objects, pods and ReplicaSets come from the controller's caches ([`crate::cache`]),
 //! the gateways' reports from the poller's ([`crate::gateways`]). The only request left is the
-//! GET of a user's own TLS Secret (mode Secret), which carries no label of ours to watch by.
+//! GET of a user's own TLS Secret (mode Secret), which carries no label of ours to watch by,
+//! and the list of the pods' CPU from the resource metrics API while the autoscaling weighs CPU
+//! beside sessions (at most every [`CPU_READ_EVERY`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +13,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use longconn_drain_api::DrainReport;
 use serde_json::Value;
 
+use crate::cpu;
 use crate::crd::{LongConnService, TlsMode};
 use crate::desired::{self, ObservedRevision, ServedApis};
 use crate::gateways::{self, PodKey};
@@ -23,6 +27,13 @@ use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::reconcile::{Context, Error};
 use crate::rollout::{DELETION_COST, PodFacts};
+
+/// How often the pods' CPU is read while the autoscaling needs it: metrics-server's shortest
+/// resolution.
+pub const CPU_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The CPU each pod uses, in millicores by pod name, or why it could not be read.
+pub type CpuUsed = Result<BTreeMap<String, f64>, String>;
 
 /// The objects labelled as created for one LongConnService, by kind.
 #[derive(Clone, Debug, Default)]
@@ -84,6 +95,8 @@ pub struct Observation {
     pub admin: BTreeMap<String, (SocketAddr, PodKey)>,
     /// Where the drain-report finalizer is in each holding pod's finalizers, by pod name.
     pub finalizer_at: BTreeMap<String, usize>,
+    /// The CPU the pods use, while `targetCPUUtilization` is set beside `targetSessionsPerPod`.
+    pub cpu_used: Option<CpuUsed>,
     pub revisions: Vec<ObservedRevision>,
     /// Revisions whose Deployment reports ProgressDeadlineExceeded.
     pub stalled: Vec<String>,
@@ -157,6 +170,7 @@ pub async fn observe(
         }
         _ => UserSecret::NotUsed,
     };
+    let cpu_used = cpu_used(ctx, lcs).await;
     Ok(Observation {
         now,
         apis,
@@ -172,7 +186,51 @@ pub async fn observe(
         admin,
         finalizer_at,
         user_secret,
+        cpu_used,
     })
+}
+
+/// The CPU each pod of `lcs` uses, from the resource metrics API, while its autoscaling weighs
+/// CPU beside sessions: the last reading while it is younger than [`CPU_READ_EVERY`].
+async fn cpu_used(ctx: &Context, lcs: &LongConnService) -> Option<CpuUsed> {
+    let key = ObjectRef::from_obj(lcs);
+    let both =
+        lcs.spec.autoscaling.as_ref().is_some_and(|a| {
+            a.target_sessions_per_pod.is_some() && a.target_cpu_utilization.is_some()
+        });
+    if !both {
+        ctx.cpu_store(key, None);
+        return None;
+    }
+    if let Some(read) = ctx.cpu_read(&key, CPU_READ_EVERY) {
+        return Some(read);
+    }
+    let resource = ApiResource {
+        group: cpu::METRICS_GROUP.to_owned(),
+        version: cpu::METRICS_VERSION.to_owned(),
+        api_version: format!("{}/{}", cpu::METRICS_GROUP, cpu::METRICS_VERSION),
+        kind: "PodMetrics".to_owned(),
+        plural: cpu::POD_METRICS.to_owned(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &lcs.namespace().unwrap_or_default(),
+        &resource,
+    );
+    let selector = labels::selector_string(&labels::pods(&lcs.name_any()));
+    let read = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Ok(cpu::usage(&list.items)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
+            "the resource metrics API ({}) is not served: install metrics-server",
+            cpu::METRICS_GROUP
+        )),
+        Err(e) => Err(format!(
+            "reading the pods' CPU from {}: {e}",
+            cpu::METRICS_GROUP
+        )),
+    };
+    ctx.cpu_store(key, Some(read.clone()));
+    Some(read)
 }
 
 fn owned(ctx: &Context, ns: &str, name: &str, apis: ServedApis) -> Owned {
@@ -252,6 +310,7 @@ fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts 
             .annotations()
             .get(labels::ROUTING_CHANGED_AT)
             .and_then(|v| v.parse().ok()),
+        cpu_requested: pod.spec.as_ref().and_then(cpu::requested),
     }
 }
 

@@ -248,8 +248,7 @@ pub fn plan(input: Input) -> Outcome {
             now,
         },
     );
-    let mut warnings = turned_bad(&old, &new_status);
-    warnings.extend(cpu_ignored(&old, &new_status));
+    let warnings = turned_bad(&old, &new_status);
     let mut rollout = rollout;
     let certificates_issued = input.certificate.issued;
     rollout.events.splice(0..0, input.certificate.note);
@@ -313,6 +312,14 @@ fn scaling(
             .is_some_and(|r| r.draining.iter().any(|e| e.pod == pod.name))
     };
     let pods = autoscale::Pods::of(&observation.pods, leaving);
+    let cpu = spec.target_cpu_utilization.map(|_| {
+        let unread = || Err("the pods' CPU has not been read yet".to_owned());
+        match &observation.cpu_used {
+            Some(Ok(used)) => autoscale::Cpu::of(&observation.pods, leaving, used),
+            Some(Err(why)) => Err(why.clone()),
+            None => unread(),
+        }
+    });
     let scaling = autoscale::Input {
         now: observation.now,
         current: lcs.spec.replicas,
@@ -320,6 +327,7 @@ fn scaling(
         pods: &pods,
         rollout_busy: rollout.active || rollout.paused,
         history,
+        cpu: cpu.as_ref(),
     };
     let decision = autoscale::decide(&scaling);
     Some(autoscale::record(
@@ -328,19 +336,6 @@ fn scaling(
         &decision,
         refresh_sessions,
     ))
-}
-
-/// A Warning Event when the ScalingActive condition first says that `targetCPUUtilization` is
-/// ignored beside the session target.
-fn cpu_ignored(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> Option<Warning> {
-    let says = |status: &LongConnServiceStatus| {
-        status::condition(status, autoscale::SCALING_ACTIVE)
-            .is_some_and(|c| c.message.contains(autoscale::CPU_IGNORED))
-    };
-    (says(new) && !says(old)).then(|| Warning {
-        reason: "CPUTargetIgnored".to_owned(),
-        message: autoscale::CPU_IGNORED.to_owned(),
-    })
 }
 
 /// Warning Events for the Degraded, CertificateReady and MonitoringReady conditions that turn
@@ -383,6 +378,7 @@ mod tests {
             revisions: Vec::new(),
             stalled: Vec::new(),
             user_secret: UserSecret::NotUsed,
+            cpu_used: None,
         }
     }
 

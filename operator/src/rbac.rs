@@ -89,6 +89,12 @@ pub const RULES: &[Rule] = &[
         resources: &["endpointslices"],
         verbs: &["list", "watch"],
     },
+    // The pods' CPU, while an autoscaling weighs it beside sessions.
+    Rule {
+        group: "metrics.k8s.io",
+        resources: &["pods"],
+        verbs: &["list"],
+    },
     Rule {
         group: "events.k8s.io",
         resources: &["events"],

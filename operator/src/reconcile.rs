@@ -149,6 +149,8 @@ pub struct Context {
     /// Each LongConnService's session autoscaling history: recommendations and scale events
     /// (in memory: an operator that restarts starts with none, see [`crate::autoscale`]).
     histories: Mutex<HashMap<ObjectRef<LongConnService>, History>>,
+    /// Each LongConnService's last reading of its pods' CPU, while its autoscaling needs one.
+    cpu_reads: Mutex<HashMap<ObjectRef<LongConnService>, (Instant, observe::CpuUsed)>>,
 }
 
 impl Context {
@@ -170,6 +172,7 @@ impl Context {
             status_recorded: Mutex::new(HashMap::new()),
             expectations: Expectations::default(),
             histories: Mutex::new(HashMap::new()),
+            cpu_reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -305,6 +308,27 @@ impl Context {
             None => {
                 all.remove(key);
             }
+        }
+    }
+
+    /// The last reading of a LongConnService's pods' CPU, if it is younger than `max_age`.
+    pub fn cpu_read(
+        &self,
+        key: &ObjectRef<LongConnService>,
+        max_age: Duration,
+    ) -> Option<observe::CpuUsed> {
+        let reads = self.cpu_reads.lock().ok()?;
+        let (at, read) = reads.get(key)?;
+        (at.elapsed() < max_age).then(|| read.clone())
+    }
+
+    /// Keeps a reading of a LongConnService's pods' CPU; `None` forgets the last one.
+    pub fn cpu_store(&self, key: ObjectRef<LongConnService>, read: Option<observe::CpuUsed>) {
+        if let Ok(mut reads) = self.cpu_reads.lock() {
+            match read {
+                Some(read) => reads.insert(key, (Instant::now(), read)),
+                None => reads.remove(&key),
+            };
         }
     }
 

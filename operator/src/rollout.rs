@@ -104,6 +104,8 @@ pub struct PodFacts {
     pub routable: bool,
     /// When the operator last changed its `longconn.dev/accepting` label.
     pub routing_changed_at: Option<Timestamp>,
+    /// The CPU its containers and sidecars request, in millicores; None when one requests none.
+    pub cpu_requested: Option<f64>,
 }
 
 impl PodFacts {

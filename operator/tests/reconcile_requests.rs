@@ -1117,7 +1117,7 @@ async fn the_session_autoscaling_records_its_decision_then_scales_through_the_sc
 }
 
 #[tokio::test]
-async fn a_horizontal_pod_autoscaler_gives_way_when_sessions_become_the_target() {
+async fn a_horizontal_pod_autoscaler_gives_way_to_the_operator_reading_cpu_when_sessions_join() {
     let (store, fixture) = setup(vec![]);
     let hpas = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
     set_autoscaling(
@@ -1133,11 +1133,17 @@ async fn a_horizontal_pod_autoscaler_gives_way_when_sessions_become_the_target()
     );
     let log = reconcile_once(&store, &fixture).await;
     assert!(log.contains(&format!("DELETE {hpas}/chat")), "{log:#?}");
+    // The operator reads the pods' CPU itself.
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("GET /apis/metrics.k8s.io/v1beta1/namespaces/default/pods")),
+        "{log:#?}"
+    );
     let s = store.lock().expect("store");
     assert_condition(
         &s,
         "ScalingActive",
         ("False", "NoSessionReports"),
-        "targetCPUUtilization is ignored",
+        "no serving pod's gateway has reported its open sessions yet; CPU: no serving pod's CPU use has been read yet",
     );
 }

@@ -295,6 +295,7 @@ impl Pod {
             accepting: self.accepting,
             routable: self.routable,
             routing_changed_at: self.routed_at,
+            cpu_requested: None,
         }
     }
 
