@@ -45,7 +45,7 @@ demo: ## Run the main job on the embedded local cluster.
 	bash scripts/demo.sh
 
 .PHONY: tools
-tools: ## Build the control plane, kubelet, kube-proxy, containerd, kubectl and helm into .tools/.
+tools: ## Build the control plane, kubelet, kube-proxy, containerd, kubectl, helm and metrics-server into .tools/.
 	bash e2e/controlplane/build.sh "$(TOOLS_DIR)"
 
 .PHONY: images

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries into TOOLS_DIR: kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubelet, kube-proxy and kubectl from the pinned k8s.io/kubernetes release, etcd
-# embedded at the version that release pins, containerd (with its runc shim and ctr) and helm.
+# embedded at the version that release pins, containerd (with its runc shim and ctr), helm and
+# metrics-server (which serves metrics.k8s.io from the kubelets' resource metrics).
 # The nodes also need Debian's runc, CNI plugins, iptables and util-linux (nsenter, unshare),
 # installed here with apt-get when missing. Does nothing when the binaries are
 # current: a stamp in TOOLS_DIR holds a hash of every input (versions, go.mod, go.sum, the wrapper
@@ -22,7 +23,7 @@ tools_dir="$(cd "$1" && pwd)"
 source "${here}/versions.env"
 
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
-  containerd containerd-shim-runc-v2 ctr helm)
+  containerd containerd-shim-runc-v2 ctr helm metrics-server)
 stamp_file="${tools_dir}/.stamp"
 
 inputs_hash() {
@@ -124,6 +125,20 @@ helm_ldflags=(
 (
   cd "${tools_dir}"
   GOBIN="${tools_dir}" go install -trimpath -ldflags "${helm_ldflags[*]}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+)
+
+echo "tools: installing metrics-server ${METRICS_SERVER_VERSION}"
+# Its own module (no replace lines), at its own Kubernetes libraries; version stamps as its
+# Makefile sets them.
+metrics_server_ldflags=(
+  -s -w
+  "-X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
+  "-X k8s.io/client-go/pkg/version.gitTreeState=archive"
+)
+(
+  cd "${tools_dir}"
+  GOBIN="${tools_dir}" go install -trimpath -ldflags "${metrics_server_ldflags[*]}" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@${METRICS_SERVER_VERSION}"
 )
 
 for binary in "${binaries[@]}"; do

@@ -1,8 +1,9 @@
 //! The local cluster: generates the PKI and kubeconfigs into a cluster folder, starts etcd,
 //! kube-apiserver, kube-controller-manager and kube-scheduler as background processes with their
 //! logs under `<dir>/logs/`, waits until they are healthy and the `default` namespace and service
-//! account exist, then starts the real nodes ([`crate::nodes`]) and waits until they are Ready;
-//! and stops it all again.
+//! account exist, then (with nodes) starts metrics-server and waits until the API server serves
+//! `metrics.k8s.io` through it ([`crate::metrics_server`]), starts the real nodes
+//! ([`crate::nodes`]) and waits until they are Ready; and stops it all again.
 //!
 //! Without nodes the control plane listens on 127.0.0.1 only. With nodes it listens on the host's
 //! address on the node network (10.250.0.1), which the nodes reach and which the `kubernetes`
@@ -25,8 +26,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::error::{Error, Result};
 use crate::kubeconfig;
+use crate::metrics_server;
 use crate::nodes::{self, host, plan::Plan};
-use crate::pki::{Pki, PkiOptions};
+use crate::pki::{METRICS_SERVER_USER, Pki, PkiOptions};
 use crate::process::{self, Record, Spawned};
 use crate::tools::{self, Tools};
 
@@ -178,13 +180,14 @@ struct Ports {
     apiserver: u16,
     controller_manager: u16,
     scheduler: u16,
+    metrics_server: u16,
 }
 
 impl Ports {
     /// Reserves distinct free ports on 127.0.0.1 (all listeners are held until every port is
     /// chosen, so none repeats).
     fn free() -> Result<Self> {
-        let listeners = (0..5)
+        let listeners = (0..6)
             .map(|_| TcpListener::bind(("127.0.0.1", 0)).map_err(Error::NoFreePort))
             .collect::<Result<Vec<_>>>()?;
         let ports = listeners
@@ -202,6 +205,7 @@ impl Ports {
             apiserver: ports[2],
             controller_manager: ports[3],
             scheduler: ports[4],
+            metrics_server: ports[5],
         })
     }
 }
@@ -262,6 +266,7 @@ impl Cluster {
         let kubeconfigs = layout.component_kubeconfigs();
         let controller_manager_kubeconfig = kubeconfigs.join("controller-manager.kubeconfig");
         let scheduler_kubeconfig = kubeconfigs.join("scheduler.kubeconfig");
+        let metrics_server_kubeconfig = kubeconfigs.join("metrics-server.kubeconfig");
         kubeconfig::write(
             &layout.kubeconfig(),
             &server,
@@ -282,6 +287,13 @@ impl Cluster {
             &pki.ca.cert,
             "system:kube-scheduler",
             &pki.scheduler,
+        )?;
+        kubeconfig::write(
+            &metrics_server_kubeconfig,
+            &server,
+            &pki.ca.cert,
+            METRICS_SERVER_USER,
+            &pki.metrics_server,
         )?;
         let client = admin_client(&layout.kubeconfig()).await?;
 
@@ -329,17 +341,29 @@ impl Cluster {
         cluster
             .wait_healthz(
                 "kube-controller-manager",
-                ports.controller_manager,
+                (Ipv4Addr::LOCALHOST, ports.controller_manager),
                 &pki.ca.cert,
                 timeout,
             )
             .await?;
         cluster
-            .wait_healthz("kube-scheduler", ports.scheduler, &pki.ca.cert, timeout)
+            .wait_healthz(
+                "kube-scheduler",
+                (Ipv4Addr::LOCALHOST, ports.scheduler),
+                &pki.ca.cert,
+                timeout,
+            )
             .await?;
         cluster.wait_default_service_account(timeout).await?;
         if let Some(plan) = cluster.plan.clone() {
-            cluster.write_state()?;
+            cluster
+                .start_metrics_server(
+                    &pki,
+                    &metrics_server_kubeconfig,
+                    (address, ports.metrics_server),
+                    timeout,
+                )
+                .await?;
             let control_plane = nodes::ControlPlane {
                 pki: &pki,
                 server: &cluster.server,
@@ -448,6 +472,36 @@ impl Cluster {
         self.nodes_lock = None;
     }
 
+    /// Starts metrics-server on `address:port` with its RBAC granted first (it reads the API
+    /// server's authentication settings as it starts), registers it as the server of
+    /// `metrics.k8s.io`, and waits until the API server reports that API Available.
+    async fn start_metrics_server(
+        &mut self,
+        pki: &Pki,
+        kubeconfig: &Path,
+        (address, port): (Ipv4Addr, u16),
+        timeout: Duration,
+    ) -> Result<()> {
+        metrics_server::grant(&self.client).await?;
+        self.start(
+            "metrics-server",
+            metrics_server::args(pki, kubeconfig, address, port),
+        )?;
+        self.wait_healthz("metrics-server", (address, port), &pki.ca.cert, timeout)
+            .await?;
+        metrics_server::register(&self.client, pki, address, port).await?;
+        let client = self.client.clone();
+        self.wait_for(
+            &format!("APIService {}", metrics_server::API_SERVICE),
+            timeout,
+            || {
+                let client = client.clone();
+                async move { metrics_server::unavailable(&client).await }
+            },
+        )
+        .await
+    }
+
     fn start(&mut self, component: &str, args: Vec<String>) -> Result<()> {
         let binary = self.tools.binary(component);
         let spawned = Spawned::start(component, &binary, &args, &self.layout.log(component))?;
@@ -524,11 +578,11 @@ impl Cluster {
     async fn wait_healthz(
         &mut self,
         component: &str,
-        port: u16,
+        (address, port): (Ipv4Addr, u16),
         ca: &Path,
         timeout: Duration,
     ) -> Result<()> {
-        let client = anonymous_client(port, ca)?;
+        let client = anonymous_client(address, port, ca)?;
         self.wait_for(&format!("{component} /healthz"), timeout, || {
             let client = client.clone();
             async move { get_ok(&client, "/healthz").await }
@@ -819,6 +873,9 @@ fn apiserver_args(
             path_arg("kubelet-client-key", &pki.apiserver_kubelet_client.key),
             path_arg("kubelet-certificate-authority", &pki.ca.cert),
             "--kubelet-preferred-address-types=InternalIP".into(),
+            // APIServices (metrics-server's) are reached at their endpoints, as the host does
+            // not route the Service range; only the nodes do.
+            "--enable-aggregator-routing=true".into(),
         ]);
     } else {
         // 127.0.0.1 is not a valid endpoint address, so the `kubernetes` Service gets none.
@@ -887,8 +944,8 @@ async fn admin_client(kubeconfig_path: &Path) -> Result<kube::Client> {
 }
 
 /// A client with no credentials for a component's secure port, trusting the cluster CA.
-fn anonymous_client(port: u16, ca: &Path) -> Result<kube::Client> {
-    let url = format!("https://127.0.0.1:{port}");
+fn anonymous_client(address: Ipv4Addr, port: u16, ca: &Path) -> Result<kube::Client> {
+    let url = format!("https://{address}:{port}");
     let uri: http::Uri = url
         .parse()
         .map_err(|err: http::uri::InvalidUri| Error::NotReady {
@@ -973,10 +1030,11 @@ mod tests {
             ports.apiserver,
             ports.controller_manager,
             ports.scheduler,
+            ports.metrics_server,
         ];
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 5);
+        assert_eq!(all.len(), 6);
     }
 
     #[test]

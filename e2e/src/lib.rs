@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod error;
 pub mod kubeconfig;
 pub mod load;
+pub mod metrics_server;
 pub mod nodes;
 pub mod pki;
 pub mod process;

@@ -70,9 +70,9 @@ struct BenchOperatorArgs {
 
 #[derive(Debug, Args)]
 struct ScenarioArgs {
-    /// rolling-update, scale-down, autoscale, node-drain, operator-restart, gateway-crash,
-    /// bad-revision, drain-deadline, several of them comma-separated (run in the order given), or
-    /// all (in that order); on one cluster.
+    /// rolling-update, scale-down, autoscale, autoscale-cpu, node-drain, operator-restart,
+    /// gateway-crash, bad-revision, drain-deadline, several of them comma-separated (run in the
+    /// order given), or all (in that order); on one cluster.
     name: String,
     /// Print the report as one JSON object on stdout (for several: {passed, scenarios: [...]}).
     #[arg(long)]

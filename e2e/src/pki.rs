@@ -1,7 +1,7 @@
 //! The cluster's public-key infrastructure: a cluster CA and the certificates signed by it (the
-//! API server's serving certificate, client certificates for the admin, the controller manager and
-//! the scheduler, serving certificates for those two), a front-proxy CA with its client
-//! certificate, and the service-account signing key pair. Everything is written as PEM files
+//! API server's serving certificate, client certificates for the admin, the controller manager,
+//! the scheduler and metrics-server, serving certificates for those three), a front-proxy CA with
+//! its client certificate, and the service-account signing key pair. Everything is written as PEM files
 //! under one folder; private keys are readable by the owner only.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,6 +17,12 @@ use crate::error::{Error, Result};
 
 /// The first address of the service range, which Kubernetes gives to the `kubernetes` Service.
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// The user metrics-server is (its client certificate's common name).
+pub const METRICS_SERVER_USER: &str = "system:metrics-server";
+
+/// The name the aggregator checks metrics-server's serving certificate for: its Service's.
+pub const METRICS_SERVER_DNS_NAME: &str = "metrics-server.kube-system.svc";
 
 /// How long the certificates are valid: long enough for any test run, short enough to be obviously
 /// throw-away.
@@ -39,6 +45,12 @@ pub struct Pki {
     pub scheduler: CertFiles,
     pub controller_manager_serving: CertFiles,
     pub scheduler_serving: CertFiles,
+    /// metrics-server's client certificate (user [`METRICS_SERVER_USER`]), for the API server
+    /// and the kubelets.
+    pub metrics_server: CertFiles,
+    /// metrics-server's serving certificate: its Service's name, loopback and the API server's
+    /// other address, where it listens beside it.
+    pub metrics_server_serving: CertFiles,
     pub front_proxy_ca: CertFiles,
     pub front_proxy_client: CertFiles,
     /// The service-account token signing key (private).
@@ -164,7 +176,30 @@ impl Pki {
             "scheduler-serving",
             "kube-scheduler",
             &[],
-            loopback,
+            loopback.clone(),
+            Usage::Server,
+        )?;
+        let metrics_server = leaf(
+            dir,
+            &ca,
+            "metrics-server",
+            METRICS_SERVER_USER,
+            &[],
+            vec![],
+            Usage::Client,
+        )?;
+        let mut metrics_server_names = loopback;
+        metrics_server_names.push(METRICS_SERVER_DNS_NAME.to_string());
+        if let Some(ip) = options.apiserver_ip {
+            metrics_server_names.push(ip.to_string());
+        }
+        let metrics_server_serving = leaf(
+            dir,
+            &ca,
+            "metrics-server-serving",
+            "metrics-server",
+            &[],
+            metrics_server_names,
             Usage::Server,
         )?;
 
@@ -243,6 +278,8 @@ impl Pki {
             scheduler,
             controller_manager_serving,
             scheduler_serving,
+            metrics_server,
+            metrics_server_serving,
             front_proxy_ca,
             front_proxy_client,
             service_account_key,

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 pub const TOOLS_DIR_ENV: &str = "LONGCONN_E2E_TOOLS_DIR";
 
 /// The binaries `make tools` builds: the control plane, the nodes' components (kubelet,
-/// kube-proxy, containerd with its runc shim and `ctr`) and the clients.
-pub const BINARIES: [&str; 11] = [
+/// kube-proxy, containerd with its runc shim and `ctr`), the clients and metrics-server.
+pub const BINARIES: [&str; 12] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -23,6 +23,7 @@ pub const BINARIES: [&str; 11] = [
     "ctr",
     "kubectl",
     "helm",
+    "metrics-server",
 ];
 
 /// The repository this crate belongs to.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use longconn_e2e::nodes::{self, plan};
@@ -45,11 +45,11 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
     cidrs.sort();
     assert_eq!(cidrs, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
 
-    create_restricted_namespace(&client).await;
+    common::create_restricted_namespace(&client, NAMESPACE).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let privileged: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "not-restricted"},
-        "spec": {"containers": [{"name": "app", "image": echo_image()}]},
+        "spec": {"containers": [{"name": "app", "image": common::echo_image()}]},
     }))
     .expect("pod");
     let refused = pods
@@ -181,29 +181,14 @@ fn fixed_paths_present() -> Vec<(&'static str, bool)> {
     .collect()
 }
 
-fn echo_image() -> String {
-    format!(
-        "ghcr.io/longconn/longconn-echo:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-async fn create_restricted_namespace(client: &kube::Client) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "name": NAMESPACE,
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-        },
-    }))
-    .expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-}
-
 fn echo_deployment() -> Deployment {
+    let mut spread = common::echo_pod_spec();
+    spread["topologySpreadConstraints"] = serde_json::json!([{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app": "echo"}},
+    }]);
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": "echo"},
         "spec": {
@@ -211,30 +196,7 @@ fn echo_deployment() -> Deployment {
             "selector": {"matchLabels": {"app": "echo"}},
             "template": {
                 "metadata": {"labels": {"app": "echo"}},
-                "spec": {
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1,
-                        "topologyKey": "kubernetes.io/hostname",
-                        "whenUnsatisfiable": "ScheduleAnyway",
-                        "labelSelector": {"matchLabels": {"app": "echo"}},
-                    }],
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [{
-                        "name": "echo",
-                        "image": echo_image(),
-                        "args": ["--listen", "0.0.0.0:8080"],
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                    }],
-                },
+                "spec": spread,
             },
         },
     }))

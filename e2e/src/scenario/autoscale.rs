@@ -375,7 +375,7 @@ async fn scaled(
 
 /// Waits (at most `within`) until `spec.replicas` is `n` and exactly `n` pods exist, all Ready,
 /// none terminating: the autoscaling's decision carried out, drains included.
-async fn wait_replicas(
+pub(super) async fn wait_replicas(
     harness: &Harness,
     spec: &ServiceSpec,
     n: i32,
@@ -415,7 +415,7 @@ async fn wait_replicas(
     .await
 }
 
-fn replicas(observed: &Observed) -> Option<i64> {
+pub(super) fn replicas(observed: &Observed) -> Option<i64> {
     observed.at("/spec/replicas").and_then(Value::as_i64)
 }
 
@@ -692,19 +692,22 @@ impl Loads {
 /// One sample of the replicas and pods.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Sample {
+pub(super) struct Sample {
     /// Seconds since the load started.
-    t: f64,
+    pub t: f64,
     /// `spec.replicas`.
-    replicas: Option<i64>,
+    pub replicas: Option<i64>,
     /// `status.autoscaling.desiredReplicas`.
-    desired: Option<i64>,
+    pub desired: Option<i64>,
+    /// `status.autoscaling.cpuUtilization`, when the operator scales on CPU itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_utilization: Option<i64>,
     /// Pods not terminating, and of those the Ready ones.
-    pods: usize,
-    ready: usize,
-    terminating: usize,
+    pub pods: usize,
+    pub ready: usize,
+    pub terminating: usize,
     /// Sessions the load runs under way hold open.
-    sessions: u64,
+    pub sessions: u64,
 }
 
 impl Sample {
@@ -716,6 +719,9 @@ impl Sample {
             desired: observed
                 .at("/status/autoscaling/desiredReplicas")
                 .and_then(Value::as_i64),
+            cpu_utilization: observed
+                .at("/status/autoscaling/cpuUtilization")
+                .and_then(Value::as_i64),
             pods: live().count(),
             ready: live().filter(|p| p.ready).count(),
             terminating: pods.iter().filter(|p| p.terminating).count(),
@@ -726,7 +732,7 @@ impl Sample {
 
 /// Samples the replicas and pods every [`SAMPLE_EVERY`] in the background until finished or
 /// dropped; a sample whose reads fail is skipped.
-struct Sampler {
+pub(super) struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
     /// `status.rollout` at every sample, oldest first ([`Recorded::over`] reads each record's
     /// last version).
@@ -735,7 +741,7 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(
+    pub(super) fn start(
         client: kube::Client,
         spec: ServiceSpec,
         clock: Instant,
@@ -777,8 +783,13 @@ impl Sampler {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// The samples taken so far.
+    pub(super) fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Stops sampling; the samples taken.
-    fn finish(self) -> Vec<Sample> {
+    pub(super) fn finish(self) -> Vec<Sample> {
         self.task.abort();
         self.samples.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -799,6 +810,7 @@ mod tests {
             t,
             replicas: Some(replicas),
             desired,
+            cpu_utilization: None,
             pods: usize::try_from(replicas).unwrap_or(0),
             ready: usize::try_from(replicas).unwrap_or(0),
             terminating: 0,
@@ -959,6 +971,7 @@ mod tests {
                 t: 4.0,
                 replicas: Some(3),
                 desired: Some(3),
+                cpu_utilization: None,
                 pods: 2,
                 ready: 1,
                 terminating: 1,

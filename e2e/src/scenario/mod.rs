@@ -1,7 +1,7 @@
 //! The end-to-end rollout scenarios: each runs a LongConnService on the local control plane with
 //! the real operator, gateways and echo apps, puts live WebSocket sessions on it, disturbs it (a
 //! template change, a scale-down, a load that makes the session autoscaling scale up and down, a
-//! node drain, a killed operator or gateway, a revision that never becomes Ready, clients that
+//! message load that makes the CPU autoscaling scale up and down, a node drain, a killed operator or gateway, a revision that never becomes Ready, clients that
 //! ignore close frames), and compares what the clients counted with what the operator recorded
 //! in `status.rollout`.
 //!
@@ -25,6 +25,7 @@ pub mod steps;
 pub mod wait;
 
 mod autoscale;
+mod autoscale_cpu;
 mod bad_revision;
 mod drain_deadline;
 mod gateway_crash;
@@ -99,6 +100,7 @@ pub enum Scenario {
     RollingUpdate,
     ScaleDown,
     Autoscale,
+    AutoscaleCpu,
     NodeDrain,
     OperatorRestart,
     GatewayCrash,
@@ -108,10 +110,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::RollingUpdate,
         Scenario::ScaleDown,
         Scenario::Autoscale,
+        Scenario::AutoscaleCpu,
         Scenario::NodeDrain,
         Scenario::OperatorRestart,
         Scenario::GatewayCrash,
@@ -125,6 +128,7 @@ impl Scenario {
             Scenario::RollingUpdate => "rolling-update",
             Scenario::ScaleDown => "scale-down",
             Scenario::Autoscale => "autoscale",
+            Scenario::AutoscaleCpu => "autoscale-cpu",
             Scenario::NodeDrain => "node-drain",
             Scenario::OperatorRestart => "operator-restart",
             Scenario::GatewayCrash => "gateway-crash",
@@ -398,6 +402,7 @@ async fn run_one(
         Scenario::RollingUpdate => rolling_update::run(harness, &context, report).await,
         Scenario::ScaleDown => scale_down::run(harness, &context, report).await,
         Scenario::Autoscale => autoscale::run(harness, &context, report).await,
+        Scenario::AutoscaleCpu => autoscale_cpu::run(harness, &context, report).await,
         Scenario::NodeDrain => node_drain::run(harness, &context, report).await,
         Scenario::OperatorRestart => {
             report.seed = Some(seed);

@@ -39,6 +39,16 @@ pub struct ServiceSpec {
     pub max_dropped_sessions: i64,
     /// `spec.autoscaling` as applied; unset: none.
     pub autoscaling: Option<Value>,
+    /// The compute resources of the app container and of the gateway (`spec.gateway.resources`);
+    /// unset: none for the app, the operator's default for the gateway.
+    pub resources: Option<Resources>,
+}
+
+/// The compute resources of a pod's two containers, as applied.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    pub app: Value,
+    pub gateway: Value,
 }
 
 impl ServiceSpec {
@@ -56,6 +66,7 @@ impl ServiceSpec {
             progress_deadline: "3m".to_owned(),
             max_dropped_sessions: 0,
             autoscaling: None,
+            resources: None,
         }
     }
 
@@ -110,6 +121,11 @@ impl ServiceSpec {
         });
         if let Some(autoscaling) = &self.autoscaling {
             manifest["spec"]["autoscaling"] = autoscaling.clone();
+        }
+        if let Some(resources) = &self.resources {
+            manifest["spec"]["template"]["spec"]["containers"][0]["resources"] =
+                resources.app.clone();
+            manifest["spec"]["gateway"]["resources"] = resources.gateway.clone();
         }
         manifest
     }

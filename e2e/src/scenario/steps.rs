@@ -176,6 +176,16 @@ pub async fn start_load(
     options.duration = load::MAX_DURATION;
     options.progress = progress;
     options.route = route;
+    start_load_with(harness, options).await
+}
+
+/// Starts the load `options` describe from the cluster's client host and waits until each of
+/// its sessions has connected once.
+pub async fn start_load_with(
+    harness: &Harness,
+    options: LoadOptions,
+) -> Result<RunningLoad, ScenarioError> {
+    let sessions = options.sessions;
     let running = harness.start_load(options).await?;
     let expected = sessions as u64;
     wait_until(

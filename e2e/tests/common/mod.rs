@@ -53,6 +53,59 @@ pub async fn create_namespace(client: &kube::Client, name: &str) {
         .await
         .expect("create namespace");
 }
+/// Creates namespace `name`, enforcing the restricted Pod Security level.
+#[allow(dead_code)]
+pub async fn create_restricted_namespace(client: &kube::Client, name: &str) {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": name,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }))
+            .expect("namespace"),
+        )
+        .await
+        .expect("create namespace");
+}
+
+/// The echo app's image, as `make images` loads it into the nodes.
+#[allow(dead_code)]
+pub fn echo_image() -> String {
+    format!(
+        "ghcr.io/longconn/longconn-echo:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The spec of a pod of the echo app on port 8080 that meets the restricted Pod Security level,
+/// Ready once it answers `/healthz`.
+#[allow(dead_code)]
+pub fn echo_pod_spec() -> serde_json::Value {
+    serde_json::json!({
+        "securityContext": {
+            "runAsNonRoot": true,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": "echo",
+            "image": echo_image(),
+            "args": ["--listen", "0.0.0.0:8080"],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }],
+    })
+}
+
 /// The command lines of the processes whose command line or environment mentions `path`.
 #[allow(dead_code)]
 pub fn processes_mentioning(path: &std::path::Path) -> Vec<String> {
