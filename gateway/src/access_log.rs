@@ -14,7 +14,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::atomic::{AtomicU16, AtomicU64, Ordering},
     task::{Context, Poll},
@@ -34,6 +34,8 @@ pub const MAX_PATH: usize = 256;
 pub struct Entry {
     id: u64,
     peer: SocketAddr,
+    /// The client a trusted proxy named, or the peer's address.
+    client: IpAddr,
     started: Instant,
     /// The method, a space, and the path.
     request_line: Box<str>,
@@ -55,10 +57,12 @@ pub struct SessionEnd {
 }
 
 impl Entry {
-    /// The entry of connection `id` from `peer`, admitted at `started` with request `head`.
+    /// The entry of connection `id` from `peer` on behalf of `client`, admitted at `started`
+    /// with request `head`.
     pub fn new(
         id: u64,
         peer: SocketAddr,
+        client: IpAddr,
         started: Instant,
         head: &Head,
         ids: RequestIds,
@@ -68,6 +72,7 @@ impl Entry {
         Box::new(Entry {
             id,
             peer,
+            client,
             started,
             request_line: format!("{method} {path}").into(),
             ids,
@@ -104,6 +109,7 @@ impl Entry {
         info!(
             id = %format_args!("{:x}", self.id),
             peer = %self.peer,
+            client = %self.client,
             path = self.path(),
             request_id = %self.ids.request_id,
             trace_id = %self.ids.trace.trace_id(),
@@ -123,6 +129,7 @@ impl Entry {
         info!(
             id = %format_args!("{:x}", self.id),
             peer = %self.peer,
+            client = %self.client,
             method = self.method(),
             path = self.path(),
             status = tally.status(),
@@ -259,6 +266,7 @@ mod tests {
         let entry = Entry::new(
             7,
             "127.0.0.1:9".parse().expect("addr"),
+            "127.0.0.1".parse().expect("ip"),
             Instant::now(),
             &head,
             ids,

@@ -11,7 +11,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use longconn_drain_api::DrainStrategy;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    forwarded::{self, ClientAddresses},
+    proxy_protocol::ProxyProtocol,
+};
 
 /// The gateway's command line.
 #[derive(Debug, Parser)]
@@ -147,6 +151,13 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub http_max_body_bytes: u64,
+    /// PROXY protocol headers every client connection starts with (off, v1, v2, any); the
+    /// address a header carries is the client's.
+    #[arg(long, env = "LONGCONN_GATEWAY_PROXY_PROTOCOL", value_enum, default_value_t = ProxyProtocol::Off)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Peers (comma-separated CIDRs) whose X-Forwarded-For names the client; none by default.
+    #[arg(long, env = "LONGCONN_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Default drain strategy: Notify (close frames spread over --drain-spread) or Wait.
     #[arg(long, env = "LONGCONN_GATEWAY_DRAIN_STRATEGY", default_value = "Notify", value_parser = parse_strategy)]
     pub drain_strategy: DrainStrategy,
@@ -310,6 +321,8 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
+    /// How clients' addresses are learnt.
+    pub client_addresses: ClientAddresses,
     pub drain: DrainDefaults,
     pub install_to: Option<PathBuf>,
     /// Where the state that outlives the process is kept, if anywhere.
@@ -399,6 +412,7 @@ impl Config {
         if let Err(e) = crate::logging::parse_filter(&a.log_level) {
             bad.push(format!("--log-level: {e}"));
         }
+        let client_addresses = client_addresses(&a, &mut bad);
         let tls = match (a.tls_cert, a.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -446,6 +460,7 @@ impl Config {
                     max_body_bytes: a.http_max_body_bytes,
                 },
             },
+            client_addresses,
             drain: DrainDefaults {
                 strategy: a.drain_strategy,
                 timeout: a.drain_timeout,
@@ -463,6 +478,21 @@ impl Config {
             log_format: a.log_format,
             log_level: a.log_level,
         })
+    }
+}
+
+/// `--proxy-protocol` and `--trusted-proxies`; a bad CIDR is added to `bad`.
+fn client_addresses(a: &RunArgs, bad: &mut Vec<String>) -> ClientAddresses {
+    let mut trusted_proxies = Vec::new();
+    for cidr in a.trusted_proxies.iter().filter(|c| !c.trim().is_empty()) {
+        match forwarded::parse_cidr(cidr) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(e) => bad.push(format!("--trusted-proxies: {e}")),
+        }
+    }
+    ClientAddresses {
+        proxy_protocol: a.proxy_protocol,
+        trusted_proxies,
     }
 }
 
@@ -572,6 +602,30 @@ mod tests {
                 .contains("--drain-timeout: 8days is longer than the longest drain, 7days"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn client_address_flags_parse_and_a_bad_cidr_names_the_flag() {
+        let cfg = Config::from_args(parse(&[]).expect("parses").run).expect("valid");
+        assert_eq!(cfg.client_addresses, ClientAddresses::default());
+        let cli = parse(&[
+            "--proxy-protocol",
+            "any",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.1",
+        ])
+        .expect("parses");
+        let cfg = Config::from_args(cli.run).expect("valid");
+        assert_eq!(cfg.client_addresses.proxy_protocol, ProxyProtocol::Any);
+        assert_eq!(cfg.client_addresses.trusted_proxies.len(), 2);
+        let cli = parse(&["--trusted-proxies", "10.0.0.0/8,10.1/99"]).expect("parses");
+        let err = Config::from_args(cli.run).expect_err("bad cidr");
+        assert!(
+            err.to_string()
+                .contains("--trusted-proxies: \"10.1/99\" is not a CIDR"),
+            "{err}"
+        );
+        assert!(parse(&["--proxy-protocol", "v3"]).is_err());
     }
 
     #[test]

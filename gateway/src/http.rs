@@ -257,7 +257,16 @@ impl Head {
     /// `Sec-WebSocket-Extensions` is dropped too (the gateway never negotiates compression); a
     /// WebSocket upgrade keeps `Connection: Upgrade`, a plain request gets `Connection: close`.
     /// The request's `X-Request-Id` and `traceparent` are `ids` (see [`crate::reqid`]).
-    pub fn encode_request(&self, peer: std::net::IpAddr, tls: bool, ids: &RequestIds) -> Vec<u8> {
+    /// `X-Forwarded-For` gets `peer` appended (the socket's peer, or the one its PROXY header
+    /// names); `X-Real-IP` is `client`, the peer or the client a trusted proxy named (see
+    /// [`crate::forwarded`]).
+    pub fn encode_request(
+        &self,
+        peer: std::net::IpAddr,
+        client: std::net::IpAddr,
+        tls: bool,
+        ids: &RequestIds,
+    ) -> Vec<u8> {
         let websocket = self.wants_websocket();
         let mut out = Vec::with_capacity(self.len + 192);
         out.extend_from_slice(self.get(self.method));
@@ -281,6 +290,7 @@ impl Head {
                 "sec-websocket-extensions",
                 "x-forwarded-for",
                 "x-forwarded-proto",
+                "x-real-ip",
             ])
             .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
             if !drop && !ids.replaces(name) {
@@ -294,12 +304,13 @@ impl Head {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"X-Forwarded-For: ");
-        if let Some(earlier) = self.header("x-forwarded-for") {
+        // Several X-Forwarded-For headers are one list (RFC 9110, 5.3).
+        for earlier in self.header_values("x-forwarded-for") {
             out.extend_from_slice(earlier);
             out.extend_from_slice(b", ");
         }
         // Writing to a Vec cannot fail.
-        let _ = write!(out, "{peer}\r\n");
+        let _ = write!(out, "{peer}\r\nX-Real-IP: {client}\r\n");
         push_header(
             &mut out,
             b"X-Forwarded-Proto",
@@ -412,9 +423,13 @@ mod tests {
         head.check_websocket().expect("valid upgrade");
         assert_eq!(&UPGRADE[head.len..], b"rest");
         assert_eq!(head.origin().as_deref(), Some("https://app.example.com"));
-        let up =
-            String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false, &ids()))
-                .expect("utf8");
+        let up = String::from_utf8(head.encode_request(
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.1".parse().expect("ip"),
+            false,
+            &ids(),
+        ))
+        .expect("utf8");
         assert!(!up.to_ascii_lowercase().contains("extensions"), "{up}");
         assert!(up.contains("Connection: Upgrade\r\n"), "{up}");
         assert!(up.contains("X-Forwarded-For: 10.0.0.1\r\n"), "{up}");
@@ -423,15 +438,18 @@ mod tests {
 
     #[test]
     fn heads_are_rewritten_exactly() {
-        let req = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: close\r\nAccept: */*\r\n\r\n";
+        let req =
+            b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: close\r\n\
+            X-Real-IP: 6.6.6.6\r\nAccept: */*\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n";
         let head = parse_request(req).expect("valid").expect("complete");
         assert_eq!(head.header("HOST"), Some(&b"x"[..]));
+        let (peer, client) = ("::1".parse().expect("ip"), "5.6.7.8".parse().expect("ip"));
         assert_eq!(
-            String::from_utf8(head.encode_request("::1".parse().expect("ip"), true, &ids()))
-                .expect("utf8"),
+            String::from_utf8(head.encode_request(peer, client, true, &ids())).expect("utf8"),
             "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\
              X-Request-Id: r-1\r\ntraceparent: 00-0102030405060708090a0b0c0d0e0f10-0102030405060708-01\r\n\
-             Connection: close\r\nX-Forwarded-For: 1.2.3.4, ::1\r\nX-Forwarded-Proto: https\r\n\r\n"
+             Connection: close\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8, ::1\r\nX-Real-IP: 5.6.7.8\r\n\
+             X-Forwarded-Proto: https\r\n\r\n"
         );
         let res = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
         let head = parse_response(res).expect("valid").expect("complete");
@@ -450,9 +468,14 @@ mod tests {
             tracestate: k=v\r\nTraceparent: more\r\n\r\n";
         let head = parse_request(req).expect("valid").expect("complete");
         let encode = |ids: &RequestIds| {
-            String::from_utf8(head.encode_request("10.0.0.1".parse().expect("ip"), false, ids))
-                .expect("utf8")
-                .to_ascii_lowercase()
+            String::from_utf8(head.encode_request(
+                "10.0.0.1".parse().expect("ip"),
+                "10.0.0.1".parse().expect("ip"),
+                false,
+                ids,
+            ))
+            .expect("utf8")
+            .to_ascii_lowercase()
         };
         let replaced = encode(&ids());
         assert_eq!(replaced.matches("x-request-id:").count(), 1, "{replaced}");
@@ -538,7 +561,7 @@ mod tests {
         fn parsing_arbitrary_heads_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
             if let Ok(Some(h)) = parse_request(&bytes) {
                 let _ = h.check_websocket();
-                let _ = h.encode_request("127.0.0.1".parse().expect("ip"), true, &RequestIds::for_request(&h));
+                let _ = h.encode_request("127.0.0.1".parse().expect("ip"), "127.0.0.1".parse().expect("ip"), true, &RequestIds::for_request(&h));
             }
             if let Ok(Some(h)) = parse_response(&bytes) {
                 let _ = h.encode_response();
@@ -566,7 +589,7 @@ mod tests {
             proptest::prop_assert_eq!(head.len, req.len());
             proptest::prop_assert_eq!(head.get(head.method), method.as_bytes());
             proptest::prop_assert_eq!(head.get(head.path), path.as_bytes());
-            let encoded = head.encode_request("10.1.2.3".parse().expect("ip"), false, &ids());
+            let encoded = head.encode_request("10.1.2.3".parse().expect("ip"), "10.1.2.3".parse().expect("ip"), false, &ids());
             let again = parse_request(&encoded).expect("valid").expect("complete");
             proptest::prop_assert_eq!(again.get(again.path), path.as_bytes());
             for (name, _) in &headers {

@@ -1,7 +1,8 @@
 //! longconn-gateway: the per-pod gateway that terminates long-lived client connections,
 //! proxies them to the app in the same pod, and drains them when the operator asks.
 //!
-//! Modules, one job each: [`config`] (flags), [`proxy`] (listener and handshakes), [`http`]
+//! Modules, one job each: [`config`] (flags), [`proxy`] (listener and handshakes) with [`proxy_protocol`] and [`forwarded`]
+//! (the client's real address), [`http`]
 //! (request and response heads), [`frame`] (WebSocket frame scanner), [`session`] (one relayed
 //! WebSocket session), [`http_proxy`] (plain HTTP), [`limits`] (admission and the shared
 //! heartbeat clock), [`drain`] (drain state and report) with [`registry`] (the open sessions)
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod drain;
 pub mod error;
 pub mod fds;
+pub mod forwarded;
 pub mod frame;
 pub mod http;
 pub mod http_proxy;
@@ -31,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod moves;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rebalance;
 pub mod registry;
 pub mod reqid;
@@ -110,6 +113,8 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         admin = %cfg.admin_listen,
         upstream = %cfg.upstream,
         tls = cfg.tls.is_some(),
+        proxy_protocol = cfg.client_addresses.proxy_protocol.as_str(),
+        trusted_proxies = cfg.client_addresses.trusted_proxies.len(),
         "gateway started"
     );
     tokio::spawn(Arc::clone(&ticker).run(Ticker::period(&cfg.limits)));
@@ -126,6 +131,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         upstream: cfg.upstream,
         tls,
         admission,
+        addresses: cfg.client_addresses.clone(),
         session: Arc::new(SessionContext {
             drain: Arc::clone(&drain),
             ticker,

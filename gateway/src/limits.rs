@@ -1,6 +1,7 @@
 //! Admission limits checked before a connection may become a session: at accept, the
 //! per-process connection cap, the per-IP token bucket and the handshakes in progress (in total
-//! and per IP); after the request head, the plain HTTP cap and the origin allow-list. Also the
+//! and per IP; the per-IP ones after the PROXY header when the client's address comes from
+//! one); after the request head, the plain HTTP cap and the origin allow-list. Also the
 //! shared heartbeat clock that wakes sessions to check their timers.
 
 use std::{
@@ -167,6 +168,18 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// Checks the limits of one client, `ip`, for a connection admitted with
+    /// [`Admission::admit_any`]: its rate, and its handshakes in progress. Once per connection.
+    pub fn admit_client(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        match self.handshake.as_mut() {
+            Some(permit) if permit.client.is_none() => {
+                let admission = Arc::clone(&permit.admission);
+                admission.admit_client(permit, ip, now)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The TLS handshake and the request head are done: the place is given back.
     pub fn handshake_done(&mut self) {
         self.handshake = None;
@@ -198,17 +211,20 @@ impl Drop for HttpSlot {
 #[derive(Debug)]
 struct HandshakePermit {
     admission: Arc<Admission>,
-    client: Client,
+    /// Counted among its client's handshakes once the client is known.
+    client: Option<Client>,
 }
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
         let mut h = self.admission.handshakes();
         h.total -= 1;
-        if let Some(n) = h.per_client.get_mut(&self.client) {
+        if let Some(client) = self.client
+            && let Some(n) = h.per_client.get_mut(&client)
+        {
             *n -= 1;
             if *n == 0 {
-                h.per_client.remove(&self.client);
+                h.per_client.remove(&client);
             }
         }
     }
@@ -243,26 +259,50 @@ impl Admission {
     /// over the client's rate, or with too many handshakes in progress (in total or from the
     /// client). Constant time: nothing here reads from the connection or scans a table.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let mut admitted = self.admit_any(now)?;
+        admitted.admit_client(ip, now)?;
+        Ok(admitted)
+    }
+
+    /// The part of [`Admission::admit`] that does not depend on the client: the connection cap
+    /// and the handshakes in progress in total. For a connection whose client is known only
+    /// later (from its PROXY header), which then calls [`Admitted::admit_client`].
+    pub fn admit_any(self: &Arc<Self>, now: Instant) -> Result<Admitted, Refusal> {
         let slot = self.try_connect().ok_or(Refusal::MaxConnections)?;
-        self.rate.check(ip, now).map_err(Refusal::RateLimited)?;
-        let client = Client::of(ip);
         let mut h = self.handshakes();
-        let per_ip = self.limits.max_handshakes_per_ip;
-        let from_client = h.per_client.get(&client).copied().unwrap_or(0);
-        if h.total >= self.limits.max_handshakes || (per_ip > 0 && from_client >= per_ip) {
+        if h.total >= self.limits.max_handshakes {
             return Err(Refusal::Handshakes);
         }
         h.total += 1;
-        *h.per_client.entry(client).or_insert(0) += 1;
         drop(h);
         Ok(Admitted {
             accepted: now,
             slot,
             handshake: Some(HandshakePermit {
                 admission: Arc::clone(self),
-                client,
+                client: None,
             }),
         })
+    }
+
+    /// Takes a token of `ip`'s rate and a place among its handshakes in progress.
+    fn admit_client(
+        &self,
+        permit: &mut HandshakePermit,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        self.rate.check(ip, now).map_err(Refusal::RateLimited)?;
+        let client = Client::of(ip);
+        let mut h = self.handshakes();
+        let per_ip = self.limits.max_handshakes_per_ip;
+        let from_client = h.per_client.get(&client).copied().unwrap_or(0);
+        if per_ip > 0 && from_client >= per_ip {
+            return Err(Refusal::Handshakes);
+        }
+        *h.per_client.entry(client).or_insert(0) += 1;
+        permit.client = Some(client);
+        Ok(())
     }
 
     /// Handshakes in progress now, and the clients they come from.
@@ -509,14 +549,43 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refusal_at_the_connection_cap_takes_no_rate_token() {
+    /// An admission of `max` connections where each client may open one a second.
+    fn one_a_second(max: u64) -> Arc<Admission> {
         let limits = Limits {
             rate_per_second: 1.0,
             rate_burst: 1,
-            ..admission(&[], 1).limits.clone()
+            ..admission(&[], max).limits.clone()
         };
-        let a = Admission::new(limits, Metrics::new().0);
+        Admission::new(limits, Metrics::new().0)
+    }
+
+    #[test]
+    fn a_client_known_after_accept_is_limited_by_its_own_address() {
+        let a = one_a_second(100);
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut first = a.admit_any(t0).expect("below the caps");
+        first
+            .admit_client(ip("203.0.113.1"), t0)
+            .expect("its token");
+        let mut second = a.admit_any(t0).expect("below the caps");
+        assert_eq!(
+            second.admit_client(ip("203.0.113.1"), t0),
+            Err(Refusal::RateLimited(1)),
+            "same client, no token left"
+        );
+        let mut third = a.admit_any(t0).expect("below the caps");
+        third
+            .admit_client(ip("203.0.113.2"), t0)
+            .expect("another client");
+        assert_eq!(a.handshakes_in_progress(), (3, 2));
+        drop((first, second, third));
+        assert_eq!(a.handshakes_in_progress(), (0, 0));
+    }
+
+    #[test]
+    fn a_refusal_at_the_connection_cap_takes_no_rate_token() {
+        let a = one_a_second(1);
         let t0 = Instant::now();
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let held = a.try_connect().expect("the only slot");

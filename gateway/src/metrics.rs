@@ -96,10 +96,12 @@ pub enum RejectReason {
     HttpMaxConnections,
     /// A plain HTTP request body over `--http-max-body-bytes`.
     BodyTooLarge,
+    /// A connection without the PROXY header `--proxy-protocol` asks for, or with a bad one.
+    ProxyProtocol,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Draining,
         RejectReason::MaxConnections,
         RejectReason::RateLimited,
@@ -112,6 +114,7 @@ impl RejectReason {
         RejectReason::HandshakeLimit,
         RejectReason::HttpMaxConnections,
         RejectReason::BodyTooLarge,
+        RejectReason::ProxyProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +131,7 @@ impl RejectReason {
             RejectReason::HandshakeLimit => "handshake_limit",
             RejectReason::HttpMaxConnections => "http_max_connections",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::ProxyProtocol => "proxy_protocol",
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The client listener: admits each connection at accept (connection cap, rate limit,
 //! handshakes in progress) before reading any of it, runs the handshake phase under the
-//! handshake timeout (TLS, request head), applies the rest of admission (drain, origin, the
+//! handshake timeout (PROXY header, after which the per-client limits are checked when the
+//! header names the client; TLS; request head), applies the rest of admission (drain, origin, the
 //! plain HTTP cap and body limit), and hands each connection to a WebSocket
 //! [`session`](crate::session) or to the plain [`http_proxy`](crate::http_proxy).
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -24,10 +25,12 @@ use crate::{
     access_log::{Entry, Tally},
     conn::ClientConn,
     drain::Drain,
+    forwarded::ClientAddresses,
     http::{self, Head, HeadError},
     http_proxy,
     limits::{Admission, Admitted, ConnectionSlot, Refusal},
     metrics::{Metrics, RejectReason},
+    proxy_protocol::{self, ProxyProtocol},
     reqid::RequestIds,
     session::{self, Leftovers, SessionContext},
 };
@@ -50,6 +53,7 @@ pub struct Proxy {
     pub upstream: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub admission: Arc<Admission>,
+    pub addresses: ClientAddresses,
     pub session: Arc<SessionContext>,
     pub next_id: AtomicU64,
     /// Refusals being answered now (at most [`MAX_ANSWERED_REFUSALS`]).
@@ -61,6 +65,24 @@ type Refuse = (RejectReason, u16, &'static str, Option<u64>, String);
 
 fn unavailable(reason: RejectReason, body: &str) -> Refuse {
     (reason, 503, "Service Unavailable", Some(1), body.to_owned())
+}
+
+fn rate_limited(retry: u64) -> Refuse {
+    (
+        RejectReason::RateLimited,
+        429,
+        "Too Many Requests",
+        Some(retry),
+        "connection rate limit".to_owned(),
+    )
+}
+
+/// The client of a connection as the request head tells it, and whether its rate allows the
+/// request (checked only when a trusted proxy named it: others were checked before).
+struct RequestClient {
+    ip: IpAddr,
+    /// On refusal, the seconds until the client's next token.
+    rate: Result<(), u64>,
 }
 
 fn bad_request(why: &str) -> Refuse {
@@ -95,7 +117,13 @@ impl Proxy {
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
-                    let admitted = match self.admission.admit(peer.ip(), Instant::now()) {
+                    let now = Instant::now();
+                    let admitted = if self.addresses.peer_is_client_at_accept(peer.ip()) {
+                        self.admission.admit(peer.ip(), now)
+                    } else {
+                        self.admission.admit_any(now)
+                    };
+                    let admitted = match admitted {
                         Ok(admitted) => admitted,
                         Err(refusal) => {
                             self.refuse_at_accept(tcp, refusal);
@@ -107,7 +135,12 @@ impl Proxy {
                     // Every line a connection logs carries its id and peer. The lines are at
                     // debug level, and so is the span: at the default level a connection's task
                     // then enters no span on each of its many polls.
-                    let span = debug_span!("session", id = %format_args!("{id:x}"), %peer);
+                    let span = debug_span!(
+                        "session",
+                        id = %format_args!("{id:x}"),
+                        %peer,
+                        client = tracing::field::Empty
+                    );
                     tokio::spawn(me.connection(tcp, peer, id, admitted).instrument(span));
                 }
                 Err(e) => {
@@ -119,7 +152,8 @@ impl Proxy {
         }
     }
 
-    /// Refuses a connection before reading any of it. A plain connection is answered (503 or
+    /// Refuses a connection before reading any of it (or none but its PROXY header, when the
+    /// client it names is over its limits). A plain connection is answered (503 or
     /// 429 with Retry-After) by a small task that lasts [`REFUSAL_LINGER`] at most, while fewer
     /// than [`MAX_ANSWERED_REFUSALS`] are; a TLS connection is closed at once, since answering it
     /// would take the handshake the refusal is there to save.
@@ -132,13 +166,7 @@ impl Proxy {
                 RejectReason::HandshakeLimit,
                 "too many handshakes in progress",
             ),
-            Refusal::RateLimited(retry) => (
-                RejectReason::RateLimited,
-                429,
-                "Too Many Requests",
-                Some(retry),
-                "connection rate limit".to_owned(),
-            ),
+            Refusal::RateLimited(retry) => rate_limited(retry),
         };
         self.reject(reason);
         if self.tls.is_some() {
@@ -176,6 +204,9 @@ impl Proxy {
         let limits = &self.admission.limits;
         let started = tokio::time::Instant::from_std(admitted.accepted);
         let deadline = started + limits.handshake_timeout;
+        let Some((tcp, peer)) = self.proxy_header(tcp, peer, deadline, &mut admitted).await else {
+            return;
+        };
         let handshake = async {
             let mut conn = match &self.tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
@@ -213,9 +244,12 @@ impl Proxy {
         let websocket = head.wants_websocket();
         let http = &limits.http;
         let content_length = head.content_length();
+        let client = self.client_of(peer.ip(), &head);
         let mut http_slot = None;
         let refuse: Option<Refuse> = if self.drain().is_draining() {
             Some(unavailable(RejectReason::Draining, "draining"))
+        } else if let Err(retry) = client.rate {
+            Some(rate_limited(retry))
         } else if websocket && let Err(why) = head.check_websocket() {
             Some(bad_request(why))
         } else if websocket && !self.admission.origin_allowed(head.origin().as_deref()) {
@@ -275,9 +309,9 @@ impl Proxy {
             .observe(connecting.elapsed().as_secs_f64());
         let _ = upstream.set_nodelay(true);
         let ids = RequestIds::for_request(&head);
-        let request = head.encode_request(peer.ip(), conn.is_tls(), &ids);
+        let request = head.encode_request(peer.ip(), client.ip, conn.is_tls(), &ids);
         let body = content_length.ok().flatten();
-        let log = Entry::new(id, peer, started.into_std(), &head, ids);
+        let log = Entry::new(id, peer, client.ip, started.into_std(), &head, ids);
         // Nothing of the handshake may stay allocated for the life of the session.
         drop(head);
         if websocket {
@@ -303,6 +337,71 @@ impl Proxy {
             drop((admitted, http_slot));
             log.request_ended(&tally);
         }
+    }
+
+    /// Reads the PROXY header when `--proxy-protocol` asks for one (before `deadline`) and
+    /// returns the connection with the peer the header names, or the socket's; then checks that
+    /// client's limits if they were not checked at accept. `None`: the connection was refused,
+    /// and is closed or being answered.
+    async fn proxy_header(
+        self: &Arc<Self>,
+        mut tcp: TcpStream,
+        socket_peer: SocketAddr,
+        deadline: tokio::time::Instant,
+        admitted: &mut Admitted,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        let mode = self.addresses.proxy_protocol;
+        if self.addresses.peer_is_client_at_accept(socket_peer.ip()) {
+            return Some((tcp, socket_peer));
+        }
+        let peer = if mode == ProxyProtocol::Off {
+            socket_peer
+        } else {
+            let header = proxy_protocol::read_header(&mut tcp, mode);
+            match tokio::time::timeout_at(deadline, header).await {
+                Err(_) => {
+                    self.reject(RejectReason::HandshakeTimeout);
+                    debug!("PROXY header timeout");
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    self.reject(RejectReason::ProxyProtocol);
+                    debug!(error = %e, "PROXY header refused");
+                    return None;
+                }
+                Ok(Ok(named)) => named.unwrap_or(socket_peer),
+            }
+        };
+        if peer != socket_peer {
+            tracing::Span::current().record("client", tracing::field::display(peer));
+        }
+        if self.addresses.trusts(peer.ip()) {
+            // A trusted proxy speaks for many clients: its requests are limited by the client
+            // its X-Forwarded-For names, once the head is read.
+            return Some((tcp, peer));
+        }
+        match admitted.admit_client(peer.ip(), Instant::now()) {
+            Ok(()) => Some((tcp, peer)),
+            Err(refusal) => {
+                self.refuse_at_accept(tcp, refusal);
+                None
+            }
+        }
+    }
+
+    /// The client behind `peer` (see [`ClientAddresses::client`]); a client named by a trusted
+    /// proxy takes a token of its own rate.
+    fn client_of(&self, peer: IpAddr, head: &Head) -> RequestClient {
+        let ip = self
+            .addresses
+            .client(peer, head.header_values("x-forwarded-for"));
+        let rate = if ip == peer {
+            Ok(())
+        } else {
+            tracing::Span::current().record("client", tracing::field::display(ip));
+            self.admission.rate.check(ip, Instant::now())
+        };
+        RequestClient { ip, rate }
     }
 
     /// The upgrade exchange with the app, then the session. `times` are the accept time and the

@@ -48,17 +48,6 @@ async fn line_where(gw: &Gateway, message: &str, field: &str, value: &str) -> Va
     lines.remove(0)
 }
 
-/// The value of header `name` in the head the app received, if exactly one.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    let mut values = head.lines().filter_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then_some(v.trim())
-    });
-    let one = values.next();
-    assert!(values.next().is_none(), "{name} twice in {head}");
-    one
-}
-
 fn is_generated_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
     parts.len() == 4

@@ -176,6 +176,9 @@ fn default_replicas() -> i32 {
     .message("gateway.port, gateway.upstreamPort and gateway.adminPort must be three different ports"))]
 #[x_kube(validation = Rule::new("duration(self.heartbeat.timeout) <= duration(self.heartbeat.interval)")
     .message("gateway.heartbeat.timeout must not exceed gateway.heartbeat.interval").field_path(".heartbeat.timeout"))]
+#[x_kube(validation = Rule::new(TRUSTED_PROXIES_RULE)
+    .message("gateway.trustedProxies entries must be IP addresses or CIDRs such as 10.0.0.0/8 or 2001:db8::/32")
+    .field_path(".trustedProxies"))]
 pub struct GatewaySpec {
     /// The public port clients connect to (the Service's port too).
     #[serde(default = "default_port")]
@@ -243,7 +246,50 @@ pub struct GatewaySpec {
     /// The gateway's log lines, among them one per session and per plain HTTP request.
     #[serde(default)]
     pub logging: LoggingSpec,
+
+    /// PROXY protocol headers the client port requires (from a load balancer that relays TCP):
+    /// Disabled (default), V1, V2 or Any. When on, a connection without a valid header is closed, and
+    /// the address the header carries is the client for limits, logs and X-Forwarded-For.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+
+    /// Peers (IP addresses or CIDRs) whose X-Forwarded-For is believed: behind one of them, the
+    /// rightmost X-Forwarded-For entry that is not itself trusted is the client, for logs, the
+    /// X-Real-IP the app receives and the per-IP rate limit. Empty (default): none.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 49)))]
+    pub trusted_proxies: Vec<String>,
 }
+
+/// Which PROXY protocol headers the gateway's client port requires. Not `Off`: YAML 1.1, which
+/// kubectl reads, takes an unquoted `Off` for the boolean false.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header: the connection's peer is the client.
+    #[default]
+    Disabled,
+    /// Version 1 (text), as sent by HAProxy `send-proxy` or AWS Classic Load Balancers.
+    V1,
+    /// Version 2 (binary), as sent by AWS Network Load Balancers and most others.
+    V2,
+    /// Either version.
+    Any,
+}
+
+/// Every `gateway.trustedProxies` entry is an IPv4 or IPv6 address with an optional prefix
+/// length. A regular expression rather than CEL's `isCIDR`, which Kubernetes before 1.31 lacks;
+/// the gateway parses the entries again at start.
+const TRUSTED_PROXIES_RULE: &str = concat!(
+    "self.trustedProxies.all(c, c.matches('^(",
+    "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    "(/(3[0-2]|[12]?[0-9]))?",
+    "|",
+    "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?",
+    "|",
+    "([0-9a-fA-F]{1,4}(:[0-9a-fA-F]{1,4}){0,6})?::([0-9a-fA-F]{1,4}(:[0-9a-fA-F]{1,4}){0,6})?",
+    "(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?",
+    ")$'))"
+);
 
 impl Default for GatewaySpec {
     fn default() -> Self {
@@ -262,6 +308,8 @@ impl Default for GatewaySpec {
             rate_limit: RateLimitSpec::default(),
             http: HttpSpec::default(),
             logging: LoggingSpec::default(),
+            proxy_protocol: ProxyProtocol::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -954,6 +1002,9 @@ pub enum ServiceType {
 /// The client-facing Service, selecting the pods of every revision.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'")
+    .message("service.externalTrafficPolicy applies only to type NodePort or LoadBalancer")
+    .field_path(".externalTrafficPolicy"))]
 pub struct ServiceSpec {
     /// ClusterIP (default), NodePort or LoadBalancer.
     #[serde(default, rename = "type")]
@@ -961,6 +1012,21 @@ pub struct ServiceSpec {
     /// Annotations for the Service (for example a cloud load balancer's settings).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// NodePort or LoadBalancer only. Local: nodes send external traffic only to their own
+    /// pods, so the pods see the client's address rather than a node's (no second hop, no
+    /// source NAT). Unset: Kubernetes' default, Cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+}
+
+/// Where a NodePort or LoadBalancer Service sends external traffic. Local keeps the client's
+/// address (no second hop, no source NAT); unset is Kubernetes' default, Cluster.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExternalTrafficPolicy {
+    /// To any ready pod, on any node; the client's address is replaced by a node's.
+    Cluster,
+    /// To ready pods on the receiving node only; the client's address is kept.
+    Local,
 }
 
 /// Observed state of a LongConnService.

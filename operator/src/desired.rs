@@ -38,6 +38,7 @@ use crate::crd::{
     AutoscalingSpec, LogFormat, LongConnService, ScalingPolicyType, ScalingRules, SelectPolicy,
     TlsMode,
 };
+use crate::crd::{GatewaySpec, ProxyProtocol, ServiceType};
 use crate::duration::Duration;
 use crate::kinds::Kind;
 use crate::labels::{self, names};
@@ -688,9 +689,29 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
         }
     ));
     args.push(format!("--log-level={}", g.logging.level));
+    args.extend(client_address_args(g));
     if tls {
         args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
         args.push(format!("--tls-key={TLS_DIR}/tls.key"));
+    }
+    args
+}
+
+/// The flags of `gateway.proxyProtocol` and `gateway.trustedProxies`, only when set: a spec
+/// that leaves them out keeps the revision it had before they existed.
+fn client_address_args(g: &GatewaySpec) -> Vec<String> {
+    let mut args = Vec::new();
+    let proxy_protocol = match g.proxy_protocol {
+        ProxyProtocol::Disabled => None,
+        ProxyProtocol::V1 => Some("v1"),
+        ProxyProtocol::V2 => Some("v2"),
+        ProxyProtocol::Any => Some("any"),
+    };
+    if let Some(p) = proxy_protocol {
+        args.push(format!("--proxy-protocol={p}"));
+    }
+    if !g.trusted_proxies.is_empty() {
+        args.push(format!("--trusted-proxies={}", g.trusted_proxies.join(",")));
     }
     args
 }
@@ -783,6 +804,11 @@ fn service(ctx: &Ctx) -> Service {
         metadata: meta,
         spec: Some(CoreServiceSpec {
             type_: Some(format!("{:?}", svc.type_)),
+            // Kubernetes refuses the field on a ClusterIP Service (the schema does too).
+            external_traffic_policy: svc
+                .external_traffic_policy
+                .filter(|_| svc.type_ != ServiceType::ClusterIP)
+                .map(|p| format!("{p:?}")),
             selector: Some(labels::accepting_pods(&ctx.name)),
             ports: Some(vec![ServicePort {
                 name: Some("client".to_owned()),
@@ -997,7 +1023,7 @@ fn seconds(d: &Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::LongConnServiceSpec;
+    use crate::crd::{ExternalTrafficPolicy, LongConnServiceSpec};
 
     #[test]
     fn the_gateway_logs_json_at_info_unless_the_spec_says_otherwise() {
@@ -1017,6 +1043,71 @@ mod tests {
                 "--log-format=text",
                 "--log-level=warn,longconn_gateway::access_log=info"
             ]
+        );
+    }
+
+    #[test]
+    fn client_address_flags_are_passed_only_when_set_so_the_revision_stays() {
+        let mut lcs = LongConnService::test().build();
+        let client_flags = |lcs: &LongConnService| -> Vec<String> {
+            gateway_args(lcs, false)
+                .into_iter()
+                .filter(|a| a.starts_with("--proxy-protocol") || a.starts_with("--trusted-"))
+                .collect()
+        };
+        let before = revision::of(&lcs, &Settings::default());
+        assert!(client_flags(&lcs).is_empty());
+        lcs.spec.gateway.trusted_proxies = Vec::new();
+        assert_eq!(revision::of(&lcs, &Settings::default()), before);
+        for (mode, flag) in [
+            (ProxyProtocol::V1, "v1"),
+            (ProxyProtocol::V2, "v2"),
+            (ProxyProtocol::Any, "any"),
+        ] {
+            lcs.spec.gateway.proxy_protocol = mode;
+            assert_eq!(client_flags(&lcs), [format!("--proxy-protocol={flag}")]);
+        }
+        lcs.spec.gateway.trusted_proxies =
+            vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
+        assert_eq!(
+            client_flags(&lcs),
+            [
+                "--proxy-protocol=any",
+                "--trusted-proxies=10.0.0.0/8,2001:db8::/32"
+            ]
+        );
+        assert_ne!(revision::of(&lcs, &Settings::default()), before);
+    }
+
+    #[test]
+    fn the_client_service_keeps_client_addresses_with_external_traffic_policy_local() {
+        let policy = |type_: ServiceType, policy: Option<ExternalTrafficPolicy>| {
+            let mut lcs = LongConnService::test().build();
+            lcs.spec.service.type_ = type_;
+            lcs.spec.service.external_traffic_policy = policy;
+            service(&Ctx::new(&lcs))
+                .spec
+                .expect("spec")
+                .external_traffic_policy
+        };
+        use ExternalTrafficPolicy::{Cluster, Local};
+        assert_eq!(
+            policy(ServiceType::LoadBalancer, Some(Local)).as_deref(),
+            Some("Local")
+        );
+        assert_eq!(
+            policy(ServiceType::NodePort, Some(Cluster)).as_deref(),
+            Some("Cluster")
+        );
+        assert_eq!(
+            policy(ServiceType::LoadBalancer, None),
+            None,
+            "Kubernetes' default"
+        );
+        assert_eq!(
+            policy(ServiceType::ClusterIP, Some(Local)),
+            None,
+            "refused there"
         );
     }
 

@@ -549,6 +549,17 @@ pub async fn read_head(tcp: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).to_string()
 }
 
+/// The value of header `name` in a head (the one the app received), if exactly one.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    let mut values = head.lines().filter_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then_some(v.trim())
+    });
+    let one = values.next();
+    assert!(values.next().is_none(), "{name} twice in {head}");
+    one
+}
+
 pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
     format!(
         "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
