@@ -11,7 +11,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use longconn_drain_api::DrainStrategy;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    session_limits::{SessionLimitArgs, SessionRates},
+};
 
 /// The gateway's command line.
 #[derive(Debug, Parser)]
@@ -184,6 +187,9 @@ pub struct RunArgs {
     /// such as `info,longconn_gateway::access_log=off`.
     #[arg(long, env = "LONGCONN_GATEWAY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Per-session message and byte rates (`--session-*`).
+    #[command(flatten)]
+    pub session_limits: SessionLimitArgs,
 }
 
 /// Flags of `longconn-gateway drain`.
@@ -320,6 +326,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Checked by [`crate::logging::parse_filter`].
     pub log_level: String,
+    /// What each WebSocket client may send per second.
+    pub session_rates: SessionRates,
 }
 
 /// True for the close codes a drain may send: 1000, 1001, 1012, or an application code.
@@ -415,6 +423,10 @@ impl Config {
                 None
             }
         };
+        let session_rates = a.session_limits.rates().unwrap_or_else(|lines| {
+            bad.extend(lines);
+            SessionRates::default()
+        });
         if !bad.is_empty() {
             return Err(Error::Config(bad.join("\n")));
         }
@@ -462,6 +474,7 @@ impl Config {
             worker_threads: a.worker_threads,
             log_format: a.log_format,
             log_level: a.log_level,
+            session_rates,
         })
     }
 }
