@@ -577,6 +577,32 @@ mod tests {
     }
 
     #[test]
+    fn session_limits_are_off_by_default_and_a_burst_without_its_rate_is_refused() {
+        let cfg = Config::from_args(parse(&[]).expect("parses").run).expect("valid");
+        assert!(!cfg.session_rates.any());
+        let cli = parse(&[
+            "--session-messages-per-second=20",
+            "--session-limit-action=close",
+        ])
+        .expect("parses");
+        let cfg = Config::from_args(cli.run).expect("valid");
+        let messages = cfg.session_rates.messages.expect("a message limit");
+        assert_eq!((messages.per_second, messages.burst), (20.0, 20.0));
+        assert_eq!(
+            cfg.session_rates.action,
+            crate::session_limits::LimitAction::Close
+        );
+        let cli = parse(&["--session-bytes-burst=4096"]).expect("parses");
+        let err = Config::from_args(cli.run).expect_err("a burst alone");
+        assert!(
+            err.to_string()
+                .lines()
+                .any(|l| l.starts_with("--session-bytes-burst: needs --session-bytes-per-second")),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_drain_longer_than_a_week_is_refused_at_start() {
         let cli = parse(&["--drain-timeout", "8days"]).expect("parses");
         let err = Config::from_args(cli.run).expect_err("too long");

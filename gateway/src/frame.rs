@@ -743,5 +743,62 @@ mod tests {
             proptest::prop_assert_eq!(out.messages, sizes.len() as u64);
             proptest::prop_assert!(s.at_boundary());
         }
+
+        #[test]
+        fn a_refused_frame_scans_again_from_where_the_gate_stopped(
+            sizes in proptest::collection::vec((0usize..300, proptest::bool::ANY), 1..10),
+            split in 0usize..4000,
+            admit in 0usize..10,
+        ) {
+            // Fragmented messages and pings among whole ones; the stream arrives in two reads;
+            // the gate lets `admit` data frames pass, then refuses.
+            let mut stream = Vec::new();
+            for (n, ping) in &sizes {
+                let ping = if *ping { frame(true, OP_PING, b"p", K) } else { Vec::new() };
+                if n % 3 == 0 {
+                    // A fragmented message, with the ping between its frames.
+                    stream.extend(frame(false, OP_BINARY, &vec![5u8; n / 2], K));
+                    stream.extend(ping);
+                    stream.extend(frame(true, OP_CONTINUATION, &vec![6u8; n - n / 2], K));
+                } else {
+                    stream.extend(frame(true, OP_TEXT, &vec![b'a'; *n], K));
+                    stream.extend(ping);
+                }
+            }
+            let mut whole = FrameScanner::new(Role::Client, u64::MAX);
+            let mut whole_out = Scanned::default();
+            let whole_result = whole.scan(&stream, &mut whole_out);
+            proptest::prop_assume!(whole_result.is_ok());
+
+            struct Count(usize);
+            impl Gate for Count {
+                fn admit(&mut self, _first: bool, _payload: u64) -> bool {
+                    let pass = self.0 > 0;
+                    self.0 = self.0.saturating_sub(1);
+                    pass
+                }
+            }
+            let at = split.min(stream.len());
+            let mut gated = FrameScanner::new(Role::Client, u64::MAX);
+            let mut out = Scanned::default();
+            let mut gate = Count(admit);
+            // What the gate held back, from the refused frame's first byte, is scanned again
+            // with everything after it.
+            let mut rest = Vec::new();
+            for part in [&stream[..at], &stream[at..]] {
+                if !rest.is_empty() {
+                    rest.extend_from_slice(part);
+                    continue;
+                }
+                if let Err((e, valid)) = gated.scan_gated(part, &mut out, &mut gate) {
+                    proptest::prop_assert_eq!(e, FrameError::OverRate);
+                    rest.extend_from_slice(&part[valid..]);
+                }
+            }
+            gated.scan(&rest, &mut out).expect("the rest scans");
+            let state = |s: &FrameScanner| (s.at_boundary(), s.closed(), s.close_code());
+            proptest::prop_assert_eq!(out, whole_out);
+            proptest::prop_assert_eq!(state(&gated), state(&whole));
+        }
     }
 }
