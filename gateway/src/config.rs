@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     forwarded::{self, ClientAddresses},
     proxy_protocol::ProxyProtocol,
+    session_limits::{SessionLimitArgs, SessionRates},
 };
 
 /// The gateway's command line.
@@ -195,6 +196,9 @@ pub struct RunArgs {
     /// such as `info,longconn_gateway::access_log=off`.
     #[arg(long, env = "LONGCONN_GATEWAY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Per-session message and byte rates (`--session-*`).
+    #[command(flatten)]
+    pub session_limits: SessionLimitArgs,
 }
 
 /// Flags of `longconn-gateway drain`.
@@ -333,6 +337,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Checked by [`crate::logging::parse_filter`].
     pub log_level: String,
+    /// What each WebSocket client may send per second.
+    pub session_rates: SessionRates,
 }
 
 /// True for the close codes a drain may send: 1000, 1001, 1012, or an application code.
@@ -429,6 +435,10 @@ impl Config {
                 None
             }
         };
+        let session_rates = a.session_limits.rates().unwrap_or_else(|lines| {
+            bad.extend(lines);
+            SessionRates::default()
+        });
         if !bad.is_empty() {
             return Err(Error::Config(bad.join("\n")));
         }
@@ -477,6 +487,7 @@ impl Config {
             worker_threads: a.worker_threads,
             log_format: a.log_format,
             log_level: a.log_level,
+            session_rates,
         })
     }
 }
@@ -591,6 +602,32 @@ mod tests {
             parse(&["--log-level", "warn,longconn_gateway::access_log=info"]).expect("parses");
         let cfg = Config::from_args(cli.run).expect("valid directives");
         assert_eq!(cfg.log_level, "warn,longconn_gateway::access_log=info");
+    }
+
+    #[test]
+    fn session_limits_are_off_by_default_and_a_burst_without_its_rate_is_refused() {
+        let cfg = Config::from_args(parse(&[]).expect("parses").run).expect("valid");
+        assert!(!cfg.session_rates.any());
+        let cli = parse(&[
+            "--session-messages-per-second=20",
+            "--session-limit-action=close",
+        ])
+        .expect("parses");
+        let cfg = Config::from_args(cli.run).expect("valid");
+        let messages = cfg.session_rates.messages.expect("a message limit");
+        assert_eq!((messages.per_second, messages.burst), (20.0, 20.0));
+        assert_eq!(
+            cfg.session_rates.action,
+            crate::session_limits::LimitAction::Close
+        );
+        let cli = parse(&["--session-bytes-burst=4096"]).expect("parses");
+        let err = Config::from_args(cli.run).expect_err("a burst alone");
+        assert!(
+            err.to_string()
+                .lines()
+                .any(|l| l.starts_with("--session-bytes-burst: needs --session-bytes-per-second")),
+            "{err}"
+        );
     }
 
     #[test]

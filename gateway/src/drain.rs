@@ -83,7 +83,8 @@ impl CloseReason {
             | CloseReason::WriteStalled
             | CloseReason::IdleTimeout
             | CloseReason::ProtocolError
-            | CloseReason::MessageTooBig => Outcome::ClosedByClient,
+            | CloseReason::MessageTooBig
+            | CloseReason::RateLimited => Outcome::ClosedByClient,
             CloseReason::DrainDeadline
             | CloseReason::RebalanceDeadline
             | CloseReason::UpstreamError => Outcome::Dropped,

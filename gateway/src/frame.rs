@@ -36,6 +36,8 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: protocol error (malformed frame).
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: policy violation (a session's rate limit).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Close code: message too big.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: internal error (the upstream failed).
@@ -54,6 +56,9 @@ pub enum FrameError {
     TooBig,
     /// The upstream broke the protocol; the client gets close 1011.
     Upstream,
+    /// The [`Gate`] refused the next data frame: the client sends faster than its session limits
+    /// allow. Held back, or answered with close 1008 (see [`crate::session_limits`]).
+    OverRate,
 }
 
 impl FrameError {
@@ -63,6 +68,7 @@ impl FrameError {
             FrameError::Protocol(_) => CLOSE_PROTOCOL_ERROR,
             FrameError::TooBig => CLOSE_TOO_BIG,
             FrameError::Upstream => CLOSE_INTERNAL_ERROR,
+            FrameError::OverRate => CLOSE_POLICY_VIOLATION,
         }
     }
 }
@@ -78,6 +84,25 @@ pub struct Scanned {
     pub close: bool,
     /// A pong frame was seen completely.
     pub pong: bool,
+}
+
+/// Decides, as a frame scanner reaches each data frame, whether it may pass now.
+pub trait Gate {
+    /// Whether a data frame of `payload` bytes may pass; `first` when it starts a message (text
+    /// or binary, not a continuation). Takes what the frame costs when it may, nothing when not.
+    /// Control frames are never asked about.
+    fn admit(&mut self, first: bool, payload: u64) -> bool;
+}
+
+/// The gate of a scanner without limits: every frame passes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Open;
+
+impl Gate for Open {
+    #[inline(always)]
+    fn admit(&mut self, _first: bool, _payload: u64) -> bool {
+        true
+    }
 }
 
 /// Scans one direction of a WebSocket stream. See the module documentation.
@@ -148,6 +173,21 @@ impl FrameScanner {
         data: &[u8],
         out: &mut Scanned,
     ) -> Result<(), (FrameError, usize)> {
+        self.scan_gated(data, out, &mut Open)
+    }
+
+    /// [`FrameScanner::scan_to_error`] that asks `gate` before each data frame. When the gate
+    /// refuses one, the error is [`FrameError::OverRate`] with the bytes before that frame, and
+    /// the scanner is left as if it had scanned only those: the refused frame and what follows
+    /// may be scanned again, from its first byte, once the gate lets it pass. (A header split
+    /// between calls is the one case where the frame began in an earlier call: its bytes in this
+    /// call are given back, and the part before stays gathered.)
+    pub fn scan_gated<G: Gate>(
+        &mut self,
+        data: &[u8],
+        out: &mut Scanned,
+        gate: &mut G,
+    ) -> Result<(), (FrameError, usize)> {
         // Where the frame being read began in `data` (0: before it).
         let mut frame_start = 0;
         let mut i = 0;
@@ -169,14 +209,15 @@ impl FrameScanner {
             }
             if self.header_len == 0 {
                 // The most usual case: whole small data messages, passed over in a few steps.
-                i += self.pass_whole_messages(&data[i..], out);
+                i += self.pass_whole_messages(&data[i..], out, gate);
                 // The usual case: any other frame whose whole header is in `data`, read in place.
                 frame_start = i;
                 if let Some(&b1) = data.get(i + 1)
                     && let Some(h) = data.get(i..i + header_size(b1))
                 {
                     i += h.len();
-                    self.start_frame(h, out).map_err(|e| (e, frame_start))?;
+                    self.start_frame(h, out, gate)
+                        .map_err(|e| (e, frame_start))?;
                     continue;
                 }
                 if i == data.len() {
@@ -190,8 +231,15 @@ impl FrameScanner {
             let n = usize::from(self.header_len);
             if n >= 2 && n == header_size(self.header[1]) {
                 let h = self.header;
-                self.start_frame(&h[..n], out)
-                    .map_err(|e| (e, frame_start))?;
+                if let Err(e) = self.start_frame(&h[..n], out, gate) {
+                    if e == FrameError::OverRate {
+                        // Only a header begun in an earlier call completes here (one begun in
+                        // this call would have been read whole above), so `frame_start` is 0
+                        // and the header's bytes in this call are the `i` read so far.
+                        self.header_len -= i as u8;
+                    }
+                    return Err((e, frame_start));
+                }
             }
         }
         Ok(())
@@ -204,7 +252,12 @@ impl FrameScanner {
     /// it passes the same way: the proptests and the fuzz target check that it does, against
     /// streams scanned one byte at a time.
     #[inline]
-    fn pass_whole_messages(&mut self, data: &[u8], out: &mut Scanned) -> usize {
+    fn pass_whole_messages<G: Gate>(
+        &mut self,
+        data: &[u8],
+        out: &mut Scanned,
+        gate: &mut G,
+    ) -> usize {
         if self.fragmented {
             return 0;
         }
@@ -231,7 +284,9 @@ impl FrameScanner {
             };
             // At most 65,535 + 8 past `i`, which is at most `data.len()`: no overflow.
             let end = i + header_size(b1) + len;
-            if len > max || end > data.len() {
+            // The gate is asked last, for a frame that passes here if it admits it: a refused
+            // frame is left to the general path, which asks again and stops there.
+            if len > max || end > data.len() || !gate.admit(true, len as u64) {
                 break;
             }
             last = (b0 & 0x0F, len as u64);
@@ -248,7 +303,12 @@ impl FrameScanner {
 
     /// Starts the frame whose complete header is `h`.
     #[inline]
-    fn start_frame(&mut self, h: &[u8], out: &mut Scanned) -> Result<(), FrameError> {
+    fn start_frame<G: Gate>(
+        &mut self,
+        h: &[u8],
+        out: &mut Scanned,
+        gate: &mut G,
+    ) -> Result<(), FrameError> {
         let fin = h[0] & 0x80 != 0;
         if h[0] & 0x70 != 0 {
             return Err(FrameError::Protocol(
@@ -289,6 +349,9 @@ impl FrameScanner {
                 if self.fragmented {
                     return Err(FrameError::Protocol("new message inside a fragmented one"));
                 }
+                if !gate.admit(true, len) {
+                    return Err(FrameError::OverRate);
+                }
                 self.message_len = len;
                 self.fragmented = !fin;
                 out.data_frames += 1;
@@ -296,6 +359,9 @@ impl FrameScanner {
             OP_CONTINUATION => {
                 if !self.fragmented {
                     return Err(FrameError::Protocol("continuation without a message"));
+                }
+                if !gate.admit(false, len) {
+                    return Err(FrameError::OverRate);
                 }
                 self.message_len = self.message_len.saturating_add(len);
                 self.fragmented = !fin;
@@ -676,6 +742,63 @@ mod tests {
             s.scan(&stream[at..], &mut out).expect("valid");
             proptest::prop_assert_eq!(out.messages, sizes.len() as u64);
             proptest::prop_assert!(s.at_boundary());
+        }
+
+        #[test]
+        fn a_refused_frame_scans_again_from_where_the_gate_stopped(
+            sizes in proptest::collection::vec((0usize..300, proptest::bool::ANY), 1..10),
+            split in 0usize..4000,
+            admit in 0usize..10,
+        ) {
+            // Fragmented messages and pings among whole ones; the stream arrives in two reads;
+            // the gate lets `admit` data frames pass, then refuses.
+            let mut stream = Vec::new();
+            for (n, ping) in &sizes {
+                let ping = if *ping { frame(true, OP_PING, b"p", K) } else { Vec::new() };
+                if n % 3 == 0 {
+                    // A fragmented message, with the ping between its frames.
+                    stream.extend(frame(false, OP_BINARY, &vec![5u8; n / 2], K));
+                    stream.extend(ping);
+                    stream.extend(frame(true, OP_CONTINUATION, &vec![6u8; n - n / 2], K));
+                } else {
+                    stream.extend(frame(true, OP_TEXT, &vec![b'a'; *n], K));
+                    stream.extend(ping);
+                }
+            }
+            let mut whole = FrameScanner::new(Role::Client, u64::MAX);
+            let mut whole_out = Scanned::default();
+            let whole_result = whole.scan(&stream, &mut whole_out);
+            proptest::prop_assume!(whole_result.is_ok());
+
+            struct Count(usize);
+            impl Gate for Count {
+                fn admit(&mut self, _first: bool, _payload: u64) -> bool {
+                    let pass = self.0 > 0;
+                    self.0 = self.0.saturating_sub(1);
+                    pass
+                }
+            }
+            let at = split.min(stream.len());
+            let mut gated = FrameScanner::new(Role::Client, u64::MAX);
+            let mut out = Scanned::default();
+            let mut gate = Count(admit);
+            // What the gate held back, from the refused frame's first byte, is scanned again
+            // with everything after it.
+            let mut rest = Vec::new();
+            for part in [&stream[..at], &stream[at..]] {
+                if !rest.is_empty() {
+                    rest.extend_from_slice(part);
+                    continue;
+                }
+                if let Err((e, valid)) = gated.scan_gated(part, &mut out, &mut gate) {
+                    proptest::prop_assert_eq!(e, FrameError::OverRate);
+                    rest.extend_from_slice(&part[valid..]);
+                }
+            }
+            gated.scan(&rest, &mut out).expect("the rest scans");
+            let state = |s: &FrameScanner| (s.at_boundary(), s.closed(), s.close_code());
+            proptest::prop_assert_eq!(out, whole_out);
+            proptest::prop_assert_eq!(state(&gated), state(&whole));
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod rebalance;
 pub mod registry;
 pub mod reqid;
 pub mod session;
+pub mod session_limits;
 pub mod state;
 pub mod tls;
 
@@ -62,6 +63,7 @@ use crate::{
     metrics::{DrainSeries, Metrics},
     proxy::Proxy,
     session::{SessionContext, SessionLimits},
+    session_limits::{LimitSeries, RateLimits},
 };
 
 /// Binds a listener with `SO_REUSEADDR` (as `TcpListener::bind` does) and `TCP_NODELAY`, which
@@ -92,6 +94,10 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         metrics.clone(),
         DrainSeries::register(&mut registry),
     );
+    let rate_limits = RateLimits {
+        rates: cfg.session_rates,
+        series: LimitSeries::register(&mut registry),
+    };
     drain.set_history(ledger.history());
     tokio::spawn(Arc::clone(&ledger).keep(Arc::clone(&drain)));
     let admission = Admission::new(cfg.limits.clone(), metrics.clone());
@@ -142,6 +148,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
                 idle_timeout: limits.idle_timeout,
                 max_message_bytes: limits.max_message_bytes,
             },
+            rate_limits,
         }),
         next_id: AtomicU64::new(1),
         refusals: AtomicUsize::new(0),

@@ -32,6 +32,8 @@ pub enum CloseReason {
     ProtocolError,
     /// The client sent a message over the limit (close 1009).
     MessageTooBig,
+    /// The client sent faster than its session limits allow (close 1008).
+    RateLimited,
     /// Asked to move (a drain's Notify or a rebalance): the client completed the close handshake.
     Migrated,
     /// The drain deadline passed with the session still open.
@@ -45,7 +47,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for pre-creating series.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClose,
         CloseReason::UpstreamClose,
         CloseReason::ClientDisconnect,
@@ -54,6 +56,7 @@ impl CloseReason {
         CloseReason::IdleTimeout,
         CloseReason::ProtocolError,
         CloseReason::MessageTooBig,
+        CloseReason::RateLimited,
         CloseReason::Migrated,
         CloseReason::DrainDeadline,
         CloseReason::RebalanceDeadline,
@@ -70,6 +73,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::RateLimited => "rate_limited",
             CloseReason::Migrated => "migrated",
             CloseReason::DrainDeadline => "drain_deadline",
             CloseReason::RebalanceDeadline => "rebalance_deadline",

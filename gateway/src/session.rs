@@ -39,12 +39,13 @@ use crate::{
     conn::ClientConn,
     drain::{Drain, Phase, SessionTicket, notice_at},
     frame::{
-        CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, ControlFrame,
-        FrameError, FrameScanner, Role, Scanned,
+        CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL,
+        CLOSE_POLICY_VIOLATION, ControlFrame, FrameError, FrameScanner, Role, Scanned,
     },
     limits::{ConnectionSlot, Ticker},
     metrics::{CloseReason, Metrics},
     rebalance::Order,
+    session_limits::{Admitted, LimitAction, RateLimits, Throttle},
 };
 
 /// Size of the per-thread relay buffer.
@@ -120,7 +121,8 @@ impl Pump {
     }
 
     /// Moves bytes from `src` to `dst`. `Ready(Ok)` means a frame event needs the session's
-    /// attention; `Ready(Err)` means this leg ended; `Pending` means wait (wakers registered).
+    /// attention; `Ready(Err)` means this leg ended; `Pending` means wait (wakers registered, or,
+    /// while `throttle` holds bytes back, the session's timer set at its `resume_at`).
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
@@ -128,6 +130,7 @@ impl Pump {
         dst: &mut D,
         buf: &mut [u8],
         seen: &mut Scanned,
+        mut throttle: Option<&mut Throttle>,
     ) -> Poll<Result<u64, LegEnd>>
     where
         S: AsyncRead + Unpin,
@@ -161,9 +164,35 @@ impl Pump {
             if self.src_done {
                 return ready_or_pending(total);
             }
+            if let Some(t) = throttle.as_deref_mut()
+                && t.holding()
+            {
+                if self.discard {
+                    t.discard();
+                    continue;
+                }
+                // The source is not read while bytes are held back: what fits now is written
+                // first, then this comes round again.
+                match t.release(&mut self.scanner, seen, &mut self.pending, Instant::now()) {
+                    Admitted::Held(0) => return ready_or_pending(total),
+                    Admitted::All | Admitted::Held(_) => {
+                        self.need_flush = true;
+                        continue;
+                    }
+                    Admitted::Failed(e, _) => {
+                        self.src_done = true;
+                        return Poll::Ready(Err(LegEnd::Frame(e)));
+                    }
+                }
+            }
             let mut rb = ReadBuf::new(buf);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                Poll::Pending => return ready_or_pending(total),
+                Poll::Pending => {
+                    if let Some(t) = throttle.as_deref_mut() {
+                        t.caught_up();
+                    }
+                    return ready_or_pending(total);
+                }
                 Poll::Ready(Err(_)) => {
                     self.src_done = true;
                     return Poll::Ready(Err(LegEnd::ReadError));
@@ -178,15 +207,27 @@ impl Pump {
             total += n as u64;
             self.relayed += n as u64;
             let data = &buf[..n];
-            if let Err((e, valid)) = self.scanner.scan_to_error(data, seen) {
-                // The whole frames before the bad one are relayed, ahead of the close frame.
-                if !self.discard {
-                    self.pending.extend_from_slice(&data[..valid]);
+            let scanned = match throttle.as_deref_mut().filter(|_| !self.discard) {
+                None => self
+                    .scanner
+                    .scan_to_error(data, seen)
+                    .map_or_else(|(e, valid)| Admitted::Failed(e, valid), |()| Admitted::All),
+                Some(t) => t.scan(&mut self.scanner, data, seen, Instant::now()),
+            };
+            let data = match scanned {
+                Admitted::All => data,
+                // The rest waits in the throttle; the next round finds it there.
+                Admitted::Held(valid) => &data[..valid],
+                Admitted::Failed(e, valid) => {
+                    // The whole frames before the bad one are relayed, ahead of the close frame.
+                    if !self.discard {
+                        self.pending.extend_from_slice(&data[..valid]);
+                    }
+                    self.src_done = true;
+                    return Poll::Ready(Err(LegEnd::Frame(e)));
                 }
-                self.src_done = true;
-                return Poll::Ready(Err(LegEnd::Frame(e)));
-            }
-            if self.discard {
+            };
+            if self.discard || data.is_empty() {
                 continue;
             }
             match Pin::new(&mut *dst).poll_write(cx, data) {
@@ -225,6 +266,8 @@ enum Event {
     Progress,
     ClientLeg(LegEnd),
     UpstreamLeg(LegEnd),
+    /// The session's limits held back this many more client frames.
+    Held(u64),
 }
 
 /// Who started the close handshake.
@@ -268,6 +311,8 @@ struct Relay {
     first_close: u16,
     /// When the heartbeat ping now unanswered was sent.
     ping_sent: Option<Instant>,
+    /// The per-session limits' buckets and held-back bytes; none without limits.
+    throttle: Option<Box<Throttle>>,
 }
 
 impl Relay {
@@ -276,10 +321,14 @@ impl Relay {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         RELAY_BUF.with_borrow_mut(|buf| {
             let mut seen = Scanned::default();
-            match self
-                .c2u
-                .poll(cx, &mut self.client, &mut self.upstream, buf, &mut seen)
-            {
+            match self.c2u.poll(
+                cx,
+                &mut self.client,
+                &mut self.upstream,
+                buf,
+                &mut seen,
+                self.throttle.as_deref_mut(),
+            ) {
                 Poll::Ready(Ok(n)) => {
                     self.client_active = true;
                     self.message_active |= seen.data_frames > 0;
@@ -299,10 +348,14 @@ impl Relay {
                 Poll::Pending => {}
             }
             let mut seen = Scanned::default();
-            match self
-                .u2c
-                .poll(cx, &mut self.upstream, &mut self.client, buf, &mut seen)
-            {
+            match self.u2c.poll(
+                cx,
+                &mut self.upstream,
+                &mut self.client,
+                buf,
+                &mut seen,
+                None,
+            ) {
                 Poll::Ready(Ok(n)) => {
                     self.message_active |= seen.data_frames > 0;
                     self.metrics.bytes_u2c.inc_by(n);
@@ -313,6 +366,12 @@ impl Relay {
                 }
                 Poll::Ready(Err(end)) => return Poll::Ready(Event::UpstreamLeg(end)),
                 Poll::Pending => {}
+            }
+            if let Some(t) = &mut self.throttle {
+                let delayed = t.take_delayed();
+                if delayed > 0 {
+                    return Poll::Ready(Event::Held(delayed));
+                }
             }
             let close_seen = (self.c2u.scanner.closed() && !self.c2u.close_reported)
                 || (self.u2c.scanner.closed() && !self.u2c.close_reported);
@@ -448,6 +507,7 @@ pub struct SessionContext {
     pub ticker: Arc<Ticker>,
     pub metrics: Metrics,
     pub limits: SessionLimits,
+    pub rate_limits: RateLimits,
 }
 
 /// Bytes that arrived with the handshakes, to relay before anything else.
@@ -485,6 +545,7 @@ pub fn start(
         client_close_sent: false,
         first_close: 0,
         ping_sent: None,
+        throttle: Throttle::new(&ctx.rate_limits.rates, now),
     };
     let primed = prime(&mut relay, leftovers);
     async move {
@@ -580,7 +641,16 @@ fn frame_error_reason(e: FrameError) -> CloseReason {
         FrameError::TooBig => CloseReason::MessageTooBig,
         FrameError::Protocol(_) => CloseReason::ProtocolError,
         FrameError::Upstream => CloseReason::UpstreamError,
+        FrameError::OverRate => CloseReason::RateLimited,
     }
+}
+
+/// Ends a session whose client went over its limits: close 1008 naming the limit, counted.
+fn close_rate_limited(relay: &mut Relay, limits: &RateLimits) -> CloseReason {
+    let reason = relay.throttle.as_ref().map_or("", |t| t.reason());
+    relay.close_client_saying(CLOSE_POLICY_VIOLATION, reason);
+    limits.series.limited(LimitAction::Close);
+    CloseReason::RateLimited
 }
 
 /// A mask key for the frames the gateway itself sends upstream (RFC 6455 5.3). It only has to be
@@ -612,6 +682,8 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
     // A close frame the gateway wants to send the client, with how the session ends if answered.
     let mut want_close: Option<(u16, CloseReason)> = None;
     let mut want_ping = false;
+    // The session's limits held it back once already (counted once per session).
+    let mut held_once = false;
     // The phase may have changed before the session started.
     let mut phase_changed = true;
     loop {
@@ -666,12 +738,13 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
             }
         }
         relay.want_inject = closing == Closing::Open && (want_ping || want_close.is_some());
-        // One timer at most, and only while a drain slot or a close handshake is pending.
-        let wake_at = match (notify_at, close_by) {
-            (Some((a, ..)), Some(b)) => Some(a.min(b)),
-            (Some((a, ..)), None) => Some(a),
-            (None, b) => b,
-        };
+        // One timer at most, and only while a drain slot, a close handshake or client bytes held
+        // back by the session's limits are pending.
+        let resume_at = relay.throttle.as_ref().and_then(|t| t.resume_at());
+        let wake_at = [notify_at.map(|(at, ..)| at), close_by, resume_at]
+            .into_iter()
+            .flatten()
+            .min();
         let event = tokio::select! {
             biased;
             ev = poll_fn(|cx| relay.poll(cx)) => Some(ev),
@@ -706,6 +779,12 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                     // Its buffers are full: no close frame can reach it.
                     debug!("client took no bytes for the heartbeat interval plus timeout");
                     return CloseReason::WriteStalled;
+                }
+                if closing == Closing::Open
+                    && relay.throttle.as_ref().is_some_and(|t| t.held_for(now) > limits.heartbeat_timeout)
+                {
+                    debug!("client held back by its rate limits for longer than the heartbeat timeout");
+                    return close_rate_limited(relay, &ctx.rate_limits);
                 }
                 if closing == Closing::Open {
                     if let Some(sent) = relay.ping_sent {
@@ -757,6 +836,18 @@ async fn drive(relay: &mut Relay, ctx: &SessionContext) -> CloseReason {
                         Closing::ByUpstream | Closing::ByGateway(_) => {}
                     }
                 }
+            }
+            Event::Held(frames) => {
+                let series = &ctx.rate_limits.series;
+                series.frames_delayed.inc_by(frames);
+                if !held_once {
+                    held_once = true;
+                    series.limited(LimitAction::Backpressure);
+                }
+            }
+            Event::ClientLeg(LegEnd::Frame(FrameError::OverRate)) => {
+                debug!("client over its rate limits");
+                return close_rate_limited(relay, &ctx.rate_limits);
             }
             Event::ClientLeg(LegEnd::Frame(e)) => {
                 relay.close_client(e.close_code());

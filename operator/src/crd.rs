@@ -243,6 +243,11 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub http: HttpSpec,
 
+    /// What each WebSocket client may send per second: data messages, payload bytes, or both,
+    /// and what a client over them gets. Unset: no per-session limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_limits: Option<SessionLimitsSpec>,
+
     /// The gateway's log lines, among them one per session and per plain HTTP request.
     #[serde(default)]
     pub logging: LoggingSpec,
@@ -307,6 +312,7 @@ impl Default for GatewaySpec {
             allowed_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             http: HttpSpec::default(),
+            session_limits: None,
             logging: LoggingSpec::default(),
             proxy_protocol: ProxyProtocol::default(),
             trusted_proxies: Vec::new(),
@@ -419,6 +425,52 @@ impl Default for HttpSpec {
             max_body_bytes: 0,
         }
     }
+}
+
+/// Per-session limits: token buckets on what each WebSocket client sends (data messages and their
+/// payload bytes; pings, pongs and close frames are never limited).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.messagesPerSecond) || has(self.bytesPerSecond)")
+    .message("gateway.sessionLimits needs messagesPerSecond, bytesPerSecond or both"))]
+#[x_kube(validation = Rule::new("!has(self.messageBurst) || has(self.messagesPerSecond)")
+    .message("gateway.sessionLimits.messageBurst needs gateway.sessionLimits.messagesPerSecond").field_path(".messageBurst"))]
+#[x_kube(validation = Rule::new("!has(self.bytesBurst) || has(self.bytesPerSecond)")
+    .message("gateway.sessionLimits.bytesBurst needs gateway.sessionLimits.bytesPerSecond").field_path(".bytesBurst"))]
+pub struct SessionLimitsSpec {
+    /// Data messages per second each client may send (a fragmented message counts once).
+    /// Unset: messages are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub messages_per_second: Option<i32>,
+    /// Messages a client may send at once, above the rate. Unset: one second's worth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub message_burst: Option<i32>,
+    /// Payload bytes of data messages per second each client may send. Unset: bytes are not
+    /// limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1099511627776_i64))]
+    pub bytes_per_second: Option<i64>,
+    /// Payload bytes a client may send at once, above the rate. Unset: one second's worth. A
+    /// message larger than this passes when the bucket is full and delays the next ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1099511627776_i64))]
+    pub bytes_burst: Option<i64>,
+    /// What a client over its limits gets.
+    #[serde(default)]
+    pub action: SessionLimitAction,
+}
+
+/// What the gateway does to a client that sends faster than its session limits.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionLimitAction {
+    /// Stop reading the client until its messages fit, so they arrive late but all arrive; a
+    /// client held back for longer than `heartbeat.timeout` without a break is closed (1008).
+    #[default]
+    Backpressure,
+    /// Close the session (1008 Policy Violation) at the first message over the limits.
+    Close,
 }
 
 fn default_http_max_connections() -> i32 {

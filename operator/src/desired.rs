@@ -36,7 +36,7 @@ use crate::alerts;
 pub use crate::certs::CertBundle;
 use crate::crd::{
     AutoscalingSpec, LogFormat, LongConnService, ScalingPolicyType, ScalingRules, SelectPolicy,
-    TlsMode,
+    SessionLimitAction, SessionLimitsSpec, TlsMode,
 };
 use crate::crd::{GatewaySpec, ProxyProtocol, ServiceType};
 use crate::duration::Duration;
@@ -681,6 +681,7 @@ pub fn gateway_args(lcs: &LongConnService, tls: bool) -> Vec<String> {
     if !g.allowed_origins.is_empty() {
         args.push(format!("--allowed-origins={}", g.allowed_origins.join(",")));
     }
+    args.extend(session_limit_args(g.session_limits.as_ref()));
     args.push(format!(
         "--log-format={}",
         match g.logging.format {
@@ -714,6 +715,31 @@ fn client_address_args(g: &GatewaySpec) -> Vec<String> {
         args.push(format!("--trusted-proxies={}", g.trusted_proxies.join(",")));
     }
     args
+}
+
+/// The gateway's `--session-*` flags for `gateway.sessionLimits`; none when it is unset, so
+/// that the pods (and the revision) of a LongConnService without it stay as they were.
+fn session_limit_args(limits: Option<&SessionLimitsSpec>) -> Vec<String> {
+    let Some(l) = limits else {
+        return Vec::new();
+    };
+    let flag = |name: &str, value: Option<i64>| value.map(|v| format!("--session-{name}={v}"));
+    [
+        flag("messages-per-second", l.messages_per_second.map(i64::from)),
+        flag("message-burst", l.message_burst.map(i64::from)),
+        flag("bytes-per-second", l.bytes_per_second),
+        flag("bytes-burst", l.bytes_burst),
+        Some(format!(
+            "--session-limit-action={}",
+            match l.action {
+                SessionLimitAction::Backpressure => "backpressure",
+                SessionLimitAction::Close => "close",
+            }
+        )),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn gateway_container(ctx: &Ctx, settings: &Settings, tls: bool) -> Container {
@@ -1184,6 +1210,54 @@ mod tests {
         "--handoff",
         "20s",
     ];
+
+    fn session_flags(lcs: &LongConnService) -> Vec<String> {
+        gateway_args(lcs, false)
+            .into_iter()
+            .filter(|a| a.starts_with("--session-"))
+            .collect()
+    }
+
+    #[test]
+    fn session_limits_become_the_gateways_session_flags_and_none_when_unset() {
+        let mut service = lcs(json!([{"name": "app", "image": "app:1"}]), None);
+        assert!(session_flags(&service).is_empty());
+        let unset = revision::of(&service, &Settings::default());
+        service.spec.gateway.session_limits = Some(SessionLimitsSpec {
+            messages_per_second: Some(20),
+            message_burst: None,
+            bytes_per_second: Some(65536),
+            bytes_burst: Some(1_048_576),
+            action: SessionLimitAction::Close,
+        });
+        assert_eq!(
+            session_flags(&service),
+            [
+                "--session-messages-per-second=20",
+                "--session-bytes-per-second=65536",
+                "--session-bytes-burst=1048576",
+                "--session-limit-action=close",
+            ]
+        );
+        assert_ne!(revision::of(&service, &Settings::default()), unset);
+    }
+
+    #[test]
+    fn session_limits_from_yaml_default_to_backpressure_with_the_gateways_bursts() {
+        let mut service = lcs(json!([{"name": "app", "image": "app:1"}]), None);
+        service.spec.gateway.session_limits = Some(
+            serde_json::from_value(json!({"messagesPerSecond": 5, "messageBurst": 50}))
+                .expect("limits"),
+        );
+        assert_eq!(
+            session_flags(&service),
+            [
+                "--session-messages-per-second=5",
+                "--session-message-burst=50",
+                "--session-limit-action=backpressure",
+            ]
+        );
+    }
 
     #[test]
     fn per_ip_handshakes_are_capped_only_while_the_per_ip_rate_limit_is_on() {

@@ -589,8 +589,11 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A frame read from the server side: opcode and payload.
-pub async fn read_server_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+/// A frame read from the server side (a whole stream or its read half): opcode and payload.
+pub async fn read_server_frame<R>(tcp: &mut R) -> Option<(u8, Vec<u8>)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let mut h = [0u8; 2];
     tokio::time::timeout(WAIT, tcp.read_exact(&mut h))
         .await
