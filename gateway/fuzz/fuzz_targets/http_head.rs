@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = head.check_websocket();
         let _ = head.origin();
         let ids = RequestIds::for_request(&head);
-        let encoded = head.encode_request("127.0.0.1".parse().expect("ip"), false, &ids);
+        let peer = "127.0.0.1".parse().expect("ip");
+        let encoded = head.encode_request(peer, peer, false, &ids);
         // The gateway adds a few headers, so a head at the limits may become too large.
         assert!(
             matches!(parse_request(&encoded), Ok(Some(_)) | Err(HeadError::TooLarge)),
