@@ -447,6 +447,7 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
         .iter()
         .map(|pod| {
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let rebalancing = rebalancing.contains(&pod.name_any().as_str());
             GatewayPod {
                 key: gateways::key_of(pod),
                 admin: pod_ip(pod)
@@ -459,8 +460,8 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
                     || !followed.is_empty()
                     || in_motion
                     || pending
-                    || rebalancing.contains(&pod.name_any().as_str()),
-                rebalancing: rebalancing.contains(&pod.name_any().as_str()),
+                    || rebalancing,
+                rebalancing,
             }
         })
         .collect();
