@@ -1,6 +1,7 @@
-//! Hostile and faulty clients through the real gateway: connections refused at accept, handshakes
-//! that never finish, plain HTTP exchanges that stall, bodies over the limit, answers nobody
-//! reads. Each test states the bound it proves, in time and in what the gateway holds.
+//! Hostile and faulty clients through the real gateway: connections refused at accept, heads sent
+//! a byte at a time, handshakes that never finish, plain HTTP exchanges that stall, bodies over
+//! the limit, answers nobody reads. Each test states the bound it proves, in time and in what the
+//! gateway holds.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,6 +13,7 @@ use std::{
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use longconn_gateway::http::MAX_HEAD_BYTES;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -65,6 +67,61 @@ async fn a_connection_over_the_cap_is_answered_at_accept_before_it_sends_anythin
     assert_eq!(
         held.next().await.unwrap().unwrap(),
         Message::text("still here")
+    );
+}
+
+/// Writes `bytes` one byte per write, each sent at once: the gateway reads them as they come.
+/// Writes after the gateway has closed are not an error here.
+async fn send_a_byte_at_a_time(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.set_nodelay(true).unwrap();
+    for b in bytes {
+        if tcp.write_all(std::slice::from_ref(b)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The work such a head costs is bounded by the unit test
+/// `a_head_sent_a_byte_at_a_time_is_parsed_three_times_at_most`, which counts the parses; this
+/// one proves, on real sockets, that the largest head accepted (16 KiB) arriving a byte at a
+/// time is read whole and relayed, and that a head still without its end at 16 KiB gets `400`.
+#[tokio::test]
+async fn the_largest_head_sent_a_byte_at_a_time_is_relayed_and_a_longer_one_gets_400() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let unpadded = upgrade_request(gw.addr, "X-Pad: \r\n").len();
+    let pad = "p".repeat(MAX_HEAD_BYTES - unpadded);
+    let request = upgrade_request(gw.addr, &format!("X-Pad: {pad}\r\n"));
+    assert_eq!(request.len(), MAX_HEAD_BYTES);
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    send_a_byte_at_a_time(&mut tcp, request.as_bytes()).await;
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&client_frame(0x1, b"whole")).await.unwrap();
+    assert_eq!(
+        read_server_frame(&mut tcp).await,
+        Some((0x1, b"whole".to_vec()))
+    );
+    let relayed = log.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        relayed.contains(&format!("X-Pad: {pad}\r\n")),
+        "the pad reached the app"
+    );
+
+    // A head as long whose blank line has not come: refused once its 16 KiB have.
+    let endless = upgrade_request(gw.addr, &format!("X-Pad: {pad}pp"));
+    assert_eq!(endless.len(), MAX_HEAD_BYTES);
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    send_a_byte_at_a_time(&mut tcp, endless.as_bytes()).await;
+    let answer = answer_within(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("request head too large"), "{answer}");
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="bad_request"}"#)
+            .await,
+        1.0
     );
 }
 
