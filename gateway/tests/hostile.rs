@@ -391,12 +391,23 @@ async fn a_body_over_the_limit_in_the_read_that_brings_the_head_never_reaches_th
     );
 }
 
-/// The answer (64 KiB at most) fits the socket buffers of the loopback, so the write that this
-/// bounds does not block here; the bound itself is proven in the unit test
-/// `answers_and_the_101_to_a_client_that_takes_nothing_give_up_in_bounded_time`.
+/// Connects to `to` as a client whose answers back up: it announces a segment size of 536 bytes
+/// and keeps the smallest receive buffer. Linux sizes the gateway's send buffer for a connection
+/// from its segment size, so a 64 KiB answer then fits neither buffer and the gateway's write
+/// blocks while the client does not read (with the loopback's own 64 KiB segments it would fit
+/// whole, and the write would return at once).
+async fn connect_backed_up(to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_tcp_mss(536).unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    socket.connect(to).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_refused_upgrade_nobody_reads_is_given_up_in_bounded_time() {
-    // An app that refuses every upgrade with a 64 KiB body.
+    // An app that refuses every upgrade with a 64 KiB body, the most the gateway passes on.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -415,28 +426,39 @@ async fn a_refused_upgrade_nobody_reads_is_given_up_in_bounded_time() {
     let gw = Gateway::start(up, &[]).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(1024).unwrap();
-        let mut tcp = socket.connect(gw.addr).await.unwrap();
+        let mut tcp = connect_backed_up(gw.addr).await;
         tcp.write_all(upgrade_request(gw.addr, "").as_bytes())
             .await
             .unwrap();
         clients.push(tcp);
     }
-    // None of them reads. The bound: the answer's write timeout (2 s) after the app's answer.
     let asked = Instant::now();
-    eventually("every connection given up", || async {
+    // None of them reads. Half the write timeout on, the app has refused all four and their
+    // answers are still being written: the writes block, so the timeout is what ends them.
+    eventually("the app's four refusals", || async {
         gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="upstream_refused"}"#)
             .await
             == 4.0
-            && gw.metric("longconn_gateway_connections_active").await == 0.0
     })
     .await;
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        asked.elapsed()
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(asked.elapsed())).await;
+    assert_eq!(
+        gw.metric("longconn_gateway_connections_active").await,
+        4.0,
+        "the answers did not back up, so this test would prove nothing"
     );
+    // The bound: the answer's write timeout (2 s) after the app's answer, with room for a slow
+    // machine, and far below the handshake timeout (10 s) and the test's patience (30 s).
+    let bound = Duration::from_secs(5);
+    while gw.metric("longconn_gateway_connections_active").await > 0.0 {
+        assert!(
+            asked.elapsed() < bound,
+            "connections still held {:?} after the app refused them",
+            asked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(clients);
 }
 
 #[tokio::test]
