@@ -1,7 +1,7 @@
-//! Hostile and faulty clients through the real gateway: connections refused at accept, heads sent
-//! a byte at a time, handshakes that never finish, plain HTTP exchanges that stall, bodies over
-//! the limit, answers nobody reads. Each test states the bound it proves, in time and in what the
-//! gateway holds.
+//! Hostile and faulty clients through the real gateway: connections refused at accept (over the
+//! cap or the rate), heads sent a byte at a time, handshakes that never finish, plain HTTP
+//! exchanges that stall, bodies over the limit, answers nobody reads. Each test states the bound
+//! it proves, in time and in what the gateway holds.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -63,10 +63,59 @@ async fn a_connection_over_the_cap_is_answered_at_accept_before_it_sends_anythin
             .await,
         1.0
     );
+    assert_eq!(gw.metric("longconn_gateway_connections_active").await, 1.0);
     held.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         held.next().await.unwrap().unwrap(),
         Message::text("still here")
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_rate_are_answered_429_at_accept_and_take_no_slot() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(
+        up,
+        &[
+            "--rate-limit-connections-per-second-per-ip",
+            "0.1",
+            "--rate-limit-burst",
+            "3",
+            "--handshake-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    // The burst of three: two requests served, and a connection that holds its slot while its
+    // head does not come.
+    for _ in 0..2 {
+        let (status, _) = http_request(gw.addr, "GET", "/hello", None, "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let _admitted = TcpStream::connect(gw.addr).await.unwrap();
+    eventually("the burst's last token taken", || async {
+        gw.metric("longconn_gateway_connections_active").await == 1.0
+    })
+    .await;
+    // The bound: each one over the rate is answered at once, before it sends a byte, where an
+    // admitted one would wait for its head for the handshake timeout (10 s); none takes a slot.
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let answer = answer_within(&mut tcp, Duration::from_secs(3))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        // The next token comes within 1 / 0.1 s = 10 s.
+        let retry: u64 = header(&answer, "Retry-After").unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry), "{answer}");
+        assert_eq!(gw.metric("longconn_gateway_connections_active").await, 1.0);
+    }
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="rate_limited"}"#)
+            .await,
+        20.0
     );
 }
 
