@@ -212,16 +212,17 @@ def check_network_policy(rendered, metrics_namespace=""):
         fail(f"ingress {spec.get('ingress')}, want [{want}]")
 
 
-def metric_names_in_source(operator_src, gateway_src, process_src=None):
+def metric_names_in_source(operator_src, gateway_src, *named_srcs):
     """The metric names the operator and the gateway register (with the registry's prefix), and
-    the process figures the gateway's collector in process_src encodes."""
+    those the gateway's other sources name in full: the process figures its collector encodes,
+    the per-session limits' series."""
     names = set()
     for name in re.findall(r'(?:register|encode_descriptor)\(\s*"([a-z_]+)"', open(operator_src).read()):
         names.add("longconn_operator_" + name)
     for name in re.findall(r'format!\("\{g\}_([a-z_]+)"\)', open(gateway_src).read()):
         names.add("longconn_gateway_" + name)
-    if process_src:
-        names |= set(re.findall(r'"((?:process|longconn_gateway)_[a-z_]+)"', open(process_src).read()))
+    for src in named_srcs:
+        names |= set(re.findall(r'"((?:process|longconn_gateway)_[a-z_]+)"', open(src).read()))
     return names
 
 
@@ -242,14 +243,14 @@ FUTURE_METRICS = {
 }
 
 
-def check_dashboard(rendered, operator_src, gateway_src, process_src):
+def check_dashboard(rendered, operator_src, gateway_src, *named_srcs):
     objs = docs(rendered)
     cm = [o for o in find(objs, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
     if len(cm) != 1:
         fail(f"expected one ConfigMap labelled grafana_dashboard: \"1\", found {len(cm)}")
     (json_text,) = cm[0]["data"].values()
     dash = json.loads(json_text)
-    known = metric_names_in_source(operator_src, gateway_src, process_src)
+    known = metric_names_in_source(operator_src, gateway_src, *named_srcs)
     if len(known) < 10:
         fail(f"found only {sorted(known)} in the metrics sources; has the registration code changed?")
     used = set()
@@ -269,11 +270,15 @@ def check_dashboard(rendered, operator_src, gateway_src, process_src):
                   # One panel per alert of the chart's and the operator's PrometheusRules.
                   "Rollouts halted", "Dropped sessions by reason", "Handshake rejections by reason",
                   "Connections per pod", "Certificate expires in", "Gateway restarts",
-                  "Open files of the limit"):
+                  "Open files of the limit", "Sessions over their limits",
+                  # The per-session limits' other series.
+                  "Frames delayed by session limits"):
         if title not in titles:
             fail(f"the dashboard has no panel {title!r}")
     for name in ("longconn_gateway_sessions_active", "longconn_operator_reconcile_errors_total",
-                 "longconn_operator_reconcile_duration_seconds_bucket", *FUTURE_METRICS):
+                 "longconn_operator_reconcile_duration_seconds_bucket",
+                 "longconn_gateway_sessions_rate_limited_total",
+                 "longconn_gateway_frames_delayed_total", *FUTURE_METRICS):
         if name not in used:
             fail(f"the dashboard does not show {name}")
 

@@ -163,7 +163,7 @@ check "dashboard ConfigMap in the values' namespace (monitoring)" \
   "${checks[@]}" present "${work}/monitoring.yaml" ConfigMap monitoring
 check "dashboard: panels and metric names that exist" \
   "${checks[@]}" dashboard "${work}/default.yaml" operator/src/metrics.rs gateway/src/metrics.rs \
-  gateway/src/fds.rs
+  gateway/src/fds.rs gateway/src/session_limits.rs
 
 # Values the schema must refuse, each with a message that names the value.
 check "refuses replicaCount: -1" refuses x "at '/replicaCount': minimum: got -1" --set replicaCount=-1

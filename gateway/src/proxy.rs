@@ -657,7 +657,7 @@ pub async fn read_response<R: AsyncRead + Unpin>(src: &mut R) -> Result<(Head, V
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
     use super::*;
 
@@ -688,26 +688,59 @@ mod tests {
         }
     }
 
-    static PARSES: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Parses of the current test's heads, and the bytes they covered (each test runs on a
+        /// thread of its own, with a current-thread runtime).
+        static PARSED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
 
     fn counted(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-        PARSES.fetch_add(1, Ordering::Relaxed);
+        PARSED.with(|p| p.set((p.get().0 + 1, p.get().1 + buf.len())));
         http::parse_request(buf)
     }
 
+    /// Reads `head` a byte at a time with [`counted`] parses: the result, the parses and the
+    /// bytes they covered.
+    async fn read_counted(head: &str) -> (Result<(Head, Vec<u8>), String>, usize, usize) {
+        PARSED.with(|p| p.set((0, 0)));
+        let got = read_head(&mut byte_by_byte(head), counted).await;
+        let (parses, bytes) = PARSED.with(Cell::get);
+        (got, parses, bytes)
+    }
+
+    /// The first line of the heads below, with a blank line before it (which is allowed).
+    const START: &str = "\r\nGET /chat HTTP/1.1\r\n";
+
     #[tokio::test]
-    async fn a_head_sent_a_byte_at_a_time_is_parsed_three_times_at_most() {
+    async fn a_head_sent_a_byte_at_a_time_is_parsed_whole_once_and_its_start_line_once() {
         let pad = "a".repeat(http::MAX_HEAD_BYTES - 200);
-        let head = format!("\r\nGET /chat HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\nbody");
-        PARSES.store(0, Ordering::Relaxed);
-        let (parsed, rest) = read_head(&mut byte_by_byte(head), counted)
-            .await
-            .expect("a valid head");
+        let head = format!("{START}Host: x\r\nX-Pad: {pad}\r\n\r\nbody");
+        let (got, parses, bytes) = read_counted(&head).await;
+        let (parsed, rest) = got.expect("a valid head");
         assert_eq!(parsed.header("host"), Some(&b"x"[..]));
         // The bytes are read one at a time: nothing past the head was read yet.
         assert!(rest.is_empty(), "{rest:?}");
-        let parses = PARSES.load(Ordering::Relaxed);
-        assert!(parses <= 3, "{parses} parses of a {}-byte head", parsed.len);
+        // The bound: linear in the head's length. A parse per read would be about 16,000
+        // parses over 130 MB.
+        assert!(parses <= 2, "{parses} parses of a {}-byte head", parsed.len);
+        assert!(
+            bytes <= START.len() + parsed.len,
+            "{bytes} bytes parsed for a {}-byte head",
+            parsed.len
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_without_an_end_sent_a_byte_at_a_time_is_parsed_once_at_its_limit() {
+        let pad = "a".repeat(2 * http::MAX_HEAD_BYTES);
+        let (got, parses, bytes) = read_counted(&format!("{START}Host: x\r\nX-Pad: {pad}")).await;
+        assert_eq!(got.expect_err("too large"), "request head too large");
+        // The start line once, then the 16 KiB a head may have, once.
+        assert!(parses <= 2, "{parses} parses");
+        assert!(
+            bytes <= START.len() + http::MAX_HEAD_BYTES,
+            "{bytes} bytes parsed"
+        );
     }
 
     /// Takes no byte, ever: a client whose receive window stays closed.

@@ -1,6 +1,7 @@
-//! Hostile and faulty clients through the real gateway: connections refused at accept, handshakes
-//! that never finish, plain HTTP exchanges that stall, bodies over the limit, answers nobody
-//! reads. Each test states the bound it proves, in time and in what the gateway holds.
+//! Hostile and faulty clients through the real gateway: connections refused at accept (over the
+//! cap or the rate), heads sent a byte at a time, handshakes that never finish, plain HTTP
+//! exchanges that stall, bodies over the limit, answers nobody reads. Each test states the bound
+//! it proves, in time and in what the gateway holds.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,6 +13,7 @@ use std::{
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use longconn_gateway::http::MAX_HEAD_BYTES;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -61,10 +63,114 @@ async fn a_connection_over_the_cap_is_answered_at_accept_before_it_sends_anythin
             .await,
         1.0
     );
+    assert_eq!(gw.metric("longconn_gateway_connections_active").await, 1.0);
     held.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         held.next().await.unwrap().unwrap(),
         Message::text("still here")
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_rate_are_answered_429_at_accept_and_take_no_slot() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(
+        up,
+        &[
+            "--rate-limit-connections-per-second-per-ip",
+            "0.1",
+            "--rate-limit-burst",
+            "3",
+            "--handshake-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    // The burst of three: two requests served, and a connection that holds its slot while its
+    // head does not come.
+    for _ in 0..2 {
+        let (status, _) = http_request(gw.addr, "GET", "/hello", None, "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let _admitted = TcpStream::connect(gw.addr).await.unwrap();
+    eventually("the burst's last token taken", || async {
+        gw.metric("longconn_gateway_connections_active").await == 1.0
+    })
+    .await;
+    // The bound: each one over the rate is answered at once, before it sends a byte, where an
+    // admitted one would wait for its head for the handshake timeout (10 s); none takes a slot.
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let answer = answer_within(&mut tcp, Duration::from_secs(3))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        // The next token comes within 1 / 0.1 s = 10 s.
+        let retry: u64 = header(&answer, "Retry-After").unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry), "{answer}");
+        assert_eq!(gw.metric("longconn_gateway_connections_active").await, 1.0);
+    }
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="rate_limited"}"#)
+            .await,
+        20.0
+    );
+}
+
+/// Writes `bytes` one byte per write, each sent at once: the gateway reads them as they come.
+/// Writes after the gateway has closed are not an error here.
+async fn send_a_byte_at_a_time(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.set_nodelay(true).unwrap();
+    for b in bytes {
+        if tcp.write_all(std::slice::from_ref(b)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The work such a head costs is bounded by the unit test
+/// `a_head_sent_a_byte_at_a_time_is_parsed_three_times_at_most`, which counts the parses; this
+/// one proves, on real sockets, that the largest head accepted (16 KiB) arriving a byte at a
+/// time is read whole and relayed, and that a head still without its end at 16 KiB gets `400`.
+#[tokio::test]
+async fn the_largest_head_sent_a_byte_at_a_time_is_relayed_and_a_longer_one_gets_400() {
+    let (up, log) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let unpadded = upgrade_request(gw.addr, "X-Pad: \r\n").len();
+    let pad = "p".repeat(MAX_HEAD_BYTES - unpadded);
+    let request = upgrade_request(gw.addr, &format!("X-Pad: {pad}\r\n"));
+    assert_eq!(request.len(), MAX_HEAD_BYTES);
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    send_a_byte_at_a_time(&mut tcp, request.as_bytes()).await;
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&client_frame(0x1, b"whole")).await.unwrap();
+    assert_eq!(
+        read_server_frame(&mut tcp).await,
+        Some((0x1, b"whole".to_vec()))
+    );
+    let relayed = log.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        relayed.contains(&format!("X-Pad: {pad}\r\n")),
+        "the pad reached the app"
+    );
+
+    // A head as long whose blank line has not come: refused once its 16 KiB have.
+    let endless = upgrade_request(gw.addr, &format!("X-Pad: {pad}pp"));
+    assert_eq!(endless.len(), MAX_HEAD_BYTES);
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    send_a_byte_at_a_time(&mut tcp, endless.as_bytes()).await;
+    let answer = answer_within(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("request head too large"), "{answer}");
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="bad_request"}"#)
+            .await,
+        1.0
     );
 }
 
@@ -334,12 +440,23 @@ async fn a_body_over_the_limit_in_the_read_that_brings_the_head_never_reaches_th
     );
 }
 
-/// The answer (64 KiB at most) fits the socket buffers of the loopback, so the write that this
-/// bounds does not block here; the bound itself is proven in the unit test
-/// `answers_and_the_101_to_a_client_that_takes_nothing_give_up_in_bounded_time`.
+/// Connects to `to` as a client whose answers back up: it announces a segment size of 536 bytes
+/// and keeps the smallest receive buffer. Linux sizes the gateway's send buffer for a connection
+/// from its segment size, so a 64 KiB answer then fits neither buffer and the gateway's write
+/// blocks while the client does not read (with the loopback's own 64 KiB segments it would fit
+/// whole, and the write would return at once).
+async fn connect_backed_up(to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_tcp_mss(536).unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    socket.connect(to).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_refused_upgrade_nobody_reads_is_given_up_in_bounded_time() {
-    // An app that refuses every upgrade with a 64 KiB body.
+    // An app that refuses every upgrade with a 64 KiB body, the most the gateway passes on.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -358,28 +475,39 @@ async fn a_refused_upgrade_nobody_reads_is_given_up_in_bounded_time() {
     let gw = Gateway::start(up, &[]).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(1024).unwrap();
-        let mut tcp = socket.connect(gw.addr).await.unwrap();
+        let mut tcp = connect_backed_up(gw.addr).await;
         tcp.write_all(upgrade_request(gw.addr, "").as_bytes())
             .await
             .unwrap();
         clients.push(tcp);
     }
-    // None of them reads. The bound: the answer's write timeout (2 s) after the app's answer.
     let asked = Instant::now();
-    eventually("every connection given up", || async {
+    // None of them reads. Half the write timeout on, the app has refused all four and their
+    // answers are still being written: the writes block, so the timeout is what ends them.
+    eventually("the app's four refusals", || async {
         gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="upstream_refused"}"#)
             .await
             == 4.0
-            && gw.metric("longconn_gateway_connections_active").await == 0.0
     })
     .await;
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        asked.elapsed()
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(asked.elapsed())).await;
+    assert_eq!(
+        gw.metric("longconn_gateway_connections_active").await,
+        4.0,
+        "the answers did not back up, so this test would prove nothing"
     );
+    // The bound: the answer's write timeout (2 s) after the app's answer, with room for a slow
+    // machine, and far below the handshake timeout (10 s) and the test's patience (30 s).
+    let bound = Duration::from_secs(5);
+    while gw.metric("longconn_gateway_connections_active").await > 0.0 {
+        assert!(
+            asked.elapsed() < bound,
+            "connections still held {:?} after the app refused them",
+            asked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(clients);
 }
 
 #[tokio::test]

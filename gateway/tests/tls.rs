@@ -1,14 +1,19 @@
-//! TLS termination: TLS 1.2 and 1.3 handshakes, and a certificate swapped the way Kubernetes
-//! updates a Secret volume (`..data` symlink to a timestamped directory) while sessions stay up.
+//! TLS termination: TLS 1.2 and 1.3 handshakes, a certificate swapped the way Kubernetes
+//! updates a Secret volume (`..data` symlink to a timestamped directory) while sessions stay up,
+//! and connections over the rate closed at accept without a handshake.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::{Connector, tungstenite::Message};
 
 /// A self-signed certificate for 127.0.0.1 expiring on 1 January of `year`: (cert PEM, key PEM).
@@ -76,24 +81,28 @@ where
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
 }
 
+/// A gateway with the flags `extra`, serving a certificate that expires in 2031 from a volume
+/// published as Kubernetes does (in `temp_dir(name)`): the gateway, the volume and the pair.
+async fn tls_gateway(name: &str, extra: &[&str]) -> (Gateway, PathBuf, (String, String)) {
+    let (up, _) = start_upstream().await;
+    let dir = temp_dir(name);
+    let pair = cert(2031);
+    publish(&dir, "..2031", &pair);
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let mut args = vec![
+        "--tls-cert",
+        path_str(&cert_file),
+        "--tls-key",
+        path_str(&key_file),
+    ];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(up, &args).await;
+    (gw, dir, pair)
+}
+
 #[tokio::test]
 async fn tls_certificate_reload_keeps_existing_sessions_open() {
-    let (up, _) = start_upstream().await;
-    let dir = temp_dir("tls");
-    let old = cert(2031);
-    publish(&dir, "..2031", &old);
-    let gw = Gateway::start(
-        up,
-        &[
-            "--tls-cert",
-            path_str(&dir.join("tls.crt")),
-            "--tls-key",
-            path_str(&dir.join("tls.key")),
-            "--tls-reload-interval",
-            "100ms",
-        ],
-    )
-    .await;
+    let (gw, dir, old) = tls_gateway("tls", &["--tls-reload-interval", "100ms"]).await;
     let expiry = "longconn_gateway_certificate_expiry_timestamp_seconds";
     assert_eq!(gw.metric(expiry).await, 1_924_992_000.0);
     let mut v12 = wss(&gw, client(&old.0, &rustls::version::TLS12))
@@ -137,6 +146,52 @@ async fn tls_certificate_reload_keeps_existing_sessions_open() {
         .await
         .unwrap();
     echo(&mut still, "still served").await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_tls_connection_over_the_rate_is_closed_at_accept_without_a_handshake() {
+    let (gw, dir, pair) = tls_gateway(
+        "tls-rate",
+        &[
+            "--rate-limit-connections-per-second-per-ip",
+            "0.1",
+            "--rate-limit-burst",
+            "1",
+            "--handshake-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    let mut admitted = wss(&gw, client(&pair.0, &rustls::version::TLS13))
+        .await
+        .unwrap();
+    echo(&mut admitted, "the burst").await;
+    // The bound: closed at once, before it sends a byte and unanswered (an answer would take the
+    // handshake), where an admitted connection would wait for its ClientHello for the handshake
+    // timeout (10 s).
+    for _ in 0..5 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(3), tcp.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // A client that tries the handshake is refused, not kept waiting.
+    let refused = wss(&gw, client(&pair.0, &rustls::version::TLS13))
+        .await
+        .expect_err("refused");
+    assert_ne!(refused, "timeout");
+    let [rate_limited, tls_errors, active] = gw
+        .metrics_of([
+            r#"longconn_gateway_handshake_rejections_total{reason="rate_limited"}"#,
+            r#"longconn_gateway_handshake_rejections_total{reason="tls_error"}"#,
+            "longconn_gateway_connections_active",
+        ])
+        .await;
+    assert_eq!((rate_limited, tls_errors, active), (6.0, 0.0, 1.0));
+    echo(&mut admitted, "still served").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

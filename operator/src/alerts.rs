@@ -129,6 +129,28 @@ pub fn rules(lcs: &LongConnService) -> Vec<Rule> {
              spec.gateway.upstreamPort.",
         ),
         rule(
+            "LongConnSessionsRateLimited",
+            format!(
+                "sum by (namespace, job) (rate(longconn_gateway_sessions_rate_limited_total\
+                 {{{job}, action=\"close\"}}[5m])) > 0"
+            ),
+            Some("10m"),
+            "warning",
+            format!(
+                "{{{{ $value | humanize }}}} sessions a second of {service} are closed by their \
+                 per-session message limits"
+            ),
+            "WebSocket sessions keep being closed with 1008 because their clients send faster \
+             than spec.gateway.sessionLimits allows, for 10 minutes \
+             (longconn_gateway_sessions_rate_limited_total{action=\"close\"}: closed at once \
+             with action Close, or held back longer than spec.gateway.heartbeat.timeout with \
+             Backpressure). A few abusive clients are what the limits are for; many, or \
+             clients you know, mean the limits are below the app's traffic: compare \
+             longconn_gateway_frames_delayed_total and the sessions held back \
+             (action=\"backpressure\"), find the clients in the gateway's access log \
+             (session ended lines with reason rate_limited), and raise messagesPerSecond, bytesPerSecond or their bursts.",
+        ),
+        rule(
             "LongConnGatewayNearMaxConnections",
             format!(
                 "max by (namespace, job, pod) (longconn_gateway_connections_active{{{job}}}) \
@@ -238,7 +260,7 @@ mod tests {
     #[test]
     fn every_expression_selects_this_services_gateways_by_namespace_and_job() {
         let rules = rules(&lcs());
-        assert_eq!(rules.len(), 7);
+        assert_eq!(rules.len(), 8);
         for rule in &rules {
             let selectors = rule.expr.matches('{').count();
             let scoped = rule
@@ -249,6 +271,25 @@ mod tests {
             assert_eq!(rule.labels[SERVICE_LABEL], "chat");
             assert!(rule.annotations["summary"].contains("default/chat"));
         }
+    }
+
+    #[test]
+    fn sessions_closed_by_their_limits_fire_only_while_closures_keep_coming() {
+        let rules = rules(&lcs());
+        let rule = rules
+            .iter()
+            .find(|r| r.alert == "LongConnSessionsRateLimited")
+            .expect("the rule");
+        assert!(
+            rule.expr.contains(r#"action="close"}[5m])) > 0"#),
+            "{}",
+            rule.expr
+        );
+        // The bound: one closure keeps the 5-minute rate above zero for 5 minutes, less than the
+        // 10 the rule waits, so a single abusive client closed once never fires it; closures at
+        // least every 5 minutes for 10 minutes do.
+        assert_eq!(rule.for_, Some("10m"));
+        assert_eq!(rule.labels["severity"], "warning");
     }
 
     #[test]

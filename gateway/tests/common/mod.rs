@@ -74,7 +74,8 @@ pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
 }
 
 async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
-    let mut buf = vec![0u8; 8192];
+    // Room for the largest head the gateway accepts (16 KiB) and the headers it adds.
+    let mut buf = vec![0u8; 32 * 1024];
     let mut head;
     let deadline = Instant::now() + WAIT;
     loop {
