@@ -702,6 +702,17 @@ pub struct RolloutSpec {
     /// A rollout that makes no progress for this long stops with reason ProgressDeadlineExceeded.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: Duration,
+    /// The stages a new revision goes through: grow to a size (`{replicas: 1}`, `{replicas:
+    /// 50%}`), then wait (`{pause: {duration: 5m}}`, or `{pause: {}}` until a person promotes
+    /// it). Empty (the default): the new revision replaces the old one in one go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub steps: Vec<RolloutStep>,
+    /// Hold any rollout or scale-down at its next safe point: no drain starts and the new
+    /// revision does not grow, while drains under way finish and are recorded. Clearing it
+    /// resumes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
 }
 
 impl Default for RolloutSpec {
@@ -712,8 +723,37 @@ impl Default for RolloutSpec {
             max_dropped_sessions: 0,
             on_drop_budget_exceeded: DropBudgetAction::default(),
             progress_deadline: default_progress_deadline(),
+            steps: Vec::new(),
+            paused: false,
         }
     }
+}
+
+/// One stage of a rollout: exactly one of `replicas` and `pause`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.replicas) != has(self.pause)")
+    .message("a rollout step sets exactly one of replicas and pause"))]
+pub struct RolloutStep {
+    /// Grow the new revision to this many pods (an integer, or a percentage of `replicas`
+    /// rounded up), draining as many old pods; the step ends once they serve and the drains
+    /// are recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "pattern" = PERCENT))]
+    pub replicas: Option<IntOrString>,
+    /// Wait, with nothing drained: for `duration`, or without one until promoted
+    /// (`kubectl longconn promote`, or the `longconn.dev/promote` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+}
+
+/// A pause between the steps of a rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long to wait; unset: until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
 }
 
 fn default_max_surge() -> IntOrString {
@@ -1031,6 +1071,10 @@ impl Default for PrometheusRuleSpec {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
 fn is_zero(n: &i64) -> bool {
     *n == 0
 }
@@ -1274,13 +1318,23 @@ pub enum RolloutPhase {
     Draining,
     /// Removing drained pods.
     Removing,
-    /// Stopped: the drop budget or the progress deadline was exceeded.
+    /// Stopped: the drop budget or the progress deadline was exceeded, or held by a pause
+    /// step or `spec.rollout.paused` (`pausedBy` says which).
     Paused,
     /// Going back to the previous revision after the drop budget was exceeded (and, once there,
     /// staying there until the spec changes).
     RollingBack,
     /// Done.
     Complete,
+}
+
+/// What holds a rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseCause {
+    /// A pause step of `spec.rollout.steps`.
+    Step,
+    /// `spec.rollout.paused`.
+    Spec,
 }
 
 /// One rollout and its session accounting. A scale-down, and drains the operator did not start
@@ -1292,6 +1346,17 @@ pub struct RolloutStatus {
     pub revision: String,
     /// Where the rollout is.
     pub phase: RolloutPhase,
+    /// The index of the step of `spec.rollout.steps` in progress (their number once all are
+    /// done); unset for a rollout without steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// When that step began: a pause with a duration ends that long after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Why the rollout waits, while it does: `Step` (a pause step), `Spec`
+    /// (`spec.rollout.paused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<PauseCause>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

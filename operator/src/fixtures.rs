@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{
     AutoscalingBehavior, AutoscalingSpec, DropBudgetAction, LongConnService, LongConnServiceSpec,
-    LongConnServiceStatus, RebalanceSpec,
+    LongConnServiceStatus, RebalanceSpec, RolloutStep,
 };
 
 /// Builds a LongConnService for a test.
@@ -57,6 +57,13 @@ impl TestService {
 
     pub fn on_drop_budget_exceeded(mut self, action: DropBudgetAction) -> Self {
         self.0.spec.rollout.on_drop_budget_exceeded = action;
+        self
+    }
+
+    /// `spec.rollout.steps`, from their YAML (`[{replicas: 1}, {pause: {}}]`).
+    pub fn steps(mut self, yaml: &str) -> Self {
+        self.0.spec.rollout.steps = serde_yaml::from_str::<Vec<RolloutStep>>(yaml)
+            .unwrap_or_else(|e| panic!("rollout steps {yaml}: {e}"));
         self
     }
 

@@ -30,3 +30,4 @@ pub mod revision;
 pub mod rollout;
 pub mod server;
 pub mod status;
+pub mod steps;

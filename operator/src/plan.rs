@@ -272,6 +272,10 @@ pub fn plan(input: Input) -> Outcome {
     if autoscale.is_some() {
         requeue = requeue.min(autoscale::PERIOD);
     }
+    if let Some(at) = rollout.wake_at {
+        let until = at.duration_since(now).unsigned_abs();
+        requeue = requeue.min(until.max(Duration::from_secs(1)));
+    }
     if let Some(renew_at) = input.certificate.renew_at {
         let until = renew_at.duration_since(now).unsigned_abs();
         requeue = requeue.min(until.max(Duration::from_secs(1)));

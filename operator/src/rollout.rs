@@ -52,13 +52,14 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState, RebalanceReport};
 
 use crate::crd::{
-    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, RebalanceStatus, RolloutPhase,
-    RolloutStatus,
+    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, PauseCause, RebalanceStatus,
+    RolloutPhase, RolloutStatus,
 };
 use crate::desired::ObservedRevision;
 use crate::disruption;
 use crate::placement;
 use crate::rebalance;
+use crate::steps::{self, Stage};
 
 /// The annotation a ReplicaSet consults to choose which pods go first when it shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -240,8 +241,11 @@ pub struct Plan {
     pub finished: Vec<DrainingPod>,
     /// Something is in motion: look again soon.
     pub active: bool,
-    /// The rollout waits for a person (drop budget spent, progress deadline exceeded).
+    /// The rollout waits: for a person (drop budget spent, progress deadline exceeded, a pause
+    /// step without a duration, `spec.rollout.paused`) or for a timed pause to end.
     pub paused: bool,
+    /// When a timed pause ends: look again then.
+    pub wake_at: Option<Timestamp>,
     /// The new `status.rebalance`.
     pub rebalance: Option<RebalanceStatus>,
     /// The round of rebalancing that starts in this step: each pod's gateway is asked to move
@@ -257,9 +261,10 @@ pub fn step(input: &Input) -> Plan {
     let mut book = follow_drains(input, &losses);
     adopt_external(input, &losses, &mut book);
     let budget = budget(input, &book);
-    let sizes = replicas(input, &book, &budget);
-    pick(input, &budget, &sizes, &mut book);
-    record(input, book, &budget, &sizes)
+    let stage = stage(input, &book, &budget);
+    let sizes = replicas(input, &book, &budget, &stage);
+    pick(input, &budget, &sizes, &stage, &mut book);
+    record(input, book, &budget, &sizes, &stage)
 }
 
 /// Phase 1: what each gateway's restarts lost since the status last counted it. The gateway
@@ -483,6 +488,8 @@ pub struct Budget<'a> {
     pub target: &'a str,
     /// The rollout record carried over from the last step (same revision, not complete).
     pub carried: Option<&'a RolloutStatus>,
+    /// The rollback was asked for with the [`steps::ABORT`] annotation.
+    pub aborted: bool,
 }
 
 /// Phase 4: whether more was dropped than the budget allows, and then whether to pause or
@@ -501,9 +508,12 @@ pub fn budget<'a>(input: &'a Input, book: &Book) -> Budget<'a> {
         .as_ref()
         .and_then(|s| s.current_revision.as_deref())
         .filter(|r| *r != update && input.revisions.iter().any(|o| o.revision == *r));
+    let aborted = rollback_to.is_some() && steps::aborted(input.lcs, update);
     let rolling_back = match (carried, rollback_to) {
         (Some(r), Some(_)) if r.phase == RolloutPhase::RollingBack => true,
-        (_, Some(_)) => over && spec.rollout.on_drop_budget_exceeded == DropBudgetAction::Rollback,
+        (_, Some(_)) => {
+            aborted || over && spec.rollout.on_drop_budget_exceeded == DropBudgetAction::Rollback
+        }
         (_, None) => false,
     };
     let target = match rollback_to {
@@ -516,7 +526,58 @@ pub fn budget<'a>(input: &'a Input, book: &Book) -> Budget<'a> {
         rollback_to,
         target,
         carried,
+        aborted,
     }
+}
+
+/// Phase 5: the step of `spec.rollout.steps` in progress, and what holds the rollout
+/// ([`steps`]). Steps apply to a rollout to a new revision, not to a rollback or a scale-down;
+/// `spec.rollout.paused` holds any.
+pub fn stage(input: &Input, book: &Book, budget: &Budget) -> Stage {
+    let update = input.update_revision;
+    let current = input
+        .lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref());
+    // A rollout is staged from its start (a new revision, not the first) to its end, whatever
+    // the current revision shows meanwhile.
+    let staged = !budget.rolling_back
+        && budget.target == update
+        && match budget.carried {
+            Some(r) => r.step.is_some(),
+            None => current.is_some_and(|c| c != update),
+        };
+    let staying = |p: &&PodFacts| !going(input, book, p) && !book.tracked(&p.name);
+    let number = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let new = live(input, update);
+    let progress = steps::Progress {
+        new_serving: number(
+            new.iter()
+                .copied()
+                .filter(staying)
+                .filter(|p| p.ready)
+                .count(),
+        ),
+        new_live: number(new.iter().filter(|p| !going(input, book, p)).count()),
+        old_serving: number(
+            input
+                .pods
+                .iter()
+                .filter(|p| p.revision != update && !p.terminating)
+                .filter(staying)
+                .count(),
+        ),
+        draining: book
+            .entries
+            .iter()
+            .filter(|e| e.finished_at.is_none())
+            .count(),
+    };
+    let recorded = budget
+        .carried
+        .map(|r| (r.step, r.step_started_at.as_ref().map(|t| t.0)));
+    Stage::of(input.lcs, update, staged, recorded, &progress, input.now)
 }
 
 /// Phase 5's answer: the size of every revision's Deployment, and what it took.
@@ -530,6 +591,8 @@ pub struct Sizes {
     pub others: Vec<String>,
     /// The floor of Ready serving pods while drains start.
     pub min_serving: i32,
+    /// The pods of other revisions a step keeps serving: no more of them are drained.
+    pub old_floor: Option<i32>,
 }
 
 fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
@@ -545,8 +608,8 @@ fn going(input: &Input, book: &Book, pod: &PodFacts) -> bool {
     book.removable.contains(&pod.name) || pod.never_started(input.now)
 }
 
-/// Phase 5: the replicas of every revision.
-pub fn replicas(input: &Input, book: &Book, budget: &Budget) -> Sizes {
+/// Phase 6: the replicas of every revision.
+pub fn replicas(input: &Input, book: &Book, budget: &Budget, stage: &Stage) -> Sizes {
     let spec = &input.lcs.spec;
     let want = spec.replicas;
     let target = budget.target;
@@ -594,7 +657,9 @@ pub fn replicas(input: &Input, book: &Book, budget: &Budget) -> Sizes {
             old_left = true;
         }
     }
-    let target_want = (want + surge - old_serving).clamp(0, want);
+    let target_want = (want + surge - old_serving)
+        .clamp(0, want)
+        .min(stage.cap.unwrap_or(want));
     let target_live = live(input, target);
     // The target's own drained pods (a scale-down, or what a rollback returns to) must go, and
     // must not hold the slots of the pods that replace them: grow past them first, then shrink
@@ -616,6 +681,7 @@ pub fn replicas(input: &Input, book: &Book, budget: &Budget) -> Sizes {
         old_left,
         others,
         min_serving,
+        old_floor: stage.cap.map(|cap| want - cap),
     }
 }
 
@@ -679,7 +745,7 @@ fn counts_fresh(input: &Input) -> bool {
 /// the routing has settled (the pod is out of the Service, and the pods its sessions will land
 /// on, those with the most room, are in it). Drains are paced by the receivers: with a surge,
 /// each new pod that gets Ready lets one more old pod go, and that pod's sessions go to it.
-pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
+pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: &mut Book) {
     let spec = &input.lcs.spec;
     let want = spec.replicas;
     let settled = |p: &PodFacts| p.running && !going(input, book, p) && !book.tracked(&p.name);
@@ -751,9 +817,15 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
             candidates.extend(live(input, revision).into_iter().filter(|p| settled(p)));
         }
     }
+    // A step keeps its share of old pods serving.
+    let mut old_room = sizes.old_floor.map_or(usize::MAX, |floor| {
+        candidates
+            .len()
+            .saturating_sub(usize::try_from(floor).unwrap_or(0))
+    });
     candidates.extend(excess);
     candidates.sort_by_key(|p| drain_order(p));
-    if paused(budget, sizes, book) {
+    if paused(budget, sizes, book) || stage.held.is_some() {
         candidates.clear();
     }
     let mut picked = Vec::new();
@@ -762,6 +834,10 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
             break;
         }
         if pod.ready && spare <= 0 {
+            continue;
+        }
+        let old = pod.revision != budget.target;
+        if old && old_room == 0 {
             continue;
         }
         let sessions = input.last_known(pod);
@@ -789,6 +865,9 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         if pod.ready {
             spare -= 1;
         }
+        if old {
+            old_room -= 1;
+        }
         slots -= 1;
         incoming += sessions;
         picked.push(new_entry(pod, pod.sessions(), input.now));
@@ -801,6 +880,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, book: &mut Book) {
         && target_ready
         && excess_names.is_empty()
         && !sizes.old_left
+        && stage.held.is_none()
         && !paused(budget, sizes, book);
     if quiet && let Some(settings) = rebalance_settings(input) {
         let counted: BTreeMap<String, i64> = target_serving
@@ -887,7 +967,13 @@ fn rebalance_step(
 }
 
 /// Phase 7: the rollout record, the gateways' records, the verdicts and the Events.
-pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> Plan {
+pub fn record(
+    input: &Input,
+    mut book: Book,
+    budget: &Budget,
+    sizes: &Sizes,
+    stage: &Stage,
+) -> Plan {
     let lcs = input.lcs;
     let spec = &lcs.spec;
     let now = input.now;
@@ -927,10 +1013,15 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         r.attempts_refused += book.tally.refused;
         let was = r.phase;
         let draining = r.draining.iter().any(|e| e.finished_at.is_none());
+        let steps_done = stage.step.is_none_or(|i| i >= spec.rollout.steps.len());
         let target_done = target_live.len() == usize::try_from(want).unwrap_or(0)
             && target_live.iter().all(|p| p.ready)
             && !sizes.old_left
-            && r.draining.is_empty();
+            && r.draining.is_empty()
+            && steps_done;
+        let step_changed = r.step != stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
+        r.step = stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
+        r.step_started_at = stage.started_at.map(Time);
         r.phase = if budget.rolling_back {
             RolloutPhase::RollingBack
         } else if paused || input.update_stalled {
@@ -939,6 +1030,8 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
             RolloutPhase::Draining
         } else if !r.draining.is_empty() {
             RolloutPhase::Removing
+        } else if stage.held.is_some() {
+            RolloutPhase::Paused
         } else if target_done {
             RolloutPhase::Complete
         } else {
@@ -958,14 +1051,28 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         if r.phase != RolloutPhase::Complete && !target_done {
             r.finished_at = None;
         }
-        if budget.over && was != r.phase && (paused || budget.rolling_back) {
+        r.paused_by = stage.held.filter(|_| r.phase == RolloutPhase::Paused);
+        if step_changed && let Some(i) = stage.step {
+            book.events.push(step_note(lcs, update, i, stage));
+        }
+        if budget.aborted && was != r.phase && budget.rolling_back {
+            book.events.push(Note {
+                warning: true,
+                reason: "RolloutAborted",
+                message: format!(
+                    "revision {update} aborted ({} annotation); rolling back to revision {}",
+                    steps::ABORT,
+                    budget.rollback_to.unwrap_or_default()
+                ),
+            });
+        } else if budget.over && was != r.phase && (paused || budget.rolling_back) {
             book.events.push(Note {
                 warning: true,
                 reason: "DropBudgetExceeded",
                 message: budget_words(r, spec.rollout.max_dropped_sessions, budget.rollback_to),
             });
         }
-        progressing = progressing_verdict(input, budget, paused, target_done, r);
+        progressing = progressing_verdict(input, budget, paused, target_done, r, stage);
     }
 
     let sessions_preserved = match &rollout {
@@ -1047,6 +1154,9 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
     book.lowest_cost.sort_unstable();
     book.lowest_cost.dedup();
     let routing = placement::changes(input.pods, &book.routing);
+    let held = rollout
+        .as_ref()
+        .is_some_and(|r| r.phase == RolloutPhase::Paused && r.paused_by.is_some());
     Plan {
         target: budget.target.to_owned(),
         replicas: sizes.replicas.clone(),
@@ -1064,7 +1174,8 @@ pub fn record(input: &Input, mut book: Book, budget: &Budget, sizes: &Sizes) -> 
         started: book.tally.started,
         finished,
         active: active || book.rebalancing,
-        paused: paused || input.update_stalled,
+        paused: paused || input.update_stalled || held,
+        wake_at: stage.until.filter(|_| held),
         rebalance,
         rebalance_asks: book.rebalance_asks,
         rebalanced,
@@ -1077,10 +1188,27 @@ fn progressing_verdict(
     paused: bool,
     done: bool,
     r: &RolloutStatus,
+    stage: &Stage,
 ) -> Option<Verdict> {
     let update = input.update_revision;
     let limit = input.lcs.spec.rollout.max_dropped_sessions;
-    if budget.rolling_back {
+    if budget.rolling_back && budget.aborted {
+        let to = budget.rollback_to.unwrap_or_default();
+        Some(Verdict {
+            status: !done,
+            reason: if done { "Aborted" } else { "RollingBack" },
+            message: format!(
+                "revision {update} was aborted ({} annotation); {} revision {to}. Change the \
+                 spec to try again",
+                steps::ABORT,
+                if done {
+                    "rolled back to"
+                } else {
+                    "rolling back to"
+                }
+            ),
+        })
+    } else if budget.rolling_back {
         let to = budget.rollback_to.unwrap_or_default();
         Some(if done {
             Verdict {
@@ -1106,8 +1234,62 @@ fn progressing_verdict(
             reason: "DropBudgetExceeded",
             message: budget_words(r, limit, None),
         })
+    } else if r.phase == RolloutPhase::Paused {
+        held_verdict(input.lcs, update, stage)
     } else {
         None
+    }
+}
+
+/// Progressing while a pause holds the rollout: True while a timed pause runs out by itself,
+/// False while it waits for a person.
+fn held_verdict(lcs: &LongConnService, update: &str, stage: &Stage) -> Option<Verdict> {
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    let step = stage.step.map(|i| Stage::describe(lcs, i));
+    Some(match (stage.held?, stage.until) {
+        (PauseCause::Spec, _) => Verdict {
+            status: false,
+            reason: "RolloutPaused",
+            message: format!(
+                "spec.rollout.paused holds revision {update}: no drain starts until it is \
+                 cleared (kubectl longconn resume {name})"
+            ),
+        },
+        (PauseCause::Step, Some(until)) => Verdict {
+            status: true,
+            reason: "StepPaused",
+            message: format!(
+                "revision {update}, {}; it goes on at {until}",
+                step.unwrap_or_default()
+            ),
+        },
+        (PauseCause::Step, None) => Verdict {
+            status: false,
+            reason: "WaitingForPromotion",
+            message: format!(
+                "revision {update}, {}: promote it with kubectl longconn promote {name}",
+                step.unwrap_or_default()
+            ),
+        },
+    })
+}
+
+/// The Event of a step that begins (or of every step done).
+fn step_note(lcs: &LongConnService, update: &str, index: usize, stage: &Stage) -> Note {
+    let steps = lcs.spec.rollout.steps.len();
+    let message = if index >= steps {
+        format!("revision {update}: every step of {steps} done; the rollout goes on to the end")
+    } else {
+        let waits = match (stage.held, stage.until) {
+            (Some(PauseCause::Step), Some(until)) => format!(" (until {until})"),
+            _ => String::new(),
+        };
+        format!("revision {update}, {}{waits}", Stage::describe(lcs, index))
+    };
+    Note {
+        warning: false,
+        reason: "RolloutStep",
+        message,
     }
 }
 

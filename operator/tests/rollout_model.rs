@@ -45,7 +45,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState, RebalanceReport, RebalanceState};
 use longconn_operator::crd::{
-    DropBudgetAction, LongConnService, RebalanceStatus, RolloutPhase, RolloutStatus,
+    DropBudgetAction, LongConnService, PauseCause, RebalanceStatus, RolloutPhase, RolloutStatus,
 };
 use longconn_operator::desired::ObservedRevision;
 use longconn_operator::disruption;
@@ -53,6 +53,7 @@ use longconn_operator::duration::Duration;
 use longconn_operator::rebalance;
 use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
 use longconn_operator::status::{self, CertFacts, Facts, MonitoringFacts};
+use longconn_operator::steps;
 
 /// No scenario may need more ticks than this to reach what it waits for.
 const MAX_TICKS: u32 = 200;
@@ -2528,4 +2529,225 @@ fn step_gives_the_same_plan_for_the_same_input() {
     model.script.evict = Some((model.tick, evicted));
     model.run_for(1);
     model.run_to_completion();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollout steps, pauses and aborts
+
+/// 4 pods rolling to `b` in steps: 1 pod, a pause for a person, half, a pause of 2 minutes
+/// (12 ticks: the drained pods are gone well before it ends).
+fn canary() -> Model {
+    rolling_update(
+        LongConnService::test()
+            .replicas(4)
+            .steps("[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 2m}}]")
+            .build(),
+    )
+}
+
+fn annotate(model: &mut Model, key: &str, value: &str) {
+    model
+        .lcs
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(key.to_owned(), value.to_owned());
+}
+
+/// The rollout is held at step `index` by `cause`, with nothing drained or half-recorded.
+fn held_at(model: &Model, index: i32, cause: PauseCause) -> bool {
+    model.rollout().is_some_and(|r| {
+        r.phase == RolloutPhase::Paused
+            && r.step == Some(index)
+            && r.paused_by == Some(cause)
+            && r.draining.is_empty()
+    })
+}
+
+/// The Progressing verdict the last plan gave.
+fn progressing_is(model: &Model, status: bool, reason: &str) -> bool {
+    model
+        .progressing
+        .as_ref()
+        .is_some_and(|v| v.status == status && v.reason == reason)
+}
+
+/// Pods of `revision` serving (Ready, not terminating).
+fn serving_of(model: &Model, revision: &str) -> usize {
+    model
+        .pods
+        .iter()
+        .filter(|p| p.revision == revision && p.serving())
+        .count()
+}
+
+/// Runs [`canary`] through its steps, checking each stop, and promotes it at the pause.
+fn run_canary(model: &mut Model) {
+    model.run_until("held at the pause for a person", |m| {
+        held_at(m, 1, PauseCause::Step)
+    });
+    model.check(
+        (serving_of(model, "b"), serving_of(model, "a")) == (1, 3),
+        "step 1: 1 new pod, 3 old",
+    );
+    model.check(
+        progressing_is(model, false, "WaitingForPromotion"),
+        "Progressing False, WaitingForPromotion",
+    );
+    let drained = model.drain_asked.len();
+    model.run_for(12);
+    model.check(
+        held_at(model, 1, PauseCause::Step) && model.drain_asked.len() == drained,
+        "a pause without a duration waits for a person, draining nothing",
+    );
+    annotate(model, steps::PROMOTE, "b/1");
+    model.run_until("held at the timed pause", |m| {
+        held_at(m, 3, PauseCause::Step)
+    });
+    model.check(
+        (serving_of(model, "b"), serving_of(model, "a")) == (2, 2),
+        "step 3: half the pods new",
+    );
+    model.check(
+        progressing_is(model, true, "StepPaused"),
+        "Progressing True, StepPaused",
+    );
+    model.run_to_completion();
+}
+
+#[test]
+fn a_canary_grows_in_steps_pauses_and_completes_when_promoted() {
+    let mut model = canary();
+    let old = pods_of(&model, "a");
+    run_canary(&mut model);
+    assert_clean_rollout(&model, &old);
+    let steps: Vec<&str> = model
+        .events
+        .iter()
+        .filter(|(_, e)| e.reason == "RolloutStep")
+        .map(|(_, e)| e.message.as_str())
+        .collect();
+    model.check(
+        steps.len() == 5,
+        &format!("an Event per step begun: {steps:?}"),
+    );
+    model.check(
+        model.rollout().is_some_and(|r| r.step == Some(4)),
+        "status.rollout.step: every step done",
+    );
+}
+
+#[test]
+fn a_timed_pause_lasts_its_duration_and_no_longer() {
+    let mut model = canary();
+    annotate(&mut model, steps::PROMOTE, "b/1");
+    model.run_until("held at the timed pause", |m| {
+        held_at(m, 3, PauseCause::Step)
+    });
+    let r = model.rollout().expect("status.rollout");
+    let began = r.step_started_at.clone().expect("stepStartedAt").0;
+    model.run_until("past the timed pause", |m| {
+        m.rollout().is_some_and(|r| r.step == Some(4))
+    });
+    // The tick that passes the pause is recorded with the time of the next.
+    let waited = model.now.duration_since(began);
+    model.check(
+        waited >= SignedDuration::from_secs(120) && waited <= SignedDuration::from_secs(140),
+        &format!("the 2-minute pause lasted {waited:#}"),
+    );
+}
+
+#[test]
+fn a_canary_survives_operator_restarts_at_every_point() {
+    let ticks = {
+        let mut model = canary();
+        run_canary(&mut model);
+        model.tick
+    };
+    for at in 0..=ticks {
+        for kind in crash_kinds() {
+            let mut model = canary();
+            let old = pods_of(&model, "a");
+            model.script.crash = Some((at, kind.clone()));
+            model.label = format!("canary, crash at tick {at} doing only {kind:?}");
+            run_canary(&mut model);
+            assert_clean_rollout(&model, &old);
+        }
+    }
+}
+
+#[test]
+fn paused_in_the_spec_finishes_the_drains_under_way_and_starts_none() {
+    let mut model = rolling_update(service(4));
+    let old = pods_of(&model, "a");
+    model.run_until("a drain under way", |m| !m.drain_asked.is_empty());
+    model.lcs.spec.rollout.paused = true;
+    let asked = model.drain_asked.len();
+    let new_pods = pods_of(&model, "b").len();
+    model.run_until("held by the spec", |m| {
+        m.rollout()
+            .is_some_and(|r| r.phase == RolloutPhase::Paused && r.draining.is_empty())
+    });
+    model.run_for(12);
+    let r = model.rollout().expect("status.rollout");
+    model.check(
+        r.paused_by == Some(PauseCause::Spec) && r.draining.is_empty(),
+        "paused by the spec, nothing half-recorded",
+    );
+    model.check(
+        model.drain_asked.len() == asked,
+        "no drain started while paused",
+    );
+    model.check(
+        pods_of(&model, "b").len() <= new_pods + 1,
+        "the new revision does not grow while paused",
+    );
+    model.check(
+        progressing_is(&model, false, "RolloutPaused"),
+        "Progressing False, RolloutPaused",
+    );
+    model.lcs.spec.rollout.paused = false;
+    model.run_to_completion();
+    assert_clean_rollout(&model, &old);
+}
+
+#[test]
+fn an_aborted_canary_drains_the_new_pods_and_returns_to_the_old_revision() {
+    let mut model = canary();
+    model.run_until("held at the pause for a person", |m| {
+        held_at(m, 1, PauseCause::Step)
+    });
+    let canary_pods = pods_of(&model, "b");
+    annotate(&mut model, steps::ABORT, "b");
+    model.run_until("back on the old revision", |m| {
+        m.rollout()
+            .is_some_and(|r| r.phase == RolloutPhase::RollingBack && r.finished_at.is_some())
+            && m.pods.len() == 4
+            && m.pods.iter().all(|p| p.revision == "a" && p.serving())
+            && m.reconnecting == 0
+    });
+    let r = model.rollout().expect("status.rollout");
+    model.check(r.sessions_dropped == 0, "nothing dropped");
+    model.check(model.violations.is_empty(), "no pod deleted undrained");
+    model.check(
+        model.force_closed == 0 && model.lost == 0,
+        "the model dropped no session",
+    );
+    for pod in &canary_pods {
+        model.check(
+            model.drain_asked.contains(pod) || model.recorded.contains(pod),
+            &format!("the canary pod {pod} was drained"),
+        );
+    }
+    model.check(
+        progressing_is(&model, false, "Aborted"),
+        "Progressing False, Aborted",
+    );
+    model.check(
+        model
+            .events
+            .iter()
+            .any(|(_, e)| e.reason == "RolloutAborted"),
+        "a RolloutAborted Event",
+    );
 }

@@ -70,14 +70,7 @@ fn refusals(object: &Value) -> Vec<String> {
     let validator = jsonschema::validator_for(&structural).expect("schema compiles");
     let mut out: Vec<String> = validator
         .iter_errors(object)
-        .map(|e| {
-            let path = e
-                .instance_path()
-                .to_string()
-                .trim_start_matches('/')
-                .replace('/', ".");
-            format!("{path}: {e}")
-        })
+        .map(|e| format!("{}: {e}", field_path(&e.instance_path().to_string())))
         .collect();
     if out.is_empty()
         && let Err(errors) = kube_cel::validate(&schema, object, None)
@@ -85,6 +78,22 @@ fn refusals(object: &Value) -> Vec<String> {
         out.extend(errors.iter().map(ToString::to_string));
     }
     out
+}
+
+/// A JSON pointer written as the API server names fields: `spec.rollout.steps[0].replicas`.
+fn field_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
+        if segment.parse::<usize>().is_ok() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(segment);
+        }
+    }
+    path
 }
 
 fn samples(dir: &str) -> Vec<PathBuf> {
