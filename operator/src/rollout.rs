@@ -20,23 +20,27 @@
 //!    preStop drain: eviction, node drain, `kubectl delete pod`), pods that vanished with
 //!    sessions and no drain, and restarts outside any drain.
 //! 4. [`budget`]: whether more was dropped than `maxDroppedSessions`, and then whether to pause
-//!    or roll back (and to which revision).
-//! 5. [`replicas`]: the size of every revision's Deployment. The target revision grows to
-//!    `replicas + maxSurge - (old pods still serving)`, at most `replicas`; old pods being
-//!    drained do not count, as terminating pods do not count against a Deployment's
-//!    `maxSurge`. A drained pod leaves only once its finished report, its lowest
-//!    `controller.kubernetes.io/pod-deletion-cost` and its not-Ready condition are all visible:
-//!    the ReplicaSet then deletes exactly that pod. An old pod that never started (not running
-//!    [`START_GRACE`] after its creation) has no gateway to drain and goes at once; a younger one
-//!    is kept, since the cache may not show its start yet.
-//! 6. [`pick`]: where new sessions go ([`placement`]: the `longconn.dev/accepting` label of
+//!    or roll back (and to which revision); an abort ([`steps::ABORT`]) rolls back too.
+//! 5. [`stage`]: the step of `spec.rollout.steps` in progress, moved past the steps that are
+//!    done ([`steps`]): the most pods the new revision may have now, and whether a pause (a
+//!    pause step, `spec.rollout.paused`) holds the rollout.
+//! 6. [`replicas`]: the size of every revision's Deployment. The target revision grows to
+//!    `replicas + maxSurge - (old pods still serving)`, at most `replicas` and at most the
+//!    step's size; old pods being drained do not count, as terminating pods do not count
+//!    against a Deployment's `maxSurge`. A drained pod leaves only once its finished report, its
+//!    lowest `controller.kubernetes.io/pod-deletion-cost` and its not-Ready condition are all
+//!    visible: the ReplicaSet then deletes exactly that pod. An old pod that never started (not
+//!    running [`START_GRACE`] after its creation) has no gateway to drain and goes at once; a
+//!    younger one is kept, since the cache may not show its start yet.
+//! 7. [`pick`]: where new sessions go ([`placement`]: the `longconn.dev/accepting` label of
 //!    every pod), the drains evicted pods hand over, and old pods to drain next, up to
 //!    `maxConcurrentDrains` when set and only while the Ready pods left serving stay at
 //!    `replicas` (with `maxSurge: 0`, at `replicas` less what the disruption budget allows, and
 //!    at least one): not-Ready pods first, then the fewest sessions; only once the target
 //!    revision's pods are all Ready and the routing has settled (the pod out of the Service,
-//!    the receivers of its sessions in it).
-//! 7. [`record`]: the new `status.rollout` (phase, totals), `status.gateways`, the Progressing
+//!    the receivers of its sessions in it); none while a pause holds the rollout, and no more
+//!    old pods than a step lets go.
+//! 8. [`record`]: the new `status.rollout` (phase, totals), `status.gateways`, the Progressing
 //!    and SessionsPreserved verdicts, and the Events.
 //!
 //! The same path serves a decrease of `spec.replicas` (pods of the current revision above the
@@ -580,7 +584,7 @@ pub fn stage(input: &Input, book: &Book, budget: &Budget) -> Stage {
     Stage::of(input.lcs, update, staged, recorded, &progress, input.now)
 }
 
-/// Phase 5's answer: the size of every revision's Deployment, and what it took.
+/// Phase 6's answer: the size of every revision's Deployment, and what it took.
 pub struct Sizes {
     pub replicas: BTreeMap<String, i32>,
     /// Pods the target revision should serve with now.
@@ -740,7 +744,7 @@ fn counts_fresh(input: &Input) -> bool {
     })
 }
 
-/// Phase 6: where new sessions go ([`placement`]), and the drains to start: within the
+/// Phase 7: where new sessions go ([`placement`]), and the drains to start: within the
 /// concurrency limit and the serving floor, once the target revision's pods are all Ready and
 /// the routing has settled (the pod is out of the Service, and the pods its sessions will land
 /// on, those with the most room, are in it). Drains are paced by the receivers: with a surge,
@@ -908,7 +912,7 @@ fn rebalance_settings(input: &Input) -> Option<rebalance::Settings> {
     rebalance::Settings::of(&spec.rebalance)
 }
 
-/// Phase 6, once nothing else moves: the [`rebalance`] of sessions among the pods `counted`
+/// Phase 7, once nothing else moves: the [`rebalance`] of sessions among the pods `counted`
 /// (the target revision's, all Ready and staying). Returns the routing, the round to start (if
 /// its routing has settled), and whether a round is under way or waits for its routing.
 fn rebalance_step(
@@ -966,7 +970,7 @@ fn rebalance_step(
     }
 }
 
-/// Phase 7: the rollout record, the gateways' records, the verdicts and the Events.
+/// Phase 8: the rollout record, the gateways' records, the verdicts and the Events.
 pub fn record(
     input: &Input,
     mut book: Book,
