@@ -27,6 +27,7 @@ pub mod wait;
 mod autoscale;
 mod autoscale_cpu;
 mod bad_revision;
+mod canary;
 mod drain_deadline;
 mod gateway_crash;
 mod node_drain;
@@ -98,6 +99,7 @@ impl ScenarioError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     RollingUpdate,
+    Canary,
     ScaleDown,
     Autoscale,
     AutoscaleCpu,
@@ -110,8 +112,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::RollingUpdate,
+        Scenario::Canary,
         Scenario::ScaleDown,
         Scenario::Autoscale,
         Scenario::AutoscaleCpu,
@@ -126,6 +129,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::RollingUpdate => "rolling-update",
+            Scenario::Canary => "canary",
             Scenario::ScaleDown => "scale-down",
             Scenario::Autoscale => "autoscale",
             Scenario::AutoscaleCpu => "autoscale-cpu",
@@ -400,6 +404,7 @@ async fn run_one(
     };
     match scenario {
         Scenario::RollingUpdate => rolling_update::run(harness, &context, report).await,
+        Scenario::Canary => canary::run(harness, &context, report).await,
         Scenario::ScaleDown => scale_down::run(harness, &context, report).await,
         Scenario::Autoscale => autoscale::run(harness, &context, report).await,
         Scenario::AutoscaleCpu => autoscale_cpu::run(harness, &context, report).await,

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use super::harness::Harness;
-use super::rolling_update::{Kill, rollout_under_load};
+use super::rolling_update::{During, Kill, rollout_under_load};
+use super::service::ServiceSpec;
 use super::{Context, ScenarioError, ScenarioReport, SplitMix};
 
 /// Sessions of this scenario.
@@ -30,7 +31,9 @@ pub(super) async fn run(
     );
     report.detail("killAfterSeconds", after.as_secs_f64());
     let starts_before = harness.operator_starts();
-    rollout_under_load(harness, context, report, SESSIONS, Some(Kill { after })).await?;
+    let spec = ServiceSpec::new(&context.namespace);
+    let during = During::Kill(Kill { after });
+    rollout_under_load(harness, context, report, SESSIONS, spec, during).await?;
     report.detail("operatorStarts", harness.operator_starts() - starts_before);
     Ok(())
 }

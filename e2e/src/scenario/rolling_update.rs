@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::canary;
 use super::harness::Harness;
 use super::landing;
 use super::service::{Recorded, ServiceSpec};
@@ -21,7 +22,8 @@ pub(super) async fn run(
     context: &Context,
     report: &mut ScenarioReport,
 ) -> Result<(), ScenarioError> {
-    rollout_under_load(harness, context, report, SESSIONS, None).await?;
+    let spec = ServiceSpec::new(&context.namespace);
+    rollout_under_load(harness, context, report, SESSIONS, spec, During::Nothing).await?;
     report.expect_moved_once_and_landed_with_room();
     Ok(())
 }
@@ -31,17 +33,28 @@ pub(super) struct Kill {
     pub after: Duration,
 }
 
-/// Deploys 3 replicas, puts `sessions` on them, changes the template (optionally killing the
-/// operator `kill.after` later and starting it again) and judges the rollout; reads the sessions
-/// per pod at the end (judged by the caller).
+/// What happens between the template change and the end of the rollout.
+pub(super) enum During {
+    /// Nothing: the rollout runs by itself.
+    Nothing,
+    /// The operator is killed and started again.
+    Kill(Kill),
+    /// The rollout stops at its pause step, is judged there, and is promoted
+    /// ([`canary::hold_and_promote`]).
+    Canary,
+}
+
+/// Deploys `spec`, puts `sessions` on it, changes the template (then, as `during` says, kills
+/// the operator or stops at a pause step) and judges the rollout; reads the sessions per pod at
+/// the end (judged by the caller).
 pub(super) async fn rollout_under_load(
     harness: &mut Harness,
     context: &Context,
     report: &mut ScenarioReport,
     sessions: usize,
-    kill: Option<Kill>,
+    mut spec: ServiceSpec,
+    during: During,
 ) -> Result<(), ScenarioError> {
-    let mut spec = ServiceSpec::new(&context.namespace);
     let old = steps::deploy(harness, &spec).await?;
     report.detail("oldRevision", &old.revision);
     report.detail("oldPods", &old.pods);
@@ -60,7 +73,10 @@ pub(super) async fn rollout_under_load(
     let change = tokio::time::Instant::now();
     let new_revision = steps::change_template(harness, &mut spec, &old.revision).await?;
     report.detail("newRevision", &new_revision);
-    if let Some(kill) = kill {
+    if let During::Canary = during {
+        canary::hold_and_promote(harness, &spec, &old.revision, &new_revision, report).await?;
+    }
+    if let During::Kill(kill) = during {
         tokio::time::sleep_until(change + kill.after).await;
         let observed = spec.observe(&harness.client()).await?;
         let pods = spec.pods(&harness.client()).await?;

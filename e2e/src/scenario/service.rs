@@ -42,6 +42,8 @@ pub struct ServiceSpec {
     /// The compute resources of the app container and of the gateway (`spec.gateway.resources`);
     /// unset: none for the app, the operator's default for the gateway.
     pub resources: Option<Resources>,
+    /// `spec.rollout.steps` as applied; unset: none.
+    pub rollout_steps: Option<Value>,
 }
 
 /// The compute resources of a pod's two containers, as applied.
@@ -67,6 +69,7 @@ impl ServiceSpec {
             max_dropped_sessions: 0,
             autoscaling: None,
             resources: None,
+            rollout_steps: None,
         }
     }
 
@@ -121,6 +124,9 @@ impl ServiceSpec {
         });
         if let Some(autoscaling) = &self.autoscaling {
             manifest["spec"]["autoscaling"] = autoscaling.clone();
+        }
+        if let Some(steps) = &self.rollout_steps {
+            manifest["spec"]["rollout"]["steps"] = steps.clone();
         }
         if let Some(resources) = &self.resources {
             manifest["spec"]["template"]["spec"]["containers"][0]["resources"] =
