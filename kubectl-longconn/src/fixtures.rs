@@ -1,0 +1,337 @@
+//! The LongConnServices the tests read: `default/chat`, 4 replicas, rolling from revision `a` to
+//! `b` through `[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]`, at
+//! each point a person may look at it.
+
+use longconn_operator::crd::{LongConnService, LongConnServiceStatus};
+use longconn_operator::steps::ABORT;
+
+const STEPS: &str = "[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]";
+
+/// The canary service with the status given as YAML.
+pub fn with_status(yaml: &str) -> LongConnService {
+    let status: LongConnServiceStatus =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("status {yaml}: {e}"));
+    LongConnService::test()
+        .replicas(4)
+        .steps(STEPS)
+        .status(status)
+        .build()
+}
+
+/// The canary service before the operator wrote any status.
+pub fn no_status() -> LongConnService {
+    LongConnService::test().replicas(4).steps(STEPS).build()
+}
+
+/// Held at step 2 (`pause: {}`) until someone promotes it.
+pub fn waiting_for_promotion() -> LongConnService {
+    with_status(
+        r#"
+replicas: 5
+readyReplicas: 5
+updatedReplicas: 1
+activeSessions: 1180
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: Paused
+  step: 1
+  stepStartedAt: "2026-01-01T00:02:10Z"
+  pausedBy: Step
+  startedAt: "2026-01-01T00:00:00Z"
+  podsDrained: 1
+  sessionsMigrated: 298
+  sessionsMovedAgain: 3
+  attemptsRefused: 2
+  draining:
+  - pod: chat-a-7d4f9-x2k8p
+    revision: a
+    startedAt: "2026-01-01T00:01:05Z"
+    sessionsAtStart: 300
+    migrated: 298
+    closedByClient: 2
+    finishedAt: "2026-01-01T00:02:05Z"
+gateways:
+- {pod: chat-a-7d4f9-m9q2w, sessions: 301}
+- {pod: chat-a-7d4f9-t5v7n, sessions: 296}
+- {pod: chat-a-7d4f9-x2k8p, sessions: 0}
+- {pod: chat-a-7d4f9-z8r4c, sessions: 284}
+- {pod: chat-b-5c8d2-h6j3k, sessions: 299}
+conditions:
+- type: Progressing
+  status: "False"
+  reason: WaitingForPromotion
+  message: "revision b, step 2 of 4: pause until promoted: promote it with kubectl longconn promote chat"
+  lastTransitionTime: "2026-01-01T00:02:10Z"
+- type: SessionsPreserved
+  status: "True"
+  reason: NoSessionsDropped
+  message: "revision b: 1 pods drained, 298 sessions migrated, 0 dropped"
+  lastTransitionTime: "2026-01-01T00:02:05Z"
+"#,
+    )
+}
+
+/// At step 4 (`pause: {duration: 5m}`), which ends by itself.
+pub fn timed_pause() -> LongConnService {
+    with_status(
+        r#"
+replicas: 4
+readyReplicas: 4
+updatedReplicas: 2
+activeSessions: 1176
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: Paused
+  step: 3
+  stepStartedAt: "2026-01-01T00:06:30Z"
+  pausedBy: Step
+  startedAt: "2026-01-01T00:00:00Z"
+  podsDrained: 2
+  sessionsMigrated: 594
+  sessionsMovedAgain: 5
+  attemptsRefused: 4
+gateways:
+- {pod: chat-a-7d4f9-m9q2w, sessions: 298}
+- {pod: chat-a-7d4f9-z8r4c, sessions: 290}
+- {pod: chat-b-5c8d2-h6j3k, sessions: 301}
+- {pod: chat-b-5c8d2-q7w1e, sessions: 287}
+conditions:
+- type: Progressing
+  status: "True"
+  reason: StepPaused
+  message: "revision b, step 4 of 4: pause for 5m; it goes on at 2026-01-01T00:11:30Z"
+  lastTransitionTime: "2026-01-01T00:06:30Z"
+- type: SessionsPreserved
+  status: "True"
+  reason: NoSessionsDropped
+  message: "revision b: 2 pods drained, 594 sessions migrated, 0 dropped"
+  lastTransitionTime: "2026-01-01T00:06:25Z"
+"#,
+    )
+}
+
+/// Held by `spec.rollout.paused` during step 3 (`replicas: 50%`).
+pub fn paused_by_spec() -> LongConnService {
+    let mut lcs = with_status(
+        r#"
+replicas: 5
+readyReplicas: 5
+updatedReplicas: 2
+activeSessions: 1183
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: Paused
+  step: 2
+  stepStartedAt: "2026-01-01T00:04:00Z"
+  pausedBy: Spec
+  startedAt: "2026-01-01T00:00:00Z"
+  podsDrained: 1
+  sessionsMigrated: 298
+conditions:
+- type: Progressing
+  status: "False"
+  reason: RolloutPaused
+  message: "spec.rollout.paused holds revision b: no drain starts until it is cleared (kubectl longconn resume chat)"
+  lastTransitionTime: "2026-01-01T00:04:30Z"
+"#,
+    );
+    lcs.spec.rollout.paused = true;
+    lcs
+}
+
+/// Step 3 (`replicas: 50%`): one old pod drained, one draining.
+pub fn draining() -> LongConnService {
+    with_status(
+        r#"
+replicas: 5
+readyReplicas: 5
+updatedReplicas: 2
+activeSessions: 1179
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: Draining
+  step: 2
+  stepStartedAt: "2026-01-01T00:04:00Z"
+  startedAt: "2026-01-01T00:00:00Z"
+  podsDrained: 1
+  sessionsMigrated: 298
+  sessionsMovedAgain: 3
+  sessionsDropped: 1
+  attemptsRefused: 2
+  draining:
+  - pod: chat-a-7d4f9-x2k8p
+    revision: a
+    startedAt: "2026-01-01T00:01:05Z"
+    sessionsAtStart: 300
+    migrated: 298
+    closedByClient: 1
+    dropped: 1
+    finishedAt: "2026-01-01T00:02:05Z"
+  - pod: chat-a-7d4f9-t5v7n
+    revision: a
+    startedAt: "2026-01-01T00:05:12Z"
+    sessionsAtStart: 296
+    active: 171
+    migrated: 124
+    closedByClient: 1
+gateways:
+- {pod: chat-a-7d4f9-m9q2w, sessions: 301}
+- {pod: chat-a-7d4f9-t5v7n, sessions: 171}
+- {pod: chat-a-7d4f9-z8r4c, sessions: 284}
+- {pod: chat-b-5c8d2-h6j3k, sessions: 299}
+- {pod: chat-b-5c8d2-q7w1e, sessions: 124}
+conditions:
+- type: Progressing
+  status: "True"
+  reason: RolloutInProgress
+  message: "revision b, step 3 of 4: grow the new revision to 50% of replicas (2 pods)"
+  lastTransitionTime: "2026-01-01T00:00:00Z"
+- type: SessionsPreserved
+  status: "False"
+  reason: SessionsDropped
+  message: "revision b: 1 pods drained, 298 sessions migrated, 1 dropped"
+  lastTransitionTime: "2026-01-01T00:02:05Z"
+"#,
+    )
+}
+
+/// Every step done, every old pod drained and gone.
+pub fn complete() -> LongConnService {
+    with_status(
+        r#"
+replicas: 4
+readyReplicas: 4
+updatedReplicas: 4
+activeSessions: 1181
+currentRevision: b
+updateRevision: b
+rollout:
+  revision: b
+  phase: Complete
+  step: 4
+  stepStartedAt: "2026-01-01T00:11:30Z"
+  startedAt: "2026-01-01T00:00:00Z"
+  finishedAt: "2026-01-01T00:14:02Z"
+  podsDrained: 4
+  sessionsMigrated: 1187
+  sessionsMovedAgain: 9
+  attemptsRefused: 6
+  balance: "1.04"
+gateways:
+- {pod: chat-b-5c8d2-h6j3k, sessions: 302}
+- {pod: chat-b-5c8d2-l4p9s, sessions: 291}
+- {pod: chat-b-5c8d2-q7w1e, sessions: 300}
+- {pod: chat-b-5c8d2-v2n6d, sessions: 288}
+conditions:
+- type: Progressing
+  status: "True"
+  reason: NewRevisionAvailable
+  message: "revision b is available"
+  lastTransitionTime: "2026-01-01T00:14:02Z"
+- type: SessionsPreserved
+  status: "True"
+  reason: NoSessionsDropped
+  message: "revision b: 4 pods drained, 1187 sessions migrated, 0 dropped"
+  lastTransitionTime: "2026-01-01T00:14:02Z"
+"#,
+    )
+}
+
+/// Revision `b` aborted with the annotation: its pod is being drained back to revision `a`.
+pub fn rolling_back() -> LongConnService {
+    let mut lcs = with_status(
+        r#"
+replicas: 5
+readyReplicas: 5
+updatedReplicas: 1
+activeSessions: 1180
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: RollingBack
+  step: 1
+  stepStartedAt: "2026-01-01T00:02:10Z"
+  startedAt: "2026-01-01T00:00:00Z"
+  podsDrained: 1
+  sessionsMigrated: 298
+  draining:
+  - pod: chat-b-5c8d2-h6j3k
+    revision: b
+    startedAt: "2026-01-01T00:03:40Z"
+    sessionsAtStart: 299
+    active: 82
+    migrated: 217
+gateways:
+- {pod: chat-a-7d4f9-m9q2w, sessions: 301}
+- {pod: chat-a-7d4f9-t5v7n, sessions: 296}
+- {pod: chat-a-7d4f9-z8r4c, sessions: 284}
+- {pod: chat-a-7d4f9-k3d8f, sessions: 217}
+- {pod: chat-b-5c8d2-h6j3k, sessions: 82}
+conditions:
+- type: Progressing
+  status: "True"
+  reason: RollingBack
+  message: "revision b was aborted (longconn.dev/abort annotation); rolling back to revision a. Change the spec to try again"
+  lastTransitionTime: "2026-01-01T00:03:35Z"
+"#,
+    );
+    annotate(&mut lcs, ABORT, "b");
+    lcs
+}
+
+/// Revision `b` aborted, and back on revision `a`.
+pub fn aborted() -> LongConnService {
+    let mut lcs = with_status(
+        r#"
+replicas: 4
+readyReplicas: 4
+updatedReplicas: 0
+activeSessions: 1178
+currentRevision: a
+updateRevision: b
+rollout:
+  revision: b
+  phase: RollingBack
+  step: 1
+  stepStartedAt: "2026-01-01T00:02:10Z"
+  startedAt: "2026-01-01T00:00:00Z"
+  finishedAt: "2026-01-01T00:04:45Z"
+  podsDrained: 2
+  sessionsMigrated: 597
+gateways:
+- {pod: chat-a-7d4f9-k3d8f, sessions: 298}
+- {pod: chat-a-7d4f9-m9q2w, sessions: 301}
+- {pod: chat-a-7d4f9-t5v7n, sessions: 295}
+- {pod: chat-a-7d4f9-z8r4c, sessions: 284}
+conditions:
+- type: Progressing
+  status: "False"
+  reason: Aborted
+  message: "revision b was aborted (longconn.dev/abort annotation); rolled back to revision a. Change the spec to try again"
+  lastTransitionTime: "2026-01-01T00:04:45Z"
+- type: SessionsPreserved
+  status: "True"
+  reason: NoSessionsDropped
+  message: "revision b: 2 pods drained, 597 sessions migrated, 0 dropped"
+  lastTransitionTime: "2026-01-01T00:04:45Z"
+"#,
+    );
+    annotate(&mut lcs, ABORT, "b");
+    lcs
+}
+
+pub fn annotate(lcs: &mut LongConnService, key: &str, value: &str) {
+    lcs.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(key.to_owned(), value.to_owned());
+}
