@@ -2,7 +2,7 @@
 //! `b` through `[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]`, at
 //! each point a person may look at it.
 
-use longconn_operator::crd::{LongConnService, LongConnServiceStatus};
+use longconn_operator::crd::{LongConnService, LongConnServiceStatus, RolloutPhase};
 use longconn_operator::steps::ABORT;
 
 const STEPS: &str = "[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]";
@@ -201,6 +201,29 @@ conditions:
   lastTransitionTime: "2026-01-01T00:02:05Z"
 "#,
     )
+}
+
+/// The draining rollout, stopped once it dropped more sessions than `maxDroppedSessions` (0).
+pub fn drop_budget_exceeded() -> LongConnService {
+    let mut lcs = draining();
+    if let Some(status) = lcs.status.as_mut() {
+        if let Some(r) = status.rollout.as_mut() {
+            r.phase = RolloutPhase::Paused;
+            r.draining.retain(|d| d.finished_at.is_some());
+        }
+        status.gateways.retain(|g| g.pod != "chat-a-7d4f9-t5v7n");
+        let message = "revision b: 1 sessions dropped, more than spec.rollout.maxDroppedSessions \
+                       (0); the rollout is paused; raise spec.rollout.maxDroppedSessions or \
+                       change the template to go on";
+        for c in &mut status.conditions {
+            if c.type_ == "Progressing" {
+                c.status = "False".to_owned();
+                c.reason = "DropBudgetExceeded".to_owned();
+                c.message = message.to_owned();
+            }
+        }
+    }
+    lcs
 }
 
 /// Every step done, every old pod drained and gone.

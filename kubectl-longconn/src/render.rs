@@ -321,6 +321,11 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_stopped_by_its_drop_budget_offers_the_way_back() {
+        insta::assert_snapshot!(status(&fixtures::drop_budget_exceeded()));
+    }
+
+    #[test]
     fn a_complete_rollout_shows_its_accounting_and_balance() {
         insta::assert_snapshot!(status(&fixtures::complete()));
     }
