@@ -57,7 +57,7 @@ fn annotate(key: &str, value: &str) -> Value {
     json!({"metadata": {"annotations": {key: value}}})
 }
 
-/// The rollout recorded for the revision the spec asks for, with that revision.
+/// The update revision and the rollout last recorded.
 fn rollout<'a>(
     lcs: &'a LongConnService,
     what: &'static str,
@@ -112,17 +112,18 @@ pub fn promote(lcs: &LongConnService, full: bool) -> Result<Change, Refused> {
 /// `pause` (`paused: true`) and `resume` (`false`): `spec.rollout.paused`.
 pub fn pause(lcs: &LongConnService, paused: bool) -> Change {
     let name = name(lcs);
-    let (now, verb) = match paused {
+    let (now, verb, already) = match paused {
         true => (
             "paused",
             "holds any rollout or scale-down at its next safe point: no drain starts, the drains under way finish",
+            "paused already",
         ),
-        false => ("resumed", "no longer holds its rollouts"),
+        false => ("resumed", "no longer holds its rollouts", "not paused"),
     };
     if lcs.spec.rollout.paused == paused {
         return Change {
             patch: None,
-            message: format!("{name} is {now} already (spec.rollout.paused: {paused})"),
+            message: format!("{name} is {already} (spec.rollout.paused: {paused})"),
         };
     }
     Change {
