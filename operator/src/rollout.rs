@@ -1297,8 +1297,8 @@ fn step_note(lcs: &LongConnService, update: &str, index: usize, stage: &Stage) -
     }
 }
 
-/// The new `status.gateways` and `status.activeSessions`. What restarts lost is recorded as
-/// soon as a report shows it (it decides what is counted); open sessions only when
+/// The new `status.gateways` and `status.activeSessions` (their sum). What restarts lost is
+/// recorded as soon as a report shows it (it decides what is counted); open sessions only when
 /// `refresh_sessions` says so, and for pods recorded for the first time.
 fn gateway_records(input: &Input) -> (Vec<GatewayRecord>, i64) {
     let mut records = Vec::new();
@@ -1329,16 +1329,11 @@ fn gateway_records(input: &Input) -> (Vec<GatewayRecord>, i64) {
         });
     }
     records.sort_by(|a, b| a.pod.cmp(&b.pod));
-    let active = if input.refresh_sessions {
-        input
-            .pods
-            .iter()
-            .filter_map(|p| p.report.as_ref())
-            .map(|r| count(r.active))
-            .fold(0, i64::saturating_add)
-    } else {
-        input.lcs.status.as_ref().map_or(0, |s| s.active_sessions)
-    };
+    // What the records say, so that `activeSessions` and the pods' counts always agree.
+    let active = records
+        .iter()
+        .map(|r| r.sessions)
+        .fold(0, i64::saturating_add);
     (records, active)
 }
 

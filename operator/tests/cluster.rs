@@ -693,7 +693,7 @@ spec:
     let stored = rule.data["spec"]["groups"][0]["rules"]
         .as_array()
         .expect("rules");
-    assert_eq!(stored.len(), 7, "{stored:#?}");
+    assert_eq!(stored.len(), 8, "{stored:#?}");
     for r in stored {
         assert!(
             r["alert"].is_string()

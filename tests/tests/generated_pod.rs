@@ -193,7 +193,7 @@ async fn every_metric_the_generated_alerts_read_is_served_where_the_service_moni
     let rules = object(Kind::PrometheusRule)["spec"]["groups"][0]["rules"]
         .as_array()
         .unwrap();
-    assert_eq!(rules.len(), 7, "{rules:#?}");
+    assert_eq!(rules.len(), 8, "{rules:#?}");
     for rule in rules {
         let expr = rule["expr"].as_str().unwrap();
         let names = metric_names(expr);

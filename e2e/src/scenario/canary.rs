@@ -1,8 +1,9 @@
 //! canary: a rolling update in steps under 300 live sessions: `rollout.steps: [{replicas: 1},
 //! {pause: {}}]` over 3 replicas. The rollout must stop at the pause with exactly one pod of the
 //! new revision serving beside two old ones, one old pod drained, and Progressing=False with
-//! reason WaitingForPromotion; it must stay there, draining nothing, for [`HOLD`]. Promoted
-//! with the `longconn.dev/promote` annotation, it goes on to the end. Then it is judged as
+//! reason WaitingForPromotion, which `kubectl longconn status` shows; it must stay there,
+//! draining nothing, for [`HOLD`]. Promoted with `kubectl longconn promote`, it goes on to the
+//! end. Then it is judged as
 //! rolling-update: no session dropped (clients' count and operator's), no message lost, every
 //! old pod gone, `status.rollout` Complete with `sessionsMigrated` equal to the clients'
 //! migrations, every session moved once and landed where there was room.
@@ -116,12 +117,22 @@ pub(super) async fn hold_and_promote(
         ),
     );
 
-    let promote = format!("{new}/{PAUSE_STEP}");
-    spec.merge(
-        &harness.client(),
-        json!({"metadata": {"annotations": {"longconn.dev/promote": promote}}}),
-    )
-    .await?;
+    let namespace = ["-n", spec.namespace.as_str()];
+    let status = harness
+        .kubectl_longconn(&[&["status", spec.name.as_str()], &namespace[..]].concat())
+        .await?;
+    report.expect(
+        status.contains("WaitingForPromotion"),
+        format!("kubectl longconn status at the pause does not say WaitingForPromotion:\n{status}"),
+    );
+    report.detail(
+        "kubectlLongconnStatusAtPause",
+        status.lines().collect::<Vec<_>>(),
+    );
+    let promoted = harness
+        .kubectl_longconn(&[&["promote", spec.name.as_str()], &namespace[..]].concat())
+        .await?;
+    report.detail("kubectlLongconnPromote", promoted.trim());
     let client = harness.client();
     wait_until("the operator to move past the pause", HOLD, || async {
         let observed = spec.observe(&client).await?;

@@ -312,6 +312,22 @@ impl Harness {
             .await
     }
 
+    /// Runs `kubectl longconn`, the workspace's plugin (from [`crate::tools::default_bin_dir`],
+    /// where `cargo build --workspace --bins` puts it), as the cluster admin; its stdout.
+    pub async fn kubectl_longconn(&self, args: &[&str]) -> Result<String, ScenarioError> {
+        let binary = crate::tools::default_bin_dir().join("kubectl-longconn");
+        if !binary.exists() {
+            return Err(ScenarioError::Setup(format!(
+                "{} is not built: cargo build -p kubectl-longconn",
+                binary.display()
+            )));
+        }
+        let mut command = tokio::process::Command::new(binary);
+        command.args(args);
+        self.run_tool(&format!("kubectl longconn {}", args.join(" ")), command)
+            .await
+    }
+
     /// Runs a client tool (kubectl, helm) as the cluster admin, bounded by [`KUBECTL_TIMEOUT`];
     /// its stdout.
     async fn run_tool(
