@@ -272,12 +272,13 @@ pub fn plan(input: Input) -> Outcome {
     if autoscale.is_some() {
         requeue = requeue.min(autoscale::PERIOD);
     }
-    if let Some(at) = rollout.wake_at {
-        let until = at.duration_since(now).unsigned_abs();
-        requeue = requeue.min(until.max(Duration::from_secs(1)));
-    }
-    if let Some(renew_at) = input.certificate.renew_at {
-        let until = renew_at.duration_since(now).unsigned_abs();
+    // A timed pause's end and a certificate's renewal: look again then (a time already past,
+    // in a second).
+    for at in [rollout.wake_at, input.certificate.renew_at]
+        .into_iter()
+        .flatten()
+    {
+        let until = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
         requeue = requeue.min(until.max(Duration::from_secs(1)));
     }
     Outcome {

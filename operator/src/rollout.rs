@@ -578,9 +578,10 @@ pub fn stage(input: &Input, book: &Book, budget: &Budget) -> Stage {
             .filter(|e| e.finished_at.is_none())
             .count(),
     };
-    let recorded = budget
-        .carried
-        .map(|r| (r.step, r.step_started_at.as_ref().map(|t| t.0)));
+    let recorded = budget.carried.and_then(|r| {
+        let step = usize::try_from(r.step?).unwrap_or(0);
+        Some((step, r.step_started_at.as_ref().map(|t| t.0)))
+    });
     Stage::of(input.lcs, update, staged, recorded, &progress, input.now)
 }
 
@@ -1666,6 +1667,47 @@ mod tests {
             !fresh.drain.contains(&"b".to_owned()) && fresh.routing_pending,
             "162 sessions do not fit the two pods left: wait for the replacement ({:?})",
             fresh.drain
+        );
+    }
+
+    #[test]
+    fn steps_apply_to_a_rollout_from_its_start_and_not_to_one_begun_without_them() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let pods = [
+            pod("a-1", None, 0),
+            pod("a-2", None, 0),
+            pod("a-3", None, 0),
+        ];
+        let status = |rollout: Option<RolloutStatus>| crate::crd::LongConnServiceStatus {
+            current_revision: Some("a".to_owned()),
+            rollout,
+            ..crate::crd::LongConnServiceStatus::default()
+        };
+        let service = |status| {
+            LongConnService::test()
+                .replicas(3)
+                .steps("[{pause: {}}]")
+                .status(status)
+                .build()
+        };
+        let starting = step_to(&service(status(None)), "b", now, &pods);
+        let r = starting.rollout.expect("recorded");
+        assert_eq!(
+            (r.step, r.paused_by, starting.replicas.get("b")),
+            (Some(0), Some(PauseCause::Step), Some(&0)),
+            "a pause first: the new revision waits with no pod"
+        );
+        let begun = RolloutStatus {
+            revision: "b".to_owned(),
+            started_at: Some(Time(now)),
+            ..RolloutStatus::default()
+        };
+        let going_on = step_to(&service(status(Some(begun))), "b", now, &pods);
+        let r = going_on.rollout.expect("recorded");
+        assert_eq!(
+            (r.step, r.paused_by, going_on.replicas.get("b")),
+            (None, None, Some(&1)),
+            "begun without steps: the surge's pod starts"
         );
     }
 

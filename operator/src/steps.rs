@@ -52,8 +52,6 @@ pub struct Stage {
     pub held: Option<PauseCause>,
     /// When the pause in progress ends by itself.
     pub until: Option<Timestamp>,
-    /// The steps this reconcile moved past (for the Events).
-    pub passed: Vec<usize>,
 }
 
 /// The pods a `replicas` step asks of `want`; None for a pause.
@@ -107,15 +105,15 @@ pub fn aborted(lcs: &LongConnService, revision: &str) -> bool {
 }
 
 impl Stage {
-    /// The stage of `revision`'s rollout: `recorded` is the step `status.rollout` holds (None
-    /// for a rollout that starts now), `progress` how far the new revision has come.
-    /// `staged` says whether steps apply at all: a rollout to a new revision, not a rollback
-    /// nor a scale-down.
+    /// The stage of `revision`'s rollout: `recorded` is the step `status.rollout` holds and
+    /// when it began (None for a rollout that starts now), `progress` how far the new revision
+    /// has come. `staged` says whether steps apply at all: a rollout to a new revision, not a
+    /// rollback nor a scale-down.
     pub fn of(
         lcs: &LongConnService,
         revision: &str,
         staged: bool,
-        recorded: Option<(Option<i32>, Option<Timestamp>)>,
+        recorded: Option<(usize, Option<Timestamp>)>,
         progress: &Progress,
         now: Timestamp,
     ) -> Stage {
@@ -123,20 +121,14 @@ impl Stage {
         let want = lcs.spec.replicas;
         let mut stage = Stage::default();
         if staged && !spec.steps.is_empty() {
-            let (mut index, mut started) = match recorded {
-                // A rollout that began before it had steps goes on without them.
-                Some((None, _)) => (spec.steps.len(), None),
-                Some((Some(i), at)) => (usize::try_from(i).unwrap_or(0), at),
-                None => (0, None),
-            };
-            let mut started_at = started.unwrap_or(now);
+            let (mut index, recorded_at) = recorded.unwrap_or((0, None));
+            let mut started_at = recorded_at.unwrap_or(now);
             while index < spec.steps.len() {
                 let step = &spec.steps[index];
                 let done = match (size(step, want), &step.pause) {
                     (Some(size), _) => reached(size, want, progress),
                     (None, pause) => match promoted(lcs, revision, index) {
                         Some(true) => {
-                            stage.passed.extend(index..spec.steps.len());
                             index = spec.steps.len();
                             break;
                         }
@@ -159,10 +151,8 @@ impl Stage {
                 if !done {
                     break;
                 }
-                stage.passed.push(index);
                 stage.until = None;
                 index += 1;
-                started = None;
                 started_at = now;
             }
             if index < spec.steps.len() && spec.steps[index].pause.is_some() {
@@ -170,7 +160,7 @@ impl Stage {
             }
             stage.cap = cap(&spec.steps, index, want);
             stage.step = Some(index);
-            stage.started_at = Some(started.unwrap_or(started_at));
+            stage.started_at = Some(started_at);
         }
         if spec.paused {
             stage.held = Some(PauseCause::Spec);
@@ -274,7 +264,7 @@ mod tests {
             (Some(0), Some(1), None)
         );
         assert_eq!(start.started_at, Some(at(T0)));
-        let recorded = Some((Some(0), Some(at(T0))));
+        let recorded = Some((0, Some(at(T0))));
         let draining = Progress {
             new_serving: 1,
             new_live: 1,
@@ -290,8 +280,8 @@ mod tests {
         };
         let paused = Stage::of(&lcs, "b", true, recorded, &done, later);
         assert_eq!(
-            (paused.step, paused.cap, paused.held, paused.passed),
-            (Some(1), Some(1), Some(PauseCause::Step), vec![0])
+            (paused.step, paused.cap, paused.held),
+            (Some(1), Some(1), Some(PauseCause::Step))
         );
         assert_eq!(paused.started_at, Some(later), "the pause begins now");
         assert_eq!(paused.until, None, "no duration: until promoted");
@@ -306,7 +296,7 @@ mod tests {
             old_serving: 3,
             draining: 0,
         };
-        let recorded = Some((Some(1), Some(at(T0))));
+        let recorded = Some((1, Some(at(T0))));
         let now = at("2026-01-02T00:00:00Z");
         for stale in ["a/1", "b/0", "b/3", "b", "nonsense"] {
             annotate(&mut lcs, PROMOTE, stale);
@@ -322,7 +312,6 @@ mod tests {
         annotate(&mut lcs, PROMOTE, "b/full");
         let full = Stage::of(&lcs, "b", true, recorded, &progress, now);
         assert_eq!((full.step, full.cap, full.held), (Some(4), None, None));
-        assert_eq!(full.passed, [1, 2, 3]);
     }
 
     #[test]
@@ -334,7 +323,7 @@ mod tests {
             old_serving: 2,
             draining: 0,
         };
-        let recorded = Some((Some(3), Some(at(T0))));
+        let recorded = Some((3, Some(at(T0))));
         let waiting = Stage::of(
             &lcs,
             "b",
@@ -383,19 +372,10 @@ mod tests {
     }
 
     #[test]
-    fn no_steps_apply_outside_a_staged_rollout_or_to_one_begun_without_them() {
+    fn no_steps_apply_outside_a_staged_rollout() {
         let lcs = canary();
         let none = Stage::of(&lcs, "a", false, None, &Progress::default(), at(T0));
         assert_eq!(none, Stage::default());
-        let begun = Stage::of(
-            &lcs,
-            "b",
-            true,
-            Some((None, None)),
-            &Progress::default(),
-            at(T0),
-        );
-        assert_eq!((begun.step, begun.cap, begun.held), (Some(4), None, None));
     }
 
     #[test]

@@ -73,24 +73,12 @@ pub(super) async fn rollout_under_load(
     let change = tokio::time::Instant::now();
     let new_revision = steps::change_template(harness, &mut spec, &old.revision).await?;
     report.detail("newRevision", &new_revision);
-    if let During::Canary = during {
-        canary::hold_and_promote(harness, &spec, &old.revision, &new_revision, report).await?;
-    }
-    if let During::Kill(kill) = during {
-        tokio::time::sleep_until(change + kill.after).await;
-        let observed = spec.observe(&harness.client()).await?;
-        let pods = spec.pods(&harness.client()).await?;
-        report.detail(
-            "atKill",
-            serde_json::json!({
-                "secondsAfterChange": (change.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-                "rollout": observed.rollout().map(|r| r.0),
-                "pods": pods,
-            }),
-        );
-        harness.kill_operator().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        harness.start_operator().await?;
+    match during {
+        During::Nothing => {}
+        During::Canary => {
+            canary::hold_and_promote(harness, &spec, &old.revision, &new_revision, report).await?;
+        }
+        During::Kill(kill) => kill_and_restart(harness, &spec, report, change, kill).await?,
     }
     let end = steps::wait_rollout(harness, &spec, &old.revision, &new_revision).await;
     report.detail(
@@ -137,5 +125,31 @@ pub(super) async fn rollout_under_load(
             .failures
             .push("the operator recorded no rollout accounting (status.rollout)".into()),
     }
+    Ok(())
+}
+
+/// `kill.after` the template `change`, records the rollout and the pods, kills the operator and
+/// starts it again.
+async fn kill_and_restart(
+    harness: &mut Harness,
+    spec: &ServiceSpec,
+    report: &mut ScenarioReport,
+    change: tokio::time::Instant,
+    kill: Kill,
+) -> Result<(), ScenarioError> {
+    tokio::time::sleep_until(change + kill.after).await;
+    let observed = spec.observe(&harness.client()).await?;
+    let pods = spec.pods(&harness.client()).await?;
+    report.detail(
+        "atKill",
+        serde_json::json!({
+            "secondsAfterChange": (change.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "rollout": observed.rollout().map(|r| r.0),
+            "pods": pods,
+        }),
+    );
+    harness.kill_operator().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    harness.start_operator().await?;
     Ok(())
 }
