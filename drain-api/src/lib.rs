@@ -16,7 +16,7 @@ pub use client::{
     CALL_TIMEOUT, Error, Result, rebalance_report, report, start_drain, start_rebalance,
 };
 pub use wire::{
-    DrainReport, DrainRequest, DrainState, DrainStrategy, MAX_CLOSE_REASON_BYTES,
+    DrainReport, DrainRequest, DrainState, DrainStrategy, Health, MAX_CLOSE_REASON_BYTES,
     MAX_KEEP_MOVED_FOR, MAX_REBALANCE_ID_BYTES, RebalanceReport, RebalanceRequest, RebalanceState,
     valid_rebalance_id,
 };

@@ -109,6 +109,10 @@ pub struct DrainReport {
     /// kill): a running total, kept across restarts in the pod's shared directory.
     #[serde(default)]
     pub lost_to_restarts: u64,
+    /// What this gateway process saw of its app since it started, for the health gate of a
+    /// rollout. Gateways older than this field report zeros.
+    #[serde(default)]
+    pub health: Health,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -121,6 +125,30 @@ pub struct DrainReport {
         with = "humantime_serde"
     )]
     pub finished_at: Option<SystemTime>,
+}
+
+/// Counts of one gateway process since it started (a restart begins them at zero again): the
+/// WebSocket upgrades it relayed to its app and how they went. `handshakes + upstreamRefused +
+/// upstreamUnavailable` are the attempts the app was asked to take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Upgrades the app accepted: sessions opened.
+    pub handshakes: u64,
+    /// Upgrades the app answered without switching protocols.
+    pub upstream_refused: u64,
+    /// Upgrades the gateway could not hand to the app: no connection, or no answer in time.
+    pub upstream_unavailable: u64,
+    /// Sessions the app ended without a completed close handshake (it failed, or closed the
+    /// connection).
+    pub upstream_errors: u64,
+}
+
+impl Health {
+    /// The upgrade attempts the app was asked to take.
+    pub fn attempts(&self) -> u64 {
+        self.handshakes + self.upstream_refused + self.upstream_unavailable
+    }
 }
 
 impl DrainReport {

@@ -13,7 +13,10 @@
 //!
 //! Two counts of the report stand beside its sum: `movedAgain`, the migrated sessions whose
 //! client declared an earlier move (see [`crate::moves`]), and `refused`, the connection attempts
-//! answered 503 because of the drain ([`Drain::refused`]).
+//! answered 503 because of the drain ([`Drain::refused`]). Its `health` counts what the app did
+//! with the upgrades relayed to it since the process started, drain or not: sessions opened and
+//! those it ended with an error (counted here as they open and end), and upgrades it refused or
+//! could not take ([`Drain::upgrade_failed`]).
 //!
 //! The coordinator also keeps an entry per open session ([`crate::registry`]), from which a
 //! [`rebalance`](crate::rebalance) of a gateway that keeps serving selects the sessions it moves
@@ -39,7 +42,7 @@ use tokio::sync::watch;
 use crate::{
     beacon::{Beacon, Listener},
     config::{DrainDefaults, MAX_DRAIN, valid_drain_close_code},
-    metrics::{CloseReason, DrainSeries, Metrics, RebalanceOutcome},
+    metrics::{CloseReason, DrainSeries, Metrics, RebalanceOutcome, RejectReason},
     rebalance::{self, Candidate, Order, Picked, Rebalance, Refused},
     registry::{Index, Registry},
 };
@@ -290,6 +293,7 @@ impl Drain {
         }
         let index = inner.sessions.insert(moves)?;
         inner.active += 1;
+        inner.report.health.handshakes += 1;
         self.metrics.sessions_active.inc();
         self.metrics.sessions_opened.inc();
         Some(SessionTicket {
@@ -306,6 +310,20 @@ impl Drain {
         let mut inner = self.lock();
         if inner.report.state != DrainState::Serving {
             inner.report.refused += 1;
+        }
+    }
+
+    /// Counts a WebSocket upgrade the app did not take in the health of every report: one it
+    /// answered without switching protocols (`UpstreamRefused`), or that could not reach it or
+    /// got no answer in time (`UpstreamUnavailable`). Other reasons are not the app's: not
+    /// counted.
+    pub fn upgrade_failed(&self, reason: RejectReason) {
+        let mut inner = self.lock();
+        let health = &mut inner.report.health;
+        match reason {
+            RejectReason::UpstreamRefused => health.upstream_refused += 1,
+            RejectReason::UpstreamUnavailable => health.upstream_unavailable += 1,
+            _ => {}
         }
     }
 
@@ -332,6 +350,9 @@ impl Drain {
         inner.active = inner.active.saturating_sub(1);
         self.metrics.sessions_active.dec();
         self.metrics.closed(reason, opened.elapsed().as_secs_f64());
+        if reason == CloseReason::UpstreamError {
+            inner.report.health.upstream_errors += 1;
+        }
         let moves = open.map_or(0, |o| o.moves);
         let moved_again = reason.outcome() == Outcome::Migrated && moves > 0;
         if moved_again {
@@ -452,6 +473,7 @@ impl Drain {
             started_at: Some(SystemTime::now()),
             restarts: inner.report.restarts,
             lost_to_restarts: inner.report.lost_to_restarts,
+            health: inner.report.health,
             ..DrainReport::default()
         };
         self.metrics.set_drain_state(DrainState::Draining);
@@ -621,7 +643,7 @@ impl Drain {
 
 #[cfg(test)]
 mod tests {
-    use longconn_drain_api::RebalanceState;
+    use longconn_drain_api::{Health, RebalanceState};
 
     use super::*;
 
@@ -771,6 +793,42 @@ mod tests {
         d.refused();
         let r = d.report();
         assert_eq!((r.refused, r.sessions_at_start), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn health_counts_the_app_s_upgrades_and_failures_before_and_after_the_drain_start() {
+        let d = drain();
+        let failed = d.open_session(0).expect("serving");
+        let open = d.open_session(0).expect("serving");
+        d.upgrade_failed(RejectReason::UpstreamRefused);
+        d.upgrade_failed(RejectReason::UpstreamUnavailable);
+        d.upgrade_failed(RejectReason::OriginForbidden);
+        failed.finish(CloseReason::UpstreamError);
+        let serving = d.report().health;
+        let expected = Health {
+            handshakes: 2,
+            upstream_refused: 1,
+            upstream_unavailable: 1,
+            upstream_errors: 1,
+        };
+        assert_eq!(serving, expected);
+        let started = d.start(&DrainRequest::default()).expect("starts");
+        assert_eq!(started.health, expected, "kept by the drain's report");
+        d.upgrade_failed(RejectReason::UpstreamUnavailable);
+        drop(open); // unfinished: an upstream error
+        let drained = d.report();
+        assert_eq!(drained.state, DrainState::Drained);
+        assert_eq!(
+            (
+                drained.health.upstream_unavailable,
+                drained.health.upstream_errors
+            ),
+            (2, 2)
+        );
+        assert_eq!(
+            drained.dropped, 1,
+            "the drain counts its own sessions, health the process's"
+        );
     }
 
     #[tokio::test]

@@ -189,6 +189,7 @@ pub async fn run(cfg: Config, local_token: Option<String>) -> Result<()> {
         dropped = report.dropped,
         active = report.active,
         refused = report.refused,
+        health = ?report.health,
         "exiting"
     );
     Ok(())

@@ -112,6 +112,13 @@ impl Proxy {
         }
     }
 
+    /// Counts a WebSocket upgrade the app refused or could not take: a refused connection, and
+    /// in the health of every drain report.
+    fn reject_upgrade(&self, reason: RejectReason) {
+        self.reject(reason);
+        self.drain().upgrade_failed(reason);
+    }
+
     /// Accepts connections forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -298,7 +305,12 @@ impl Proxy {
             match tokio::time::timeout_at(deadline, TcpStream::connect(self.upstream)).await {
                 Ok(Ok(s)) => s,
                 _ => {
-                    self.reject(RejectReason::UpstreamUnavailable);
+                    // A plain HTTP request is not an upgrade: not in the health counts.
+                    if websocket {
+                        self.reject_upgrade(RejectReason::UpstreamUnavailable);
+                    } else {
+                        self.reject(RejectReason::UpstreamUnavailable);
+                    }
                     respond(&mut conn, 502, "Bad Gateway", &[], "upstream unavailable").await;
                     return;
                 }
@@ -429,7 +441,7 @@ impl Proxy {
         let (res, mut from_upstream) = match exchange.await {
             Ok(Ok(x)) => x,
             _ => {
-                self.reject(RejectReason::UpstreamUnavailable);
+                self.reject_upgrade(RejectReason::UpstreamUnavailable);
                 respond(
                     &mut conn,
                     502,
@@ -446,7 +458,7 @@ impl Proxy {
             .upstream_upgrade
             .observe(asked.elapsed().as_secs_f64());
         if res.status != 101 {
-            self.reject(RejectReason::UpstreamRefused);
+            self.reject_upgrade(RejectReason::UpstreamRefused);
             debug!(status = res.status, "upstream refused the upgrade");
             let mut out = res.encode_response();
             let head_len = out.len();

@@ -1,6 +1,7 @@
 //! The drain protocol end to end: Notify and Wait, the deadline, the report's exact accounting
-//! (sessions moved again and attempts refused included), the close frame's reason, the bearer
-//! token, SIGTERM, and the `drain --wait` (with its settle time) and `install` subcommands.
+//! (sessions moved again and attempts refused included), the health counts of the app's upgrades
+//! and sessions, the close frame's reason, the bearer token, SIGTERM, and the `drain --wait` (with
+//! its settle time) and `install` subcommands.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -531,6 +532,7 @@ async fn the_final_report_is_left_in_the_termination_file_at_exit() {
     assert_eq!(report["state"], "Drained", "{report}");
     assert_eq!(report["sessionsAtStart"], 2, "{report}");
     assert_eq!(report["migrated"], 2, "{report}");
+    assert_eq!(health(&report), [2, 0, 0, 0], "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -749,4 +751,108 @@ async fn drain_joins_a_drain_under_way_or_finished_without_settling() {
     let (code, out, log) = drain_cli(GATEWAY, &gw, &["--settle", "60s"], true).await;
     assert_eq!(code, 0, "{out}{log}");
     assert!(log.contains("Drained"), "{log}");
+}
+
+/// The health counts of a drain report: handshakes, upstreamRefused, upstreamUnavailable and
+/// upstreamErrors.
+fn health(report: &serde_json::Value) -> [u64; 4] {
+    [
+        "handshakes",
+        "upstreamRefused",
+        "upstreamUnavailable",
+        "upstreamErrors",
+    ]
+    .map(|count| {
+        report["health"][count]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no health.{count} in {report}"))
+    })
+}
+
+#[tokio::test]
+async fn health_counts_the_upgrades_the_app_accepted_and_those_it_refused() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let clients = polite_clients(&gw, 2).await;
+    let refused = upgrade_request(gw.addr, "").replacen("/chat", "/refuse", 1);
+    for _ in 0..3 {
+        let (head, _) = raw_head(gw.addr, &refused).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+    // A plain HTTP request is not an upgrade.
+    let (status, _) = http_request(gw.addr, "GET", "/hello", None, "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(health(&gw.drain_report().await), [2, 3, 0, 0]);
+    let report = gw
+        .post_drain(r#"{"strategy":"Notify","spread":"0s","deadline":"1m"}"#)
+        .await;
+    assert_eq!(health(&report), [2, 3, 0, 0], "{report}");
+    for client in clients {
+        assert_eq!(client.await.unwrap(), Some(1012));
+    }
+    let report = gw.wait_drained().await;
+    assert_eq!(
+        health(&report),
+        [2, 3, 0, 0],
+        "migrated sessions are no errors: {report}"
+    );
+}
+
+#[tokio::test]
+async fn health_counts_upgrades_to_an_app_not_listening_or_not_answering_as_unavailable() {
+    let attempt_upgrade = |gw: &Gateway| {
+        let addr = gw.addr;
+        async move {
+            let (head, _) = raw_head(addr, &upgrade_request(addr, "")).await;
+            assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        }
+    };
+    let nobody: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(nobody, &[]).await;
+    attempt_upgrade(&gw).await;
+    attempt_upgrade(&gw).await;
+    let (status, _) = http_request(gw.addr, "GET", "/hello", None, "")
+        .await
+        .unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(
+        health(&gw.drain_report().await),
+        [0, 0, 2, 0],
+        "the upgrades, not the plain request"
+    );
+    assert_eq!(
+        gw.metric(r#"longconn_gateway_handshake_rejections_total{reason="upstream_unavailable"}"#)
+            .await,
+        3.0,
+        "the rejection counter counts all three"
+    );
+
+    // An app that takes the connection and never answers: the handshake timeout ends it.
+    let silent = start_silent_upstream().await;
+    let gw = Gateway::start(silent, &["--handshake-timeout", "1s"]).await;
+    attempt_upgrade(&gw).await;
+    assert_eq!(health(&gw.drain_report().await), [0, 0, 1, 0]);
+}
+
+#[tokio::test]
+async fn health_counts_sessions_the_app_dropped_as_upstream_errors() {
+    let (up, _) = start_upstream().await;
+    let gw = Gateway::start(up, &[]).await;
+    let mut dropped = talking_client(&gw, 0, &[]).await;
+    let mut closed = talking_client(&gw, 1, &[]).await;
+    // The app drops the TCP connection mid-session.
+    dropped.send(Message::text("die")).await.unwrap();
+    assert_eq!(received_close_code(&mut dropped).await, Some(1011));
+    // A session the client ends is no error.
+    closed.close(None).await.unwrap();
+    received_close_code(&mut closed).await;
+    eventually("both sessions ended", || async {
+        gw.metric("longconn_gateway_sessions_active").await == 0.0
+    })
+    .await;
+    let report = gw.drain_report().await;
+    assert_eq!(health(&report), [2, 0, 0, 1], "{report}");
+    assert_eq!(report["state"], "Serving", "counted without a drain");
 }

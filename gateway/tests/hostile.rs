@@ -283,15 +283,7 @@ async fn a_request_whose_announced_body_never_comes_gets_408_after_the_idle_time
 
 #[tokio::test]
 async fn an_app_that_does_not_answer_gets_its_client_a_504() {
-    // An app that reads the request and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
-    });
+    let up = start_silent_upstream().await;
     let gw = Gateway::start(up, &["--http-idle-timeout", "1s"]).await;
     let answer = tokio::time::timeout(
         Duration::from_secs(5),

@@ -1,5 +1,6 @@
 //! Shared helpers of the gateway's integration tests: an in-test upstream (WebSocket echo plus a
-//! few plain HTTP routes), the gateway as a real child process, and raw-socket clients.
+//! few plain HTTP routes) and a silent one, the gateway as a real child process, and raw-socket
+//! clients.
 //! Everything listens on 127.0.0.1 only; every wait is bounded.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -71,6 +72,20 @@ pub async fn start_upstream() -> (SocketAddr, Arc<UpstreamLog>) {
         }
     });
     (addr, log)
+}
+
+/// Starts an app on 127.0.0.1:0 that takes every connection and never answers (it reads
+/// nothing and holds the connections).
+pub async fn start_silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
 }
 
 async fn upstream_conn(mut tcp: TcpStream, log: Arc<UpstreamLog>) {
