@@ -88,7 +88,8 @@ echo "charts: operator output (rbac, render)"
 "${cargo}" run -q --locked -p longconn-operator -- rbac >"${work}/rbac.yaml"
 # The objects the operator generates for the LongConnServices of charts/checkov/, for checkov:
 # together every kind it creates (Secrets, Certificate, Deployment, Services, PodDisruptionBudget,
-# NetworkPolicy with the metrics namespace admitted, ServiceMonitor, HorizontalPodAutoscaler).
+# NetworkPolicy with the metrics namespace admitted, ServiceMonitor, HorizontalPodAutoscaler,
+# and the first revision's ControllerRevision).
 generated=()
 for sample in charts/checkov/*.yaml; do
   generated+=("generated-$(basename "${sample}")")

@@ -713,6 +713,17 @@ pub struct RolloutSpec {
     /// resumes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+    /// The health gate of a rollout with steps: from its first step on, the new revision's
+    /// gateways are compared with the old revision's over the same window, and beyond these
+    /// limits the rollout is aborted (the new revision's pods drained, the old revision grown
+    /// back). Unset: no gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// Revisions kept as records in `status.history`, with what `kubectl longconn undo` needs
+    /// to return to them (ControllerRevisions), besides the ones in use.
+    #[serde(default = "default_revision_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub revision_history_limit: i32,
 }
 
 impl Default for RolloutSpec {
@@ -725,8 +736,64 @@ impl Default for RolloutSpec {
             progress_deadline: default_progress_deadline(),
             steps: Vec::new(),
             paused: false,
+            analysis: None,
+            revision_history_limit: default_revision_history_limit(),
         }
     }
+}
+
+fn default_revision_history_limit() -> i32 {
+    10
+}
+
+/// The limits of the health gate. Each share is of the upgrade attempts a revision's gateways
+/// relayed to their app in the window (sessions opened, and attempts the app refused or did not
+/// answer); the new revision fails a signal when its share exceeds the old revision's by more
+/// than the limit, in percentage points, once it has seen `minAttempts`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Upgrades the app refused (answered without switching protocols).
+    #[serde(default = "default_share_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub upstream_refused_percent: i32,
+    /// Upgrades the gateway could not relay: the app did not accept the connection or did not
+    /// answer in time.
+    #[serde(default = "default_share_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub upstream_unavailable_percent: i32,
+    /// Sessions the app ended with an error (no completed close handshake).
+    #[serde(default = "default_share_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub server_errors_percent: i32,
+    /// Sessions the new revision's gateways lost (a gateway crash) in the window.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_dropped_sessions: i64,
+    /// Attempts the new revision must have seen before its shares are judged.
+    #[serde(default = "default_min_attempts")]
+    #[schemars(range(min = 1))]
+    pub min_attempts: i64,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            upstream_refused_percent: default_share_limit(),
+            upstream_unavailable_percent: default_share_limit(),
+            server_errors_percent: default_share_limit(),
+            max_dropped_sessions: 0,
+            min_attempts: default_min_attempts(),
+        }
+    }
+}
+
+fn default_share_limit() -> i32 {
+    5
+}
+
+fn default_min_attempts() -> i64 {
+    20
 }
 
 /// One stage of a rollout: exactly one of `replicas` and `pause`.
@@ -1177,6 +1244,10 @@ pub struct LongConnServiceStatus {
     /// The rebalancing of sessions between pods (`spec.autoscaling.rebalance`): its last round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<RebalanceStatus>,
+    /// The revisions of the pods' spec, oldest first: the last `rollout.revisionHistoryLimit`
+    /// and the ones in use, each with what changed and how its rollout ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionRecord>,
 }
 
 /// The rebalancing's rounds: the last one in full, totals over all.
@@ -1328,6 +1399,117 @@ pub enum RolloutPhase {
     Complete,
 }
 
+/// One revision of the pods' spec, as `kubectl longconn history` lists it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// Its number: one more than the newest before it. `kubectl longconn undo --to-revision N`
+    /// names it; a revision returned to takes the next number.
+    pub number: i64,
+    pub revision: String,
+    /// When it was first seen (or returned to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+    /// What changed from the revision before it, in the fields that shape a pod.
+    #[serde(default)]
+    pub change: String,
+    /// How its rollout ended; unset while it is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RevisionOutcome>,
+}
+
+/// How a revision's rollout ended, with its accounting.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionOutcome {
+    pub result: RevisionResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default)]
+    pub pods_drained: i32,
+    #[serde(default)]
+    pub sessions_migrated: i64,
+    #[serde(default)]
+    pub sessions_dropped: i64,
+    /// Why it ended so, in words (the failing signal of an aborted rollout).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// How a revision's rollout ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RevisionResult {
+    /// Every pod runs it.
+    #[default]
+    Complete,
+    /// Rolled back after the drop budget was spent.
+    RolledBack,
+    /// Aborted (`kubectl longconn abort`, or the health gate): its pods were drained.
+    Aborted,
+    /// Replaced by a newer spec before its rollout completed.
+    Superseded,
+}
+
+/// The health gate of a rollout: the window it judges and what it saw.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the window began: the rollout's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Every gateway's counts when the window began (a pod missing here started later and
+    /// counts from zero).
+    #[serde(default)]
+    pub baseline: Vec<HealthBaseline>,
+    /// The new revision's counts in the window, as last judged.
+    #[serde(default)]
+    pub update: HealthTally,
+    /// The other revisions' counts in the same window.
+    #[serde(default)]
+    pub stable: HealthTally,
+    /// The signal that failed: UpstreamRefused, UpstreamUnavailable, ServerErrors or
+    /// DroppedSessions. Set once, when the gate aborts the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// The gate's verdict in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A gateway's counts when the window began.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthBaseline {
+    pub pod: String,
+    /// Its gateway's restarts then: with more, the counts began again at zero.
+    #[serde(default)]
+    pub restarts: i64,
+    #[serde(default)]
+    pub handshakes: i64,
+    #[serde(default)]
+    pub upstream_refused: i64,
+    #[serde(default)]
+    pub upstream_unavailable: i64,
+    #[serde(default)]
+    pub upstream_errors: i64,
+    /// Sessions lost to restarts so far (a running total across restarts).
+    #[serde(default)]
+    pub lost_to_restarts: i64,
+}
+
+/// A revision's counts in the window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthTally {
+    /// Upgrade attempts relayed to the app.
+    pub attempts: i64,
+    pub upstream_refused: i64,
+    pub upstream_unavailable: i64,
+    pub server_errors: i64,
+    /// Sessions lost with a gateway crash.
+    pub dropped: i64,
+}
+
 /// What holds a rollout.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PauseCause {
@@ -1386,6 +1568,9 @@ pub struct RolloutStatus {
     /// Pods being drained now.
     #[serde(default)]
     pub draining: Vec<DrainingPod>,
+    /// The health gate, for a rollout with steps while `spec.rollout.analysis` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
 }
 
 /// A pod being drained, or drained and waiting to be removed. It stays listed until the pod is

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
@@ -27,6 +27,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde::Serialize;
@@ -263,6 +264,28 @@ impl<'a> Ctx<'a> {
             .to_owned();
         Manifest { kind, name, object }
     }
+}
+
+/// The ControllerRevision that keeps revision `revision`'s pod fields (`data`), numbered as its
+/// record in `status.history` ([`crate::history`]).
+pub fn controller_revision(
+    lcs: &LongConnService,
+    revision: &str,
+    number: i64,
+    data: Value,
+) -> Manifest {
+    let ctx = Ctx::new(lcs);
+    ctx.manifest(
+        Kind::ControllerRevision,
+        ControllerRevision {
+            metadata: ctx.meta_with(
+                names::controller_revision(&ctx.name, revision),
+                BTreeMap::from([(labels::REVISION.to_owned(), revision.to_owned())]),
+            ),
+            data: Some(RawExtension(data)),
+            revision: number,
+        },
+    )
 }
 
 fn admin_token_secret(ctx: &Ctx, token: &str) -> Secret {

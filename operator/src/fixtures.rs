@@ -35,6 +35,15 @@ impl LongConnService {
 }
 
 impl TestService {
+    /// One container, `app`, running `image`.
+    pub fn image(mut self, image: &str) -> Self {
+        self.0.spec.template = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        }))
+        .unwrap_or_else(|e| unreachable!("the template parses: {e}"));
+        self
+    }
+
     pub fn replicas(mut self, n: i32) -> Self {
         self.0.spec.replicas = n;
         self

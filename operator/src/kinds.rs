@@ -1,6 +1,6 @@
 //! The kinds of object the operator creates, and how to reach each through the API.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -19,11 +19,13 @@ pub enum Kind {
     ServiceMonitor,
     PrometheusRule,
     HorizontalPodAutoscaler,
+    /// A revision's pod fields, kept for undo ([`crate::history`]).
+    ControllerRevision,
 }
 
 impl Kind {
     /// Every kind, in the order orphans are looked for.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Secret,
         Kind::Certificate,
         Kind::Deployment,
@@ -33,6 +35,7 @@ impl Kind {
         Kind::ServiceMonitor,
         Kind::PrometheusRule,
         Kind::HorizontalPodAutoscaler,
+        Kind::ControllerRevision,
     ];
 
     pub fn api_resource(self) -> ApiResource {
@@ -43,6 +46,7 @@ impl Kind {
             Kind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
             Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
             Kind::HorizontalPodAutoscaler => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            Kind::ControllerRevision => ApiResource::erase::<ControllerRevision>(&()),
             Kind::ServiceMonitor => ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
                 "servicemonitors",

@@ -75,6 +75,10 @@ pub mod names {
     pub fn deployment(name: &str, revision: &str) -> String {
         format!("{name}-{revision}")
     }
+    /// The ControllerRevision that keeps a revision's pod fields.
+    pub fn controller_revision(name: &str, revision: &str) -> String {
+        format!("{name}-{revision}")
+    }
     pub fn admin_token(name: &str) -> String {
         format!("{name}-admin-token")
     }

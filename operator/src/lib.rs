@@ -4,6 +4,7 @@
 //! cutting their sessions.
 
 pub mod alerts;
+pub mod analysis;
 pub mod autoscale;
 pub mod cache;
 pub mod certs;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod expectations;
 pub mod fixtures;
 pub mod gateways;
+pub mod history;
 pub mod kinds;
 pub mod labels;
 pub mod leader;

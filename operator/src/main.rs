@@ -21,7 +21,7 @@ use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Setting
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
-use longconn_operator::{cache, gateways, leader};
+use longconn_operator::{cache, gateways, history, leader, revision};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
@@ -200,8 +200,18 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
             cert_manager: true,
         },
     };
+    // The first reconcile also records revision 1 of the history with its ControllerRevision.
+    let first_revision = desired::controller_revision(
+        &lcs,
+        &revision::of(&lcs, settings),
+        1,
+        history::PodFields::of(&lcs.spec).to_json(),
+    );
     let mut text = String::new();
-    for manifest in desired::desired(&lcs, &observed, settings) {
+    for manifest in desired::desired(&lcs, &observed, settings)
+        .into_iter()
+        .chain([first_revision])
+    {
         text.push_str("---\n");
         text.push_str(serde_yaml::to_string(&manifest.object)?.trim_end());
         text.push('\n');

@@ -58,6 +58,16 @@ impl Owned {
             .flat_map(|(kind, objects)| objects.iter().map(move |o| (*kind, o.as_ref())))
     }
 
+    /// The pod fields the ControllerRevision of `revision` keeps, as JSON.
+    pub fn pod_fields(&self, service: &str, revision: &str) -> Option<&Value> {
+        self.find(
+            Kind::ControllerRevision,
+            &names::controller_revision(service, revision),
+        )?
+        .data
+        .get("data")
+    }
+
     /// A key of one of the Secrets, as text.
     pub fn secret_value(&self, secret: &str, key: &str) -> Option<String> {
         secret_value(self.find(Kind::Secret, secret)?, key)

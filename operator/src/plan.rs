@@ -7,14 +7,16 @@
 //! revisions to resize and the owned objects to delete. The reconciler records first and acts
 //! after, so every side effect follows a recorded decision.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::autoscale::{self, History, Recorded};
-use crate::crd::{LongConnService, LongConnServiceStatus};
+use crate::crd::{HealthTally, LongConnService, LongConnServiceStatus, RevisionRecord};
 use crate::desired::{self, CertBundle, Manifest, Observed, Settings};
+use crate::history;
 use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::observe::Observation;
@@ -39,8 +41,8 @@ pub const SESSIONS_RECORD: Duration = Duration::from_secs(30);
 pub const COUNTS_RECORD: Duration = Duration::from_secs(5);
 
 /// Whether a status change must be recorded at once: anything but the live counts (pods,
-/// ready pods, open sessions, the session autoscaling's counts), the words of conditions and the
-/// gateways recorded with nothing counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
+/// ready pods, open sessions, the session autoscaling's counts, the health gate's running
+/// counts), the words of conditions and the gateways recorded with nothing counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
 /// certificate, revisions and restart losses go out at once; counts may wait
 /// [`COUNTS_RECORD`] to be written with the next change. A rollout's step never waits for
 /// them: every action is planned from the caches and from what is recorded at once.
@@ -57,6 +59,12 @@ pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus)
         status.gateways.retain(|g| g.lost_counted > 0);
         for gateway in &mut status.gateways {
             gateway.sessions = 0;
+        }
+        // The health gate's running counts; its window and failed signal are verdicts.
+        if let Some(a) = status.rollout.as_mut().and_then(|r| r.analysis.as_mut()) {
+            a.update = HealthTally::default();
+            a.stable = HealthTally::default();
+            a.message.clear();
         }
         if let Some(a) = status.autoscaling.as_mut() {
             a.desired_replicas = 0;
@@ -158,7 +166,7 @@ pub fn plan(input: Input) -> Outcome {
         certificate: input.certificate.bundle,
         apis: observation.apis,
     };
-    let manifests = desired::desired(lcs, &observed, input.settings);
+    let mut manifests = desired::desired(lcs, &observed, input.settings);
 
     let scale = observation
         .owned
@@ -171,28 +179,6 @@ pub fn plan(input: Input) -> Outcome {
             (*revision != update_revision && current != Some(i64::from(replicas)))
                 .then(|| (d.name_any(), replicas))
         })
-        .collect();
-
-    let uid = lcs.uid().unwrap_or_default();
-    let keep: Vec<String> = rollout
-        .replicas
-        .keys()
-        .map(|revision| names::deployment(&name, revision))
-        .collect();
-    let orphans = observation
-        .owned
-        .iter()
-        .filter(|(kind, object)| {
-            let object_name = object.name_any();
-            let wanted = manifests
-                .iter()
-                .any(|m| m.kind == *kind && m.name == object_name)
-                || *kind == Kind::Deployment && keep.contains(&object_name);
-            !wanted
-                && object.owner_references().iter().any(|o| o.uid == uid)
-                && object.metadata.deletion_timestamp.is_none()
-        })
-        .map(|(kind, object)| (kind, object.name_any()))
         .collect();
 
     // Hooks that keep a pod from draining itself are a problem of the spec, reported with the
@@ -248,6 +234,50 @@ pub fn plan(input: Input) -> Outcome {
             now,
         },
     );
+    let mut new_status = new_status;
+    new_status.history = revisions(lcs, observation, &update_revision, &new_status);
+    // The update revision's ControllerRevision, numbered as its record; its pod fields are
+    // written once (a ControllerRevision's data cannot change).
+    if let Some(record) = new_status.history.last() {
+        let data = observation
+            .owned
+            .pod_fields(&name, &update_revision)
+            .cloned()
+            .unwrap_or_else(|| history::PodFields::of(&lcs.spec).to_json());
+        manifests.push(desired::controller_revision(
+            lcs,
+            &update_revision,
+            record.number,
+            data,
+        ));
+    }
+    let uid = lcs.uid().unwrap_or_default();
+    let keep: Vec<String> = rollout
+        .replicas
+        .keys()
+        .map(|revision| names::deployment(&name, revision))
+        .collect();
+    let recorded: Vec<String> = new_status
+        .history
+        .iter()
+        .map(|r| names::controller_revision(&name, &r.revision))
+        .collect();
+    let orphans = observation
+        .owned
+        .iter()
+        .filter(|(kind, object)| {
+            let object_name = object.name_any();
+            let wanted = manifests
+                .iter()
+                .any(|m| m.kind == *kind && m.name == object_name)
+                || *kind == Kind::Deployment && keep.contains(&object_name)
+                || *kind == Kind::ControllerRevision && recorded.contains(&object_name);
+            !wanted
+                && object.owner_references().iter().any(|o| o.uid == uid)
+                && object.metadata.deletion_timestamp.is_none()
+        })
+        .map(|(kind, object)| (kind, object.name_any()))
+        .collect();
     let warnings = turned_bad(&old, &new_status);
     let mut rollout = rollout;
     let certificates_issued = input.certificate.issued;
@@ -292,6 +322,33 @@ pub fn plan(input: Input) -> Outcome {
         certificates_issued,
         requeue,
     }
+}
+
+/// The revision records after this reconcile ([`history`]).
+fn revisions(
+    lcs: &LongConnService,
+    observation: &Observation,
+    update_revision: &str,
+    status: &LongConnServiceStatus,
+) -> Vec<RevisionRecord> {
+    let name = lcs.name_any();
+    let in_use: BTreeSet<String> = observation
+        .revisions
+        .iter()
+        .map(|r| r.revision.clone())
+        .collect();
+    let input = history::Input {
+        lcs,
+        update: update_revision,
+        current: status.current_revision.as_deref(),
+        rollout: status.rollout.as_ref(),
+        in_use: &in_use,
+        now: observation.now,
+    };
+    history::record(&input, |before| {
+        let before = before.and_then(|r| observation.owned.pod_fields(&name, &r.revision));
+        history::change(before, &history::PodFields::of(&lcs.spec).to_json())
+    })
 }
 
 /// The session autoscaling's decision and its record, while `targetSessionsPerPod` is set.

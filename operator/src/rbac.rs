@@ -24,7 +24,9 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "longconn.dev",
         resources: &["longconnservices"],
-        verbs: &["get", "list", "watch"],
+        // patch: `kubectl longconn undo` asks the operator to write an earlier revision's pod
+        // fields back into the spec.
+        verbs: &["get", "list", "watch", "patch"],
     },
     Rule {
         group: "longconn.dev",
@@ -44,7 +46,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         group: "apps",
-        resources: &["deployments"],
+        resources: &["deployments", "controllerrevisions"],
         verbs: &OWNED_VERBS,
     },
     Rule {
@@ -153,10 +155,10 @@ mod tests {
     }
 
     #[test]
-    fn the_service_itself_is_only_read_and_scaled() {
+    fn the_service_itself_is_only_read_patched_for_undo_and_scaled() {
         assert_eq!(
             verbs_for("longconn.dev", "longconnservices"),
-            ["get", "list", "watch"]
+            ["get", "list", "watch", "patch"]
         );
         assert_eq!(
             verbs_for("longconn.dev", "longconnservices/scale"),

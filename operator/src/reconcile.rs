@@ -35,6 +35,7 @@ use crate::crd::{LongConnService, LongConnServiceStatus, TlsMode};
 use crate::desired::{self, Manifest, ServedApis, Settings};
 use crate::expectations::Expectations;
 use crate::gateways::{self, Reports};
+use crate::history::{self, Undo};
 use crate::kinds::Kind;
 use crate::labels::{MANAGER, names};
 use crate::metrics::{Direction, DirectionLabels, ErrorReason, KindLabels, Metrics};
@@ -96,6 +97,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("returning LongConnService {namespace}/{name} to an earlier revision: {source}")]
+    Undo {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("issuing the certificate of LongConnService {namespace}/{name}: {source}")]
     Certificate {
         namespace: String,
@@ -117,7 +125,8 @@ impl Error {
             | Error::Scale { .. }
             | Error::ScaleService { .. }
             | Error::Delete { .. }
-            | Error::Status { .. } => ErrorReason::Api,
+            | Error::Status { .. }
+            | Error::Undo { .. } => ErrorReason::Api,
             Error::Certificate { .. } | Error::Random(_) => ErrorReason::Crypto,
             Error::MissingField(_) => ErrorReason::InvalidObject,
         }
@@ -471,6 +480,16 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     // Observe.
     let observation = observe::observe(ctx, lcs, apis, Timestamp::now()).await?;
     debug!(pods = ?observation.pod_lines(), revisions = ?observation.revisions, "observed");
+    // A person asked to return to an earlier revision: that goes into the spec first, and the
+    // change wakes the next reconcile.
+    let name = lcs.name_any();
+    if let Some(undo) = history::undo(lcs, |revision| {
+        let fields = observation.owned.pod_fields(&name, revision)?;
+        serde_json::from_value(fields.clone()).ok()
+    }) {
+        follow_undo(lcs, ctx, undo).await?;
+        return Ok(Action::requeue(SOON));
+    }
     let admin_token = observation.admin_token.clone().map_or_else(new_token, Ok)?;
     let certificate = certificate(lcs, &ctx.settings, &observation)?;
     let refresh_sessions = ctx.sessions_due(&key);
@@ -572,6 +591,51 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     }
     debug!(?requeue, "reconciled");
     Ok(Action::requeue(requeue))
+}
+
+/// Writes what the [`crate::steps::UNDO`] annotation asks for (the revision's pod fields back in
+/// the spec, or only the annotation removed when it cannot be followed) and says so in an Event.
+async fn follow_undo(lcs: &LongConnService, ctx: &Context, undo: Undo) -> Result<(), Error> {
+    let (patch, warning, message) = match undo {
+        Undo::Return {
+            patch,
+            number,
+            revision,
+        } => (
+            patch,
+            false,
+            format!("returning the pods' spec to revision {number} ({revision}), as asked"),
+        ),
+        Undo::Refused { patch, message } => (patch, true, message),
+    };
+    let ns = lcs.namespace().unwrap_or_default();
+    let name = lcs.name_any();
+    let api: Api<LongConnService> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Undo {
+        namespace: ns.clone(),
+        name: name.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|source| Error::Undo {
+            namespace: ns,
+            name,
+            source,
+        })?;
+    let type_ = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let reason = if warning {
+        "UndoRefused"
+    } else {
+        "RolloutUndo"
+    };
+    info!(%message, "undo");
+    ctx.event(lcs, type_, reason, message).await;
+    Ok(())
 }
 
 /// A fresh admin token: 32 random bytes from the operating system, hex-encoded.

@@ -20,7 +20,8 @@
 //!    preStop drain: eviction, node drain, `kubectl delete pod`), pods that vanished with
 //!    sessions and no drain, and restarts outside any drain.
 //! 4. [`budget`]: whether more was dropped than `maxDroppedSessions`, and then whether to pause
-//!    or roll back (and to which revision); an abort ([`steps::ABORT`]) rolls back too.
+//!    or roll back (and to which revision); an abort ([`steps::ABORT`]) rolls back too, and so
+//!    does the health gate ([`analysis`]) when the new revision of a staged rollout fails it.
 //! 5. [`stage`]: the step of `spec.rollout.steps` in progress, moved past the steps that are
 //!    done ([`steps`]): the most pods the new revision may have now, and whether a pause (a
 //!    pause step, `spec.rollout.paused`) holds the rollout.
@@ -40,8 +41,8 @@
 //!    revision's pods are all Ready and the routing has settled (the pod out of the Service,
 //!    the receivers of its sessions in it); none while a pause holds the rollout, and no more
 //!    old pods than a step lets go.
-//! 8. [`record`]: the new `status.rollout` (phase, totals), `status.gateways`, the Progressing
-//!    and SessionsPreserved verdicts, and the Events.
+//! 8. [`record`]: the new `status.rollout` (phase, totals, the health gate's window and
+//!    counts), `status.gateways`, the Progressing and SessionsPreserved verdicts, and the Events.
 //!
 //! The same path serves a decrease of `spec.replicas` (pods of the current revision above the
 //! new count are drained; increases are immediate). When more sessions were dropped than
@@ -55,9 +56,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_drain_api::{DrainReport, DrainState, RebalanceReport};
 
+use crate::analysis;
 use crate::crd::{
-    DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, PauseCause, RebalanceStatus,
-    RolloutPhase, RolloutStatus,
+    AnalysisStatus, DrainingPod, DropBudgetAction, GatewayRecord, LongConnService, PauseCause,
+    RebalanceStatus, RolloutPhase, RolloutStatus,
 };
 use crate::desired::ObservedRevision;
 use crate::disruption;
@@ -492,8 +494,12 @@ pub struct Budget<'a> {
     pub target: &'a str,
     /// The rollout record carried over from the last step (same revision, not complete).
     pub carried: Option<&'a RolloutStatus>,
-    /// The rollback was asked for with the [`steps::ABORT`] annotation.
+    /// The rollback was asked for with the [`steps::ABORT`] annotation, or by the health gate.
     pub aborted: bool,
+    /// The health gate's judgement in this step, while it judges ([`analysis`]).
+    pub gate: Option<analysis::Judgement>,
+    /// The signal the health gate failed, this step or before.
+    pub gate_failed: Option<String>,
 }
 
 /// Phase 4: whether more was dropped than the budget allows, and then whether to pause or
@@ -512,7 +518,12 @@ pub fn budget<'a>(input: &'a Input, book: &Book) -> Budget<'a> {
         .as_ref()
         .and_then(|s| s.current_revision.as_deref())
         .filter(|r| *r != update && input.revisions.iter().any(|o| o.revision == *r));
-    let aborted = rollback_to.is_some() && steps::aborted(input.lcs, update);
+    let gate = gate(input, carried);
+    let gate_failed = carried
+        .and_then(|r| r.analysis.as_ref()?.failed.clone())
+        .or_else(|| Some(gate.as_ref()?.failed?.as_str().to_owned()));
+    let aborted =
+        rollback_to.is_some() && (steps::aborted(input.lcs, update) || gate_failed.is_some());
     let rolling_back = match (carried, rollback_to) {
         (Some(r), Some(_)) if r.phase == RolloutPhase::RollingBack => true,
         (_, Some(_)) => {
@@ -531,7 +542,26 @@ pub fn budget<'a>(input: &'a Input, book: &Book) -> Budget<'a> {
         target,
         carried,
         aborted,
+        gate,
+        gate_failed,
     }
+}
+
+/// The health gate's judgement of the rollout carried over, while it judges: a rollout with
+/// steps whose window began ([`analysis::baseline`] recorded), not rolling back, with
+/// `spec.rollout.analysis` set.
+fn gate(input: &Input, carried: Option<&RolloutStatus>) -> Option<analysis::Judgement> {
+    let spec = input.lcs.spec.rollout.analysis.as_ref()?;
+    let carried = carried.filter(|r| r.phase != RolloutPhase::RollingBack)?;
+    let window = carried.analysis.as_ref().filter(|a| a.failed.is_none())?;
+    let update = input.update_revision;
+    let (new, old): (Vec<&PodFacts>, Vec<&PodFacts>) =
+        input.pods.iter().partition(|p| p.revision == update);
+    Some(analysis::judge(
+        spec,
+        analysis::tally(new, &window.baseline),
+        analysis::tally(old, &window.baseline),
+    ))
 }
 
 /// Phase 5: the step of `spec.rollout.steps` in progress, and what holds the rollout
@@ -1024,6 +1054,7 @@ pub fn record(
             && !sizes.old_left
             && r.draining.is_empty()
             && steps_done;
+        gate_record(input, budget, stage, r);
         let step_changed = r.step != stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
         r.step = stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
         r.step_started_at = stage.started_at.map(Time);
@@ -1065,8 +1096,8 @@ pub fn record(
                 warning: true,
                 reason: "RolloutAborted",
                 message: format!(
-                    "revision {update} aborted ({} annotation); rolling back to revision {}",
-                    steps::ABORT,
+                    "revision {update} aborted ({}); rolling back to revision {}",
+                    abort_cause(r),
                     budget.rollback_to.unwrap_or_default()
                 ),
             });
@@ -1199,13 +1230,18 @@ fn progressing_verdict(
     let limit = input.lcs.spec.rollout.max_dropped_sessions;
     if budget.rolling_back && budget.aborted {
         let to = budget.rollback_to.unwrap_or_default();
+        let failed = budget.gate_failed.is_some();
         Some(Verdict {
             status: !done,
-            reason: if done { "Aborted" } else { "RollingBack" },
+            reason: match (done, failed) {
+                (false, _) => "RollingBack",
+                (true, true) => "AnalysisFailed",
+                (true, false) => "Aborted",
+            },
             message: format!(
-                "revision {update} was aborted ({} annotation); {} revision {to}. Change the \
-                 spec to try again",
-                steps::ABORT,
+                "revision {update} was aborted ({}); {} revision {to}. Change the spec to try \
+                 again",
+                abort_cause(r),
                 if done {
                     "rolled back to"
                 } else {
@@ -1248,6 +1284,42 @@ fn progressing_verdict(
 
 /// Progressing while a pause holds the rollout: True while a timed pause runs out by itself,
 /// False while it waits for a person.
+/// Why a rollout was aborted, in words: the health gate's failed signal, or the annotation.
+fn abort_cause(r: &RolloutStatus) -> String {
+    match r.analysis.as_ref().filter(|a| a.failed.is_some()) {
+        Some(a) => format!(
+            "the health gate failed on {}: {}",
+            a.failed.as_deref().unwrap_or_default(),
+            a.message
+        ),
+        None => format!("{} annotation", steps::ABORT),
+    }
+}
+
+/// Records the health gate: the window's start when a rollout with steps begins (or the gate
+/// is turned on during one), then each judgement; the failed signal once the gate aborts.
+fn gate_record(input: &Input, budget: &Budget, stage: &Stage, r: &mut RolloutStatus) {
+    if input.lcs.spec.rollout.analysis.is_none() {
+        return;
+    }
+    if r.analysis.is_none() && stage.step.is_some() && !budget.rolling_back {
+        r.analysis = Some(AnalysisStatus {
+            since: Some(Time(input.now)),
+            baseline: analysis::baseline(input.pods),
+            message: "the window begins".to_owned(),
+            ..AnalysisStatus::default()
+        });
+    }
+    if let (Some(a), Some(judged)) = (r.analysis.as_mut(), &budget.gate) {
+        a.update = judged.update;
+        a.stable = judged.stable;
+        a.message.clone_from(&judged.message);
+        if budget.rolling_back && a.failed.is_none() {
+            a.failed = judged.failed.map(|s| s.as_str().to_owned());
+        }
+    }
+}
+
 fn held_verdict(lcs: &LongConnService, update: &str, stage: &Stage) -> Option<Verdict> {
     let name = lcs.metadata.name.as_deref().unwrap_or_default();
     let step = stage.step.map(|i| Stage::describe(lcs, i));

@@ -332,6 +332,8 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         gateways: facts.gateways.to_vec(),
         autoscaling: facts.autoscaling.map(|(_, status)| status.clone()),
         rebalance: facts.rebalance.cloned(),
+        // Recorded by the plan once this status is known (crate::history).
+        history: old.history.clone(),
     }
 }
 

@@ -25,6 +25,11 @@ pub const PROMOTE: &str = "longconn.dev/promote";
 /// The annotation that aborts a rollout: `<revision>` (the one being rolled out) goes back to
 /// the current revision, its pods drained as a rollback's are.
 pub const ABORT: &str = "longconn.dev/abort";
+/// The annotation that returns the pods' spec to an earlier revision: `<number>` of
+/// `status.history` (`kubectl longconn undo`). The operator puts that revision's pod-shaping
+/// fields back into the spec, removes the annotation in the same write, and the return rolls
+/// out like any change.
+pub const UNDO: &str = "longconn.dev/undo";
 
 /// Where a new revision has come so far, as observed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -216,6 +216,26 @@ fn handle(
                     "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0)}}),
             )
         }
+        // A JSON Patch (a list of operations), applied whole or not at all.
+        (Method::PATCH, Some(name)) if body.is_array() => {
+            store.version += 1;
+            let version = store.version.to_string();
+            let objects = store.collections.entry(collection).or_default();
+            let Some(o) = objects.get_mut(&name) else {
+                return not_found();
+            };
+            let operations: json_patch::Patch = serde_json::from_value(body).expect("a JSON Patch");
+            let mut patched = o.clone();
+            if let Err(e) = json_patch::patch(&mut patched, &operations) {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": e.to_string()}),
+                );
+            }
+            *o = patched;
+            o["metadata"]["resourceVersion"] = json!(version);
+            (StatusCode::OK, o.clone())
+        }
         (Method::PATCH, Some(_)) if store.refused_applies.is_some_and(|(c, _)| c == collection) => {
             let message = store.refused_applies.map(|(_, m)| m).unwrap_or_default();
             (
@@ -326,7 +346,7 @@ fn assert_condition(store: &Store, kind: &str, (status, reason): (&str, &str), m
 }
 
 /// The collection each cache is filled from.
-const CACHED: [(&str, Kind); 9] = [
+const CACHED: [(&str, Kind); 10] = [
     ("/api/v1/namespaces/default/secrets", Kind::Secret),
     (
         "/apis/cert-manager.io/v1/namespaces/default/certificates",
@@ -356,6 +376,10 @@ const CACHED: [(&str, Kind); 9] = [
     (
         "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
         Kind::HorizontalPodAutoscaler,
+    ),
+    (
+        "/apis/apps/v1/namespaces/default/controllerrevisions",
+        Kind::ControllerRevision,
     ),
 ];
 const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/default/replicasets";
@@ -498,6 +522,7 @@ fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Fixture) {
     (store, fixture)
 }
 
+const CONTROLLER_REVISIONS: &str = "/apis/apps/v1/namespaces/default/controllerrevisions";
 const LCS_EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/default/events";
 
 #[tokio::test]
@@ -536,6 +561,7 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
             "chat",
         ),
         ("/api/v1/namespaces/default/services", "chat-metrics"),
+        (CONTROLLER_REVISIONS, deployment.as_str()),
     ] {
         expected.push(format!("PATCH {path}/{name}"));
     }
@@ -907,9 +933,24 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
         [
             &format!("PATCH {LCS_PATH}/chat/status"),
             &format!("PATCH {DEPLOYMENTS}/{new}"),
+            &format!("PATCH {CONTROLLER_REVISIONS}/{new}"),
         ],
         "recorded first, then acted: {log:#?}"
     );
+    {
+        // The new revision is recorded with what changed, its pod fields kept beside it.
+        let s = store.lock().expect("store");
+        let history = &s.collections[LCS_PATH]["chat"]["status"]["history"];
+        assert_eq!(history[1]["number"], 2, "{history}");
+        assert_eq!(history[1]["revision"], revision_of(&new));
+        assert_eq!(history[1]["change"], "template.metadata: unset → {…}");
+        let kept = &s.collections[CONTROLLER_REVISIONS][&new];
+        assert_eq!(kept["revision"], 2);
+        assert_eq!(
+            kept["data"]["template"]["metadata"]["annotations"]["release"],
+            "2"
+        );
+    }
     {
         let s = store.lock().expect("store");
         assert_eq!(s.collections[DEPLOYMENTS][&new]["spec"]["replicas"], 1);
@@ -1146,4 +1187,85 @@ async fn a_horizontal_pod_autoscaler_gives_way_to_the_operator_reading_cpu_when_
         ("False", "NoSessionReports"),
         "no serving pod's gateway has reported its open sessions yet; CPU: no serving pod's CPU use has been read yet",
     );
+}
+
+#[tokio::test]
+async fn undo_writes_the_earlier_revision_back_into_the_spec_in_one_conditional_patch() {
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
+    mark_deployments_ready(&store);
+    reconcile_once(&store, &fixture).await;
+    let first_template = store.lock().expect("store").chat()["spec"]["template"].clone();
+    {
+        let mut s = store.lock().expect("store");
+        let lcs = s.chat();
+        lcs["spec"]["template"]["metadata"] = json!({"annotations": {"release": "2"}});
+        lcs["spec"]["replicas"] = json!(5);
+        lcs["metadata"]["generation"] = json!(2);
+    }
+    reconcile_once(&store, &fixture).await;
+    {
+        let mut s = store.lock().expect("store");
+        let history = &s.chat()["status"]["history"];
+        assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+        s.chat()["metadata"]["annotations"] = json!({"longconn.dev/undo": "1"});
+    }
+
+    let log = reconcile_once(&store, &fixture).await;
+    assert_eq!(
+        log,
+        [format!("PATCH {LCS_PATH}/chat"), LCS_EVENTS.to_owned()],
+        "one patch of the LongConnService, one Event, nothing else"
+    );
+    {
+        let mut s = store.lock().expect("store");
+        let lcs = s.chat();
+        assert_eq!(
+            lcs["spec"]["template"], first_template,
+            "revision 1's template"
+        );
+        assert_eq!(
+            lcs["spec"]["replicas"], 5,
+            "the replicas are not the revision's"
+        );
+        assert!(
+            lcs["metadata"]["annotations"]["longconn.dev/undo"].is_null(),
+            "the annotation is removed in the same write: {}",
+            lcs["metadata"]
+        );
+    }
+
+    // The revision returned to is recorded again, with the next number.
+    let log = reconcile_once(&store, &fixture).await;
+    assert!(
+        log.contains(&format!("PATCH {LCS_PATH}/chat/status")),
+        "{log:#?}"
+    );
+    let s = store.lock().expect("store");
+    let numbers: Vec<&Value> = s.collections[LCS_PATH]["chat"]["status"]["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|r| &r["number"])
+        .collect();
+    assert_eq!(numbers, [&json!(2), &json!(3)]);
+}
+
+#[tokio::test]
+async fn an_undo_to_a_revision_not_recorded_only_removes_the_annotation_and_warns() {
+    let (store, fixture) = setup(vec![]);
+    reconcile_once(&store, &fixture).await;
+    let spec = {
+        let mut s = store.lock().expect("store");
+        s.chat()["metadata"]["annotations"] = json!({"longconn.dev/undo": "9"});
+        s.chat()["spec"].clone()
+    };
+    let log = reconcile_once(&store, &fixture).await;
+    assert_eq!(
+        log,
+        [format!("PATCH {LCS_PATH}/chat"), LCS_EVENTS.to_owned()]
+    );
+    let mut s = store.lock().expect("store");
+    assert_eq!(s.chat()["spec"], spec, "the spec is left alone");
+    assert!(s.chat()["metadata"]["annotations"]["longconn.dev/undo"].is_null());
 }

@@ -43,9 +43,10 @@ use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use longconn_drain_api::{DrainReport, DrainState, RebalanceReport, RebalanceState};
+use longconn_drain_api::{DrainReport, DrainState, Health, RebalanceReport, RebalanceState};
 use longconn_operator::crd::{
-    DropBudgetAction, LongConnService, PauseCause, RebalanceStatus, RolloutPhase, RolloutStatus,
+    AnalysisSpec, DropBudgetAction, LongConnService, PauseCause, RebalanceStatus, RolloutPhase,
+    RolloutStatus,
 };
 use longconn_operator::desired::ObservedRevision;
 use longconn_operator::disruption;
@@ -93,6 +94,8 @@ struct Gateway {
     lost_to_restarts: u64,
     /// The last rebalance asked of it (`POST /rebalance`); a new process has none.
     rebalance: Option<Rebalance>,
+    /// What this process saw of its app.
+    health: Health,
 }
 
 /// A gateway's rebalance: it keeps serving and moves `left` more of its sessions, half of them
@@ -121,6 +124,7 @@ impl Gateway {
             dropped: n(self.dropped),
             restarts: self.restarts,
             lost_to_restarts: self.lost_to_restarts,
+            health: self.health,
             ..DrainReport::default()
         }
     }
@@ -463,6 +467,8 @@ struct Model {
     deployments: BTreeMap<String, i32>,
     /// Revisions whose pods never get Ready.
     bad: BTreeSet<String>,
+    /// Revisions whose app refuses one upgrade in three: the client tries again.
+    refusing: BTreeSet<String>,
     pods: Vec<Pod>,
     next_seq: u32,
     tick: u32,
@@ -528,6 +534,7 @@ impl Model {
             update: "a".to_owned(),
             deployments: BTreeMap::from([("a".to_owned(), replicas)]),
             bad: BTreeSet::new(),
+            refusing: BTreeSet::new(),
             pods: Vec::new(),
             next_seq: 1,
             tick: 0,
@@ -1198,6 +1205,12 @@ impl Model {
             let Some(pod) = target else {
                 break;
             };
+            let health = &mut pod.gateway.health;
+            if self.refusing.contains(&pod.revision) && health.attempts() % 3 == 2 {
+                health.upstream_refused += 1;
+                continue;
+            }
+            health.handshakes += 1;
             pod.gateway.active += 1;
             pod.moved.extend(self.reconnecting_moved.pop());
             self.reconnecting -= 1;
@@ -2581,6 +2594,16 @@ fn serving_of(model: &Model, revision: &str) -> usize {
         .count()
 }
 
+/// A rollback of [`canary`] finished: its 4 pods all of revision `a`, serving, every client
+/// connected.
+fn rolled_back_to_a(m: &Model) -> bool {
+    m.rollout()
+        .is_some_and(|r| r.phase == RolloutPhase::RollingBack && r.finished_at.is_some())
+        && m.pods.len() == 4
+        && m.pods.iter().all(|p| p.revision == "a" && p.serving())
+        && m.reconnecting == 0
+}
+
 /// Runs [`canary`] through its steps, checking each stop, and promotes it at the pause.
 fn run_canary(model: &mut Model) {
     model.run_until("held at the pause for a person", |m| {
@@ -2657,13 +2680,16 @@ fn a_timed_pause_lasts_its_duration_and_no_longer() {
     );
 }
 
+/// The ticks a [`canary`] takes to complete, promoted as [`run_canary`] does.
+fn canary_ticks() -> u32 {
+    let mut model = canary();
+    run_canary(&mut model);
+    model.tick
+}
+
 #[test]
 fn a_canary_survives_operator_restarts_at_every_point() {
-    let ticks = {
-        let mut model = canary();
-        run_canary(&mut model);
-        model.tick
-    };
+    let ticks = canary_ticks();
     for at in 0..=ticks {
         for kind in crash_kinds() {
             let mut model = canary();
@@ -2719,13 +2745,7 @@ fn an_aborted_canary_drains_the_new_pods_and_returns_to_the_old_revision() {
     });
     let canary_pods = pods_of(&model, "b");
     annotate(&mut model, steps::ABORT, "b");
-    model.run_until("back on the old revision", |m| {
-        m.rollout()
-            .is_some_and(|r| r.phase == RolloutPhase::RollingBack && r.finished_at.is_some())
-            && m.pods.len() == 4
-            && m.pods.iter().all(|p| p.revision == "a" && p.serving())
-            && m.reconnecting == 0
-    });
+    model.run_until("back on the old revision", rolled_back_to_a);
     let r = model.rollout().expect("status.rollout");
     model.check(r.sessions_dropped == 0, "nothing dropped");
     model.check(model.violations.is_empty(), "no pod deleted undrained");
@@ -2750,4 +2770,141 @@ fn an_aborted_canary_drains_the_new_pods_and_returns_to_the_old_revision() {
             .any(|(_, e)| e.reason == "RolloutAborted"),
         "a RolloutAborted Event",
     );
+}
+
+/// [`canary`] with the health gate on, judging from 5 attempts.
+fn gated_canary() -> Model {
+    let mut model = canary();
+    model.lcs.spec.rollout.analysis = Some(AnalysisSpec {
+        min_attempts: 5,
+        ..AnalysisSpec::default()
+    });
+    model
+}
+
+/// Runs a [`gated_canary`] whose new app refuses a third of the upgrades until it is back on
+/// the old revision.
+fn run_failing_canary(model: &mut Model) {
+    model.refusing.insert("b".to_owned());
+    model.run_until("back on the old revision", rolled_back_to_a);
+}
+
+#[test]
+fn the_health_gate_aborts_a_canary_whose_app_refuses_upgrades_and_moves_its_sessions_back() {
+    let mut model = gated_canary();
+    run_failing_canary(&mut model);
+    let r = model.rollout().expect("status.rollout");
+    let analysis = r.analysis.clone().expect("status.rollout.analysis");
+    model.check(
+        analysis.failed.as_deref() == Some("UpstreamRefused"),
+        &format!("the failed signal is named: {analysis:?}"),
+    );
+    model.check(
+        analysis.update.upstream_refused > 0 && analysis.update.attempts >= 5,
+        &format!(
+            "the new revision's refusals were counted: {:?}",
+            analysis.update
+        ),
+    );
+    model.check(r.sessions_dropped == 0, "nothing dropped");
+    model.check(
+        model.force_closed == 0 && model.lost == 0 && model.violations.is_empty(),
+        "no session cut, no pod deleted undrained",
+    );
+    model.check(
+        progressing_is(&model, false, "AnalysisFailed"),
+        &format!("Progressing False, AnalysisFailed: {:?}", model.progressing),
+    );
+    model.check(
+        model
+            .progressing
+            .as_ref()
+            .is_some_and(|v| v.message.contains("UpstreamRefused")),
+        "the condition names the signal",
+    );
+    let aborted: Vec<&Note> = model
+        .events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.reason == "RolloutAborted")
+        .collect();
+    model.check(
+        aborted.len() == 1 && aborted[0].message.contains("UpstreamRefused"),
+        &format!("one RolloutAborted Event naming the signal: {aborted:?}"),
+    );
+}
+
+#[test]
+fn the_health_gate_lets_a_healthy_canary_through() {
+    let mut model = gated_canary();
+    let old = pods_of(&model, "a");
+    run_canary(&mut model);
+    assert_clean_rollout(&model, &old);
+    let analysis = model
+        .rollout()
+        .and_then(|r| r.analysis.clone())
+        .expect("status.rollout.analysis");
+    model.check(
+        analysis.failed.is_none() && analysis.update.attempts >= 5,
+        &format!("judged healthy: {analysis:?}"),
+    );
+}
+
+#[test]
+fn the_health_gate_aborts_once_whatever_the_operator_restarts() {
+    let ticks = {
+        let mut model = gated_canary();
+        run_failing_canary(&mut model);
+        model.tick
+    };
+    for at in 0..=ticks {
+        for kind in crash_kinds() {
+            let mut model = gated_canary();
+            model.script.crash = Some((at, kind.clone()));
+            model.label = format!("failing canary, crash at tick {at} doing only {kind:?}");
+            run_failing_canary(&mut model);
+            let r = model.rollout().expect("status.rollout");
+            model.check(
+                r.sessions_dropped == 0 && model.force_closed == 0 && model.lost == 0,
+                "nothing dropped",
+            );
+            model.check(
+                r.analysis.as_ref().and_then(|a| a.failed.as_deref()) == Some("UpstreamRefused"),
+                "the failed signal is recorded",
+            );
+        }
+    }
+}
+
+#[test]
+fn an_undo_at_any_point_of_a_canary_returns_to_the_old_revision_whatever_the_operator_restarts() {
+    let ticks = canary_ticks();
+    // From the first reconcile on (at tick 0 nothing has happened to undo).
+    for at in 1..=ticks {
+        for kind in crash_kinds() {
+            let mut model = canary();
+            let old = pods_of(&model, "a");
+            // The spec goes back to `a` (what the undo annotation writes), and the operator
+            // crashes in the next reconcile. Returning to `a` after `b` completed is a rollout
+            // with steps of its own: promoted in full from the start.
+            annotate(&mut model, steps::PROMOTE, "a/full");
+            model.script.new_revision = Some((at, "a".to_owned()));
+            model.script.crash = Some((at + 1, kind.clone()));
+            model.label = format!("undo at tick {at}, crash after it doing only {kind:?}");
+            model.run_until("the spec goes back", |m| m.tick > at);
+            model.run_to_completion();
+            let r = model.rollout().expect("status.rollout");
+            model.check(model.violations.is_empty(), "no pod deleted undrained");
+            model.check(r.sessions_dropped == 0, "status counts 0 dropped");
+            model.check(model.force_closed + model.lost == 0, "no session dropped");
+            model.check(
+                model.pods.iter().all(|p| p.revision == "a") && model.deployments.keys().eq(["a"]),
+                "only revision a left",
+            );
+            model.check(
+                model.pods.len() == old.len(),
+                "as many pods as before the canary",
+            );
+        }
+    }
 }
