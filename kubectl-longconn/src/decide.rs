@@ -4,11 +4,14 @@
 //! The patches carry no `resourceVersion`: the operator writes the status every second while a
 //! rollout moves, and the annotations name the revision (and step) they act on, so a patch
 //! decided on an older read acts on nothing newer: a stale promote promotes nothing, a stale
-//! abort aborts a revision no longer rolled out.
+//! abort aborts a revision no longer rolled out, a stale undo names a record by its number, and
+//! numbers are not reused.
 
 use longconn_operator::crd::{LongConnService, PauseCause, RolloutStatus};
-use longconn_operator::steps::{ABORT, PROMOTE, Stage};
+use longconn_operator::steps::{ABORT, PROMOTE, Stage, UNDO};
 use serde_json::{Value, json};
+
+use crate::history;
 
 /// A change to send: the merge patch, and what it does in words.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +37,39 @@ pub enum Refused {
     },
     #[error("{name} runs revision {current}, the revision its spec asks for: no rollout to abort")]
     NothingToAbort { name: String, current: String },
+    #[error("{name} has no revision history yet (status.history is empty)")]
+    NoHistory { name: String },
+    #[error(
+        "{name} has no revision {number} in its history; it has {}",
+        list(numbers)
+    )]
+    NoSuchRevision {
+        name: String,
+        number: i64,
+        numbers: Vec<i64>,
+    },
+    #[error("{name}'s spec asks for no revision recorded in its history yet: nothing to undo")]
+    NothingAsked { name: String },
+    #[error(
+        "{name} has no completed revision before revision {number} ({revision}), the one its \
+         spec asks for: nothing to undo; kubectl longconn history {name} lists the revisions"
+    )]
+    NothingBefore {
+        name: String,
+        number: i64,
+        revision: String,
+    },
+    #[error("{name} is already at revision {number} ({revision}): its spec asks for it")]
+    AlreadyAt {
+        name: String,
+        number: i64,
+        revision: String,
+    },
+}
+
+fn list(numbers: &[i64]) -> String {
+    let numbers: Vec<String> = numbers.iter().map(i64::to_string).collect();
+    numbers.join(", ")
 }
 
 fn hint(name: &str, paused_by: Option<PauseCause>) -> String {
@@ -45,7 +81,7 @@ fn hint(name: &str, paused_by: Option<PauseCause>) -> String {
     }
 }
 
-fn name(lcs: &LongConnService) -> String {
+pub fn name(lcs: &LongConnService) -> String {
     lcs.metadata.name.clone().unwrap_or_default()
 }
 
@@ -55,6 +91,27 @@ fn annotation(lcs: &LongConnService, key: &str) -> Option<String> {
 
 fn annotate(key: &str, value: &str) -> Value {
     json!({"metadata": {"annotations": {key: value}}})
+}
+
+/// Sets annotation `key` to `value` (`sent` says so), or sends nothing while it is set so
+/// already and the operator has yet to act on it (`pending` says so).
+fn set_once(
+    lcs: &LongConnService,
+    key: &str,
+    value: &str,
+    sent: String,
+    pending: String,
+) -> Change {
+    if annotation(lcs, key).is_some_and(|v| v.trim() == value) {
+        return Change {
+            patch: None,
+            message: pending,
+        };
+    }
+    Change {
+        patch: Some(annotate(key, value)),
+        message: sent,
+    }
 }
 
 /// The update revision and the rollout last recorded.
@@ -153,20 +210,51 @@ pub fn abort(lcs: &LongConnService) -> Result<Change, Refused> {
             });
         }
     };
-    if annotation(lcs, ABORT).is_some_and(|v| v.trim() == update) {
-        return Ok(Change {
-            patch: None,
-            message: format!(
-                "revision {update} is aborted already ({ABORT}={update}); rolling back to revision {current}"
-            ),
-        });
-    }
-    Ok(Change {
-        patch: Some(annotate(ABORT, update)),
-        message: format!(
+    Ok(set_once(
+        lcs,
+        ABORT,
+        update,
+        format!(
             "aborted revision {update}: rolling back to revision {current}, the new pods' sessions moved, not cut ({ABORT}={update})"
         ),
-    })
+        format!(
+            "revision {update} is aborted already ({ABORT}={update}); rolling back to revision {current}"
+        ),
+    ))
+}
+
+/// `undo`: returns the pods' spec to an earlier revision of `status.history` with the [`UNDO`]
+/// annotation `<number>`: revision `to`, or else the one before the revision the pods run. A
+/// rollout under way may be undone; the revision the spec asks for already may not.
+pub fn undo(lcs: &LongConnService, to: Option<i64>) -> Result<Change, Refused> {
+    let record = match to {
+        Some(number) => history::numbered(lcs, number)?,
+        None => history::last_complete(lcs)?,
+    };
+    let name = name(lcs);
+    let (number, revision) = (record.number, record.revision.as_str());
+    let update = lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.as_deref());
+    if update == Some(revision) {
+        return Err(Refused::AlreadyAt {
+            name,
+            number,
+            revision: revision.to_owned(),
+        });
+    }
+    let value = number.to_string();
+    let follow = format!("kubectl longconn status {name} --watch follows it");
+    Ok(set_once(
+        lcs,
+        UNDO,
+        &value,
+        format!("{name}: returning to revision {number} ({revision}); {follow} ({UNDO}={value})"),
+        format!(
+            "{name} is returning to revision {number} ({revision}) already; {follow} ({UNDO}={value})"
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -293,6 +381,125 @@ mod tests {
             none.to_string(),
             "chat has no rollout recorded yet: nothing to abort"
         );
+    }
+
+    #[test]
+    fn undo_returns_to_the_last_revision_that_completed_before_the_one_asked_for() {
+        // b rolls out; z (5) was aborted: back to a (4), the one the pods run.
+        let change = undo(&fixtures::with_history(), None).expect("a revision before b");
+        assert_eq!(
+            change,
+            Change {
+                patch: Some(json!({"metadata": {"annotations": {"longconn.dev/undo": "4"}}})),
+                message: "chat: returning to revision 4 (a); kubectl longconn status chat \
+                          --watch follows it (longconn.dev/undo=4)"
+                    .to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn undo_to_a_revision_names_its_number_even_during_a_rollout() {
+        // While b rolls out: 4 is a, the revision the pods run; 5 is z, aborted once.
+        for (number, revision) in [(4, "a"), (5, "z"), (1, "w")] {
+            let change = undo(&fixtures::with_history(), Some(number)).expect("in the history");
+            assert_eq!(
+                change.patch,
+                Some(
+                    json!({"metadata": {"annotations": {"longconn.dev/undo": number.to_string()}}})
+                )
+            );
+            assert!(
+                change.message.starts_with(&format!(
+                    "chat: returning to revision {number} ({revision});"
+                )),
+                "{}",
+                change.message
+            );
+        }
+    }
+
+    #[test]
+    fn undo_is_refused_to_the_revision_the_spec_asks_for() {
+        let refused = undo(&fixtures::with_history(), Some(6)).expect_err("b is asked for");
+        assert_eq!(
+            refused.to_string(),
+            "chat is already at revision 6 (b): its spec asks for it"
+        );
+        let mut returned = fixtures::complete();
+        fixtures::set_history(
+            &mut returned,
+            "[{number: 1, revision: b}, {number: 2, revision: x, outcome: {result: Complete}}, \
+             {number: 3, revision: b}]",
+        );
+        assert_eq!(
+            undo(&returned, Some(1)),
+            Err(Refused::AlreadyAt {
+                name: "chat".to_owned(),
+                number: 1,
+                revision: "b".to_owned(),
+            }),
+            "an older record of the revision asked for"
+        );
+        assert_eq!(undo(&returned, None).map(|c| c.patch.is_some()), Ok(true));
+    }
+
+    #[test]
+    fn undo_is_refused_to_a_number_not_in_the_history() {
+        let refused = undo(&fixtures::with_history(), Some(9)).expect_err("no revision 9");
+        assert_eq!(
+            refused.to_string(),
+            "chat has no revision 9 in its history; it has 1, 2, 3, 4, 5, 6"
+        );
+    }
+
+    #[test]
+    fn undo_is_refused_without_a_revision_to_return_to() {
+        let none = fixtures::waiting_for_promotion();
+        for to in [None, Some(1)] {
+            assert_eq!(
+                undo(&none, to).map_err(|e| e.to_string()),
+                Err("chat has no revision history yet (status.history is empty)".to_owned())
+            );
+        }
+        let mut first = fixtures::with_history();
+        if let Some(status) = first.status.as_mut() {
+            status.history.retain(|r| r.number >= 5);
+        }
+        assert_eq!(
+            undo(&first, None).map_err(|e| e.to_string()),
+            Err(
+                "chat has no completed revision before revision 6 (b), the one its spec asks \
+                 for: nothing to undo; kubectl longconn history chat lists the revisions"
+                    .to_owned()
+            )
+        );
+        let mut unrecorded = fixtures::with_history();
+        if let Some(status) = unrecorded.status.as_mut() {
+            status.update_revision = Some("q".to_owned());
+        }
+        assert_eq!(
+            undo(&unrecorded, None).map_err(|e| e.to_string()),
+            Err(
+                "chat's spec asks for no revision recorded in its history yet: nothing to undo"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn undo_sends_nothing_while_the_same_undo_waits_for_the_operator() {
+        let mut lcs = fixtures::with_history();
+        annotate(&mut lcs, UNDO, "4");
+        let change = undo(&lcs, None).expect("undone already");
+        assert_eq!(change.patch, None);
+        assert_eq!(
+            change.message,
+            "chat is returning to revision 4 (a) already; kubectl longconn status chat --watch \
+             follows it (longconn.dev/undo=4)"
+        );
+        annotate(&mut lcs, UNDO, "5");
+        assert!(undo(&lcs, None).expect("another undo").patch.is_some());
     }
 
     #[test]

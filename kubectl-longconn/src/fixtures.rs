@@ -1,8 +1,12 @@
 //! The LongConnServices the tests read: `default/chat`, 4 replicas, rolling from revision `a` to
 //! `b` through `[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]`, at
-//! each point a person may look at it.
+//! each point a person may look at it; then the same rollout with its revision history, and
+//! judged by a health gate.
 
-use longconn_operator::crd::{LongConnService, LongConnServiceStatus, RolloutPhase};
+use longconn_operator::crd::{
+    AnalysisSpec, AnalysisStatus, LongConnService, LongConnServiceStatus, RevisionRecord,
+    RolloutPhase,
+};
 use longconn_operator::steps::ABORT;
 
 const STEPS: &str = "[{replicas: 1}, {pause: {}}, {replicas: 50%}, {pause: {duration: 5m}}]";
@@ -212,18 +216,25 @@ pub fn drop_budget_exceeded() -> LongConnService {
             r.draining.retain(|d| d.finished_at.is_some());
         }
         status.gateways.retain(|g| g.pod != "chat-a-7d4f9-t5v7n");
-        let message = "revision b: 1 sessions dropped, more than spec.rollout.maxDroppedSessions \
-                       (0); the rollout is paused; raise spec.rollout.maxDroppedSessions or \
-                       change the template to go on";
-        for c in &mut status.conditions {
-            if c.type_ == "Progressing" {
-                c.status = "False".to_owned();
-                c.reason = "DropBudgetExceeded".to_owned();
-                c.message = message.to_owned();
-            }
-        }
     }
+    progressing(
+        &mut lcs,
+        "False",
+        "DropBudgetExceeded",
+        "revision b: 1 sessions dropped, more than spec.rollout.maxDroppedSessions (0); the \
+         rollout is paused; raise spec.rollout.maxDroppedSessions or change the template to go on",
+    );
     lcs
+}
+
+/// Sets the Progressing condition's status, reason and message.
+fn progressing(lcs: &mut LongConnService, status: &str, reason: &str, message: &str) {
+    let conditions = lcs.status.iter_mut().flat_map(|s| &mut s.conditions);
+    for c in conditions.filter(|c| c.type_ == "Progressing") {
+        c.status = status.to_owned();
+        c.reason = reason.to_owned();
+        c.message = message.to_owned();
+    }
 }
 
 /// Every step done, every old pod drained and gone.
@@ -357,4 +368,110 @@ pub fn annotate(lcs: &mut LongConnService, key: &str, value: &str) {
         .annotations
         .get_or_insert_default()
         .insert(key.to_owned(), value.to_owned());
+}
+
+/// Sets `status.history` from its YAML.
+pub fn set_history(lcs: &mut LongConnService, yaml: &str) {
+    let history: Vec<RevisionRecord> =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("history {yaml}: {e}"));
+    lcs.status.get_or_insert_default().history = history;
+}
+
+/// Revision `b` waiting for promotion, after one revision of each ending: `w` complete, `x`
+/// rolled back, `y` superseded, `a` complete (the pods run it), `z` aborted by the health gate.
+pub fn with_history() -> LongConnService {
+    let mut lcs = waiting_for_promotion();
+    set_history(
+        &mut lcs,
+        r#"
+- number: 1
+  revision: w
+  createdAt: "2025-12-01T09:00:00Z"
+  change: first revision
+  outcome: {result: Complete, finishedAt: "2025-12-01T09:01:10Z"}
+- number: 2
+  revision: x
+  createdAt: "2025-12-08T10:00:00Z"
+  change: "image: chat:1.4 → chat:1.5"
+  outcome:
+    result: RolledBack
+    finishedAt: "2025-12-08T10:04:30Z"
+    podsDrained: 2
+    sessionsMigrated: 591
+    sessionsDropped: 3
+    message: "3 sessions dropped, more than spec.rollout.maxDroppedSessions (0)"
+- number: 3
+  revision: y
+  createdAt: "2025-12-09T11:00:00Z"
+  change: "image: chat:1.5 → chat:1.5.1"
+  outcome: {result: Superseded, finishedAt: "2025-12-09T11:02:00Z", podsDrained: 1, sessionsMigrated: 297}
+- number: 4
+  revision: a
+  createdAt: "2025-12-09T11:02:00Z"
+  change: "image: chat:1.5.1 → chat:1.5.2; env LOG_LEVEL: debug → info; resources.limits.memory: 512Mi → 1Gi"
+  outcome: {result: Complete, finishedAt: "2025-12-09T11:15:40Z", podsDrained: 4, sessionsMigrated: 1190}
+- number: 5
+  revision: z
+  createdAt: "2025-12-20T14:00:00Z"
+  change: "image: chat:1.5.2 → chat:1.6"
+  outcome:
+    result: Aborted
+    finishedAt: "2025-12-20T14:06:10Z"
+    podsDrained: 1
+    sessionsMigrated: 296
+    message: "the health gate: upstream refused 12.0% of 50 attempts, 0.0% of 300 on the stable pods: more than 5 points above"
+- number: 6
+  revision: b
+  createdAt: "2026-01-01T00:00:00Z"
+  change: "env LOG_LEVEL: info → warn"
+"#,
+    );
+    lcs
+}
+
+/// Sets `spec.rollout.analysis` to its defaults and `status.rollout.analysis`: since the
+/// rollout's start, the update revision's counts as given (YAML), the stable ones', and the
+/// verdict (YAML fields, if any).
+fn set_analysis(lcs: &mut LongConnService, update: &str, verdict: &str) {
+    let yaml = format!(
+        "since: \"2026-01-01T00:00:00Z\"\nupdate: {update}\nstable: {{attempts: 300, \
+         upstreamRefused: 0, upstreamUnavailable: 1, serverErrors: 2, dropped: 0}}\n{verdict}"
+    );
+    let analysis: AnalysisStatus =
+        serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("analysis {yaml}: {e}"));
+    lcs.spec.rollout.analysis = Some(AnalysisSpec::default());
+    if let Some(r) = lcs.status.as_mut().and_then(|s| s.rollout.as_mut()) {
+        r.analysis = Some(analysis);
+    }
+}
+
+/// Revision `b` waiting for promotion, its health gate judging it against revision `a`.
+pub fn gate_judging() -> LongConnService {
+    let mut lcs = waiting_for_promotion();
+    set_analysis(
+        &mut lcs,
+        "{attempts: 50, upstreamRefused: 1, upstreamUnavailable: 0, serverErrors: 1, dropped: 0}",
+        "",
+    );
+    lcs
+}
+
+/// Revision `b` failed its health gate, which aborted it: its pod is drained back to `a`.
+pub fn gate_failed() -> LongConnService {
+    let mut lcs = rolling_back();
+    lcs.metadata.annotations = None;
+    set_analysis(
+        &mut lcs,
+        "{attempts: 50, upstreamRefused: 6, upstreamUnavailable: 0, serverErrors: 1, dropped: 0}",
+        "failed: UpstreamRefused\nmessage: \"upstream refused 12.0% of 50 attempts, 0.0% of 300 \
+         on the stable pods: more than 5 points above\"",
+    );
+    progressing(
+        &mut lcs,
+        "True",
+        "RollingBack",
+        "revision b failed its health gate (UpstreamRefused); rolling back to revision a. Change \
+         the spec to try again",
+    );
+    lcs
 }

@@ -1,13 +1,16 @@
-//! `kubectl longconn`: a LongConnService's rollout, and the hands on it (promote, pause, resume,
-//! abort). It reads and merge-patches the LongConnService and nothing else, so it needs only
-//! get and patch on `longconnservices.longconn.dev`, and list and watch for `status --watch`.
+//! `kubectl longconn`: a LongConnService's rollout and its revisions, and the hands on them
+//! (promote, pause, resume, abort, undo). It reads and merge-patches the LongConnService and
+//! nothing else, so it needs only get and patch on `longconnservices.longconn.dev`, and list and
+//! watch for `status --watch`.
 //!
-//! The decisions ([`decide`]) and the summary ([`render`]) are pure; this file is the shell:
-//! the arguments, the client, one read, one patch or one watch.
+//! The decisions ([`decide`]), the records they name ([`history`]) and the summaries
+//! ([`render`]) are pure; this file is the shell: the arguments, the client, one read, one patch
+//! or one watch.
 
 mod decide;
 #[cfg(test)]
 mod fixtures;
+mod history;
 mod render;
 
 use std::path::PathBuf;
@@ -26,7 +29,8 @@ use crate::decide::{Change, Refused};
 /// The field manager of the plugin's patches.
 const MANAGER: &str = "kubectl-longconn";
 
-/// A LongConnService's rollout: its status, and promote, pause, resume or abort it.
+/// A LongConnService's rollout: its status and history, and promote, pause, resume, abort or
+/// undo it.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-longconn", bin_name = "kubectl longconn", version)]
 struct Cli {
@@ -45,7 +49,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The rollout in words: revisions, phase, step, what holds it, drains, sessions.
+    /// The rollout in words: revisions, phase, step, what holds it, health gate, drains,
+    /// sessions.
     Status {
         /// The LongConnService.
         name: String,
@@ -75,6 +80,23 @@ enum Command {
     Abort {
         /// The LongConnService.
         name: String,
+    },
+    /// The revisions of the pods' spec, oldest first: how each one's rollout ended, what changed.
+    History {
+        /// The LongConnService.
+        name: String,
+        /// Show this revision (its number) in full.
+        #[arg(long, value_name = "N")]
+        revision: Option<i64>,
+    },
+    /// Return the pods' spec to an earlier revision; it rolls out like any change.
+    Undo {
+        /// The LongConnService.
+        name: String,
+        /// The revision's number in `kubectl longconn history` (default: the one before the
+        /// revision the pods run).
+        #[arg(long, value_name = "N")]
+        to_revision: Option<i64>,
     },
 }
 
@@ -147,6 +169,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .await?;
         }
         Command::Abort { name } => target.change(&name, decide::abort).await?,
+        Command::History { name, revision } => {
+            let lcs = target.get(&name).await?;
+            match revision {
+                None => print!("{}", render::history(&lcs)),
+                Some(number) => print!("{}", render::revision(&lcs, number)?),
+            }
+        }
+        Command::Undo { name, to_revision } => {
+            target
+                .change(&name, |lcs| decide::undo(lcs, to_revision))
+                .await?;
+        }
     }
     Ok(())
 }

@@ -1,32 +1,37 @@
-//! `kubectl longconn status`: a LongConnService's rollout in words, from the object alone.
+//! `kubectl longconn status` and `history`: a LongConnService's rollout and its revisions in
+//! words, from the object alone.
 //!
-//! [`status`] reads nothing but the object (no clock, no other API object), so what it prints
-//! is what `status` and the spec say: the revisions, the phase, the step in progress and what
-//! holds it, what a person can do next, the pods being drained, each pod's open sessions, the
-//! rollout's accounting and the Progressing and SessionsPreserved conditions.
+//! [`status`], [`history`] and [`revision`] read nothing but the object (no clock, no other API
+//! object), so what they print is what `status` and the spec say: the revisions, the phase, the
+//! step in progress and what holds it, what a person can do next, the health gate, the pods
+//! being drained, each pod's open sessions, the rollout's accounting and the Progressing and
+//! SessionsPreserved conditions; and each revision recorded in `status.history`, how its
+//! rollout ended and what changed.
 
 use std::fmt::Write;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use longconn_operator::crd::{
-    DrainingPod, LongConnService, LongConnServiceStatus, PauseCause, RolloutPhase, RolloutStatus,
+    AnalysisSpec, AnalysisStatus, DrainingPod, HealthTally, LongConnService, LongConnServiceStatus,
+    PauseCause, RevisionRecord, RolloutPhase, RolloutStatus,
 };
 use longconn_operator::rollout::SESSIONS_PRESERVED;
 use longconn_operator::steps::Stage;
 
+use crate::decide::Refused;
+use crate::history;
+
 /// The conditions shown, in this order.
 const CONDITIONS: [&str; 2] = ["Progressing", SESSIONS_PRESERVED];
 
+/// The most characters of a change shown in the history's table; `--revision` shows it whole.
+const CHANGE_WIDTH: usize = 40;
+
 /// The summary `kubectl longconn status` prints.
 pub fn status(lcs: &LongConnService) -> String {
-    let name = lcs.metadata.name.as_deref().unwrap_or_default();
-    let namespace = lcs.metadata.namespace.as_deref().unwrap_or("default");
-    let mut out = String::new();
-    let mut line = |key: &str, value: &str| {
-        let _ = writeln!(out, "{:<11} {value}", format!("{key}:"));
-    };
-    line("Name", &format!("{namespace}/{name}"));
+    let mut out = heading(lcs);
+    let mut line = |key: &str, value: &str| field(&mut out, key, value);
     let Some(status) = lcs.status.as_ref() else {
         line(
             "Status",
@@ -61,6 +66,14 @@ pub fn status(lcs: &LongConnService) -> String {
     if let Some(r) = &status.rollout {
         line("Rollout", &accounting(r));
     }
+    if let Some(gate) = gate(lcs, status) {
+        line("Gate", &gate);
+    }
+    let analysis = status.rollout.as_ref().and_then(|r| r.analysis.as_ref());
+    if let Some(a) = analysis {
+        out.push_str("\nHealth gate:\n");
+        out.push_str(&tallies(lcs.spec.rollout.analysis.as_ref(), a));
+    }
     if let Some(r) = status.rollout.as_ref().filter(|r| !r.draining.is_empty()) {
         out.push_str("\nDraining:\n");
         out.push_str(&draining(&r.draining));
@@ -78,6 +91,29 @@ pub fn status(lcs: &LongConnService) -> String {
         out.push_str(&self::conditions(&conditions));
     }
     out
+}
+
+/// The `Name:` line every summary starts with.
+fn heading(lcs: &LongConnService) -> String {
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    let namespace = lcs.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = String::new();
+    field(&mut out, "Name", &format!("{namespace}/{name}"));
+    out
+}
+
+/// A `Key:        value` line; the lines after the first of a value are indented under it.
+fn field(out: &mut String, key: &str, value: &str) {
+    let mut lines = value.lines();
+    let _ = writeln!(
+        out,
+        "{:<11} {}",
+        format!("{key}:"),
+        lines.next().unwrap_or_default()
+    );
+    for more in lines {
+        let _ = writeln!(out, "{:<11} {more}", "");
+    }
 }
 
 fn revisions(status: &LongConnServiceStatus) -> String {
@@ -192,6 +228,101 @@ fn accounting(r: &RolloutStatus) -> String {
     words
 }
 
+/// The health gate's verdict, or what it waits for.
+fn gate(lcs: &LongConnService, status: &LongConnServiceStatus) -> Option<String> {
+    let spec = lcs.spec.rollout.analysis.as_ref();
+    let recorded = status
+        .rollout
+        .as_ref()
+        .and_then(|r| Some((r, r.analysis.as_ref()?)));
+    let Some((r, a)) = recorded else {
+        return spec.map(|_| {
+            if lcs.spec.rollout.steps.is_empty() {
+                "spec.rollout.analysis is set, but it judges only a rollout with steps".to_owned()
+            } else {
+                "waits for a rollout: the new revision is judged against the others from its \
+                 first step on"
+                    .to_owned()
+            }
+        });
+    };
+    let verdict = match (&a.failed, a.message.as_str()) {
+        (Some(signal), "") => format!("failed on {signal}"),
+        (Some(signal), message) => format!("failed on {signal}: {message}"),
+        (None, "") => match spec {
+            Some(s) if a.update.attempts < s.min_attempts => format!(
+                "not judged before {} attempts ({} so far)",
+                s.min_attempts, a.update.attempts
+            ),
+            _ => "within its limits".to_owned(),
+        },
+        (None, message) => message.to_owned(),
+    };
+    let since = a
+        .since
+        .as_ref()
+        .map(|t| format!(" since {}", t.0))
+        .unwrap_or_default();
+    Some(format!(
+        "revision {} against the others{since}: {verdict}",
+        r.revision
+    ))
+}
+
+/// The health gate's counts: each signal's share of the attempts, of the update revision and
+/// of the stable ones, beside its limit.
+fn tallies(spec: Option<&AnalysisSpec>, a: &AnalysisStatus) -> String {
+    let of = |count: fn(&HealthTally) -> i64| {
+        [&a.update, &a.stable].map(|t| match t.attempts {
+            0 => "no attempts".to_owned(),
+            n => format!("{:.1}% of {n}", count(t) as f64 * 100.0 / n as f64),
+        })
+    };
+    let limit = |points: fn(&AnalysisSpec) -> i32| spec.map(|s| format!("+{} points", points(s)));
+    let signals = [
+        (
+            "UpstreamRefused",
+            "upstream refused",
+            of(|t| t.upstream_refused),
+            limit(|s| s.upstream_refused_percent),
+        ),
+        (
+            "UpstreamUnavailable",
+            "upstream unavailable",
+            of(|t| t.upstream_unavailable),
+            limit(|s| s.upstream_unavailable_percent),
+        ),
+        (
+            "ServerErrors",
+            "server errors",
+            of(|t| t.server_errors),
+            limit(|s| s.server_errors_percent),
+        ),
+        (
+            "DroppedSessions",
+            "sessions dropped",
+            [a.update.dropped, a.stable.dropped].map(|n| n.to_string()),
+            spec.map(|s| format!("at most {}", s.max_dropped_sessions)),
+        ),
+    ];
+    let mut rows = vec![
+        ["SIGNAL", "UPDATE", "STABLE", "LIMIT", ""]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for (signal, words, [update, stable], limit) in signals {
+        let failed = a.failed.as_deref() == Some(signal);
+        rows.push(vec![
+            words.to_owned(),
+            update,
+            stable,
+            limit.unwrap_or_default(),
+            if failed { "failed" } else { "" }.to_owned(),
+        ]);
+    }
+    table(&rows)
+}
+
 fn draining(pods: &[DrainingPod]) -> String {
     let mut rows = vec![
         [
@@ -266,6 +397,172 @@ fn conditions(conditions: &[&Condition]) -> String {
     table(&rows)
 }
 
+/// What `kubectl longconn history` prints: every revision recorded in `status.history`, oldest
+/// first, how its rollout ended and what changed.
+pub fn history(lcs: &LongConnService) -> String {
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    let mut out = heading(lcs);
+    let records = history::records(lcs);
+    let status = lcs.status.as_ref().filter(|_| !records.is_empty());
+    let Some(status) = status else {
+        field(
+            &mut out,
+            "History",
+            "none yet: the operator records each revision of the pods' spec in status.history \
+             as it rolls it out",
+        );
+        return out;
+    };
+    field(&mut out, "Revisions", &revisions(status));
+    field(
+        &mut out,
+        "Next",
+        &format!(
+            "kubectl longconn history {name} --revision N shows revision N in full; kubectl \
+             longconn undo {name} --to-revision N returns to it"
+        ),
+    );
+    let mut rows = vec![
+        [
+            "NUMBER", "REVISION", "CREATED", "RESULT", "DRAINED", "MOVED", "DROPPED", "CHANGE",
+            "MESSAGE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for record in records {
+        let [drained, moved, dropped] = counts(status, record).map(|n| n.to_string());
+        let change = record.change.lines().collect::<Vec<_>>().join("; ");
+        rows.push(vec![
+            record.number.to_string(),
+            record.revision.clone(),
+            created(record),
+            result(lcs, record),
+            drained,
+            moved,
+            dropped,
+            clip(&change, CHANGE_WIDTH),
+            record
+                .outcome
+                .as_ref()
+                .map(|o| o.message.clone())
+                .unwrap_or_default(),
+        ]);
+    }
+    out.push_str("\nHistory:\n");
+    out.push_str(&table(&rows));
+    out
+}
+
+/// What `kubectl longconn history --revision N` prints: that record in full.
+pub fn revision(lcs: &LongConnService, number: i64) -> Result<String, Refused> {
+    let record = history::numbered(lcs, number)?;
+    let name = lcs.metadata.name.as_deref().unwrap_or_default();
+    let mut out = heading(lcs);
+    let mut title = format!("{} ({})", record.number, record.revision);
+    if let Some(Time(at)) = &record.created_at {
+        let _ = write!(title, ", created {at}");
+    }
+    if let Some(role) = role(lcs, record) {
+        let _ = write!(title, ", {role}");
+    }
+    field(&mut out, "Revision", &title);
+    let [drained, moved, dropped] = lcs
+        .status
+        .as_ref()
+        .map(|s| counts(s, record))
+        .unwrap_or_default();
+    let tally = format!("{drained} pods drained, {moved} sessions moved, {dropped} dropped");
+    let result = match &record.outcome {
+        Some(o) => match &o.finished_at {
+            Some(Time(at)) => format!("{:?} at {at}: {tally}", o.result),
+            None => format!("{:?}: {tally}", o.result),
+        },
+        None => format!("in progress: {tally} so far"),
+    };
+    field(&mut out, "Result", &result);
+    if let Some(o) = record.outcome.as_ref().filter(|o| !o.message.is_empty()) {
+        field(&mut out, "Message", &o.message);
+    }
+    field(&mut out, "Change", &record.change);
+    let update = lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.as_deref());
+    if update != Some(record.revision.as_str()) {
+        field(
+            &mut out,
+            "Next",
+            &format!("return to it with kubectl longconn undo {name} --to-revision {number}"),
+        );
+    }
+    Ok(out)
+}
+
+fn created(record: &RevisionRecord) -> String {
+    record
+        .created_at
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
+/// How a revision's rollout ended (`in progress` while it has not), and whether the pods run it
+/// or the spec asks for it.
+fn result(lcs: &LongConnService, record: &RevisionRecord) -> String {
+    let words = match &record.outcome {
+        Some(o) => format!("{:?}", o.result),
+        None => "in progress".to_owned(),
+    };
+    match role(lcs, record) {
+        Some(role) => format!("{words} ({role})"),
+        None => words,
+    }
+}
+
+/// `running` for the record the pods run; for the one the spec asks for, `rolling out` or, once
+/// its rollout ended without it, `in the spec`.
+fn role(lcs: &LongConnService, record: &RevisionRecord) -> Option<&'static str> {
+    let is = |r: Option<&RevisionRecord>| r.is_some_and(|r| r.number == record.number);
+    if is(history::running(lcs)) {
+        Some("running")
+    } else if is(history::asked_for(lcs)) {
+        Some(match record.outcome {
+            None => "rolling out",
+            Some(_) => "in the spec",
+        })
+    } else {
+        None
+    }
+}
+
+/// Pods drained, sessions moved and sessions dropped: the outcome's, or the rollout's so far.
+fn counts(status: &LongConnServiceStatus, record: &RevisionRecord) -> [i64; 3] {
+    match (&record.outcome, &status.rollout) {
+        (Some(o), _) => [
+            o.pods_drained.into(),
+            o.sessions_migrated,
+            o.sessions_dropped,
+        ],
+        (None, Some(r)) if r.revision == record.revision => [
+            r.pods_drained.into(),
+            r.sessions_migrated,
+            r.sessions_dropped,
+        ],
+        (None, _) => [0; 3],
+    }
+}
+
+/// `text`, cut to `width` characters with an ellipsis.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut clipped: String = text.chars().take(width.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
+}
+
 /// The time of day of `at`, in UTC.
 fn clock(at: &Time) -> String {
     at.0.strftime("%H:%M:%SZ").to_string()
@@ -297,6 +594,8 @@ fn table(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use longconn_operator::crd::{RevisionOutcome, RevisionResult};
+
     use super::*;
     use crate::fixtures;
 
@@ -343,6 +642,122 @@ mod tests {
     #[test]
     fn a_service_without_status_says_the_operator_has_not_seen_it() {
         insta::assert_snapshot!(status(&fixtures::no_status()));
+    }
+
+    #[test]
+    fn a_health_gate_judging_the_rollout_compares_the_update_with_the_stable_revisions() {
+        insta::assert_snapshot!(status(&fixtures::gate_judging()));
+    }
+
+    #[test]
+    fn a_failed_health_gate_names_the_signal_that_failed() {
+        insta::assert_snapshot!(status(&fixtures::gate_failed()));
+    }
+
+    #[test]
+    fn a_health_gate_short_of_its_attempts_says_it_has_not_judged_yet() {
+        let mut lcs = fixtures::gate_judging();
+        if let Some(spec) = lcs.spec.rollout.analysis.as_mut() {
+            spec.min_attempts = 100;
+        }
+        let text = status(&lcs);
+        assert!(
+            text.contains(
+                "Gate:       revision b against the others since 2026-01-01T00:00:00Z: not \
+                 judged before 100 attempts (50 so far)\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_health_gate_without_a_rollout_says_what_it_waits_for() {
+        let mut lcs = fixtures::complete();
+        lcs.spec.rollout.analysis = Some(AnalysisSpec::default());
+        let text = status(&lcs);
+        assert!(
+            text.contains(
+                "Gate:       waits for a rollout: the new revision is judged against the others \
+                 from its first step on\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Health gate:"), "{text}");
+        lcs.spec.rollout.steps.clear();
+        let text = status(&lcs);
+        assert!(
+            text.contains(
+                "Gate:       spec.rollout.analysis is set, but it judges only a rollout with steps\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_history_lists_each_revision_s_ending_and_marks_the_running_and_rolling_out_ones() {
+        insta::assert_snapshot!(history(&fixtures::with_history()));
+    }
+
+    #[test]
+    fn one_revision_of_the_history_in_full_says_how_to_return_to_it() {
+        insta::assert_snapshot!(revision(&fixtures::with_history(), 5).expect("in the history"));
+    }
+
+    #[test]
+    fn a_service_without_history_says_it_has_none_yet() {
+        insta::assert_snapshot!(history(&fixtures::waiting_for_promotion()));
+    }
+
+    #[test]
+    fn the_history_clips_a_long_change_and_one_revision_shows_it_whole() {
+        let lcs = fixtures::with_history();
+        let whole = "image: chat:1.5.1 → chat:1.5.2; env LOG_LEVEL: debug → info; \
+                     resources.limits.memory: 512Mi → 1Gi";
+        let table = history(&lcs);
+        assert!(!table.contains(whole), "{table}");
+        assert!(
+            table.contains("image: chat:1.5.1 → chat:1.5.2; env LOG…\n"),
+            "{table}"
+        );
+        let one = revision(&lcs, 4).expect("in the history");
+        assert!(one.contains(&format!("Change:     {whole}\n")), "{one}");
+        assert!(one.contains(", running\n"), "{one}");
+    }
+
+    #[test]
+    fn one_revision_of_the_spec_asks_for_offers_no_undo() {
+        let one = revision(&fixtures::with_history(), 6).expect("in the history");
+        assert!(
+            one.contains(
+                "Result:     in progress: 1 pods drained, 298 sessions moved, 0 dropped so far\n"
+            ),
+            "{one}"
+        );
+        assert!(!one.contains("Next:"), "{one}");
+    }
+
+    #[test]
+    fn an_aborted_revision_the_spec_still_asks_for_is_marked_in_the_spec() {
+        let mut lcs = fixtures::with_history();
+        let records = lcs.status.iter_mut().flat_map(|s| &mut s.history);
+        for record in records.filter(|r| r.number == 6) {
+            record.outcome = Some(RevisionOutcome {
+                result: RevisionResult::Aborted,
+                ..RevisionOutcome::default()
+            });
+        }
+        let table = history(&lcs);
+        assert!(table.contains("  Aborted (in the spec)  "), "{table}");
+        assert!(table.contains("  Complete (running)  "), "{table}");
+    }
+
+    #[test]
+    fn a_revision_not_in_the_history_is_refused_with_the_numbers_there_are() {
+        let refused = revision(&fixtures::with_history(), 9).expect_err("no revision 9");
+        assert_eq!(
+            refused.to_string(),
+            "chat has no revision 9 in its history; it has 1, 2, 3, 4, 5, 6"
+        );
     }
 
     #[test]
