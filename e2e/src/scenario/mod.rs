@@ -28,6 +28,7 @@ mod autoscale;
 mod autoscale_cpu;
 mod bad_revision;
 mod canary;
+mod canary_abort;
 mod drain_deadline;
 mod gateway_crash;
 mod node_drain;
@@ -100,6 +101,7 @@ impl ScenarioError {
 pub enum Scenario {
     RollingUpdate,
     Canary,
+    CanaryAbort,
     ScaleDown,
     Autoscale,
     AutoscaleCpu,
@@ -112,9 +114,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::RollingUpdate,
         Scenario::Canary,
+        Scenario::CanaryAbort,
         Scenario::ScaleDown,
         Scenario::Autoscale,
         Scenario::AutoscaleCpu,
@@ -130,6 +133,7 @@ impl Scenario {
         match self {
             Scenario::RollingUpdate => "rolling-update",
             Scenario::Canary => "canary",
+            Scenario::CanaryAbort => "canary-abort",
             Scenario::ScaleDown => "scale-down",
             Scenario::Autoscale => "autoscale",
             Scenario::AutoscaleCpu => "autoscale-cpu",
@@ -405,6 +409,7 @@ async fn run_one(
     match scenario {
         Scenario::RollingUpdate => rolling_update::run(harness, &context, report).await,
         Scenario::Canary => canary::run(harness, &context, report).await,
+        Scenario::CanaryAbort => canary_abort::run(harness, &context, report).await,
         Scenario::ScaleDown => scale_down::run(harness, &context, report).await,
         Scenario::Autoscale => autoscale::run(harness, &context, report).await,
         Scenario::AutoscaleCpu => autoscale_cpu::run(harness, &context, report).await,

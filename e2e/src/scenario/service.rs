@@ -44,6 +44,10 @@ pub struct ServiceSpec {
     pub resources: Option<Resources>,
     /// `spec.rollout.steps` as applied; unset: none.
     pub rollout_steps: Option<Value>,
+    /// `spec.rollout.analysis` as applied; unset: no health gate.
+    pub rollout_analysis: Option<Value>,
+    /// The share of WebSocket upgrades the app answers 503 (`--refuse-upgrades-percent`).
+    pub app_refuses_percent: u32,
 }
 
 /// The compute resources of a pod's two containers, as applied.
@@ -70,6 +74,8 @@ impl ServiceSpec {
             autoscaling: None,
             resources: None,
             rollout_steps: None,
+            rollout_analysis: None,
+            app_refuses_percent: 0,
         }
     }
 
@@ -127,6 +133,17 @@ impl ServiceSpec {
         }
         if let Some(steps) = &self.rollout_steps {
             manifest["spec"]["rollout"]["steps"] = steps.clone();
+        }
+        if let Some(analysis) = &self.rollout_analysis {
+            manifest["spec"]["rollout"]["analysis"] = analysis.clone();
+        }
+        if self.app_refuses_percent > 0 {
+            manifest["spec"]["template"]["spec"]["containers"][0]["args"] = json!([
+                "--listen",
+                self.app_listen,
+                "--refuse-upgrades-percent",
+                self.app_refuses_percent.to_string()
+            ]);
         }
         if let Some(resources) = &self.resources {
             manifest["spec"]["template"]["spec"]["containers"][0]["resources"] =
