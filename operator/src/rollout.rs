@@ -698,16 +698,19 @@ pub fn replicas(input: &Input, book: &Book, budget: &Budget, stage: &Stage) -> S
     let target_live = live(input, target);
     // The target's own drained pods (a scale-down, or what a rollback returns to) must go, and
     // must not hold the slots of the pods that replace them: grow past them first, then shrink
-    // to what stays, which removes exactly them.
-    let target_removable = target_live
+    // to what stays, which removes exactly them. Only once every pod that stays runs: a
+    // shrinking ReplicaSet removes a pod not yet running before a drained one, so shrinking
+    // earlier would remove the replacement and start the growth over, again and again.
+    let (removable, staying): (Vec<&PodFacts>, Vec<&PodFacts>) = target_live
         .iter()
-        .filter(|p| book.removable.contains(&p.name))
-        .count();
-    let target_staying = i32::try_from(target_live.len() - target_removable).unwrap_or(0);
-    let target_replicas = if target_staying >= target_want {
-        target_staying
+        .partition(|p| book.removable.contains(&p.name));
+    let number = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let target_replicas = if number(staying.len()) < target_want {
+        target_want + number(removable.len())
+    } else if staying.iter().all(|p| p.running) {
+        number(staying.len())
     } else {
-        target_want + i32::try_from(target_removable).unwrap_or(0)
+        number(target_live.len())
     };
     replicas.insert(target.to_owned(), target_replicas);
     Sizes {

@@ -1021,7 +1021,11 @@ impl Model {
         for (client, rebalance) in moving {
             self.move_client(client, rebalance);
         }
-        for pod in &mut self.pods {
+        // The ReplicaSets act on the pods as the reconcile saw them (a real one deletes a pod
+        // still Pending at once, before it could start); then the pods that were there move on.
+        let existing = self.pods.len();
+        self.reconcile_replica_sets();
+        for pod in &mut self.pods[..existing] {
             if pod.terminating {
                 continue;
             }
@@ -1031,7 +1035,6 @@ impl Model {
                 stage => stage,
             };
         }
-        self.reconcile_replica_sets();
         self.reconnect();
     }
 
