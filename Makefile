@@ -10,7 +10,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: lint fuzz tools images chart-test ## Run every test: formatting, lints, fuzzing, unit, integration and end-to-end tests (on real nodes).
+test: lint fuzz tools images chart-test krew-test ## Run every test: formatting, lints, fuzzing, unit, integration and end-to-end tests (on real nodes).
 	$(CARGO) build --workspace --bins --locked
 	LONGCONN_E2E_REQUIRE_TOOLS=1 LONGCONN_E2E_TOOLS_DIR="$(TOOLS_DIR)" $(CARGO) test --workspace --locked
 
@@ -34,6 +34,14 @@ fuzz: ## Fuzz the gateway's frame scanner and HTTP head parser, FUZZ_SECONDS (30
 .PHONY: chart-test
 chart-test: tools ## Lint and render the Helm chart; check values, RBAC, CRD copy, dashboard, Dockerfiles; checkov.
 	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash charts/test.sh
+
+.PHONY: krew
+krew: images ## Package kubectl-longconn for krew into .krew/: the archive and the plugin manifest longconn.yaml.
+	IMAGES_DIR="$(IMAGES_DIR)" bash kubectl-longconn/krew/package.sh .krew
+
+.PHONY: krew-test
+krew-test: tools images ## Install kubectl-longconn with krew from its archive and manifest, and run it as kubectl longconn.
+	TOOLS_DIR="$(TOOLS_DIR)" IMAGES_DIR="$(IMAGES_DIR)" bash kubectl-longconn/krew/test.sh
 
 .PHONY: crd
 crd: ## Regenerate crds/ from the Rust types.

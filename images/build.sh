@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the project's OCI images offline into OUT_DIR, ready for `ctr -n k8s.io images import`:
 # longconn-operator, longconn-gateway and longconn-echo (static musl binaries from cargo's `dist`
-# profile) and the pod sandbox image (Kubernetes' own pause.c, compiled statically). Every image
+# profile) and the pod sandbox image (Kubernetes' own pause.c, compiled statically); beside them
+# OUT_DIR/bin/kubectl-longconn, the kubectl plugin built the same way, which
+# kubectl-longconn/krew/package.sh packages for krew. Every image
 # is FROM scratch and holds its one binary (images/*.Dockerfile); buildah builds it with no network
 # in storage under OUT_DIR, so nothing of the machine's is touched, and saves it as
 # OUT_DIR/<name>.oci.tar under its full name. cargo builds incrementally, and an image whose
@@ -50,13 +52,16 @@ if [[ -z "${crate_version}" ]]; then
   exit 1
 fi
 
-echo "images: cargo build --profile ${profile} --target ${target}: longconn-operator, longconn-gateway, longconn-echo"
+echo "images: cargo build --profile ${profile} --target ${target}: longconn-operator, longconn-gateway, longconn-echo, kubectl-longconn"
 started=${SECONDS}
 "${cargo}" build --locked --profile "${profile}" --target "${target}" \
   -p longconn-operator --bin longconn-operator \
   -p longconn-gateway --bin longconn-gateway \
-  -p longconn-e2e --bin longconn-echo
+  -p longconn-e2e --bin longconn-echo \
+  -p kubectl-longconn --bin kubectl-longconn
 echo "images: cargo build done in $(( SECONDS - started ))s"
+mkdir -p "${out_dir}/bin"
+install -m 0755 "${dist_dir}/kubectl-longconn" "${out_dir}/bin/kubectl-longconn"
 
 # pause.c and its version tag come from the k8s.io/kubernetes module the control plane is built
 # from (e2e/controlplane/go.mod); the source is read from Go's module cache, never copied here.
@@ -73,7 +78,6 @@ if [[ ! -f "${kubernetes_dir}/build/pause/linux/pause.c" || -z "${pause_tag}" ]]
   exit 1
 fi
 echo "images: gcc -static pause.c ${pause_tag} from k8s.io/kubernetes ${kubernetes_version}"
-mkdir -p "${out_dir}/bin"
 gcc -Os -Wall -Werror -static -s "-DVERSION=v${pause_tag}-${kubernetes_version}" \
   -o "${out_dir}/bin/pause" "${kubernetes_dir}/build/pause/linux/pause.c"
 
