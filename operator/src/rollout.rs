@@ -583,7 +583,6 @@ pub fn stage(input: &Input, book: &Book, budget: &Budget) -> Stage {
             None => current.is_some_and(|c| c != update),
         };
     let staying = |p: &&PodFacts| !going(input, book, p) && !book.tracked(&p.name);
-    let number = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let new = live(input, update);
     let progress = steps::Progress {
         new_serving: number(
@@ -636,6 +635,11 @@ fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
         .iter()
         .filter(|p| p.revision == revision && !p.terminating)
         .collect()
+}
+
+/// A number of pods (or a step's index) as the API's `i32`.
+fn number(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// Pods on their way out: drained and marked, or never started (no gateway to drain).
@@ -704,7 +708,6 @@ pub fn replicas(input: &Input, book: &Book, budget: &Budget, stage: &Stage) -> S
     let (removable, staying): (Vec<&PodFacts>, Vec<&PodFacts>) = target_live
         .iter()
         .partition(|p| book.removable.contains(&p.name));
-    let number = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let target_replicas = if number(staying.len()) < target_want {
         target_want + number(removable.len())
     } else if staying.iter().all(|p| p.running) {
@@ -756,8 +759,7 @@ fn hand_over(
     if waiting.is_empty() {
         return (waiting, false);
     }
-    let more_coming =
-        i32::try_from(routing.receivers).unwrap_or(i32::MAX) < input.lcs.spec.replicas;
+    let more_coming = number(routing.receivers) < input.lcs.spec.replicas;
     if fresh
         && (routing.fits || !more_coming)
         && placement::all_settled(input.pods, routing, input.now)
@@ -1058,8 +1060,8 @@ pub fn record(
             && r.draining.is_empty()
             && steps_done;
         gate_record(input, budget, stage, r);
-        let step_changed = r.step != stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
-        r.step = stage.step.map(|i| i32::try_from(i).unwrap_or(i32::MAX));
+        let step_changed = r.step != stage.step.map(number);
+        r.step = stage.step.map(number);
         r.step_started_at = stage.started_at.map(Time);
         r.phase = if budget.rolling_back {
             RolloutPhase::RollingBack

@@ -40,6 +40,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -412,6 +413,11 @@ fn crash_kinds() -> Vec<Vec<Action>> {
         })
         .filter(|done| !done.contains(&Action::Rebalance) || done.contains(&Action::Status))
         .collect()
+}
+
+/// Every crash of [`crash_kinds`] at every tick of `ticks`.
+fn crashes(ticks: RangeInclusive<u32>) -> impl Iterator<Item = (u32, Vec<Action>)> {
+    ticks.flat_map(|at| crash_kinds().into_iter().map(move |kind| (at, kind)))
 }
 
 /// Things that happen to the model at chosen ticks.
@@ -1705,18 +1711,16 @@ fn restart_at_any_point_neither_loses_nor_double_counts() {
     for (name, build) in restart_scenarios() {
         for readiness_lag in [1, 2] {
             let ticks = ticks_to_complete(build().with_readiness_lag(readiness_lag));
-            for at in 0..=ticks {
-                for kind in crash_kinds() {
-                    let mut model = build().with_readiness_lag(readiness_lag);
-                    let initial: Vec<String> = model.pods.iter().map(|p| p.name.clone()).collect();
-                    model.script.crash = Some((at, kind.clone()));
-                    model.label = format!(
-                        "{name}, readiness lag {readiness_lag}, crash at tick {at} doing only \
-                         {kind:?}"
-                    );
-                    model.run_to_completion();
-                    assert_clean_rollout(&model, &initial);
-                }
+            for (at, kind) in crashes(0..=ticks) {
+                let mut model = build().with_readiness_lag(readiness_lag);
+                let initial: Vec<String> = model.pods.iter().map(|p| p.name.clone()).collect();
+                model.script.crash = Some((at, kind.clone()));
+                model.label = format!(
+                    "{name}, readiness lag {readiness_lag}, crash at tick {at} doing only \
+                     {kind:?}"
+                );
+                model.run_to_completion();
+                assert_clean_rollout(&model, &initial);
             }
         }
     }
@@ -1812,14 +1816,7 @@ fn a_revision_arriving_mid_rollout_ends_with_only_the_newest() {
         model.script.new_revision = Some((at, "c".to_owned()));
         model.run_until("the spec changes", |m| m.update == "c");
         model.run_to_completion();
-        let r = model.rollout().expect("status.rollout");
-        model.check(model.violations.is_empty(), "no pod deleted undrained");
-        model.check(r.sessions_dropped == 0, "status counts 0 dropped");
-        model.check(model.force_closed + model.lost == 0, "no session dropped");
-        model.check(
-            model.pods.iter().all(|p| p.revision == "c"),
-            "only pods of c left",
-        );
+        assert_landed_on(&model, "c");
         model.check(model.deployments.keys().eq(["c"]), "only c's Deployment");
     }
 }
@@ -1971,16 +1968,7 @@ fn drop_budget_exceeded_pauses_the_rollout_with_one_warning() {
             .all(|p| p.gateway.state != DrainState::Draining),
         "no drain under way",
     );
-    let r = model.rollout().expect("status.rollout");
-    model.check(r.phase == RolloutPhase::Paused, "phase Paused");
-    model.check(
-        r.sessions_dropped == model.force_closed && model.force_closed == 2,
-        "sessionsDropped equals the sessions force-closed",
-    );
-    model.check(
-        r.sessions_migrated == model.migrated,
-        "migrated sessions counted exactly",
-    );
+    assert_paused_by_the_budget(&model);
     let verdict = model.progressing.clone().expect("a Progressing verdict");
     model.check(
         !verdict.status && verdict.reason == "DropBudgetExceeded",
@@ -1992,8 +1980,36 @@ fn drop_budget_exceeded_pauses_the_rollout_with_one_warning() {
         progressing.status == "False" && progressing.reason == "DropBudgetExceeded",
         "the written Progressing condition says DropBudgetExceeded",
     );
+}
+
+/// A rollout that ended on `revision`: only its pods left, nothing dropped by either count, no
+/// pod deleted undrained.
+fn assert_landed_on(model: &Model, revision: &str) {
+    let r = model.rollout().expect("status.rollout");
+    model.check(model.violations.is_empty(), "no pod deleted undrained");
+    model.check(r.sessions_dropped == 0, "status counts 0 dropped");
+    model.check(model.force_closed + model.lost == 0, "no session dropped");
     model.check(
-        warnings(&model, "DropBudgetExceeded") == 1,
+        model.pods.iter().all(|p| p.revision == revision),
+        &format!("only pods of {revision} left"),
+    );
+}
+
+/// A rollout of [`stubborn_rollout`] paused by its drop budget: the two stubborn sessions counted
+/// dropped, every move counted, one Warning, no pod deleted undrained.
+fn assert_paused_by_the_budget(model: &Model) {
+    let r = model.rollout().expect("status.rollout");
+    model.check(r.phase == RolloutPhase::Paused, "phase Paused");
+    model.check(
+        r.sessions_dropped == model.force_closed && model.force_closed == 2,
+        "sessionsDropped equals the sessions force-closed",
+    );
+    model.check(
+        r.sessions_migrated == model.migrated,
+        "migrated sessions counted exactly",
+    );
+    model.check(
+        warnings(model, "DropBudgetExceeded") == 1,
         "exactly one DropBudgetExceeded warning",
     );
     model.check(model.violations.is_empty(), "no pod deleted undrained");
@@ -2002,29 +2018,13 @@ fn drop_budget_exceeded_pauses_the_rollout_with_one_warning() {
 #[test]
 fn drop_budget_accounting_survives_operator_restarts() {
     let ticks = 30;
-    for at in 0..=ticks {
-        for kind in crash_kinds() {
-            let mut model = stubborn_rollout(DropBudgetAction::Pause);
-            model.label = format!("crash at tick {at} doing only {kind:?}");
-            model.script.crash = Some((at, kind));
-            model.run_for(ticks + 20);
-            let r = model.rollout().expect("status.rollout");
-            model.check(r.phase == RolloutPhase::Paused, "phase Paused");
-            model.check(
-                r.sessions_dropped == model.force_closed && model.force_closed == 2,
-                "sessionsDropped equals the sessions force-closed",
-            );
-            model.check(
-                r.sessions_migrated == model.migrated,
-                "migrated sessions counted exactly",
-            );
-            model.check(model.drain_asked.len() == 1, "one pod drained");
-            model.check(
-                warnings(&model, "DropBudgetExceeded") == 1,
-                "exactly one DropBudgetExceeded warning",
-            );
-            model.check(model.violations.is_empty(), "no pod deleted undrained");
-        }
+    for (at, kind) in crashes(0..=ticks) {
+        let mut model = stubborn_rollout(DropBudgetAction::Pause);
+        model.label = format!("crash at tick {at} doing only {kind:?}");
+        model.script.crash = Some((at, kind));
+        model.run_for(ticks + 20);
+        assert_paused_by_the_budget(&model);
+        model.check(model.drain_asked.len() == 1, "one pod drained");
     }
 }
 
@@ -2417,21 +2417,19 @@ fn operator_restarts_at_any_point_of_a_rebalancing_ask_each_pod_once_and_keep_th
     for (from, to, sessions) in SCALE_UPS {
         let mut steady = scaled_up(from, to, sessions, 2);
         steady.run_until("the pods are even", balanced);
-        for at in 0..=steady.tick + 1 {
-            for kind in crash_kinds() {
-                let mut model = scaled_up(from, to, sessions, 2);
-                model.script.crash = Some((at, kind.clone()));
-                model.label = format!(
-                    "{from} pods {sessions:?} to {to} at tick 2, crash at tick {at} doing only \
-                     {kind:?}"
-                );
-                assert_evened_once(&mut model);
-                let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
-                model.check(
-                    model.rebalanced <= asked,
-                    &format!("{asked} sessions asked, {} moved", model.rebalanced),
-                );
-            }
+        for (at, kind) in crashes(0..=steady.tick + 1) {
+            let mut model = scaled_up(from, to, sessions, 2);
+            model.script.crash = Some((at, kind.clone()));
+            model.label = format!(
+                "{from} pods {sessions:?} to {to} at tick 2, crash at tick {at} doing only \
+                 {kind:?}"
+            );
+            assert_evened_once(&mut model);
+            let asked = model.rounds.last().map_or(0, |(_, r)| r.sessions_asked);
+            model.check(
+                model.rebalanced <= asked,
+                &format!("{asked} sessions asked, {} moved", model.rebalanced),
+            );
         }
     }
 }
@@ -2683,25 +2681,22 @@ fn a_timed_pause_lasts_its_duration_and_no_longer() {
     );
 }
 
-/// The ticks a [`canary`] takes to complete, promoted as [`run_canary`] does.
-fn canary_ticks() -> u32 {
-    let mut model = canary();
-    run_canary(&mut model);
+/// The ticks the model `make` makes takes to run as `run` runs it, with no crash.
+fn ticks_of(make: fn() -> Model, run: fn(&mut Model)) -> u32 {
+    let mut model = make();
+    run(&mut model);
     model.tick
 }
 
 #[test]
 fn a_canary_survives_operator_restarts_at_every_point() {
-    let ticks = canary_ticks();
-    for at in 0..=ticks {
-        for kind in crash_kinds() {
-            let mut model = canary();
-            let old = pods_of(&model, "a");
-            model.script.crash = Some((at, kind.clone()));
-            model.label = format!("canary, crash at tick {at} doing only {kind:?}");
-            run_canary(&mut model);
-            assert_clean_rollout(&model, &old);
-        }
+    for (at, kind) in crashes(0..=ticks_of(canary, run_canary)) {
+        let mut model = canary();
+        let old = pods_of(&model, "a");
+        model.script.crash = Some((at, kind.clone()));
+        model.label = format!("canary, crash at tick {at} doing only {kind:?}");
+        run_canary(&mut model);
+        assert_clean_rollout(&model, &old);
     }
 }
 
@@ -2855,59 +2850,46 @@ fn the_health_gate_lets_a_healthy_canary_through() {
 
 #[test]
 fn the_health_gate_aborts_once_whatever_the_operator_restarts() {
-    let ticks = {
+    for (at, kind) in crashes(0..=ticks_of(gated_canary, run_failing_canary)) {
         let mut model = gated_canary();
+        model.script.crash = Some((at, kind.clone()));
+        model.label = format!("failing canary, crash at tick {at} doing only {kind:?}");
         run_failing_canary(&mut model);
-        model.tick
-    };
-    for at in 0..=ticks {
-        for kind in crash_kinds() {
-            let mut model = gated_canary();
-            model.script.crash = Some((at, kind.clone()));
-            model.label = format!("failing canary, crash at tick {at} doing only {kind:?}");
-            run_failing_canary(&mut model);
-            let r = model.rollout().expect("status.rollout");
-            model.check(
-                r.sessions_dropped == 0 && model.force_closed == 0 && model.lost == 0,
-                "nothing dropped",
-            );
-            model.check(
-                r.analysis.as_ref().and_then(|a| a.failed.as_deref()) == Some("UpstreamRefused"),
-                "the failed signal is recorded",
-            );
-        }
+        let r = model.rollout().expect("status.rollout");
+        model.check(
+            r.sessions_dropped == 0 && model.force_closed == 0 && model.lost == 0,
+            "nothing dropped",
+        );
+        model.check(
+            r.analysis.as_ref().and_then(|a| a.failed.as_deref()) == Some("UpstreamRefused"),
+            "the failed signal is recorded",
+        );
     }
 }
 
 #[test]
 fn an_undo_at_any_point_of_a_canary_returns_to_the_old_revision_whatever_the_operator_restarts() {
-    let ticks = canary_ticks();
     // From the first reconcile on (at tick 0 nothing has happened to undo).
-    for at in 1..=ticks {
-        for kind in crash_kinds() {
-            let mut model = canary();
-            let old = pods_of(&model, "a");
-            // The spec goes back to `a` (what the undo annotation writes), and the operator
-            // crashes in the next reconcile. Returning to `a` after `b` completed is a rollout
-            // with steps of its own: promoted in full from the start.
-            annotate(&mut model, steps::PROMOTE, "a/full");
-            model.script.new_revision = Some((at, "a".to_owned()));
-            model.script.crash = Some((at + 1, kind.clone()));
-            model.label = format!("undo at tick {at}, crash after it doing only {kind:?}");
-            model.run_until("the spec goes back", |m| m.tick > at);
-            model.run_to_completion();
-            let r = model.rollout().expect("status.rollout");
-            model.check(model.violations.is_empty(), "no pod deleted undrained");
-            model.check(r.sessions_dropped == 0, "status counts 0 dropped");
-            model.check(model.force_closed + model.lost == 0, "no session dropped");
-            model.check(
-                model.pods.iter().all(|p| p.revision == "a") && model.deployments.keys().eq(["a"]),
-                "only revision a left",
-            );
-            model.check(
-                model.pods.len() == old.len(),
-                "as many pods as before the canary",
-            );
-        }
+    for (at, kind) in crashes(1..=ticks_of(canary, run_canary)) {
+        let mut model = canary();
+        let old = pods_of(&model, "a");
+        // The spec goes back to `a` (what the undo annotation writes), and the operator
+        // crashes in the next reconcile. Returning to `a` after `b` completed is a rollout
+        // with steps of its own: promoted in full from the start.
+        annotate(&mut model, steps::PROMOTE, "a/full");
+        model.script.new_revision = Some((at, "a".to_owned()));
+        model.script.crash = Some((at + 1, kind.clone()));
+        model.label = format!("undo at tick {at}, crash after it doing only {kind:?}");
+        model.run_until("the spec goes back", |m| m.tick > at);
+        model.run_to_completion();
+        assert_landed_on(&model, "a");
+        model.check(
+            model.deployments.keys().eq(["a"]),
+            "only revision a's Deployment left",
+        );
+        model.check(
+            model.pods.len() == old.len(),
+            "as many pods as before the canary",
+        );
     }
 }

@@ -117,9 +117,8 @@ pub(super) async fn hold_and_promote(
         ),
     );
 
-    let namespace = ["-n", spec.namespace.as_str()];
     let status = harness
-        .kubectl_longconn(&[&["status", spec.name.as_str()], &namespace[..]].concat())
+        .kubectl_longconn("status", &spec.name, &spec.namespace)
         .await?;
     report.expect(
         status.contains("WaitingForPromotion"),
@@ -130,7 +129,7 @@ pub(super) async fn hold_and_promote(
         status.lines().collect::<Vec<_>>(),
     );
     let promoted = harness
-        .kubectl_longconn(&[&["promote", spec.name.as_str()], &namespace[..]].concat())
+        .kubectl_longconn("promote", &spec.name, &spec.namespace)
         .await?;
     report.detail("kubectlLongconnPromote", promoted.trim());
     let client = harness.client();

@@ -160,9 +160,8 @@ pub(super) async fn run(
             pods.iter().filter(|p| old_names.contains(&p.name)).count(),
         );
     }
-    let namespace = ["-n", spec.namespace.as_str()];
     let history = harness
-        .kubectl_longconn(&[&["history", spec.name.as_str()], &namespace[..]].concat())
+        .kubectl_longconn("history", &spec.name, &spec.namespace)
         .await?;
     report.expect(
         history.contains("Aborted"),

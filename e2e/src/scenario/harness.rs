@@ -313,8 +313,15 @@ impl Harness {
     }
 
     /// Runs `kubectl longconn`, the workspace's plugin (from [`crate::tools::default_bin_dir`],
-    /// where `cargo build --workspace --bins` puts it), as the cluster admin; its stdout.
-    pub async fn kubectl_longconn(&self, args: &[&str]) -> Result<String, ScenarioError> {
+    /// where `cargo build --workspace --bins` puts it), as the cluster admin: `command` on the
+    /// LongConnService `name` in `namespace`; its stdout.
+    pub async fn kubectl_longconn(
+        &self,
+        command: &str,
+        name: &str,
+        namespace: &str,
+    ) -> Result<String, ScenarioError> {
+        let args = [command, name, "-n", namespace];
         let binary = crate::tools::default_bin_dir().join("kubectl-longconn");
         if !binary.exists() {
             return Err(ScenarioError::Setup(format!(
