@@ -18,6 +18,10 @@
 #    maxSurge 1 / maxUnavailable 0. Same load, a template change; measured until the Deployment's
 #    rollout is done and no old pod is left.
 # Dropped sessions are counted by the clients (and, for longconn, by the operator too).
+#
+#   SESSIONS (600)   live sessions
+#   OPERATOR_LOG     a file to copy the operator's log to at the end; with
+#                    RUST_LOG=info,kube=warn,longconn_operator::api=debug it names every request
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +46,9 @@ cleanup() {
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null || true
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   "$bin/longconn-e2e" cluster down --dir "$cluster" >/dev/null 2>&1 || true
+  if [ -n "${OPERATOR_LOG:-}" ] && [ -f "$work/operator.log" ]; then
+    cp "$work/operator.log" "$OPERATOR_LOG"
+  fi
   if [ "$status" -ne 0 ]; then
     echo "bench failed; logs: $work/operator.log, $cluster/nodes/*/logs, $cluster/logs" >&2
   else

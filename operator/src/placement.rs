@@ -10,16 +10,23 @@
 //!   one, the pods of every other revision stop accepting (they will all be drained: a session
 //!   that moved onto one of them would move again), and so do the target revision's pods a
 //!   scale-down is about to drain. Until there is one, every other pod accepts as before;
-//! - while sessions are on their way (drains under way, or the one about to start), only the
-//!   receivers with the most room accept: the fewest of them that can take the incoming
-//!   sessions in even shares (a Service spreads new connections evenly over its endpoints, not
-//!   in proportion to room), so that no receiver fills past its share: below [`FULL`] times
-//!   the mean, failing that below [`LIMIT`]. When even that does not fit, every receiver
-//!   accepts; a rollout step then waits instead, while sessions are still on their way or
-//!   receivers are starting (see `rollout::pick`);
+//! - while sessions are on their way (drains under way, or the one about to start), the
+//!   receivers that accept now keep accepting when they can take the incoming sessions in even
+//!   shares (a Service spreads new connections evenly over its endpoints, not in proportion to
+//!   room) below [`FULL`] times the mean; otherwise only the receivers with the most room
+//!   accept: the fewest of them that can take them in even shares below [`FULL`] times the
+//!   mean, failing that below [`LIMIT`]. When even that does not fit, every receiver accepts;
+//!   a rollout step then waits instead, while sessions are still on their way or receivers are
+//!   starting (see `rollout::pick`);
 //! - with nothing on its way, every receiver below its share accepts; a receiver at [`FULL`]
 //!   times the mean stops, and starts again once back at the mean, so that new clients fill
-//!   the emptier pods. One receiver always accepts.
+//!   the emptier pods; but while more sessions are to move soon ([`View::moving_on`]: pods of
+//!   another revision, or in excess, are left to drain), a receiver that stopped stays stopped
+//!   while another accepts, since the next drain would stop it again. One receiver always
+//!   accepts.
+//!
+//! Each label change is a PATCH of a pod: keeping the labels that still serve is what holds a
+//! rollout to about one change per pod drained (the model test counts them).
 //!
 //! A drain starts only once the routing has [`settled`]: the pod to drain and every other pod
 //! carry the label they should, the EndpointSlices show it, and [`SETTLE`] has passed since the
@@ -54,6 +61,8 @@ pub struct View<'a> {
     pub excess: &'a BTreeSet<String>,
     /// Open sessions of each pod, as last known.
     pub sessions: &'a BTreeMap<String, i64>,
+    /// More sessions are to move soon: pods of another revision, or in excess, are left.
+    pub moving_on: bool,
 }
 
 /// Where new sessions go.
@@ -110,19 +119,32 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let room = |p: &PodFacts| full - view.sessions_of(&p.name);
     let mut by_room = receivers.clone();
     by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
+    // Whether `these` receivers take every incoming session in even shares below `limit`
+    // times the mean (the last of `these` has the least room).
+    let take_it_all = |these: &[&PodFacts], limit: f64| {
+        let top = (mean * limit).ceil() as i64;
+        these.last().is_some_and(|last| {
+            let room = top - view.sessions_of(&last.name);
+            i64::try_from(these.len()).unwrap_or(i64::MAX) * room.max(0) >= incoming
+        })
+    };
     let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
-        // The fewest receivers with the most room whose even shares take it all below FULL,
-        // failing that below LIMIT.
-        let fewest = |limit: f64| {
-            let top = (mean * limit).ceil() as i64;
-            (1..=by_room.len()).find(|&k| {
-                let room = top - view.sessions_of(&by_room[k - 1].name);
-                i64::try_from(k).unwrap_or(i64::MAX) * room.max(0) >= incoming
-            })
-        };
-        let k = fewest(FULL).or_else(|| fewest(LIMIT));
-        let n = k.unwrap_or(by_room.len());
-        (by_room[..n].to_vec(), k.is_some())
+        let current: Vec<&PodFacts> = by_room
+            .iter()
+            .copied()
+            .filter(|p| p.accepting != Some(false))
+            .collect();
+        if take_it_all(&current, FULL) {
+            (current, true)
+        } else {
+            // The fewest receivers with the most room whose even shares take it all below
+            // FULL, failing that below LIMIT.
+            let fewest =
+                |limit: f64| (1..=by_room.len()).find(|&k| take_it_all(&by_room[..k], limit));
+            let k = fewest(FULL).or_else(|| fewest(LIMIT));
+            let n = k.unwrap_or(by_room.len());
+            (by_room[..n].to_vec(), k.is_some())
+        }
     } else {
         let open: Vec<&PodFacts> = by_room
             .iter()
@@ -130,7 +152,7 @@ pub fn place(view: &View, incoming: i64) -> Placement {
             .filter(|p| {
                 let sessions = view.sessions_of(&p.name);
                 match p.accepting {
-                    Some(false) => (sessions as f64) < mean.max(1.0),
+                    Some(false) => !view.moving_on && (sessions as f64) < mean.max(1.0),
                     _ => sessions < full.max(1),
                 }
             })
@@ -224,6 +246,7 @@ mod tests {
             leaving: &NONE,
             excess: &NONE,
             sessions,
+            moving_on: false,
         }
     }
 
@@ -297,6 +320,46 @@ mod tests {
     }
 
     #[test]
+    fn receivers_that_accept_keep_accepting_while_they_take_the_incoming_in_even_shares() {
+        let mut n2 = pod("n2", "new");
+        n2.accepting = Some(false);
+        let pods = [pod("n1", "new"), n2, pod("n3", "new")];
+        // 600 in all: 200 per pod when done, 220 full.
+        let counts = sessions(&[("n1", 100), ("n2", 100), ("n3", 100), ("gone", 300)]);
+        let view = view(&pods, "new", 3, &counts);
+        // n1 and n3 take 200 in shares of 100 (room 120 each): no label changes, although
+        // n1 and n2 would take them as well.
+        let placement = place(&view, 200);
+        assert_eq!(accepting(&placement), ["n1", "n3"]);
+        assert!(placement.fits);
+        // 300 do not fit the two (150 each): all three take them.
+        assert_eq!(accepting(&place(&view, 300)), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn while_more_sessions_are_to_move_a_stopped_receiver_stays_stopped() {
+        let mut n2 = pod("n2", "v");
+        n2.accepting = Some(false);
+        let pods = [pod("n1", "v"), n2, pod("n3", "v")];
+        // 300 in all, 100 per pod, full at 110: n1 full, n2 below the mean, n3 below full.
+        let counts = sessions(&[("n1", 115), ("n2", 80), ("n3", 100)]);
+        let quiet = view(&pods, "v", 3, &counts);
+        assert_eq!(accepting(&place(&quiet, 0)), ["n2", "n3"]);
+        let moving_on = View {
+            moving_on: true,
+            ..quiet
+        };
+        assert_eq!(accepting(&place(&moving_on, 0)), ["n3"]);
+        // Once no receiver is open, the one with the most room is.
+        let counts = sessions(&[("n1", 115), ("n2", 80), ("n3", 114)]);
+        let full = View {
+            sessions: &counts,
+            ..moving_on
+        };
+        assert_eq!(accepting(&place(&full, 0)), ["n2"]);
+    }
+
+    #[test]
     fn with_nothing_on_its_way_a_full_receiver_stops_until_back_at_the_mean() {
         let mut n1 = pod("n1", "v");
         let mut n2 = pod("n2", "v");
@@ -330,6 +393,7 @@ mod tests {
             leaving: &leaving,
             excess: &excess,
             sessions: &counts,
+            moving_on: true,
         };
         assert_eq!(accepting(&place(&view, 60)), ["b"]);
     }
