@@ -104,11 +104,17 @@ pub fn place(view: &View, incoming: i64) -> Placement {
         .collect();
     let mut accepting = BTreeMap::new();
     for pod in view.pods.iter().filter(|p| !p.terminating) {
+        let starting = pod.revision == view.target && !(pod.running && pod.ready);
+        if starting && !pod.running {
+            // Not started: in no endpoint whatever its label, so it keeps the one it has (a
+            // change would be a write for nothing, and one that never starts, Pending without
+            // a node, would be written again whenever it counts as never started).
+            continue;
+        }
         let stays = !view.leaving.contains(&pod.name) && !view.excess.contains(&pod.name);
         // Without a receiver, every pod that stays for now keeps accepting; a pod of the
         // target revision that is not Ready yet keeps its template's label: it receives once
         // Ready, and an empty pod has room.
-        let starting = pod.revision == view.target && !(pod.running && pod.ready);
         accepting.insert(
             pod.name.clone(),
             stays && (receivers.is_empty() || starting),
@@ -378,6 +384,24 @@ mod tests {
             ..view
         };
         assert_eq!(accepting(&place(&view, 0)), ["n2", "n3"]);
+    }
+
+    #[test]
+    fn a_pod_of_the_target_revision_not_started_keeps_its_label() {
+        let mut pending = pod("n2", "new");
+        pending.running = false;
+        pending.ready = false;
+        let pods = [pod("n1", "new"), pending];
+        let counts = sessions(&[("n1", 100)]);
+        // Pending for long (counted as never started, so among the pods leaving): no change.
+        let leaving = BTreeSet::from(["n2".to_owned()]);
+        let view = View {
+            leaving: &leaving,
+            ..view(&pods, "new", 2, &counts)
+        };
+        let placement = place(&view, 0);
+        assert_eq!(placement.accepting.get("n2"), None);
+        assert!(changes(&pods, &placement).is_empty());
     }
 
     #[test]
