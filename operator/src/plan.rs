@@ -14,7 +14,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::autoscale::{self, History, Recorded};
-use crate::crd::{HealthTally, LongConnService, LongConnServiceStatus, RevisionRecord};
+use crate::crd::{
+    HealthTally, LongConnService, LongConnServiceStatus, RevisionRecord, RolloutPhase,
+};
 use crate::desired::{self, CertBundle, Manifest, Observed, Settings};
 use crate::history;
 use crate::kinds::Kind;
@@ -42,7 +44,9 @@ pub const COUNTS_RECORD: Duration = Duration::from_secs(5);
 
 /// Whether a status change must be recorded at once: anything but the live counts (pods,
 /// ready pods, open sessions, the session autoscaling's counts, the health gate's running
-/// counts), the words of conditions and the gateways recorded with nothing counted yet. Verdicts (a condition's status or reason), the rollout's accounting, the
+/// counts), the words of conditions, the gateways recorded with nothing counted yet, and a
+/// finished drain's entry leaving `status.rollout.draining` once its pod is gone (with the
+/// phase going from Removing back to Surging). Verdicts (a condition's status or reason), the rollout's accounting, the
 /// certificate, revisions and restart losses go out at once; counts may wait
 /// [`COUNTS_RECORD`] to be written with the next change. A rollout's step never waits for
 /// them: every action is planned from the caches and from what is recorded at once.
@@ -65,6 +69,14 @@ pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus)
             a.update = HealthTally::default();
             a.stable = HealthTally::default();
             a.message.clear();
+        }
+        // A finished drain leaving the record (what it moved is in the totals already), and
+        // the phase that follows (Removing back to Surging), are words.
+        if let Some(r) = status.rollout.as_mut() {
+            r.draining.retain(|d| d.finished_at.is_none());
+            if r.phase == RolloutPhase::Removing {
+                r.phase = RolloutPhase::Surging;
+            }
         }
         if let Some(a) = status.autoscaling.as_mut() {
             a.desired_replicas = 0;
@@ -492,6 +504,48 @@ mod tests {
         );
         assert!(changed(&|s| s.rollout = Some(RolloutStatus::default())));
         assert!(changed(&|s| s.update_revision = Some("b".to_owned())));
+    }
+
+    #[test]
+    fn a_finished_drain_leaving_the_record_may_wait() {
+        use crate::crd::{DrainingPod, RolloutStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = Time("2026-01-01T00:00:00Z".parse().expect("time"));
+        let entry = |pod: &str, finished: bool| DrainingPod {
+            pod: pod.to_owned(),
+            migrated: 100,
+            finished_at: finished.then(|| at.clone()),
+            ..DrainingPod::default()
+        };
+        let with = |phase, draining| LongConnServiceStatus {
+            rollout: Some(RolloutStatus {
+                phase,
+                pods_drained: 1,
+                sessions_migrated: 100,
+                draining,
+                ..RolloutStatus::default()
+            }),
+            ..LongConnServiceStatus::default()
+        };
+        let removing = with(RolloutPhase::Removing, vec![entry("a-1", true)]);
+        // Its pod gone, the finished entry leaves: nothing counted changes.
+        assert!(!must_record_now(
+            &removing,
+            &with(RolloutPhase::Surging, Vec::new())
+        ));
+        // A drain that finishes, one that starts, and the end are recorded at once.
+        assert!(must_record_now(
+            &with(RolloutPhase::Draining, vec![entry("a-1", false)]),
+            &removing
+        ));
+        assert!(must_record_now(
+            &removing,
+            &with(RolloutPhase::Draining, vec![entry("a-2", false)])
+        ));
+        assert!(must_record_now(
+            &removing,
+            &with(RolloutPhase::Complete, Vec::new())
+        ));
     }
 
     fn plan_for(lcs: &LongConnService, observation: &Observation) -> Outcome {

@@ -780,6 +780,9 @@ async fn perform(
     start_drains(lcs, ctx, observation, &outcome.rollout).await;
     mark_for_removal(ctx, &ns, &outcome.rollout).await?;
     for pod in &outcome.rollout.release {
+        if outcome.rollout.lowest_cost.contains(pod) {
+            continue;
+        }
         if let Some(&at) = observation.finalizer_at.get(pod) {
             release(ctx, &ns, pod, at).await?;
         }
@@ -927,7 +930,7 @@ async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(
             "labels": {crate::labels::ACCEPTING: accepting.to_string()},
             "annotations": {crate::labels::ROUTING_CHANGED_AT: now.to_string()},
         }});
-        if patch_pod(ctx, ns, pod, &patch).await? {
+        if patch_pod(ctx, ns, pod, &Patch::Merge(patch)).await? {
             info!(pod = %format!("{ns}/{pod}"), accepting, "routing changed");
         }
     }
@@ -935,22 +938,35 @@ async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(
 }
 
 /// Gives drained pods the lowest deletion cost, so that shrinking their ReplicaSet removes
-/// exactly them.
+/// exactly them; a pod whose accounting is recorded loses its drain-report finalizer in the
+/// same patch (a strategic merge patch removes the finalizer by value, wherever it is).
 async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": {crate::rollout::DELETION_COST: LOWEST_COST.to_string()}}});
+    let cost = json!({crate::rollout::DELETION_COST: LOWEST_COST.to_string()});
     for pod in &plan.lowest_cost {
-        patch_pod(ctx, ns, pod, &patch).await?;
+        let patch = if plan.release.contains(pod) {
+            json!({"metadata": {
+                "annotations": cost,
+                "$deleteFromPrimitiveList/finalizers": [desired::DRAIN_REPORT_FINALIZER],
+            }})
+        } else {
+            json!({"metadata": {"annotations": cost}})
+        };
+        if patch_pod(ctx, ns, pod, &Patch::Strategic(patch)).await? && plan.release.contains(pod) {
+            info!(pod = %format!("{ns}/{pod}"), "released: its accounting is recorded");
+        }
     }
     Ok(())
 }
 
-/// Merge-patches the metadata of a pod; false when the pod is gone.
-async fn patch_pod(ctx: &Context, ns: &str, pod: &str, patch: &Value) -> Result<bool, Error> {
+/// Patches the metadata of a pod; false when the pod is gone.
+async fn patch_pod(
+    ctx: &Context,
+    ns: &str,
+    pod: &str,
+    patch: &Patch<Value>,
+) -> Result<bool, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    match api
-        .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
+    match api.patch(pod, &PatchParams::default(), patch).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(source) => Err(Error::PatchPod {

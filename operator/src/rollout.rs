@@ -229,7 +229,8 @@ pub struct Plan {
     pub routing_pending: bool,
     /// Pods to annotate with the lowest deletion cost.
     pub lowest_cost: Vec<String>,
-    /// Terminating pods whose accounting is recorded: their drain-report finalizer goes.
+    /// Pods whose accounting is recorded, terminating or given the lowest cost: their
+    /// drain-report finalizer goes.
     pub release: Vec<String>,
     /// The new `status.rollout`.
     pub rollout: Option<RolloutStatus>,
@@ -1185,16 +1186,19 @@ pub fn record(
                 .any(|e| e.pod == name && e.finished_at.is_none())
         })
     };
-    let release = input
-        .pods
-        .iter()
-        .filter(|p| p.held && p.terminating && !unfinished(&p.name))
-        .map(|p| p.name.clone())
-        .collect();
     book.drain.sort_unstable();
     book.drain.dedup();
     book.lowest_cost.sort_unstable();
     book.lowest_cost.dedup();
+    // Pods whose accounting is recorded: terminating ones, and drained ones given the lowest
+    // cost (released with the same patch, before their ReplicaSet deletes them).
+    let release = input
+        .pods
+        .iter()
+        .filter(|p| p.held && !unfinished(&p.name))
+        .filter(|p| p.terminating || book.lowest_cost.binary_search(&p.name).is_ok())
+        .map(|p| p.name.clone())
+        .collect();
     let routing = placement::changes(input.pods, &book.routing);
     let held = rollout
         .as_ref()
@@ -1807,8 +1811,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_drain_s_progress_is_recorded_on_the_sessions_schedule_and_its_end_at_once() {
+    /// Three replicas, and the drain of pod `a-1` (5 sessions) recorded as started.
+    fn draining_a_1() -> LongConnService {
         let status = crate::crd::LongConnServiceStatus {
             rollout: Some(RolloutStatus {
                 revision: "a".to_owned(),
@@ -1824,7 +1828,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        let lcs = LongConnService::test().replicas(3).status(status).build();
+        LongConnService::test().replicas(3).status(status).build()
+    }
+
+    #[test]
+    fn a_drain_s_progress_is_recorded_on_the_sessions_schedule_and_its_end_at_once() {
+        let lcs = draining_a_1();
         let now = "2026-01-01T00:00:05Z".parse().expect("time");
         let entry = |pods: &[PodFacts], refresh_sessions: bool| {
             let plan = step_recording(&lcs, "a", now, pods, refresh_sessions);
@@ -1842,6 +1851,28 @@ mod tests {
         let finished = entry(&[pod("a-1", Some(DrainState::Drained), 0)], false);
         assert_eq!((finished.active, finished.migrated), (0, 5));
         assert!(finished.finished_at.is_some());
+    }
+
+    #[test]
+    fn a_drained_pod_is_given_the_lowest_cost_and_released_once_its_end_is_recorded() {
+        let lcs = draining_a_1();
+        let now = "2026-01-01T00:00:05Z".parse().expect("time");
+        let held = |state| {
+            let mut pod = pod("a-1", Some(state), 0);
+            pod.held = true;
+            pod
+        };
+        let draining = step_to(&lcs, "a", now, &[held(DrainState::Draining)]);
+        assert!(draining.lowest_cost.is_empty() && draining.release.is_empty());
+        let drained = step_to(&lcs, "a", now, &[held(DrainState::Drained)]);
+        assert_eq!(drained.lowest_cost, ["a-1"]);
+        assert_eq!(
+            drained.release,
+            ["a-1"],
+            "one patch: the cost and the finalizer"
+        );
+        let r = drained.rollout.expect("recorded");
+        assert!(r.draining[0].finished_at.is_some(), "released as recorded");
     }
 
     #[test]
