@@ -11,13 +11,13 @@
 //!   that moved onto one of them would move again), and so do the target revision's pods a
 //!   scale-down is about to drain. Until there is one, every other pod accepts as before;
 //! - while sessions are on their way (drains under way, or the one about to start), the
-//!   receivers that accept now keep accepting when they can take the incoming sessions in even
-//!   shares (a Service spreads new connections evenly over its endpoints, not in proportion to
-//!   room) below [`FULL`] times the mean; otherwise only the receivers with the most room
-//!   accept: the fewest of them that can take them in even shares below [`FULL`] times the
-//!   mean, failing that below [`LIMIT`]. When even that does not fit, every receiver accepts;
-//!   a rollout step then waits instead, while sessions are still on their way or receivers are
-//!   starting (see `rollout::pick`);
+//!   receivers that accept are ones that can take the incoming sessions in even shares (a
+//!   Service spreads new connections evenly over its endpoints, not in proportion to room)
+//!   below [`FULL`] times the mean, failing that below [`LIMIT`], chosen with the fewest label
+//!   changes ([`fewest_changes`]): the receivers accepting now are kept where they have room,
+//!   and those with the most room added until there are enough. When no choice takes them,
+//!   every receiver accepts; a rollout step then waits instead, while sessions are still on
+//!   their way or receivers are starting (see `rollout::pick`);
 //! - with nothing on its way, every receiver below its share accepts; a receiver at [`FULL`]
 //!   times the mean stops, and starts again once back at the mean, so that new clients fill
 //!   the emptier pods; but while more sessions are to move soon ([`View::moving_on`]: pods of
@@ -125,31 +125,12 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let room = |p: &PodFacts| full - view.sessions_of(&p.name);
     let mut by_room = receivers.clone();
     by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
-    // Whether `these` receivers take every incoming session in even shares below `limit`
-    // times the mean (the last of `these` has the least room).
-    let take_it_all = |these: &[&PodFacts], limit: f64| {
-        let top = (mean * limit).ceil() as i64;
-        these.last().is_some_and(|last| {
-            let room = top - view.sessions_of(&last.name);
-            i64::try_from(these.len()).unwrap_or(i64::MAX) * room.max(0) >= incoming
-        })
-    };
     let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
-        let current: Vec<&PodFacts> = by_room
-            .iter()
-            .copied()
-            .filter(|p| p.accepting != Some(false))
-            .collect();
-        if take_it_all(&current, FULL) {
-            (current, true)
-        } else {
-            // The fewest receivers with the most room whose even shares take it all below
-            // FULL, failing that below LIMIT.
-            let fewest =
-                |limit: f64| (1..=by_room.len()).find(|&k| take_it_all(&by_room[..k], limit));
-            let k = fewest(FULL).or_else(|| fewest(LIMIT));
-            let n = k.unwrap_or(by_room.len());
-            (by_room[..n].to_vec(), k.is_some())
+        match fewest_changes(view, &by_room, incoming, mean * FULL)
+            .or_else(|| fewest_changes(view, &by_room, incoming, mean * LIMIT))
+        {
+            Some(chosen) => (chosen, true),
+            None => (by_room.clone(), false),
         }
     } else {
         let open: Vec<&PodFacts> = by_room
@@ -178,6 +159,43 @@ pub fn place(view: &View, incoming: i64) -> Placement {
         receivers: receivers.len(),
         fits: fits && !receivers.is_empty(),
     }
+}
+
+/// The receivers that take `incoming` sessions in even shares, none past `limit` sessions,
+/// with the fewest label changes (then the most room): for each receiver in `by_room` (most
+/// room first), the receivers with at least its room can take them if enough of them are
+/// chosen; those accepting now are kept, and the others with the most room added until there
+/// are enough. None when no choice takes them.
+fn fewest_changes<'a>(
+    view: &View,
+    by_room: &[&'a PodFacts],
+    incoming: i64,
+    limit: f64,
+) -> Option<Vec<&'a PodFacts>> {
+    let top = limit.ceil() as i64;
+    let accepts = |p: &PodFacts| p.accepting != Some(false);
+    let accepting = by_room.iter().filter(|p| accepts(p)).count();
+    let mut best: Option<(usize, Vec<&PodFacts>)> = None;
+    for (last, pod) in by_room.iter().enumerate() {
+        let least = top - view.sessions_of(&pod.name);
+        if least <= 0 {
+            break;
+        }
+        let need = usize::try_from((incoming + least - 1) / least).unwrap_or(usize::MAX);
+        let eligible = &by_room[..=last];
+        if need > eligible.len() {
+            continue;
+        }
+        let (mut chosen, others): (Vec<&PodFacts>, Vec<&PodFacts>) =
+            eligible.iter().partition(|p| accepts(p));
+        let kept = chosen.len();
+        chosen.extend(others.into_iter().take(need.saturating_sub(kept)));
+        let changes = (accepting - kept) + (chosen.len() - kept);
+        if best.as_ref().is_none_or(|(fewest, _)| changes < *fewest) {
+            best = Some((changes, chosen));
+        }
+    }
+    best.map(|(_, chosen)| chosen)
 }
 
 /// Whether `pod` carries the label `accepting`, the EndpointSlices agree, and [`SETTLE`] has
@@ -340,6 +358,24 @@ mod tests {
         assert!(placement.fits);
         // 300 do not fit the two (150 each): all three take them.
         assert_eq!(accepting(&place(&view, 300)), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn when_they_do_not_fit_the_receivers_change_as_few_labels_as_take_them() {
+        let mut n3 = pod("n3", "new");
+        n3.accepting = Some(false);
+        let mut n4 = pod("n4", "new");
+        n4.accepting = Some(false);
+        let pods = [pod("n1", "new"), pod("n2", "new"), n3, n4];
+        // 400 in all: 100 per pod when done, 110 full.
+        let counts = sessions(&[("n1", 100), ("n2", 60), ("n3", 0), ("n4", 0), ("gone", 240)]);
+        let view = view(&pods, "new", 4, &counts);
+        // n1 and n2 cannot take 100 (room 10 and 50). n3 alone could (room 110) at three
+        // changes; n2 kept and n3 added take 50 each at two.
+        let placement = place(&view, 100);
+        assert_eq!(accepting(&placement), ["n2", "n3"]);
+        assert!(placement.fits);
+        assert_eq!(changes(&pods, &placement).len(), 2);
     }
 
     #[test]
