@@ -13,20 +13,23 @@
 //! - while sessions are on their way (drains under way, or the one about to start), the
 //!   receivers that accept are ones that can take the incoming sessions in even shares (a
 //!   Service spreads new connections evenly over its endpoints, not in proportion to room)
-//!   below [`FULL`] times the mean, failing that below [`LIMIT`], chosen with the fewest label
-//!   changes ([`fewest_changes`]): the receivers accepting now are kept where they have room,
-//!   and those with the most room added until there are enough. When no choice takes them,
-//!   every receiver accepts; a rollout step then waits instead, while sessions are still on
-//!   their way or receivers are starting (see `rollout::pick`);
+//!   below [`FULL`] times the mean, failing that below [`LIMIT`]. During a rollout
+//!   ([`View::rolling`]: pods of another revision are left) the receivers stay for good, and
+//!   they are chosen with the fewest label changes ([`receivers_for`]): those accepting now
+//!   are kept where they have room, and those with the most room added until there are enough.
+//!   Otherwise (a scale-down, a round of rebalancing) a receiver may be the next to be drained,
+//!   so the sessions go to the fewest receivers with the most room, which then
+//!   hold the most and are drained last: a session moves once even when the scale-downs
+//!   follow each other. When no choice takes them, every receiver accepts; a rollout step then
+//!   waits instead, while sessions are still on their way or receivers are starting (see
+//!   `rollout::pick`);
 //! - with nothing on its way, every receiver below its share accepts; a receiver at [`FULL`]
 //!   times the mean stops, and starts again once back at the mean, so that new clients fill
-//!   the emptier pods; but while more sessions are to move soon ([`View::moving_on`]: pods of
-//!   another revision, or in excess, are left to drain), a receiver that stopped stays stopped
-//!   while another accepts, since the next drain would stop it again. One receiver always
-//!   accepts.
+//!   the emptier pods; but during a rollout a receiver that stopped stays stopped while another
+//!   accepts, since the next drain would stop it again. One receiver always accepts.
 //!
 //! Each label change is a PATCH of a pod: keeping the labels that still serve is what holds a
-//! rollout to about one change per pod drained (the model test counts them).
+//! rollout to about two changes per pod drained (the model test counts them).
 //!
 //! A drain starts only once the routing has [`settled`]: the pod to drain and every other pod
 //! carry the label they should, the EndpointSlices show it, and [`SETTLE`] has passed since the
@@ -61,8 +64,8 @@ pub struct View<'a> {
     pub excess: &'a BTreeSet<String>,
     /// Open sessions of each pod, as last known.
     pub sessions: &'a BTreeMap<String, i64>,
-    /// More sessions are to move soon: pods of another revision, or in excess, are left.
-    pub moving_on: bool,
+    /// A rollout is under way: pods of another revision are left to drain.
+    pub rolling: bool,
 }
 
 /// Where new sessions go.
@@ -126,9 +129,9 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let mut by_room = receivers.clone();
     by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
     let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
-        match fewest_changes(view, &by_room, incoming, mean * FULL)
-            .or_else(|| fewest_changes(view, &by_room, incoming, mean * LIMIT))
-        {
+        let choose =
+            |limit: f64| receivers_for(view, &by_room, incoming, mean * limit, view.rolling);
+        match choose(FULL).or_else(|| choose(LIMIT)) {
             Some(chosen) => (chosen, true),
             None => (by_room.clone(), false),
         }
@@ -139,7 +142,7 @@ pub fn place(view: &View, incoming: i64) -> Placement {
             .filter(|p| {
                 let sessions = view.sessions_of(&p.name);
                 match p.accepting {
-                    Some(false) => !view.moving_on && (sessions as f64) < mean.max(1.0),
+                    Some(false) => !view.rolling && (sessions as f64) < mean.max(1.0),
                     _ => sessions < full.max(1),
                 }
             })
@@ -161,16 +164,18 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     }
 }
 
-/// The receivers that take `incoming` sessions in even shares, none past `limit` sessions,
-/// with the fewest label changes (then the most room): for each receiver in `by_room` (most
-/// room first), the receivers with at least its room can take them if enough of them are
-/// chosen; those accepting now are kept, and the others with the most room added until there
-/// are enough. None when no choice takes them.
-fn fewest_changes<'a>(
+/// The receivers that take `incoming` sessions in even shares, none past `limit` sessions:
+/// for each receiver in `by_room` (most room first), the receivers with at least its room take
+/// them if enough of them are chosen. Without `keep`, the first choice that does: the fewest
+/// receivers with the most room. With `keep`, the choice with the fewest label changes (then
+/// the most room): those accepting now are kept, and the others with the most room added until
+/// there are enough. None when no choice takes them.
+fn receivers_for<'a>(
     view: &View,
     by_room: &[&'a PodFacts],
     incoming: i64,
     limit: f64,
+    keep: bool,
 ) -> Option<Vec<&'a PodFacts>> {
     let top = limit.ceil() as i64;
     let accepts = |p: &PodFacts| p.accepting != Some(false);
@@ -185,6 +190,9 @@ fn fewest_changes<'a>(
         let eligible = &by_room[..=last];
         if need > eligible.len() {
             continue;
+        }
+        if !keep {
+            return Some(eligible[..need].to_vec());
         }
         let (mut chosen, others): (Vec<&PodFacts>, Vec<&PodFacts>) =
             eligible.iter().partition(|p| accepts(p));
@@ -270,7 +278,7 @@ mod tests {
             leaving: &NONE,
             excess: &NONE,
             sessions,
-            moving_on: false,
+            rolling: false,
         }
     }
 
@@ -350,7 +358,10 @@ mod tests {
         let pods = [pod("n1", "new"), n2, pod("n3", "new")];
         // 600 in all: 200 per pod when done, 220 full.
         let counts = sessions(&[("n1", 100), ("n2", 100), ("n3", 100), ("gone", 300)]);
-        let view = view(&pods, "new", 3, &counts);
+        let view = View {
+            rolling: true,
+            ..view(&pods, "new", 3, &counts)
+        };
         // n1 and n3 take 200 in shares of 100 (room 120 each): no label changes, although
         // n1 and n2 would take them as well.
         let placement = place(&view, 200);
@@ -369,13 +380,23 @@ mod tests {
         let pods = [pod("n1", "new"), pod("n2", "new"), n3, n4];
         // 400 in all: 100 per pod when done, 110 full.
         let counts = sessions(&[("n1", 100), ("n2", 60), ("n3", 0), ("n4", 0), ("gone", 240)]);
-        let view = view(&pods, "new", 4, &counts);
+        let view = View {
+            rolling: true,
+            ..view(&pods, "new", 4, &counts)
+        };
         // n1 and n2 cannot take 100 (room 10 and 50). n3 alone could (room 110) at three
         // changes; n2 kept and n3 added take 50 each at two.
         let placement = place(&view, 100);
         assert_eq!(accepting(&placement), ["n2", "n3"]);
         assert!(placement.fits);
         assert_eq!(changes(&pods, &placement).len(), 2);
+        // Outside a rollout a receiver may be drained next: the emptiest takes them all, and
+        // then holds the most.
+        let scaling_down = View {
+            rolling: false,
+            ..view
+        };
+        assert_eq!(accepting(&place(&scaling_down, 100)), ["n3"]);
     }
 
     #[test]
@@ -387,16 +408,16 @@ mod tests {
         let counts = sessions(&[("n1", 115), ("n2", 80), ("n3", 100)]);
         let quiet = view(&pods, "v", 3, &counts);
         assert_eq!(accepting(&place(&quiet, 0)), ["n2", "n3"]);
-        let moving_on = View {
-            moving_on: true,
+        let rolling = View {
+            rolling: true,
             ..quiet
         };
-        assert_eq!(accepting(&place(&moving_on, 0)), ["n3"]);
+        assert_eq!(accepting(&place(&rolling, 0)), ["n3"]);
         // Once no receiver is open, the one with the most room is.
         let counts = sessions(&[("n1", 115), ("n2", 80), ("n3", 114)]);
         let full = View {
             sessions: &counts,
-            ..moving_on
+            ..rolling
         };
         assert_eq!(accepting(&place(&full, 0)), ["n2"]);
     }
@@ -453,7 +474,7 @@ mod tests {
             leaving: &leaving,
             excess: &excess,
             sessions: &counts,
-            moving_on: true,
+            rolling: true,
         };
         assert_eq!(accepting(&place(&view, 60)), ["b"]);
     }

@@ -819,7 +819,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
         leaving: &leaving,
         excess: &excess_names,
         sessions: &sessions,
-        moving_on: sizes.old_left || !excess_names.is_empty(),
+        rolling: sizes.old_left,
     };
     // Sessions on their way: what the drains under way have not moved yet.
     let mut incoming: i64 = book

@@ -1666,13 +1666,13 @@ fn a_scale_down_moves_each_session_once_onto_the_pods_that_stay() {
         model.run_to_completion();
         assert_clean_rollout(&model, &old);
         assert_moved_once_and_balanced(&model);
-        assert_few_relabels(&model);
     }
 }
 
-/// Each change of a pod's `longconn.dev/accepting` label is a PATCH: a rollout or scale-down
-/// changes at most three per pod it drains (the pod itself once, and the receivers that take
-/// its sessions).
+/// Each change of a pod's `longconn.dev/accepting` label is a PATCH: a rollout changes at most
+/// three per pod it drains (the pod itself once, and the receivers that take its sessions). A
+/// scale-down is not held to it: it sends each drain's sessions to the receivers with the most
+/// room, whichever accepted before, so that the next scale-down does not drain them.
 #[track_caller]
 fn assert_few_relabels(model: &Model) {
     let drained = model.rollout().map_or(0, |r| r.pods_drained);
