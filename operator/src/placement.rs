@@ -262,6 +262,14 @@ mod tests {
         }
     }
 
+    /// A Ready pod the operator took out of the client Service.
+    fn stopped(name: &str, revision: &str) -> PodFacts {
+        PodFacts {
+            accepting: Some(false),
+            ..pod(name, revision)
+        }
+    }
+
     static NONE: BTreeSet<String> = BTreeSet::new();
 
     /// A view with no pod leaving and none in excess.
@@ -353,9 +361,7 @@ mod tests {
 
     #[test]
     fn receivers_that_accept_keep_accepting_while_they_take_the_incoming_in_even_shares() {
-        let mut n2 = pod("n2", "new");
-        n2.accepting = Some(false);
-        let pods = [pod("n1", "new"), n2, pod("n3", "new")];
+        let pods = [pod("n1", "new"), stopped("n2", "new"), pod("n3", "new")];
         // 600 in all: 200 per pod when done, 220 full.
         let counts = sessions(&[("n1", 100), ("n2", 100), ("n3", 100), ("gone", 300)]);
         let view = View {
@@ -373,11 +379,12 @@ mod tests {
 
     #[test]
     fn when_they_do_not_fit_the_receivers_change_as_few_labels_as_take_them() {
-        let mut n3 = pod("n3", "new");
-        n3.accepting = Some(false);
-        let mut n4 = pod("n4", "new");
-        n4.accepting = Some(false);
-        let pods = [pod("n1", "new"), pod("n2", "new"), n3, n4];
+        let pods = [
+            pod("n1", "new"),
+            pod("n2", "new"),
+            stopped("n3", "new"),
+            stopped("n4", "new"),
+        ];
         // 400 in all: 100 per pod when done, 110 full.
         let counts = sessions(&[("n1", 100), ("n2", 60), ("n3", 0), ("n4", 0), ("gone", 240)]);
         let view = View {
@@ -401,9 +408,7 @@ mod tests {
 
     #[test]
     fn while_more_sessions_are_to_move_a_stopped_receiver_stays_stopped() {
-        let mut n2 = pod("n2", "v");
-        n2.accepting = Some(false);
-        let pods = [pod("n1", "v"), n2, pod("n3", "v")];
+        let pods = [pod("n1", "v"), stopped("n2", "v"), pod("n3", "v")];
         // 300 in all, 100 per pod, full at 110: n1 full, n2 below the mean, n3 below full.
         let counts = sessions(&[("n1", 115), ("n2", 80), ("n3", 100)]);
         let quiet = view(&pods, "v", 3, &counts);

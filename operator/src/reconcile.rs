@@ -943,7 +943,8 @@ async fn route(ctx: &Context, ns: &str, plan: &Plan, now: Timestamp) -> Result<(
 async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Error> {
     let cost = json!({crate::rollout::DELETION_COST: LOWEST_COST.to_string()});
     for pod in &plan.lowest_cost {
-        let patch = if plan.release.contains(pod) {
+        let released = plan.release.contains(pod);
+        let patch = if released {
             json!({"metadata": {
                 "annotations": cost,
                 "$deleteFromPrimitiveList/finalizers": [desired::DRAIN_REPORT_FINALIZER],
@@ -951,7 +952,7 @@ async fn mark_for_removal(ctx: &Context, ns: &str, plan: &Plan) -> Result<(), Er
         } else {
             json!({"metadata": {"annotations": cost}})
         };
-        if patch_pod(ctx, ns, pod, &Patch::Strategic(patch)).await? && plan.release.contains(pod) {
+        if patch_pod(ctx, ns, pod, &Patch::Strategic(patch)).await? && released {
             info!(pod = %format!("{ns}/{pod}"), "released: its accounting is recorded");
         }
     }

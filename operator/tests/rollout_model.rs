@@ -2016,11 +2016,9 @@ fn assert_landed_on(model: &Model, revision: &str) {
     );
 }
 
-/// A rollout of [`stubborn_rollout`] paused by its drop budget: the two stubborn sessions counted
-/// dropped, every move counted, one Warning, no pod deleted undrained.
-fn assert_paused_by_the_budget(model: &Model) {
-    let r = model.rollout().expect("status.rollout");
-    model.check(r.phase == RolloutPhase::Paused, "phase Paused");
+/// The accounting of a [`stubborn_rollout`] over its drop budget: the two stubborn sessions
+/// counted dropped, every move counted.
+fn assert_budget_counted(model: &Model, r: &RolloutStatus) {
     model.check(
         r.sessions_dropped == model.force_closed && model.force_closed == 2,
         "sessionsDropped equals the sessions force-closed",
@@ -2029,6 +2027,14 @@ fn assert_paused_by_the_budget(model: &Model) {
         r.sessions_migrated == model.migrated,
         "migrated sessions counted exactly",
     );
+}
+
+/// A rollout of [`stubborn_rollout`] paused by its drop budget: the two stubborn sessions counted
+/// dropped, every move counted, one Warning, no pod deleted undrained.
+fn assert_paused_by_the_budget(model: &Model) {
+    let r = model.rollout().expect("status.rollout");
+    model.check(r.phase == RolloutPhase::Paused, "phase Paused");
+    assert_budget_counted(model, r);
     model.check(
         warnings(model, "DropBudgetExceeded") == 1,
         "exactly one DropBudgetExceeded warning",
@@ -2066,14 +2072,7 @@ fn drop_budget_exceeded_starts_a_rollback_with_one_warning() {
     );
     let r = model.rollout().expect("status.rollout");
     model.check(r.phase == RolloutPhase::RollingBack, "phase RollingBack");
-    model.check(
-        r.sessions_dropped == model.force_closed && model.force_closed == 2,
-        "sessionsDropped equals the sessions force-closed",
-    );
-    model.check(
-        r.sessions_migrated == model.migrated,
-        "migrated sessions counted exactly",
-    );
+    assert_budget_counted(&model, r);
     let verdict = model.progressing.clone().expect("a Progressing verdict");
     model.check(
         (verdict.status && verdict.reason == "RollingBack")
