@@ -125,17 +125,26 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
 
     // A client host outside the cluster reaches the pods through the ClusterIP: kube-proxy on
     // the node it routes through translates it to a pod on any node.
+    // kube-proxy programs a Service once the EndpointSlice controller has listed its Ready pods,
+    // on its own schedule: the first answer may take a few seconds (bounded), and from then on
+    // every request must be answered.
     let plan = cluster.plan().expect("plan").clone();
     let address = format!("{cluster_ip}:80");
-    let answers = nodes::in_netns(&plan.client.netns, move || async move {
-        let mut answered = Vec::new();
-        for _ in 0..12 {
-            answered.push(http_get(&address, "/healthz"));
+    let answers = nodes::in_netns(&plan.client.netns, {
+        let address = address.clone();
+        move || async move {
+            first_answer(&address, "/healthz", PROGRAMMED)?;
+            Ok::<_, std::io::Error>((0..12).map(|_| http_get(&address, "/healthz")).collect())
         }
-        answered
     })
     .await
-    .expect("run in the client host");
+    .expect("run in the client host")
+    .unwrap_or_else(|error: std::io::Error| -> Vec<std::io::Result<String>> {
+        panic!(
+            "no answer through the ClusterIP {address} within {PROGRAMMED:?}: {error}\n{}",
+            proxy_diagnostics(&plan, &cluster_ip)
+        )
+    });
     for answer in &answers {
         let answer = answer.as_ref().expect("GET /healthz through the ClusterIP");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -257,6 +266,47 @@ fn container_processes(comm: &str) -> Vec<i32> {
 }
 
 /// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
+/// How long kube-proxy may take to program a new Service's first Ready endpoints.
+const PROGRAMMED: Duration = Duration::from_secs(30);
+
+/// Retries `GET path` until it is answered or `within` passed; the last error otherwise.
+fn first_answer(address: &str, path: &str, within: Duration) -> std::io::Result<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match http_get(address, path) {
+            Ok(answer) => return Ok(answer),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// What the client host's gateway node did about the Service: the end of its kube-proxy log and
+/// its NAT rules that name the ClusterIP.
+fn proxy_diagnostics(plan: &plan::Plan, cluster_ip: &str) -> String {
+    let Some(node) = plan.nodes.iter().find(|n| n.ip == plan.client.gateway) else {
+        return "no node is the client host's gateway".into();
+    };
+    let log = node.file("logs").join("kube-proxy.log");
+    let rules = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns, "iptables-save", "-t", "nat"])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|line| line.contains(cluster_ip))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|error| format!("iptables-save: {error}"));
+    format!(
+        "kube-proxy of {} ({}):\n{}\nits NAT rules naming {cluster_ip}:\n{rules}",
+        node.name,
+        log.display(),
+        longconn_e2e::process::tail(&log, 40)
+    )
+}
+
 fn http_get(address: &str, path: &str) -> std::io::Result<String> {
     let address: std::net::SocketAddr = address
         .parse()
