@@ -50,9 +50,10 @@ struct BenchOperatorArgs {
     /// Creates in flight at once, in both phases (1: one after the other, as `kubectl create -f`).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
-    /// How long the operator is watched doing nothing after the last service converged.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    idle: Duration,
+    /// How long the operator is watched doing nothing after the last service converged
+    /// (default: the operator's resync period and 30 s, so every service's resync is in it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle: Option<Duration>,
     /// How long each phase may take to converge before the run fails.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     converge_timeout: Duration,
@@ -420,7 +421,7 @@ async fn bench_operator(args: BenchOperatorArgs) -> Result<(), RunError> {
     let mut options = Options::new(work_dir.clone(), operator_bin);
     options.count = args.count;
     options.concurrency = args.concurrency;
-    options.idle = args.idle;
+    options.idle = args.idle.unwrap_or(options.idle);
     options.converge_timeout = args.converge_timeout;
     options.tools_dir = args.tools_dir;
     // Stopping on a signal drops the run, which stops the operator and the cluster.

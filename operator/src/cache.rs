@@ -7,10 +7,11 @@
 //! `managedFields` are dropped on the way in, and so are pods' specs but for each container's
 //! CPU request (what the CPU autoscaling weighs a pod's use against).
 //!
-//! Owned objects are kept compact ([`Compact`]): as JSON text, with only what they are looked
-//! up by beside it. A `serde_json::Value` takes eight to ten times the room of its text (every
-//! map is a B-tree with its own nodes), and a thousand LongConnServices own seven thousand
-//! objects; a reconcile expands only the few of its own service.
+//! Owned objects are kept compact ([`Compact`]): as JSON text compressed against the first
+//! object of their kind ([`Packer`]), with only what they are looked up by beside it. A
+//! `serde_json::Value` takes eight to ten times the room of its text (every map is a B-tree with
+//! its own nodes), and a thousand LongConnServices own eleven thousand objects; a reconcile
+//! expands only the few of its own service.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,10 +20,10 @@ use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::DynamicResourceScope;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -50,7 +51,7 @@ pub struct Caches {
 
 /// Write side of the caches: fed by the watches (or, in tests, by hand).
 pub struct Writers {
-    owned: BTreeMap<Kind, Writer<Compact>>,
+    owned: BTreeMap<Kind, (Writer<Compact>, Packer)>,
     pods: Writer<Pod>,
     replica_sets: Writer<PartialObjectMeta<ReplicaSet>>,
     endpoint_slices: Writer<EndpointSlice>,
@@ -58,15 +59,18 @@ pub struct Writers {
 
 /// Empty caches and the writers that fill them.
 pub fn new() -> (Caches, Writers) {
-    let owned: BTreeMap<Kind, Writer<Compact>> = Kind::ALL
+    let owned: BTreeMap<Kind, (Writer<Compact>, Packer)> = Kind::ALL
         .into_iter()
-        .map(|kind| (kind, Writer::new(kind.api_resource())))
+        .map(|kind| (kind, (Writer::new(kind), Packer::default())))
         .collect();
     let (pods, pod_writer) = reflector::store();
     let (replica_sets, replica_set_writer) = reflector::store();
     let (endpoint_slices, endpoint_slice_writer) = reflector::store();
     let caches = Caches {
-        owned: owned.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
+        owned: owned
+            .iter()
+            .map(|(k, (w, _))| (*k, w.as_reader()))
+            .collect(),
         pods,
         replica_sets,
         endpoint_slices,
@@ -94,27 +98,36 @@ const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Objects per page of a watch's list.
 const PAGE: u32 = 100;
 
-/// An owned object as the cache keeps it: the whole object as JSON text, and beside it only the
-/// metadata the caches look objects up by (name, namespace, uid, resourceVersion, owner
-/// references and the instance label).
+/// An owned object as the cache keeps it: the metadata the caches look objects up by (name,
+/// namespace, uid, resourceVersion, owner references) and its instance label, and the rest of
+/// the object as JSON text in an LZ4 block compressed against its kind's dictionary
+/// ([`Packer`]).
 #[derive(Clone, Debug)]
 pub struct Compact {
     metadata: ObjectMeta,
-    json: Box<str>,
+    instance: Option<Box<str>>,
+    body: Box<[u8]>,
+    dictionary: Arc<[u8]>,
 }
 
 impl Compact {
     /// The object whole again, for a reconcile to read.
     pub fn expand(&self) -> DynamicObject {
-        let mut object = serde_json::from_str::<DynamicObject>(&self.json).unwrap_or_else(|e| {
-            // Written by `From<DynamicObject>` just before: cannot happen.
-            warn!(error = %e, "a cached object does not read back");
-            DynamicObject {
-                types: None,
-                metadata: ObjectMeta::default(),
-                data: Value::Null,
-            }
-        });
+        let mut object =
+            lz4_flex::block::decompress_size_prepended_with_dict(&self.body, &self.dictionary)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_slice::<DynamicObject>(&text).map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|e| {
+                    // Written by `Packer::pack` just before: cannot happen.
+                    warn!(error = %e, "a cached object does not read back");
+                    DynamicObject {
+                        types: None,
+                        metadata: ObjectMeta::default(),
+                        data: Value::Null,
+                    }
+                });
         let kept = self.metadata.clone();
         let meta = &mut object.metadata;
         meta.name = kept.name;
@@ -122,22 +135,39 @@ impl Compact {
         meta.uid = kept.uid;
         meta.resource_version = kept.resource_version;
         meta.owner_references = kept.owner_references;
-        if let Some(instance) = kept.labels {
-            meta.labels.get_or_insert_default().extend(instance);
+        if let Some(instance) = &self.instance {
+            meta.labels
+                .get_or_insert_default()
+                .insert(labels::INSTANCE.to_owned(), instance.to_string());
         }
         object
     }
+
+    /// The LongConnService the object was created for, from its instance label.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
 }
 
-impl From<DynamicObject> for Compact {
-    /// The metadata kept beside the text is taken out of it: the text holds each part once.
-    fn from(mut object: DynamicObject) -> Self {
+/// Makes the objects of one kind compact. The first object it packs becomes the kind's
+/// dictionary: the operator renders every object of a kind from one template, so the next ones
+/// differ from it mostly in names, uids, hashes and status, and an LZ4 block that refers back
+/// into it holds little more than those (key material, which is random, stays as long as it is).
+#[derive(Debug, Default)]
+pub struct Packer {
+    dictionary: Option<Arc<[u8]>>,
+}
+
+impl Packer {
+    /// `object` made compact. The metadata kept beside the text is taken out of it: the text
+    /// holds each part once.
+    pub fn pack(&mut self, mut object: DynamicObject) -> Compact {
         let meta = &mut object.metadata;
         let instance = meta
             .labels
             .as_mut()
-            .and_then(|labels| labels.remove_entry(labels::INSTANCE))
-            .map(|label| BTreeMap::from([label]));
+            .and_then(|labels| labels.remove(labels::INSTANCE))
+            .map(String::into_boxed_str);
         if instance.is_some() && meta.labels.as_ref().is_some_and(BTreeMap::is_empty) {
             meta.labels = None;
         }
@@ -147,39 +177,58 @@ impl From<DynamicObject> for Compact {
             uid: meta.uid.take(),
             resource_version: meta.resource_version.take(),
             owner_references: meta.owner_references.take(),
-            labels: instance,
             ..ObjectMeta::default()
         };
-        let json = serde_json::to_string(&object).unwrap_or_default();
+        let text = serde_json::to_vec(&object).unwrap_or_default();
+        let dictionary = self
+            .dictionary
+            .get_or_insert_with(|| Arc::from(text.as_slice()))
+            .clone();
         Compact {
             metadata,
-            json: json.into_boxed_str(),
+            instance,
+            body: lz4_flex::block::compress_prepend_size_with_dict(&text, &dictionary)
+                .into_boxed_slice(),
+            dictionary,
+        }
+    }
+
+    /// A watch event, its object made compact.
+    fn event(&mut self, event: Event<DynamicObject>) -> Event<Compact> {
+        match event {
+            Event::Apply(o) => Event::Apply(self.pack(o)),
+            Event::Delete(o) => Event::Delete(self.pack(o)),
+            Event::Init => Event::Init,
+            Event::InitApply(o) => Event::InitApply(self.pack(o)),
+            Event::InitDone => Event::InitDone,
         }
     }
 }
 
+/// A compact object's type is its [`Kind`]: one byte in each of the store's keys, where an
+/// `ApiResource` would be five strings.
 impl Resource for Compact {
-    type DynamicType = ApiResource;
+    type DynamicType = Kind;
     type Scope = DynamicResourceScope;
 
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::group(dt)
+    fn group(kind: &Kind) -> Cow<'_, str> {
+        Cow::Owned(kind.api_resource().group)
     }
 
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::version(dt)
+    fn version(kind: &Kind) -> Cow<'_, str> {
+        Cow::Owned(kind.api_resource().version)
     }
 
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::kind(dt)
+    fn kind(kind: &Kind) -> Cow<'_, str> {
+        Cow::Owned(kind.api_resource().kind)
     }
 
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::api_version(dt)
+    fn api_version(kind: &Kind) -> Cow<'_, str> {
+        Cow::Owned(kind.api_resource().api_version)
     }
 
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::plural(dt)
+    fn plural(kind: &Kind) -> Cow<'_, str> {
+        Cow::Owned(kind.api_resource().plural)
     }
 
     fn meta(&self) -> &ObjectMeta {
@@ -188,17 +237,6 @@ impl Resource for Compact {
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
-    }
-}
-
-/// A watch event, its object made compact.
-fn compact(event: Event<DynamicObject>) -> Event<Compact> {
-    match event {
-        Event::Apply(o) => Event::Apply(o.into()),
-        Event::Delete(o) => Event::Delete(o.into()),
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(o.into()),
-        Event::InitDone => Event::InitDone,
     }
 }
 
@@ -268,7 +306,7 @@ impl Writers {
         apis: &watch::Receiver<Option<ServedApis>>,
     ) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
-        for (kind, writer) in self.owned {
+        for (kind, (writer, packer)) in self.owned {
             let ar = kind.api_resource();
             let api: Api<DynamicObject> = match namespace {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -278,16 +316,14 @@ impl Writers {
                 kind,
                 api,
                 writer,
+                packer,
                 apis.clone(),
                 triggers.clone(),
             ));
         }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
             .backoff(WatchBackoff::default())
-            .modify(|p| {
-                p.managed_fields_mut().clear();
-                p.spec = p.spec.as_ref().map(crate::cpu::requests_only);
-            })
+            .modify(slim_pod)
             .reflect(self.pods)
             .touched_objects();
         // A pod that starts terminating (an eviction, a node drain) is followed at once,
@@ -300,7 +336,7 @@ impl Writers {
             managed(),
         )
         .backoff(WatchBackoff::default())
-        .modify(|r| r.managed_fields_mut().clear())
+        .modify(slim_replica_set)
         .reflect(self.replica_sets)
         .touched_objects();
         tasks.spawn(forward(
@@ -329,13 +365,14 @@ impl Writers {
 
     /// Puts an object of `kind` in the cache (tests).
     pub fn apply_owned(&mut self, kind: Kind, object: DynamicObject) {
-        if let Some(writer) = self.owned.get_mut(&kind) {
-            writer.apply_watcher_event(&Event::Apply(object.into()));
+        if let Some((writer, packer)) = self.owned.get_mut(&kind) {
+            writer.apply_watcher_event(&Event::Apply(packer.pack(object)));
         }
     }
 
     /// Puts a pod in the cache (tests).
-    pub fn apply_pod(&mut self, pod: Pod) {
+    pub fn apply_pod(&mut self, mut pod: Pod) {
+        slim_pod(&mut pod);
         self.pods.apply_watcher_event(&Event::Apply(pod));
     }
 
@@ -347,14 +384,15 @@ impl Writers {
     }
 
     /// Puts a ReplicaSet in the cache (tests).
-    pub fn apply_replica_set(&mut self, replica_set: PartialObjectMeta<ReplicaSet>) {
+    pub fn apply_replica_set(&mut self, mut replica_set: PartialObjectMeta<ReplicaSet>) {
+        slim_replica_set(&mut replica_set);
         self.replica_sets
             .apply_watcher_event(&Event::Apply(replica_set));
     }
 
     /// Empties every cache and marks it as listed (tests: the start of a fresh view).
     pub fn reset(&mut self) {
-        for writer in self.owned.values_mut() {
+        for (writer, _) in self.owned.values_mut() {
             writer.apply_watcher_event(&Event::Init);
             writer.apply_watcher_event(&Event::InitDone);
         }
@@ -375,6 +413,7 @@ async fn watch_while_served(
     kind: Kind,
     api: Api<DynamicObject>,
     mut writer: Writer<Compact>,
+    mut packer: Packer,
     mut apis: watch::Receiver<Option<ServedApis>>,
     triggers: Triggers,
 ) {
@@ -393,7 +432,7 @@ async fn watch_while_served(
             .backoff(WatchBackoff::default())
             .modify(|o| o.managed_fields_mut().clear())
             .map_ok(|event| {
-                let event = compact(event);
+                let event = packer.event(event);
                 writer.apply_watcher_event(&event);
                 event
             })
@@ -462,11 +501,29 @@ pub fn owner_of(meta: &ObjectMeta) -> Option<ObjectRef<LongConnService>> {
     .then(|| ObjectRef::new(&owner.name).within(namespace))
 }
 
-/// Keeps of an EndpointSlice only its metadata's names and labels and, per endpoint, the pod it
-/// points to and whether it is ready.
+/// Keeps of a ReplicaSet's metadata what tells whose pods are whose: its name, namespace, uid
+/// and owner references.
+fn slim_replica_set(replica_set: &mut PartialObjectMeta<ReplicaSet>) {
+    replica_set.metadata = ObjectMeta {
+        name: replica_set.metadata.name.take(),
+        namespace: replica_set.metadata.namespace.take(),
+        uid: replica_set.metadata.uid.take(),
+        resource_version: replica_set.metadata.resource_version.take(),
+        owner_references: replica_set.metadata.owner_references.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+/// The labels of an EndpointSlice the operator reads: the Service it serves and the
+/// LongConnService that Service was created for.
+const SLICE_LABELS: [&str; 2] = [SERVICE_NAME, labels::INSTANCE];
+
+/// Keeps of an EndpointSlice only its metadata's names and the labels it is found by and, per
+/// endpoint, the pod it points to and whether it is ready.
 fn slim_endpoint_slice(slice: &mut EndpointSlice) {
     slice.managed_fields_mut().clear();
     slice.metadata.annotations = None;
+    only(&mut slice.metadata.labels, &SLICE_LABELS);
     slice.ports = None;
     for endpoint in slice.endpoints.iter_mut().flatten() {
         endpoint.addresses.clear();
@@ -484,6 +541,62 @@ fn slim_endpoint_slice(slice: &mut EndpointSlice) {
                 name: target.name.take(),
                 ..Default::default()
             };
+        }
+    }
+}
+
+/// The labels of a pod the operator reads: its service, revision and whether it accepts new
+/// sessions.
+const POD_LABELS: [&str; 3] = [labels::SERVICE, labels::REVISION, labels::ACCEPTING];
+
+/// The annotations of a pod the operator reads: its deletion cost and when its routing changed.
+const POD_ANNOTATIONS: [&str; 2] = [crate::rollout::DELETION_COST, labels::ROUTING_CHANGED_AT];
+
+/// Keeps of a pod what the reconciler reads ([`crate::observe`]): its metadata but for the
+/// labels and annotations besides [`POD_LABELS`] and [`POD_ANNOTATIONS`], each container's CPU
+/// request, its phase, IP and conditions (type and status), and the state of its init
+/// containers (the gateway's final report is its termination message). A pod's template
+/// labels and annotations, its spec and the rest of its status are most of its size.
+fn slim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    only(&mut pod.metadata.labels, &POD_LABELS);
+    only(&mut pod.metadata.annotations, &POD_ANNOTATIONS);
+    pod.spec = pod.spec.as_ref().map(crate::cpu::requests_only);
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            conditions: status.conditions.map(|conditions| {
+                conditions
+                    .into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        ..PodCondition::default()
+                    })
+                    .collect()
+            }),
+            init_container_statuses: status.init_container_statuses.map(|statuses| {
+                statuses
+                    .into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state,
+                        ..ContainerStatus::default()
+                    })
+                    .collect()
+            }),
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// Keeps of `map` (labels, annotations) only the entries of `keys`; none when none is left.
+fn only(map: &mut Option<BTreeMap<String, String>>, keys: &[&str]) {
+    if let Some(entries) = map.as_mut() {
+        entries.retain(|key, _| keys.contains(&key.as_str()));
+        if entries.is_empty() {
+            *map = None;
         }
     }
 }
@@ -561,8 +674,7 @@ impl Caches {
             return Vec::new();
         };
         store.state_filter(|o| {
-            o.metadata.namespace.as_deref() == Some(namespace)
-                && o.labels().get(labels::INSTANCE).map(String::as_str) == Some(name)
+            o.metadata.namespace.as_deref() == Some(namespace) && o.instance() == Some(name)
         })
     }
 
@@ -582,7 +694,7 @@ impl Caches {
 
     fn get_compact(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Compact>> {
         let store = self.owned.get(&kind)?;
-        store.get(&ObjectRef::new_with(name, kind.api_resource()).within(namespace))
+        store.get(&ObjectRef::new_with(name, kind).within(namespace))
     }
 
     /// The pods of the LongConnService `name` whose controller is a ReplicaSet owned by one of
@@ -677,12 +789,18 @@ mod tests {
             "status": {"readyReplicas": 2},
         }))
         .expect("object");
-        let compact = Compact::from(object.clone());
+        let mut packer = Packer::default();
+        let compact = packer.pack(object.clone());
         assert_eq!(compact.expand(), object);
+        let text = |c: &Compact| {
+            let text = lz4_flex::block::decompress_size_prepended_with_dict(&c.body, &c.dictionary)
+                .expect("decompress");
+            String::from_utf8(text).expect("utf-8")
+        };
         assert!(
-            !compact.json.contains("u-0") && !compact.json.contains("chat-abc"),
+            !text(&compact).contains("u-0") && !text(&compact).contains("chat-abc"),
             "each part once: {}",
-            compact.json
+            text(&compact)
         );
         let only_instance = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -692,14 +810,155 @@ mod tests {
             serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
         for object in [only_instance, unlabelled] {
             let object: DynamicObject = serde_json::from_value(object).expect("object");
-            assert_eq!(Compact::from(object.clone()).expand(), object);
+            assert_eq!(Packer::default().pack(object.clone()).expand(), object);
         }
         assert_eq!(compact.metadata.name, object.metadata.name);
         assert_eq!(compact.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(
-            compact.labels().get(labels::INSTANCE).map(String::as_str),
+            compact.instance(),
             Some("chat"),
             "what the caches look objects up by is kept beside the text"
+        );
+    }
+
+    /// The objects the operator renders for `examples/chat.yaml`, under the service name `name`.
+    fn rendered(name: &str) -> Vec<(Kind, DynamicObject)> {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/chat.yaml");
+        let text = std::fs::read_to_string(file).expect("examples/chat.yaml");
+        let mut lcs: LongConnService = serde_yaml::from_str(&text).expect("a LongConnService");
+        lcs.metadata.name = Some(name.to_owned());
+        crate::desired::rendered(&lcs, &crate::desired::Settings::default())
+            .into_iter()
+            .map(|m| (m.kind, serde_json::from_value(m.object).expect("an object")))
+            .collect()
+    }
+
+    #[test]
+    fn the_next_objects_of_a_kind_are_packed_against_the_first() {
+        let mut packers: BTreeMap<Kind, Packer> = BTreeMap::new();
+        for (kind, object) in rendered("chat") {
+            packers.entry(kind).or_default().pack(object);
+        }
+        for (kind, object) in rendered("lobby") {
+            let text = serde_json::to_vec(&object).expect("json").len();
+            let compact = packers.entry(kind).or_default().pack(object.clone());
+            assert_eq!(compact.expand(), object, "{kind:?}");
+            // The figures operator/README.md quotes (`-- --nocapture`).
+            eprintln!(
+                "{kind:?}: {text} bytes of text, {} packed",
+                compact.body.len()
+            );
+            if kind == Kind::Deployment {
+                assert!(
+                    compact.body.len() * 8 < text,
+                    "a second Deployment takes {} bytes packed, {text} as text",
+                    compact.body.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_what_the_reconciler_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "chat-1", "namespace": "default", "uid": "p-1",
+                "resourceVersion": "9", "finalizers": ["longconn.dev/drain-report"],
+                "deletionTimestamp": "2026-12-05T00:00:00Z",
+                "labels": {"longconn.dev/service": "chat", "longconn.dev/revision": "abc",
+                           "longconn.dev/accepting": "false", "pod-template-hash": "h",
+                           "app.kubernetes.io/name": "chat"},
+                "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-5",
+                                "longconn.dev/routing-changed-at": "2026-12-05T00:00:00Z",
+                                "prometheus.io/scrape": "true"},
+            },
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "echo",
+                     "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]},
+            "status": {
+                "phase": "Running", "podIP": "10.244.1.5", "hostIP": "10.250.0.11",
+                "conditions": [{"type": "Ready", "status": "True", "message": "m",
+                                "lastTransitionTime": "2026-12-05T00:00:00Z"}],
+                "initContainerStatuses": [{"name": "gateway", "image": "g", "imageID": "i",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "message": "{}"}}}],
+                "containerStatuses": [{"name": "app", "image": "echo", "imageID": "i",
+                    "ready": true, "restartCount": 0}],
+            },
+        }))
+        .expect("pod");
+        slim_pod(&mut pod);
+        let labels: Vec<&String> = pod.labels().keys().collect();
+        assert_eq!(
+            labels,
+            [
+                "longconn.dev/accepting",
+                "longconn.dev/revision",
+                "longconn.dev/service"
+            ]
+        );
+        let annotations: Vec<&String> = pod.annotations().keys().collect();
+        assert_eq!(
+            annotations,
+            [
+                "controller.kubernetes.io/pod-deletion-cost",
+                "longconn.dev/routing-changed-at"
+            ]
+        );
+        assert_eq!(pod.finalizers(), ["longconn.dev/drain-report"]);
+        assert!(pod.metadata.deletion_timestamp.is_some());
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(crate::cpu::requested(spec), Some(250.0));
+        assert_eq!(spec.node_name, None);
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.5"));
+        assert_eq!(status.host_ip, None);
+        let ready = &status.conditions.as_ref().expect("conditions")[0];
+        assert_eq!(
+            (ready.type_.as_str(), ready.status.as_str()),
+            ("Ready", "True")
+        );
+        assert_eq!(ready.message, None);
+        let gateway = &status.init_container_statuses.as_ref().expect("init")[0];
+        let terminated = gateway.state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(terminated.and_then(|t| t.message.as_deref()), Some("{}"));
+        assert_eq!(status.container_statuses, None);
+    }
+
+    #[test]
+    fn a_cached_endpoint_slice_tells_which_pods_are_routable_and_whose_it_is() {
+        let (caches, mut writers) = new();
+        writers.reset();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-x1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "chat",
+                                    "app.kubernetes.io/instance": "chat",
+                                    "app.kubernetes.io/name": "chat",
+                                    "endpointslice.kubernetes.io/managed-by": "c"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true},
+                 "targetRef": {"kind": "Pod", "name": "chat-1", "namespace": "default"}},
+                {"addresses": ["10.244.1.6"], "conditions": {"ready": false},
+                 "targetRef": {"kind": "Pod", "name": "chat-2", "namespace": "default"}},
+            ],
+        }))
+        .expect("slice");
+        writers.apply_endpoint_slice(slice.clone());
+        assert_eq!(
+            caches.routable("default", "chat"),
+            BTreeSet::from(["chat-1".to_owned()])
+        );
+        let mut slim = slice;
+        slim_endpoint_slice(&mut slim);
+        let labels: Vec<&String> = slim.labels().keys().collect();
+        assert_eq!(
+            labels,
+            ["app.kubernetes.io/instance", "kubernetes.io/service-name"]
+        );
+        assert_eq!(
+            instance_of(slim.meta()),
+            Some(ObjectRef::new("chat").within("default"))
         );
     }
 

@@ -28,6 +28,14 @@ pub fn satisfied(desired: &Value, observed: &Value) -> bool {
     })
 }
 
+/// The first field that differs between two values of one type, either way (one that `new`
+/// adds or changes, else one it drops), as a JSON path; None when they serialize alike.
+pub fn first_change<T: serde::Serialize>(old: &T, new: &T) -> Option<String> {
+    let old = serde_json::to_value(old).unwrap_or_default();
+    let new = serde_json::to_value(new).unwrap_or_default();
+    first_difference(&new, &old).or_else(|| first_difference(&old, &new))
+}
+
 /// The first field of `desired` that `observed` does not hold, as a JSON path (`spec.replicas`),
 /// for the log line that says why an object was updated; None when [`satisfied`].
 pub fn first_difference(desired: &Value, observed: &Value) -> Option<String> {

@@ -34,6 +34,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::alerts;
+use crate::certs::CertAndKey;
 pub use crate::certs::CertBundle;
 use crate::crd::{
     AutoscalingSpec, LogFormat, LongConnService, ScalingPolicyType, ScalingRules, SelectPolicy,
@@ -150,6 +151,42 @@ pub struct Manifest {
     pub kind: Kind,
     pub name: String,
     pub object: Value,
+}
+
+/// What `longconn-operator render` prints: every object `lcs` becomes, with placeholders for
+/// what is generated in the cluster (the admin token, the certificates), and the
+/// ControllerRevision of revision 1, which the first reconcile records too.
+pub fn rendered(lcs: &LongConnService, settings: &Settings) -> Vec<Manifest> {
+    let placeholder = |what: &str| format!("<{what}, generated in the cluster>");
+    let observed = Observed {
+        update_replicas: Some(lcs.spec.replicas),
+        admin_token: placeholder("admin token"),
+        certificate: Some(CertBundle {
+            ca: CertAndKey {
+                cert_pem: placeholder("CA certificate"),
+                key_pem: placeholder("CA key"),
+            },
+            previous_ca: None,
+            serving: CertAndKey {
+                cert_pem: placeholder("serving certificate"),
+                key_pem: placeholder("serving key"),
+            },
+        }),
+        apis: ServedApis {
+            service_monitor: true,
+            prometheus_rule: true,
+            cert_manager: true,
+        },
+    };
+    let first_revision = controller_revision(
+        lcs,
+        &revision::of(lcs, settings),
+        1,
+        crate::history::PodFields::of(&lcs.spec).to_json(),
+    );
+    let mut manifests = desired(lcs, &observed, settings);
+    manifests.push(first_revision);
+    manifests
 }
 
 /// Every object the LongConnService needs, in apply order (Secrets before the pods that

@@ -15,13 +15,12 @@ use kube::api::ListParams;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, controller, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
-use longconn_operator::certs::CertAndKey;
 use longconn_operator::crd::{LongConnService, crd_yaml};
-use longconn_operator::desired::{self, CertBundle, Observed, ServedApis, Settings};
+use longconn_operator::desired::{self, Settings};
 use longconn_operator::metrics::{Method, MethodLabels, Metrics};
 use longconn_operator::reconcile::{self, Context};
 use longconn_operator::server::{self, Health};
-use longconn_operator::{cache, gateways, history, leader, revision};
+use longconn_operator::{cache, gateways, leader};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
@@ -179,39 +178,8 @@ fn render(file: &PathBuf, settings: &Settings) -> anyhow::Result<()> {
         .namespace
         .get_or_insert_with(|| "default".to_owned());
     lcs.metadata.uid.get_or_insert_with(|| "<uid>".to_owned());
-    let placeholder = |what: &str| format!("<{what}, generated in the cluster>");
-    let observed = Observed {
-        update_replicas: Some(lcs.spec.replicas),
-        admin_token: placeholder("admin token"),
-        certificate: Some(CertBundle {
-            ca: CertAndKey {
-                cert_pem: placeholder("CA certificate"),
-                key_pem: placeholder("CA key"),
-            },
-            previous_ca: None,
-            serving: CertAndKey {
-                cert_pem: placeholder("serving certificate"),
-                key_pem: placeholder("serving key"),
-            },
-        }),
-        apis: ServedApis {
-            service_monitor: true,
-            prometheus_rule: true,
-            cert_manager: true,
-        },
-    };
-    // The first reconcile also records revision 1 of the history with its ControllerRevision.
-    let first_revision = desired::controller_revision(
-        &lcs,
-        &revision::of(&lcs, settings),
-        1,
-        history::PodFields::of(&lcs.spec).to_json(),
-    );
     let mut text = String::new();
-    for manifest in desired::desired(&lcs, &observed, settings)
-        .into_iter()
-        .chain([first_revision])
-    {
+    for manifest in desired::rendered(&lcs, settings) {
         text.push_str("---\n");
         text.push_str(serde_yaml::to_string(&manifest.object)?.trim_end());
         text.push('\n');

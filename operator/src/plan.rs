@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::autoscale::{self, History, Recorded};
+use crate::compare;
 use crate::crd::{
     HealthTally, LongConnService, LongConnServiceStatus, RevisionRecord, RolloutPhase,
 };
@@ -38,19 +39,21 @@ pub const ROUTING_POLL: Duration = Duration::from_secs(1);
 pub const PAUSED_POLL: Duration = Duration::from_secs(60);
 /// How often `status.activeSessions` and the gateways' recorded sessions are refreshed.
 pub const SESSIONS_RECORD: Duration = Duration::from_secs(30);
-/// How long a status change that is only counts and words (see [`must_record_now`]) may wait
+/// How long a status change that is only counts and words (see [`urgent_change`]) may wait
 /// after the last status write, so that the changes of a burst go out in one write.
 pub const COUNTS_RECORD: Duration = Duration::from_secs(5);
 
-/// Whether a status change must be recorded at once: anything but the live counts (pods,
-/// ready pods, open sessions, the session autoscaling's counts, the health gate's running
-/// counts), the words of conditions, the gateways recorded with nothing counted yet, and a
-/// finished drain's entry leaving `status.rollout.draining` once its pod is gone (with the
-/// phase going from Removing back to Surging). Verdicts (a condition's status or reason), the rollout's accounting, the
-/// certificate, revisions and restart losses go out at once; counts may wait
-/// [`COUNTS_RECORD`] to be written with the next change. A rollout's step never waits for
-/// them: every action is planned from the caches and from what is recorded at once.
-pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> bool {
+/// What makes a status change go out at once, as the first field that changed (None: it may
+/// wait). Anything does but the live counts (pods, ready pods, open sessions, the session
+/// autoscaling's counts, the health gate's running counts, the progress of a drain under way
+/// other than its drops), the words of conditions, the gateways recorded with nothing counted
+/// yet, and a finished drain's entry leaving
+/// `status.rollout.draining` once its pod is gone (with the phase going from Removing back to
+/// Surging). Verdicts (a condition's status or reason), the rollout's accounting (each drain's
+/// start and end, the totals), the certificate, revisions and restart losses go out at once;
+/// counts may wait [`COUNTS_RECORD`] to be written with the next change. A rollout's step never
+/// waits for them: every action is planned from the caches and from what is recorded at once.
+pub fn urgent_change(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> Option<String> {
     fn verdicts(status: &LongConnServiceStatus) -> LongConnServiceStatus {
         let mut status = status.clone();
         status.replicas = 0;
@@ -74,6 +77,18 @@ pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus)
         // the phase that follows (Removing back to Surging), are words.
         if let Some(r) = status.rollout.as_mut() {
             r.draining.retain(|d| d.finished_at.is_none());
+            // A drain's progress is counts until it finishes (its drops are verdicts): the
+            // totals take what it moved only then, and a report lost before that counts what
+            // it had at the last reading, kept in memory as well. A new leader has only the
+            // recorded one, at most COUNTS_RECORD old: a pod lost right then counts the
+            // sessions moved in that time as dropped too (more, never fewer).
+            for d in &mut r.draining {
+                d.active = 0;
+                d.migrated = 0;
+                d.closed_by_client = 0;
+                d.moved_again = 0;
+                d.refused = 0;
+            }
             if r.phase == RolloutPhase::Removing {
                 r.phase = RolloutPhase::Surging;
             }
@@ -85,7 +100,8 @@ pub fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus)
         }
         status
     }
-    verdicts(old) != verdicts(new)
+    let (old, new) = (verdicts(old), verdicts(new));
+    (old != new).then(|| compare::first_change(&old, &new).unwrap_or_default())
 }
 
 /// The certificate decisions (mode SelfSigned issues; the others inspect).
@@ -439,6 +455,10 @@ mod tests {
     use crate::desired::ServedApis;
     use crate::observe::{Owned, UserSecret};
     use crate::status::CertFacts;
+
+    fn must_record_now(old: &LongConnServiceStatus, new: &LongConnServiceStatus) -> bool {
+        urgent_change(old, new).is_some()
+    }
 
     fn observation() -> Observation {
         Observation {

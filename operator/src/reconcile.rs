@@ -528,10 +528,15 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     // Record first (a change of counts alone waits to go out with the next)...
     let old_status = lcs.status.clone().unwrap_or_default();
     let counts_wait = ctx.counts_wait(&key);
+    // What forces the write now, if anything does.
+    let urgent = outcome
+        .status
+        .as_ref()
+        .and_then(|new| plan::urgent_change(&old_status, new));
     let status = outcome
         .status
         .as_ref()
-        .filter(|new| counts_wait.is_zero() || plan::must_record_now(&old_status, new));
+        .filter(|_| counts_wait.is_zero() || urgent.is_some());
     let mut requeue = outcome.requeue;
     // The LongConnService's resourceVersion as this reconcile last saw or wrote it.
     let mut version = lcs.resource_version();
@@ -541,14 +546,13 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
         requeue = requeue.min(counts_wait);
     }
     if let Some(status) = status {
-        let old = serde_json::to_value(&old_status).unwrap_or_default();
-        let new = serde_json::to_value(status).unwrap_or_default();
-        info!(
-            changed = %compare::first_difference(&new, &old)
-                .or_else(|| compare::first_difference(&old, &new))
-                .unwrap_or_default(),
-            "recording status"
-        );
+        // What forced the write: a verdict, or (once the counts may go) the first change.
+        let changed = urgent.clone().unwrap_or_else(|| {
+            compare::first_change(&old_status, status)
+                .map(|field| format!("{field} (counts)"))
+                .unwrap_or_default()
+        });
+        info!(%changed, "recording status");
         match write_status(lcs, ctx, status).await {
             Ok(written) => {
                 ctx.expectations.wrote(
@@ -801,6 +805,7 @@ async fn perform(
         )
         .await
         {
+            Applied::Created if announced_by_rollout(lcs, manifest.kind, &manifest.name, true) => {}
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
             Applied::Updated | Applied::Unchanged => {}
             Applied::Refused(problem) => {
@@ -1368,6 +1373,25 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
+/// Whether `applied` (created, else deleted) to `name`, of `kind`, is told by the rollout's own
+/// Events: the Deployment and ControllerRevision of a revision other than the current one are
+/// created when it is rolled out (`RolloutStarted` names the revision), and such a Deployment
+/// is deleted once its last pod is drained and gone (`RolloutComplete`, `RolledBack`). The
+/// first revision's objects, the current revision's made again after someone deleted them, and
+/// the ControllerRevisions the history prunes have an Event of their own.
+fn announced_by_rollout(lcs: &LongConnService, kind: Kind, name: &str, created: bool) -> bool {
+    let lcs_name = lcs.name_any();
+    let current = lcs
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref());
+    current.is_some_and(|rev| match kind {
+        Kind::Deployment => name != names::deployment(&lcs_name, rev),
+        Kind::ControllerRevision => created && name != names::controller_revision(&lcs_name, rev),
+        _ => false,
+    })
+}
+
 /// Deletes owned objects no longer desired (a Secret of a TLS mode no longer used, the
 /// Deployment of a revision with no pod left, ...).
 async fn delete_orphans(
@@ -1396,6 +1420,9 @@ async fn delete_orphans(
             .get_or_create(&KindLabels::of(*kind))
             .inc();
         info!(kind = ?kind, name = %name, "deleted, no longer desired");
+        if announced_by_rollout(lcs, *kind, name, false) {
+            continue;
+        }
         ctx.event(
             lcs,
             EventType::Normal,
@@ -1429,5 +1456,52 @@ mod tests {
         assert!(!namespace_terminating(&api_error(&forbidden)));
         let not_found = TERMINATING.replace("\"code\":403", "\"code\":404");
         assert!(!namespace_terminating(&api_error(&not_found)));
+    }
+
+    #[test]
+    fn a_revisions_objects_have_events_of_their_own_only_outside_a_rollout() {
+        let first = LongConnService::test().build();
+        assert!(!announced_by_rollout(
+            &first,
+            Kind::Deployment,
+            "chat-a",
+            true
+        ));
+        let rolled_out = LongConnService::test()
+            .status(crate::crd::LongConnServiceStatus {
+                current_revision: Some("a".to_owned()),
+                ..Default::default()
+            })
+            .build();
+        for kind in [Kind::Deployment, Kind::ControllerRevision] {
+            assert!(
+                announced_by_rollout(&rolled_out, kind, "chat-b", true),
+                "{kind:?}"
+            );
+            // The current revision's, made again: drift is told.
+            assert!(
+                !announced_by_rollout(&rolled_out, kind, "chat-a", true),
+                "{kind:?}"
+            );
+        }
+        assert!(announced_by_rollout(
+            &rolled_out,
+            Kind::Deployment,
+            "chat-b",
+            false
+        ));
+        // A ControllerRevision the history prunes: no rollout tells it.
+        assert!(!announced_by_rollout(
+            &rolled_out,
+            Kind::ControllerRevision,
+            "chat-b",
+            false
+        ));
+        assert!(!announced_by_rollout(
+            &rolled_out,
+            Kind::Secret,
+            "chat-b",
+            true
+        ));
     }
 }

@@ -114,7 +114,12 @@ pub fn compute(lcs: &LongConnService, facts: &Facts) -> LongConnServiceStatus {
         .filter(|r| r.revision != facts.update_revision)
         .map(|r| r.current_replicas)
         .sum();
-    let complete = updated_ready >= want && old_pods == 0 && updated == want;
+    // Complete once the rollout says so too: the old Deployments count no pod as soon as the
+    // last one is terminating, before its drain's end is recorded and it is gone.
+    let complete = updated_ready >= want
+        && old_pods == 0
+        && updated == want
+        && facts.rollout.is_none_or(|r| r.finished_at.is_some());
 
     let mut conditions = Conditions {
         old: &old.conditions,
@@ -487,6 +492,24 @@ mod tests {
             "NewRevisionAvailable"
         );
         assert_eq!(done.current_revision.as_deref(), Some("new"));
+
+        // The last old pod terminating (its Deployment counts none) while its drain's end is
+        // not recorded yet: still in progress, so that the condition changes once, with the
+        // rollout's record.
+        let removing = crate::crd::RolloutStatus {
+            phase: crate::crd::RolloutPhase::Removing,
+            ..Default::default()
+        };
+        let last_leaving =
+            compute_with(&lcs, &[rev("new", 3, 3)], "2026-01-01T00:01:00Z", |facts| {
+                facts.rollout = Some(&removing)
+            });
+        assert_eq!(
+            condition(&last_leaving, PROGRESSING)
+                .expect("Progressing")
+                .reason,
+            "RolloutInProgress"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ use longconn_operator::crd::{
 use longconn_operator::desired::ObservedRevision;
 use longconn_operator::disruption;
 use longconn_operator::duration::Duration;
+use longconn_operator::plan;
 use longconn_operator::rebalance;
 use longconn_operator::rollout::{self, Input, LOWEST_COST, Note, Plan, PodFacts, Verdict};
 use longconn_operator::status::{self, CertFacts, Facts, MonitoringFacts};
@@ -491,6 +492,8 @@ struct Model {
     moved_again: i64,
     /// Changes of a pod's `longconn.dev/accepting` label the shell made (each one a PATCH).
     relabels: i64,
+    /// Status writes that could not wait (`plan::urgent_change`), with what forced each.
+    urgent_writes: Vec<String>,
     /// Sessions moved by rebalancing.
     rebalanced: i64,
     /// Of those, sessions a rebalance had moved before.
@@ -558,6 +561,7 @@ impl Model {
             reconnecting_moved: Vec::new(),
             moved_again: 0,
             relabels: 0,
+            urgent_writes: Vec::new(),
             rebalanced: 0,
             rebalanced_again: 0,
             rebalance_asked: BTreeSet::new(),
@@ -912,6 +916,12 @@ impl Model {
             },
         );
         let last_round = self.lcs.status.as_ref().and_then(|s| s.rebalance.clone());
+        if let Some(old) = &self.lcs.status
+            && let Some(field) = plan::urgent_change(old, &status)
+        {
+            self.urgent_writes
+                .push(format!("tick {}: {field}", self.tick));
+        }
         self.lcs.status = Some(status);
         if let Some(plan) = plan {
             self.note_round(last_round.as_ref(), plan);
@@ -1650,6 +1660,7 @@ fn with_a_surge_every_session_moves_once_and_lands_where_there_is_room() {
                 assert_clean_rollout(&model, &old);
                 assert_moved_once_and_balanced(&model);
                 assert_few_relabels(&model);
+                assert_few_status_writes(&model);
             }
         }
     }
@@ -1681,6 +1692,22 @@ fn assert_few_relabels(model: &Model) {
         &format!(
             "{} label changes for {drained} pods drained",
             model.relabels
+        ),
+    );
+}
+
+/// Each status write that cannot wait is a PATCH: a rollout records its start, each drain's
+/// start and end, and its end; a drain's progress, the phase between drains and the
+/// Progressing condition's words wait for those.
+#[track_caller]
+fn assert_few_status_writes(model: &Model) {
+    let drained = model.rollout().map_or(0, |r| r.pods_drained);
+    model.check(
+        model.urgent_writes.len() <= 2 * usize::try_from(drained).unwrap_or(0) + 2,
+        &format!(
+            "{} status writes that could not wait for {drained} pods drained: {:?}",
+            model.urgent_writes.len(),
+            model.urgent_writes
         ),
     );
 }

@@ -61,6 +61,10 @@ pub const ANCHOR_NAMESPACE: &str = "bench-anchor";
 pub const LONGCONN_NAMESPACE: &str = "bench-longconn";
 /// The operator's leader identity (its `POD_NAME`).
 const IDENTITY: &str = "longconn-operator-bench";
+/// The default idle period: the operator's resync period and 30 s. It starts once the last
+/// reconcile is over, so every service's resync (due at most that period after its last
+/// reconcile) falls in it, and a write a resync makes is counted.
+pub const IDLE: Duration = longconn_operator::plan::RESYNC.saturating_add(Duration::from_secs(30));
 /// How long the anchor's namespace may take to go.
 const NAMESPACE_GONE: Duration = Duration::from_secs(600);
 /// How long the operator may take to lead and finish its start-up requests.
@@ -101,13 +105,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// 1000 objects of each kind, created one at a time, a 60-s idle period, 15 minutes for
-    /// each phase to converge; the tools of `$LONGCONN_E2E_TOOLS_DIR` or `<repository>/.tools`.
+    /// 1000 objects of each kind, created one at a time, the idle period [`IDLE`], 15 minutes
+    /// for each phase to converge; the tools of `$LONGCONN_E2E_TOOLS_DIR` or
+    /// `<repository>/.tools`.
     pub fn new(work_dir: PathBuf, operator_bin: PathBuf) -> Self {
         Self {
             count: 1000,
             concurrency: 1,
-            idle: Duration::from_secs(60),
+            idle: IDLE,
             converge_timeout: Duration::from_secs(15 * 60),
             tools_dir: crate::tools::default_tools_dir(),
             operator_bin,
