@@ -265,7 +265,6 @@ fn container_processes(comm: &str) -> Vec<i32> {
     pids
 }
 
-/// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
 /// How long kube-proxy may take to program a new Service's first Ready endpoints.
 const PROGRAMMED: Duration = Duration::from_secs(30);
 
@@ -307,6 +306,7 @@ fn proxy_diagnostics(plan: &plan::Plan, cluster_ip: &str) -> String {
     )
 }
 
+/// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
 fn http_get(address: &str, path: &str) -> std::io::Result<String> {
     let address: std::net::SocketAddr = address
         .parse()
