@@ -9,7 +9,9 @@
 //! - the **receivers** are the Ready pods of the target revision that stay. As soon as there is
 //!   one, the pods of every other revision stop accepting (they will all be drained: a session
 //!   that moved onto one of them would move again), and so do the target revision's pods a
-//!   scale-down is about to drain. Until there is one, every other pod accepts as before;
+//!   scale-down is about to drain. Until there is one, every other pod accepts as before,
+//!   except that a pod stopped for being full stays stopped while another accepts and the
+//!   first receivers are on their way ([`View::receivers_coming`]): they will stop it again;
 //! - while sessions are on their way (drains under way, or the one about to start), the
 //!   receivers that accept are ones that can take the incoming sessions in even shares (a
 //!   Service spreads new connections evenly over its endpoints, not in proportion to room)
@@ -66,6 +68,9 @@ pub struct View<'a> {
     pub sessions: &'a BTreeMap<String, i64>,
     /// A rollout is under way: pods of another revision are left to drain.
     pub rolling: bool,
+    /// No receiver yet, but the target revision's first pods are on their way (the rollout
+    /// began, or one of them was created, within `rollout::START_GRACE`).
+    pub receivers_coming: bool,
 }
 
 /// Where new sessions go.
@@ -123,6 +128,9 @@ pub fn place(view: &View, incoming: i64) -> Placement {
             stays && (receivers.is_empty() || starting),
         );
     }
+    if receivers.is_empty() && view.receivers_coming {
+        hold_stopped(view, &mut accepting);
+    }
     let mean = view.mean();
     let full = (mean * FULL).ceil() as i64;
     let room = |p: &PodFacts| full - view.sessions_of(&p.name);
@@ -161,6 +169,29 @@ pub fn place(view: &View, incoming: i64) -> Placement {
         accepting,
         receivers: receivers.len(),
         fits: fits && !receivers.is_empty(),
+    }
+}
+
+/// While the first receivers of a rollout are on their way, a pod the operator stopped (it was
+/// full) stays stopped as long as another serving pod accepts: the first receiver stops every
+/// pod of the other revisions seconds later, so opening it now is a label change made only to
+/// be undone. Past `rollout::START_GRACE` without a receiver (a revision whose pods do not
+/// start), every pod that stays accepts again.
+fn hold_stopped(view: &View, accepting: &mut BTreeMap<String, bool>) {
+    let stopped = |p: &PodFacts| p.accepting == Some(false);
+    let held: Vec<&String> = view
+        .pods
+        .iter()
+        .filter(|p| stopped(p) && p.revision != view.target)
+        .map(|p| &p.name)
+        .collect();
+    let another_serves = view.pods.iter().any(|p| {
+        p.running && p.ready && !stopped(p) && accepting.get(&p.name).copied().unwrap_or(false)
+    });
+    if another_serves {
+        for name in held {
+            accepting.insert(name.clone(), false);
+        }
     }
 }
 
@@ -287,6 +318,7 @@ mod tests {
             excess: &NONE,
             sessions,
             rolling: false,
+            receivers_coming: false,
         }
     }
 
@@ -326,6 +358,35 @@ mod tests {
         };
         assert_eq!(accepting(&place(&view, 0)), ["n1", "n2"]);
         assert_eq!(placement.receivers, 0);
+    }
+
+    #[test]
+    fn a_full_old_pod_stays_stopped_while_the_first_receivers_are_on_their_way() {
+        let pods = [pod("a", "old"), stopped("b", "old"), pod("c", "old")];
+        let counts = sessions(&[("a", 90), ("b", 120), ("c", 90)]);
+        let starting = View {
+            rolling: true,
+            receivers_coming: true,
+            ..view(&pods, "new", 3, &counts)
+        };
+        // The new revision has no pod yet: b would be opened now and stopped again once the
+        // first new pod is Ready.
+        let placement = place(&starting, 0);
+        assert_eq!(accepting(&placement), ["a", "c"]);
+        assert!(changes(&pods, &placement).is_empty());
+        // Every old pod stopped: one has to take the new clients, so all open as before.
+        let all_stopped = [stopped("a", "old"), stopped("b", "old")];
+        let view = View {
+            pods: &all_stopped,
+            ..starting
+        };
+        assert_eq!(accepting(&place(&view, 0)), ["a", "b"]);
+        // The new revision's pods do not start: every old pod accepts again.
+        let stalled = View {
+            receivers_coming: false,
+            ..starting
+        };
+        assert_eq!(accepting(&place(&stalled, 0)), ["a", "b", "c"]);
     }
 
     #[test]
@@ -480,6 +541,7 @@ mod tests {
             excess: &excess,
             sessions: &counts,
             rolling: true,
+            receivers_coming: false,
         };
         assert_eq!(accepting(&place(&view, 60)), ["b"]);
     }

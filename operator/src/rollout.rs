@@ -638,6 +638,21 @@ fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
         .collect()
 }
 
+/// Whether the target revision's first pods are on their way: the rollout to it began (or
+/// begins now) within [`START_GRACE`], or one of its pods not yet Ready was created within it.
+fn receivers_coming(input: &Input, target: &str) -> bool {
+    let recent =
+        |at: Option<Timestamp>| at.is_none_or(|at| input.now.duration_since(at) < START_GRACE);
+    let began = input
+        .previous()
+        .filter(|r| r.revision == target)
+        .map(|r| r.started_at.as_ref().map(|t| t.0));
+    began.is_none_or(recent)
+        || live(input, target)
+            .iter()
+            .any(|p| !(p.running && p.ready) && recent(p.created))
+}
+
 /// A number of pods (or a step's index) as the API's `i32`.
 fn number(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -820,6 +835,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
         excess: &excess_names,
         sessions: &sessions,
         rolling: sizes.old_left,
+        receivers_coming: sizes.old_left && receivers_coming(input, budget.target),
     };
     // Sessions on their way: what the drains under way have not moved yet.
     let mut incoming: i64 = book
@@ -2162,6 +2178,63 @@ mod tests {
             !plan.drain.contains(&"a-2".to_owned()),
             "not before that settles"
         );
+    }
+
+    #[test]
+    fn a_rollout_begins_without_opening_an_old_pod_stopped_for_being_full() {
+        // 300 sessions on three pods of revision a; a-1 was stopped at 120 (full at 110). The
+        // template changes to b: until b's first pod is Ready, a-1 stays out of the Service
+        // (that pod then stops every pod of a), unless b's pods do not come.
+        let lcs = LongConnService::test().replicas(3).build();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let serving = |name: &str, active: u64, accepting: bool| PodFacts {
+            report: Some(DrainReport {
+                active,
+                ..DrainReport::default()
+            }),
+            ready: true,
+            accepting: Some(accepting),
+            routable: accepting,
+            ..pod(name, None, active)
+        };
+        let pods = [
+            serving("a-1", 120, false),
+            serving("a-2", 90, true),
+            serving("a-3", 90, true),
+        ];
+        let revisions = [ObservedRevision {
+            revision: "a".to_owned(),
+            replicas: 3,
+            current_replicas: 3,
+            ready_replicas: 3,
+        }];
+        let step_at = |lcs: &LongConnService, now: Timestamp| {
+            step(&Input {
+                lcs,
+                update_revision: "b",
+                revisions: &revisions,
+                pods: &pods,
+                update_stalled: false,
+                refresh_sessions: true,
+                now,
+            })
+        };
+        let first = step_at(&lcs, now);
+        assert_eq!(
+            first.rollout.as_ref().map(|r| r.revision.as_str()),
+            Some("b")
+        );
+        assert!(first.routing.is_empty(), "{:?}", first.routing);
+        // A minute on, b's pods have not come: a-1 takes new clients again.
+        let lcs = LongConnService {
+            status: Some(crate::crd::LongConnServiceStatus {
+                rollout: first.rollout.clone(),
+                ..Default::default()
+            }),
+            ..lcs
+        };
+        let later = step_at(&lcs, now + SignedDuration::from_secs(60));
+        assert_eq!(later.routing, [("a-1".to_owned(), true)]);
     }
 
     #[test]
