@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -203,6 +203,22 @@ impl Harness {
                     ready: container.is_some_and(|c| c.ready),
                 }
             }))
+    }
+
+    /// The log of the operator's container, its current run (one JSON object per line).
+    pub async fn operator_log(&self) -> Result<String, ScenarioError> {
+        let pod = self
+            .operator_pod()
+            .await?
+            .ok_or_else(|| ScenarioError::Operator("no operator pod to read the log of".into()))?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let params = LogParams {
+            container: Some("operator".to_owned()),
+            ..LogParams::default()
+        };
+        pods.logs(&pod.name, &params)
+            .await
+            .map_err(ScenarioError::kube("read the operator's log"))
     }
 
     /// Waits until the operator's container has been started `restarts` times after the first,

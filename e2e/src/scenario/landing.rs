@@ -36,6 +36,19 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 const SCRAPE_LIMIT: u64 = 1024 * 1024;
 /// Where the reason the sessions per pod could not be read goes in the report's details.
 const UNREAD_DETAIL: &str = "sessionsPerPodError";
+/// Where the operator's account of the routing and the drains goes when the balance is off.
+const TIMELINE_DETAIL: &str = "operatorTimeline";
+/// The operator's log messages that tell where sessions went: label changes, drains started and
+/// recorded, Deployment scales, and what forced each status write.
+const TIMELINE_MESSAGES: [&str; 5] = [
+    "routing changed",
+    "drain started",
+    "recorded",
+    "recording status",
+    "scaled",
+];
+/// The most lines of that account a report keeps (the last ones).
+const TIMELINE_LINES: usize = 200;
 
 /// Sessions each pod's gateway holds, by pod name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -98,6 +111,51 @@ pub async fn sessions_per_pod(
         Ok(PodSessions(sessions))
     });
     read.await?
+}
+
+/// When the sessions ended less balanced than [`BALANCE`], puts the operator's own account of
+/// the run in the details ([`timeline`] of its log), so that a run missing the target carries the
+/// evidence of why; a log that cannot be read says so there instead.
+pub async fn explain_balance(harness: &Harness, report: &mut ScenarioReport) {
+    if report.balance.is_none_or(|balance| balance <= BALANCE) {
+        return;
+    }
+    match harness.operator_log().await {
+        Ok(log) => report.detail(TIMELINE_DETAIL, timeline(&log)),
+        Err(err) => report.detail(TIMELINE_DETAIL, format!("not read: {err}")),
+    }
+}
+
+/// The lines of the operator's JSON log (its events' fields flattened beside `timestamp`,
+/// `level`, `target` and the spans) whose message starts with one of [`TIMELINE_MESSAGES`],
+/// each as `time message field=value ...`, the last [`TIMELINE_LINES`] of them.
+fn timeline(log: &str) -> Vec<String> {
+    const NOT_FIELDS: [&str; 6] = ["timestamp", "level", "target", "span", "spans", "message"];
+    let lines: Vec<String> = log
+        .lines()
+        .filter_map(|line| {
+            let entry: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).ok()?;
+            let message = entry.get("message")?.as_str()?;
+            if !TIMELINE_MESSAGES.iter().any(|m| message.starts_with(m)) {
+                return None;
+            }
+            let time = entry.get("timestamp").and_then(|t| t.as_str());
+            let mut out = format!("{} {message}", time.unwrap_or("-"));
+            for (key, value) in entry
+                .iter()
+                .filter(|(k, _)| !NOT_FIELDS.contains(&k.as_str()))
+            {
+                let value = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                out.push_str(&format!(" {key}={value}"));
+            }
+            Some(out)
+        })
+        .collect();
+    let skip = lines.len().saturating_sub(TIMELINE_LINES);
+    lines.into_iter().skip(skip).collect()
 }
 
 /// The value of the unlabelled series `name` in a Prometheus or OpenMetrics text exposition.
@@ -223,6 +281,30 @@ impl ScenarioReport {
 mod tests {
     use super::*;
     use crate::load::{RefusedAttempts, SessionsByMoves, TimeToServing};
+
+    #[test]
+    fn the_timeline_keeps_the_routing_and_drain_lines_of_the_operators_log() {
+        let log = concat!(
+            r#"{"timestamp":"2026-12-05T10:00:00.1Z","level":"INFO","message":"routing changed","pod":"default/chat-a-1","accepting":false,"target":"longconn_operator::reconcile","span":{"lcs":"default/chat","name":"reconcile"}}"#,
+            "\n",
+            r#"{"timestamp":"2026-12-05T10:00:00.2Z","level":"DEBUG","message":"request","method":"PATCH","target":"longconn_operator::api"}"#,
+            "\nnot json\n",
+            r#"{"timestamp":"2026-12-05T10:00:02.3Z","level":"INFO","message":"drain started","pod":"chat-a-1","sessions":63,"target":"longconn_operator::reconcile"}"#,
+        );
+        assert_eq!(
+            timeline(log),
+            [
+                "2026-12-05T10:00:00.1Z routing changed accepting=false pod=default/chat-a-1",
+                "2026-12-05T10:00:02.3Z drain started pod=chat-a-1 sessions=63",
+            ]
+        );
+        let long: String = (0..TIMELINE_LINES + 5)
+            .map(|i| format!("{{\"timestamp\":\"{i}\",\"message\":\"scaled\"}}\n"))
+            .collect();
+        let kept = timeline(&long);
+        assert_eq!(kept.len(), TIMELINE_LINES);
+        assert_eq!(kept[0], "5 scaled");
+    }
 
     #[test]
     fn balance_is_the_busiest_pod_over_the_mean() {

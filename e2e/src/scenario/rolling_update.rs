@@ -91,6 +91,7 @@ pub(super) async fn rollout_under_load(
     load.stop();
     report.client(load.finish().await);
     report.landed(landed);
+    landing::explain_balance(harness, report).await;
     let end = end?;
 
     let observed = end.observed().clone();
