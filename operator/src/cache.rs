@@ -212,23 +212,23 @@ impl Resource for Compact {
     type Scope = DynamicResourceScope;
 
     fn group(kind: &Kind) -> Cow<'_, str> {
-        Cow::Owned(kind.api_resource().group)
+        Cow::Borrowed(kind.names().group)
     }
 
     fn version(kind: &Kind) -> Cow<'_, str> {
-        Cow::Owned(kind.api_resource().version)
+        Cow::Borrowed(kind.names().version)
     }
 
     fn kind(kind: &Kind) -> Cow<'_, str> {
-        Cow::Owned(kind.api_resource().kind)
+        Cow::Borrowed(kind.names().kind)
     }
 
     fn api_version(kind: &Kind) -> Cow<'_, str> {
-        Cow::Owned(kind.api_resource().api_version)
+        Cow::Borrowed(kind.names().api_version)
     }
 
     fn plural(kind: &Kind) -> Cow<'_, str> {
-        Cow::Owned(kind.api_resource().plural)
+        Cow::Borrowed(kind.names().plural)
     }
 
     fn meta(&self) -> &ObjectMeta {

@@ -206,7 +206,7 @@ impl Context {
         let serves = |resources: &Option<Vec<String>>, kind: Kind, last: bool| {
             resources
                 .as_ref()
-                .map_or(last, |r| r.contains(&kind.api_resource().plural))
+                .map_or(last, |r| r.iter().any(|p| p == kind.names().plural))
         };
         let apis = ServedApis {
             service_monitor: serves(&monitoring, Kind::ServiceMonitor, previous.service_monitor),
@@ -805,7 +805,8 @@ async fn perform(
         )
         .await
         {
-            Applied::Created if announced_by_rollout(lcs, manifest.kind, &manifest.name, true) => {}
+            Applied::Created
+                if announced_by_rollout(lcs, manifest.kind, &manifest.name, Change::Created) => {}
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
             Applied::Updated | Applied::Unchanged => {}
             Applied::Refused(problem) => {
@@ -1373,13 +1374,19 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
-/// Whether `applied` (created, else deleted) to `name`, of `kind`, is told by the rollout's own
-/// Events: the Deployment and ControllerRevision of a revision other than the current one are
+/// What happened to an owned object, for [`announced_by_rollout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Created,
+    Deleted,
+}
+
+/// Whether `change` to `name`, of `kind`, is told by the rollout's own Events: the Deployment and ControllerRevision of a revision other than the current one are
 /// created when it is rolled out (`RolloutStarted` names the revision), and such a Deployment
 /// is deleted once its last pod is drained and gone (`RolloutComplete`, `RolledBack`). The
 /// first revision's objects, the current revision's made again after someone deleted them, and
 /// the ControllerRevisions the history prunes have an Event of their own.
-fn announced_by_rollout(lcs: &LongConnService, kind: Kind, name: &str, created: bool) -> bool {
+fn announced_by_rollout(lcs: &LongConnService, kind: Kind, name: &str, change: Change) -> bool {
     let lcs_name = lcs.name_any();
     let current = lcs
         .status
@@ -1387,7 +1394,9 @@ fn announced_by_rollout(lcs: &LongConnService, kind: Kind, name: &str, created: 
         .and_then(|s| s.current_revision.as_deref());
     current.is_some_and(|rev| match kind {
         Kind::Deployment => name != names::deployment(&lcs_name, rev),
-        Kind::ControllerRevision => created && name != names::controller_revision(&lcs_name, rev),
+        Kind::ControllerRevision => {
+            change == Change::Created && name != names::controller_revision(&lcs_name, rev)
+        }
         _ => false,
     })
 }
@@ -1420,7 +1429,7 @@ async fn delete_orphans(
             .get_or_create(&KindLabels::of(*kind))
             .inc();
         info!(kind = ?kind, name = %name, "deleted, no longer desired");
-        if announced_by_rollout(lcs, *kind, name, false) {
+        if announced_by_rollout(lcs, *kind, name, Change::Deleted) {
             continue;
         }
         ctx.event(
@@ -1465,7 +1474,7 @@ mod tests {
             &first,
             Kind::Deployment,
             "chat-a",
-            true
+            Change::Created
         ));
         let rolled_out = LongConnService::test()
             .status(crate::crd::LongConnServiceStatus {
@@ -1475,12 +1484,12 @@ mod tests {
             .build();
         for kind in [Kind::Deployment, Kind::ControllerRevision] {
             assert!(
-                announced_by_rollout(&rolled_out, kind, "chat-b", true),
+                announced_by_rollout(&rolled_out, kind, "chat-b", Change::Created),
                 "{kind:?}"
             );
             // The current revision's, made again: drift is told.
             assert!(
-                !announced_by_rollout(&rolled_out, kind, "chat-a", true),
+                !announced_by_rollout(&rolled_out, kind, "chat-a", Change::Created),
                 "{kind:?}"
             );
         }
@@ -1488,20 +1497,20 @@ mod tests {
             &rolled_out,
             Kind::Deployment,
             "chat-b",
-            false
+            Change::Deleted
         ));
         // A ControllerRevision the history prunes: no rollout tells it.
         assert!(!announced_by_rollout(
             &rolled_out,
             Kind::ControllerRevision,
             "chat-b",
-            false
+            Change::Deleted
         ));
         assert!(!announced_by_rollout(
             &rolled_out,
             Kind::Secret,
             "chat-b",
-            true
+            Change::Created
         ));
     }
 }

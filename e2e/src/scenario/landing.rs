@@ -38,6 +38,8 @@ const SCRAPE_LIMIT: u64 = 1024 * 1024;
 const UNREAD_DETAIL: &str = "sessionsPerPodError";
 /// Where the operator's account of the routing and the drains goes when the balance is off.
 const TIMELINE_DETAIL: &str = "operatorTimeline";
+/// Where the number of routing label changes the operator made goes.
+const ROUTING_DETAIL: &str = "operatorRoutingChanges";
 /// The operator's log messages that tell where sessions went: label changes, drains started and
 /// recorded, Deployment scales, and what forced each status write.
 const TIMELINE_MESSAGES: [&str; 5] = [
@@ -64,6 +66,11 @@ impl PodSessions {
         }
         let mean = total as f64 / self.0.len() as f64;
         Some(max as f64 / mean)
+    }
+
+    /// [`PodSessions::balance`] to three decimals, as reports show it.
+    pub fn rounded_balance(&self) -> Option<f64> {
+        self.balance().map(|b| (b * 1000.0).round() / 1000.0)
     }
 }
 
@@ -113,49 +120,66 @@ pub async fn sessions_per_pod(
     read.await?
 }
 
-/// When the sessions ended less balanced than [`BALANCE`], puts the operator's own account of
-/// the run in the details ([`timeline`] of its log), so that a run missing the target carries the
-/// evidence of why; a log that cannot be read says so there instead.
-pub async fn explain_balance(harness: &Harness, report: &mut ScenarioReport) {
-    if report.balance.is_none_or(|balance| balance <= BALANCE) {
-        return;
-    }
-    match harness.operator_log().await {
-        Ok(log) => report.detail(TIMELINE_DETAIL, timeline(&log)),
-        Err(err) => report.detail(TIMELINE_DETAIL, format!("not read: {err}")),
+/// Puts the operator's own account of the run in the details, from its log: the label changes it
+/// made for the scenario's service (`operatorRoutingChanges`, each one a PATCH of a pod), and, when
+/// the sessions ended less balanced than [`BALANCE`], its [`timeline`] (`operatorTimeline`), so
+/// that a run missing the target carries the evidence of why. A log that cannot be read says so
+/// there instead.
+pub async fn operator_account(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioReport) {
+    let log = match harness.operator_log().await {
+        Ok(log) => log,
+        Err(err) => return report.detail(ROUTING_DETAIL, format!("not read: {err}")),
+    };
+    let lcs = format!("{}/{}", spec.namespace, spec.name);
+    let lines = timeline(&log, &lcs);
+    let routing = lines
+        .iter()
+        .filter(|line| line.contains(" routing changed "))
+        .count();
+    report.detail(ROUTING_DETAIL, routing);
+    if report.balance.is_some_and(|balance| balance > BALANCE) {
+        let skip = lines.len().saturating_sub(TIMELINE_LINES);
+        report.detail(TIMELINE_DETAIL, &lines[skip..]);
     }
 }
 
-/// The lines of the operator's JSON log (its events' fields flattened beside `timestamp`,
-/// `level`, `target` and the spans) whose message starts with one of [`TIMELINE_MESSAGES`],
-/// each as `time message field=value ...`, the last [`TIMELINE_LINES`] of them.
-fn timeline(log: &str) -> Vec<String> {
-    const NOT_FIELDS: [&str; 6] = ["timestamp", "level", "target", "span", "spans", "message"];
-    let lines: Vec<String> = log
-        .lines()
+/// The lines of the operator's log (the text format the harness installs it with, colours and
+/// all) from a reconcile of the LongConnService `lcs` (`namespace/name`) whose message starts
+/// with one of [`TIMELINE_MESSAGES`], each as `time message field=value ...`.
+fn timeline(log: &str, lcs: &str) -> Vec<String> {
+    let span = format!("reconcile{{lcs={lcs}}}:");
+    log.lines()
         .filter_map(|line| {
-            let entry: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).ok()?;
-            let message = entry.get("message")?.as_str()?;
-            if !TIMELINE_MESSAGES.iter().any(|m| message.starts_with(m)) {
-                return None;
-            }
-            let time = entry.get("timestamp").and_then(|t| t.as_str());
-            let mut out = format!("{} {message}", time.unwrap_or("-"));
-            for (key, value) in entry
+            let line = without_colours(line);
+            let (time, rest) = line.split_once(' ')?;
+            let (_, event) = rest.split_once(&span)?;
+            // The event's target, then its message and fields.
+            let (_, message) = event.trim_start().split_once(": ")?;
+            TIMELINE_MESSAGES
                 .iter()
-                .filter(|(k, _)| !NOT_FIELDS.contains(&k.as_str()))
-            {
-                let value = value
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_owned);
-                out.push_str(&format!(" {key}={value}"));
-            }
-            Some(out)
+                .any(|m| message.starts_with(m))
+                .then(|| format!("{time} {message}"))
         })
-        .collect();
-    let skip = lines.len().saturating_sub(TIMELINE_LINES);
-    lines.into_iter().skip(skip).collect()
+        .collect()
+}
+
+/// `line` without its ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and with the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The value of the unlabelled series `name` in a Prometheus or OpenMetrics text exposition.
@@ -177,7 +201,7 @@ impl ScenarioReport {
     pub fn landed(&mut self, read: Result<PodSessions, ScenarioError>) {
         match read {
             Ok(sessions) => {
-                self.balance = sessions.balance().map(|b| (b * 1000.0).round() / 1000.0);
+                self.balance = sessions.rounded_balance();
                 self.sessions_per_pod = Some(sessions.0);
             }
             Err(err) => self.detail(UNREAD_DETAIL, err.to_string()),
@@ -283,27 +307,22 @@ mod tests {
     use crate::load::{RefusedAttempts, SessionsByMoves, TimeToServing};
 
     #[test]
-    fn the_timeline_keeps_the_routing_and_drain_lines_of_the_operators_log() {
+    fn the_timeline_keeps_the_routing_and_drain_lines_of_the_services_reconciles() {
+        // As the operator writes them in its text format, colours included.
         let log = concat!(
-            r#"{"timestamp":"2026-12-05T10:00:00.1Z","level":"INFO","message":"routing changed","pod":"default/chat-a-1","accepting":false,"target":"longconn_operator::reconcile","span":{"lcs":"default/chat","name":"reconcile"}}"#,
-            "\n",
-            r#"{"timestamp":"2026-12-05T10:00:00.2Z","level":"DEBUG","message":"request","method":"PATCH","target":"longconn_operator::api"}"#,
-            "\nnot json\n",
-            r#"{"timestamp":"2026-12-05T10:00:02.3Z","level":"INFO","message":"drain started","pod":"chat-a-1","sessions":63,"target":"longconn_operator::reconcile"}"#,
+            "\u{1b}[2m2026-12-05T09:44:54.840512Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[1mreconcile\u{1b}[0m\u{1b}[1m{\u{1b}[0m\u{1b}[3mlcs\u{1b}[0m\u{1b}[2m=\u{1b}[0mdefault/chat\u{1b}[1m}\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2mlongconn_operator::reconcile\u{1b}[0m\u{1b}[2m:\u{1b}[0m routing changed \u{1b}[3mpod\u{1b}[0m\u{1b}[2m=\u{1b}[0mdefault/chat-a-1 \u{1b}[3maccepting\u{1b}[0m\u{1b}[2m=\u{1b}[0mfalse\n",
+            "2026-12-05T09:44:54.9Z DEBUG reconcile{lcs=default/chat}: longconn_operator::api: request method=PATCH\n",
+            "2026-12-05T09:44:55.0Z  INFO reconcile{lcs=other/chat}: longconn_operator::reconcile: routing changed pod=other/chat-b-1 accepting=true\n",
+            "2026-12-05T09:44:56.0Z  INFO longconn_operator::leader: became the leader\n",
+            "2026-12-05T09:44:57.5Z  INFO reconcile{lcs=default/chat}: longconn_operator::reconcile: drain started pod=chat-a-1 sessions=266\n",
         );
         assert_eq!(
-            timeline(log),
+            timeline(log, "default/chat"),
             [
-                "2026-12-05T10:00:00.1Z routing changed accepting=false pod=default/chat-a-1",
-                "2026-12-05T10:00:02.3Z drain started pod=chat-a-1 sessions=63",
+                "2026-12-05T09:44:54.840512Z routing changed pod=default/chat-a-1 accepting=false",
+                "2026-12-05T09:44:57.5Z drain started pod=chat-a-1 sessions=266",
             ]
         );
-        let long: String = (0..TIMELINE_LINES + 5)
-            .map(|i| format!("{{\"timestamp\":\"{i}\",\"message\":\"scaled\"}}\n"))
-            .collect();
-        let kept = timeline(&long);
-        assert_eq!(kept.len(), TIMELINE_LINES);
-        assert_eq!(kept[0], "5 scaled");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub(super) async fn run(
     load.stop();
     report.client(load.finish().await);
     report.landed(landed);
-    landing::explain_balance(harness, report).await;
+    landing::operator_account(harness, &spec, report).await;
     let settled = settled?;
     uncordoned?;
     report.detail("podsAfter", &settled.pods);

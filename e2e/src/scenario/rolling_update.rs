@@ -69,6 +69,15 @@ pub(super) async fn rollout_under_load(
     )
     .await?;
     steps::run_for(harness, Duration::from_secs(3)).await?;
+    // Where the sessions start from: a rollout that moves each session once can only spread
+    // them as evenly as room allows, so an uneven start shows in the balance at the end.
+    match landing::sessions_per_pod(harness, &spec).await {
+        Ok(before) => {
+            report.detail("balanceBefore", before.rounded_balance());
+            report.detail("sessionsPerPodBefore", &before.0);
+        }
+        Err(err) => report.detail("balanceBefore", format!("not read: {err}")),
+    }
 
     let change = tokio::time::Instant::now();
     let new_revision = steps::change_template(harness, &mut spec, &old.revision).await?;
@@ -91,7 +100,7 @@ pub(super) async fn rollout_under_load(
     load.stop();
     report.client(load.finish().await);
     report.landed(landed);
-    landing::explain_balance(harness, report).await;
+    landing::operator_account(harness, &spec, report).await;
     let end = end?;
 
     let observed = end.observed().clone();

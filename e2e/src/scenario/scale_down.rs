@@ -88,7 +88,7 @@ pub(super) async fn run(
     load.stop();
     report.client(load.finish().await);
     report.landed(landed);
-    landing::explain_balance(harness, report).await;
+    landing::operator_account(harness, &spec, report).await;
     let settled = settled?;
     let after = spec.observe(&harness.client()).await?;
     // The verdict takes what is recorded at the very end; the wait above only gave it time.

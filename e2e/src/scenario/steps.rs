@@ -22,6 +22,11 @@ const PODS_READY: Duration = Duration::from_secs(180);
 pub const ROLLOUT: Duration = Duration::from_secs(300);
 /// Once the pods have settled, how long the operator gets to record the end of the rollout.
 const RECORD_GRACE: Duration = Duration::from_secs(30);
+/// How long the proxies are given to follow an EndpointSlice change (kube-proxy applies them at
+/// most once a second by default; the operator waits as long, `placement::SETTLE`).
+const PROXY_SETTLE: Duration = Duration::from_secs(2);
+/// How long a fresh service's client Service may take to list every pod.
+const ALL_ACCEPTING: Duration = Duration::from_secs(60);
 
 /// A LongConnService whose pods are all Ready.
 #[derive(Clone, Debug)]
@@ -72,7 +77,37 @@ pub async fn deploy(harness: &Harness, spec: &ServiceSpec) -> Result<Deployed, S
         },
     )
     .await?;
+    wait_all_accepting(harness, spec, &deployed).await?;
     Ok(deployed)
+}
+
+/// Waits until the client Service of a service just deployed lists every pod as ready, then
+/// [`PROXY_SETTLE`] for the proxies: the first sessions then spread over every pod. (The client
+/// Service's EndpointSlice can follow the pods a moment after the metrics Service's; a load
+/// started in between puts its first sessions on the pods listed already, an imbalance that a
+/// rollout moving each session once inherits.)
+async fn wait_all_accepting(
+    harness: &Harness,
+    spec: &ServiceSpec,
+    deployed: &Deployed,
+) -> Result<(), ScenarioError> {
+    let slices: Api<EndpointSlice> = Api::namespaced(harness.client(), &spec.namespace);
+    let ips: BTreeSet<String> = deployed.pods.iter().filter_map(|p| p.ip.clone()).collect();
+    let what = format!(
+        "every pod of {}/{} in the client Service's EndpointSlices",
+        spec.namespace, spec.name
+    );
+    wait_until(&what, ALL_ACCEPTING, || async {
+        let accepting = ready_endpoints(&slices, &spec.name).await?;
+        Ok(if accepting == ips {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("accepting {accepting:?}, pod IPs {ips:?}"))
+        })
+    })
+    .await?;
+    tokio::time::sleep(PROXY_SETTLE).await;
+    Ok(())
 }
 
 /// Waits until exactly `spec.replicas` pods exist, none terminating, all Ready, all of one
