@@ -97,6 +97,12 @@ impl Reports {
             return false;
         };
         match (seen.get_mut(&key), report) {
+            (Some(old), Some(report)) if read_before(&report, &old.report) => {
+                // Sent before the answer held (a poll on its way while `POST /drain`
+                // answered): the one held is newer.
+                old.asked = now;
+                false
+            }
             (Some(old), Some(report)) => {
                 let changed = old.stale || matters(&old.report, &report);
                 *old = Seen {
@@ -155,6 +161,26 @@ impl Reports {
             }
         }
     }
+}
+
+/// Whether `new` shows its gateway earlier than `old` does: within one gateway process (the same
+/// `restarts`) a drain only goes forward (serving, draining, drained) and the sessions it moved
+/// out only add up, so a report behind on either was read before `old`, although its answer came
+/// after. A restart (more `restarts`) starts over.
+fn read_before(new: &DrainReport, old: &DrainReport) -> bool {
+    let progress = |r: &DrainReport| {
+        let stage = match r.state {
+            DrainState::Serving => 0,
+            DrainState::Draining => 1,
+            DrainState::Drained => 2,
+        };
+        (
+            r.restarts,
+            stage,
+            r.migrated + r.closed_by_client + r.dropped,
+        )
+    };
+    progress(new) < progress(old)
 }
 
 /// Whether a new report changes what a reconcile decides: anything while a drain runs, and
@@ -304,6 +330,44 @@ mod tests {
             active,
             ..DrainReport::default()
         }
+    }
+
+    #[test]
+    fn an_answer_read_before_the_report_held_does_not_replace_it() {
+        let reports = Reports::default();
+        let t0 = Instant::now();
+        let drained = DrainReport {
+            sessions_at_start: 5,
+            migrated: 5,
+            ..report(0, DrainState::Drained)
+        };
+        assert!(reports.record(key("a"), Some(drained.clone()), t0));
+        // A poll sent just before `POST /drain` answered after it: the gateway then served.
+        assert!(!reports.record(key("a"), Some(report(0, DrainState::Serving)), t0));
+        let held = |name: &str| reports.get(&key(name)).map(|s| s.report);
+        assert_eq!(held("a"), Some(drained.clone()));
+        // Within a drain, an answer that moved fewer sessions out is older too.
+        let halfway = DrainReport {
+            sessions_at_start: 5,
+            active: 3,
+            migrated: 2,
+            ..report(3, DrainState::Draining)
+        };
+        let further = DrainReport {
+            active: 1,
+            migrated: 4,
+            ..halfway.clone()
+        };
+        assert!(reports.record(key("b"), Some(further.clone()), t0));
+        assert!(!reports.record(key("b"), Some(halfway), t0));
+        assert_eq!(held("b"), Some(further));
+        // A restarted gateway serves anew: that is news, not an old answer.
+        let restarted = DrainReport {
+            restarts: 1,
+            ..report(0, DrainState::Serving)
+        };
+        assert!(reports.record(key("a"), Some(restarted.clone()), t0));
+        assert_eq!(held("a"), Some(restarted));
     }
 
     #[test]

@@ -182,7 +182,7 @@ fn hold_stopped(view: &View, accepting: &mut BTreeMap<String, bool>) {
     let held: Vec<&String> = view
         .pods
         .iter()
-        .filter(|p| stopped(p) && p.revision != view.target)
+        .filter(|p| stopped(p) && p.revision != view.target && accepting.contains_key(&p.name))
         .map(|p| &p.name)
         .collect();
     let another_serves = view.pods.iter().any(|p| {
@@ -374,6 +374,15 @@ mod tests {
         let placement = place(&starting, 0);
         assert_eq!(accepting(&placement), ["a", "c"]);
         assert!(changes(&pods, &placement).is_empty());
+        // A terminating pod gets no label at all, stopped or not.
+        let mut leaving = stopped("d", "old");
+        leaving.terminating = true;
+        let with_leaving = [pods[0].clone(), pods[1].clone(), pods[2].clone(), leaving];
+        let view = View {
+            pods: &with_leaving,
+            ..starting
+        };
+        assert_eq!(place(&view, 0).accepting.get("d"), None);
         // Every old pod stopped: one has to take the new clients, so all open as before.
         let all_stopped = [stopped("a", "old"), stopped("b", "old")];
         let view = View {

@@ -342,9 +342,11 @@ pub fn follow_drains(input: &Input, losses: &[GatewayLoss]) -> Book {
         let report = pod.and_then(|p| p.report.as_ref());
         if entry.finished_at.is_some() {
             let Some(pod) = pod else { continue };
-            if report.is_some_and(|r| r.state == DrainState::Serving) {
+            let restarted = report.filter(|r| count(r.restarts) > entry.gateway_restarts);
+            if restarted.is_some_and(|r| r.state == DrainState::Serving) {
                 // Its gateway restarted after the drain and serves again: drain it anew (what
-                // the first drain counted stays counted).
+                // the first drain counted stays counted). The same process cannot serve again
+                // after its drain: a report saying so was read before the drain.
                 restart(&mut entry, report, now);
                 book.drain.push(pod.name.clone());
             } else if pod.deletion_cost != Some(LOWEST_COST) {
@@ -2177,6 +2179,66 @@ mod tests {
         assert!(
             !plan.drain.contains(&"a-2".to_owned()),
             "not before that settles"
+        );
+    }
+
+    #[test]
+    fn a_drained_pod_is_drained_again_only_when_its_gateway_restarted() {
+        let lcs = LongConnService::test().replicas(2).build();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let finished = DrainingPod {
+            pod: "a-1".to_owned(),
+            revision: "a".to_owned(),
+            started_at: Some(Time(now - SignedDuration::from_secs(3))),
+            finished_at: Some(Time(now - SignedDuration::from_secs(1))),
+            ..DrainingPod::default()
+        };
+        let lcs = LongConnService {
+            status: Some(crate::crd::LongConnServiceStatus {
+                rollout: Some(RolloutStatus {
+                    revision: "b".to_owned(),
+                    draining: vec![finished],
+                    pods_drained: 1,
+                    ..RolloutStatus::default()
+                }),
+                ..Default::default()
+            }),
+            ..lcs
+        };
+        let serving_again = |restarts: u64| {
+            let mut pod = pod("a-1", Some(DrainState::Serving), 0);
+            pod.report = pod.report.map(|r| DrainReport { restarts, ..r });
+            pod
+        };
+        let step_with = |pods: &[PodFacts]| {
+            step(&Input {
+                lcs: &lcs,
+                update_revision: "b",
+                revisions: &[ObservedRevision {
+                    revision: "a".to_owned(),
+                    replicas: 2,
+                    current_replicas: 2,
+                    ready_replicas: 1,
+                }],
+                pods,
+                update_stalled: false,
+                refresh_sessions: true,
+                now,
+            })
+        };
+        // The same gateway process: a report read before the drain, not a restart.
+        let stale = step_with(&[serving_again(0), pod("a-2", None, 0)]);
+        assert!(
+            !stale.drain.contains(&"a-1".to_owned()),
+            "{:?}",
+            stale.drain
+        );
+        // Restarted since: drained anew.
+        let restarted = step_with(&[serving_again(1), pod("a-2", None, 0)]);
+        assert!(
+            restarted.drain.contains(&"a-1".to_owned()),
+            "{:?}",
+            restarted.drain
         );
     }
 
