@@ -68,8 +68,8 @@ pub struct View<'a> {
     pub sessions: &'a BTreeMap<String, i64>,
     /// A rollout is under way: pods of another revision are left to drain.
     pub rolling: bool,
-    /// No receiver yet, but the target revision's first pods are on their way (the rollout
-    /// began, or one of them was created, within `rollout::START_GRACE`).
+    /// The target revision's first pods are on their way (the rollout began, or one of them was
+    /// created, within `rollout::START_GRACE`); it counts only while there is no receiver.
     pub receivers_coming: bool,
 }
 

@@ -1381,8 +1381,9 @@ enum Change {
     Deleted,
 }
 
-/// Whether `change` to `name`, of `kind`, is told by the rollout's own Events: the Deployment and ControllerRevision of a revision other than the current one are
-/// created when it is rolled out (`RolloutStarted` names the revision), and such a Deployment
+/// Whether `change` to `name`, of `kind`, is told by the rollout's own Events: the Deployment
+/// and ControllerRevision of a revision other than the current one are created when it is
+/// rolled out (`RolloutStarted` names the revision), and such a Deployment
 /// is deleted once its last pod is drained and gone (`RolloutComplete`, `RolledBack`). The
 /// first revision's objects, the current revision's made again after someone deleted them, and
 /// the ControllerRevisions the history prunes have an Event of their own.

@@ -640,8 +640,10 @@ fn live<'a>(input: &'a Input, revision: &str) -> Vec<&'a PodFacts> {
         .collect()
 }
 
-/// Whether the target revision's first pods are on their way: the rollout to it began (or
-/// begins now) within [`START_GRACE`], or one of its pods not yet Ready was created within it.
+/// Whether the target revision's first pods are on their way: the rollout to it (the spec's
+/// revision) began, or begins in this step, within [`START_GRACE`]; or one of its pods not yet
+/// Ready was created within it. A rollback's target (another revision) counts by its pods only:
+/// `status.rollout` still names the revision rolled back from.
 fn receivers_coming(input: &Input, target: &str) -> bool {
     let recent =
         |at: Option<Timestamp>| at.is_none_or(|at| input.now.duration_since(at) < START_GRACE);
@@ -649,7 +651,7 @@ fn receivers_coming(input: &Input, target: &str) -> bool {
         .previous()
         .filter(|r| r.revision == target)
         .map(|r| r.started_at.as_ref().map(|t| t.0));
-    began.is_none_or(recent)
+    (target == input.update_revision && began.is_none_or(recent))
         || live(input, target)
             .iter()
             .any(|p| !(p.running && p.ready) && recent(p.created))
@@ -2240,6 +2242,43 @@ mod tests {
             "{:?}",
             restarted.drain
         );
+    }
+
+    #[test]
+    fn a_rollback_counts_its_receivers_coming_by_their_pods_only() {
+        // Rolling back from b to a: status.rollout names b, started long ago, and a has no pod.
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let lcs = LongConnService::test()
+            .replicas(2)
+            .status(crate::crd::LongConnServiceStatus {
+                rollout: Some(RolloutStatus {
+                    revision: "b".to_owned(),
+                    phase: RolloutPhase::RollingBack,
+                    started_at: Some(Time(now - SignedDuration::from_secs(300))),
+                    ..RolloutStatus::default()
+                }),
+                ..Default::default()
+            })
+            .build();
+        let mut b_pod = pod("b-1", None, 0);
+        b_pod.revision = "b".to_owned();
+        let mut a_pod = pod("a-1", None, 0);
+        a_pod.ready = false;
+        a_pod.created = Some(now - SignedDuration::from_secs(5));
+        let coming = |pods: &[PodFacts]| {
+            let input = Input {
+                lcs: &lcs,
+                update_revision: "b",
+                revisions: &[],
+                pods,
+                update_stalled: false,
+                refresh_sessions: true,
+                now,
+            };
+            receivers_coming(&input, "a")
+        };
+        assert!(!coming(&[b_pod.clone()]));
+        assert!(coming(&[b_pod, a_pod]));
     }
 
     #[test]

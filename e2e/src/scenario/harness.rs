@@ -205,7 +205,8 @@ impl Harness {
             }))
     }
 
-    /// The log of the operator's container, its current run (one JSON object per line).
+    /// The log of the operator's container, its current run (the text format `install_operator`
+    /// sets).
     pub async fn operator_log(&self) -> Result<String, ScenarioError> {
         let pod = self
             .operator_pod()

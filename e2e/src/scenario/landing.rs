@@ -134,23 +134,26 @@ pub async fn operator_account(harness: &Harness, spec: &ServiceSpec, report: &mu
     let lines = timeline(&log, &lcs);
     let routing = lines
         .iter()
-        .filter(|line| line.contains(" routing changed "))
+        .filter(|(_, message)| message.starts_with("routing changed"))
         .count();
     report.detail(ROUTING_DETAIL, routing);
     if report.balance.is_some_and(|balance| balance > BALANCE) {
         let skip = lines.len().saturating_sub(TIMELINE_LINES);
-        report.detail(TIMELINE_DETAIL, &lines[skip..]);
+        let kept: Vec<String> = lines[skip..]
+            .iter()
+            .map(|(time, message)| format!("{time} {message}"))
+            .collect();
+        report.detail(TIMELINE_DETAIL, kept);
     }
 }
 
-/// The lines of the operator's log (the text format the harness installs it with, colours and
-/// all) from a reconcile of the LongConnService `lcs` (`namespace/name`) whose message starts
-/// with one of [`TIMELINE_MESSAGES`], each as `time message field=value ...`.
-fn timeline(log: &str, lcs: &str) -> Vec<String> {
+/// The lines of the operator's log (the text format the harness installs it with) from a
+/// reconcile of the LongConnService `lcs` (`namespace/name`) whose message starts with one of
+/// [`TIMELINE_MESSAGES`], each as (time, `message field=value ...`).
+fn timeline<'a>(log: &'a str, lcs: &str) -> Vec<(&'a str, &'a str)> {
     let span = format!("reconcile{{lcs={lcs}}}:");
     log.lines()
         .filter_map(|line| {
-            let line = without_colours(line);
             let (time, rest) = line.split_once(' ')?;
             let (_, event) = rest.split_once(&span)?;
             // The event's target, then its message and fields.
@@ -158,28 +161,9 @@ fn timeline(log: &str, lcs: &str) -> Vec<String> {
             TIMELINE_MESSAGES
                 .iter()
                 .any(|m| message.starts_with(m))
-                .then(|| format!("{time} {message}"))
+                .then_some((time, message))
         })
         .collect()
-}
-
-/// `line` without its ANSI colour sequences (`ESC [ ... m`).
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Up to and with the sequence's final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The value of the unlabelled series `name` in a Prometheus or OpenMetrics text exposition.
@@ -308,9 +292,9 @@ mod tests {
 
     #[test]
     fn the_timeline_keeps_the_routing_and_drain_lines_of_the_services_reconciles() {
-        // As the operator writes them in its text format, colours included.
+        // As the operator writes them in its text format.
         let log = concat!(
-            "\u{1b}[2m2026-12-05T09:44:54.840512Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[1mreconcile\u{1b}[0m\u{1b}[1m{\u{1b}[0m\u{1b}[3mlcs\u{1b}[0m\u{1b}[2m=\u{1b}[0mdefault/chat\u{1b}[1m}\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2mlongconn_operator::reconcile\u{1b}[0m\u{1b}[2m:\u{1b}[0m routing changed \u{1b}[3mpod\u{1b}[0m\u{1b}[2m=\u{1b}[0mdefault/chat-a-1 \u{1b}[3maccepting\u{1b}[0m\u{1b}[2m=\u{1b}[0mfalse\n",
+            "2026-12-05T09:44:54.840512Z  INFO reconcile{lcs=default/chat}: longconn_operator::reconcile: routing changed pod=default/chat-a-1 accepting=false\n",
             "2026-12-05T09:44:54.9Z DEBUG reconcile{lcs=default/chat}: longconn_operator::api: request method=PATCH\n",
             "2026-12-05T09:44:55.0Z  INFO reconcile{lcs=other/chat}: longconn_operator::reconcile: routing changed pod=other/chat-b-1 accepting=true\n",
             "2026-12-05T09:44:56.0Z  INFO longconn_operator::leader: became the leader\n",
@@ -319,8 +303,14 @@ mod tests {
         assert_eq!(
             timeline(log, "default/chat"),
             [
-                "2026-12-05T09:44:54.840512Z routing changed pod=default/chat-a-1 accepting=false",
-                "2026-12-05T09:44:57.5Z drain started pod=chat-a-1 sessions=266",
+                (
+                    "2026-12-05T09:44:54.840512Z",
+                    "routing changed pod=default/chat-a-1 accepting=false"
+                ),
+                (
+                    "2026-12-05T09:44:57.5Z",
+                    "drain started pod=chat-a-1 sessions=266"
+                ),
             ]
         );
     }
