@@ -1303,6 +1303,11 @@ pub struct RebalancedPod {
 pub struct RebalanceOutcome {
     /// Sessions picked: at most those asked, leaving out those that came by a recent move.
     pub selected: i64,
+    /// Open sessions left out because they came to the pod by a move less than 10 minutes
+    /// before (a session moves at most once in that time). When `selected` falls short of the
+    /// ask by these, the pod stays above the mean until a round after they age moves them.
+    #[serde(default)]
+    pub kept_moved: i64,
     /// Sessions asked to move that completed the close handshake.
     pub moved: i64,
     /// Of `moved`, sessions whose client declared an earlier move.

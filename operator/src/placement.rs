@@ -15,7 +15,10 @@
 //! - while sessions are on their way (drains under way, or the one about to start), the
 //!   receivers that accept are ones that can take the incoming sessions in even shares (a
 //!   Service spreads new connections evenly over its endpoints, not in proportion to room)
-//!   below [`FULL`] times the mean, failing that below [`LIMIT`]. During a rollout
+//!   below [`FULL`] times the mean, failing that below [`LIMIT`]; a round of rebalancing tries
+//!   below the mean first ([`View::rebalancing`]: the sessions it moves stay where they land
+//!   for ten minutes, so a receiver filled with them to [`FULL`] could not hand them on when a
+//!   scale-up then lowers the mean). During a rollout
 //!   ([`View::rolling`]: pods of another revision are left) the receivers stay for good, and
 //!   they are chosen with the fewest label changes ([`receivers_for`]): those accepting now
 //!   are kept where they have room, and those with the most room added until there are enough.
@@ -71,6 +74,11 @@ pub struct View<'a> {
     /// The target revision's first pods are on their way (the rollout began, or one of them was
     /// created, within `rollout::START_GRACE`); it counts only while there is no receiver.
     pub receivers_coming: bool,
+    /// The sessions on their way are a round of rebalancing's: a session stays where it lands
+    /// for `rebalance::KEEP_MOVED_FOR`, so the receivers take them up to the mean before
+    /// [`FULL`] (a receiver filled with moved sessions to [`FULL`] is left over the bound by a
+    /// scale-up that follows, and cannot hand them on).
+    pub rebalancing: bool,
 }
 
 /// Where new sessions go.
@@ -137,9 +145,14 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     let mut by_room = receivers.clone();
     by_room.sort_by(|a, b| room(b).cmp(&room(a)).then_with(|| a.name.cmp(&b.name)));
     let (chosen, fits): (Vec<&PodFacts>, bool) = if incoming > 0 {
+        let limits: &[f64] = if view.rebalancing {
+            &[1.0, FULL, LIMIT]
+        } else {
+            &[FULL, LIMIT]
+        };
         let choose =
             |limit: f64| receivers_for(view, &by_room, incoming, mean * limit, view.rolling);
-        match choose(FULL).or_else(|| choose(LIMIT)) {
+        match limits.iter().find_map(|&limit| choose(limit)) {
             Some(chosen) => (chosen, true),
             None => (by_room.clone(), false),
         }
@@ -319,6 +332,7 @@ mod tests {
             sessions,
             rolling: false,
             receivers_coming: false,
+            rebalancing: false,
         }
     }
 
@@ -551,8 +565,30 @@ mod tests {
             sessions: &counts,
             rolling: true,
             receivers_coming: false,
+            rebalancing: false,
         };
         assert_eq!(accepting(&place(&view, 60)), ["b"]);
+    }
+
+    #[test]
+    fn a_round_of_rebalancing_fills_its_receivers_to_the_mean_before_full() {
+        // a and b give 160 sessions; the mean is 160. c alone could take them below full (176),
+        // but would then hold 170 moved sessions it keeps for ten minutes: c and d share them.
+        let pods = [pod("a", "v"), pod("b", "v"), pod("c", "v"), pod("d", "v")];
+        let counts = sessions(&[("a", 285), ("b", 285), ("c", 10), ("d", 60)]);
+        let giving = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        let drain = View {
+            leaving: &giving,
+            ..view(&pods, "v", 4, &counts)
+        };
+        assert_eq!(accepting(&place(&drain, 160)), ["c"]);
+        let round = View {
+            rebalancing: true,
+            ..drain
+        };
+        assert_eq!(accepting(&place(&round, 160)), ["c", "d"]);
+        // Still the fewest receivers that can: c alone when it has room for them below the mean.
+        assert_eq!(accepting(&place(&round, 150)), ["c"]);
     }
 
     #[test]

@@ -210,6 +210,7 @@ pub fn follow(
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let outcome = RebalanceOutcome {
             selected: n(r.selected),
+            kept_moved: n(r.kept_moved),
             moved: n(r.moved),
             moved_again: n(r.moved_again),
             closed_by_client: n(r.closed_by_client),
@@ -223,6 +224,15 @@ pub fn follow(
         finished.push(pod.clone());
     }
     (out, finished)
+}
+
+/// The sessions of its ask that `pod` kept because they came to it by a move within
+/// [`KEEP_MOVED_FOR`], once its outcome is recorded: None when it picked all it was asked, or
+/// fell short for another reason (fewer sessions open than asked).
+pub fn kept_of_ask(pod: &RebalancedPod) -> Option<i64> {
+    let outcome = pod.outcome.as_ref()?;
+    let short = pod.sessions - outcome.selected;
+    Some(short.min(outcome.kept_moved)).filter(|&kept| kept > 0)
 }
 
 #[cfg(test)]
@@ -430,5 +440,37 @@ mod tests {
         let next = start(Some(&followed), &asks[..1], 4, NOW);
         assert_eq!((next.round, next.sessions_moved), (2, 95));
         assert_eq!(next.pods[0].outcome, None);
+    }
+
+    #[test]
+    fn a_pod_that_keeps_sessions_moved_to_it_recently_falls_short_of_its_ask_by_them() {
+        // Asked 94 of 227, of which 167 came by a move a minute before: it picks 60.
+        let round = start(None, &[ask("p0", 94, 227)], 6, NOW);
+        let report = |selected, kept_moved| RebalanceReport {
+            id: "rebalance 1".to_owned(),
+            state: longconn_drain_api::RebalanceState::Done,
+            requested: 94,
+            selected,
+            kept_moved,
+            moved: selected,
+            ..RebalanceReport::default()
+        };
+        let (followed, _) = follow(&round, |_| Some(report(60, 167)));
+        let pod = &followed.pods[0];
+        assert_eq!(pod.outcome.as_ref().map(|o| o.kept_moved), Some(167));
+        assert_eq!(kept_of_ask(pod), Some(34));
+        let (all_picked, _) = follow(&round, |_| Some(report(94, 73)));
+        assert_eq!(
+            kept_of_ask(&all_picked.pods[0]),
+            None,
+            "nothing kept of the ask"
+        );
+        assert_eq!(kept_of_ask(&round.pods[0]), None, "not finished");
+        let (fewer_open, _) = follow(&round, |_| Some(report(50, 0)));
+        assert_eq!(
+            kept_of_ask(&fewer_open.pods[0]),
+            None,
+            "fewer open than asked"
+        );
     }
 }

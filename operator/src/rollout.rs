@@ -840,6 +840,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
         sessions: &sessions,
         rolling: sizes.old_left,
         receivers_coming: sizes.old_left && receivers_coming(input, budget.target),
+        rebalancing: false,
     };
     // Sessions on their way: what the drains under way have not moved yet.
     let mut incoming: i64 = book
@@ -995,6 +996,7 @@ fn rebalance_step(
         let leaving = giving(round.pods.iter().map(|p| &p.pod).collect());
         let view = placement::View {
             leaving: &leaving,
+            rebalancing: true,
             ..*view
         };
         return (placement::place(&view, flying), Vec::new(), true);
@@ -1016,6 +1018,7 @@ fn rebalance_step(
     let leaving = giving(asks.iter().map(|a| &a.pod).collect());
     let view = placement::View {
         leaving: &leaving,
+        rebalancing: true,
         ..*view
     };
     let wanted = placement::place(&view, moving);
@@ -1187,6 +1190,13 @@ pub fn record(
         }
         None => (None, Vec::new()),
     };
+    if let Some(round) = &followed {
+        for pod in &rebalanced {
+            if let Some(kept) = rebalance::kept_of_ask(pod) {
+                book.events.push(kept_note(round.round, pod, kept));
+            }
+        }
+    }
     let rebalance = if book.rebalance_asks.is_empty() {
         followed
     } else {
@@ -1574,6 +1584,24 @@ fn rebalance_note(round: &RebalanceStatus) -> Note {
             "round {}: the busiest pods hand sessions to the pods with room: {}",
             round.round,
             pods.join(", ")
+        ),
+    }
+}
+
+/// A pod of round `round` kept `kept` sessions of its ask: they came to it by a move less than
+/// [`rebalance::KEEP_MOVED_FOR`] ago.
+fn kept_note(round: u32, pod: &crate::crd::RebalancedPod, kept: i64) -> Note {
+    let selected = pod.outcome.as_ref().map_or(0, |o| o.selected);
+    Note {
+        warning: false,
+        reason: "MovedSessionsKept",
+        message: format!(
+            "round {round}: pod {} picked {selected} of the {} sessions asked: it keeps {kept} \
+             that moved to it less than {}s ago (a session moves at most once in that time), \
+             until a later round moves them",
+            pod.pod,
+            pod.sessions,
+            rebalance::KEEP_MOVED_FOR.as_secs()
         ),
     }
 }
@@ -2096,6 +2124,58 @@ mod tests {
         );
         assert!(plan.rebalance_asks.is_empty());
         assert!(!plan.active);
+    }
+
+    #[test]
+    fn a_pod_that_kept_sessions_moved_to_it_recently_says_so_once() {
+        // Round 3 asked a-2 to move 33 of its 167; every one of them came by a move a minute
+        // before, so its gateway picked none.
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let round = rebalance::start(
+            None,
+            &[rebalance::Ask {
+                pod: "a-2".to_owned(),
+                sessions: 33,
+                held: 167,
+            }],
+            6,
+            now - SignedDuration::from_secs(20),
+        );
+        let mut pods = six_pods([140, 130, 167, 121, 121, 121], |i| i != 2);
+        pods[2].rebalance = Some(longconn_drain_api::RebalanceReport {
+            id: rebalance::round_id(round.round),
+            state: longconn_drain_api::RebalanceState::Done,
+            requested: 33,
+            kept_moved: 167,
+            ..Default::default()
+        });
+        let status = |rebalance| crate::crd::LongConnServiceStatus {
+            rebalance: Some(rebalance),
+            ..Default::default()
+        };
+        let plan = rebalancing_step(&autoscaled(Some(status(round))), &pods, now);
+        let recorded = plan.rebalance.clone().expect("recorded");
+        let outcome = recorded.pods[0].outcome.clone().expect("finished");
+        assert_eq!((outcome.selected, outcome.kept_moved), (0, 167));
+        let kept: Vec<&str> = plan
+            .events
+            .iter()
+            .filter(|e| e.reason == "MovedSessionsKept")
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(kept.len(), 1, "{:?}", plan.events);
+        assert!(
+            kept[0].contains("a-2 picked 0 of the 33") && kept[0].contains("keeps 33"),
+            "{}",
+            kept[0]
+        );
+        // Once recorded, read again: no second Event.
+        let plan = rebalancing_step(&autoscaled(Some(status(recorded))), &pods, now);
+        assert!(
+            plan.events.iter().all(|e| e.reason != "MovedSessionsKept"),
+            "{:?}",
+            plan.events
+        );
     }
 
     #[test]

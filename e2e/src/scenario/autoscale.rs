@@ -17,7 +17,11 @@
 //! pod holds at most [`landing::BALANCE`] times the mean (`balanceAfterScaleUpWithinTarget`,
 //! `timeToBalanceSeconds`): long-lived sessions stay where they are and new pods get only new
 //! sessions, so this is the operator's rebalancing (hot pods hand a share of their sessions to
-//! the pods with room), whose rounds `rebalance.cooldown` paces. Also in the
+//! the pods with room), whose rounds `rebalance.cooldown` paces. One case passes short of the
+//! bound, shown in `balanceHeldByMoveOnce`: every pod above it is recorded in the last round
+//! (`status.rebalance`) as keeping part of its ask because those sessions moved to it less
+//! than the gateway's `keepMovedFor` (10 minutes) before; a session moves at most once in that
+//! time, and that rule wins over the balance (see the operator's README). Also in the
 //! details: how evenly the sessions sit right after the scale-up, replicas and pods every
 //! second (`replicasOverTime`), the times to scale up and down, the last decision's reason and
 //! the `Scaled` Events.
@@ -464,14 +468,29 @@ async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioRepo
         ),
     };
     let last = read.as_ref().ok().and_then(PodSessions::balance);
+    let kept = match (time_to_balance, &read) {
+        (None, Ok(sessions)) => {
+            let observed = spec.observe(&harness.client()).await;
+            let round = observed
+                .ok()
+                .and_then(|o| o.at("/status/rebalance").cloned());
+            kept_by_move_once(sessions, round.as_ref())
+        }
+        _ => None,
+    };
     report.expect(
-        time_to_balance.is_some(),
+        time_to_balance.is_some() || kept.is_some(),
         format!(
-            "the busiest pod was not within {} of the mean {} s after the scale-up",
+            "the busiest pod was not within {} of the mean {} s after the scale-up, and the \
+             last round of rebalancing does not record the pods above it keeping sessions moved \
+             to them recently",
             landing::BALANCE,
             BALANCE_WITHIN.as_secs()
         ),
     );
+    if let Some(kept) = kept {
+        report.detail("balanceHeldByMoveOnce", kept);
+    }
     report.detail(
         "balanceAfterScaleUpWithinTarget",
         format!(
@@ -480,6 +499,33 @@ async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioRepo
             last.map_or("not read".to_owned(), |b| format!("{b:.3}"))
         ),
     );
+}
+
+/// When every pod above [`landing::BALANCE`] times the mean is recorded in the last round of
+/// rebalancing (`status.rebalance`) as having kept part of its ask because those sessions moved
+/// to it recently (each session moves at most once within the gateway's `keepMovedFor`): each
+/// such pod with the sessions it kept. None otherwise.
+fn kept_by_move_once(sessions: &PodSessions, round: Option<&Value>) -> Option<Vec<Value>> {
+    let pods = round?.get("pods")?.as_array()?;
+    let kept_of = |name: &str| {
+        let pod = pods
+            .iter()
+            .find(|p| p.get("pod").and_then(Value::as_str) == Some(name))?;
+        let asked = pod.get("sessions")?.as_i64()?;
+        let outcome = pod.get("outcome")?;
+        let selected = outcome.get("selected")?.as_i64()?;
+        let kept_moved = outcome.get("keptMoved")?.as_i64()?;
+        Some((asked - selected).min(kept_moved)).filter(|&k| k > 0)
+    };
+    let over = sessions.over(landing::BALANCE);
+    (!over.is_empty()).then_some(()).and_then(|()| {
+        over.into_iter()
+            .map(|pod| {
+                let kept = kept_of(pod)?;
+                Some(json!({"pod": pod, "sessions": sessions.0.get(pod), "keptOfAsk": kept}))
+            })
+            .collect()
+    })
 }
 
 /// `sessionsPerPod<when>` and `balance<when>` in the details, or why they could not be read.
@@ -813,6 +859,45 @@ impl Drop for Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_balance_short_of_the_target_is_held_by_move_once_only_when_the_last_round_says_so() {
+        // The counts of a run that stopped at 1.253: the busiest pod held only sessions that
+        // had moved to it, and round 3 asked it for 33.
+        let sessions = PodSessions(
+            [
+                ("a", 167),
+                ("b", 133),
+                ("c", 130),
+                ("d", 125),
+                ("e", 123),
+                ("f", 122),
+            ]
+            .into_iter()
+            .map(|(p, n)| (p.to_owned(), n))
+            .collect(),
+        );
+        let round = |selected: i64, kept: i64| {
+            json!({"round": 3, "pods": [{"pod": "a", "sessions": 33, "held": 167,
+                "outcome": {"selected": selected, "keptMoved": kept, "moved": selected,
+                    "movedAgain": 0, "closedByClient": 0, "dropped": 0, "takenByDrain": 0}}]})
+        };
+        let held = kept_by_move_once(&sessions, Some(&round(0, 167))).expect("held");
+        assert_eq!(
+            held,
+            [json!({"pod": "a", "sessions": 167, "keptOfAsk": 33})]
+        );
+        assert_eq!(kept_by_move_once(&sessions, Some(&round(33, 134))), None);
+        assert_eq!(kept_by_move_once(&sessions, None), None);
+        let unfinished = json!({"round": 3, "pods": [{"pod": "a", "sessions": 33, "held": 167}]});
+        assert_eq!(kept_by_move_once(&sessions, Some(&unfinished)), None);
+        // Another pod above the bound that the round did not ask: not held by the rule.
+        let mut two_over = sessions.clone();
+        two_over.0.insert("b".to_owned(), 170);
+        assert_eq!(kept_by_move_once(&two_over, Some(&round(0, 167))), None);
+        let balanced = PodSessions(sessions.0.keys().map(|p| (p.clone(), 100)).collect());
+        assert_eq!(kept_by_move_once(&balanced, Some(&round(0, 167))), None);
+    }
 
     fn sample(t: f64, replicas: i64, desired: Option<i64>) -> Sample {
         Sample {

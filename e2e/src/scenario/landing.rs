@@ -68,6 +68,17 @@ impl PodSessions {
         Some(max as f64 / mean)
     }
 
+    /// The pods holding more than `bound` times the mean per pod.
+    pub fn over(&self, bound: f64) -> Vec<&str> {
+        let total: u64 = self.0.values().sum();
+        let mean = total as f64 / self.0.len().max(1) as f64;
+        self.0
+            .iter()
+            .filter(|&(_, &n)| n as f64 > bound * mean)
+            .map(|(pod, _)| pod.as_str())
+            .collect()
+    }
+
     /// [`PodSessions::balance`] to three decimals, as reports show it.
     pub fn rounded_balance(&self) -> Option<f64> {
         self.balance().map(|b| (b * 1000.0).round() / 1000.0)
