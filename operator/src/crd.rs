@@ -1256,6 +1256,7 @@ pub struct LongConnServiceStatus {
 pub struct RebalanceStatus {
     /// Rounds started; the last one's id on the gateways is `rebalance <round>`.
     #[serde(default)]
+    #[schemars(extend("format" = "int32"))]
     pub round: u32,
     /// When the last round started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
