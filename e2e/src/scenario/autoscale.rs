@@ -518,14 +518,15 @@ fn kept_by_move_once(sessions: &PodSessions, round: Option<&Value>) -> Option<Ve
         Some((asked - selected).min(kept_moved)).filter(|&k| k > 0)
     };
     let over = sessions.over(landing::BALANCE);
-    (!over.is_empty()).then_some(()).and_then(|()| {
-        over.into_iter()
-            .map(|pod| {
-                let kept = kept_of(pod)?;
-                Some(json!({"pod": pod, "sessions": sessions.0.get(pod), "keptOfAsk": kept}))
-            })
-            .collect()
-    })
+    if over.is_empty() {
+        return None;
+    }
+    over.into_iter()
+        .map(|pod| {
+            let kept = kept_of(pod)?;
+            Some(json!({"pod": pod, "sessions": sessions.0.get(pod), "keptOfAsk": kept}))
+        })
+        .collect()
 }
 
 /// `sessionsPerPod<when>` and `balance<when>` in the details, or why they could not be read.
