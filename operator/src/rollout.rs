@@ -1191,11 +1191,10 @@ pub fn record(
         None => (None, Vec::new()),
     };
     if let Some(round) = &followed {
-        for pod in &rebalanced {
-            if let Some(kept) = rebalance::kept_of_ask(pod) {
-                book.events.push(kept_note(round.round, pod, kept));
-            }
-        }
+        let kept = rebalanced
+            .iter()
+            .filter_map(|pod| kept_note(round.round, pod));
+        book.events.extend(kept);
     }
     let rebalance = if book.rebalance_asks.is_empty() {
         followed
@@ -1588,11 +1587,12 @@ fn rebalance_note(round: &RebalanceStatus) -> Note {
     }
 }
 
-/// A pod of round `round` kept `kept` sessions of its ask: they came to it by a move less than
-/// [`rebalance::KEEP_MOVED_FOR`] ago.
-fn kept_note(round: u32, pod: &crate::crd::RebalancedPod, kept: i64) -> Note {
-    let selected = pod.outcome.as_ref().map_or(0, |o| o.selected);
-    Note {
+/// When `pod` of round `round` kept sessions of its ask because they came to it by a move less
+/// than [`rebalance::KEEP_MOVED_FOR`] ago: the Event that says so.
+fn kept_note(round: u32, pod: &crate::crd::RebalancedPod) -> Option<Note> {
+    let kept = rebalance::kept_of_ask(pod)?;
+    let selected = pod.outcome.as_ref()?.selected;
+    Some(Note {
         warning: false,
         reason: "MovedSessionsKept",
         message: format!(
@@ -1603,7 +1603,7 @@ fn kept_note(round: u32, pod: &crate::crd::RebalancedPod, kept: i64) -> Note {
             pod.sessions,
             rebalance::KEEP_MOVED_FOR.as_secs()
         ),
-    }
+    })
 }
 
 fn drained_note(entry: &DrainingPod, now: Timestamp) -> Note {

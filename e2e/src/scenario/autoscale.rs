@@ -37,6 +37,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use longconn_operator::crd::RebalanceStatus;
+use longconn_operator::rebalance;
+
 use super::harness::Harness;
 use super::landing::{self, PodSessions};
 use super::service::{Observed, PodView, Recorded, Rollout, ServiceSpec};
@@ -473,7 +476,8 @@ async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioRepo
             let observed = spec.observe(&harness.client()).await;
             let round = observed
                 .ok()
-                .and_then(|o| o.at("/status/rebalance").cloned());
+                .and_then(|o| o.at("/status/rebalance").cloned())
+                .and_then(|r| serde_json::from_value::<RebalanceStatus>(r).ok());
             kept_by_move_once(sessions, round.as_ref())
         }
         _ => None,
@@ -504,19 +508,14 @@ async fn settle(harness: &Harness, spec: &ServiceSpec, report: &mut ScenarioRepo
 /// When every pod above [`landing::BALANCE`] times the mean is recorded in the last round of
 /// rebalancing (`status.rebalance`) as having kept part of its ask because those sessions moved
 /// to it recently (each session moves at most once within the gateway's `keepMovedFor`): each
-/// such pod with the sessions it kept. None otherwise.
-fn kept_by_move_once(sessions: &PodSessions, round: Option<&Value>) -> Option<Vec<Value>> {
-    let pods = round?.get("pods")?.as_array()?;
-    let kept_of = |name: &str| {
-        let pod = pods
-            .iter()
-            .find(|p| p.get("pod").and_then(Value::as_str) == Some(name))?;
-        let asked = pod.get("sessions")?.as_i64()?;
-        let outcome = pod.get("outcome")?;
-        let selected = outcome.get("selected")?.as_i64()?;
-        let kept_moved = outcome.get("keptMoved")?.as_i64()?;
-        Some((asked - selected).min(kept_moved)).filter(|&k| k > 0)
-    };
+/// such pod with the sessions it kept (the operator's [`rebalance::kept_of_ask`]). None
+/// otherwise.
+fn kept_by_move_once(
+    sessions: &PodSessions,
+    round: Option<&RebalanceStatus>,
+) -> Option<Vec<Value>> {
+    let pods = &round?.pods;
+    let kept_of = |name: &str| rebalance::kept_of_ask(pods.iter().find(|p| p.pod == name)?);
     let over = sessions.over(landing::BALANCE);
     if over.is_empty() {
         return None;
@@ -878,10 +877,13 @@ mod tests {
             .map(|(p, n)| (p.to_owned(), n))
             .collect(),
         );
-        let round = |selected: i64, kept: i64| {
-            json!({"round": 3, "pods": [{"pod": "a", "sessions": 33, "held": 167,
-                "outcome": {"selected": selected, "keptMoved": kept, "moved": selected,
-                    "movedAgain": 0, "closedByClient": 0, "dropped": 0, "takenByDrain": 0}}]})
+        // As the status holds it.
+        let round = |selected: i64, kept: i64| -> RebalanceStatus {
+            serde_json::from_value(json!({"round": 3, "pods": [{"pod": "a", "sessions": 33,
+                "held": 167, "outcome": {"selected": selected, "keptMoved": kept,
+                "moved": selected, "movedAgain": 0, "closedByClient": 0, "dropped": 0,
+                "takenByDrain": 0}}]}))
+            .expect("a status.rebalance")
         };
         let held = kept_by_move_once(&sessions, Some(&round(0, 167))).expect("held");
         assert_eq!(
@@ -890,7 +892,10 @@ mod tests {
         );
         assert_eq!(kept_by_move_once(&sessions, Some(&round(33, 134))), None);
         assert_eq!(kept_by_move_once(&sessions, None), None);
-        let unfinished = json!({"round": 3, "pods": [{"pod": "a", "sessions": 33, "held": 167}]});
+        let unfinished: RebalanceStatus = serde_json::from_value(
+            json!({"round": 3, "pods": [{"pod": "a", "sessions": 33, "held": 167}]}),
+        )
+        .expect("a status.rebalance");
         assert_eq!(kept_by_move_once(&sessions, Some(&unfinished)), None);
         // Another pod above the bound that the round did not ask: not held by the rule.
         let mut two_over = sessions.clone();

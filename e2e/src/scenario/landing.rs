@@ -60,23 +60,25 @@ impl PodSessions {
     /// The busiest pod's sessions over the mean per pod; `None` with no pod or no session.
     pub fn balance(&self) -> Option<f64> {
         let max = self.0.values().max().copied()?;
-        let total: u64 = self.0.values().sum();
-        if total == 0 {
-            return None;
-        }
-        let mean = total as f64 / self.0.len() as f64;
-        Some(max as f64 / mean)
+        Some(max as f64 / self.mean()?)
     }
 
     /// The pods holding more than `bound` times the mean per pod.
     pub fn over(&self, bound: f64) -> Vec<&str> {
-        let total: u64 = self.0.values().sum();
-        let mean = total as f64 / self.0.len().max(1) as f64;
+        let Some(mean) = self.mean() else {
+            return Vec::new();
+        };
         self.0
             .iter()
             .filter(|&(_, &n)| n as f64 > bound * mean)
             .map(|(pod, _)| pod.as_str())
             .collect()
+    }
+
+    /// The mean sessions per pod; `None` with no pod or no session.
+    fn mean(&self) -> Option<f64> {
+        let total: u64 = self.0.values().sum();
+        (total > 0).then(|| total as f64 / self.0.len() as f64)
     }
 
     /// [`PodSessions::balance`] to three decimals, as reports show it.
