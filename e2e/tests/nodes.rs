@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use longconn_e2e::nodes::{self, plan};
@@ -128,23 +129,32 @@ async fn real_nodes_run_restricted_pods_that_clients_reach_through_a_cluster_ip(
     // kube-proxy programs a Service once the EndpointSlice controller has listed its Ready pods,
     // on its own schedule: the first answer may take a few seconds (bounded), and from then on
     // every request must be answered.
+    // A client that tries before kube-proxy's first sync has its packets forwarded by the node
+    // to its default route; that must not keep it from the Service afterwards (the node sends
+    // no redirect past itself). A port the Service does not serve is forwarded the same way,
+    // whenever it is tried: the client tries one first, for 5 s (a node that sends redirects
+    // sent one within them, not within 2 s: for a retransmitted SYN).
     let plan = cluster.plan().expect("plan").clone();
     let address = format!("{cluster_ip}:80");
     let answers = nodes::in_netns(&plan.client.netns, {
         let address = address.clone();
+        let unserved = format!("{cluster_ip}:81");
         move || async move {
+            let forwarded = connect(&unserved, Duration::from_secs(5));
+            assert!(forwarded.is_err(), "{unserved} answered: {forwarded:?}");
             first_answer(&address, "/healthz", PROGRAMMED)?;
             Ok::<_, std::io::Error>((0..12).map(|_| http_get(&address, "/healthz")).collect())
         }
     })
     .await
-    .expect("run in the client host")
-    .unwrap_or_else(|error: std::io::Error| -> Vec<std::io::Result<String>> {
-        panic!(
+    .expect("run in the client host");
+    let answers: Vec<std::io::Result<String>> = match answers {
+        Ok(answers) => answers,
+        Err(error) => panic!(
             "no answer through the ClusterIP {address} within {PROGRAMMED:?}: {error}\n{}",
-            proxy_diagnostics(&plan, &cluster_ip)
-        )
-    });
+            diagnose(&client, &plan, &cluster_ip).await
+        ),
+    };
     for answer in &answers {
         let answer = answer.as_ref().expect("GET /healthz through the ClusterIP");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -280,38 +290,146 @@ fn first_answer(address: &str, path: &str, within: Duration) -> std::io::Result<
     }
 }
 
-/// What the client host's gateway node did about the Service: the end of its kube-proxy log and
-/// its NAT rules that name the ClusterIP.
-fn proxy_diagnostics(plan: &plan::Plan, cluster_ip: &str) -> String {
+/// Why the ClusterIP went unanswered, told from every hop: the Service's EndpointSlices as the
+/// API server has them, what the client host gets now from the ClusterIP and from each pod's
+/// own address (a node-to-node route against kube-proxy's translation), the client host's route
+/// to the ClusterIP (an ICMP redirect shows there as `<redirected>`), the gateway node's
+/// routes, its NAT chains for the Service down to each endpoint's DNAT and its filter rules
+/// naming the ClusterIP, and the end of its kube-proxy log.
+async fn diagnose(client: &kube::Client, plan: &plan::Plan, cluster_ip: &str) -> String {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let endpoints: Vec<(String, bool, String)> = match slices.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .flat_map(|slice| slice.endpoints.iter().flatten())
+            .map(|endpoint| {
+                (
+                    endpoint.addresses.join(","),
+                    endpoint
+                        .conditions
+                        .as_ref()
+                        .and_then(|conditions| conditions.ready)
+                        .unwrap_or(false),
+                    endpoint.node_name.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        Err(error) => vec![(
+            format!("listing EndpointSlices failed: {error}"),
+            false,
+            String::new(),
+        )],
+    };
+    let mut targets = vec![format!("{cluster_ip}:80")];
+    targets.extend(
+        endpoints
+            .iter()
+            .flat_map(|(addresses, _, _)| addresses.split(','))
+            .filter(|address| address.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(|address| format!("{address}:8080")),
+    );
+    let probes = nodes::in_netns(&plan.client.netns, move || async move {
+        targets
+            .into_iter()
+            .map(|target| {
+                let answer = http_get(&target, "/healthz")
+                    .map(|answer| answer.lines().next().unwrap_or_default().to_string())
+                    .unwrap_or_else(|error| error.to_string());
+                format!("{target}: {answer}")
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|error| vec![format!("probing from the client host failed: {error}")]);
     let Some(node) = plan.nodes.iter().find(|n| n.ip == plan.client.gateway) else {
         return "no node is the client host's gateway".into();
     };
-    let log = node.file("logs").join("kube-proxy.log");
-    let rules = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.netns, "iptables-save", "-t", "nat"])
+    let in_node = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_else(|error| format!("{args:?}: {error}"))
+    };
+    let client_route = std::process::Command::new("ip")
+        .args(["-n", &plan.client.netns, "route", "get", cluster_ip])
         .output()
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|line| line.contains(cluster_ip))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_else(|error| format!("iptables-save: {error}"));
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_else(|error| format!("ip route get: {error}"));
+    let log = node.file("logs").join("kube-proxy.log");
     format!(
-        "kube-proxy of {} ({}):\n{}\nits NAT rules naming {cluster_ip}:\n{rules}",
+        "EndpointSlices (addresses, ready, node): {endpoints:?}\n\
+         from the client host now:\n{}\n\
+         the client host's route to {cluster_ip}: {client_route}\
+         routes of {}:\n{}\
+         its NAT rules for the Service:\n{}\n\
+         its filter rules naming {cluster_ip}:\n{}\n\
+         its kube-proxy log ({}):\n{}",
+        probes.join("\n"),
         node.name,
+        in_node(&["ip", "route"]),
+        service_chains(&in_node(&["iptables-save", "-t", "nat"]), cluster_ip).join("\n"),
+        in_node(&["iptables-save", "-t", "filter"])
+            .lines()
+            .filter(|line| line.contains(cluster_ip))
+            .collect::<Vec<_>>()
+            .join("\n"),
         log.display(),
         longconn_e2e::process::tail(&log, 40)
     )
 }
 
-/// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
-fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+/// The rules of `iptables-save` output that translate `cluster_ip`: those naming it, and every
+/// rule of each chain they jump to, followed down (KUBE-SVC to KUBE-SEP).
+fn service_chains(rules: &str, cluster_ip: &str) -> Vec<String> {
+    let jump = |line: &str| {
+        line.split_once(" -j ").map(|(_, target)| {
+            target
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    let mut picked: Vec<String> = rules
+        .lines()
+        .filter(|line| line.contains(cluster_ip))
+        .map(str::to_string)
+        .collect();
+    let mut chains: Vec<String> = picked
+        .iter()
+        .filter_map(|line| jump(line))
+        .filter(|chain| chain.starts_with("KUBE-SVC") || chain.starts_with("KUBE-SEP"))
+        .collect();
+    let mut followed = std::collections::BTreeSet::new();
+    while let Some(chain) = chains.pop() {
+        if !followed.insert(chain.clone()) {
+            continue;
+        }
+        let prefix = format!("-A {chain} ");
+        for line in rules.lines().filter(|line| line.starts_with(&prefix)) {
+            if !picked.iter().any(|seen| seen == line) {
+                picked.push(line.to_string());
+            }
+            chains.extend(jump(line).filter(|next| next.starts_with("KUBE-SEP")));
+        }
+    }
+    picked
+}
+
+/// A TCP connection to `address`, given up after `within`.
+fn connect(address: &str, within: Duration) -> std::io::Result<std::net::TcpStream> {
     let address: std::net::SocketAddr = address
         .parse()
         .map_err(|err| std::io::Error::other(format!("{address}: {err}")))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    std::net::TcpStream::connect_timeout(&address, within)
+}
+
+/// A plain HTTP/1.1 GET with a 5 s budget; the response's status line and headers.
+fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = connect(address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,

@@ -96,33 +96,61 @@ fn plug(netns: &str, veth: &str, address: Ipv4Addr) -> Result<()> {
 /// A node's network namespace: on the bridge, forwarding, bridged traffic through iptables (as
 /// kube-proxy needs), a default route to the host (where the API server is) and a route to every
 /// other node's pods.
+///
+/// The node sends no ICMP redirects. A client's packet for a ClusterIP that kube-proxy has not
+/// programmed yet (a new Service, before its first sync) leaves the node the way it came, by the
+/// default route to the host; a node that sent redirects would then tell the client to send
+/// everything for that address to the host directly, and the client's kernel would keep that
+/// for minutes, long after kube-proxy programmed the Service.
 pub fn create_node_network(plan: &Plan, node: &NodePlan) -> Result<()> {
     plug(&node.netns, &node.veth, node.ip)?;
     route(&node.netns, "default", plan.host_ip)?;
     for (cidr, via) in plan.pod_routes(Some(node.index)) {
         route(&node.netns, &cidr, via)?;
     }
-    for setting in [
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.bridge.bridge-nf-call-iptables=1",
-    ] {
-        run(
-            "ip",
-            &["netns", "exec", &node.netns, "sysctl", "-q", "-w", setting],
-        )?;
-    }
-    Ok(())
+    sysctls(
+        &node.netns,
+        &[
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.bridge.bridge-nf-call-iptables=1",
+            // The kernel sends redirects when `all` or the interface says so: both off.
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ],
+    )
 }
 
 /// The client host: on the bridge, with the Service range routed to a node (whose kube-proxy
-/// translates it), and routes to every node's pods for tests that must pick a pod.
+/// translates it), and routes to every node's pods for tests that must pick a pod. It accepts no
+/// ICMP redirects, so its Service traffic always goes through that node (see
+/// [`create_node_network`]).
 pub fn create_client_network(plan: &Plan) -> Result<()> {
     let client = &plan.client;
     plug(&client.netns, &client.veth, client.ip)?;
     route(&client.netns, super::plan::SERVICE_CIDR, client.gateway)?;
     for (cidr, via) in plan.pod_routes(None) {
         route(&client.netns, &cidr, via)?;
+    }
+    // A host that does not forward accepts redirects when `all` or the interface says so.
+    sysctls(
+        &client.netns,
+        &[
+            "net.ipv4.conf.all.accept_redirects=0",
+            "net.ipv4.conf.default.accept_redirects=0",
+            "net.ipv4.conf.eth0.accept_redirects=0",
+        ],
+    )
+}
+
+/// Kernel settings (`name=value`) in network namespace `netns`.
+fn sysctls(netns: &str, settings: &[&str]) -> Result<()> {
+    for setting in settings {
+        run(
+            "ip",
+            &["netns", "exec", netns, "sysctl", "-q", "-w", setting],
+        )?;
     }
     Ok(())
 }
