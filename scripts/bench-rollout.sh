@@ -17,7 +17,8 @@
 #    (same pod template: gateway sidecar, preStop `drain --wait` with the same spread), set to
 #    maxSurge 1 / maxUnavailable 0. Same load, a template change; measured until the Deployment's
 #    rollout is done and no old pod is left.
-# Dropped sessions are counted by the clients (and, for longconn, by the operator too).
+# Dropped sessions are counted by the clients (and, for longconn, by the operator too), and so are
+# refused attempts: reconnects of moved sessions refused, apart from those of the sessions' opening.
 #
 #   SESSIONS (600)   live sessions
 #   OPERATOR_LOG     a file to copy the operator's log to at the end; with
@@ -68,7 +69,15 @@ check_within_load() {
 # json_field FILE NAME: the first number named NAME in the load's report (the run's total: the
 # per-endpoint counts come after it).
 json_field() { grep -o "\"$2\":[0-9]*" "$1" | head -n 1 | cut -d: -f2; }
-refused() { grep -o '"refused_attempts":{"total":[0-9]*' "$1" | head -n 1 | cut -d: -f3; }
+# refused FILE: reconnects of moved sessions refused (the rollout's), then in brackets the
+# attempts refused while the sessions opened (before the change: 600 first connections within a
+# second from the client host's one address can meet the gateways' per-IP rate limit).
+refused() {
+  local total reconnecting
+  total=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1 | grep -o '"total":[0-9]*' | cut -d: -f2)
+  reconnecting=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1 | grep -o '"reconnecting":[0-9]*' | cut -d: -f2)
+  echo "$reconnecting ($(( total - reconnecting )) opening)"
+}
 
 step "Starting the local cluster: the control plane and 3 nodes"
 "$bin/longconn-e2e" cluster up --dir "$cluster"
@@ -176,8 +185,8 @@ echo "    ${plain_time}s; clients: $(tail -n 1 "$work/plain-load.log")"
 
 step "Results: $REPLICAS-pod rolling update, $SESSIONS live sessions, drain.spread 10s, one run"
 per_pod() { awk -v r="$1" -v d="$2" 'BEGIN { if (d > 0) printf "%.1f (%d for %d pods)", r / d, r, d; else print "-" }'; }
-row() { printf '    %-34s %10s %18s %19s %12s %8s %30s %15s\n' "$@"; }
-row "" "wall time" "dropped (clients)" "dropped (operator)" "moved twice" "refused" "API requests per drained pod" "Lease requests"
+row() { printf '    %-34s %10s %18s %19s %12s %20s %30s %15s\n' "$@"; }
+row "" "wall time" "dropped (clients)" "dropped (operator)" "moved twice" "refused reconnects" "API requests per drained pod" "Lease requests"
 for name in default serial; do
   label="longconn, default pacing"
   [ "$name" = serial ] && label="longconn, maxConcurrentDrains 1"

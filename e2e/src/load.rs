@@ -288,6 +288,7 @@ impl LoadReport {
             all.refused_attempts.http429 += refused.http429;
             all.refused_attempts.reset += refused.reset;
             all.refused_attempts.refused += refused.refused;
+            all.refused_attempts.reconnecting += refused.reconnecting;
             all.time_to_serving_ms = match (all.time_to_serving_ms, report.time_to_serving_ms) {
                 (Some(a), Some(b)) => Some(TimeToServing {
                     samples: a.samples + b.samples,
@@ -344,11 +345,16 @@ pub struct RefusedAttempts {
     pub reset: u64,
     /// Refused at TCP level (`ECONNREFUSED`).
     pub refused: u64,
+    /// Of `total`, the attempts to reconnect a session that was moved; the others opened a
+    /// session (a burst of first connections from one address can meet the gateways' per-IP
+    /// rate limit, which a rollout has nothing to do with).
+    pub reconnecting: u64,
 }
 
 impl RefusedAttempts {
-    fn count(&mut self, refusal: Refusal) {
+    fn count(&mut self, refusal: Refusal, reconnecting: bool) {
         self.total += 1;
+        self.reconnecting += u64::from(reconnecting);
         match refusal {
             Refusal::Http503 => self.http503 += 1,
             Refusal::Http429 => self.http429 += 1,
@@ -538,15 +544,16 @@ impl Counters {
         }
     }
 
-    /// A connection attempt failed: counted by cause, and by kind when it was refused.
-    fn on_failed_attempt(&self, failure: &ConnectFailure) {
+    /// A connection attempt failed: counted by cause, and by kind when it was refused (and
+    /// whether it reconnected a moved session).
+    fn on_failed_attempt(&self, failure: &ConnectFailure, reconnecting: bool) {
         if let Ok(mut failures) = self.connect_failures.lock() {
             *failures.entry(failure.category.clone()).or_default() += 1;
         }
         if let Some(refusal) = failure.refusal
             && let Ok(mut refused) = self.refused.lock()
         {
-            refused.count(refusal);
+            refused.count(refusal, reconnecting);
         }
     }
 
@@ -1095,7 +1102,7 @@ async fn connect(shared: &Shared, state: &SessionState) -> Result<(Socket, Socke
                     return Ok((socket, addr));
                 }
                 Err(failure) => {
-                    shared.counters.on_failed_attempt(&failure);
+                    shared.counters.on_failed_attempt(&failure, state.moves > 0);
                     last = failure.message;
                 }
             }
@@ -1692,6 +1699,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refusals_of_a_moved_sessions_reconnect_are_told_apart_from_those_of_its_opening() {
+        let script = vec![Serve::Refuse(503), Serve::Close, Serve::Refuse(429)];
+        let (report, _, _) = scripted_session(script, Duration::from_secs(1)).await;
+        assert_eq!(
+            report.refused_attempts,
+            RefusedAttempts {
+                total: 2,
+                http503: 1,
+                http429: 1,
+                reconnecting: 1,
+                ..RefusedAttempts::default()
+            },
+            "{report:?}"
+        );
+        assert_eq!(report.migrated, 1, "{report:?}");
+    }
+
+    #[tokio::test]
     async fn a_429_a_reset_and_a_tcp_refusal_count_as_refused_attempts_by_kind() {
         let (addr, connector, _) = scripted_server(vec![Serve::Refuse(429), Serve::Reset]).await;
         let closed = {
@@ -1712,6 +1737,7 @@ mod tests {
                 http429: 1,
                 reset: 1,
                 refused: 3,
+                reconnecting: 0,
             },
             "{report:?}"
         );
