@@ -70,8 +70,7 @@ check_within_load() {
 # per-endpoint counts come after it).
 json_field() { grep -o "\"$2\":[0-9]*" "$1" | head -n 1 | cut -d: -f2; }
 # refused FILE: reconnects of moved sessions refused (the rollout's), then in brackets the
-# attempts refused while the sessions opened (before the change: 600 first connections within a
-# second from the client host's one address can meet the gateways' per-IP rate limit).
+# attempts refused while the sessions opened (before the change, so not the rollout's doing).
 refused() {
   local total reconnecting
   total=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1 | grep -o '"total":[0-9]*' | cut -d: -f2)
