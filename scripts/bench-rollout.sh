@@ -72,9 +72,10 @@ json_field() { grep -o "\"$2\":[0-9]*" "$1" | head -n 1 | cut -d: -f2; }
 # refused FILE: reconnects of moved sessions refused (the rollout's), then in brackets the
 # attempts refused while the sessions opened (before the change, so not the rollout's doing).
 refused() {
-  local total reconnecting
-  total=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1 | grep -o '"total":[0-9]*' | cut -d: -f2)
-  reconnecting=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1 | grep -o '"reconnecting":[0-9]*' | cut -d: -f2)
+  local counts total reconnecting
+  counts=$(grep -o '"refused_attempts":{[^}]*}' "$1" | head -n 1)
+  total=$(json_field <(echo "$counts") total)
+  reconnecting=$(json_field <(echo "$counts") reconnecting)
   echo "$reconnecting ($(( total - reconnecting )) opening)"
 }
 

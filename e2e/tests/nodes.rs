@@ -345,19 +345,10 @@ async fn diagnose(client: &kube::Client, plan: &plan::Plan, cluster_ip: &str) ->
     let Some(node) = plan.nodes.iter().find(|n| n.ip == plan.client.gateway) else {
         return "no node is the client host's gateway".into();
     };
-    let in_node = |args: &[&str]| {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &node.netns])
-            .args(args)
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_else(|error| format!("{args:?}: {error}"))
-    };
-    let client_route = std::process::Command::new("ip")
-        .args(["-n", &plan.client.netns, "route", "get", cluster_ip])
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-        .unwrap_or_else(|error| format!("ip route get: {error}"));
+    // Each command's output, or why there is none.
+    let ip = |args: &[&str]| nodes::host::run("ip", args).unwrap_or_else(|e| format!("{e}\n"));
+    let in_node = |args: &[&str]| ip(&[&["netns", "exec", &node.netns], args].concat());
+    let client_route = ip(&["-n", &plan.client.netns, "route", "get", cluster_ip]);
     let log = node.file("logs").join("kube-proxy.log");
     format!(
         "EndpointSlices (addresses, ready, node): {endpoints:?}\n\
