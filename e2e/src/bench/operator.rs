@@ -3,24 +3,28 @@
 //! the figures are the control plane's and the operator's, not the kubelets').
 //!
 //! 1. **Anchor**: `count` plain Deployments in `bench-anchor`, each the Deployment the operator
-//!    would make for the LongConnService of phase 2 with the same index (`desired()`, its owner
+//!    would make for the LongConnService of phase 3 with the same index (`desired()`, its owner
 //!    reference removed). The creates are timed, then the time until every Deployment has
 //!    converged: `status.observedGeneration == metadata.generation` and `status.replicas ==
-//!    spec.replicas` (its ReplicaSet created the pod). The namespace is then deleted, so the
-//!    operator starts on a cluster as empty as the anchor had.
-//! 2. **longconn**: the operator runs as a host process (`longconn-operator run`, leader election
+//!    spec.replicas` (its ReplicaSet created the pod).
+//! 2. **No operator**: the LongConnServices of phase 3, created the same way in `bench-bare`
+//!    before any operator runs, followed by the same watches as phase 3's, timed: what the API
+//!    server takes to admit them (their schema, defaults and CEL rules) apart from any work of
+//!    the operator. Both namespaces are then
+//!    deleted, so the operator starts on a cluster as empty as the anchor had.
+//! 3. **longconn**: the operator runs as a host process (`longconn-operator run`, leader election
 //!    on, as deployed); `count` LongConnServices in `bench-longconn`, created the same way. One
 //!    has converged when its `status.observedGeneration == metadata.generation` and its
 //!    `status.replicas == spec.replicas` (the operator has seen the pod its Deployment's
 //!    ReplicaSet created), and its Deployment has converged as in 1.
-//! 3. The operator's requests to the API server (its `longconn_operator_api_requests_total`,
+//! 4. The operator's requests to the API server (its `longconn_operator_api_requests_total`,
 //!    scraped from `/metrics`) from just before the first create until the last LongConnService
 //!    converged, then over an idle period, during which a watch on the leader Lease counts its
 //!    renewals.
-//! 4. The operator's peak (`VmHWM`) and settled (`VmRSS` after the idle period) resident memory.
+//! 5. The operator's peak (`VmHWM`) and settled (`VmRSS` after the idle period) resident memory.
 //!
 //! Creates run `concurrency` at a time (1: one after the other, as `kubectl create -f` of a
-//! multi-document file), the same in both phases. Convergence is followed with watches, so its
+//! multi-document file), the same in every phase. Convergence is followed with watches, so its
 //! time is when the last change arrived, not a poll's. Every wait is bounded; an API error, a
 //! convergence timeout or the operator exiting fails the run, and the cluster is stopped either
 //! way.
@@ -59,6 +63,8 @@ use crate::scenario::wait::{Check, wait_until};
 pub const ANCHOR_NAMESPACE: &str = "bench-anchor";
 /// The LongConnServices' namespace.
 pub const LONGCONN_NAMESPACE: &str = "bench-longconn";
+/// The namespace of the LongConnServices created with no operator running.
+pub const BARE_NAMESPACE: &str = "bench-bare";
 /// The operator's leader identity (its `POD_NAME`).
 const IDENTITY: &str = "longconn-operator-bench";
 /// The default idle period: the operator's resync period and 30 s. It starts once the last
@@ -90,7 +96,7 @@ const OPERATOR_GRACE: Duration = Duration::from_secs(10);
 pub struct Options {
     /// Objects of each kind.
     pub count: usize,
-    /// Creates in flight at once, in both phases.
+    /// Creates in flight at once, in every phase.
     pub concurrency: usize,
     /// How long the operator is watched doing nothing after the last service converged.
     pub idle: Duration,
@@ -158,7 +164,12 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
     // Watches wait longer than a bounded request may.
     let watch_client = cluster.client();
     install_crd(&client).await?;
-    for namespace in [ANCHOR_NAMESPACE, LONGCONN_NAMESPACE, OPERATOR_NAMESPACE] {
+    for namespace in [
+        ANCHOR_NAMESPACE,
+        BARE_NAMESPACE,
+        LONGCONN_NAMESPACE,
+        OPERATOR_NAMESPACE,
+    ] {
         harness::create_namespace(&client, namespace).await?;
     }
     let count = options.count;
@@ -169,8 +180,27 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
         .collect::<Result<Vec<_>, _>>()?;
     let clients = (&client, &watch_client);
     let anchor = phase(clients, ANCHOR_NAMESPACE, deployments, options, None).await?;
-    tracing::info!(?anchor, "anchor converged; deleting its namespace");
-    harness::delete_namespace(&client, ANCHOR_NAMESPACE, NAMESPACE_GONE).await?;
+    tracing::info!(?anchor, "anchor converged");
+
+    tracing::info!(count, "no operator: creating LongConnServices");
+    let services = (0..count)
+        .map(|index| service(BARE_NAMESPACE, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The same watches follow them as follow phase 3's, so that the API server serves the same
+    // watchers in both; none of these converges, and the watches end with the creates.
+    let following = tokio::spawn(converged_at(
+        watch_client.clone(),
+        BARE_NAMESPACE.to_owned(),
+        Convergence::new(count, true),
+        options.converge_timeout,
+    ));
+    let bare_creates = timed_creates(&client, BARE_NAMESPACE, services, options).await;
+    following.abort();
+    let bare_creates = bare_creates?;
+    tracing::info!(creates = ?bare_creates, "created with no operator; deleting both namespaces");
+    for namespace in [ANCHOR_NAMESPACE, BARE_NAMESPACE] {
+        harness::delete_namespace(&client, namespace, NAMESPACE_GONE).await?;
+    }
 
     let operator = OperatorProcess::start(
         &options.operator_bin,
@@ -236,6 +266,7 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
         concurrency: options.concurrency,
         idle: options.idle,
         anchor,
+        bare_creates,
         longconn,
         converging: quiet.since(&before),
         quiet_after,
@@ -320,25 +351,37 @@ fn anchor_deployment(index: usize) -> Result<Deployment, ScenarioError> {
     Ok(deployment)
 }
 
+/// What the benchmark creates: Deployments and LongConnServices.
+trait Object:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Object for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 /// The two clients of a phase: bounded requests, and unbounded watches.
 type Clients<'a> = (&'a kube::Client, &'a kube::Client);
 
 /// Creates `objects` in `namespace`, `options.concurrency` at a time, and follows them until each
 /// has converged (see [`Convergence`]); checks meanwhile that the operator, if any, still runs.
-async fn phase<K>(
+async fn phase<K: Object>(
     (client, watch_client): Clients<'_>,
     namespace: &str,
     objects: Vec<K>,
     options: &Options,
     operator: Option<&OperatorProcess>,
-) -> Result<Phase, ScenarioError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
+) -> Result<Phase, ScenarioError> {
     let count = objects.len();
     let services = K::kind(&()) == LongConnService::kind(&());
     let mut following = tokio::spawn(converged_at(
@@ -348,24 +391,13 @@ where
         options.converge_timeout,
     ));
     let started = Instant::now();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let created = tokio::time::timeout(
-        options.converge_timeout,
-        create_all(&api, objects, options.concurrency),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(ScenarioError::Timeout {
-            what: format!("{count} creates in {namespace}"),
-            after: options.converge_timeout,
-            last: "still creating".into(),
-        })
-    });
-    let creates = started.elapsed();
-    if let Err(err) = created {
-        following.abort();
-        return Err(err);
-    }
+    let creates = match timed_creates(client, namespace, objects, options).await {
+        Ok(creates) => creates,
+        Err(err) => {
+            following.abort();
+            return Err(err);
+        }
+    };
     tracing::info!(namespace, creates = ?creates, "created; waiting for convergence");
     let converged = loop {
         tokio::select! {
@@ -386,15 +418,38 @@ where
     })
 }
 
+/// Creates `objects` in `namespace`, `options.concurrency` at a time, within
+/// `options.converge_timeout`; how long that took.
+async fn timed_creates<K: Object>(
+    client: &kube::Client,
+    namespace: &str,
+    objects: Vec<K>,
+    options: &Options,
+) -> Result<Duration, ScenarioError> {
+    let count = objects.len();
+    let started = Instant::now();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        options.converge_timeout,
+        create_all(&api, objects, options.concurrency),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ScenarioError::Timeout {
+            what: format!("{count} creates in {namespace}"),
+            after: options.converge_timeout,
+            last: "still creating".into(),
+        })
+    })?;
+    Ok(started.elapsed())
+}
+
 /// Creates every object, `concurrency` requests at a time; the first error ends it.
-async fn create_all<K>(
+async fn create_all<K: Object>(
     api: &Api<K>,
     objects: Vec<K>,
     concurrency: usize,
-) -> Result<(), ScenarioError>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
-{
+) -> Result<(), ScenarioError> {
     futures::stream::iter(objects)
         .map(|object| async move {
             api.create(&PostParams::default(), &object)

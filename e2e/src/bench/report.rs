@@ -150,11 +150,13 @@ pub struct Phase {
 pub struct Measured {
     /// Objects of each kind.
     pub count: usize,
-    /// Creates in flight at once, in both phases.
+    /// Creates in flight at once, in every phase.
     pub concurrency: usize,
     pub idle: Duration,
     /// The plain Deployments.
     pub anchor: Phase,
+    /// Wall time of creating the LongConnServices with no operator running.
+    pub bare_creates: Duration,
     /// The LongConnServices, with the operator.
     pub longconn: Phase,
     /// The operator's counts from just before the first create until it stopped reconciling
@@ -181,6 +183,10 @@ pub struct Report {
     pub anchor: Phase,
     pub longconn: Phase,
     pub creates_ratio: f64,
+    /// The LongConnServices' creates with no operator running, and their ratio to the anchor's:
+    /// the part of `creates_ratio` that is the API server's own, not the operator's.
+    pub bare_creates_seconds: f64,
+    pub bare_creates_ratio: f64,
     pub converged_ratio: f64,
     pub quiet_after_converged_seconds: Option<f64>,
     pub converging_requests: BTreeMap<String, u64>,
@@ -220,6 +226,7 @@ impl Report {
             measured.longconn.creates_seconds,
             measured.anchor.creates_seconds,
         );
+        let bare_creates_seconds = measured.bare_creates.as_secs_f64();
         let converged_ratio = ratio(
             measured.longconn.converged_seconds,
             measured.anchor.converged_seconds,
@@ -240,6 +247,8 @@ impl Report {
             anchor: measured.anchor,
             longconn: measured.longconn,
             creates_ratio,
+            bare_creates_seconds,
+            bare_creates_ratio: ratio(bare_creates_seconds, measured.anchor.creates_seconds),
             converged_ratio,
             quiet_after_converged_seconds: measured.quiet_after.map(|d| d.as_secs_f64()),
             converging_requests: measured.converging.requests.clone(),
@@ -289,6 +298,16 @@ impl Report {
                 target::CREATES_RATIO,
                 self.met.creates,
             ),
+            Row {
+                what: format!("creates of all {count}, no operator running"),
+                anchor: format!("{:.1} s", self.anchor.creates_seconds),
+                longconn: format!(
+                    "{:.1} s ({:.2}x)",
+                    self.bare_creates_seconds, self.bare_creates_ratio
+                ),
+                target: "-".into(),
+                met: "-".into(),
+            },
             Row::timed(
                 format!("all {count} converged"),
                 [
@@ -510,6 +529,7 @@ longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
                 creates_seconds: 10.0,
                 converged_seconds: 20.0,
             },
+            bare_creates: Duration::from_secs(11),
             longconn: Phase {
                 creates_seconds: 12.0,
                 converged_seconds: 22.0,
@@ -535,6 +555,7 @@ longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
     fn the_report_judges_each_figure_against_its_target() {
         let report = Report::new(&measured());
         assert!((report.creates_ratio - 1.2).abs() < 1e-9);
+        assert!((report.bare_creates_ratio - 1.1).abs() < 1e-9);
         assert!((report.converged_ratio - 1.1).abs() < 1e-9);
         assert!((report.converging_requests_per_service - 10.0).abs() < 1e-9);
         assert!((report.converging_reconciles_per_service - 2.5).abs() < 1e-9);
@@ -560,7 +581,7 @@ longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
     fn the_table_puts_the_target_beside_each_figure() {
         let table = Report::new(&measured()).table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 11, "{table}");
+        assert_eq!(lines.len(), 12, "{table}");
         assert!(lines[0].contains("Deployments (anchor)") && lines[0].contains("target"));
         let creates = lines[1];
         for cell in [
@@ -572,16 +593,20 @@ longconn_operator_rollout_phase{namespace=\"a\",name=\"b\",phase=\"None\"} 1
         ] {
             assert!(creates.contains(cell), "{creates:?} lacks {cell:?}");
         }
-        assert!(lines[3].contains("1.5 s"), "{}", lines[3]);
+        let bare = lines[2];
+        for cell in ["creates of all 100, no operator running", "11.0 s (1.10x)"] {
+            assert!(bare.contains(cell), "{bare:?} lacks {cell:?}");
+        }
+        assert!(lines[4].contains("1.5 s"), "{}", lines[4]);
         assert!(
-            lines[4].contains("10.00 (GET 6.00, PATCH 4.00)"),
+            lines[5].contains("10.00 (GET 6.00, PATCH 4.00)"),
             "{}",
-            lines[4]
+            lines[5]
         );
         assert!(
-            lines[9].contains("70.0 MiB") && lines[9].ends_with("no"),
+            lines[10].contains("70.0 MiB") && lines[10].ends_with("no"),
             "{}",
-            lines[9]
+            lines[10]
         );
     }
 }
