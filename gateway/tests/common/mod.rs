@@ -255,8 +255,44 @@ fn rand_u64() -> u128 {
 
 impl Gateway {
     /// Starts the gateway in front of `upstream` with extra flags; waits for /healthz.
+    ///
+    /// Its ports were free a moment before it binds them ([`free_port`]), so another process
+    /// may take one first: a gateway that exits because an address is in use is started again
+    /// on new ports, a few times at most.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Gateway {
+        const ATTEMPTS: usize = 5;
+        for _ in 1..ATTEMPTS {
+            let mut gateway = Gateway::spawn(upstream, extra, None);
+            if gateway.healthy_unless_port_taken().await {
+                return gateway;
+            }
+        }
         Gateway::spawn(upstream, extra, None).wait_healthy().await
+    }
+
+    /// Waits for /healthz: true once it answers, false when the gateway exited because one of
+    /// its addresses was in use; any other exit, or no answer within [`WAIT`], fails the test.
+    async fn healthy_unless_port_taken(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok((200, _)) = self.admin_request("GET", "/healthz", None, "").await {
+                return true;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = self.log();
+                assert!(
+                    log.contains("Address already in use"),
+                    "gateway exited ({status}): {log}"
+                );
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not come up: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts the gateway without waiting for it (one that should refuse to start).
@@ -326,19 +362,10 @@ impl Gateway {
     }
 
     /// Waits for /healthz.
-    pub async fn wait_healthy(self) -> Gateway {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok((200, _)) = self.admin_request("GET", "/healthz", None, "").await {
-                return self;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not come up: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub async fn wait_healthy(mut self) -> Gateway {
+        let healthy = self.healthy_unless_port_taken().await;
+        assert!(healthy, "gateway did not come up: {}", self.log());
+        self
     }
 
     pub fn log(&self) -> String {
