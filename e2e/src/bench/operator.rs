@@ -198,15 +198,14 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
     ));
     // The API server builds what serves a custom resource on its first requests: a create run
     // dry first, so that this is not timed (in phase 3 the operator's requests have done it).
-    let first = services.first().cloned();
-    if let Some(first) = first {
+    if let Some(first) = services.first() {
         Api::<LongConnService>::namespaced(client.clone(), BARE_NAMESPACE)
             .create(
                 &PostParams {
                     dry_run: true,
                     ..PostParams::default()
                 },
-                &first,
+                first,
             )
             .await
             .map_err(ScenarioError::kube("create a LongConnService, dry run"))?;
