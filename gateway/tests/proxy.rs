@@ -440,3 +440,28 @@ async fn whole_frames_before_a_bad_one_reach_the_app() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_gateway_whose_port_another_process_holds_is_started_again_on_new_ports() {
+    let (up, _) = start_upstream().await;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let mut ports = std::iter::once(held).chain(std::iter::repeat_with(free_port));
+    let mut handed_out = 0;
+    let gw = Gateway::start_on_ports(up, &[], || {
+        handed_out += 1;
+        ports.next().unwrap()
+    })
+    .await;
+    // The first gateway exited on the held listener port; the second got two new ones.
+    assert_eq!(handed_out, 4);
+    assert_ne!(gw.addr.port(), held);
+    let (status, body) = gw.admin_request("GET", "/healthz", None, "").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut ws = ws_connect(&gw.ws_url()).await;
+    ws.send(Message::text("after the retry")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after the retry")
+    );
+}

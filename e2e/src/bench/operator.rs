@@ -188,14 +188,6 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
     let services = (0..count)
         .map(|index| service(BARE_NAMESPACE, index))
         .collect::<Result<Vec<_>, _>>()?;
-    // The same watches follow them as follow phase 3's, so that the API server serves the same
-    // watchers in both; none of these converges, and the watches end with the creates.
-    let following = tokio::spawn(converged_at(
-        watch_client.clone(),
-        BARE_NAMESPACE.to_owned(),
-        Convergence::new(count, true),
-        options.converge_timeout,
-    ));
     // The API server builds what serves a custom resource on its first requests: a create run
     // dry first, so that this is not timed (in phase 3 the operator's requests have done it).
     if let Some(first) = services.first() {
@@ -210,9 +202,11 @@ async fn measure(options: &Options, cluster: &Cluster) -> Result<Measured, Scena
             .await
             .map_err(ScenarioError::kube("create a LongConnService, dry run"))?;
     }
-    let bare_creates = timed_creates(&client, BARE_NAMESPACE, services, options).await;
+    // The same watches follow them as follow phase 3's, so that the API server serves the same
+    // watchers in both; none of these converges, and the watches end with the creates.
+    let (following, bare_creates) =
+        followed_creates(clients, BARE_NAMESPACE, services, options).await?;
     following.abort();
-    let bare_creates = bare_creates?;
     tracing::info!(creates = ?bare_creates, "created with no operator; deleting both namespaces");
     for namespace in [ANCHOR_NAMESPACE, BARE_NAMESPACE] {
         harness::delete_namespace(&client, namespace, NAMESPACE_GONE).await?;
@@ -392,28 +386,14 @@ type Clients<'a> = (&'a kube::Client, &'a kube::Client);
 /// Creates `objects` in `namespace`, `options.concurrency` at a time, and follows them until each
 /// has converged (see [`Convergence`]); checks meanwhile that the operator, if any, still runs.
 async fn phase<K: Object>(
-    (client, watch_client): Clients<'_>,
+    clients: Clients<'_>,
     namespace: &str,
     objects: Vec<K>,
     options: &Options,
     operator: Option<&OperatorProcess>,
 ) -> Result<Phase, ScenarioError> {
-    let count = objects.len();
-    let services = K::kind(&()) == LongConnService::kind(&());
-    let mut following = tokio::spawn(converged_at(
-        watch_client.clone(),
-        namespace.to_owned(),
-        Convergence::new(count, services),
-        options.converge_timeout,
-    ));
     let started = Instant::now();
-    let creates = match timed_creates(client, namespace, objects, options).await {
-        Ok(creates) => creates,
-        Err(err) => {
-            following.abort();
-            return Err(err);
-        }
-    };
+    let (mut following, creates) = followed_creates(clients, namespace, objects, options).await?;
     tracing::info!(namespace, creates = ?creates, "created; waiting for convergence");
     let converged = loop {
         tokio::select! {
@@ -433,6 +413,33 @@ async fn phase<K: Object>(
         converged_seconds: converged.duration_since(started).as_secs_f64(),
     })
 }
+
+/// Starts the watches that follow `objects` to convergence (see [`converged_at`]), then creates
+/// them (see [`timed_creates`]); the watches' task, and how long the creates took.
+async fn followed_creates<K: Object>(
+    (client, watch_client): Clients<'_>,
+    namespace: &str,
+    objects: Vec<K>,
+    options: &Options,
+) -> Result<(Following, Duration), ScenarioError> {
+    let services = K::kind(&()) == LongConnService::kind(&());
+    let following = tokio::spawn(converged_at(
+        watch_client.clone(),
+        namespace.to_owned(),
+        Convergence::new(objects.len(), services),
+        options.converge_timeout,
+    ));
+    match timed_creates(client, namespace, objects, options).await {
+        Ok(creates) => Ok((following, creates)),
+        Err(err) => {
+            following.abort();
+            Err(err)
+        }
+    }
+}
+
+/// The task of [`converged_at`].
+type Following = tokio::task::JoinHandle<Result<Instant, ScenarioError>>;
 
 /// Creates `objects` in `namespace`, `options.concurrency` at a time, within
 /// `options.converge_timeout`; how long that took.

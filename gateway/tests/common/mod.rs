@@ -260,14 +260,25 @@ impl Gateway {
     /// may take one first: a gateway that exits because an address is in use is started again
     /// on new ports, a few times at most.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Gateway {
+        Gateway::start_on_ports(upstream, extra, free_port).await
+    }
+
+    /// [`Gateway::start`] with its ports (listener, then admin) taken from `port`.
+    pub async fn start_on_ports(
+        upstream: SocketAddr,
+        extra: &[&str],
+        mut port: impl FnMut() -> u16,
+    ) -> Gateway {
         const ATTEMPTS: usize = 5;
         for _ in 1..ATTEMPTS {
-            let mut gateway = Gateway::spawn(upstream, extra, None);
+            let mut gateway = Gateway::spawn(upstream, extra, None, &mut port);
             if gateway.healthy_unless_port_taken().await {
                 return gateway;
             }
         }
-        Gateway::spawn(upstream, extra, None).wait_healthy().await
+        Gateway::spawn(upstream, extra, None, &mut port)
+            .wait_healthy()
+            .await
     }
 
     /// Waits for /healthz: true once it answers, false when the gateway exited because one of
@@ -297,7 +308,7 @@ impl Gateway {
 
     /// Starts the gateway without waiting for it (one that should refuse to start).
     pub fn spawn_only(upstream: SocketAddr, extra: &[&str]) -> Gateway {
-        Gateway::spawn(upstream, extra, None)
+        Gateway::spawn(upstream, extra, None, &mut free_port)
     }
 
     /// The gateway's log lines that are JSON objects with `message` (`--log-format json`).
@@ -312,15 +323,20 @@ impl Gateway {
     /// Starts the gateway with its open-file limit set to `(soft, hard)` first, as a container
     /// runtime would; does not wait for it.
     pub fn spawn_with_nofile(upstream: SocketAddr, extra: &[&str], nofile: (u64, u64)) -> Gateway {
-        Gateway::spawn(upstream, extra, Some(nofile))
+        Gateway::spawn(upstream, extra, Some(nofile), &mut free_port)
     }
 
-    fn spawn(upstream: SocketAddr, extra: &[&str], nofile: Option<(u64, u64)>) -> Gateway {
+    fn spawn(
+        upstream: SocketAddr,
+        extra: &[&str],
+        nofile: Option<(u64, u64)>,
+        port: &mut dyn FnMut() -> u16,
+    ) -> Gateway {
         let dir = temp_dir("gw");
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], port()));
         let gateway = env!("CARGO_BIN_EXE_longconn-gateway");
         // util-linux's prlimit sets the limits and then runs the gateway in its place.
         let mut command = match nofile {
