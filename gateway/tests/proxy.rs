@@ -453,8 +453,9 @@ async fn a_gateway_whose_port_another_process_holds_is_started_again_on_new_port
         ports.next().unwrap()
     })
     .await;
-    // The first gateway exited on the held listener port; the second got two new ones.
-    assert_eq!(handed_out, 4);
+    // The first gateway exited on the held listener port; a later one got new ports (two per
+    // gateway: listener, then admin).
+    assert!(handed_out >= 4, "{handed_out} ports handed out");
     assert_ne!(gw.addr.port(), held);
     let (status, body) = gw.admin_request("GET", "/healthz", None, "").await.unwrap();
     assert_eq!(status, 200, "{body}");
