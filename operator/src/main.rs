@@ -121,9 +121,8 @@ struct RunArgs {
     lease_name: String,
     /// Requests per second the operator sends to the API server at most (renewals of the
     /// leader Lease aside): a thousand LongConnServices applied at once are realised at this
-    /// pace instead of crowding out everyone else's requests. At 100, a thousand converged as
-    /// fast as the controller manager made their pods (`make bench-operator`); at 50, in 1.19
-    /// times that.
+    /// pace instead of crowding out everyone else's requests (the trade-off, measured: the
+    /// operator's README, "The pace").
     #[arg(long, env = "LONGCONN_OPERATOR_KUBE_API_QPS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     kube_api_qps: u64,
     /// How often to ask whether the ServiceMonitor, PrometheusRule and cert-manager APIs are
