@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod analysis;
+pub mod arrivals;
 pub mod autoscale;
 pub mod cache;
 pub mod certs;

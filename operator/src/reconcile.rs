@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
+use crate::arrivals::{Admission, Arrivals};
 use crate::autoscale::History;
 use crate::cache::Caches;
 use crate::certs;
@@ -163,6 +164,8 @@ pub struct Context {
     routing_pending: Mutex<HashSet<ObjectRef<LongConnService>>>,
     /// Each LongConnService's last reading of its pods' CPU, while its autoscaling needs one.
     cpu_reads: Mutex<HashMap<ObjectRef<LongConnService>, (Instant, observe::CpuUsed)>>,
+    /// New LongConnServices, which wait while more arrive in a burst.
+    arrivals: Mutex<Arrivals<ObjectRef<LongConnService>>>,
 }
 
 impl Context {
@@ -186,7 +189,31 @@ impl Context {
             histories: Mutex::new(HashMap::new()),
             cpu_reads: Mutex::new(HashMap::new()),
             routing_pending: Mutex::new(HashSet::new()),
+            arrivals: Mutex::new(Arrivals::default()),
         }
+    }
+
+    /// How long the new LongConnService `key` waits for a burst of arrivals to pass, if it
+    /// does ([`crate::arrivals`]).
+    fn wait_for_burst(&self, key: &ObjectRef<LongConnService>, now: Instant) -> Option<Duration> {
+        let mut arrivals = self.arrivals.lock().ok()?;
+        let waiting = arrivals.waiting();
+        let Admission::Wait(wait) = arrivals.admit(key, now) else {
+            return None;
+        };
+        if waiting == 0 {
+            info!(
+                "new LongConnServices are arriving in a burst: they are set up once no new one \
+                 has come for {:?}, at most {:?} after each came",
+                crate::arrivals::IDLE,
+                crate::arrivals::MAX_WAIT,
+            );
+        }
+        debug!(
+            ?wait,
+            "waiting for the burst of new LongConnServices to pass"
+        );
+        Some(wait)
     }
 
     /// Asks the cluster which optional APIs it serves and publishes the answer (to the
@@ -459,6 +486,12 @@ async fn reconcile_inner(lcs: &LongConnService, ctx: &Context) -> Result<Action,
     if !ctx.caches.ready(apis) {
         debug!("the caches are not filled yet");
         return Ok(Action::requeue(SOON));
+    }
+    // A new LongConnService that arrives in a burst is set up once the burst is over.
+    if lcs.status.is_none()
+        && let Some(wait) = ctx.wait_for_burst(&key, Instant::now())
+    {
+        return Ok(Action::requeue(wait));
     }
 
     // Wait until the caches show our own last writes: a plan made before would be made from a

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use kube::Client;
 use kube::api::DynamicObject;
 use kube::client::Body;
+use longconn_operator::arrivals;
 use longconn_operator::cache::{self, Writers};
 use longconn_operator::crd::LongConnService;
 use longconn_operator::desired::Settings;
@@ -449,8 +450,13 @@ fn set_endpoints(s: &mut Store, ready: &[&str]) {
         );
 }
 
-/// One reconcile with caches as fresh as the fake; returns the requests it sent.
+/// One reconcile of `chat` with caches as fresh as the fake; returns the requests it sent.
 async fn reconcile_once(store: &Arc<Mutex<Store>>, fixture: &Fixture) -> Vec<String> {
+    reconcile_named(store, fixture, "chat").await
+}
+
+/// One reconcile of the LongConnService `name`, as [`reconcile_once`].
+async fn reconcile_named(store: &Arc<Mutex<Store>>, fixture: &Fixture, name: &str) -> Vec<String> {
     if fixture.ctx.served_apis().borrow().is_none() {
         // As the operator does on its own schedule, before any reconcile.
         fixture.ctx.discover().await;
@@ -459,7 +465,7 @@ async fn reconcile_once(store: &Arc<Mutex<Store>>, fixture: &Fixture) -> Vec<Str
         let mut s = store.lock().expect("store");
         s.log.clear();
         sync(&s, &fixture.writers);
-        serde_json::from_value(s.collections[LCS_PATH]["chat"].clone()).expect("lcs")
+        serde_json::from_value(s.collections[LCS_PATH][name].clone()).expect("lcs")
     };
     reconcile::reconcile(Arc::new(lcs), fixture.ctx.clone())
         .await
@@ -511,15 +517,21 @@ fn setup(served_groups: Vec<&'static str>) -> (Arc<Mutex<Store>>, Fixture) {
         version: 1,
         ..Store::default()
     }));
+    add_service(&store, chat());
+    let fixture = fixture(&store);
+    (store, fixture)
+}
+
+/// Stores the LongConnService `lcs` under its name.
+fn add_service(store: &Arc<Mutex<Store>>, lcs: Value) {
+    let name = lcs["metadata"]["name"].as_str().expect("name").to_owned();
     store
         .lock()
         .expect("store")
         .collections
         .entry(LCS_PATH.to_owned())
         .or_default()
-        .insert("chat".to_owned(), chat());
-    let fixture = fixture(&store);
-    (store, fixture)
+        .insert(name, lcs);
 }
 
 const CONTROLLER_REVISIONS: &str = "/apis/apps/v1/namespaces/default/controllerrevisions";
@@ -582,6 +594,36 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
         third.is_empty(),
         "steady state: no request at all: {third:#?}"
     );
+}
+
+/// New LongConnServices created in a burst: the first is set up at once, the next one, come
+/// right after it, sends nothing until no new one has come for `arrivals::IDLE`.
+#[tokio::test]
+async fn a_new_service_come_right_after_another_is_set_up_once_the_burst_is_over() {
+    let (store, fixture) = setup(vec![]);
+    let mut second = chat();
+    second["metadata"]["name"] = json!("chat-2");
+    second["metadata"]["uid"] = json!("lcs-uid-2");
+    add_service(&store, second);
+
+    let first = reconcile_named(&store, &fixture, "chat").await;
+    assert_eq!(
+        first.first(),
+        Some(&format!("PATCH {LCS_PATH}/chat/status"))
+    );
+    let held = reconcile_named(&store, &fixture, "chat-2").await;
+    assert!(held.is_empty(), "waits for the burst: {held:#?}");
+    // The first, set up, is not held by the burst.
+    reconcile_named(&store, &fixture, "chat").await;
+
+    tokio::time::sleep(arrivals::IDLE).await;
+    let set_up = reconcile_named(&store, &fixture, "chat-2").await;
+    assert_eq!(
+        set_up.first(),
+        Some(&format!("PATCH {LCS_PATH}/chat-2/status")),
+        "{set_up:#?}"
+    );
+    assert!(set_up.len() > 5, "every object is applied: {set_up:#?}");
 }
 
 #[tokio::test]
