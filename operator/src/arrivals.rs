@@ -33,6 +33,8 @@ pub struct Arrivals<K> {
     seen: HashMap<K, Seen>,
     /// When the latest new LongConnService arrived.
     last: Option<Instant>,
+    /// New LongConnServices in the burst the latest belongs to.
+    burst: usize,
     /// When `seen` was last pruned.
     pruned: Option<Instant>,
 }
@@ -48,6 +50,7 @@ impl<K> Default for Arrivals<K> {
         Self {
             seen: HashMap::new(),
             last: None,
+            burst: 0,
             pruned: None,
         }
     }
@@ -58,8 +61,9 @@ impl<K> Default for Arrivals<K> {
 pub enum Admission {
     /// Set it up now.
     Now,
-    /// Look again after this long: new LongConnServices are still arriving.
-    Wait(Duration),
+    /// Look again `after` this long: new LongConnServices are still arriving. `began`: this is
+    /// the burst's first service to wait (its second arrival).
+    Wait { after: Duration, began: bool },
 }
 
 impl<K: Hash + Eq + Clone> Arrivals<K> {
@@ -67,38 +71,33 @@ impl<K: Hash + Eq + Clone> Arrivals<K> {
     /// [`Admission::Now`], it always is.
     pub fn admit(&mut self, key: &K, now: Instant) -> Admission {
         self.prune(now);
-        let previous = self.last;
-        let seen = match self.seen.get(key) {
-            Some(seen) => *seen,
-            None => {
-                self.last = Some(now);
-                let alone = previous.is_none_or(|last| now.saturating_duration_since(last) >= IDLE);
-                let seen = Seen {
-                    at: now,
-                    released: alone,
-                };
-                self.seen.insert(key.clone(), seen);
-                seen
-            }
+        let mut began = false;
+        if !self.seen.contains_key(key) {
+            let alone = self
+                .last
+                .is_none_or(|last| now.saturating_duration_since(last) >= IDLE);
+            self.burst = if alone { 1 } else { self.burst + 1 };
+            began = self.burst == 2;
+            self.last = Some(now);
+            let seen = Seen {
+                at: now,
+                released: alone,
+            };
+            self.seen.insert(key.clone(), seen);
+        }
+        let quiet_at = self.last.unwrap_or(now) + IDLE;
+        let Some(seen) = self.seen.get_mut(key) else {
+            return Admission::Now;
         };
-        if seen.released {
-            return Admission::Now;
-        }
-        let last = self.last.unwrap_or(now);
-        let quiet_at = last + IDLE;
         let deadline = seen.at + MAX_WAIT;
-        if now >= quiet_at || now >= deadline {
-            if let Some(seen) = self.seen.get_mut(key) {
-                seen.released = true;
-            }
+        if seen.released || now >= quiet_at || now >= deadline {
+            seen.released = true;
             return Admission::Now;
         }
-        Admission::Wait(quiet_at.min(deadline) - now)
-    }
-
-    /// New LongConnServices waiting now.
-    pub fn waiting(&self) -> usize {
-        self.seen.values().filter(|seen| !seen.released).count()
+        Admission::Wait {
+            after: quiet_at.min(deadline) - now,
+            began,
+        }
     }
 
     /// Forgets arrivals older than [`REMEMBER`], at most once per [`IDLE`].
@@ -123,6 +122,21 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Told to wait `n` ms; `began`: the burst's first service to wait.
+    fn wait(n: u64, began: bool) -> Admission {
+        Admission::Wait {
+            after: ms(n),
+            began,
+        }
+    }
+
+    impl<K> Arrivals<K> {
+        /// New LongConnServices waiting now.
+        fn waiting(&self) -> usize {
+            self.seen.values().filter(|seen| !seen.released).count()
+        }
+    }
+
     #[test]
     fn a_service_created_alone_is_set_up_at_once() {
         let mut arrivals = Arrivals::default();
@@ -139,29 +153,18 @@ mod tests {
         let t0 = Instant::now();
         // The first of a burst cannot know one follows: it is set up at once.
         assert_eq!(arrivals.admit(&"a", t0), Admission::Now);
-        assert_eq!(
-            arrivals.admit(&"b", t0 + ms(100)),
-            Admission::Wait(ms(1000))
-        );
-        assert_eq!(
-            arrivals.admit(&"c", t0 + ms(300)),
-            Admission::Wait(ms(1000))
-        );
+        assert_eq!(arrivals.admit(&"b", t0 + ms(100)), wait(1000, true));
+        assert_eq!(arrivals.admit(&"c", t0 + ms(300)), wait(1000, false));
         // "b" looks again while "c" is the latest arrival: it waits for the pause after "c".
-        assert_eq!(
-            arrivals.admit(&"b", t0 + ms(1100)),
-            Admission::Wait(ms(200))
-        );
+        assert_eq!(arrivals.admit(&"b", t0 + ms(1100)), wait(200, false));
         assert_eq!(arrivals.waiting(), 2);
         // The arrivals paused: both go, and stay released whatever arrives next.
         assert_eq!(arrivals.admit(&"b", t0 + ms(1300)), Admission::Now);
         assert_eq!(arrivals.admit(&"c", t0 + ms(1300)), Admission::Now);
-        // The next arrival, over a second after "c", is alone again; one right after it waits.
+        // The next arrival, over a second after "c", is alone again; one right after it waits,
+        // the first of a new burst.
         assert_eq!(arrivals.admit(&"d", t0 + ms(1400)), Admission::Now);
-        assert_eq!(
-            arrivals.admit(&"e", t0 + ms(1500)),
-            Admission::Wait(ms(1000))
-        );
+        assert_eq!(arrivals.admit(&"e", t0 + ms(1500)), wait(1000, true));
         assert_eq!(arrivals.admit(&"c", t0 + ms(1600)), Admission::Now);
         assert_eq!(arrivals.waiting(), 1);
         assert_eq!(arrivals.admit(&"e", t0 + ms(2500)), Admission::Now);
@@ -173,7 +176,7 @@ mod tests {
         let mut arrivals = Arrivals::default();
         let t0 = Instant::now();
         arrivals.admit(&0, t0);
-        assert_eq!(arrivals.admit(&1, t0 + ms(10)), Admission::Wait(IDLE));
+        assert_eq!(arrivals.admit(&1, t0 + ms(10)), wait(1000, true));
         // One new service every half second: the arrivals never pause.
         let mut released_at = None;
         for i in 2..40_u64 {
@@ -191,7 +194,7 @@ mod tests {
         fresh.admit(&0, t0);
         fresh.admit(&1, t0 + ms(10));
         fresh.admit(&2, late - ms(100));
-        assert_eq!(fresh.admit(&1, late), Admission::Wait(ms(300)));
+        assert_eq!(fresh.admit(&1, late), wait(300, false));
     }
 
     #[test]

@@ -196,12 +196,10 @@ impl Context {
     /// How long the new LongConnService `key` waits for a burst of arrivals to pass, if it
     /// does ([`crate::arrivals`]).
     fn wait_for_burst(&self, key: &ObjectRef<LongConnService>, now: Instant) -> Option<Duration> {
-        let mut arrivals = self.arrivals.lock().ok()?;
-        let waiting = arrivals.waiting();
-        let Admission::Wait(wait) = arrivals.admit(key, now) else {
+        let Admission::Wait { after, began } = self.arrivals.lock().ok()?.admit(key, now) else {
             return None;
         };
-        if waiting == 0 {
+        if began {
             info!(
                 "new LongConnServices are arriving in a burst: they are set up once no new one \
                  has come for {:?}, at most {:?} after each came",
@@ -210,10 +208,10 @@ impl Context {
             );
         }
         debug!(
-            ?wait,
+            wait = ?after,
             "waiting for the burst of new LongConnServices to pass"
         );
-        Some(wait)
+        Some(after)
     }
 
     /// Asks the cluster which optional APIs it serves and publishes the answer (to the
