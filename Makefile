@@ -21,7 +21,7 @@ lint: deny ## cargo fmt --check, clippy with warnings denied, cargo-deny.
 
 .PHONY: deny
 deny: ## cargo-deny: licenses, bans, sources, and advisories where their database can be fetched.
-	TOOLS_DIR="$(TOOLS_DIR)" CARGO="$(CARGO)" bash scripts/deny.sh
+	CARGO="$(CARGO)" bash scripts/deny.sh
 
 .PHONY: unit
 unit: ## Every crate's tests; the end-to-end ones skip (and say so) without `make tools`.

@@ -9,7 +9,8 @@
 # the LongConnServices in charts/checkov/ (charts/checkov-generated.yaml).
 #
 # Usage: TOOLS_DIR=.tools bash charts/test.sh   (helm comes from `make tools`; checkov is installed
-# at the pinned version into a virtualenv under TOOLS_DIR, and one that cannot be installed fails)
+# at the pinned version into a virtualenv in the machine's cache, and one that cannot be installed
+# fails)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -196,7 +197,7 @@ check "helm template accepts one replica without leader election or PodDisruptio
 
 for spec in "operator longconn-operator longconn-operator" \
   "gateway longconn-gateway longconn-gateway" \
-  "echo longconn-e2e longconn-echo" \
+  "echo longconn-echo longconn-echo" \
   "pause pause pause"; do
   read -r file package binary <<<"${spec}"
   check "images/${file}.Dockerfile: FROM scratch, only the ${binary} binary, non-root USER, no RUN" \
@@ -208,9 +209,12 @@ check "chart README names the images and documents every value" \
 check "charts/checkov/ renders every kind in operator/src/kinds.rs" \
   "${checks[@]}" kinds operator/src/kinds.rs "${generated[@]/#/${work}/}"
 
-# checkov, installed at the pinned version into a virtualenv under TOOLS_DIR unless already there
-# (.installed marks a complete install). One that cannot be installed is a failure, never a skip.
-checkov_venv="${tools_dir}/checkov-${CHECKOV_VERSION}"
+# checkov, installed at the pinned version into a virtualenv unless already there (.installed
+# marks a complete install). One that cannot be installed is a failure, never a skip. The
+# virtualenv is in the machine's cache ($CHECKOV_VENV, by default
+# ~/.cache/longconn/checkov-VERSION), named by its version, so that a fresh clone on the same
+# machine does not install it again (a minute), as scripts/deny.sh keeps cargo-deny.
+checkov_venv="${CHECKOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/longconn/checkov-${CHECKOV_VERSION}}"
 checkov="${checkov_venv}/bin/checkov"
 install_checkov() {
   rm -rf "${checkov_venv}"

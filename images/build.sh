@@ -57,7 +57,7 @@ started=${SECONDS}
 "${cargo}" build --locked --profile "${profile}" --target "${target}" \
   -p longconn-operator --bin longconn-operator \
   -p longconn-gateway --bin longconn-gateway \
-  -p longconn-e2e --bin longconn-echo \
+  -p longconn-echo --bin longconn-echo \
   -p kubectl-longconn --bin kubectl-longconn
 echo "images: cargo build done in $(( SECONDS - started ))s"
 mkdir -p "${out_dir}/bin"

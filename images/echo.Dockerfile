@@ -6,7 +6,7 @@
 # beside this file keeps everything else out):
 #
 #   rustup target add x86_64-unknown-linux-musl   # once; apt-get install musl-tools for ring
-#   cargo build --locked --profile dist --target x86_64-unknown-linux-musl -p longconn-e2e --bin longconn-echo
+#   cargo build --locked --profile dist --target x86_64-unknown-linux-musl -p longconn-echo --bin longconn-echo
 #   docker build -f images/echo.Dockerfile -t ghcr.io/longconn/longconn-echo:0.1.0 target/x86_64-unknown-linux-musl/dist
 
 FROM scratch

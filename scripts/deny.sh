@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # cargo-deny over the workspace (deny.toml): licenses, bans and sources always; security advisories
-# where the RustSec database can be fetched. cargo-deny itself is built from crates.io into
-# $TOOLS_DIR/cargo-deny the first time.
+# where the RustSec database can be fetched. cargo-deny itself is built from crates.io the first
+# time, into a directory of the machine's cache named by its version ($DENY_ROOT, by default
+# ~/.cache/longconn/cargo-deny-VERSION), so that a fresh clone on the same machine does not build
+# it again (some five minutes on two cores), as Go's caches spare `make tools` its rebuilds.
 #
 # The advisory database lives in a Git repository on GitHub. Where it cannot be fetched, this says
 # so on a line of its own ("advisories: NOT CHECKED ...") and goes on; with
@@ -9,9 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
-TOOLS_DIR=${TOOLS_DIR:-$PWD/.tools}
 VERSION=0.20.2
-root="$TOOLS_DIR/cargo-deny"
+root=${DENY_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/longconn/cargo-deny-$VERSION}
 deny="$root/bin/cargo-deny"
 
 if [[ ! -x $deny ]] || [[ $("$deny" --version 2>/dev/null) != "cargo-deny $VERSION" ]]; then
