@@ -72,23 +72,19 @@ impl<K: Hash + Eq + Clone> Arrivals<K> {
     pub fn admit(&mut self, key: &K, now: Instant) -> Admission {
         self.prune(now);
         let mut began = false;
-        if !self.seen.contains_key(key) {
+        let seen = self.seen.entry(key.clone()).or_insert_with(|| {
             let alone = self
                 .last
                 .is_none_or(|last| now.saturating_duration_since(last) >= IDLE);
             self.burst = if alone { 1 } else { self.burst + 1 };
             began = self.burst == 2;
             self.last = Some(now);
-            let seen = Seen {
+            Seen {
                 at: now,
                 released: alone,
-            };
-            self.seen.insert(key.clone(), seen);
-        }
+            }
+        });
         let quiet_at = self.last.unwrap_or(now) + IDLE;
-        let Some(seen) = self.seen.get_mut(key) else {
-            return Admission::Now;
-        };
         let deadline = seen.at + MAX_WAIT;
         if seen.released || now >= quiet_at || now >= deadline {
             seen.released = true;
