@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -143,6 +144,18 @@ pub struct Observed {
     /// certificate to keep in the Secrets.
     pub certificate: Option<CertBundle>,
     pub apis: ServedApis,
+    /// What the client Service selects.
+    pub routing: ServiceRouting,
+}
+
+/// The client Service's selector, as the rollout decides it ([`crate::placement::selects`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceRouting {
+    /// The revision it selects; None: every revision.
+    pub revision: Option<String>,
+    /// When the operator last changed that, kept in the Service's
+    /// `longconn.dev/routing-changed-at` annotation.
+    pub changed_at: Option<Timestamp>,
 }
 
 /// One object to apply.
@@ -176,6 +189,10 @@ pub fn rendered(lcs: &LongConnService, settings: &Settings) -> Vec<Manifest> {
             service_monitor: true,
             prometheus_rule: true,
             cert_manager: true,
+        },
+        routing: ServiceRouting {
+            revision: Some(revision::of(lcs, settings)),
+            changed_at: None,
         },
     };
     let first_revision = controller_revision(
@@ -219,7 +236,7 @@ pub fn desired(lcs: &LongConnService, observed: &Observed, settings: &Settings) 
             deployment(&ctx, settings, &update_revision, replicas),
         ));
     }
-    out.push(ctx.manifest(Kind::Service, service(&ctx)));
+    out.push(ctx.manifest(Kind::Service, service(&ctx, &observed.routing)));
     out.push(ctx.manifest(Kind::PodDisruptionBudget, pdb(&ctx)));
     out.push(ctx.manifest(Kind::NetworkPolicy, network_policy(&ctx, settings)));
 
@@ -880,11 +897,21 @@ fn gateway_container(ctx: &Ctx, settings: &Settings, tls: bool) -> Container {
     }
 }
 
-fn service(ctx: &Ctx) -> Service {
+/// The client Service: the pods of the revision it selects (every revision when none) that
+/// carry `longconn.dev/accepting: "true"`.
+fn service(ctx: &Ctx, routing: &ServiceRouting) -> Service {
     let svc = &ctx.lcs.spec.service;
     let mut meta = ctx.meta(ctx.name.clone());
-    if !svc.annotations.is_empty() {
-        meta.annotations = Some(svc.annotations.clone());
+    let mut annotations = svc.annotations.clone();
+    if let Some(at) = routing.changed_at {
+        annotations.insert(labels::ROUTING_CHANGED_AT.to_owned(), at.to_string());
+    }
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations);
+    }
+    let mut selector = labels::accepting_pods(&ctx.name);
+    if let Some(revision) = &routing.revision {
+        selector.insert(labels::REVISION.to_owned(), revision.clone());
     }
     Service {
         metadata: meta,
@@ -895,7 +922,7 @@ fn service(ctx: &Ctx) -> Service {
                 .external_traffic_policy
                 .filter(|_| svc.type_ != ServiceType::ClusterIP)
                 .map(|p| format!("{p:?}")),
-            selector: Some(labels::accepting_pods(&ctx.name)),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("client".to_owned()),
                 port: ctx.lcs.spec.gateway.port,
@@ -1166,12 +1193,56 @@ mod tests {
     }
 
     #[test]
+    fn the_client_service_selects_the_revision_routed_to_with_the_time_of_the_change() {
+        let mut lcs = LongConnService::test().build();
+        lcs.spec.service.annotations =
+            BTreeMap::from([("example.com/team".to_owned(), "chat".to_owned())]);
+        let at: Timestamp = "2026-12-06T10:00:00Z".parse().expect("time");
+        let routed = service(
+            &Ctx::new(&lcs),
+            &ServiceRouting {
+                revision: Some("abc".to_owned()),
+                changed_at: Some(at),
+            },
+        );
+        let selector = routed.spec.expect("spec").selector.expect("selector");
+        assert_eq!(
+            selector.get(labels::REVISION).map(String::as_str),
+            Some("abc")
+        );
+        assert_eq!(
+            selector.get(labels::ACCEPTING).map(String::as_str),
+            Some("true")
+        );
+        let annotations = routed.metadata.annotations.expect("annotations");
+        assert_eq!(annotations[labels::ROUTING_CHANGED_AT], at.to_string());
+        assert_eq!(annotations["example.com/team"], "chat");
+        // Every revision: no revision in the selector, and no annotation while never changed.
+        let every = service(&Ctx::new(&lcs), &ServiceRouting::default());
+        assert!(
+            !every
+                .spec
+                .expect("spec")
+                .selector
+                .expect("selector")
+                .contains_key(labels::REVISION)
+        );
+        assert!(
+            !every
+                .metadata
+                .annotations
+                .expect("the user's")
+                .contains_key(labels::ROUTING_CHANGED_AT)
+        );
+    }
+
+    #[test]
     fn the_client_service_keeps_client_addresses_with_external_traffic_policy_local() {
         let policy = |type_: ServiceType, policy: Option<ExternalTrafficPolicy>| {
             let mut lcs = LongConnService::test().build();
             lcs.spec.service.type_ = type_;
             lcs.spec.service.external_traffic_policy = policy;
-            service(&Ctx::new(&lcs))
+            service(&Ctx::new(&lcs), &ServiceRouting::default())
                 .spec
                 .expect("spec")
                 .external_traffic_policy

@@ -22,8 +22,9 @@ pub const REVISION: &str = "longconn.dev/revision";
 /// once the operator has taken it out of the Service (it keeps the sessions it holds). Pods
 /// start with `"true"` from their template; see [`crate::placement`].
 pub const ACCEPTING: &str = "longconn.dev/accepting";
-/// On a pod: when the operator last set [`ACCEPTING`] (RFC 3339), so that a drain waits until
-/// every node's proxy has followed the change.
+/// On a pod: when the operator last set [`ACCEPTING`] (RFC 3339); on the client Service: when
+/// it last changed the revision the Service selects. A drain waits until every node's proxy
+/// has followed the change.
 pub const ROUTING_CHANGED_AT: &str = "longconn.dev/routing-changed-at";
 
 /// Labels on every object the operator creates for the LongConnService `name`.
@@ -45,7 +46,8 @@ pub fn pods(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(SERVICE.to_owned(), name.to_owned())])
 }
 
-/// Selector of the pods of `name` that take new sessions (the client Service).
+/// Selector of the pods of `name` that take new sessions (the client Service, which adds the
+/// [`REVISION`] it routes to: see [`crate::placement::selects`]).
 pub fn accepting_pods(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (SERVICE.to_owned(), name.to_owned()),

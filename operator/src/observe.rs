@@ -25,6 +25,7 @@ use crate::desired::{self, ObservedRevision, ServedApis};
 use crate::gateways::{self, PodKey};
 use crate::kinds::Kind;
 use crate::labels::{self, names};
+use crate::placement::ServiceFacts;
 use crate::reconcile::{Context, Error};
 use crate::rollout::{DELETION_COST, PodFacts};
 
@@ -110,6 +111,8 @@ pub struct Observation {
     pub revisions: Vec<ObservedRevision>,
     /// Revisions whose Deployment reports ProgressDeadlineExceeded.
     pub stalled: Vec<String>,
+    /// The client Service: the revision it selects.
+    pub service: ServiceFacts,
     pub user_secret: UserSecret,
 }
 
@@ -190,6 +193,7 @@ pub async fn observe(
             .filter(|d| deployment_stalled(d))
             .filter_map(|d| d.labels().get(labels::REVISION).cloned())
             .collect(),
+        service: client_service(&owned, &name),
         owned,
         admin_token,
         pods: facts,
@@ -198,6 +202,24 @@ pub async fn observe(
         user_secret,
         cpu_used,
     })
+}
+
+/// The client Service as the cache shows it: the revision its selector names, and when the
+/// operator changed that.
+fn client_service(owned: &Owned, name: &str) -> ServiceFacts {
+    let Some(service) = owned.find(Kind::Service, name) else {
+        return ServiceFacts::default();
+    };
+    ServiceFacts {
+        exists: true,
+        revision: service.data["spec"]["selector"][labels::REVISION]
+            .as_str()
+            .map(str::to_owned),
+        changed_at: service
+            .annotations()
+            .get(labels::ROUTING_CHANGED_AT)
+            .and_then(|at| at.parse().ok()),
+    }
 }
 
 /// The CPU each pod of `lcs` uses, from the resource metrics API, while its autoscaling weighs

@@ -1,15 +1,20 @@
 //! Where new sessions go: which pods the client Service sends new connections to.
 //!
-//! The client Service selects only the pods labelled `longconn.dev/accepting: "true"`; pods
-//! start with it from their template, and the operator sets it to `"false"` to take a pod out
-//! of the Service without touching its readiness (its PodDisruptionBudget, its Deployment's
-//! availability and the sessions it holds are unaffected: established connections keep their
-//! path). [`place`] decides the label of every pod, from the same view a rollout step has:
+//! The client Service selects the pods of one revision (`longconn.dev/revision` in its
+//! selector, [`selects`]) labelled `longconn.dev/accepting: "true"`; pods start with the label
+//! from their template, and the operator sets it to `"false"` to take a pod out of the Service
+//! without touching its readiness (its PodDisruptionBudget, its Deployment's availability and
+//! the sessions it holds are unaffected: established connections keep their path). [`place`]
+//! decides the revision the Service selects and the label of every pod of it, from the same
+//! view a rollout step has:
 //! - pods being drained, drained or on their way out never accept;
 //! - the **receivers** are the Ready pods of the target revision that stay. As soon as there is
-//!   one, the pods of every other revision stop accepting (they will all be drained: a session
-//!   that moved onto one of them would move again), and so do the target revision's pods a
-//!   scale-down is about to drain. Until there is one, every other pod accepts as before,
+//!   one, the Service selects the target revision alone: the pods of every other revision
+//!   leave it together, in one write of the Service, and keep their labels (they will all be
+//!   drained: a session that moved onto one of them would move again); the target revision's
+//!   pods a scale-down is about to drain stop accepting. Until there is one, the Service keeps
+//!   the revision it selects while a pod of it serves (every revision once none does), and
+//!   every pod it selects accepts as before,
 //!   except that a pod stopped for being full stays stopped while another accepts and the
 //!   first receivers are on their way ([`View::receivers_coming`]): they will stop it again;
 //! - while sessions are on their way (drains under way, or the one about to start), the
@@ -33,13 +38,16 @@
 //!   the emptier pods; but during a rollout a receiver that stopped stays stopped while another
 //!   accepts, since the next drain would stop it again. One receiver always accepts.
 //!
-//! Each label change is a PATCH of a pod: keeping the labels that still serve is what holds a
-//! rollout to about two changes per pod drained (the model test counts them).
+//! Each label change is a PATCH of a pod, and each change of the Service's selector one of the
+//! Service: taking the old pods out by the selector and keeping the labels that still serve is
+//! what holds a rollout to fewer than two changes per pod drained (the model test counts them).
 //!
-//! A drain starts only once the routing has [`settled`]: the pod to drain and every other pod
-//! carry the label they should, the EndpointSlices show it, and [`SETTLE`] has passed since the
-//! last label change, so that every node's proxy has followed (kube-proxy applies endpoint
-//! changes at most once a second by default). Its clients then reconnect only to pods that stay
+//! A drain starts only once the routing has [`settled`] ([`all_settled`]): the Service selects
+//! the revision it should, the pod to drain and every other pod carry the label they should,
+//! the EndpointSlices show it (the pods the selector leaves out are out of them), and
+//! [`SETTLE`] has passed since the last change of a label or of the selector, so that every
+//! node's proxy has followed (kube-proxy applies endpoint changes at most once a second by
+//! default). Its clients then reconnect only to pods that stay
 //! and have room: each session moves once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,9 +64,23 @@ pub const FULL: f64 = 1.1;
 /// fit below [`FULL`]: the balance a rollout or scale-down aims to end within.
 pub const LIMIT: f64 = 1.25;
 
+/// The client Service as observed: which revision its selector names, and when the operator
+/// last changed that.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceFacts {
+    /// The Service exists.
+    pub exists: bool,
+    /// The `longconn.dev/revision` its selector names; None when it selects every revision.
+    pub revision: Option<String>,
+    /// When the operator last changed the revision it selects.
+    pub changed_at: Option<Timestamp>,
+}
+
 /// What [`place`] looks at.
 pub struct View<'a> {
     pub pods: &'a [PodFacts],
+    /// The client Service as observed.
+    pub service: &'a ServiceFacts,
     /// The revision the pods converge on.
     pub target: &'a str,
     /// Pods the LongConnService should have (`spec.replicas`).
@@ -84,7 +106,12 @@ pub struct View<'a> {
 /// Where new sessions go.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Placement {
-    /// The `longconn.dev/accepting` value each pod not terminating should carry.
+    /// The revision the client Service should select ([`selects`]); None: every revision.
+    pub selected: Option<String>,
+    /// The client Service as observed.
+    pub service: ServiceFacts,
+    /// The `longconn.dev/accepting` value each pod not terminating should carry; a pod the
+    /// Service's selector leaves out keeps the label it has.
     pub accepting: BTreeMap<String, bool>,
     /// Receivers there are: Ready pods of the target revision that stay.
     pub receivers: usize,
@@ -118,8 +145,14 @@ pub fn place(view: &View, incoming: i64) -> Placement {
                 && !view.excess.contains(&p.name)
         })
         .collect();
+    let selected = selects(view, &receivers);
+    let selector_leaves_out = |p: &PodFacts| selected.as_ref().is_some_and(|r| p.revision != *r);
     let mut accepting = BTreeMap::new();
-    for pod in view.pods.iter().filter(|p| !p.terminating) {
+    for pod in view
+        .pods
+        .iter()
+        .filter(|p| !p.terminating && !selector_leaves_out(p))
+    {
         let starting = pod.revision == view.target && !(pod.running && pod.ready);
         if starting && !pod.running {
             // Not started: in no endpoint whatever its label, so it keeps the one it has (a
@@ -179,9 +212,40 @@ pub fn place(view: &View, incoming: i64) -> Placement {
         accepting.insert(pod.name.clone(), true);
     }
     Placement {
+        selected,
+        service: view.service.clone(),
         accepting,
         receivers: receivers.len(),
         fits: fits && !receivers.is_empty(),
+    }
+}
+
+/// The revision the client Service selects: the target revision once it has a receiver, and
+/// until then the one it selects now while a pod of that revision serves (a new Service
+/// selects the target revision from the start). Taking the pods of every other revision out
+/// of the Service is then one write of the Service, not one of each pod. When no pod of the
+/// revision it selects serves but another does (a revision arriving mid-rollout, the target's
+/// only receivers gone), every revision: the pods' labels decide alone, as they do within the
+/// revision selected.
+pub fn selects(view: &View, receivers: &[&PodFacts]) -> Option<String> {
+    let service = view.service;
+    if !receivers.is_empty() || !service.exists {
+        return Some(view.target.to_owned());
+    }
+    let serves =
+        |p: &PodFacts| p.running && p.ready && !p.terminating && !view.leaving.contains(&p.name);
+    match &service.revision {
+        Some(revision)
+            if view
+                .pods
+                .iter()
+                .any(|p| p.revision == *revision && serves(p)) =>
+        {
+            Some(revision.clone())
+        }
+        // Nothing serves: a change would route nowhere either.
+        current if !view.pods.iter().any(serves) => current.clone(),
+        _ => None,
     }
 }
 
@@ -262,14 +326,31 @@ pub fn settled(pod: &PodFacts, accepting: bool, now: Timestamp) -> bool {
     labelled && routed && quiet
 }
 
-/// Whether every pod `placement` covers has settled as it says.
+/// Whether every pod `placement` covers has settled as it says, and the client Service
+/// selects the revision it says: the pods its selector leaves out are out of the EndpointSlices
+/// and [`SETTLE`] has passed since the operator changed it.
 pub fn all_settled(pods: &[PodFacts], placement: &Placement, now: Timestamp) -> bool {
-    pods.iter().all(|pod| {
+    let service = &placement.service;
+    let selector = service.revision == placement.selected
+        && service
+            .changed_at
+            .is_none_or(|at| now.duration_since(at) >= SETTLE);
+    let left_out = |pod: &PodFacts| {
         placement
-            .accepting
-            .get(&pod.name)
-            .is_none_or(|&accepting| settled(pod, accepting, now))
-    })
+            .selected
+            .as_ref()
+            .is_some_and(|r| pod.revision != *r)
+    };
+    selector
+        && pods.iter().all(|pod| {
+            if left_out(pod) {
+                return !pod.routable || !pod.ready || !pod.running;
+            }
+            placement
+                .accepting
+                .get(&pod.name)
+                .is_none_or(|&accepting| settled(pod, accepting, now))
+        })
 }
 
 /// The label changes that bring the pods to `placement`: (pod, accepting), the pods that start
@@ -315,6 +396,12 @@ mod tests {
     }
 
     static NONE: BTreeSet<String> = BTreeSet::new();
+    /// A client Service that selects every revision: the pods' labels decide alone.
+    static EVERY: ServiceFacts = ServiceFacts {
+        exists: true,
+        revision: None,
+        changed_at: None,
+    };
 
     /// A view with no pod leaving and none in excess.
     fn view<'a>(
@@ -325,6 +412,7 @@ mod tests {
     ) -> View<'a> {
         View {
             pods,
+            service: &EVERY,
             target,
             replicas,
             leaving: &NONE,
@@ -413,14 +501,64 @@ mod tests {
     }
 
     #[test]
-    fn once_the_new_revision_can_take_sessions_every_old_pod_stops_accepting() {
+    fn once_the_new_revision_can_take_sessions_the_service_selects_it_alone() {
         let pods = [pod("a", "old"), pod("b", "old"), pod("n1", "new")];
         let counts = sessions(&[("a", 100), ("b", 100)]);
         let view = view(&pods, "new", 2, &counts);
         let placement = place(&view, 100);
+        assert_eq!(placement.selected.as_deref(), Some("new"));
+        // The old pods leave the Service by its selector, in one write: their labels stay.
+        assert_eq!(placement.accepting.get("a"), None);
+        assert_eq!(placement.accepting.get("b"), None);
+        assert!(changes(&pods, &placement).is_empty());
         assert_eq!(accepting(&placement), ["n1"]);
         // 100 sessions per pod when done, 110 full: 100 fit n1.
         assert!(placement.fits);
+    }
+
+    #[test]
+    fn the_service_keeps_the_revision_it_selects_while_a_pod_of_it_serves() {
+        let mut new = pod("n1", "new");
+        new.ready = false;
+        let pods = [pod("a", "old"), stopped("b", "other"), new];
+        let counts = sessions(&[("a", 100), ("b", 100)]);
+        let old = ServiceFacts {
+            revision: Some("old".to_owned()),
+            ..EVERY.clone()
+        };
+        let view = View {
+            service: &old,
+            ..view(&pods, "new", 2, &counts)
+        };
+        // No receiver yet: the old revision stays selected, and only its pods get labels.
+        let placement = place(&view, 0);
+        assert_eq!(placement.selected.as_deref(), Some("old"));
+        assert_eq!(accepting(&placement), ["a"]);
+        assert_eq!(placement.accepting.get("b"), None);
+        // Its last pod leaves: every revision, and the pods' labels decide (b opens again, n1
+        // keeps its template's label until Ready).
+        let leaving = BTreeSet::from(["a".to_owned()]);
+        let gone = View {
+            leaving: &leaving,
+            ..view
+        };
+        let placement = place(&gone, 0);
+        assert_eq!(placement.selected, None);
+        assert_eq!(accepting(&placement), ["b", "n1"]);
+        // Nothing serves anywhere: no change, it would route nowhere either.
+        let nothing = [pods[2].clone()];
+        let view = View {
+            pods: &nothing,
+            ..view
+        };
+        assert_eq!(place(&view, 0).selected.as_deref(), Some("old"));
+        // A Service not made yet selects the target revision from the start.
+        let missing = ServiceFacts::default();
+        let view = View {
+            service: &missing,
+            ..view
+        };
+        assert_eq!(place(&view, 0).selected.as_deref(), Some("new"));
     }
 
     #[test]
@@ -558,6 +696,7 @@ mod tests {
         let excess = BTreeSet::from(["c".to_owned()]);
         let view = View {
             pods: &pods,
+            service: &EVERY,
             target: "v",
             replicas: 1,
             leaving: &leaving,
@@ -606,6 +745,34 @@ mod tests {
         p.routing_changed_at = None;
         assert!(settled(&p, false, NOW));
         assert!(!settled(&p, true, NOW));
+    }
+
+    #[test]
+    fn routing_settles_once_the_service_selects_the_revision_and_the_others_are_out() {
+        let mut old = pod("a", "old");
+        let pods = |old: &PodFacts| [old.clone(), pod("n1", "new")];
+        let mut placement = Placement {
+            selected: Some("new".to_owned()),
+            service: ServiceFacts {
+                revision: Some("old".to_owned()),
+                ..EVERY.clone()
+            },
+            accepting: BTreeMap::from([("n1".to_owned(), true)]),
+            ..Placement::default()
+        };
+        // The Service still selects the old revision.
+        assert!(!all_settled(&pods(&old), &placement, NOW));
+        placement.service = ServiceFacts {
+            revision: Some("new".to_owned()),
+            changed_at: Some(NOW - SignedDuration::from_secs(1)),
+            ..EVERY.clone()
+        };
+        // It selects the new one, but the old pod is still in the EndpointSlices.
+        assert!(!all_settled(&pods(&old), &placement, NOW + SETTLE));
+        old.routable = false;
+        // Out, but the proxies may not have followed yet.
+        assert!(!all_settled(&pods(&old), &placement, NOW));
+        assert!(all_settled(&pods(&old), &placement, NOW + SETTLE));
     }
 
     #[test]

@@ -18,11 +18,12 @@ use crate::compare;
 use crate::crd::{
     HealthTally, LongConnService, LongConnServiceStatus, RevisionRecord, RolloutPhase,
 };
-use crate::desired::{self, CertBundle, Manifest, Observed, Settings};
+use crate::desired::{self, CertBundle, Manifest, Observed, ServiceRouting, Settings};
 use crate::history;
 use crate::kinds::Kind;
 use crate::labels::{self, names};
 use crate::observe::Observation;
+use crate::placement::ServiceFacts;
 use crate::revision;
 use crate::rollout::{self, Note, Plan};
 use crate::status::{self, CertFacts, Facts, MonitoringFacts, Problem};
@@ -183,6 +184,7 @@ pub fn plan(input: Input) -> Outcome {
         update_revision: &update_revision,
         revisions: &observation.revisions,
         pods: &observation.pods,
+        service: &observation.service,
         update_stalled,
         refresh_sessions: input.refresh_sessions,
         now,
@@ -193,6 +195,7 @@ pub fn plan(input: Input) -> Outcome {
         admin_token: input.admin_token,
         certificate: input.certificate.bundle,
         apis: observation.apis,
+        routing: service_routing(&observation.service, &rollout, now),
     };
     let mut manifests = desired::desired(lcs, &observed, input.settings);
 
@@ -352,6 +355,20 @@ pub fn plan(input: Input) -> Outcome {
     }
 }
 
+/// The client Service's selector as the rollout decides it, with the time of its last change:
+/// now when it changes (a new Service needs none: nothing was routed before it).
+fn service_routing(service: &ServiceFacts, rollout: &Plan, now: Timestamp) -> ServiceRouting {
+    let changes = service.exists && service.revision != rollout.selects;
+    ServiceRouting {
+        revision: rollout.selects.clone(),
+        changed_at: if changes {
+            Some(now)
+        } else {
+            service.changed_at
+        },
+    }
+}
+
 /// The revision records after this reconcile ([`history`]).
 fn revisions(
     lcs: &LongConnService,
@@ -471,6 +488,7 @@ mod tests {
             finalizer_at: Default::default(),
             revisions: Vec::new(),
             stalled: Vec::new(),
+            service: ServiceFacts::default(),
             user_secret: UserSecret::NotUsed,
             cpu_used: None,
         }

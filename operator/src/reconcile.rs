@@ -839,6 +839,18 @@ async fn perform(
             Applied::Created
                 if announced_by_rollout(lcs, manifest.kind, &manifest.name, Change::Created) => {}
             Applied::Created => created.push(format!("{:?} {}", manifest.kind, manifest.name)),
+            Applied::Updated
+                if manifest.kind == Kind::Service
+                    && manifest.name == lcs.name_any()
+                    && observation.service.revision != outcome.rollout.selects =>
+            {
+                let selects = outcome
+                    .rollout
+                    .selects
+                    .as_deref()
+                    .unwrap_or("every revision");
+                info!(service = %format!("{ns}/{}", manifest.name), selects, "routing changed");
+            }
             Applied::Updated | Applied::Unchanged => {}
             Applied::Refused(problem) => {
                 // The only Deployment desired() builds is the update revision's.

@@ -157,6 +157,8 @@ pub struct Input<'a> {
     /// Every revision's Deployment.
     pub revisions: &'a [ObservedRevision],
     pub pods: &'a [PodFacts],
+    /// The client Service as observed.
+    pub service: &'a placement::ServiceFacts,
     /// The update revision's Deployment reports ProgressDeadlineExceeded.
     pub update_stalled: bool,
     /// Record every gateway's open sessions now (they are refreshed on a coarse schedule, not
@@ -225,6 +227,8 @@ pub struct Plan {
     pub drain: Vec<String>,
     /// Pods whose `longconn.dev/accepting` label changes: (pod, accepting).
     pub routing: Vec<(String, bool)>,
+    /// The revision the client Service selects; None: every revision ([`placement::selects`]).
+    pub selects: Option<String>,
     /// A drain waits for the routing to settle: look again within a second.
     pub routing_pending: bool,
     /// Pods to annotate with the lowest deletion cost.
@@ -833,6 +837,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
         .collect();
     let view = placement::View {
         pods: input.pods,
+        service: input.service,
         target: budget.target,
         replicas: want,
         leaving: &leaving,
@@ -1236,6 +1241,7 @@ pub fn record(
         target: budget.target.to_owned(),
         replicas: sizes.replicas.clone(),
         routing,
+        selects: book.routing.selected.clone(),
         routing_pending: book.routing_pending,
         drain: book.drain,
         lowest_cost: book.lowest_cost,
@@ -1689,6 +1695,15 @@ fn budget_words(r: &RolloutStatus, budget: i64, rollback_to: Option<&str>) -> St
 mod tests {
     use super::*;
 
+    /// A client Service that selects `revision`, as the operator left it.
+    fn selecting(revision: &str) -> placement::ServiceFacts {
+        placement::ServiceFacts {
+            exists: true,
+            revision: Some(revision.to_owned()),
+            changed_at: None,
+        }
+    }
+
     fn pod(name: &str, state: Option<DrainState>, active: u64) -> PodFacts {
         PodFacts {
             name: name.to_owned(),
@@ -1739,6 +1754,7 @@ mod tests {
                 ready_replicas: 3,
             }],
             pods,
+            service: &selecting(update),
             update_stalled: false,
             refresh_sessions,
             now,
@@ -1980,6 +1996,7 @@ mod tests {
                 ready_replicas: 4,
             }],
             pods: &pods,
+            service: &selecting("a"),
             update_stalled: false,
             refresh_sessions: true,
             now,
@@ -2027,6 +2044,7 @@ mod tests {
                 ready_replicas: 6,
             }],
             pods,
+            service: &selecting("a"),
             update_stalled: false,
             refresh_sessions: true,
             now,
@@ -2249,6 +2267,7 @@ mod tests {
                 },
             ],
             pods: &pods,
+            service: &selecting("b"),
             update_stalled: false,
             refresh_sessions: true,
             now,
@@ -2303,6 +2322,7 @@ mod tests {
                     ready_replicas: 1,
                 }],
                 pods,
+                service: &selecting("b"),
                 update_stalled: false,
                 refresh_sessions: true,
                 now,
@@ -2351,6 +2371,7 @@ mod tests {
                 update_revision: "b",
                 revisions: &[],
                 pods,
+                service: &selecting("b"),
                 update_stalled: false,
                 refresh_sessions: true,
                 now,
@@ -2395,6 +2416,7 @@ mod tests {
                 update_revision: "b",
                 revisions: &revisions,
                 pods: &pods,
+                service: &selecting("b"),
                 update_stalled: false,
                 refresh_sessions: true,
                 now,

@@ -3,7 +3,9 @@
 
 use longconn_operator::certs::CertAndKey;
 use longconn_operator::crd::LongConnService;
-use longconn_operator::desired::{self, CertBundle, Manifest, Observed, ServedApis, Settings};
+use longconn_operator::desired::{
+    self, CertBundle, Manifest, Observed, ServedApis, ServiceRouting, Settings,
+};
 use longconn_operator::kinds::Kind;
 use longconn_operator::revision;
 
@@ -25,7 +27,8 @@ fn pair(cert: &str, key: &str) -> CertAndKey {
     }
 }
 
-fn observed(apis: ServedApis, update_replicas: Option<i32>) -> Observed {
+/// What the reconciler would find for `lcs` settled: its Service selecting its revision.
+fn observed(lcs: &LongConnService, apis: ServedApis, update_replicas: Option<i32>) -> Observed {
     Observed {
         update_replicas,
         admin_token: "admin-token".to_owned(),
@@ -35,6 +38,10 @@ fn observed(apis: ServedApis, update_replicas: Option<i32>) -> Observed {
             serving: pair("CERT", "KEY"),
         }),
         apis,
+        routing: ServiceRouting {
+            revision: Some(revision::of(lcs, &settings())),
+            changed_at: None,
+        },
     }
 }
 
@@ -59,7 +66,7 @@ const ALL_APIS: ServedApis = ServedApis {
 fn with_every_api(lcs: &LongConnService) -> Vec<Manifest> {
     desired::desired(
         lcs,
-        &observed(ALL_APIS, Some(lcs.spec.replicas)),
+        &observed(lcs, ALL_APIS, Some(lcs.spec.replicas)),
         &settings(),
     )
 }
@@ -128,7 +135,7 @@ fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
     let lcs = sample("tests/samples/good/tls-secret.yaml");
     let out = desired::desired(
         &lcs,
-        &observed(ServedApis::default(), Some(lcs.spec.replicas)),
+        &observed(&lcs, ServedApis::default(), Some(lcs.spec.replicas)),
         &settings(),
     );
     assert!(
@@ -153,11 +160,15 @@ fn user_secret_mode_mounts_that_secret_and_creates_no_certificate() {
 fn monitoring_kinds(apis: ServedApis, monitoring: serde_json::Value) -> Vec<Kind> {
     let mut lcs = sample("../examples/chat.yaml");
     lcs.spec.monitoring = serde_json::from_value(monitoring).expect("a monitoring spec");
-    desired::desired(&lcs, &observed(apis, Some(lcs.spec.replicas)), &settings())
-        .iter()
-        .map(|m| m.kind)
-        .filter(|k| matches!(k, Kind::ServiceMonitor | Kind::PrometheusRule))
-        .collect()
+    desired::desired(
+        &lcs,
+        &observed(&lcs, apis, Some(lcs.spec.replicas)),
+        &settings(),
+    )
+    .iter()
+    .map(|m| m.kind)
+    .filter(|k| matches!(k, Kind::ServiceMonitor | Kind::PrometheusRule))
+    .collect()
 }
 
 #[test]
@@ -165,7 +176,7 @@ fn without_the_monitoring_api_no_service_monitor_is_desired() {
     let lcs = sample("../examples/chat.yaml");
     let out = desired::desired(
         &lcs,
-        &observed(ServedApis::default(), Some(lcs.spec.replicas)),
+        &observed(&lcs, ServedApis::default(), Some(lcs.spec.replicas)),
         &settings(),
     );
     assert!(
@@ -215,7 +226,7 @@ fn only_the_update_revision_deployment_is_built_and_only_when_planned() {
     let lcs = sample("../examples/chat.yaml");
     let new = revision::of(&lcs, &settings());
     let deployments = |replicas| {
-        desired::desired(&lcs, &observed(ALL_APIS, replicas), &settings())
+        desired::desired(&lcs, &observed(&lcs, ALL_APIS, replicas), &settings())
             .into_iter()
             .filter(|m| m.kind == Kind::Deployment)
             .map(|m| (m.name, m.object["spec"]["replicas"].clone()))
@@ -250,7 +261,7 @@ fn revision_changes_with_the_pod_template_but_not_with_scaling() {
 #[test]
 fn during_a_ca_rotation_both_secrets_publish_both_cas_in_ca_crt() {
     let lcs = sample("../examples/chat.yaml");
-    let mut observed = observed(ALL_APIS, Some(lcs.spec.replicas));
+    let mut observed = observed(&lcs, ALL_APIS, Some(lcs.spec.replicas));
     if let Some(bundle) = observed.certificate.as_mut() {
         bundle.previous_ca = Some(pair("OLD CA CERT\n", "OLD CA KEY"));
     }

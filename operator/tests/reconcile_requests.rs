@@ -8,7 +8,7 @@
 //! recorded before anything is acted on, nothing is listed or read that the caches hold, and a
 //! reconcile which finds everything as desired sends no request at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 const LCS_PATH: &str = "/apis/longconn.dev/v1alpha1/namespaces/default/longconnservices";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const PODS: &str = "/api/v1/namespaces/default/pods";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
 
 /// Objects by collection path, then by name.
 #[derive(Default)]
@@ -357,7 +358,7 @@ const CACHED: [(&str, Kind); 10] = [
         "/apis/apps/v1/namespaces/default/deployments",
         Kind::Deployment,
     ),
-    ("/api/v1/namespaces/default/services", Kind::Service),
+    (SERVICES, Kind::Service),
     (
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
         Kind::PodDisruptionBudget,
@@ -563,7 +564,7 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
         (secrets, "chat-ca"),
         (secrets, "chat-tls"),
         (DEPLOYMENTS, deployment.as_str()),
-        ("/api/v1/namespaces/default/services", "chat"),
+        (SERVICES, "chat"),
         (
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
             "chat",
@@ -572,7 +573,7 @@ async fn first_reconcile_records_status_then_creates_every_object_then_steady_st
             "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
             "chat",
         ),
-        ("/api/v1/namespaces/default/services", "chat-metrics"),
+        (SERVICES, "chat-metrics"),
         (CONTROLLER_REVISIONS, deployment.as_str()),
     ] {
         expected.push(format!("PATCH {path}/{name}"));
@@ -722,7 +723,7 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
         .lock()
         .expect("store")
         .collections
-        .entry("/api/v1/namespaces/default/services".to_owned())
+        .entry(SERVICES.to_owned())
         .or_default()
         .insert("chat".to_owned(), theirs.clone());
 
@@ -734,10 +735,7 @@ async fn an_object_of_the_same_name_owned_by_someone_else_is_left_alone() {
     // The conflict shows in the next status.
     reconcile_once(&store, &fixture).await;
     let s = store.lock().expect("store");
-    assert_eq!(
-        s.collections["/api/v1/namespaces/default/services"]["chat"],
-        theirs
-    );
+    assert_eq!(s.collections[SERVICES]["chat"], theirs);
     assert_condition(
         &s,
         "Degraded",
@@ -1009,31 +1007,34 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
         assert_eq!(rollout["revision"], revision_of(&new));
     }
 
-    // The surge pod is Ready: the old pods leave the client Service (their label), so that
-    // what they hold moves only to the new revision; no drain starts before that shows.
+    // The surge pod is Ready: the client Service selects the new revision alone (one write of
+    // the Service, none of the old pods), so that what they hold moves only to the new
+    // revision; no drain starts before that shows.
     let new_pod = {
         let mut s = store.lock().expect("store");
         add_pod(&mut s, &new, 0, "192.0.2.10")
     };
     mark_deployments_ready(&store);
     let log = reconcile_once(&store, &fixture).await;
-    let pod_writes: Vec<&String> = log
+    let writes: Vec<&String> = log
         .iter()
         .filter(|l| l.starts_with("PATCH /api/v1"))
         .collect();
-    let old_pods: Vec<String> = (0..3).map(|i| format!("PATCH {PODS}/{old}-{i}")).collect();
-    assert_eq!(
-        pod_writes
-            .iter()
-            .map(|l| l.as_str())
-            .collect::<BTreeSet<_>>(),
-        old_pods.iter().map(String::as_str).collect(),
-        "{log:#?}"
-    );
+    assert_eq!(writes, [&format!("PATCH {SERVICES}/chat")], "{log:#?}");
     {
         let s = store.lock().expect("store");
+        let service = &s.collections[SERVICES]["chat"];
+        assert_eq!(
+            service["spec"]["selector"]["longconn.dev/revision"],
+            revision_of(&new),
+            "{service:#}"
+        );
+        assert!(
+            service["metadata"]["annotations"]["longconn.dev/routing-changed-at"].is_string(),
+            "{service:#}"
+        );
         let pod = &s.collections[PODS][&format!("{old}-0")];
-        assert_eq!(pod["metadata"]["labels"]["longconn.dev/accepting"], "false");
+        assert_eq!(pod["metadata"]["labels"]["longconn.dev/accepting"], "true");
         let rollout = &s.collections[LCS_PATH]["chat"]["status"]["rollout"];
         assert!(
             rollout["draining"].as_array().is_none_or(Vec::is_empty),
@@ -1047,12 +1048,13 @@ async fn a_rollout_only_scales_the_old_revision_and_removes_a_pod_after_recordin
     {
         let mut s = store.lock().expect("store");
         set_endpoints(&mut s, &[&new_pod]);
-        for pod in s.collections.get_mut(PODS).expect("pods").values_mut() {
-            if pod["metadata"]["labels"]["longconn.dev/accepting"] == "false" {
-                pod["metadata"]["annotations"]["longconn.dev/routing-changed-at"] =
-                    json!("2026-01-01T00:00:00Z");
-            }
-        }
+        let service = s
+            .collections
+            .get_mut(SERVICES)
+            .and_then(|services| services.get_mut("chat"))
+            .expect("the client Service");
+        service["metadata"]["annotations"]["longconn.dev/routing-changed-at"] =
+            json!("2026-01-01T00:00:00Z");
     }
     let log = reconcile_once(&store, &fixture).await;
     assert!(

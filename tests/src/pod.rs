@@ -335,6 +335,7 @@ fn generate(lcs: &LongConnService) -> Vec<desired::Manifest> {
             prometheus_rule: true,
             cert_manager: true,
         },
+        routing: desired::ServiceRouting::default(),
     };
     desired::desired(lcs, &observed, &settings)
 }

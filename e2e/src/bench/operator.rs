@@ -47,7 +47,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use longconn_operator::crd::{LongConnService, RolloutSpec};
-use longconn_operator::desired::{self, Observed, ServedApis, Settings};
+use longconn_operator::desired::{self, Observed, ServedApis, ServiceRouting, Settings};
 use longconn_operator::kinds::Kind;
 use longconn_operator::labels;
 use serde::Serialize;
@@ -343,6 +343,7 @@ fn anchor_deployment(index: usize) -> Result<Deployment, ScenarioError> {
         admin_token: "anchor".into(),
         certificate: None,
         apis: ServedApis::default(),
+        routing: ServiceRouting::default(),
     };
     let manifest = desired::desired(&lcs, &observed, &Settings::default())
         .into_iter()
