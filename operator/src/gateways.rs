@@ -3,8 +3,8 @@
 //! [`poll`] runs beside the controller. Every [`TICK`] it looks at each LongConnService's pods
 //! (from the caches) and reads `GET /drain` from the gateways that are due: every tick while a
 //! pod drains, terminates or has not answered yet, every [`IDLE_EVERY`] otherwise. Each answer
-//! lands in [`Reports`]; when it differs from the previous one, the LongConnService's reconcile
-//! is woken. A reconcile reads the reports from here and never waits on a gateway.
+//! lands in [`Reports`]; when it changes what a reconcile decides (a drain's progress, a
+//! restart, a mass disconnect: `matters`), the LongConnService's reconcile is woken. A reconcile reads the reports from here and never waits on a gateway.
 //!
 //! A pod asked to move sessions by a round of rebalancing is also read at `GET /rebalance`, with
 //! its drain report, until its part of the round is recorded finished.
@@ -38,6 +38,12 @@ pub const IDLE_EVERY: Duration = Duration::from_secs(10);
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// Gateways read at once.
 const CONCURRENCY: usize = 32;
+/// A serving gateway that lost at least half its open sessions, and at least this many, since
+/// the last read wakes the reconcile: its clients went at once (a network cut, a fleet of
+/// clients restarting) and their reconnects are on their way, so a pod the operator stopped
+/// for being full must take new sessions again now, not at the next scheduled reconcile (up to
+/// `plan::SESSIONS_RECORD` later), or the reconnects all land on the pods that accept.
+pub const MASS_DROP: u64 = 10;
 
 /// Identifies one pod: namespace, name and uid (a pod recreated under the same name is another
 /// pod).
@@ -184,14 +190,18 @@ fn read_before(new: &DrainReport, old: &DrainReport) -> bool {
 }
 
 /// Whether a new report changes what a reconcile decides: anything while a drain runs, and
-/// otherwise the drain state or the restarts. The open sessions of a serving gateway change
-/// all the time; they are recorded on the reconcile's own schedule, and waking the reconcile
-/// for each change would keep postponing it (the controller debounces triggers).
+/// otherwise the drain state, the restarts, or a mass disconnect ([`MASS_DROP`]). The open
+/// sessions of a serving gateway change all the time; they are recorded on the reconcile's own
+/// schedule, and waking the reconcile for each change would keep postponing it (the controller
+/// debounces triggers).
 fn matters(old: &DrainReport, new: &DrainReport) -> bool {
     if new.state != DrainState::Serving || old.state != DrainState::Serving {
         return old != new;
     }
-    old.restarts != new.restarts || old.lost_to_restarts != new.lost_to_restarts
+    let dropped = old.active.saturating_sub(new.active);
+    old.restarts != new.restarts
+        || old.lost_to_restarts != new.lost_to_restarts
+        || (dropped >= MASS_DROP && new.active * 2 <= old.active)
 }
 
 /// One gateway to read.
@@ -392,6 +402,27 @@ mod tests {
         };
         assert!(reports.record(key("b"), Some(report(2, DrainState::Serving)), t0));
         assert!(reports.record(key("b"), Some(restarted), t0));
+    }
+
+    #[test]
+    fn a_serving_gateway_that_loses_half_its_sessions_at_once_wakes_a_reconcile() {
+        let reports = Reports::default();
+        let t0 = Instant::now();
+        let serving = |active| Some(report(active, DrainState::Serving));
+        assert!(reports.record(key("a"), serving(120), t0));
+        assert!(!reports.record(key("a"), serving(100), t0), "churn");
+        assert!(
+            reports.record(key("a"), serving(40), t0),
+            "a mass disconnect"
+        );
+        assert!(reports.record(key("a"), serving(0), t0));
+        assert!(
+            !reports.record(key("a"), serving(30), t0),
+            "clients coming back"
+        );
+        // A few sessions closing on a pod that holds few is no mass disconnect.
+        assert!(reports.record(key("b"), serving(9), t0));
+        assert!(!reports.record(key("b"), serving(0), t0));
     }
 
     #[test]

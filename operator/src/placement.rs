@@ -221,30 +221,35 @@ pub fn place(view: &View, incoming: i64) -> Placement {
 }
 
 /// The revision the client Service selects: the target revision once it has a receiver, and
-/// until then the one it selects now while a pod of that revision serves (a new Service
-/// selects the target revision from the start). Taking the pods of every other revision out
-/// of the Service is then one write of the Service, not one of each pod. When no pod of the
-/// revision it selects serves but another does (a revision arriving mid-rollout, the target's
-/// only receivers gone), every revision: the pods' labels decide alone, as they do within the
+/// until then the one it selects now while a pod of that revision serves (a Service not made
+/// yet: the target revision). Taking the pods of every other revision out of the Service is
+/// then one write of the Service, not one of each pod. When no pod of that revision serves but
+/// another does (a revision arriving mid-rollout, the target's only receivers gone, the Service
+/// deleted mid-rollout), every revision: the pods' labels decide alone, as they do within the
 /// revision selected.
 pub fn selects(view: &View, receivers: &[&PodFacts]) -> Option<String> {
-    let service = view.service;
-    if !receivers.is_empty() || !service.exists {
+    if !receivers.is_empty() {
         return Some(view.target.to_owned());
     }
     let serves =
         |p: &PodFacts| p.running && p.ready && !p.terminating && !view.leaving.contains(&p.name);
-    match &service.revision {
+    let service = view.service;
+    let current = if service.exists {
+        service.revision.clone()
+    } else {
+        Some(view.target.to_owned())
+    };
+    match current {
         Some(revision)
             if view
                 .pods
                 .iter()
-                .any(|p| p.revision == *revision && serves(p)) =>
+                .any(|p| p.revision == revision && serves(p)) =>
         {
-            Some(revision.clone())
+            Some(revision)
         }
         // Nothing serves: a change would route nowhere either.
-        current if !view.pods.iter().any(serves) => current.clone(),
+        current if !view.pods.iter().any(serves) => current,
         _ => None,
     }
 }
@@ -552,13 +557,19 @@ mod tests {
             ..view
         };
         assert_eq!(place(&view, 0).selected.as_deref(), Some("old"));
-        // A Service not made yet selects the target revision from the start.
+        // A Service not made yet selects the target revision from the start; made again while
+        // only old pods serve, every revision.
         let missing = ServiceFacts::default();
-        let view = View {
+        let new_service = View {
             service: &missing,
             ..view
         };
-        assert_eq!(place(&view, 0).selected.as_deref(), Some("new"));
+        assert_eq!(place(&new_service, 0).selected.as_deref(), Some("new"));
+        let remade = View {
+            pods: &pods,
+            ..new_service
+        };
+        assert_eq!(place(&remade, 0).selected, None);
     }
 
     #[test]
