@@ -4,7 +4,8 @@
 //! (from the caches) and reads `GET /drain` from the gateways that are due: every tick while a
 //! pod drains, terminates or has not answered yet, every [`IDLE_EVERY`] otherwise. Each answer
 //! lands in [`Reports`]; when it changes what a reconcile decides (a drain's progress, a
-//! restart, a mass disconnect: `matters`), the LongConnService's reconcile is woken. A reconcile reads the reports from here and never waits on a gateway.
+//! restart, a mass disconnect: `matters`), the LongConnService's reconcile is woken. A
+//! reconcile reads the reports from here and never waits on a gateway.
 //!
 //! A pod asked to move sessions by a round of rebalancing is also read at `GET /rebalance`, with
 //! its drain report, until its part of the round is recorded finished.

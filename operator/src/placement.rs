@@ -108,8 +108,6 @@ pub struct View<'a> {
 pub struct Placement {
     /// The revision the client Service should select ([`selects`]); None: every revision.
     pub selected: Option<String>,
-    /// The client Service as observed.
-    pub service: ServiceFacts,
     /// The `longconn.dev/accepting` value each pod not terminating should carry; a pod the
     /// Service's selector leaves out keeps the label it has.
     pub accepting: BTreeMap<String, bool>,
@@ -146,12 +144,11 @@ pub fn place(view: &View, incoming: i64) -> Placement {
         })
         .collect();
     let selected = selects(view, &receivers);
-    let selector_leaves_out = |p: &PodFacts| selected.as_ref().is_some_and(|r| p.revision != *r);
     let mut accepting = BTreeMap::new();
     for pod in view
         .pods
         .iter()
-        .filter(|p| !p.terminating && !selector_leaves_out(p))
+        .filter(|p| !p.terminating && !left_out(selected.as_deref(), p))
     {
         let starting = pod.revision == view.target && !(pod.running && pod.ready);
         if starting && !pod.running {
@@ -213,7 +210,6 @@ pub fn place(view: &View, incoming: i64) -> Placement {
     }
     Placement {
         selected,
-        service: view.service.clone(),
         accepting,
         receivers: receivers.len(),
         fits: fits && !receivers.is_empty(),
@@ -252,6 +248,12 @@ pub fn selects(view: &View, receivers: &[&PodFacts]) -> Option<String> {
         current if !view.pods.iter().any(serves) => current,
         _ => None,
     }
+}
+
+/// Whether a Service selecting `selected` (None: every revision) leaves `pod` out, whatever its
+/// label.
+fn left_out(selected: Option<&str>, pod: &PodFacts) -> bool {
+    selected.is_some_and(|r| pod.revision != r)
 }
 
 /// While the first receivers of a rollout are on their way, a pod the operator stopped (it was
@@ -331,24 +333,22 @@ pub fn settled(pod: &PodFacts, accepting: bool, now: Timestamp) -> bool {
     labelled && routed && quiet
 }
 
-/// Whether every pod `placement` covers has settled as it says, and the client Service
-/// selects the revision it says: the pods its selector leaves out are out of the EndpointSlices
-/// and [`SETTLE`] has passed since the operator changed it.
-pub fn all_settled(pods: &[PodFacts], placement: &Placement, now: Timestamp) -> bool {
-    let service = &placement.service;
+/// Whether every pod `placement` covers has settled as it says, and the client Service (as
+/// observed: `service`) selects the revision it says: the pods its selector leaves out are out
+/// of the EndpointSlices and [`SETTLE`] has passed since the operator changed it.
+pub fn all_settled(
+    pods: &[PodFacts],
+    service: &ServiceFacts,
+    placement: &Placement,
+    now: Timestamp,
+) -> bool {
     let selector = service.revision == placement.selected
         && service
             .changed_at
             .is_none_or(|at| now.duration_since(at) >= SETTLE);
-    let left_out = |pod: &PodFacts| {
-        placement
-            .selected
-            .as_ref()
-            .is_some_and(|r| pod.revision != *r)
-    };
     selector
         && pods.iter().all(|pod| {
-            if left_out(pod) {
+            if left_out(placement.selected.as_deref(), pod) {
                 return !pod.routable || !pod.ready || !pod.running;
             }
             placement
@@ -762,28 +762,28 @@ mod tests {
     fn routing_settles_once_the_service_selects_the_revision_and_the_others_are_out() {
         let mut old = pod("a", "old");
         let pods = |old: &PodFacts| [old.clone(), pod("n1", "new")];
-        let mut placement = Placement {
+        let placement = Placement {
             selected: Some("new".to_owned()),
-            service: ServiceFacts {
-                revision: Some("old".to_owned()),
-                ..EVERY.clone()
-            },
             accepting: BTreeMap::from([("n1".to_owned(), true)]),
             ..Placement::default()
         };
+        let before = ServiceFacts {
+            revision: Some("old".to_owned()),
+            ..EVERY.clone()
+        };
         // The Service still selects the old revision.
-        assert!(!all_settled(&pods(&old), &placement, NOW));
-        placement.service = ServiceFacts {
+        assert!(!all_settled(&pods(&old), &before, &placement, NOW));
+        let after = ServiceFacts {
             revision: Some("new".to_owned()),
             changed_at: Some(NOW - SignedDuration::from_secs(1)),
             ..EVERY.clone()
         };
         // It selects the new one, but the old pod is still in the EndpointSlices.
-        assert!(!all_settled(&pods(&old), &placement, NOW + SETTLE));
+        assert!(!all_settled(&pods(&old), &after, &placement, NOW + SETTLE));
         old.routable = false;
         // Out, but the proxies may not have followed yet.
-        assert!(!all_settled(&pods(&old), &placement, NOW));
-        assert!(all_settled(&pods(&old), &placement, NOW + SETTLE));
+        assert!(!all_settled(&pods(&old), &after, &placement, NOW));
+        assert!(all_settled(&pods(&old), &after, &placement, NOW + SETTLE));
     }
 
     #[test]

@@ -786,7 +786,7 @@ fn hand_over(
     let more_coming = number(routing.receivers) < input.lcs.spec.replicas;
     if fresh
         && (routing.fits || !more_coming)
-        && placement::all_settled(input.pods, routing, input.now)
+        && placement::all_settled(input.pods, input.service, routing, input.now)
     {
         (waiting, false)
     } else {
@@ -924,7 +924,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
             pending = true;
             break;
         }
-        let routed = placement::all_settled(input.pods, &wanted, input.now);
+        let routed = placement::all_settled(input.pods, input.service, &wanted, input.now);
         routing = wanted;
         if !routed || !fresh {
             pending = true;
@@ -1029,7 +1029,8 @@ fn rebalance_step(
     let wanted = placement::place(&view, moving);
     // Like a drain, a round starts on counts read within FRESH: what each pod is asked, and
     // where its sessions land, are chosen by them.
-    if placement::all_settled(input.pods, &wanted, input.now) && counts_fresh(input) {
+    if placement::all_settled(input.pods, input.service, &wanted, input.now) && counts_fresh(input)
+    {
         (wanted, asks, true)
     } else {
         (wanted, Vec::new(), true)
