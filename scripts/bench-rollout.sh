@@ -9,14 +9,19 @@
 #    old pod drained and gone). API requests are the operator's own count
 #    (longconn_operator_api_requests_total) over the rollout; its leader election's requests,
 #    which come at a fixed pace whatever it does, are counted apart
-#    (longconn_operator_lease_requests_total) and shown beside. Twice: with the default pacing
-#    (maxConcurrentDrains unset: drains are paced by the room the receiving pods have), and with
-#    maxConcurrentDrains 1, one drain at a time.
+#    (longconn_operator_lease_requests_total) and shown beside; the balance when done is
+#    status.rollout.balance (the busiest pod's sessions over the mean). Three times: with the
+#    default settings (maxSurge 1, maxConcurrentDrains unset: drains are paced by the room the
+#    receiving pods have), with maxConcurrentDrains 1 (one drain at a time), and with maxSurge
+#    100% (every new pod started at once, drains paced by their room: the setting for speed,
+#    at the price of twice the pods while the rollout lasts).
 # 2. The anchor, on the same cluster and the same pods: the operator is stopped and the
 #    LongConnService deleted with --cascade=orphan, which leaves its Deployment as a plain one
-#    (same pod template: gateway sidecar, preStop `drain --wait` with the same spread), set to
+#    (same pod template: gateway sidecar, preStop `drain --wait` with the same spread, less the
+#    hook's --handoff, which waits for an operator to start the drain), set to
 #    maxSurge 1 / maxUnavailable 0. Same load, a template change; measured until the Deployment's
-#    rollout is done and no old pod is left.
+#    rollout is done and no old pod is left. Then once more with maxSurge 100%, beside longconn's
+#    run with the same setting.
 # Dropped sessions are counted by the clients (and, for longconn, by the operator too), and so are
 # refused attempts: reconnects of moved sessions refused, apart from those of the sessions' opening.
 #
@@ -115,7 +120,7 @@ load=("$bin/longconn-e2e" load --netns longconn-client --route cluster-ip --serv
 
 # longconn_rollout NAME RELEASE: a template change under load; records wall_time, requests,
 # drained and operator_dropped under NAME and leaves the clients' report in $work/NAME-load.json.
-declare -A wall_time api lease drained operator_dropped
+declare -A wall_time api lease drained operator_dropped balance
 longconn_rollout() {
   local name=$1 release=$2 before api_before lease_before start started phase
   "${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
@@ -139,9 +144,10 @@ longconn_rollout() {
   lease[$name]=$(( $(requests lease) - lease_before ))
   drained[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.podsDrained}')
   operator_dropped[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.sessionsDropped}')
+  balance[$name]=$(kubectl get lcs chat -o jsonpath='{.status.rollout.balance}')
   wait "$load_pid" || true
   load_pid=
-  echo "    ${wall_time[$name]}s, ${drained[$name]} pods drained, operator: ${operator_dropped[$name]} dropped; clients: $(tail -n 1 "$work/$name-load.log")"
+  echo "    ${wall_time[$name]}s, ${drained[$name]} pods drained, operator: ${operator_dropped[$name]} dropped, balance ${balance[$name]:-?}; clients: $(tail -n 1 "$work/$name-load.log")"
 }
 
 step "longconn, default pacing (maxSurge 1, drains paced by the receivers' room): $REPLICAS pods, $SESSIONS live sessions, a template change"
@@ -150,6 +156,10 @@ longconn_rollout default 2
 step "longconn, maxConcurrentDrains 1 (one drain at a time)"
 kubectl patch lcs chat --type merge -p '{"spec":{"rollout":{"maxConcurrentDrains":1}}}' >/dev/null
 longconn_rollout serial 3
+
+step "longconn, maxSurge 100% (every new pod at once; drains paced by the receivers' room)"
+kubectl patch lcs chat --type merge -p '{"spec":{"rollout":{"maxConcurrentDrains":null,"maxSurge":"100%"}}}' >/dev/null
+longconn_rollout surge 4
 
 step "Plain Deployment: the same pods, the operator stopped, the LongConnService orphaned"
 kill "$operator_pid"
@@ -162,39 +172,91 @@ kubectl delete lcs chat --cascade=orphan >/dev/null
 for pod in $(kubectl get pods -l longconn.dev/service=chat -o name); do
   kubectl patch "$pod" --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
 done
-kubectl patch deployment "$deployment" --type merge \
-  -p '{"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}},"template":{"metadata":{"finalizers":null}}}}' >/dev/null
+# Its hook drains at once, as a plain Deployment's would: longconn's hook first gives the operator
+# up to 20 s (--handoff) to start the drain, and with no operator it would wait all of it.
+hook=$(kubectl get deployment "$deployment" -o jsonpath='{.spec.template.spec.containers[0].lifecycle.preStop.exec.command}')
+plain_hook=$(sed -e 's/,"--handoff","[^"]*"//' <<<"$hook")
+[ "$plain_hook" != "$hook" ] || { echo "no --handoff in the drain hook: $hook" >&2; exit 1; }
+# One change of the template: pods made from one that still had the finalizer would stay.
+kubectl patch deployment "$deployment" --type json -p "[
+  {\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/lifecycle/preStop/exec/command\",\"value\":$plain_hook},
+  {\"op\":\"remove\",\"path\":\"/spec/template/metadata/finalizers\"}]" >/dev/null
 kubectl rollout status deployment "$deployment" --timeout=120s >/dev/null
-"${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
-  >"$work/plain-load.json" 2>"$work/plain-load.log" &
-load_pid=$!
-sleep 10
-old_hash=$(kubectl get pods -l longconn.dev/service=chat -o jsonpath='{.items[0].metadata.labels.pod-template-hash}')
-start=$(now)
-kubectl patch deployment "$deployment" --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"bench.longconn.dev/release":"4"}}}}}' >/dev/null
-kubectl rollout status deployment "$deployment" --timeout=300s >/dev/null
-for _ in $(seq 1 1200); do
-  [ "$(kubectl get pods -l "longconn.dev/service=chat,pod-template-hash=$old_hash" -o name | wc -l)" -eq 0 ] && break
-  sleep 0.25
-done
-plain_time=$(elapsed "$start" "$(now)")
-check_within_load "$plain_time"
-wait "$load_pid" || true
-load_pid=
-echo "    ${plain_time}s; clients: $(tail -n 1 "$work/plain-load.log")"
+
+# one_template: waits until every pod of chat is of one template (the pods a template change
+# replaced are gone, not only the new ones Ready) and prints its pod-template-hash: the old pods
+# of the next change are exactly these.
+one_template() {
+  local hashes
+  for _ in $(seq 1 240); do
+    hashes=$(kubectl get pods -l longconn.dev/service=chat \
+      -o jsonpath='{range .items[*]}{.metadata.labels.pod-template-hash}{"\n"}{end}' | sort -u)
+    if [ -n "$hashes" ] && [ "$(wc -l <<<"$hashes")" -eq 1 ]; then
+      echo "$hashes"
+      return
+    fi
+    sleep 0.5
+  done
+  echo "pods of more than one template were left after 2 minutes" >&2
+  return 1
+}
+
+# plain_rollout NAME SURGE RELEASE: the Deployment set to maxSurge SURGE / maxUnavailable 0, then
+# a template change under load; records plain_time under NAME, the clients' report in
+# $work/plain-NAME-load.json.
+declare -A plain_time
+plain_rollout() {
+  local name=$1 surge=$2 release=$3 old_hash start
+  kubectl patch deployment "$deployment" --type merge \
+    -p "{\"spec\":{\"strategy\":{\"type\":\"RollingUpdate\",\"rollingUpdate\":{\"maxSurge\":$surge,\"maxUnavailable\":0}}}}" >/dev/null
+  old_hash=$(one_template)
+  "${load[@]}" --sessions "$SESSIONS" --rate 1 --duration "$LOAD" --json \
+    >"$work/plain-$name-load.json" 2>"$work/plain-$name-load.log" &
+  load_pid=$!
+  sleep 10
+  start=$(now)
+  kubectl patch deployment "$deployment" --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"bench.longconn.dev/release\":\"$release\"}}}}}" >/dev/null
+  kubectl rollout status deployment "$deployment" --timeout=300s >/dev/null
+  for _ in $(seq 1 1200); do
+    [ "$(kubectl get pods -l "longconn.dev/service=chat,pod-template-hash=$old_hash" -o name | wc -l)" -eq 0 ] && break
+    sleep 0.25
+  done
+  plain_time[$name]=$(elapsed "$start" "$(now)")
+  check_within_load "${plain_time[$name]}"
+  wait "$load_pid" || true
+  load_pid=
+  echo "    ${plain_time[$name]}s; clients: $(tail -n 1 "$work/plain-$name-load.log")"
+}
+plain_rollout default 1 5
+
+step "Plain Deployment with maxSurge 100% (every new pod at once)"
+plain_rollout surge '"100%"' 6
 
 step "Results: $REPLICAS-pod rolling update, $SESSIONS live sessions, drain.spread 10s, one run"
 per_pod() { awk -v r="$1" -v d="$2" 'BEGIN { if (d > 0) printf "%.1f (%d for %d pods)", r / d, r, d; else print "-" }'; }
-row() { printf '    %-34s %10s %18s %19s %12s %20s %30s %15s\n' "$@"; }
-row "" "wall time" "dropped (clients)" "dropped (operator)" "moved twice" "refused reconnects" "API requests per drained pod" "Lease requests"
-for name in default serial; do
-  label="longconn, default pacing"
-  [ "$name" = serial ] && label="longconn, maxConcurrentDrains 1"
-  row "$label" "${wall_time[$name]}s" "$(json_field "$work/$name-load.json" dropped)" \
+row() { printf '    %-34s %10s %18s %19s %12s %20s %8s %30s %15s\n' "$@"; }
+row "" "wall time" "dropped (clients)" "dropped (operator)" "moved twice" "refused reconnects" "balance" "API requests per drained pod" "Lease requests"
+declare -A label=(
+  [default]="longconn, default settings"
+  [serial]="longconn, maxConcurrentDrains 1"
+  [surge]="longconn, maxSurge 100%"
+)
+for name in default serial surge; do
+  row "${label[$name]}" "${wall_time[$name]}s" "$(json_field "$work/$name-load.json" dropped)" \
     "${operator_dropped[$name]}" "$(json_field "$work/$name-load.json" moved_more_than_once)" \
-    "$(refused "$work/$name-load.json")" "$(per_pod "${api[$name]}" "${drained[$name]}")" "${lease[$name]}"
+    "$(refused "$work/$name-load.json")" "${balance[$name]:--}" \
+    "$(per_pod "${api[$name]}" "${drained[$name]}")" "${lease[$name]}"
 done
-row "plain Deployment (anchor)" "${plain_time}s" "$(json_field "$work/plain-load.json" dropped)" "-" \
-  "$(json_field "$work/plain-load.json" moved_more_than_once)" "$(refused "$work/plain-load.json")" "- (made by the controllers)" "-"
-awk -v a="${wall_time[default]}" -v b="${wall_time[serial]}" -v p="$plain_time" \
-  'BEGIN { printf "    wall time against the anchor: %.2f (default pacing), %.2f (maxConcurrentDrains 1)\n", a / p, b / p }'
+for name in default surge; do
+  plain_label="plain Deployment (anchor)"
+  [ "$name" = surge ] && plain_label="plain Deployment, maxSurge 100%"
+  row "$plain_label" "${plain_time[$name]}s" "$(json_field "$work/plain-$name-load.json" dropped)" "-" \
+    "$(json_field "$work/plain-$name-load.json" moved_more_than_once)" \
+    "$(refused "$work/plain-$name-load.json")" "-" "- (made by the controllers)" "-"
+done
+for name in default serial surge; do
+  awk -v t="${wall_time[$name]}" -v p="${plain_time[default]}" -v l="${label[$name]}" \
+    'BEGIN { printf "    wall time against the anchor, %s: %.2f\n", l, t / p }'
+done
+awk -v t="${wall_time[surge]}" -v p="${plain_time[surge]}" \
+  'BEGIN { printf "    longconn with maxSurge 100%% against the plain Deployment with maxSurge 100%%: %.2f\n", t / p }'

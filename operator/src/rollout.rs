@@ -821,7 +821,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
         .len()
         .saturating_sub(usize::try_from(want).unwrap_or(0));
     let mut by_cost = target_serving.clone();
-    by_cost.sort_by_key(|p| drain_order(p));
+    by_cost.sort_by_key(|p| drain_order(p, budget.target));
     let excess: Vec<&PodFacts> = by_cost.into_iter().take(excess).collect();
     let excess_names: BTreeSet<String> = excess.iter().map(|p| p.name.clone()).collect();
     let leaving: BTreeSet<String> = input
@@ -892,7 +892,7 @@ pub fn pick(input: &Input, budget: &Budget, sizes: &Sizes, stage: &Stage, book: 
             .saturating_sub(usize::try_from(floor).unwrap_or(0))
     });
     candidates.extend(excess);
-    candidates.sort_by_key(|p| drain_order(p));
+    candidates.sort_by_key(|p| drain_order(p, budget.target));
     if paused(budget, sizes, book) || stage.held.is_some() {
         candidates.clear();
     }
@@ -1560,18 +1560,23 @@ fn overdue(entry: &DrainingPod, lcs: &LongConnService, now: Timestamp) -> bool {
         .is_some_and(|t| now.duration_since(t.0) > timeout + REPORT_GRACE)
 }
 
-/// Not-Ready pods first (a shrinking ReplicaSet removes them first anyway), then pods already
-/// taken out of the Service, then the fewest sessions, then by name so the choice is stable.
+/// Not-Ready pods first (a shrinking ReplicaSet removes them first anyway), then, among the
+/// `target` revision's pods (a scale-down's), those already taken out of the Service, then the
+/// fewest sessions, then by name so the choice is stable.
 ///
-/// A pod out of the Service was chosen before (as a scale-down's excess, or because it was
-/// full): it has taken no moved session since, so it goes before a pod that may have. Without
-/// this, a choice made on session counts that then change (the gateways are read on a coarse
-/// schedule; moved sessions land) could flip, and a pod that received moved sessions would be
-/// drained next, moving them again.
-fn drain_order(pod: &PodFacts) -> (bool, bool, i64, String) {
+/// A pod of the target revision out of the Service was chosen before (as a scale-down's excess,
+/// or because it was full): it has taken no moved session since, so it goes before a pod that
+/// may have. Without this, a choice made on session counts that then change (the gateways are
+/// read on a coarse schedule; moved sessions land) could flip, and a pod that received moved
+/// sessions would be drained next, moving them again. Pods of other revisions are all drained
+/// in this rollout whatever their label, so they go by their sessions alone: the fewest first,
+/// whose sessions fit the first receivers. A full pod out of the Service first would send its
+/// sessions to a single receiver when the new revision has only one, and that receiver would
+/// hold them for good (they move once).
+fn drain_order(pod: &PodFacts, target: &str) -> (bool, bool, i64, String) {
     (
         pod.ready,
-        pod.accepting != Some(false),
+        pod.revision == target && pod.accepting != Some(false),
         pod.sessions(),
         pod.name.clone(),
     )
