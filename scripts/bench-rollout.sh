@@ -150,7 +150,7 @@ longconn_rollout() {
   echo "    ${wall_time[$name]}s, ${drained[$name]} pods drained, operator: ${operator_dropped[$name]} dropped, balance ${balance[$name]:-?}; clients: $(tail -n 1 "$work/$name-load.log")"
 }
 
-step "longconn, default pacing (maxSurge 1, drains paced by the receivers' room): $REPLICAS pods, $SESSIONS live sessions, a template change"
+step "longconn, default settings (maxSurge 1, drains paced by the receivers' room): $REPLICAS pods, $SESSIONS live sessions, a template change"
 longconn_rollout default 2
 
 step "longconn, maxConcurrentDrains 1 (one drain at a time)"
@@ -240,6 +240,8 @@ declare -A label=(
   [default]="longconn, default settings"
   [serial]="longconn, maxConcurrentDrains 1"
   [surge]="longconn, maxSurge 100%"
+  [plain-default]="plain Deployment (anchor)"
+  [plain-surge]="plain Deployment, maxSurge 100%"
 )
 for name in default serial surge; do
   row "${label[$name]}" "${wall_time[$name]}s" "$(json_field "$work/$name-load.json" dropped)" \
@@ -248,9 +250,7 @@ for name in default serial surge; do
     "$(per_pod "${api[$name]}" "${drained[$name]}")" "${lease[$name]}"
 done
 for name in default surge; do
-  plain_label="plain Deployment (anchor)"
-  [ "$name" = surge ] && plain_label="plain Deployment, maxSurge 100%"
-  row "$plain_label" "${plain_time[$name]}s" "$(json_field "$work/plain-$name-load.json" dropped)" "-" \
+  row "${label[plain-$name]}" "${plain_time[$name]}s" "$(json_field "$work/plain-$name-load.json" dropped)" "-" \
     "$(json_field "$work/plain-$name-load.json" moved_more_than_once)" \
     "$(refused "$work/plain-$name-load.json")" "-" "- (made by the controllers)" "-"
 done

@@ -1666,10 +1666,11 @@ const STARTS: [[i64; 6]; 2] = [[300, 280, 320, 310, 290, 305], [71, 85, 85, 86, 
 
 #[test]
 fn with_a_surge_every_session_moves_once_and_lands_where_there_is_room() {
-    let surges = ["1", "50%", "100%"].map(|s| match s.parse() {
-        Ok(n) => IntOrString::Int(n),
-        Err(_) => IntOrString::String(s.to_owned()),
-    });
+    let surges = [
+        IntOrString::Int(1),
+        IntOrString::String("50%".to_owned()),
+        IntOrString::String("100%".to_owned()),
+    ];
     for replicas in [2, 3, 6] {
         for surge in &surges {
             for lag in [0, 1, 3] {
