@@ -4,8 +4,8 @@
 //! A reconcile reads only from here: it lists nothing and GETs nothing from the API server.
 //! The watches that fill the caches are also the controller's triggers ([`Writers::spawn`]
 //! sends what each change concerns), so what wakes a reconcile is already in the cache.
-//! `managedFields` are dropped on the way in, and so are pods' specs but for each container's
-//! CPU request (what the CPU autoscaling weighs a pod's use against).
+//! `managedFields` are dropped on the way in. A pod is kept as a [`CachedPod`]: the few facts a
+//! reconcile reads of it, not the whole object.
 //!
 //! Owned objects are kept compact ([`Compact`]): as JSON text compressed against the first
 //! object of their kind ([`Packer`]), with only what they are looked up by beside it. A
@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
@@ -44,7 +46,7 @@ use crate::labels::{self, MANAGED_BY, MANAGER};
 #[derive(Clone)]
 pub struct Caches {
     owned: BTreeMap<Kind, Store<Compact>>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
     endpoint_slices: Store<EndpointSlice>,
 }
@@ -52,7 +54,7 @@ pub struct Caches {
 /// Write side of the caches: fed by the watches (or, in tests, by hand).
 pub struct Writers {
     owned: BTreeMap<Kind, (Writer<Compact>, Packer)>,
-    pods: Writer<Pod>,
+    pods: Writer<CachedPod>,
     replica_sets: Writer<PartialObjectMeta<ReplicaSet>>,
     endpoint_slices: Writer<EndpointSlice>,
 }
@@ -195,13 +197,18 @@ impl Packer {
 
     /// A watch event, its object made compact.
     fn event(&mut self, event: Event<DynamicObject>) -> Event<Compact> {
-        match event {
-            Event::Apply(o) => Event::Apply(self.pack(o)),
-            Event::Delete(o) => Event::Delete(self.pack(o)),
-            Event::Init => Event::Init,
-            Event::InitApply(o) => Event::InitApply(self.pack(o)),
-            Event::InitDone => Event::InitDone,
-        }
+        map_event(event, |o| self.pack(o))
+    }
+}
+
+/// A watch event with its object turned into what a cache keeps of it.
+fn map_event<A, B>(event: Event<A>, mut keep: impl FnMut(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(o) => Event::Apply(keep(o)),
+        Event::Delete(o) => Event::Delete(keep(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(keep(o)),
+        Event::InitDone => Event::InitDone,
     }
 }
 
@@ -323,7 +330,7 @@ impl Writers {
         }
         let pods = watcher::watcher(scoped::<Pod>(client, namespace), managed())
             .backoff(WatchBackoff::default())
-            .modify(slim_pod)
+            .map_ok(|event| map_event(event, CachedPod::from))
             .reflect(self.pods)
             .touched_objects();
         // A pod that starts terminating (an eviction, a node drain) is followed at once,
@@ -371,9 +378,9 @@ impl Writers {
     }
 
     /// Puts a pod in the cache (tests).
-    pub fn apply_pod(&mut self, mut pod: Pod) {
-        slim_pod(&mut pod);
-        self.pods.apply_watcher_event(&Event::Apply(pod));
+    pub fn apply_pod(&mut self, pod: Pod) {
+        self.pods
+            .apply_watcher_event(&Event::Apply(CachedPod::from(pod)));
     }
 
     /// Puts an EndpointSlice in the cache (tests).
@@ -552,42 +559,99 @@ const POD_LABELS: [&str; 3] = [labels::SERVICE, labels::REVISION, labels::ACCEPT
 /// The annotations of a pod the operator reads: its deletion cost and when its routing changed.
 const POD_ANNOTATIONS: [&str; 2] = [crate::rollout::DELETION_COST, labels::ROUTING_CHANGED_AT];
 
-/// Keeps of a pod what the reconciler reads ([`crate::observe`]): its metadata but for the
-/// labels and annotations besides [`POD_LABELS`] and [`POD_ANNOTATIONS`], each container's CPU
-/// request, its phase, IP and conditions (type and status), and the state of its init
-/// containers (the gateway's final report is its termination message). A pod's template
-/// labels and annotations, its spec and the rest of its status are most of its size.
-fn slim_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    only(&mut pod.metadata.labels, &POD_LABELS);
-    only(&mut pod.metadata.annotations, &POD_ANNOTATIONS);
-    pod.spec = pod.spec.as_ref().map(crate::cpu::requests_only);
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            conditions: status.conditions.map(|conditions| {
-                conditions
-                    .into_iter()
-                    .map(|c| PodCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        ..PodCondition::default()
-                    })
-                    .collect()
-            }),
-            init_container_statuses: status.init_container_statuses.map(|statuses| {
-                statuses
-                    .into_iter()
-                    .map(|c| ContainerStatus {
-                        name: c.name,
-                        state: c.state,
-                        ..ContainerStatus::default()
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        });
+/// A pod as the cache keeps it: what the reconciler reads of it ([`crate::observe`]) and
+/// nothing else. A parsed `Pod` takes some 4 KB even with its spec and status emptied but for
+/// the CPU requests, since every container it keeps is a struct of over 1 KB of empty fields;
+/// this is a tenth of that.
+#[derive(Clone, Debug, Default)]
+pub struct CachedPod {
+    /// Name, namespace, uid, resourceVersion, creation and deletion times, finalizers, owner
+    /// references, and only the labels of [`POD_LABELS`] and annotations of
+    /// [`POD_ANNOTATIONS`].
+    metadata: ObjectMeta,
+    /// In phase Running.
+    pub running: bool,
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// Its IP, once it has one.
+    pub ip: Option<IpAddr>,
+    /// What its containers and sidecars request of CPU, in millicores ([`crate::cpu::requested`]).
+    pub cpu_requested: Option<f64>,
+    /// The gateway container's termination message, once it exited: its final drain report.
+    pub gateway_message: Option<Box<str>>,
+}
+
+impl From<Pod> for CachedPod {
+    fn from(pod: Pod) -> Self {
+        let mut meta = pod.metadata;
+        only(&mut meta.labels, &POD_LABELS);
+        only(&mut meta.annotations, &POD_ANNOTATIONS);
+        let metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            creation_timestamp: meta.creation_timestamp,
+            deletion_timestamp: meta.deletion_timestamp,
+            finalizers: meta.finalizers,
+            owner_references: meta.owner_references,
+            labels: meta.labels,
+            annotations: meta.annotations,
+            ..ObjectMeta::default()
+        };
+        let status = pod.status.unwrap_or_default();
+        let gateway_message = status
+            .init_container_statuses
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == crate::desired::GATEWAY_CONTAINER)
+            .and_then(|c| c.state?.terminated?.message)
+            .map(String::into_boxed_str);
+        Self {
+            metadata,
+            running: status.phase.as_deref() == Some("Running"),
+            ready: status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            ip: status.pod_ip.and_then(|ip| ip.parse().ok()),
+            cpu_requested: pod.spec.as_ref().and_then(crate::cpu::requested),
+            gateway_message,
+        }
+    }
+}
+
+impl Resource for CachedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Pod::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Pod::version(&())
+    }
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Pod::kind(&())
+    }
+
+    fn api_version(_: &()) -> Cow<'_, str> {
+        Pod::api_version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Pod::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -700,7 +764,7 @@ impl Caches {
     /// The pods of the LongConnService `name` whose controller is a ReplicaSet owned by one of
     /// `deployments` (uids): pods anyone else created with the same labels are not its pods,
     /// and never see its admin token.
-    pub fn pods(&self, namespace: &str, name: &str, deployments: &[String]) -> Vec<Arc<Pod>> {
+    pub fn pods(&self, namespace: &str, name: &str, deployments: &[String]) -> Vec<Arc<CachedPod>> {
         self.pods.state_filter(|pod| {
             pod.metadata.namespace.as_deref() == Some(namespace)
                 && pod.labels().get(labels::SERVICE).map(String::as_str) == Some(name)
@@ -710,7 +774,7 @@ impl Caches {
 
     /// Terminating pods that still carry the drain-report finalizer, with its place among
     /// their finalizers.
-    pub fn held_pods(&self) -> Vec<(Arc<Pod>, usize)> {
+    pub fn held_pods(&self) -> Vec<(Arc<CachedPod>, usize)> {
         self.pods
             .state()
             .into_iter()
@@ -725,7 +789,7 @@ impl Caches {
             .collect()
     }
 
-    fn controlled_by(&self, pod: &Pod, namespace: &str, deployments: &[String]) -> bool {
+    fn controlled_by(&self, pod: &CachedPod, namespace: &str, deployments: &[String]) -> bool {
         let Some(owner) = controller_of(pod.meta()) else {
             return false;
         };
@@ -860,33 +924,46 @@ mod tests {
 
     #[test]
     fn a_cached_pod_keeps_what_the_reconciler_reads() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "chat-1", "namespace": "default", "uid": "p-1",
                 "resourceVersion": "9", "finalizers": ["longconn.dev/drain-report"],
+                "creationTimestamp": "2026-12-04T00:00:00Z",
                 "deletionTimestamp": "2026-12-05T00:00:00Z",
+                "generateName": "chat-abc-",
                 "labels": {"longconn.dev/service": "chat", "longconn.dev/revision": "abc",
                            "longconn.dev/accepting": "false", "pod-template-hash": "h",
                            "app.kubernetes.io/name": "chat"},
                 "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-5",
                                 "longconn.dev/routing-changed-at": "2026-12-05T00:00:00Z",
                                 "prometheus.io/scrape": "true"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "chat-abc", "uid": "rs-1", "controller": true}],
             },
-            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "echo",
-                     "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]},
+            "spec": {"nodeName": "node-1",
+                     "containers": [{"name": "app", "image": "echo",
+                         "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}],
+                     "initContainers": [{"name": "longconn-gateway", "image": "g",
+                         "restartPolicy": "Always",
+                         "resources": {"requests": {"cpu": "50m"}}}]},
             "status": {
                 "phase": "Running", "podIP": "10.244.1.5", "hostIP": "10.250.0.11",
                 "conditions": [{"type": "Ready", "status": "True", "message": "m",
                                 "lastTransitionTime": "2026-12-05T00:00:00Z"}],
-                "initContainerStatuses": [{"name": "gateway", "image": "g", "imageID": "i",
-                    "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 0, "message": "{}"}}}],
+                "initContainerStatuses": [
+                    {"name": "install", "image": "i", "imageID": "i", "ready": false,
+                     "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 0, "message": "installed"}}},
+                    {"name": "longconn-gateway", "image": "g", "imageID": "i",
+                     "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 0, "message": "{}"}}}],
                 "containerStatuses": [{"name": "app", "image": "echo", "imageID": "i",
-                    "ready": true, "restartCount": 0}],
+                    "ready": true, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "message": "app's own"}}}],
             },
         }))
         .expect("pod");
-        slim_pod(&mut pod);
+        let pod = CachedPod::from(pod);
         let labels: Vec<&String> = pod.labels().keys().collect();
         assert_eq!(
             labels,
@@ -904,25 +981,49 @@ mod tests {
                 "longconn.dev/routing-changed-at"
             ]
         );
+        let meta = pod.meta();
         assert_eq!(pod.finalizers(), ["longconn.dev/drain-report"]);
-        assert!(pod.metadata.deletion_timestamp.is_some());
-        let spec = pod.spec.as_ref().expect("spec");
-        assert_eq!(crate::cpu::requested(spec), Some(250.0));
-        assert_eq!(spec.node_name, None);
-        let status = pod.status.as_ref().expect("status");
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.5"));
-        assert_eq!(status.host_ip, None);
-        let ready = &status.conditions.as_ref().expect("conditions")[0];
+        assert!(meta.deletion_timestamp.is_some() && meta.creation_timestamp.is_some());
         assert_eq!(
-            (ready.type_.as_str(), ready.status.as_str()),
-            ("Ready", "True")
+            (
+                pod.name_any(),
+                pod.namespace(),
+                pod.uid(),
+                pod.resource_version()
+            ),
+            (
+                "chat-1".to_owned(),
+                Some("default".to_owned()),
+                Some("p-1".to_owned()),
+                Some("9".to_owned())
+            )
         );
-        assert_eq!(ready.message, None);
-        let gateway = &status.init_container_statuses.as_ref().expect("init")[0];
-        let terminated = gateway.state.as_ref().and_then(|s| s.terminated.as_ref());
-        assert_eq!(terminated.and_then(|t| t.message.as_deref()), Some("{}"));
-        assert_eq!(status.container_statuses, None);
+        assert_eq!(controller_of(meta).map(|o| o.uid.as_str()), Some("rs-1"));
+        assert_eq!(meta.generate_name, None);
+        assert!(pod.running && pod.ready);
+        assert_eq!(pod.ip, "10.244.1.5".parse().ok());
+        // The app container and the gateway sidecar.
+        assert_eq!(pod.cpu_requested, Some(300.0));
+        // The gateway's message, not another container's.
+        assert_eq!(pod.gateway_message.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn a_pod_not_yet_scheduled_is_neither_running_nor_ready_and_has_no_address() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-1", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "echo"}]},
+            "status": {"phase": "Pending",
+                       "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }))
+        .expect("pod");
+        let pod = CachedPod::from(pod);
+        assert!(!pod.running && !pod.ready);
+        assert_eq!(
+            (pod.ip, pod.cpu_requested, pod.gateway_message.as_deref()),
+            (None, None, None)
+        );
+        assert_eq!(pod.labels(), &BTreeMap::new());
     }
 
     #[test]

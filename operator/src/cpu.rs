@@ -56,36 +56,6 @@ fn container_request(container: &Container) -> Option<f64> {
     )
 }
 
-/// Keeps of a pod's spec only the CPU request of each container and sidecar (what
-/// [`requested`] reads), so a cache of pods stays small.
-pub fn requests_only(spec: &PodSpec) -> PodSpec {
-    let keep = |c: &Container| Container {
-        name: c.name.clone(),
-        restart_policy: c.restart_policy.clone(),
-        resources: c
-            .resources
-            .as_ref()
-            .map(|r| k8s_openapi::api::core::v1::ResourceRequirements {
-                requests: r.requests.as_ref().map(|q| {
-                    q.iter()
-                        .filter(|(k, _)| k.as_str() == "cpu")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                }),
-                ..Default::default()
-            }),
-        ..Container::default()
-    };
-    PodSpec {
-        containers: spec.containers.iter().map(keep).collect(),
-        init_containers: spec
-            .init_containers
-            .as_ref()
-            .map(|c| c.iter().map(keep).collect()),
-        ..PodSpec::default()
-    }
-}
-
 /// The CPU each pod uses, in millicores, from a list of `PodMetrics`: the sum of its
 /// containers' `usage.cpu`. A pod with a container whose use cannot be read is left out.
 pub fn usage(metrics: &[DynamicObject]) -> BTreeMap<String, f64> {
@@ -150,7 +120,6 @@ mod tests {
             ..PodSpec::default()
         };
         assert_eq!(requested(&spec), Some(150.0));
-        assert_eq!(requested(&requests_only(&spec)), Some(150.0));
         let unrequested = PodSpec {
             containers: vec![container("app", None, None)],
             ..spec

@@ -315,7 +315,7 @@ async fn release_orphans(ctx: &Context, services: &Store<LongConnService>) {
 }
 
 /// The key of a pod as [`Reports`] files it.
-pub fn key_of(pod: &k8s_openapi::api::core::v1::Pod) -> PodKey {
+pub fn key_of(pod: &crate::cache::CachedPod) -> PodKey {
     PodKey {
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),

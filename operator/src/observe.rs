@@ -7,10 +7,10 @@
 //! beside sessions (at most every [`CPU_READ_EVERY`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use longconn_drain_api::DrainReport;
 use serde_json::Value;
 
+use crate::cache::CachedPod;
 use crate::cpu;
 use crate::crd::{LongConnService, TlsMode};
 use crate::desired::{self, ObservedRevision, ServedApis};
@@ -168,7 +169,7 @@ pub async fn observe(
             finalizer_at.insert(pod.name_any(), i);
         }
         let fact = pod_facts(ctx, pod, &routable);
-        if let Some(ip) = pod_ip(pod).filter(|_| fact.running) {
+        if let Some(ip) = pod.ip.filter(|_| fact.running) {
             admin.insert(
                 fact.name.clone(),
                 (SocketAddr::new(ip, port), gateways::key_of(pod)),
@@ -280,7 +281,7 @@ fn service_pods<'a>(
     ctx: &Context,
     lcs: &LongConnService,
     deployments: impl Iterator<Item = &'a ObjectMeta>,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     let uid = lcs.uid().unwrap_or_default();
     let deployments: Vec<String> = deployments
         .filter(|d| d.owner_references.iter().flatten().any(|o| o.uid == uid))
@@ -293,19 +294,7 @@ fn service_pods<'a>(
     )
 }
 
-fn pod_ip(pod: &Pod) -> Option<IpAddr> {
-    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
-fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts {
-    let status = pod.status.as_ref();
-    let running =
-        status.and_then(|s| s.phase.as_deref()) == Some("Running") && pod_ip(pod).is_some();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+fn pod_facts(ctx: &Context, pod: &CachedPod, routable: &BTreeSet<String>) -> PodFacts {
     let seen = ctx.reports.get(&gateways::key_of(pod));
     let terminating = pod.meta().deletion_timestamp.is_some();
     let report = seen.as_ref().filter(|s| !s.stale).map(|s| s.report.clone());
@@ -319,8 +308,8 @@ fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts 
             .get(labels::REVISION)
             .cloned()
             .unwrap_or_default(),
-        running,
-        ready,
+        running: pod.running && pod.ip.is_some(),
+        ready: pod.ready,
         terminating,
         deletion_cost: pod
             .annotations()
@@ -342,28 +331,14 @@ fn pod_facts(ctx: &Context, pod: &Pod, routable: &BTreeSet<String>) -> PodFacts 
             .annotations()
             .get(labels::ROUTING_CHANGED_AT)
             .and_then(|v| v.parse().ok()),
-        cpu_requested: pod.spec.as_ref().and_then(cpu::requested),
+        cpu_requested: pod.cpu_requested,
         rebalance: ctx.reports.rebalance(&gateways::key_of(pod)),
     }
 }
 
 /// The report the gateway container left in its termination message when it exited.
-fn final_report(pod: &Pod) -> Option<DrainReport> {
-    let gateway = pod
-        .status
-        .as_ref()?
-        .init_container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == desired::GATEWAY_CONTAINER)?;
-    let message = gateway
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()?
-        .message
-        .as_deref()?;
-    serde_json::from_str(message).ok()
+fn final_report(pod: &CachedPod) -> Option<DrainReport> {
+    serde_json::from_str(pod.gateway_message.as_deref()?).ok()
 }
 
 fn revisions(owned: &Owned) -> Vec<ObservedRevision> {
@@ -478,12 +453,12 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
     let pods = service_pods
         .iter()
         .map(|pod| {
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             let rebalancing = rebalancing.contains(&pod.name_any().as_str());
             GatewayPod {
                 key: gateways::key_of(pod),
-                admin: pod_ip(pod)
-                    .filter(|_| running)
+                admin: pod
+                    .ip
+                    .filter(|_| pod.running)
                     .map(|ip| SocketAddr::new(ip, port)),
                 // While a drain is under way, or a rollout, a scale or a round of rebalancing
                 // is, every gateway is read each tick: where the moving sessions go next
@@ -503,11 +478,12 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use longconn_drain_api::DrainState;
 
     /// A pod whose gateway container ended with `message` in its termination message.
-    fn ended(container: &str, message: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
+    fn ended(container: &str, message: &str) -> CachedPod {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "chat-a-0"},
             "status": {"initContainerStatuses": [{
                 "name": container, "image": "gateway", "imageID": "", "ready": false,
@@ -515,7 +491,8 @@ mod tests {
                 "state": {"terminated": {"exitCode": 0, "message": message}}
             }]}
         }))
-        .expect("pod")
+        .expect("pod");
+        CachedPod::from(pod)
     }
 
     #[test]
@@ -533,6 +510,6 @@ mod tests {
             final_report(&ended(desired::GATEWAY_CONTAINER, "exit 137")),
             None
         );
-        assert_eq!(final_report(&Pod::default()), None);
+        assert_eq!(final_report(&CachedPod::default()), None);
     }
 }
