@@ -560,9 +560,9 @@ const POD_LABELS: [&str; 3] = [labels::SERVICE, labels::REVISION, labels::ACCEPT
 const POD_ANNOTATIONS: [&str; 2] = [crate::rollout::DELETION_COST, labels::ROUTING_CHANGED_AT];
 
 /// A pod as the cache keeps it: what the reconciler reads of it ([`crate::observe`]) and
-/// nothing else. A parsed `Pod` takes some 4 KB even with its spec and status emptied but for
-/// the CPU requests, since every container it keeps is a struct of over 1 KB of empty fields;
-/// this is a tenth of that.
+/// nothing else. A parsed `Pod` is 2,416 bytes before any of its strings and each `Container`
+/// it holds 2,144 (k8s-openapi 0.29), so a pod emptied but for its app's and its gateway's CPU
+/// requests still took some 7 KB; this is 416 bytes before its strings.
 #[derive(Clone, Debug, Default)]
 pub struct CachedPod {
     /// Name, namespace, uid, resourceVersion, creation and deletion times, finalizers, owner
