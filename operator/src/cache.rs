@@ -15,13 +15,12 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use std::net::IpAddr;
-
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -569,12 +568,11 @@ pub struct CachedPod {
     /// references, and only the labels of [`POD_LABELS`] and annotations of
     /// [`POD_ANNOTATIONS`].
     metadata: ObjectMeta,
-    /// In phase Running.
-    pub running: bool,
     /// Its Ready condition is True.
     pub ready: bool,
-    /// Its IP, once it has one.
-    pub ip: Option<IpAddr>,
+    /// Its IP while it runs (phase Running): where its gateway answers. None before it runs,
+    /// and once it has ended.
+    pub running_ip: Option<IpAddr>,
     /// What its containers and sidecars request of CPU, in millicores ([`crate::cpu::requested`]).
     pub cpu_requested: Option<f64>,
     /// The gateway container's termination message, once it exited: its final drain report.
@@ -607,15 +605,18 @@ impl From<Pod> for CachedPod {
             .find(|c| c.name == crate::desired::GATEWAY_CONTAINER)
             .and_then(|c| c.state?.terminated?.message)
             .map(String::into_boxed_str);
+        let running = status.phase.as_deref() == Some("Running");
         Self {
             metadata,
-            running: status.phase.as_deref() == Some("Running"),
             ready: status
                 .conditions
                 .iter()
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True"),
-            ip: status.pod_ip.and_then(|ip| ip.parse().ok()),
+            running_ip: status
+                .pod_ip
+                .filter(|_| running)
+                .and_then(|ip| ip.parse().ok()),
             cpu_requested: pod.spec.as_ref().and_then(crate::cpu::requested),
             gateway_message,
         }
@@ -1000,8 +1001,8 @@ mod tests {
         );
         assert_eq!(controller_of(meta).map(|o| o.uid.as_str()), Some("rs-1"));
         assert_eq!(meta.generate_name, None);
-        assert!(pod.running && pod.ready);
-        assert_eq!(pod.ip, "10.244.1.5".parse().ok());
+        assert!(pod.ready);
+        assert_eq!(pod.running_ip, "10.244.1.5".parse().ok());
         // The app container and the gateway sidecar.
         assert_eq!(pod.cpu_requested, Some(300.0));
         // The gateway's message, not another container's.
@@ -1018,12 +1019,28 @@ mod tests {
         }))
         .expect("pod");
         let pod = CachedPod::from(pod);
-        assert!(!pod.running && !pod.ready);
+        assert!(!pod.ready);
         assert_eq!(
-            (pod.ip, pod.cpu_requested, pod.gateway_message.as_deref()),
+            (
+                pod.running_ip,
+                pod.cpu_requested,
+                pod.gateway_message.as_deref()
+            ),
             (None, None, None)
         );
         assert_eq!(pod.labels(), &BTreeMap::new());
+    }
+
+    #[test]
+    fn a_pod_that_ended_has_no_address_to_reach_its_gateway_at() {
+        for phase in ["Pending", "Succeeded", "Failed"] {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "chat-1", "namespace": "default"},
+                "status": {"phase": phase, "podIP": "10.244.1.5"},
+            }))
+            .expect("pod");
+            assert_eq!(CachedPod::from(pod).running_ip, None, "{phase}");
+        }
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub async fn observe(
             finalizer_at.insert(pod.name_any(), i);
         }
         let fact = pod_facts(ctx, pod, &routable);
-        if let Some(ip) = pod.ip.filter(|_| fact.running) {
+        if let Some(ip) = pod.running_ip {
             admin.insert(
                 fact.name.clone(),
                 (SocketAddr::new(ip, port), gateways::key_of(pod)),
@@ -308,7 +308,7 @@ fn pod_facts(ctx: &Context, pod: &CachedPod, routable: &BTreeSet<String>) -> Pod
             .get(labels::REVISION)
             .cloned()
             .unwrap_or_default(),
-        running: pod.running && pod.ip.is_some(),
+        running: pod.running_ip.is_some(),
         ready: pod.ready,
         terminating,
         deletion_cost: pod
@@ -456,10 +456,7 @@ pub fn gateways(ctx: &Context, lcs: &LongConnService) -> Option<GatewayView> {
             let rebalancing = rebalancing.contains(&pod.name_any().as_str());
             GatewayPod {
                 key: gateways::key_of(pod),
-                admin: pod
-                    .ip
-                    .filter(|_| pod.running)
-                    .map(|ip| SocketAddr::new(ip, port)),
+                admin: pod.running_ip.map(|ip| SocketAddr::new(ip, port)),
                 // While a drain is under way, or a rollout, a scale or a round of rebalancing
                 // is, every gateway is read each tick: where the moving sessions go next
                 // depends on how many each receiver holds.
